@@ -1,0 +1,71 @@
+"""The one exception family of Flywheel.
+
+    FlywheelError            base: every error a user can act on
+    ├── StoreError           the DuckDB store cannot be opened, migrated or written
+    ├── PlanError            a plan file or plan edit is malformed
+    ├── IngestError          an input file cannot be read at all
+    ├── ConsentError         consent or erasure rules refuse an operation
+    ├── CycleError           a cycle cannot run (e.g. privacy review not approved)
+    ├── DatasetError         a dataset version is missing or fails its checks
+    ├── GenerationError      synthetic generation cannot start or continue
+    ├── EvalError            eval sets, runs or graders fail
+    └── GateError            gates cannot be evaluated
+
+Pages catch ``FlywheelError`` and show ``st.error``; the CLI prints the message on one line
+and exits 2. Messages say what to do, not only what went wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConsentError",
+    "CycleError",
+    "DatasetError",
+    "EvalError",
+    "FlywheelError",
+    "GateError",
+    "GenerationError",
+    "IngestError",
+    "PlanError",
+    "StoreError",
+]
+
+
+class FlywheelError(Exception):
+    """An error the user can act on; its message is shown as is."""
+
+
+class StoreError(FlywheelError):
+    """The store cannot be opened, migrated or written."""
+
+
+class PlanError(FlywheelError):
+    """A plan file or a plan edit does not match the plan's schema."""
+
+
+class IngestError(FlywheelError):
+    """An input file cannot be read at all (bad rows are quarantined instead)."""
+
+
+class ConsentError(FlywheelError):
+    """Consent or erasure rules refuse the operation."""
+
+
+class CycleError(FlywheelError):
+    """A cycle cannot run as asked."""
+
+
+class DatasetError(FlywheelError):
+    """A dataset version is missing or fails its checks."""
+
+
+class GenerationError(FlywheelError):
+    """Synthetic generation cannot start or continue."""
+
+
+class EvalError(FlywheelError):
+    """Eval sets, runs or graders fail."""
+
+
+class GateError(FlywheelError):
+    """Gates cannot be evaluated."""
