@@ -1,0 +1,77 @@
+"""Plotly figure builders: data in, figure out. Pure: no store, no streamlit."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import plotly.graph_objects as go
+
+from core.plan import CycleMilestones
+
+__all__ = ["PHASE_COLOURS", "timeline_figure"]
+
+PHASE_COLOURS: dict[str, str] = {
+    "Collect": "#9ecae1",
+    "Train": "#6baed6",
+    "Evaluate": "#fdae6b",
+    "A/B test": "#74c476",
+    "Decide": "#9e9ac8",
+}
+
+_DAY_MS = 86_400_000
+
+
+def _phases(cycle: CycleMilestones) -> list[tuple[str, date, date]]:
+    return [
+        ("Collect", cycle.start, cycle.data_freeze),
+        ("Train", cycle.data_freeze, cycle.training_done),
+        ("Evaluate", cycle.training_done, cycle.eval_done),
+        ("A/B test", cycle.ab_start, cycle.ab_end),
+        ("Decide", cycle.decision, cycle.end),
+    ]
+
+
+def timeline_figure(cycles: list[CycleMilestones], *, today: date | None = None) -> go.Figure:
+    """The plan's cycles as a Gantt chart: one row per cycle, one coloured bar per phase."""
+    fig = go.Figure()
+    labels = [
+        f"Cycle {c.cycle}" + (" · production data" if c.uses_production_data else "")
+        for c in cycles
+    ]
+    for phase, colour in PHASE_COLOURS.items():
+        starts: list[str] = []
+        lengths: list[int] = []
+        rows: list[str] = []
+        hover: list[str] = []
+        for cycle, label in zip(cycles, labels, strict=True):
+            name, start, end = next(p for p in _phases(cycle) if p[0] == phase)
+            if end <= start:
+                continue
+            starts.append(start.isoformat())
+            lengths.append((end - start).days * _DAY_MS)
+            rows.append(label)
+            hover.append(f"{label}<br>{name}: {start:%d %b} → {end:%d %b} ({(end - start).days} d)")
+        fig.add_trace(
+            go.Bar(
+                name=phase,
+                orientation="h",
+                base=starts,
+                x=lengths,
+                y=rows,
+                marker_color=colour,
+                hovertext=hover,
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        barmode="overlay",
+        xaxis={"type": "date", "title": None},
+        yaxis={"autorange": "reversed", "title": None},
+        legend={"orientation": "h", "y": -0.15},
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        height=90 + 40 * max(1, len(cycles)),
+        title={"text": "Six-month timeline", "x": 0},
+    )
+    if today is not None:
+        fig.add_vline(x=today.isoformat(), line_dash="dot", line_color="#636363")
+    return fig

@@ -1,0 +1,190 @@
+"""The command line, ``python -m core``: flags in, core calls, one JSON object or text out.
+
+Exit status: 0 done; 1 a check failed (lint errors, a failed gate); 2 bad input or usage,
+with one line on stderr and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.demo import load_demo
+from core.errors import FlywheelError, PlanError
+from core.lint import LintReport, lint_plan
+from core.plan_files import dump_plan, plan_format_for, read_plan_file
+from core.plan_versions import list_plans, load_plan, save_plan_version
+from core.settings import default_db_path, get_setting
+from core.store import Store
+
+__all__ = ["build_parser", "main"]
+
+
+@dataclass
+class Outcome:
+    """What a command produced: the JSON payload, the text for people, the exit status."""
+
+    data: dict[str, Any]
+    text: str
+    exit_code: int = 0
+    lines: list[str] = field(default_factory=list)
+
+
+Handler = Callable[[argparse.Namespace, Store], Outcome]
+
+
+def _actor() -> str:
+    return str(get_setting("actor"))
+
+
+def default_plan_id(store: Store) -> str:
+    """The plan a command acts on when --plan is not given: the newest non-demo plan first."""
+    plans = list_plans(store)
+    if not plans:
+        raise PlanError(
+            "There is no plan in this store; run `python -m core demo` or `plan import FILE`."
+        )
+    return plans[-1].plan_id if not plans[0].is_demo else plans[0].plan_id
+
+
+def _lint_lines(report: LintReport) -> list[str]:
+    return [f"{f.severity}: {f.path}: {f.message} [{f.code}]" for f in report.findings]
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, store: Store) -> Outcome:
+    summary = load_demo(store, seed=args.seed)
+    verb = "Loaded" if summary.created else "Already loaded:"
+    return Outcome(
+        summary.to_dict(),
+        f"{verb} the demo workspace in {store.path}: plan '{summary.plan_id}', "
+        f"{summary.cycles} cycles, {summary.interactions} interactions.",
+    )
+
+
+def cmd_plan_lint(args: argparse.Namespace, store: Store) -> Outcome:
+    report = lint_plan(read_plan_file(args.file))
+    summary = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+    return Outcome(
+        report.to_dict(),
+        "\n".join([*_lint_lines(report), summary]),
+        exit_code=0 if report.ready else 1,
+    )
+
+
+def cmd_plan_import(args: argparse.Namespace, store: Store) -> Outcome:
+    plan = read_plan_file(args.file)
+    note = args.note or f"Imported from {Path(args.file).name}"
+    plan_id, version = save_plan_version(store, plan, note=note, author=_actor(), plan_id=args.plan)
+    report = lint_plan(plan)
+    state = "ready" if report.ready else f"draft, {len(report.errors)} lint error(s)"
+    return Outcome(
+        {"plan_id": plan_id, "version": version, "ready": report.ready},
+        f"Stored plan '{plan_id}' version {version} ({state}).",
+    )
+
+
+def cmd_plan_export(args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = plan_format_for(args.out)
+    plan_id = args.plan or default_plan_id(store)
+    plan, version = load_plan(store, plan_id, args.version)
+    out = Path(args.out)
+    try:
+        out.write_text(dump_plan(plan, fmt), encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"{out}: cannot be written ({exc.strerror}).") from None
+    return Outcome(
+        {"path": str(out), "plan_id": plan_id, "version": version},
+        f"Wrote plan '{plan_id}' version {version} to {out}.",
+    )
+
+
+def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
+    plans = list_plans(store)
+    rows = [
+        {
+            "plan_id": p.plan_id,
+            "name": p.name,
+            "latest_version": p.latest_version,
+            "ready": p.ready,
+            "demo": p.is_demo,
+        }
+        for p in plans
+    ]
+    text = "\n".join(
+        f"{p.plan_id}  v{p.latest_version}  {'ready' if p.ready else 'not ready'}"
+        f"{'  (demo)' if p.is_demo else ''}  {p.name}"
+        for p in plans
+    )
+    return Outcome({"plans": rows}, text or "No plans yet.")
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command; each subcommand has --db and --json."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"DuckDB store (default: $FLYWHEEL_DB or {default_db_path()})",
+    )
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="Flywheel: plan, check and run LLM data flywheels."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", parents=[common], help="load the demo workspace")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the demo data (default 7)")
+    demo.set_defaults(handler=cmd_demo)
+
+    plan = commands.add_parser("plan", help="lint, import, export and list plans")
+    plan_commands = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
+
+    lint = plan_commands.add_parser("lint", parents=[common], help="check a plan file")
+    lint.add_argument("file", help="plan file (.json, .yaml or .yml)")
+    lint.set_defaults(handler=cmd_plan_lint)
+
+    imp = plan_commands.add_parser("import", parents=[common], help="store a plan file")
+    imp.add_argument("file", help="plan file (.json, .yaml or .yml)")
+    imp.add_argument("--plan", help="store as the next version of this plan id")
+    imp.add_argument("--note", help="change note of the new version")
+    imp.set_defaults(handler=cmd_plan_import)
+
+    exp = plan_commands.add_parser("export", parents=[common], help="write a plan to a file")
+    exp.add_argument("--out", required=True, help="output file; .json or .yaml picks the format")
+    exp.add_argument("--plan", help="plan id (default: the newest plan)")
+    exp.add_argument("--version", type=int, help="version (default: the newest)")
+    exp.set_defaults(handler=cmd_plan_export)
+
+    lst = plan_commands.add_parser("list", parents=[common], help="list stored plans")
+    lst.set_defaults(handler=cmd_plan_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    store = Store(args.db)
+    handler: Handler = args.handler
+    try:
+        outcome = handler(args, store)
+    except FlywheelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(outcome.data, default=str))
+    elif outcome.text:
+        print(outcome.text)
+    return outcome.exit_code

@@ -1,0 +1,644 @@
+"""The six-month flywheel plan: Pydantic models of its sections, and what derives from them.
+
+The plan is the pipeline: the filters, consent scopes, gates, mixing ratios and A/B design
+written here are the configuration that cycles, generation and gates run. Every field has a
+description, which the dashboard shows as the field's help text. Models reject unknown fields.
+Structural rules live on the models; contradictions between sections are the linter's job
+(``core.lint``), so that a draft with contradictions can still be saved and shown as not ready.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import itertools
+import json
+from datetime import date, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+__all__ = [
+    "ABDesign",
+    "Approver",
+    "Arm",
+    "Axis",
+    "Cadence",
+    "ConsentFlow",
+    "ConsentPolicy",
+    "CycleMilestones",
+    "Economics",
+    "FeatureGoal",
+    "Gate",
+    "Generation",
+    "Guardrail",
+    "LoggedField",
+    "Logging",
+    "Plan",
+    "PrivacyReview",
+    "QualityFilter",
+    "Risk",
+    "SignOffs",
+    "grid_cells",
+    "plan_timeline",
+]
+
+PiiClass = Literal["none", "pseudonymous", "direct_identifier", "free_text"]
+ConsentScope = Literal["training", "human_review", "analytics"]
+Role = Literal["pm", "privacy_reviewer", "ml_lead", "eng_lead", "legal"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# -- 1. Feature and goal -----------------------------------------------------------------------
+
+
+class FeatureGoal(_Section):
+    """What the flywheel is for and what success means."""
+
+    feature: str = Field(
+        min_length=1, description="The AI feature this flywheel improves, as users know it."
+    )
+    owner: str = Field("", description="The PM accountable for the plan.")
+    start_month: str = Field(
+        pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+        description="First month of the plan, as YYYY-MM; cycles are scheduled from its first day.",
+    )
+    horizon_months: int = Field(6, ge=1, le=24, description="How many months the plan covers.")
+    teacher_model: str = Field(
+        min_length=1, description="The large model that writes training data (e.g. gpt-4o)."
+    )
+    student_model: str = Field(
+        min_length=1, description="The small model that is fine-tuned (e.g. gpt-4o-mini)."
+    )
+    business_goal: str = Field("", description="The business outcome the feature should move.")
+    target_quality_retention: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Share of the teacher's quality the student must keep (0.95 = 95%).",
+    )
+    target_cost_reduction: float = Field(
+        10.0, ge=1, description="How many times cheaper the student should be than the teacher."
+    )
+
+    @property
+    def start_date(self) -> date:
+        """The first day of the start month."""
+        year, month = (int(part) for part in self.start_month.split("-"))
+        return date(year, month, 1)
+
+
+# -- 2. What to log ----------------------------------------------------------------------------
+
+
+class LoggedField(_Section):
+    """One field of each logged interaction."""
+
+    name: str = Field(min_length=1, description="Field name in the interaction log.")
+    purpose: str = Field("", description="Why this field is logged.")
+    pii_class: PiiClass = Field(
+        "none",
+        description="none; pseudonymous (an id); direct_identifier (email, name); "
+        "free_text (may hold PII).",
+    )
+    retention_days: int = Field(ge=1, description="How long raw values are kept, in days.")
+    required: bool = Field(True, description="Whether every interaction must carry it.")
+
+
+class Logging(_Section):
+    """What each interaction logs, how much traffic is logged and where it is stored."""
+
+    fields: list[LoggedField] = Field(
+        default_factory=list, description="The logged fields with their PII class and retention."
+    )
+    sampling_rate: float = Field(
+        1.0, gt=0, le=1, description="Share of interactions that are logged (1.0 = all)."
+    )
+    storage: str = Field("", description="Where the logs are stored (table, bucket, region).")
+
+
+# -- 3. Consent --------------------------------------------------------------------------------
+
+
+class ConsentFlow(_Section):
+    """How consent is collected in one jurisdiction or user segment."""
+
+    segment: str = Field(min_length=1, description="Jurisdiction or segment, e.g. EU, US, B2B.")
+    mechanism: Literal["opt_in", "opt_out", "contract"] = Field(
+        description="opt_in: no consent until granted; opt_out: granted until withdrawn; "
+        "contract: covered by the customer agreement."
+    )
+    default_state: Literal["granted", "not_granted"] = Field(
+        description="The consent state before the user answers."
+    )
+    prompt: str = Field("", description="Where and how the user is asked.")
+    policy_version: str = Field("", description="Version of the policy text the user sees.")
+    withdrawal: str = Field("", description="How a withdrawal is handled and how fast.")
+
+
+class PrivacyReview(_Section):
+    """The privacy review that must approve production data use."""
+
+    reviewer: str = Field("", description="Who reviews privacy.")
+    status: Literal["not_started", "in_review", "approved", "rejected"] = Field(
+        "not_started", description="Where the review stands."
+    )
+    decided_on: date | None = Field(None, description="When the review was approved or rejected.")
+    notes: str = Field("", description="Conditions and remarks of the reviewer.")
+
+
+class ConsentPolicy(_Section):
+    """Consent scopes, flows per jurisdiction and the privacy review."""
+
+    scopes: list[ConsentScope] = Field(
+        default_factory=list,
+        description="Scopes users are asked for: training, human_review, analytics.",
+    )
+    retention_limit_days: int = Field(
+        365, ge=1, description="Longest the consent policy allows personal data to be kept."
+    )
+    flows: list[ConsentFlow] = Field(
+        default_factory=list, description="The consent flow of each jurisdiction or segment."
+    )
+    privacy_review: PrivacyReview = Field(
+        default_factory=PrivacyReview, description="The privacy review of this plan."
+    )
+
+
+# -- 4. Quality filters ------------------------------------------------------------------------
+
+
+class _Filter(_Section):
+    expected_pass_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of rows this rule is expected to keep."
+    )
+
+
+class PositiveFeedback(_Filter):
+    """Keep interactions the user rated thumbs-up."""
+
+    rule: Literal["positive_feedback"] = "positive_feedback"
+
+
+class Accepted(_Filter):
+    """Keep interactions whose answer the user accepted (copied or applied)."""
+
+    rule: Literal["accepted"] = "accepted"
+
+
+class PositiveOrAccepted(_Filter):
+    """Keep interactions that were rated up or accepted."""
+
+    rule: Literal["positive_or_accepted"] = "positive_or_accepted"
+
+
+class LengthBounds(_Filter):
+    """Keep responses whose length in characters lies within bounds."""
+
+    rule: Literal["length_bounds"] = "length_bounds"
+    min_chars: int = Field(1, ge=0, description="Shortest response kept, in characters.")
+    max_chars: int = Field(20_000, ge=1, description="Longest response kept, in characters.")
+
+
+class PiiRedacted(_Filter):
+    """Redact PII in prompt, response and system text to typed placeholders."""
+
+    rule: Literal["pii_redacted"] = "pii_redacted"
+
+
+class ExactDedup(_Filter):
+    """Drop exact duplicates of normalised prompt and response text."""
+
+    rule: Literal["exact_dedup"] = "exact_dedup"
+
+
+class NearDedup(_Filter):
+    """Drop near-duplicates found by MinHash with LSH banding."""
+
+    rule: Literal["near_dedup"] = "near_dedup"
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard similarity at which two texts are near-duplicates."
+    )
+    keep: Literal["earliest", "best_rated"] = Field(
+        "earliest", description="Which member of a near-duplicate group is kept."
+    )
+
+
+class Decontamination(_Filter):
+    """Drop rows that overlap an eval set (n-gram overlap)."""
+
+    rule: Literal["decontamination"] = "decontamination"
+    ngram: int = Field(13, ge=3, le=50, description="n of the word n-grams compared.")
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="Share of a row's n-grams found in an eval item to drop it."
+    )
+    eval_sets: list[str] = Field(
+        default_factory=list, description="Eval sets to check against; empty = every stored set."
+    )
+
+
+class Language(_Filter):
+    """Keep rows in the given languages."""
+
+    rule: Literal["language"] = "language"
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"], description="ISO 639-1 codes of the languages kept."
+    )
+
+
+class CodeParses(_Filter):
+    """Keep responses whose fenced code blocks parse (coding assistants)."""
+
+    rule: Literal["code_parses"] = "code_parses"
+    language: Literal["python"] = Field("python", description="Language of the code blocks.")
+
+
+class FieldCondition(_Filter):
+    """Keep rows whose logged field satisfies a condition."""
+
+    rule: Literal["field_condition"] = "field_condition"
+    field: str = Field(min_length=1, description="The logged field tested.")
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"] = Field(
+        description="Comparison operator."
+    )
+    value: str = Field(description="Value compared against (comma-separated for in/not_in).")
+
+
+QualityFilter = Annotated[
+    PositiveFeedback
+    | Accepted
+    | PositiveOrAccepted
+    | LengthBounds
+    | PiiRedacted
+    | ExactDedup
+    | NearDedup
+    | Decontamination
+    | Language
+    | CodeParses
+    | FieldCondition,
+    Field(discriminator="rule"),
+]
+"""One quality-filter rule; the ``rule`` key selects its kind."""
+
+FILTER_KINDS: dict[str, type[_Filter]] = {
+    kind.model_fields["rule"].default: kind
+    for kind in (
+        PositiveFeedback,
+        Accepted,
+        PositiveOrAccepted,
+        LengthBounds,
+        PiiRedacted,
+        ExactDedup,
+        NearDedup,
+        Decontamination,
+        Language,
+        CodeParses,
+        FieldCondition,
+    )
+}
+
+
+# -- 5. Synthetic generation -------------------------------------------------------------------
+
+
+class Axis(_Section):
+    """One axis of the generation grid."""
+
+    name: str = Field(min_length=1, description="Axis name, e.g. topic or difficulty.")
+    values: list[str] = Field(default_factory=list, description="The axis values.")
+
+
+class Generation(_Section):
+    """How the teacher generates the synthetic dataset across the axis grid."""
+
+    axes: list[Axis] = Field(default_factory=list, description="The axes of the grid.")
+    examples_per_cell: int = Field(10, ge=1, description="Examples generated for each cell.")
+    teacher_model: str = Field("", description="Model that generates; empty = the plan's teacher.")
+    endpoint: str = Field(
+        "",
+        description="Base URL of an OpenAI-compatible server; empty = OpenAI or OPENAI_BASE_URL.",
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
+    prompt_template: str = Field(
+        "", description="Jinja template of the request; it sees each axis value by its name."
+    )
+    output_schema: Literal["coding_qa", "support_qa", "qa"] = Field(
+        "qa", description="Schema every reply must match."
+    )
+    expected_input_tokens: int = Field(
+        300, ge=1, description="Estimated prompt tokens per generated example."
+    )
+    expected_output_tokens: int = Field(
+        600, ge=1, description="Estimated completion tokens per generated example."
+    )
+    budget_usd: float = Field(50.0, ge=0, description="Spending cap of one generation run.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def grid_size(self) -> int:
+        """Number of cells: the product of the axes' value counts."""
+        size = 1
+        for axis in self.axes:
+            size *= len(axis.values)
+        return size if self.axes else 0
+
+
+# -- 6. Cadence --------------------------------------------------------------------------------
+
+
+class Cadence(_Section):
+    """When and on what the student is retrained."""
+
+    mode: Literal["monthly", "weeks"] = Field(
+        "monthly", description="monthly: a cycle per calendar month; weeks: every N weeks."
+    )
+    every_weeks: int = Field(4, ge=1, le=26, description="Cycle length in weeks (mode weeks).")
+    data_freeze_day: int = Field(
+        7, ge=1, description="Day of each cycle on which its training data is frozen."
+    )
+    training_days: int = Field(3, ge=0, description="Days from data freeze to a trained model.")
+    eval_days: int = Field(2, ge=0, description="Days to evaluate the candidate against gates.")
+    decision_days: int = Field(1, ge=0, description="Days at the cycle's end to decide and ship.")
+    min_new_examples: int = Field(
+        500, ge=0, description="Fewest new production examples that justify retraining."
+    )
+    original_to_new_ratio: float = Field(
+        1.0, ge=0, description="Original (synthetic) rows per new production row in the mix."
+    )
+    max_dataset_size: int = Field(20_000, ge=1, description="Largest fine-tuning dataset, in rows.")
+    validation_share: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of each dataset held out for validation."
+    )
+
+
+# -- 7. Eval gates -----------------------------------------------------------------------------
+
+
+class Gate(_Section):
+    """A release gate: a metric on an eval set with a comparator."""
+
+    name: str = Field(min_length=1, description="Short name of the gate.")
+    metric: str = Field(min_length=1, description="Metric measured, e.g. pass_rate, judge_score.")
+    eval_set: str = Field("", description="Frozen eval set the metric is measured on.")
+    comparator: Literal["absolute", "no_regression", "non_inferiority", "cost", "latency"] = Field(
+        description="absolute: ≥ threshold; no_regression: not worse than production by more "
+        "than margin; non_inferiority: ≥ ratio × teacher; cost / latency: student within "
+        "threshold × the reference."
+    )
+    threshold: float | None = Field(None, description="Absolute threshold or cost/latency factor.")
+    margin: float | None = Field(None, ge=0, description="Allowed drop against production.")
+    ratio: float | None = Field(None, description="Share of the teacher's score to keep.")
+    slices: list[str] = Field(
+        default_factory=list, description="Slice labels checked one by one (e.g. topic)."
+    )
+    blocking: bool = Field(True, description="A blocking gate stops the release; else it warns.")
+
+
+# -- 8. A/B design -----------------------------------------------------------------------------
+
+
+class Arm(_Section):
+    """One arm of the A/B test."""
+
+    name: str = Field(min_length=1, description="Arm name, e.g. control or treatment.")
+    model: str = Field("", description="Model served in this arm.")
+    traffic_share: float = Field(gt=0, le=1, description="Share of users randomised to the arm.")
+
+
+class Guardrail(_Section):
+    """A metric that must not get worse beyond a tolerance."""
+
+    metric: str = Field(min_length=1, description="Guardrail metric, e.g. latency_p95_ms.")
+    max_relative_increase: float = Field(
+        0.1, ge=0, description="Largest tolerated relative increase (0.1 = +10%)."
+    )
+
+
+class ABDesign(_Section):
+    """How the fine-tuned student is tested against production."""
+
+    arms: list[Arm] = Field(default_factory=list, description="Arms and their traffic split.")
+    primary_metric: str = Field("acceptance_rate", description="The metric the decision rests on.")
+    baseline_rate: float = Field(
+        0.3, gt=0, lt=1, description="Current value of the primary metric (a proportion)."
+    )
+    mde: float = Field(0.05, gt=0, description="Minimum detectable effect.")
+    mde_relative: bool = Field(True, description="Whether the MDE is relative to the baseline.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level (two-sided).")
+    power: float = Field(0.8, gt=0.5, lt=1, description="Probability of detecting the MDE.")
+    daily_traffic: int = Field(
+        1000, ge=1, description="Users entering the test per day, all arms together."
+    )
+    sequential: bool = Field(
+        True, description="Monitor with confidence sequences, so peeking is safe."
+    )
+    guardrails: list[Guardrail] = Field(
+        default_factory=list, description="Metrics that must not degrade."
+    )
+    ramp_steps: list[float] = Field(
+        default_factory=lambda: [0.05, 0.25, 0.5],
+        description="Treatment traffic shares the rollout ramps through.",
+    )
+
+
+# -- 9. Economics ------------------------------------------------------------------------------
+
+
+class Economics(_Section):
+    """Token prices and volume, from which the monthly cost and savings follow."""
+
+    teacher_input_per_1m: float = Field(2.5, ge=0, description="Teacher price, $ per 1M input.")
+    teacher_output_per_1m: float = Field(10.0, ge=0, description="Teacher price, $ per 1M output.")
+    student_input_per_1m: float = Field(0.15, ge=0, description="Student price, $ per 1M input.")
+    student_output_per_1m: float = Field(0.6, ge=0, description="Student price, $ per 1M output.")
+    monthly_requests: int = Field(100_000, ge=0, description="Expected requests per month.")
+    avg_input_tokens: int = Field(500, ge=0, description="Average input tokens per request.")
+    avg_output_tokens: int = Field(400, ge=0, description="Average output tokens per request.")
+
+    def _monthly(self, input_per_1m: float, output_per_1m: float) -> float:
+        tokens_in = self.monthly_requests * self.avg_input_tokens
+        tokens_out = self.monthly_requests * self.avg_output_tokens
+        return (tokens_in * input_per_1m + tokens_out * output_per_1m) / 1_000_000
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def teacher_monthly_cost(self) -> float:
+        """Projected monthly cost of serving the teacher, in $."""
+        return round(self._monthly(self.teacher_input_per_1m, self.teacher_output_per_1m), 2)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def student_monthly_cost(self) -> float:
+        """Projected monthly cost of serving the student, in $."""
+        return round(self._monthly(self.student_input_per_1m, self.student_output_per_1m), 2)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def monthly_savings(self) -> float:
+        """Teacher cost minus student cost per month, in $."""
+        return round(self.teacher_monthly_cost - self.student_monthly_cost, 2)
+
+    @property
+    def cost_reduction(self) -> float | None:
+        """How many times cheaper the student is; None when the student is free."""
+        if self.student_monthly_cost <= 0:
+            return None
+        return self.teacher_monthly_cost / self.student_monthly_cost
+
+    def teacher_cost(self, input_tokens: float, output_tokens: float) -> float:
+        """Cost in $ of teacher calls with these token totals."""
+        return (
+            input_tokens * self.teacher_input_per_1m + output_tokens * self.teacher_output_per_1m
+        ) / 1_000_000
+
+
+# -- 11. Risks and sign-offs -------------------------------------------------------------------
+
+
+class Risk(_Section):
+    """A risk to the plan and how it is mitigated."""
+
+    risk: str = Field(min_length=1, description="What could go wrong.")
+    mitigation: str = Field("", description="What reduces it.")
+    owner: str = Field("", description="Who watches it.")
+
+
+class Approver(_Section):
+    """Someone whose sign-off the plan needs."""
+
+    role: Role = Field(description="pm, privacy_reviewer, ml_lead, eng_lead or legal.")
+    name: str = Field(min_length=1, description="Who holds the role for this plan.")
+
+
+class SignOffs(_Section):
+    """Risks with mitigations and the approvers required by role."""
+
+    risks: list[Risk] = Field(default_factory=list, description="Risks and mitigations.")
+    approvers: list[Approver] = Field(
+        default_factory=list, description="Approvers required before the plan runs."
+    )
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+class Plan(BaseModel):
+    """A six-month flywheel plan for one AI feature."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    schema_version: Literal[1] = Field(1, description="Version of the plan file format.")
+    goal: FeatureGoal = Field(description="1. Feature and goal.")
+    logging: Logging = Field(default_factory=Logging, description="2. What to log.")
+    consent: ConsentPolicy = Field(default_factory=ConsentPolicy, description="3. Consent flows.")
+    quality_filters: list[QualityFilter] = Field(
+        default_factory=list, description="4. Quality filters, applied in this order."
+    )
+    generation: Generation = Field(
+        default_factory=Generation, description="5. Synthetic generation."
+    )
+    cadence: Cadence = Field(default_factory=Cadence, description="6. Retraining cadence.")
+    gates: list[Gate] = Field(default_factory=list, description="7. Eval gates.")
+    ab_test: ABDesign = Field(default_factory=ABDesign, description="8. A/B design.")
+    economics: Economics = Field(default_factory=Economics, description="9. Economics.")
+    sign_offs: SignOffs = Field(default_factory=SignOffs, description="11. Risks and sign-offs.")
+
+    def to_data(self) -> dict[str, Any]:
+        """The plan as plain JSON-ready data, without derived fields."""
+        data = self.model_dump(mode="json", exclude_computed_fields=True)
+        return data
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the plan: equal plans give equal fingerprints."""
+        canonical = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def uses_production_data(self) -> bool:
+        """Whether later cycles train on production interactions (min_new_examples > 0)."""
+        return self.cadence.min_new_examples > 0
+
+
+# -- 10. Timeline (derived) --------------------------------------------------------------------
+
+
+class CycleMilestones(BaseModel):
+    """The milestones of one cycle, derived from the cadence and start month."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cycle: int
+    start: date
+    end: date
+    data_freeze: date
+    training_done: date
+    eval_done: date
+    ab_start: date
+    ab_end: date
+    decision: date
+    uses_production_data: bool
+
+    @property
+    def ab_days(self) -> int:
+        """Days the cycle leaves for its A/B test."""
+        return max(0, (self.ab_end - self.ab_start).days)
+
+
+def _add_months(day: date, months: int) -> date:
+    month_index = day.month - 1 + months
+    year, month = day.year + month_index // 12, month_index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def plan_timeline(plan: Plan) -> list[CycleMilestones]:
+    """The cycles that fit in the plan's horizon, each with its milestones.
+
+    Cycle 1 distils the teacher's synthetic data; from cycle 2 on, a cycle also trains on the
+    production interactions collected since the previous data freeze (when the plan uses them).
+    Within a cycle: collect until the data freeze, train, evaluate, run the A/B test, decide.
+    """
+    goal, cadence = plan.goal, plan.cadence
+    horizon_end = _add_months(goal.start_date, goal.horizon_months)
+    cycles: list[CycleMilestones] = []
+    start = goal.start_date
+    for number in itertools.count(1):
+        if cadence.mode == "monthly":
+            end = _add_months(goal.start_date, number)
+        else:
+            end = start + timedelta(weeks=cadence.every_weeks)
+        if end > horizon_end:
+            break
+        freeze = min(start + timedelta(days=cadence.data_freeze_day - 1), end)
+        trained = min(freeze + timedelta(days=cadence.training_days), end)
+        evaluated = min(trained + timedelta(days=cadence.eval_days), end)
+        decision = max(evaluated, end - timedelta(days=cadence.decision_days))
+        cycles.append(
+            CycleMilestones(
+                cycle=number,
+                start=start,
+                end=end,
+                data_freeze=freeze,
+                training_done=trained,
+                eval_done=evaluated,
+                ab_start=evaluated,
+                ab_end=decision,
+                decision=decision,
+                uses_production_data=number > 1 and plan.uses_production_data,
+            )
+        )
+        start = end
+    return cycles
+
+
+def grid_cells(generation: Generation) -> list[dict[str, str]]:
+    """Every cell of the generation grid: one mapping of axis name to value per cell."""
+    if not generation.axes:
+        return []
+    names = [axis.name for axis in generation.axes]
+    return [
+        dict(zip(names, values, strict=True))
+        for values in itertools.product(*(axis.values for axis in generation.axes))
+    ]

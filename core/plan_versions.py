@@ -1,0 +1,200 @@
+"""Plans in the store: immutable numbered versions, history and field-by-field diffs."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from core.audit import record_audit
+from core.errors import PlanError
+from core.lint import lint_plan
+from core.plan import Plan
+from core.store import Store
+
+__all__ = [
+    "FieldChange",
+    "PlanSummary",
+    "PlanVersion",
+    "diff_plans",
+    "list_plans",
+    "list_versions",
+    "load_plan",
+    "save_plan_version",
+]
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """A stored plan and its newest version."""
+
+    plan_id: str
+    name: str
+    is_demo: bool
+    latest_version: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class PlanVersion:
+    """One saved version of a plan, as listed in its history."""
+
+    plan_id: str
+    version: int
+    created_at: datetime
+    author: str
+    note: str
+    sha256: str
+    lint_errors: int
+    lint_warnings: int
+
+    @property
+    def ready(self) -> bool:
+        """Whether this version had no lint errors when saved."""
+        return self.lint_errors == 0
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One field that differs between two versions of a plan."""
+
+    path: str
+    before: Any
+    after: Any
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "plan"
+
+
+def save_plan_version(
+    store: Store,
+    plan: Plan,
+    *,
+    note: str,
+    author: str,
+    plan_id: str | None = None,
+    is_demo: bool = False,
+) -> tuple[str, int]:
+    """Store ``plan`` as the next version of ``plan_id`` (a new plan when None).
+
+    Returns (plan_id, version). Lint errors do not stop a save: the version is kept as a draft
+    that is not ready. Raises PlanError when ``plan_id`` names no stored plan.
+    """
+    report = lint_plan(plan)
+    now = datetime.now(UTC)
+    with store.transaction() as con:
+        if plan_id is None:
+            base = _slug(plan.goal.feature)
+            taken = {r[0] for r in con.execute("SELECT plan_id FROM plans").fetchall()}
+            plan_id, suffix = base, 2
+            while plan_id in taken:
+                plan_id, suffix = f"{base}-{suffix}", suffix + 1
+            con.execute(
+                "INSERT INTO plans (plan_id, name, created_at, is_demo) VALUES (?, ?, ?, ?)",
+                [plan_id, plan.goal.feature, now, is_demo],
+            )
+            version = 1
+        else:
+            row = con.execute(
+                "SELECT max(v.version) FROM plans p LEFT JOIN plan_versions v USING (plan_id)"
+                " WHERE p.plan_id = ? GROUP BY p.plan_id",
+                [plan_id],
+            ).fetchone()
+            if row is None:
+                raise PlanError(f"There is no plan '{plan_id}' in this store.")
+            version = int(row[0] or 0) + 1
+            con.execute("UPDATE plans SET name = ? WHERE plan_id = ?", [plan.goal.feature, plan_id])
+        con.execute(
+            "INSERT INTO plan_versions (plan_id, version, created_at, author, note, body,"
+            " sha256, lint_errors, lint_warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                plan_id,
+                version,
+                now,
+                author,
+                note,
+                json.dumps(plan.to_data()),
+                plan.fingerprint(),
+                len(report.errors),
+                len(report.warnings),
+            ],
+        )
+        record_audit(
+            con,
+            actor=author,
+            action="plan.save",
+            target=f"{plan_id}@v{version}",
+            detail={"note": note, "sha256": plan.fingerprint(), "lint_errors": len(report.errors)},
+        )
+    return plan_id, version
+
+
+def list_plans(store: Store) -> list[PlanSummary]:
+    """Every stored plan with its newest version, demo plans last."""
+    rows = store.fetch_all(
+        "SELECT p.plan_id, p.name, p.is_demo, v.version, v.lint_errors"
+        " FROM plans p JOIN plan_versions v USING (plan_id)"
+        " QUALIFY v.version = max(v.version) OVER (PARTITION BY p.plan_id)"
+        " ORDER BY p.is_demo, p.created_at"
+    )
+    return [PlanSummary(r[0], r[1], bool(r[2]), int(r[3]), int(r[4]) == 0) for r in rows]
+
+
+def list_versions(store: Store, plan_id: str) -> list[PlanVersion]:
+    """The versions of a plan, newest first."""
+    rows = store.fetch_all(
+        "SELECT plan_id, version, created_at, author, note, sha256, lint_errors, lint_warnings"
+        " FROM plan_versions WHERE plan_id = ? ORDER BY version DESC",
+        [plan_id],
+    )
+    return [PlanVersion(*row) for row in rows]
+
+
+def load_plan(store: Store, plan_id: str, version: int | None = None) -> tuple[Plan, int]:
+    """A stored plan version (the newest when ``version`` is None) and its number.
+
+    Raises PlanError when the plan or version does not exist.
+    """
+    if version is None:
+        row = store.fetch_one(
+            "SELECT body, version FROM plan_versions WHERE plan_id = ?"
+            " ORDER BY version DESC LIMIT 1",
+            [plan_id],
+        )
+    else:
+        row = store.fetch_one(
+            "SELECT body, version FROM plan_versions WHERE plan_id = ? AND version = ?",
+            [plan_id, version],
+        )
+    if row is None:
+        which = f"version {version} of plan" if version is not None else "plan"
+        raise PlanError(f"There is no {which} '{plan_id}' in this store.")
+    return Plan.model_validate(json.loads(row[0])), int(row[1])
+
+
+def _flatten(value: Any, path: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{path}.{key}" if path else key, out)
+    elif isinstance(value, list) and any(isinstance(item, dict | list) for item in value):
+        for index, item in enumerate(value):
+            _flatten(item, f"{path}[{index}]", out)
+    else:
+        out[path] = value
+
+
+def diff_plans(before: Plan, after: Plan) -> list[FieldChange]:
+    """Every leaf field that differs, in the plan's section order."""
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    _flatten(before.to_data(), "", old)
+    _flatten(after.to_data(), "", new)
+    paths = list(new) + [p for p in old if p not in new]
+    return [
+        FieldChange(path, old.get(path), new.get(path))
+        for path in paths
+        if old.get(path) != new.get(path)
+    ]

@@ -1,0 +1,95 @@
+"""Settings as data: each has a name, a default and a help text in one place.
+
+A setting is read from the environment as ``FLYWHEEL_<NAME>`` (upper case) when set, else its
+default. The README's settings table and the dashboard's Settings panel are generated from
+``SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import FlywheelError
+
+__all__ = ["SETTINGS", "Setting", "default_db_path", "get_setting"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable value: its name, default, type and what it does."""
+
+    name: str
+    default: str | int | float | bool
+    help: str
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that overrides this setting."""
+        return "FLYWHEEL_" + self.name.upper()
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("db", str(PROJECT_ROOT / "data" / "flywheel.duckdb"), "Path of the DuckDB store."),
+        Setting(
+            "auto_demo",
+            True,
+            "Load the demo workspace when the dashboard starts on an empty store.",
+        ),
+        Setting(
+            "lock_timeout_s",
+            15.0,
+            "How long to retry when another process holds the store before reporting it.",
+        ),
+        Setting(
+            "max_text_bytes",
+            1_000_000,
+            "Largest prompt, response or system text an ingested row may hold.",
+        ),
+        Setting(
+            "generation_concurrency",
+            16,
+            "How many teacher requests synthetic generation keeps in flight at once.",
+        ),
+        Setting("request_timeout_s", 60.0, "Timeout of one request to a model endpoint."),
+        Setting("max_retries", 5, "Retries of one model request on 429, 5xx or a timeout."),
+        Setting("actor", "local user", "Who is recorded as acting when no login is configured."),
+    ]
+}
+
+
+def get_setting(name: str) -> str | int | float | bool:
+    """Return a setting's value from the environment, else its default.
+
+    Raises FlywheelError when the environment holds a value of the wrong type.
+    """
+    setting = SETTINGS[name]
+    raw = os.environ.get(setting.env_var)
+    if raw is None or raw == "":
+        return setting.default
+    default = setting.default
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = type(default).__name__
+        raise FlywheelError(f"{setting.env_var}={raw!r} is not a valid {kind}.") from None
+    return raw
+
+
+def default_db_path() -> Path:
+    """The store path: ``FLYWHEEL_DB`` when set, else ``data/flywheel.duckdb``."""
+    return Path(str(get_setting("db")))

@@ -1,0 +1,202 @@
+"""The DuckDB store: short-lived connections, numbered schema migrations, transactions.
+
+DuckDB lets one process hold a database file for writing, and no other process may open it
+meanwhile. So every operation opens a connection, works and closes it, and a lock held by
+another process (the dashboard, a scheduled ``python -m core`` run) is retried with backoff
+before it is reported. Within one process DuckDB shares one database instance per file, so a
+connection per operation (and per Streamlit session thread) is cheap and thread-safe.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from core.errors import StoreError
+from core.settings import default_db_path, get_setting
+
+__all__ = ["Migration", "Store", "migrations"]
+
+Params = Sequence[Any] | dict[str, Any]
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step of the schema, applied once and recorded in the store."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The migrations shipped with this version of Flywheel, in order."""
+    found: list[Migration] = []
+    for entry in resources.files("core.migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"Two migrations share a number: {versions}.")
+    return found
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+class Store:
+    """One DuckDB file and the only way Flywheel reads or writes it."""
+
+    def __init__(self, path: str | Path | None = None, *, lock_timeout_s: float | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+        timeout = get_setting("lock_timeout_s") if lock_timeout_s is None else lock_timeout_s
+        self.lock_timeout_s = float(timeout)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        """Open a connection, retrying while another process holds the file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if not _is_lock_conflict(exc):
+                    raise StoreError(f"Cannot open the store {self.path}: {exc}") from None
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"The store {self.path} is in use by another process and stayed locked "
+                        f"for {self.lock_timeout_s:.0f} s; wait for that run to finish and try "
+                        "again."
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except duckdb.Error as exc:
+                raise StoreError(
+                    f"Cannot open the store {self.path}: {exc}. If it was written by a newer "
+                    "DuckDB, upgrade Flywheel's requirements or point --db at another file."
+                ) from None
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A migrated connection for one operation; closed on exit."""
+        con = self._open()
+        try:
+            self._ensure_migrated(con)
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def fetch_all(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run a query with bound parameters and return every row."""
+        with self.connect() as con:
+            return con.execute(sql, params).fetchall()
+
+    def fetch_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """Run a query with bound parameters and return its first row, if any."""
+        with self.connect() as con:
+            return con.execute(sql, params).fetchone()
+
+    def fetch_dicts(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        """Run a query and return its rows as dicts keyed by column name."""
+        with self.connect() as con:
+            cur = con.execute(sql, params)
+            names = [d[0] for d in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def execute(self, sql: str, params: Params = ()) -> None:
+        """Run one statement in its own transaction."""
+        with self.transaction() as con:
+            con.execute(sql, params)
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The newest migration applied to this store."""
+        row = self.fetch_one("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return int(row[0]) if row else 0
+
+    def _ensure_migrated(self, con: duckdb.DuckDBPyConnection) -> None:
+        key = str(self.path.resolve())
+        if key in _migrated:
+            return
+        with _migrate_lock:
+            if key not in _migrated:
+                migrate(con, self.path)
+                _migrated.add(key)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:
+    """Apply the migrations this store lacks, each in its own transaction; return them.
+
+    Raises StoreError when the store was written by a newer Flywheel.
+    """
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+        " applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
+    )
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    current = int(row[0]) if row else 0
+    known = migrations()
+    newest = known[-1].version if known else 0
+    if current > newest:
+        raise StoreError(
+            f"The store {path} has schema version {current}, newer than this Flywheel knows "
+            f"({newest}). Upgrade Flywheel, or point --db / FLYWHEEL_DB at another file."
+        )
+    applied: list[int] = []
+    for step in known:
+        if step.version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(step.sql)
+            con.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                [step.version, step.name],
+            )
+        except duckdb.Error as exc:
+            con.execute("ROLLBACK")
+            raise StoreError(
+                f"Migration {step.version:04d}_{step.name} failed on {path}: {exc}"
+            ) from None
+        con.execute("COMMIT")
+        applied.append(step.version)
+    return applied

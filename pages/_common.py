@@ -1,0 +1,83 @@
+"""Glue shared by the pages: the store, the workspace bootstrap, the current plan, errors.
+
+Pages stay thin: widgets in, ``core`` calls, charts and tables out. No business rule lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import streamlit as st
+
+from core.demo import is_demo_workspace, load_demo
+from core.errors import FlywheelError
+from core.plan_versions import PlanSummary, list_plans
+from core.settings import get_setting
+from core.store import Store
+
+T = TypeVar("T")
+
+
+def get_store() -> Store:
+    """The store this dashboard runs on ($FLYWHEEL_DB or data/flywheel.duckdb)."""
+    return Store()
+
+
+@st.cache_resource(show_spinner="Preparing the workspace…")
+def _bootstrap(db_path: str) -> bool:
+    """Load the demo workspace into an empty store once per process; True if it did."""
+    store = Store(db_path)
+    if get_setting("auto_demo") and not list_plans(store):
+        load_demo(store)
+        return True
+    return False
+
+
+def bootstrap_workspace() -> None:
+    """Make sure the workspace exists, loading the demo into an empty store."""
+    _bootstrap(str(get_store().path))
+
+
+def guarded(action: Callable[[], T]) -> T | None:
+    """Run a core call; show a FlywheelError as an error box instead of a traceback."""
+    try:
+        return action()
+    except FlywheelError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return None
+
+
+def plans() -> list[PlanSummary]:
+    """Every stored plan."""
+    return list_plans(get_store())
+
+
+def current_plan_id() -> str | None:
+    """The plan chosen in the sidebar, if any."""
+    value = st.session_state.get("plan_id")
+    return str(value) if value else None
+
+
+def demo_badge() -> None:
+    """Say plainly when the workspace holds demo data."""
+    if is_demo_workspace(get_store()):
+        st.caption(":material/science: **Demo workspace** — seeded sample data, safe to edit.")
+
+
+def plan_selector() -> str | None:
+    """The sidebar's plan picker; stores the choice in session state."""
+    available = plans()
+    if not available:
+        st.sidebar.info("No plan yet: create one on the Plan page.")
+        st.session_state.pop("plan_id", None)
+        return None
+    ids = [p.plan_id for p in available]
+    names = {p.plan_id: f"{p.name}{' (demo)' if p.is_demo else ''}" for p in available}
+    current = st.session_state.get("plan_id")
+    index = ids.index(current) if current in ids else 0
+    chosen = st.sidebar.selectbox(
+        "Plan", ids, index=index, format_func=lambda i: names[i], key="plan_picker"
+    )
+    st.session_state["plan_id"] = chosen
+    return str(chosen)

@@ -1,0 +1,40 @@
+"""Shared fixtures: a fresh store in a temporary directory, caches cleared after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import streamlit as st
+
+from core.demo import load_demo
+from core.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """An empty, migrated store that the dashboard and the CLI also see (FLYWHEEL_DB)."""
+    path = tmp_path / "flywheel.duckdb"
+    monkeypatch.setenv("FLYWHEEL_DB", str(path))
+    monkeypatch.setenv("FLYWHEEL_AUTO_DEMO", "0")
+    monkeypatch.setenv("FLYWHEEL_LOCK_TIMEOUT_S", "2")
+    fresh = Store(path)
+    fresh.schema_version()
+    return fresh
+
+
+@pytest.fixture
+def demo_store(store: Store) -> Store:
+    """A store holding the demo workspace."""
+    load_demo(store)
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _clear_streamlit_caches() -> Iterator[None]:
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
