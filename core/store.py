@@ -85,13 +85,14 @@ class Store:
             except duckdb.IOException as exc:
                 if not _is_lock_conflict(exc):
                     raise StoreError(f"Cannot open the store {self.path}: {exc}") from None
-                if time.monotonic() + delay > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise StoreError(
                         f"The store {self.path} is in use by another process and stayed locked "
                         f"for {self.lock_timeout_s:.0f} s; wait for that run to finish and try "
                         "again."
                     ) from None
-                time.sleep(delay)
+                time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
             except duckdb.Error as exc:
                 raise StoreError(

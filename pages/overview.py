@@ -32,18 +32,19 @@ goal = plan.goal
 st.subheader(f"{goal.feature} · v{version}")
 st.write(goal.business_goal or "_No business goal written yet._")
 
-cols = st.columns(5)
-cols[0].metric("Owner", goal.owner or "—")
-cols[1].metric("Teacher → student", f"{goal.teacher_model} → {goal.student_model}")
-cols[2].metric("Quality kept (target)", f"{goal.target_quality_retention:.0%}")
-reduction = plan.economics.cost_reduction
-cols[3].metric(
-    "Cost reduction",
-    f"{reduction:.1f}x" if reduction else "—",
-    delta=f"target {goal.target_cost_reduction:g}x",
-    delta_color="off",
+st.caption(
+    f"Owner **{goal.owner or '—'}** · teacher **{goal.teacher_model}** → student "
+    f"**{goal.student_model}** · from {goal.start_month} for {goal.horizon_months} months"
 )
-cols[4].metric("Monthly savings", f"${plan.economics.monthly_savings:,.0f}")
+cols = st.columns(4)
+cols[0].metric("Quality to keep", f"{goal.target_quality_retention:.0%}")
+reduction = plan.economics.cost_reduction
+cols[1].metric(
+    f"Cost reduction (target {goal.target_cost_reduction:g}x)",
+    f"{reduction:.1f}x" if reduction else "—",
+)
+cols[2].metric("Teacher cost / month", f"${plan.economics.teacher_monthly_cost:,.0f}")
+cols[3].metric("Projected savings / month", f"${plan.economics.monthly_savings:,.0f}")
 
 st.markdown("#### Readiness")
 if report.ready:
@@ -67,7 +68,7 @@ numbers[0].metric("Generation grid", f"{grid.grid_size} cells × {grid.examples_
 numbers[1].metric("Generation estimate", f"${generation_estimate_usd(plan):,.2f}")
 try:
     per_arm, days = ab_requirement(plan)
-    numbers[2].metric("A/B sample per arm", f"{per_arm:,}", delta=f"{days} days", delta_color="off")
+    numbers[2].metric("A/B test", f"{per_arm:,} / arm", help=f"{days} days at the planned traffic")
 except ValueError:
     numbers[2].metric("A/B sample per arm", "—")
 numbers[3].metric("Filters · gates", f"{len(plan.quality_filters)} · {len(plan.gates)}")

@@ -1,0 +1,213 @@
+"""Each lint check fires on a plan with its contradiction and stays quiet on a consistent one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+
+import pytest
+
+from core.lint import CHECKS, lint_data, lint_plan
+from core.plan import Gate, LengthBounds, Plan
+from core.starters import STARTERS, starter_plan
+
+Mutation = Callable[[Plan], None]
+
+
+def _retention(p: Plan) -> None:
+    p.logging.fields[2].retention_days = 400  # free-text prompt, consent allows 180
+
+
+def _no_redaction(p: Plan) -> None:
+    p.quality_filters = [f for f in p.quality_filters if f.rule != "pii_redacted"]
+
+
+def _redaction_late(p: Plan) -> None:
+    first = p.quality_filters.pop(0)
+    p.quality_filters.append(first)
+
+
+def _duplicate_field(p: Plan) -> None:
+    p.logging.fields.append(p.logging.fields[0].model_copy())
+
+
+def _no_training_scope(p: Plan) -> None:
+    p.consent.scopes = ["analytics"]
+
+
+def _opt_in_granted(p: Plan) -> None:
+    p.consent.flows[0].default_state = "granted"
+
+
+def _no_flows(p: Plan) -> None:
+    p.consent.flows = []
+
+
+def _review_after_production(p: Plan) -> None:
+    p.consent.privacy_review.decided_on = date(2027, 3, 1)  # cycle 2 starts 2027-02-01
+
+
+def _one_cycle(p: Plan) -> None:
+    p.goal.horizon_months = 1
+
+
+def _mix(p: Plan) -> None:
+    p.cadence.min_new_examples = 15_000  # × (1 + 0.4) = 21,000 > 20,000
+
+
+def _freeze_late(p: Plan) -> None:
+    p.cadence.data_freeze_day = 40
+
+
+def _one_arm(p: Plan) -> None:
+    p.ab_test.arms = p.ab_test.arms[:1]
+
+
+def _ab_too_long(p: Plan) -> None:
+    p.ab_test.daily_traffic = 500  # 14,853 per arm at 250 a day: 60 days
+
+
+def _no_regression_gate(p: Plan) -> None:
+    p.gates = [g for g in p.gates if g.comparator != "no_regression"]
+
+
+def _ni_ratio(p: Plan) -> None:
+    p.gates[2].ratio = 1.2
+
+
+def _gate_param(p: Plan) -> None:
+    p.gates[1].margin = None
+
+
+def _empty_axis(p: Plan) -> None:
+    p.generation.axes[1].values = []
+
+
+def _over_budget(p: Plan) -> None:
+    p.generation.budget_usd = 1.0  # 210 examples ≈ $1.60
+
+
+def _template(p: Plan) -> None:
+    p.generation.prompt_template = "Write a Python question about {{ topic }}."
+
+
+def _savings(p: Plan) -> None:
+    p.economics.student_output_per_1m = 5.0
+
+
+def _owner(p: Plan) -> None:
+    p.goal.owner = " "
+
+
+def _approvers(p: Plan) -> None:
+    p.sign_offs.approvers = [a for a in p.sign_offs.approvers if a.role != "privacy_reviewer"]
+
+
+CASES: dict[str, tuple[Mutation, str]] = {
+    "OWNER_MISSING": (_owner, "goal.owner"),
+    "APPROVERS_MISSING": (_approvers, "sign_offs.approvers"),
+    "RETENTION_EXCEEDS_CONSENT": (_retention, "logging.fields[2].retention_days"),
+    "FREE_TEXT_UNREDACTED": (_no_redaction, "quality_filters"),
+    "REDACTION_NOT_FIRST": (_redaction_late, "quality_filters[6]"),
+    "DUPLICATE_LOGGED_FIELD": (_duplicate_field, "logging.fields[0].name"),
+    "NO_TRAINING_CONSENT": (_no_training_scope, "consent.scopes"),
+    "OPT_IN_DEFAULT_GRANTED": (_opt_in_granted, "consent.flows[0].default_state"),
+    "NO_CONSENT_FLOW": (_no_flows, "consent.flows"),
+    "PRIVACY_REVIEW_LATE": (_review_after_production, "consent.privacy_review.decided_on"),
+    "TOO_FEW_CYCLES": (_one_cycle, "cadence"),
+    "MIX_INFEASIBLE": (_mix, "cadence.max_dataset_size"),
+    "FREEZE_AFTER_CYCLE": (_freeze_late, "cadence.data_freeze_day"),
+    "AB_ARMS": (_one_arm, "ab_test.arms"),
+    "AB_TOO_LONG": (_ab_too_long, "ab_test.daily_traffic"),
+    "NO_REGRESSION_GATE": (_no_regression_gate, "gates"),
+    "NI_RATIO_RANGE": (_ni_ratio, "gates[2].ratio"),
+    "GATE_PARAMETER_MISSING": (_gate_param, "gates[1].margin"),
+    "AXIS_VALUES": (_empty_axis, "generation.axes[1].values"),
+    "GENERATION_OVER_BUDGET": (_over_budget, "generation.budget_usd"),
+    "TEMPLATE_AXES": (_template, "generation.axes[1].name"),
+    "SAVINGS_BELOW_TARGET": (_savings, "economics.student_output_per_1m"),
+}
+
+
+def test_every_check_has_a_case() -> None:
+    assert set(CASES) == set(CHECKS)
+    assert len(CHECKS) >= 12
+
+
+@pytest.mark.parametrize("key", list(STARTERS))
+def test_starter_plans_have_no_findings(key: str) -> None:
+    report = lint_plan(starter_plan(key))
+    assert report.findings == []
+
+
+@pytest.mark.parametrize("code", list(CASES))
+def test_check_fires_on_its_contradiction(code: str) -> None:
+    plan = starter_plan("python_coding_assistant")
+    mutate, path = CASES[code]
+    assert not [f for f in lint_plan(plan).findings if f.code == code]
+    mutate(plan)
+    hits = [f for f in lint_plan(plan).findings if f.code == code]
+    assert hits, f"{code} did not fire"
+    assert path in {f.path for f in hits}
+    assert all(f.message.endswith((".", ")")) and len(f.message) > 20 for f in hits)
+
+
+def test_ab_duration_uses_the_two_proportion_sample_size() -> None:
+    plan = starter_plan("python_coding_assistant")
+    # 0.30 → 0.315, α 0.05, power 0.8: n = (z.975 + z.8)² (p1q1 + p2q2) / δ²
+    z = 1.959963984540054 + 0.8416212335729143
+    n = -(-(z**2) * (0.3 * 0.7 + 0.315 * 0.685) // 0.015**2)
+    plan.ab_test.daily_traffic = int(2 * n / 15)  # exactly 15 days per arm at 50/50
+    message = next((f.message for f in lint_plan(plan).findings if f.code == "AB_TOO_LONG"), None)
+    assert message is None  # 15 days fit in the 16 of February's cycle
+    plan.ab_test.daily_traffic = int(2 * n / 17)
+    message = next(f.message for f in lint_plan(plan).findings if f.code == "AB_TOO_LONG")
+    assert f"{int(n):,} users per arm" in message
+
+
+def test_review_pending_is_a_warning_not_an_error() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.consent.privacy_review.status = "in_review"
+    plan.consent.privacy_review.decided_on = None
+    findings = [f for f in lint_plan(plan).findings if f.code == "PRIVACY_REVIEW_LATE"]
+    assert [f.severity for f in findings] == ["warning"]
+    assert lint_plan(plan).ready
+
+
+def test_non_inferiority_ratio_below_half_is_an_error() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.gates[2].ratio = 0.4
+    assert "gates[2].ratio" in {f.path for f in lint_plan(plan).errors}
+
+
+def test_absolute_gate_without_threshold() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.gates.append(Gate(name="Style", metric="lint_rate", eval_set="py", comparator="absolute"))
+    assert "gates[4].threshold" in {f.path for f in lint_plan(plan).errors}
+
+
+def test_repeated_axis_values_are_named() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.generation.axes[1].values = ["beginner", "advanced", "beginner"]
+    message = next(f.message for f in lint_plan(plan).errors if f.code == "AXIS_VALUES")
+    assert "beginner" in message
+
+
+def test_schema_problems_come_back_as_findings_with_paths() -> None:
+    data = starter_plan("python_coding_assistant").to_data()
+    data["cadence"]["validation_share"] = 0.9
+    data["quality_filters"].append({"rule": "length_bounds", "min_chars": "x"})
+    plan, report = lint_data(data)
+    assert plan is None
+    paths = {f.path for f in report.errors}
+    assert "cadence.validation_share" in paths
+    assert "quality_filters[7].min_chars" in paths
+    assert all(f.code == "SCHEMA" for f in report.findings)
+
+
+def test_lint_data_on_a_valid_plan_returns_it() -> None:
+    original = starter_plan("customer_support_assistant")
+    original.quality_filters.append(LengthBounds(min_chars=1, max_chars=10))
+    plan, report = lint_data(original.to_data())
+    assert plan == original
+    assert report.ready

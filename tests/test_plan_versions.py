@@ -1,0 +1,104 @@
+"""Saving plans as versions, history, diffs and the demo workspace."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.demo import is_demo_workspace, load_demo
+from core.errors import PlanError
+from core.plan_versions import diff_plans, list_plans, list_versions, load_plan, save_plan_version
+from core.starters import starter_plan
+from core.store import Store
+
+
+def test_saving_twice_makes_two_versions_and_keeps_both(store: Store) -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan_id, v1 = save_plan_version(store, plan, note="first", author="pm")
+    plan.cadence.validation_share = 0.2
+    same_id, v2 = save_plan_version(
+        store, plan, note="bigger holdout", author="pm", plan_id=plan_id
+    )
+    assert (same_id, v1, v2) == (plan_id, 1, 2)
+    assert load_plan(store, plan_id, 1)[0].cadence.validation_share == 0.1
+    assert load_plan(store, plan_id)[0].cadence.validation_share == 0.2
+    assert [v.note for v in list_versions(store, plan_id)] == ["bigger holdout", "first"]
+
+
+def test_plan_with_lint_errors_is_saved_as_a_draft_not_ready(store: Store) -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.goal.owner = ""
+    plan_id, _ = save_plan_version(store, plan, note="draft", author="pm")
+    (version,) = list_versions(store, plan_id)
+    assert version.lint_errors == 1 and not version.ready
+    assert not list_plans(store)[0].ready
+
+
+def test_saving_is_audited(store: Store) -> None:
+    plan_id, _ = save_plan_version(
+        store, starter_plan("customer_support_assistant"), note="n", author="jonas"
+    )
+    rows = store.fetch_all("SELECT actor, action, target FROM audit_log")
+    assert rows == [("jonas", "plan.save", f"{plan_id}@v1")]
+
+
+def test_two_plans_with_one_feature_get_distinct_ids(store: Store) -> None:
+    first, _ = save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="a", author="x"
+    )
+    second, _ = save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="b", author="x"
+    )
+    assert first != second
+
+
+def test_unknown_plan_or_version_is_a_plan_error(store: Store) -> None:
+    with pytest.raises(PlanError, match="no plan 'nope'"):
+        load_plan(store, "nope")
+    plan_id, _ = save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="a", author="x"
+    )
+    with pytest.raises(PlanError, match="version 9"):
+        load_plan(store, plan_id, 9)
+    with pytest.raises(PlanError):
+        save_plan_version(
+            store, starter_plan("python_coding_assistant"), note="a", author="x", plan_id="nope"
+        )
+
+
+def test_diff_names_each_changed_field() -> None:
+    before = starter_plan("python_coding_assistant")
+    after = before.model_copy(deep=True)
+    after.gates[1].margin = 0.05
+    after.generation.axes[0].values.append("numpy")
+    after.consent.scopes = ["training"]
+    changes = {c.path: (c.before, c.after) for c in diff_plans(before, after)}
+    assert changes["gates[1].margin"] == (0.02, 0.05)
+    assert changes["generation.axes[0].values"][1][-1] == "numpy"
+    assert changes["consent.scopes"] == (["training", "human_review", "analytics"], ["training"])
+    assert len(changes) == 3
+    assert diff_plans(before, before) == []
+
+
+def test_demo_is_deterministic_labelled_and_loaded_once(store: Store) -> None:
+    first = load_demo(store)
+    again = load_demo(store)
+    assert first.created and not again.created
+    assert first.plan_id == again.plan_id
+    assert is_demo_workspace(store)
+    assert [p.is_demo for p in list_plans(store)] == [True]
+    versions = list_versions(store, first.plan_id)
+    assert len(versions) == 3
+    assert versions[-1].lint_errors > 0  # the first draft shows what lint catches
+    assert versions[0].ready
+    assert first.cycles == 6
+
+
+def test_demo_with_same_seed_gives_same_plans(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    stores = [Store(base / "a.duckdb"), Store(base / "b.duckdb")]
+    for s in stores:
+        load_demo(s, seed=11)
+    digests = [[v.sha256 for v in list_versions(s, "python-coding-assistant")] for s in stores]
+    assert digests[0] == digests[1]
