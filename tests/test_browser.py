@@ -1,0 +1,148 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright against
+``streamlit run`` on a free port, for what AppTest cannot see (layout, real widgets, downloads)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from core.plan_versions import list_versions
+from core.store import Store
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PAGES = {
+    "": "Overview",
+    "plan": "Plan",
+}
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A running dashboard on 127.0.0.1 over a fresh store that it fills with the demo."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: run `bash scripts/check.sh`, which installs it.")
+    db = tmp_path_factory.mktemp("browser") / "flywheel.duckdb"
+    port = _free_port()
+    env = {**os.environ, "FLYWHEEL_DB": str(db), "FLYWHEEL_AUTO_DEMO": "1"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield url, db
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _open(browser: object, url: str) -> object:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    page.goto(url)
+    page.get_by_test_id("stMainBlockContainer").wait_for(timeout=30_000)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
+    )
+    return page
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_every_page_loads_without_an_exception(
+    dashboard: tuple[str, Path], browser: object, path: str
+) -> None:
+    url, _ = dashboard
+    page = _open(browser, f"{url}/{path}")
+    page.get_by_role("heading", name=PAGES[path], exact=True).wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    assert page.get_by_test_id("stException").count() == 0  # type: ignore[attr-defined]
+    page.close()  # type: ignore[attr-defined]
+
+
+def test_edit_and_save_a_plan(dashboard: tuple[str, Path], browser: object) -> None:
+    url, db = dashboard
+    page = _open(browser, f"{url}/plan")
+    owner = page.get_by_label("Owner", exact=True)  # type: ignore[attr-defined]
+    owner.fill("Sam Rivera")
+    owner.press("Enter")
+    note = page.get_by_label("Change note")  # type: ignore[attr-defined]
+    note.fill("New owner")
+    note.press("Enter")
+    page.get_by_role("button", name="Save as new version").click()  # type: ignore[attr-defined]
+    page.get_by_text("Saved v4").wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    page.close()  # type: ignore[attr-defined]
+    latest = list_versions(Store(db), "python-coding-assistant")[0]
+    assert (latest.version, latest.note) == (4, "New owner")
+
+
+def test_download_the_plan_as_yaml(dashboard: tuple[str, Path], browser: object) -> None:
+    url, _ = dashboard
+    page = _open(browser, f"{url}/plan")
+    page.get_by_role("tab", name="Import / export").click()  # type: ignore[attr-defined]
+    with page.expect_download() as info:  # type: ignore[attr-defined]
+        page.get_by_role("button", name="YAML").click()  # type: ignore[attr-defined]
+    path = info.value.path()
+    text = Path(path).read_text(encoding="utf-8")
+    assert "feature: Python coding assistant" in text
+    page.close()  # type: ignore[attr-defined]
