@@ -164,7 +164,10 @@ class Store:
 
 
 def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:
-    """Apply the migrations this store lacks, each in its own transaction; return them.
+    """Apply the migrations this store lacks, in order, each in its own transaction.
+
+    A store may lack a lower number than its newest (two branches' migrations landing in
+    either order), so the missing ones are applied, not only those above the newest.
 
     Raises StoreError when the store was written by a newer Flywheel.
     """
@@ -173,8 +176,8 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:
         " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
         " applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
     )
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-    current = int(row[0]) if row else 0
+    done = {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    current = max(done, default=0)
     known = migrations()
     newest = known[-1].version if known else 0
     if current > newest:
@@ -184,7 +187,7 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:
         )
     applied: list[int] = []
     for step in known:
-        if step.version <= current:
+        if step.version in done:
             continue
         con.execute("BEGIN TRANSACTION")
         try:

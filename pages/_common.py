@@ -19,6 +19,27 @@ from core.store import Store
 T = TypeVar("T")
 
 
+def _leave_legacy_navigation() -> None:
+    """Hand a page opened by URL before ``app.py`` ever ran back to ``app.py``'s navigation.
+
+    Streamlit starts in its legacy multipage mode when a ``pages/`` folder exists and only
+    leaves it once ``st.navigation`` runs; a first visit straight to ``/plan`` would otherwise
+    run the page bare, without the sidebar and workspace bootstrap of ``app.py``.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def page_header(title: str) -> None:
+    """The page's title and, on demo data, the demo label."""
+    _leave_legacy_navigation()
+    st.title(title)
+    demo_badge()
+
+
 def get_store() -> Store:
     """The store this dashboard runs on ($FLYWHEEL_DB or data/flywheel.duckdb)."""
     return Store()
@@ -65,8 +86,17 @@ def demo_badge() -> None:
         st.caption(":material/science: **Demo workspace** — seeded sample data, safe to edit.")
 
 
+def select_plan(plan_id: str) -> None:
+    """Make ``plan_id`` the current plan from the next rerun on (the sidebar follows)."""
+    st.session_state["pending_plan_id"] = plan_id
+
+
+def _follow_picker() -> None:
+    st.session_state["plan_id"] = st.session_state["plan_picker"]
+
+
 def plan_selector() -> str | None:
-    """The sidebar's plan picker; stores the choice in session state."""
+    """The sidebar's plan picker; the current plan is ``st.session_state["plan_id"]``."""
     available = plans()
     if not available:
         st.sidebar.info("No plan yet: create one on the Plan page.")
@@ -74,10 +104,15 @@ def plan_selector() -> str | None:
         return None
     ids = [p.plan_id for p in available]
     names = {p.plan_id: f"{p.name}{' (demo)' if p.is_demo else ''}" for p in available}
-    current = st.session_state.get("plan_id")
-    index = ids.index(current) if current in ids else 0
-    chosen = st.sidebar.selectbox(
-        "Plan", ids, index=index, format_func=lambda i: names[i], key="plan_picker"
+    pending = st.session_state.pop("pending_plan_id", None)
+    if pending in ids:
+        st.session_state["plan_id"] = pending
+        st.session_state["plan_picker"] = pending
+    if st.session_state.get("plan_id") not in ids:
+        st.session_state["plan_id"] = ids[0]
+    if st.session_state.get("plan_picker") not in ids:
+        st.session_state["plan_picker"] = st.session_state["plan_id"]
+    st.sidebar.selectbox(
+        "Plan", ids, format_func=names.__getitem__, key="plan_picker", on_change=_follow_picker
     )
-    st.session_state["plan_id"] = chosen
-    return str(chosen)
+    return str(st.session_state["plan_id"])

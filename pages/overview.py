@@ -8,10 +8,9 @@ from core.charts import timeline_figure
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
-from pages._common import current_plan_id, demo_badge, get_store, guarded
+from pages._common import current_plan_id, get_store, guarded, page_header
 
-st.title("Overview")
-demo_badge()
+page_header("Overview")
 
 plan_id = current_plan_id()
 if plan_id is None:

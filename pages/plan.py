@@ -27,7 +27,7 @@ from core.plan_files import dump_plan, parse_plan, plan_format_for
 from core.plan_versions import diff_plans, list_versions, load_plan, save_plan_version
 from core.settings import get_setting
 from core.starters import STARTERS, starter_plan
-from pages._common import current_plan_id, demo_badge, get_store, guarded
+from pages._common import current_plan_id, get_store, guarded, page_header, select_plan
 from pages._forms import edit_filters, edit_model, edit_rows
 
 SECTIONS = {
@@ -47,16 +47,14 @@ SECTIONS = {
 store = get_store()
 actor = str(get_setting("actor"))
 
-st.title("Plan")
-demo_badge()
+page_header("Plan")
 
 
 def _create_from_starter(key: str) -> None:
     plan_id, _ = save_plan_version(
         store, starter_plan(key), note=f"Created from the starter '{STARTERS[key]}'", author=actor
     )
-    st.session_state["plan_id"] = plan_id
-    st.session_state.pop("plan_picker", None)
+    select_plan(plan_id)
 
 
 with st.popover("New plan from a starter", icon=":material/add:"):
@@ -313,7 +311,6 @@ with files:
                 st.error(f"{exc} Nothing was stored.")
             else:
                 st.success(f"Stored {new_id} v{new_version}.")
-                st.session_state["plan_id"] = new_id
-                st.session_state.pop("plan_picker", None)
+                select_plan(new_id)
                 st.session_state["pending_version"] = new_version
                 st.rerun()

@@ -33,6 +33,23 @@ def demo_store(store: Store) -> Store:
     return store
 
 
+class _PathWithoutPagesFolder(type(Path())):  # type: ignore[misc]
+    def exists(self, *args: object, **kwargs: object) -> bool:
+        return self.name != "pages" and super().exists(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _navigation_as_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make AppTest run pages through app.py's st.navigation, as a running server does.
+
+    AppTest resets Streamlit's process-wide "legacy pages/ folder" flag before every run, so
+    without this each run after switch_page would execute the page bare, without app.py.
+    """
+    import streamlit.runtime.pages_manager as pages_manager
+
+    monkeypatch.setattr(pages_manager, "Path", _PathWithoutPagesFolder)
+
+
 @pytest.fixture(autouse=True)
 def _clear_streamlit_caches() -> Iterator[None]:
     yield

@@ -30,9 +30,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# The first page visited is opened by its URL before any other: it must still get app.py's
+# navigation and sidebar.
 PAGES = {
-    "": "Overview",
     "plan": "Plan",
+    "": "Overview",
 }
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -117,6 +119,8 @@ def test_every_page_loads_without_an_exception(
     page = _open(browser, f"{url}/{path}")
     page.get_by_role("heading", name=PAGES[path], exact=True).wait_for(timeout=30_000)  # type: ignore[attr-defined]
     assert page.get_by_test_id("stException").count() == 0  # type: ignore[attr-defined]
+    picker = page.get_by_test_id("stSidebar").get_by_role("combobox", name="Plan")  # type: ignore[attr-defined]
+    assert picker.input_value() == "Python coding assistant (demo)"
     page.close()  # type: ignore[attr-defined]
 
 
@@ -146,3 +150,46 @@ def test_download_the_plan_as_yaml(dashboard: tuple[str, Path], browser: object)
     text = Path(path).read_text(encoding="utf-8")
     assert "feature: Python coding assistant" in text
     page.close()  # type: ignore[attr-defined]
+
+
+def _upload(page: object, name: str, text: str, *, target: str | None = None) -> None:
+    page.get_by_role("tab", name="Import / export").click()  # type: ignore[attr-defined]
+    page.locator("input[type=file]").set_input_files(  # type: ignore[attr-defined]
+        {"name": name, "mimeType": "application/yaml", "buffer": text.encode()}
+    )
+    if target is not None:
+        page.get_by_text(target).click()  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Store uploaded plan").click()  # type: ignore[attr-defined]
+
+
+def test_malformed_upload_shows_the_field_and_stores_nothing(
+    dashboard: tuple[str, Path], browser: object
+) -> None:
+    url, db = dashboard
+    before = len(list_versions(Store(db), "python-coding-assistant"))
+    page = _open(browser, f"{url}/plan")
+    _upload(page, "broken.yaml", "goal:\n  feature: X\n  horizon_months: six\n")
+    alert = page.get_by_text("goal.horizon_months")  # type: ignore[attr-defined]
+    alert.wait_for(timeout=30_000)
+    assert "Nothing was stored" in page.get_by_test_id("stAlert").all_inner_texts()[-1]  # type: ignore[attr-defined]
+    page.close()  # type: ignore[attr-defined]
+    assert len(list_versions(Store(db), "python-coding-assistant")) == before
+
+
+def test_upload_a_plan_as_a_new_plan(dashboard: tuple[str, Path], browser: object) -> None:
+    from core.plan_files import dump_plan
+    from core.plan_versions import list_plans
+    from core.starters import starter_plan
+
+    url, db = dashboard
+    page = _open(browser, f"{url}/plan")
+    text = dump_plan(starter_plan("customer_support_assistant"), "yaml")
+    _upload(page, "support.yaml", text, target="a new plan")
+    page.get_by_role("heading", name="Plan", exact=True).wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    picker = page.get_by_test_id("stSidebar").get_by_role("combobox", name="Plan")  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while picker.input_value() != "Customer-support reply assistant":
+        assert time.monotonic() < deadline, picker.input_value()
+        time.sleep(0.2)
+    page.close()  # type: ignore[attr-defined]
+    assert "customer-support-reply-assistant" in {p.plan_id for p in list_plans(Store(db))}
