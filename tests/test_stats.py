@@ -1034,3 +1034,10 @@ def test_public_names_exist_and_are_documented() -> None:
         obj = getattr(st, name)
         if callable(obj) and not name[0].isupper():
             assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_aa_peeking_bench_is_importable_and_runs_small() -> None:
+    from bench.aa_peeking import simulate
+
+    rates = simulate(simulations=20, days=3)
+    assert 0.0 <= rates.sequential <= 1.0 and 0.0 <= rates.fixed_z <= 1.0
