@@ -9,6 +9,7 @@ Replies are valid ``coding_qa`` (so also ``qa`` and ``support_qa``) and distinct
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -22,12 +23,13 @@ from typing import Any
 
 FAULTS = ("429", "500", "timeout", "malformed", "invalid", "no_code")
 
-_WORDS = (
+_VOCABULARY = (
     "alpha bravo cedar delta ember falcon garnet harbor iris juniper kettle lantern meadow "
     "nectar orbit pebble quartz raven saffron timber umber violet willow xenon yonder zephyr "
     "anchor basalt comet dune echo fjord glacier heron islet jasper kelp lagoon mesa nimbus "
     "oasis prairie quill reef summit tundra upland vale wharf yarrow zinnia acorn bramble"
-).split()
+)
+_WORDS = tuple(_VOCABULARY.split())
 
 
 @dataclass
@@ -117,10 +119,8 @@ class FakeOpenAI:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(raw)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
             def _body(self) -> bytes:
                 length = int(self.headers.get("Content-Length") or 0)
