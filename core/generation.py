@@ -355,6 +355,9 @@ _EXAMPLE_COLUMNS = (
 )
 
 
+_DEFAULTS: dict[str, Any] = {"attempts": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+
+
 def write_examples(store: Store, rows: Sequence[dict[str, Any]]) -> None:
     """Store examples (valid or failed), replacing an earlier record of the same item."""
     if not rows:
@@ -367,7 +370,7 @@ def write_examples(store: Store, rows: Sequence[dict[str, Any]]) -> None:
             con.execute(
                 f"INSERT OR REPLACE INTO generated_examples ({', '.join(_EXAMPLE_COLUMNS)})"
                 f" VALUES {', '.join(one for _ in chunk)}",
-                [row.get(c) for row in chunk for c in _EXAMPLE_COLUMNS],
+                [row.get(c, _DEFAULTS.get(c)) for row in chunk for c in _EXAMPLE_COLUMNS],
             )
 
 

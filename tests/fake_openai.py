@@ -59,7 +59,7 @@ class _State:
     rng: random.Random = field(default_factory=random.Random)
 
 
-def _reply_content(n: int, rng: random.Random) -> str:
+def reply_content(n: int, rng: random.Random) -> str:
     words = [rng.choice(_WORDS) for _ in range(30)]
     question = f"How do I handle case {n} with {' '.join(words[:8])} in Python?"
     code = (
@@ -72,7 +72,7 @@ def _reply_content(n: int, rng: random.Random) -> str:
     return json.dumps({"question": question, "answer": answer})
 
 
-def _completion(model: str, content: str, prompt_chars: int) -> dict[str, Any]:
+def completion_body(model: str, content: str, prompt_chars: int) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{random.getrandbits(40):x}",
         "object": "chat.completion",
@@ -224,7 +224,7 @@ class FakeOpenAI:
                         chars = sum(len(m["content"]) for m in body["messages"])
                         result = {
                             "status_code": 200,
-                            "body": _completion(body["model"], content, chars),
+                            "body": completion_body(body["model"], content, chars),
                         }
                     out.append(
                         {
@@ -281,7 +281,7 @@ class FakeOpenAI:
                     time.sleep(faults.timeout_sleep_s)
                 content = _content_for(fault, n, state.rng)
                 chars = sum(len(str(m.get("content", ""))) for m in request["messages"])
-                self._send(200, _completion(request["model"], content, chars))
+                self._send(200, completion_body(request["model"], content, chars))
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256
@@ -325,7 +325,7 @@ def _content_for(fault: str, n: int, rng: random.Random) -> str:
         return json.dumps({"question": "Missing its answer?"})
     if fault == "no_code":
         return json.dumps({"question": "How do I sort a list?", "answer": "Use sorted()."})
-    return _reply_content(n, rng)
+    return reply_content(n, rng)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python tests/fake_openai.py
