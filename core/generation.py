@@ -697,17 +697,18 @@ class _Runner:
             if self.progress.cost_usd >= self.budget_usd:
                 raise _BudgetReached
             self.progress.api_calls += 1
+            sent_mode = self.mode
             try:
                 return await self.client.chat.completions.create(
                     model=self.spec.teacher_model,
                     messages=messages,  # type: ignore[arg-type]
                     temperature=gen.temperature,
-                    response_format=response_format(gen.output_schema, self.mode),
+                    response_format=response_format(gen.output_schema, sent_mode),
                     timeout=self.timeout_s,
                 )
             except openai.BadRequestError as exc:
                 text = str(exc).lower()
-                if self.mode == "json_schema" and (
+                if sent_mode == "json_schema" and (
                     "response_format" in text or "json_schema" in text
                 ):
                     # The server lacks structured outputs: JSON mode plus our own validation.
