@@ -96,9 +96,7 @@ heatmap.plotly_chart(
 )
 
 with st.expander("Rendered prompt for a cell", icon=":material/description:"):
-    chosen = {
-        name: st.selectbox(name, values, key=f"preview_{name}") for name, values in axes
-    }
+    chosen = {name: st.selectbox(name, values, key=f"preview_{name}") for name, values in axes}
     index = st.number_input("Example index", 0, gen.examples_per_cell - 1, 0, key="preview_i")
     messages = guarded(lambda: messages_for(spec, chosen, int(index)))
     if messages:
@@ -109,9 +107,7 @@ with st.expander("Rendered prompt for a cell", icon=":material/description:"):
 # -- estimate and run --------------------------------------------------------------------------
 
 st.markdown("#### Estimate and run")
-batch = st.toggle(
-    "Batch mode (OpenAI batch API: half price, results within 24 h)", key="gen_batch"
-)
+batch = st.toggle("Batch mode (OpenAI batch API: half price, results within 24 h)", key="gen_batch")
 estimate = guarded(lambda: dry_run(store, plan_id, batch=batch))
 if estimate is not None:
     cols = st.columns(4)
@@ -185,7 +181,7 @@ def _run(top_up: bool) -> None:
 if endpoint.is_openai and not endpoint.has_key:
     st.info(
         "No API key is configured, so generation cannot run yet. Set `OPENAI_API_KEY` in the "
-        "environment, or add `openai_api_key = \"sk-…\"` to `.streamlit/secrets.toml`. For a "
+        'environment, or add `openai_api_key = "sk-…"` to `.streamlit/secrets.toml`. For a '
         "local OpenAI-compatible server (vLLM, Ollama, llama.cpp) set `OPENAI_BASE_URL` (or "
         "`openai_base_url` in the secrets, or the plan's generation endpoint) instead. The "
         "estimate above needs no key.",
@@ -255,9 +251,7 @@ else:
     st.caption("No failed items.")
 
 st.markdown("#### Examples")
-chosen_cell = {
-    name: st.selectbox(name, values, key=f"examples_{name}") for name, values in axes
-}
+chosen_cell = {name: st.selectbox(name, values, key=f"examples_{name}") for name, values in axes}
 examples = guarded(lambda: list_examples(store, spec, cell=chosen_cell, limit=50))
 if not examples:
     st.info("This cell holds no valid example yet.", icon=":material/info:")

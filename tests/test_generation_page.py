@@ -38,7 +38,7 @@ def test_without_a_key_the_page_says_how_to_configure_one(
     assert not [b for b in at.button if b.key == "gen_run"]
     # The demo's thin cell and failures are shown, and the estimate needs no key.
     assert "thin" in " ".join(b.label for b in at.button) or "cell(s) hold fewer" in text
-    assert [m for m in at.metric if m.label == "Calls"][0].value == "5"
+    assert next(m for m in at.metric if m.label == "Calls").value == "5"
 
 
 def test_a_run_from_the_page_fills_the_grid(
@@ -49,7 +49,7 @@ def test_a_run_from_the_page_fills_the_grid(
         monkeypatch.setenv("OPENAI_API_KEY", "sk-page-test")
         at = _page(demo_store).run()
         assert not at.exception
-        run = [b for b in at.button if b.key == "gen_run"][0]
+        run = next(b for b in at.button if b.key == "gen_run")
         run.click().run()
         assert not at.exception
         assert any("5 new valid" in str(s.value) for s in at.success)

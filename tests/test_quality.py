@@ -89,7 +89,7 @@ def test_exact_duplicates_relations_and_word_shingles(con: duckdb.DuckDBPyConnec
 
 
 def test_estimated_similarity_is_close_to_exact(con: duckdb.DuckDBPyConnection) -> None:
-    texts, planted = _corpus(400, 40, seed=5)
+    texts, _planted = _corpus(400, 40, seed=5)
     con.execute("CREATE TABLE docs (id INTEGER, text VARCHAR)")
     con.executemany("INSERT INTO docs VALUES (?, ?)", list(enumerate(texts)))
     pairs = near_duplicate_pairs(con, "docs", threshold=0.7, verify="estimate")
