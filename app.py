@@ -11,6 +11,7 @@ st.set_page_config(page_title="Flywheel", page_icon=":material/cycle:", layout="
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/plan.py", title="Plan", icon=":material/edit_note:"),
+    st.Page("pages/generation.py", title="Synthetic data", icon=":material/auto_awesome:"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from core.plan import CycleMilestones
 
-__all__ = ["PHASE_COLOURS", "timeline_figure"]
+__all__ = ["PHASE_COLOURS", "grid_heatmap_figure", "timeline_figure"]
 
 PHASE_COLOURS: dict[str, str] = {
     "Collect": "#9ecae1",
@@ -74,4 +74,56 @@ def timeline_figure(cycles: list[CycleMilestones], *, today: date | None = None)
     )
     if today is not None:
         fig.add_vline(x=today.isoformat(), line_dash="dot", line_color="#636363")
+    return fig
+
+
+def grid_heatmap_figure(
+    axes: list[tuple[str, list[str]]],
+    counts: dict[tuple[str, ...], int],
+    target: int,
+    *,
+    title: str = "Valid examples per cell",
+) -> go.Figure:
+    """The generation grid as a heatmap: one square per cell, coloured by its share of the
+    target and labelled "count/target". The last axis runs along x; the others, joined by
+    " · ", down y. ``counts`` is keyed by the cell's values in axis order."""
+    if not axes:
+        return go.Figure(layout={"title": {"text": title, "x": 0}})
+    *row_axes, (x_name, x_values) = axes
+    row_values: list[tuple[str, ...]] = [()]
+    for _, values in row_axes:
+        row_values = [(*prefix, v) for prefix in row_values for v in values]
+    z: list[list[float]] = []
+    text: list[list[str]] = []
+    for prefix in row_values:
+        z_row: list[float] = []
+        t_row: list[str] = []
+        for x in x_values:
+            n = counts.get((*prefix, x), 0)
+            z_row.append(min(1.0, n / target) if target else 0.0)
+            t_row.append(f"{n}/{target}")
+        z.append(z_row)
+        text.append(t_row)
+    y_labels = [" · ".join(prefix) or x_name for prefix in row_values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=x_values,
+            y=y_labels,
+            text=text,
+            texttemplate="%{text}",
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            colorbar={"title": "of target", "tickformat": ".0%"},
+            hovertemplate="%{y} · %{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0},
+        xaxis={"title": x_name, "side": "top"},
+        yaxis={"title": " · ".join(n for n, _ in row_axes), "autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        height=120 + 32 * len(row_values),
+    )
     return fig

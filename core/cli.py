@@ -16,6 +16,7 @@ from typing import Any
 
 from core.demo import load_demo
 from core.errors import FlywheelError, PlanError
+from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
 from core.lint import LintReport, lint_plan
 from core.plan_files import dump_plan, plan_format_for, read_plan_file
 from core.plan_versions import list_plans, load_plan, save_plan_version
@@ -126,6 +127,50 @@ def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
     return Outcome({"plans": rows}, text or "No plans yet.")
 
 
+def cmd_generate(args: argparse.Namespace, store: Store) -> Outcome:
+    plan_id = args.plan or default_plan_id(store)
+    if args.dry_run:
+        estimate = dry_run(store, plan_id, batch=args.batch, top_up=args.top_up)
+        spec = GenerationSpec.load(store, plan_id)
+        counts = stored_counts(store, spec)
+        data = {
+            "plan_id": plan_id,
+            "dry_run": True,
+            "cells": estimate.cells,
+            "requested": estimate.requested,
+            "generated": sum(c.get("valid", 0) for c in counts.values()),
+            "failed": sum(c.get("failed", 0) for c in counts.values()),
+            "api_calls": 0,
+            **estimate.to_dict(),
+        }
+        verdict = "over the budget cap: the run would not start" if estimate.over_budget else "ok"
+        text = (
+            f"Plan '{plan_id}': {estimate.cells} cells, {estimate.requested} items, "
+            f"{estimate.stored} stored; {estimate.calls} calls, "
+            f"~{estimate.estimated_input_tokens:,} input + "
+            f"~{estimate.estimated_output_tokens:,} output tokens ({estimate.tokenizer}), "
+            f"estimated ${estimate.estimated_cost_usd:,.4f} of ${estimate.budget_usd:,.2f} "
+            f"budget ({verdict})."
+        )
+        return Outcome(
+            data,
+            text,
+            exit_code=1 if estimate.over_budget else 0,
+        )
+    if args.batch:
+        report = run_batch(store, plan_id, top_up=args.top_up)
+    else:
+        report = run_generation(store, plan_id, top_up=args.top_up, concurrency=args.concurrency)
+    data = {"dry_run": False, **report.to_dict()}
+    return Outcome(
+        data,
+        f"Plan '{plan_id}': {report.cells} cells; {report.generated}/{report.requested} valid, "
+        f"{report.failed} failed; {report.api_calls} API calls, ${report.cost_usd:,.4f} spent "
+        f"(estimated ${report.estimated_cost_usd:,.4f}). {report.message}",
+        exit_code=1 if report.status == "budget_stop" else 0,
+    )
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -170,6 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = plan_commands.add_parser("list", parents=[common], help="list stored plans")
     lst.set_defaults(handler=cmd_plan_list)
+
+    gen = commands.add_parser(
+        "generate",
+        parents=[common],
+        help="synthetic generation over the plan's grid",
+        description="Generate the plan's synthetic dataset with the teacher. The server is the "
+        "plan's generation endpoint, else FLYWHEEL_TEACHER_BASE_URL, else OPENAI_BASE_URL, else "
+        "OpenAI; the key comes from FLYWHEEL_TEACHER_API_KEY or OPENAI_API_KEY and is never "
+        "stored. Items already stored are not requested again.",
+    )
+    gen.add_argument("--plan", help="plan id (default: the newest plan)")
+    gen.add_argument(
+        "--dry-run", action="store_true", help="print calls, tokens and cost; send nothing"
+    )
+    gen.add_argument(
+        "--batch", action="store_true", help="use an OpenAI batch job (half price, slower)"
+    )
+    gen.add_argument(
+        "--top-up", action="store_true", help="only bring thin cells back to their target"
+    )
+    gen.add_argument(
+        "--concurrency", type=int, help="requests in flight (default: generation_concurrency)"
+    )
+    gen.set_defaults(handler=cmd_generate)
     return parser
 
 

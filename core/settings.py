@@ -58,6 +58,29 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("request_timeout_s", 60.0, "Timeout of one request to a model endpoint."),
         Setting("max_retries", 5, "Retries of one model request on 429, 5xx or a timeout."),
+        Setting(
+            "generation_invalid_retries",
+            2,
+            "Extra requests for one item whose reply is malformed or fails its schema.",
+        ),
+        Setting(
+            "retry_backoff_s",
+            0.5,
+            "First wait before retrying a model request; doubles each retry, with jitter.",
+        ),
+        Setting("batch_poll_s", 15.0, "Seconds between status checks of an OpenAI batch job."),
+        Setting(
+            "teacher_base_url",
+            "",
+            "Base URL of the teacher's OpenAI-compatible server when the plan names none "
+            "(else OPENAI_BASE_URL, else OpenAI).",
+        ),
+        Setting(
+            "teacher_api_key",
+            "",
+            "API key of the teacher's server (else OPENAI_API_KEY); read at run time, "
+            "never stored.",
+        ),
         Setting("actor", "local user", "Who is recorded as acting when no login is configured."),
     ]
 }

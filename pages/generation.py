@@ -1,0 +1,296 @@
+"""Synthetic data: the plan's generation grid, its cost, a live run, failures, examples, top-up."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import streamlit as st
+
+from core.charts import grid_heatmap_figure
+from core.errors import FlywheelError
+from core.generation import (
+    GenerationProgress,
+    GenerationSpec,
+    cell_diversity,
+    cell_key,
+    dry_run,
+    list_examples,
+    list_failures,
+    messages_for,
+    production_vs_training,
+    run_batch,
+    run_generation,
+    runs,
+    stored_counts,
+)
+from core.llm import Endpoint, resolve_endpoint
+from pages._common import current_plan_id, demo_badge, get_store, guarded
+
+st.title("Synthetic data")
+demo_badge()
+
+plan_id = current_plan_id()
+if plan_id is None:
+    st.info(
+        "No plan yet. Open **Plan** to start from a starter plan, or run "
+        "`python -m core demo` to load the demo workspace.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+store = get_store()
+spec = guarded(lambda: GenerationSpec.load(store, plan_id))
+if spec is None:
+    st.stop()
+gen = spec.plan.generation
+axes = [(a.name, list(a.values)) for a in gen.axes]
+
+
+def _secret(name: str) -> str | None:
+    """A value from .streamlit/secrets.toml, if that file exists and holds it."""
+    try:
+        value = st.secrets.get(name)
+    except Exception:  # no secrets file at all
+        return None
+    return str(value) if value else None
+
+
+def _endpoint() -> Endpoint:
+    return resolve_endpoint(
+        gen.endpoint, base_url=_secret("openai_base_url"), api_key=_secret("openai_api_key")
+    )
+
+
+def _heatmap_counts(per_cell: dict[str, int]) -> dict[tuple[str, ...], int]:
+    return {
+        tuple(cell[name] for name, _ in axes): per_cell.get(cell_key(cell), 0)
+        for cell in spec.cells
+    }
+
+
+def _stored_valid() -> dict[str, int]:
+    return {key: c.get("valid", 0) for key, c in stored_counts(store, spec).items()}
+
+
+st.caption(
+    f"Teacher **{spec.teacher_model}** · temperature {gen.temperature:g} · schema "
+    f"`{gen.output_schema}` · spec `{spec.spec_hash}` · template `{spec.template_hash}`"
+)
+
+# -- grid and prompt preview -------------------------------------------------------------------
+
+st.markdown("#### Grid")
+valid_now = _stored_valid()
+cols = st.columns(4)
+cols[0].metric("Cells", len(spec.cells), help=" × ".join(f"{n} ({len(v)})" for n, v in axes))
+cols[1].metric("Examples per cell", gen.examples_per_cell)
+cols[2].metric("Items", len(spec.cells) * gen.examples_per_cell)
+cols[3].metric("Stored valid", sum(valid_now.values()))
+heatmap = st.empty()
+heatmap.plotly_chart(
+    grid_heatmap_figure(axes, _heatmap_counts(valid_now), gen.examples_per_cell),
+    width="stretch",
+    key="heatmap_stored",
+)
+
+with st.expander("Rendered prompt for a cell", icon=":material/description:"):
+    chosen = {name: st.selectbox(name, values, key=f"preview_{name}") for name, values in axes}
+    index = st.number_input("Example index", 0, gen.examples_per_cell - 1, 0, key="preview_i")
+    messages = guarded(lambda: messages_for(spec, chosen, int(index)))
+    if messages:
+        for message in messages:
+            st.markdown(f"**{message['role']}**")
+            st.code(message["content"], language=None, wrap_lines=True)
+
+# -- estimate and run --------------------------------------------------------------------------
+
+st.markdown("#### Estimate and run")
+batch = st.toggle("Batch mode (OpenAI batch API: half price, results within 24 h)", key="gen_batch")
+estimate = guarded(lambda: dry_run(store, plan_id, batch=batch))
+if estimate is not None:
+    cols = st.columns(4)
+    cols[0].metric("Calls", f"{estimate.calls:,}")
+    cols[1].metric(
+        "Estimated tokens",
+        f"{estimate.estimated_input_tokens + estimate.estimated_output_tokens:,}",
+        help=f"{estimate.estimated_input_tokens:,} in + {estimate.estimated_output_tokens:,} "
+        f"out, counted with {estimate.tokenizer}",
+    )
+    cols[2].metric("Estimated cost", f"${estimate.estimated_cost_usd:,.4f}")
+    cols[3].metric("Budget cap", f"${estimate.budget_usd:,.2f}")
+    if estimate.over_budget:
+        st.error(
+            "The estimate exceeds the budget cap, so a run will not start: raise "
+            "`generation.budget_usd` on the Plan page or generate fewer examples per cell.",
+            icon=":material/block:",
+        )
+
+endpoint = _endpoint()
+st.caption(f"Endpoint: `{endpoint.display_url}` (from {endpoint.source})")
+
+
+def _run(top_up: bool) -> None:
+    bar = st.progress(0.0, text="Starting…")
+    last = [0.0]
+
+    def show(progress: GenerationProgress) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.25 and progress.done < progress.total:
+            return
+        last[0] = now
+        bar.progress(
+            progress.fraction,
+            text=f"{progress.done}/{progress.total} · {progress.generated} valid · "
+            f"{progress.failed} failed · {progress.api_calls} calls · "
+            f"${progress.cost_usd:,.4f}",
+        )
+        live = dict(valid_now)
+        for key, n in progress.valid_per_cell.items():
+            live[key] = live.get(key, 0) + n
+        heatmap.plotly_chart(
+            grid_heatmap_figure(axes, _heatmap_counts(live), gen.examples_per_cell),
+            width="stretch",
+            key=f"heatmap_live_{progress.done}",
+        )
+
+    try:
+        if batch:
+            report = run_batch(store, plan_id, top_up=top_up, endpoint=endpoint, on_progress=show)
+        else:
+            report = run_generation(
+                store, plan_id, top_up=top_up, endpoint=endpoint, on_progress=show
+            )
+    except FlywheelError as exc:
+        bar.empty()
+        st.error(str(exc), icon=":material/error:")
+        return
+    bar.progress(1.0, text="Finished")
+    summary = (
+        f"{report.new_valid} new valid, {report.new_failed} failed; {report.api_calls} API "
+        f"calls; ${report.cost_usd:,.4f} spent. {report.message}"
+    )
+    if report.status == "budget_stop":
+        st.warning(summary, icon=":material/savings:")
+    else:
+        st.success(summary, icon=":material/check:")
+    st.session_state["gen_last_report"] = report.to_dict()
+
+
+if endpoint.is_openai and not endpoint.has_key:
+    st.info(
+        "No API key is configured, so generation cannot run yet. Set `OPENAI_API_KEY` in the "
+        'environment, or add `openai_api_key = "sk-…"` to `.streamlit/secrets.toml`. For a '
+        "local OpenAI-compatible server (vLLM, Ollama, llama.cpp) set `OPENAI_BASE_URL` (or "
+        "`openai_base_url` in the secrets, or the plan's generation endpoint) instead. The "
+        "estimate above needs no key.",
+        icon=":material/key:",
+    )
+elif st.button(
+    "Generate",
+    type="primary",
+    icon=":material/play_arrow:",
+    disabled=bool(estimate is None or estimate.over_budget or estimate.calls == 0),
+    key="gen_run",
+):
+    _run(top_up=False)
+
+# -- diversity, top-up, failures, examples -----------------------------------------------------
+
+st.markdown("#### Diversity per cell")
+diversity = guarded(lambda: cell_diversity(store, spec))
+if diversity is not None:
+    rows: list[dict[str, Any]] = [
+        {
+            **d.cell,
+            "valid": d.valid,
+            "failed": d.failed,
+            "unique (exact)": f"{d.exact_unique_rate:.0%}",
+            "unique (near-dup)": f"{d.unique_rate:.0%}",
+            "answer length": f"{d.length_mean:.0f} ± {d.length_std:.0f}",
+            "under target": "⚠ " + str(d.shortfall) if d.under_target else "",
+        }
+        for d in diversity
+    ]
+    st.dataframe(rows, hide_index=True, width="stretch")
+    thin = [d for d in diversity if d.under_target]
+    if not any(d.valid for d in diversity):
+        st.info("No examples yet: run the generation above.", icon=":material/info:")
+    elif thin:
+        missing = sum(d.shortfall for d in thin)
+        st.warning(
+            f"{len(thin)} cell(s) hold fewer unique valid examples than the target "
+            f"({missing} missing).",
+            icon=":material/warning:",
+        )
+        if not (endpoint.is_openai and not endpoint.has_key) and st.button(
+            f"Top up {len(thin)} thin cell(s)", icon=":material/add:", key="gen_top_up"
+        ):
+            _run(top_up=True)
+    else:
+        st.success("Every cell reached its target with unique examples.")
+
+failures = guarded(lambda: list_failures(store, spec))
+st.markdown("#### Failures")
+if failures:
+    st.dataframe(
+        [
+            {
+                **json.loads(f["cell_key"]),
+                "index": f["item_index"],
+                "reason": f["failure_reason"],
+                "attempts": f["attempts"],
+            }
+            for f in failures
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+else:
+    st.caption("No failed items.")
+
+st.markdown("#### Examples")
+chosen_cell = {name: st.selectbox(name, values, key=f"examples_{name}") for name, values in axes}
+examples = guarded(lambda: list_examples(store, spec, cell=chosen_cell, limit=50))
+if not examples:
+    st.info("This cell holds no valid example yet.", icon=":material/info:")
+for example in examples or []:
+    with st.expander(f"#{example['item_index']} · {example['question'][:90]}"):
+        st.markdown(f"**Question.** {example['question']}")
+        st.markdown(example["answer"])
+        st.caption(
+            f"{example['teacher_model']} at `{example['endpoint']}` · template "
+            f"`{example['template_hash']}` · temperature {example['temperature']:g} · "
+            f"{example['generated_at']:%Y-%m-%d %H:%M} UTC · {example['input_tokens']} in / "
+            f"{example['output_tokens']} out tokens · ${example['cost_usd']:.5f} · "
+            f"{example['attempts']} attempt(s)"
+        )
+
+# -- closing the loop --------------------------------------------------------------------------
+
+st.markdown("#### Where production says the next round should go")
+loop = guarded(lambda: production_vs_training(store, spec))
+if loop is not None:
+    if not loop.has_production_data:
+        st.info(loop.message, icon=":material/info:")
+    else:
+        st.caption(loop.message)
+        st.dataframe(
+            [
+                {
+                    **c.cell,
+                    "production share": f"{c.production_share:.1%}",
+                    "training share": f"{c.training_share:.1%}",
+                    "suggested next round": c.suggested,
+                }
+                for c in loop.cells
+            ],
+            hide_index=True,
+            width="stretch",
+        )
+
+history = guarded(lambda: runs(store, plan_id))
+if history:
+    st.markdown("#### Runs")
+    st.dataframe(history, hide_index=True, width="stretch")

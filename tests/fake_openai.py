@@ -1,0 +1,338 @@
+"""A small OpenAI-compatible server on 127.0.0.1 for tests and benchmarks (stdlib only).
+
+It serves ``/v1/chat/completions`` (``response_format`` json_schema and json_object),
+``/v1/files`` (upload and content) and ``/v1/batches`` (create, retrieve), and injects faults:
+latency, 429 with ``Retry-After``, 500, timeouts (a reply slower than the client waits),
+malformed JSON and schema-invalid JSON — at a random rate or from a script of the next replies.
+Replies are valid ``coding_qa`` (so also ``qa`` and ``support_qa``) and distinct from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "timeout", "malformed", "invalid", "no_code")
+
+_VOCABULARY = (
+    "alpha bravo cedar delta ember falcon garnet harbor iris juniper kettle lantern meadow "
+    "nectar orbit pebble quartz raven saffron timber umber violet willow xenon yonder zephyr "
+    "anchor basalt comet dune echo fjord glacier heron islet jasper kelp lagoon mesa nimbus "
+    "oasis prairie quill reef summit tundra upland vale wharf yarrow zinnia acorn bramble"
+)
+_WORDS = tuple(_VOCABULARY.split())
+
+
+@dataclass
+class Faults:
+    """What the server does besides answering well."""
+
+    latency_s: float = 0.0
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ("429", "500", "malformed")
+    retry_after_s: float = 0.0
+    timeout_sleep_s: float = 2.0
+    json_schema_supported: bool = True
+    seed: int = 0
+
+
+@dataclass
+class _State:
+    faults: Faults
+    script: deque[str] = field(default_factory=deque)
+    calls: Counter[str] = field(default_factory=Counter)
+    chat_calls: int = 0
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    authorizations: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    counter: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def reply_content(n: int, rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) for _ in range(30)]
+    question = f"How do I handle case {n} with {' '.join(words[:8])} in Python?"
+    code = (
+        f"def solve_{n}(items):\n"
+        f"    # {' '.join(words[8:12])}\n"
+        f"    return [item * {n % 97 + 2} for item in items if item != {n}]\n"
+    )
+    explanation = f"The function solve_{n} filters and scales the items; {' '.join(words[12:30])}."
+    answer = f"```python\n{code}```\n\n{explanation}"
+    return json.dumps({"question": question, "answer": answer})
+
+
+def completion_body(model: str, content: str, prompt_chars: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{random.getrandbits(40):x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": max(1, prompt_chars // 4),
+            "completion_tokens": max(1, len(content) // 4),
+            "total_tokens": max(1, prompt_chars // 4) + max(1, len(content) // 4),
+        },
+    }
+
+
+class FakeOpenAI:
+    """The server; use as a context manager: ``with FakeOpenAI(faults) as server: server.url``."""
+
+    def __init__(self, faults: Faults | None = None, *, script: list[str] | None = None):
+        self.state = _State(faults or Faults())
+        self.state.rng.seed(self.state.faults.seed)
+        self.state.script.extend(script or [])
+        state = self.state
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                ctype = (
+                    "application/octet-stream" if isinstance(body, bytes) else "application/json"
+                )
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(raw)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(raw)
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                with state.lock:
+                    state.calls[f"GET {path}"] += 1
+                parts = path.strip("/").split("/")
+                if len(parts) == 3 and parts[:2] == ["v1", "batches"]:
+                    self._batch_status(parts[2])
+                elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
+                    data = state.files.get(parts[2])
+                    if data is None:
+                        self._send(404, {"error": {"message": "no such file"}})
+                    else:
+                        self._send(200, data)
+                else:
+                    self._send(404, {"error": {"message": f"no route {path}"}})
+
+            def do_POST(self) -> None:
+                path = self.path.split("?")[0]
+                body = self._body()
+                with state.lock:
+                    state.calls[f"POST {path}"] += 1
+                    state.authorizations.append(self.headers.get("Authorization", ""))
+                if path == "/v1/chat/completions":
+                    self._chat(json.loads(body))
+                elif path == "/v1/files":
+                    self._upload(body)
+                elif path == "/v1/batches":
+                    request = json.loads(body)
+                    with state.lock:
+                        batch_id = f"batch_{len(state.batches) + 1}"
+                        state.batches[batch_id] = {
+                            "id": batch_id,
+                            "object": "batch",
+                            "endpoint": request["endpoint"],
+                            "input_file_id": request["input_file_id"],
+                            "completion_window": request["completion_window"],
+                            "status": "validating",
+                            "created_at": int(time.time()),
+                        }
+                    self._send(200, state.batches[batch_id])
+                else:
+                    self._send(404, {"error": {"message": f"no route {path}"}})
+
+            def _upload(self, body: bytes) -> None:
+                ctype = self.headers.get("Content-Type", "")
+                message = BytesParser(policy=email_policy).parsebytes(
+                    f"Content-Type: {ctype}\r\n\r\n".encode() + body
+                )
+                content = b""
+                for part in message.iter_parts():
+                    if part.get_param("name", header="content-disposition") == "file":
+                        content = part.get_payload(decode=True) or b""
+                with state.lock:
+                    file_id = f"file-{len(state.files) + 1}"
+                    state.files[file_id] = content
+                self._send(
+                    200,
+                    {
+                        "id": file_id,
+                        "object": "file",
+                        "bytes": len(content),
+                        "created_at": int(time.time()),
+                        "filename": "requests.jsonl",
+                        "purpose": "batch",
+                        "status": "processed",
+                    },
+                )
+
+            def _batch_status(self, batch_id: str) -> None:
+                batch = state.batches.get(batch_id)
+                if batch is None:
+                    self._send(404, {"error": {"message": "no such batch"}})
+                    return
+                with state.lock:
+                    if batch["status"] == "validating":
+                        batch["status"] = "in_progress"
+                    elif batch["status"] == "in_progress":
+                        self._complete(batch)
+                self._send(200, batch)
+
+            def _complete(self, batch: dict[str, Any]) -> None:
+                lines = state.files[batch["input_file_id"]].decode().splitlines()
+                out = []
+                for line in lines:
+                    request = json.loads(line)
+                    fault = state.script.popleft() if state.script else ""
+                    state.counter += 1
+                    body = request["body"]
+                    if fault == "500":
+                        result = {
+                            "status_code": 500,
+                            "body": {"error": {"message": "server error"}},
+                        }
+                    else:
+                        content = _content_for(fault, state.counter, state.rng)
+                        chars = sum(len(m["content"]) for m in body["messages"])
+                        result = {
+                            "status_code": 200,
+                            "body": completion_body(body["model"], content, chars),
+                        }
+                    out.append(
+                        {
+                            "id": f"r{state.counter}",
+                            "custom_id": request["custom_id"],
+                            "response": result,
+                            "error": None,
+                        }
+                    )
+                file_id = f"file-{len(state.files) + 1}"
+                state.files[file_id] = ("\n".join(json.dumps(o) for o in out) + "\n").encode()
+                batch.update(status="completed", output_file_id=file_id, error_file_id=None)
+
+            def _chat(self, request: dict[str, Any]) -> None:
+                faults = state.faults
+                if faults.latency_s:
+                    time.sleep(faults.latency_s)
+                fmt = request.get("response_format") or {}
+                if fmt.get("type") == "json_schema" and not faults.json_schema_supported:
+                    self._send(
+                        400,
+                        {
+                            "error": {
+                                "message": "response_format json_schema is not supported",
+                                "type": "invalid_request_error",
+                            }
+                        },
+                    )
+                    return
+                if request.get("model") == "missing-model":
+                    self._send(404, {"error": {"message": "model not found"}})
+                    return
+                with state.lock:
+                    state.chat_calls += 1
+                    state.counter += 1
+                    n = state.counter
+                    if state.script:
+                        fault = state.script.popleft()
+                    elif faults.rate and state.rng.random() < faults.rate:
+                        fault = state.rng.choice(faults.kinds)
+                    else:
+                        fault = ""
+                if fault == "429":
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit"}},
+                        {"Retry-After": str(faults.retry_after_s)},
+                    )
+                    return
+                if fault == "500":
+                    self._send(500, {"error": {"message": "internal error"}})
+                    return
+                if fault == "timeout":
+                    time.sleep(faults.timeout_sleep_s)
+                content = _content_for(fault, n, state.rng)
+                chars = sum(len(str(m.get("content", ""))) for m in request["messages"])
+                self._send(200, completion_body(request["model"], content, chars))
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API, e.g. http://127.0.0.1:PORT/v1."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def chat_calls(self) -> int:
+        """Chat-completion requests answered so far (faults included)."""
+        return self.state.chat_calls
+
+    def start(self) -> FakeOpenAI:
+        """Serve in a background thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _content_for(fault: str, n: int, rng: random.Random) -> str:
+    if fault == "malformed":
+        return ('{"question": "How do I',)
+    if fault == "invalid":
+        return json.dumps({"question": "Missing its answer?"})
+    if fault == "no_code":
+        return json.dumps({"question": "How do I sort a list?", "answer": "Use sorted()."})
+    return reply_content(n, rng)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python tests/fake_openai.py
+    with FakeOpenAI(Faults(latency_s=0.2)) as server:
+        print(f"serving on {server.url}; Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
