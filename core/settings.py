@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import FlywheelError
 
-__all__ = ["SETTINGS", "Setting", "default_db_path", "get_setting"]
+__all__ = ["SETTINGS", "Setting", "default_db_path", "get_setting", "settings_markdown"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +116,12 @@ def get_setting(name: str) -> str | int | float | bool:
 def default_db_path() -> Path:
     """The store path: ``FLYWHEEL_DB`` when set, else ``data/flywheel.duckdb``."""
     return Path(str(get_setting("db")))
+
+
+def settings_markdown() -> str:
+    """The settings as the Markdown table the README shows."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for setting in SETTINGS.values():
+        default = str(setting.default).replace(str(PROJECT_ROOT) + "/", "")
+        lines.append(f"| `{setting.env_var}` | `{default}` | {setting.help} |")
+    return "\n".join(lines) + "\n"

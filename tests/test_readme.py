@@ -53,3 +53,13 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert "python -m streamlit run app.py" in head
     assert "bash scripts/check.sh" in head
     assert "bash scripts/check.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_settings_table_is_generated_from_the_settings() -> None:
+    from core.settings import settings_markdown
+
+    start = README.index("<!-- settings:")
+    table = README[README.index("\n", start) + 1 : README.index("<!-- /settings -->")]
+    assert table == settings_markdown(), (
+        "regenerate the table with core.settings.settings_markdown()"
+    )
