@@ -212,9 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest", parents=[common], help="load interactions, consent events or eval items"
     )
     ingest.add_argument("file", help="JSONL, CSV or Parquet file (JSONL and CSV may be .gz)")
-    ingest.add_argument(
-        "--kind", choices=KINDS, default="interactions", help="what the file holds"
-    )
+    ingest.add_argument("--kind", choices=KINDS, default="interactions", help="what the file holds")
     ingest.add_argument("--cycle", type=int, help="tag the batch with this cycle number")
     ingest.set_defaults(handler=cmd_ingest)
 

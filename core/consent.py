@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import asdict, dataclass, field
-
 from typing import Any
 
 import duckdb
@@ -83,9 +82,7 @@ def eligible_interactions(
     rows = interactions if interactions is not None else ibis.table(_INTERACTIONS, "interactions")
     ledger = events if events is not None else ibis.table(_EVENTS, "consent_events")
     ledger = ledger.filter(ledger.scope == scope)
-    grants = ledger.filter(ledger.action == "grant").select(
-        g_user=ledger.user_id, g_ts=ledger.ts
-    )
+    grants = ledger.filter(ledger.action == "grant").select(g_user=ledger.user_id, g_ts=ledger.ts)
     withdrawals = ledger.filter(ledger.action == "withdraw").select(
         w_user=ledger.user_id, w_ts=ledger.ts
     )
@@ -280,5 +277,3 @@ def forget_user(store: Store, user_id: str, *, actor: str | None = None) -> Forg
     return ForgetResult(
         user, deleted.get("interactions", 0), dataset_rows, deleted, audit_hash=digest
     )
-
-

@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -293,52 +293,77 @@ def _file_format(name: str) -> tuple[str, bool]:
 
 
 @dataclass
-class _Scan:
-    sha256: str
+class _Shape:
+    """What the fast JSONL path must know: a BOM or blank lines break its line numbering."""
+
     bom: bool
     blank_lines: bool
+    lines: int
 
 
-def _scan(path: Path) -> _Scan:
-    """sha256 of the bytes, and whether the file starts with a BOM or holds blank lines."""
-    digest = hashlib.sha256()
+def _shape(path: Path) -> _Shape:
+    """Scan the bytes at memchr speed: BOM, blank lines, number of lines."""
     bom = blank = False
+    lines = 0
     previous = b""
+    last = b""
     with path.open("rb") as handle:
         first = True
         while chunk := handle.read(1 << 24):
-            digest.update(chunk)
             if first:
                 bom = chunk.startswith(b"\xef\xbb\xbf")
                 blank = chunk.startswith((b"\n", b"\r\n"))
                 first = False
             if not blank:
                 joined = previous + chunk[:2]
-                blank = (
-                    b"\n\n" in chunk
-                    or b"\n\r\n" in chunk
-                    or b"\n\n" in joined
-                    or b"\n\r\n" in joined
+                blank = any(
+                    mark in part for mark in (b"\n\n", b"\n\r\n") for part in (chunk, joined)
                 )
+            lines += chunk.count(b"\n")
             previous = chunk[-2:]
-    return _Scan(digest.hexdigest(), bom, blank)
+            last = chunk[-1:]
+    if last and last != b"\n":
+        lines += 1
+    return _Shape(bom, blank, lines)
 
 
-def _lines_sql(path: Path, rejects: str) -> str:
-    """Each physical line of ``path`` as one VARCHAR, numbered; bad UTF-8 goes to ``rejects``."""
-    return (
-        "SELECT ordinality AS k, raw FROM read_csv("
-        + _sql_string(str(path))
-        + ", columns={'raw': 'VARCHAR'}, "
-        "delim=E'\\x1f', quote='', escape='', header=false, auto_detect=false, "
-        f"ignore_errors=true, strict_mode=false, max_line_size={_max_line_bytes()}, "
-        "store_rejects=true, "
-        f"rejects_table='{rejects}_errors', rejects_scan='{rejects}_scans') WITH ORDINALITY"
-    )
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _struct(fields: tuple[FieldSpec, ...], kind: str) -> str:
     return "{" + ", ".join(f"'{f.name}': '{kind}'" for f in fields) + "}"
+
+
+def _define_lines_source(
+    con: duckdb.DuckDBPyConnection, fields: tuple[FieldSpec, ...], *, mapped: bool
+) -> None:
+    """``fw_source`` over ``fw_lines(k, raw)`` (one JSON text a line) and ``fw_bad_lines``.
+
+    ``mapped``: ``k`` counts only the lines DuckDB kept, so the physical line is k plus the
+    refused lines before it; otherwise ``k`` is the physical line already.
+    """
+    names = [f.name for f in fields]
+    paths = "[" + ", ".join(f"'$.{n}'" for n in names) + "]"
+    typed = ", ".join(f"CASE WHEN fw_ok THEN v[{i + 1}] END AS {n}" for i, n in enumerate(names))
+    nulls = ", ".join(f"NULL AS {n}" for n in names)
+    line = "k + (SELECT count(*) FROM fw_bad_lines b WHERE b.line - b.j < k)" if mapped else "k"
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW fw_source AS "
+        "SELECT line, CASE WHEN NOT json_valid(raw) THEN 'invalid JSON' "
+        "WHEN NOT fw_ok THEN 'not a JSON object' END AS fw_pre_reason, "
+        f"{typed}, raw FROM ("
+        "SELECT line, raw, fw_ok, CASE WHEN fw_ok THEN "
+        f"try(json_extract_string(raw, {paths})) END AS v FROM ("
+        f"SELECT {line} AS line, "
+        "raw, coalesce(try(json_type(raw)) = 'OBJECT', false) AS fw_ok FROM fw_lines "
+        "WHERE raw IS NOT NULL AND trim(raw) <> ''))"
+        f" UNION ALL SELECT line, reason, {nulls}, NULL FROM fw_bad_lines"
+    )
 
 
 def _prepare_source(
@@ -346,40 +371,36 @@ def _prepare_source(
     path: Path,
     fmt: str,
     gz: bool,
-    scan: _Scan,
+    shape: _Shape | None,
     fields: tuple[FieldSpec, ...],
-) -> tuple[str, str | None]:
-    """Create the temp relation ``fw_source``; return how it was read and the rejects prefix."""
+) -> str:
+    """Create the temp view ``fw_source`` (VARCHAR fields + line); return how it reads."""
     names = [f.name for f in fields]
-    params = {"path": str(path)}
-    if fmt == "jsonl" and not gz and not scan.bom and not scan.blank_lines:
+    literal = _sql_string(str(path))
+    if fmt == "jsonl" and shape is not None and not shape.bom and not shape.blank_lines:
         all_null = " AND ".join(f"{n} IS NULL" for n in names)
-        con.execute(
-            "CREATE OR REPLACE TEMP VIEW fw_raw AS SELECT * FROM read_json($path, "
-            f"format='newline_delimited', columns={_struct(fields, 'VARCHAR')}, "
-            f"ignore_errors=true, maximum_object_size={_max_line_bytes()}) WITH ORDINALITY".replace(
-                "$path", _sql_string(str(path))
-            )
-        )
         con.execute(
             "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT ordinality AS line, "
             f"CASE WHEN {all_null} THEN 'fw_suspect' END AS fw_pre_reason, "
             + ", ".join(names)
-            + " FROM fw_raw"
+            + f" FROM read_json({literal}, format='newline_delimited', "
+            f"columns={_struct(fields, 'VARCHAR')}, ignore_errors=true, "
+            f"maximum_object_size={_max_line_bytes()}) WITH ORDINALITY"
         )
-        return "fast", None
+        return "fast"
     if fmt == "jsonl":
         rejects = "fw_rj_" + uuid.uuid4().hex[:8]
-        paths = "[" + ", ".join(f"'$.{n}'" for n in names) + "]"
-        extracted = ", ".join(f"v[{i + 1}] AS {n}" for i, n in enumerate(names))
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE fw_lines AS {_lines_sql(path, rejects)}"
+            "CREATE OR REPLACE TEMP TABLE fw_lines AS SELECT ordinality AS k, raw FROM read_csv("
+            f"{literal}, columns={{'raw': 'VARCHAR'}}, delim=E'\\x1f', quote='', escape='', "
+            "header=false, auto_detect=false, ignore_errors=true, strict_mode=false, "
+            f"max_line_size={_max_line_bytes()}, store_rejects=true, "
+            f"rejects_table='{rejects}_errors', rejects_scan='{rejects}_scans') WITH ORDINALITY"
         )
         bad = con.execute(
             f"SELECT line, bool_or(error_type = 'INVALID ENCODING') FROM {rejects}_errors "
             "GROUP BY line ORDER BY line"
         ).fetchall()
-        # The k-th line DuckDB kept is physical line k + (number of refused lines before it).
         con.execute(
             "CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)"
         )
@@ -389,62 +410,53 @@ def _prepare_source(
             "fw_bad_lines",
             [[b, i + 1, "invalid UTF-8" if utf8 else too_long] for i, (b, utf8) in enumerate(bad)],
         )
-        typed = ", ".join(
-            f"CASE WHEN fw_ok THEN v[{i + 1}] END AS {n}" for i, n in enumerate(names)
-        )
-        nulls = ", ".join(f"NULL AS {n}" for n in names)
-        con.execute(
-            "CREATE OR REPLACE TEMP VIEW fw_source AS "
-            "SELECT line, CASE WHEN NOT json_valid(raw) THEN 'invalid JSON' "
-            "WHEN NOT fw_ok THEN 'not a JSON object' END AS fw_pre_reason, "
-            f"{typed}, raw FROM ("
-            "SELECT line, raw, fw_ok, CASE WHEN fw_ok THEN "
-            f"try(json_extract_string(raw, {paths})) END AS v FROM ("
-            "SELECT k + (SELECT count(*) FROM fw_bad_lines b WHERE b.line - b.j < k) AS line, "
-            "raw, coalesce(try(json_type(raw)) = 'OBJECT', false) AS fw_ok FROM fw_lines "
-            "WHERE raw IS NOT NULL AND trim(raw) <> ''))"
-            f" UNION ALL SELECT line, reason, {nulls}, NULL FROM fw_bad_lines"
-        )
-        return "lines", rejects
+        _define_lines_source(con, fields, mapped=True)
+        return "lines"
     if fmt == "csv":
         header = [
             str(r[0])
             for r in con.execute(
-                "DESCRIBE SELECT * FROM read_csv($path, header=true, all_varchar=true)", params
+                "DESCRIBE SELECT * FROM read_csv($path, header=true, all_varchar=true)",
+                {"path": str(path)},
             ).fetchall()
         ]
         present = ", ".join(
-            (f'"{n}"' if n in header else "NULL::VARCHAR") + f" AS {n}" for n in names
+            (_quote_ident(n) if n in header else "NULL::VARCHAR") + f" AS {n}" for n in names
         )
         con.execute(
             "CREATE OR REPLACE TEMP TABLE fw_csv AS SELECT ordinality + 1 AS line, * FROM "
-            "read_csv($path, header=true, all_varchar=true, ignore_errors=true, "
-            "strict_mode=false) WITH ORDINALITY".replace("$path", _sql_string(str(path)))
+            f"read_csv({literal}, header=true, all_varchar=true, ignore_errors=true, "
+            "strict_mode=false) WITH ORDINALITY"
         )
         con.execute(
             "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT line, NULL::VARCHAR AS "
             f"fw_pre_reason, {present} FROM fw_csv"
         )
-        return "csv", None
+        return "csv"
     columns = [
         str(r[0])
-        for r in con.execute("DESCRIBE SELECT * FROM read_parquet($path)", params).fetchall()
+        for r in con.execute(
+            "DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(path)}
+        ).fetchall()
     ]
     present = ", ".join(
-        (f'CAST("{n}" AS VARCHAR)' if n in columns else "NULL::VARCHAR") + f" AS {n}"
+        (f"CAST({_quote_ident(n)} AS VARCHAR)" if n in columns else "NULL::VARCHAR") + f" AS {n}"
         for n in names
     )
     con.execute(
         "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT file_row_number + 1 AS line, "
-        f"NULL::VARCHAR AS fw_pre_reason, {present} FROM read_parquet("
-        + _sql_string(str(path))
-        + ", file_row_number=true)"
+        f"NULL::VARCHAR AS fw_pre_reason, {present} FROM read_parquet({literal}, "
+        "file_row_number=true)"
     )
-    return "parquet", None
+    return "parquet"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _max_line_bytes() -> int:
-    """Longest JSONL line the fast path reads: room for three texts at the size limit."""
+    """Longest JSONL line the readers take: room for three texts at the size limit."""
     return max(16 << 20, 4 * int(get_setting("max_text_bytes")) + (1 << 20))
 
 
@@ -458,59 +470,74 @@ def _physical_lines(path: Path, wanted: list[int]) -> dict[int, bytes]:
     """The raw bytes of the given 1-based lines, found by counting newlines (memchr speed)."""
     result: dict[int, bytes] = {}
     targets = sorted(set(wanted))
-    if not targets:
-        return result
-    index = 0
-    line = 1
-    carry = b""
+    index, line, carry = 0, 1, b""
     with path.open("rb") as handle:
         while index < len(targets) and (chunk := handle.read(1 << 24)):
             data = carry + chunk
             start = 0
             while index < len(targets):
+                gap = targets[index] - line
+                if gap > 0:
+                    if data.count(b"\n", start) <= gap:
+                        line += data.count(b"\n", start)
+                        start = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
+                        break
+                    for _ in range(gap):
+                        start = data.find(b"\n", start) + 1
+                    line += gap
                 end = data.find(b"\n", start)
                 if end < 0:
                     break
-                if line == targets[index]:
-                    result[line] = data[start:end].rstrip(b"\r")
-                    index += 1
-                    start = end + 1
-                    line += 1
-                    continue
-                # Jump over lines before the next target without slicing each one.
-                gap = targets[index] - line
-                newlines = data.count(b"\n", start)
-                if newlines <= gap:
-                    line += newlines
-                    start = data.rfind(b"\n") + 1
-                    break
-                for _ in range(gap):
-                    start = data.find(b"\n", start) + 1
-                line += gap
+                result[line] = data[start:end].rstrip(b"\r")
+                index += 1
+                start = end + 1
+                line += 1
             carry = data[start:]
-        if index < len(targets) and carry and line == targets[index]:
-            result[line] = carry.rstrip(b"\r")
+    if index < len(targets) and carry and line == targets[index]:
+        result[line] = carry.rstrip(b"\r")
     return result
-
-
-def _classify(raw: bytes) -> str | None:
-    """Why a line the fast path could not read was refused, or None if it is a JSON object."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "invalid UTF-8"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return "invalid JSON"
-    return None if isinstance(value, dict) else "not a JSON object"
 
 
 # -- the load ------------------------------------------------------------------------------------
 
 
+class _AlreadyLoaded(Exception):
+    """Raised inside the transaction to roll back a file that was loaded before."""
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        super().__init__("already loaded")
+        self.row = row
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_TARGETS: dict[Kind, tuple[str, tuple[str, ...]]] = {
+    "interactions": ("interactions", ("interaction_id",)),
+    "eval-items": ("eval_items", ("item_id",)),
+    "consent": (
+        "consent_events",
+        ("user_id", "ts", "scope", "action", "policy_version", "source"),
+    ),
+}
+
+_INSERTS: dict[Kind, str] = {
+    "interactions": (
+        "INSERT INTO interactions SELECT interaction_id, $batch, $cycle, line, ts, user_id, "
+        "variant, model, prompt, response, system, feedback, accepted, latency_ms, input_tokens, "
+        "output_tokens, cost_usd, topic, difficulty, metadata::JSON, pii, raw_prompt, "
+        "raw_response, raw_system FROM fw_stage WHERE reason IS NULL"
+    ),
+    "consent": (
+        "INSERT INTO consent_events SELECT $batch, line, user_id, ts, scope, action, "
+        "policy_version, source FROM fw_stage WHERE reason IS NULL"
+    ),
+    "eval-items": (
+        "INSERT INTO eval_items SELECT item_id, $batch, eval_set, prompt, reference, topic, "
+        "difficulty, labels::JSON FROM fw_stage WHERE reason IS NULL"
+    ),
+}
 
 
 def ingest_file(
@@ -535,70 +562,77 @@ def ingest_file(
         raise IngestError(f"{source}: no such file; give the path of a JSONL, CSV or Parquet file.")
     fmt, gz = _file_format(name)
     started = _now()
-    scan = _scan(source)
-    existing = store.fetch_one(
-        "SELECT batch_id, rows_read, cycle FROM ingest_batches WHERE sha256 = ? AND kind = ?",
-        [scan.sha256, kind],
-    )
-    if existing is not None:
-        rows = int(existing[1])
-        return IngestResult(
-            str(existing[0]), kind, name, scan.sha256, rows, 0, 0, rows, True, existing[2]
-        )
-    batch_id = started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    max_bytes = int(get_setting("max_text_bytes"))
-    fields = _FIELDS[kind]
-    try:
-        with store.transaction() as con:
-            _configure(con, store)
-            install_pii_macros(con)
-            how, _ = _prepare_source(con, source, fmt, gz, scan, fields)
-            stage_sql = ibis.to_sql(interaction_stage(kind, max_text_bytes=max_bytes), "duckdb")
-            con.execute(f"CREATE OR REPLACE TEMP TABLE fw_stage AS {stage_sql}")
-            if how == "fast":
-                _reclassify_suspects(con, source, fields)
-            result = _store_batch(con, kind, batch_id, cycle, source, how)
-            con.execute(
-                "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    batch_id,
-                    kind,
-                    name,
-                    scan.sha256,
-                    cycle,
-                    result["rows_read"],
-                    result["accepted"],
-                    result["rejected"],
-                    result["duplicates"],
-                    started,
-                    _now(),
-                    actor or str(get_setting("actor")),
-                ],
+    who = actor or str(get_setting("actor"))
+    # The sha256 runs in a thread (hashlib releases the GIL) while DuckDB loads; a file that
+    # turns out to be loaded already is rolled back.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest_future = pool.submit(_sha256, source)
+        shape = _shape(source) if fmt == "jsonl" and not gz else None
+        batch_id = started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        try:
+            with store.transaction() as con:
+                result = _load(con, source, fmt, gz, shape, kind, batch_id, cycle)
+                sha256 = digest_future.result()
+                earlier = con.execute(
+                    "SELECT batch_id, rows_read, cycle FROM ingest_batches "
+                    "WHERE sha256 = ? AND kind = ?",
+                    [sha256, kind],
+                ).fetchall()
+                if earlier:
+                    raise _AlreadyLoaded(earlier[0])
+                con.execute(
+                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        batch_id,
+                        kind,
+                        name,
+                        sha256,
+                        cycle,
+                        result["rows_read"],
+                        result["accepted"],
+                        result["rejected"],
+                        result["duplicates"],
+                        started,
+                        _now(),
+                        who,
+                    ],
+                )
+                record_audit(
+                    con,
+                    actor=who,
+                    action="ingest",
+                    target=batch_id,
+                    detail={
+                        "kind": kind,
+                        "file_name": name,
+                        "sha256": sha256,
+                        **{k: v for k, v in result.items() if k != "pii_found"},
+                    },
+                )
+        except _AlreadyLoaded as done:
+            rows = int(done.row[1])
+            return IngestResult(
+                str(done.row[0]),
+                kind,
+                name,
+                digest_future.result(),
+                rows,
+                0,
+                0,
+                rows,
+                True,
+                done.row[2],
             )
-            record_audit(
-                con,
-                actor=actor or str(get_setting("actor")),
-                action="ingest",
-                target=batch_id,
-                detail={
-                    "kind": kind,
-                    "file_name": name,
-                    "sha256": scan.sha256,
-                    **{k: v for k, v in result.items() if k != "pii_found"},
-                },
-            )
-            for table in ("fw_stage", "fw_lines", "fw_csv", "fw_bad_lines", "fw_suspects"):
-                con.execute(f"DROP TABLE IF EXISTS {table}")
-    except duckdb.Error as exc:
-        raise IngestError(
-            f"{name}: cannot be read as {fmt.upper()}{' (gzip)' if gz else ''} ({exc}); "
-            "check that the file is what its name says."
-        ) from None
+        except duckdb.Error as exc:
+            raise IngestError(
+                f"{name}: cannot be read as {fmt.upper()}{' (gzip)' if gz else ''} ({exc}); "
+                "check that the file is what its name says."
+            ) from None
     return IngestResult(
         batch_id,
         kind,
         name,
-        scan.sha256,
+        sha256,
         result["rows_read"],
         result["accepted"],
         result["rejected"],
@@ -609,81 +643,57 @@ def ingest_file(
     )
 
 
-def _configure(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    fmt: str,
+    gz: bool,
+    shape: _Shape | None,
+    kind: Kind,
+    batch_id: str,
+    cycle: int | None,
+) -> dict[str, Any]:
+    """Validate, redact and store one file's rows in one pass; then sort out duplicates and
+    quarantine the rest. Returns the counts."""
     con.execute("SET TimeZone = 'UTC'")
     limit = str(get_setting("ingest_memory_limit"))
     if limit:
         con.execute("SET memory_limit = ?", [limit])
-
-
-def _reclassify_suspects(
-    con: duckdb.DuckDBPyConnection, path: Path, fields: tuple[FieldSpec, ...]
-) -> None:
-    """Give the rows the fast path read as all-NULL their true reason, from their bytes."""
-    lines = [
-        int(r[0])
-        for r in con.execute("SELECT line FROM fw_stage WHERE reason = 'fw_suspect'").fetchall()
-    ]
-    if not lines:
-        return
-    raw = _physical_lines(path, lines)
-    first_required = next(f.name for f in fields if f.required)
-    limit = _max_line_bytes()
-    updates = [
-        [
-            f"line is over the {limit}-byte read limit"
-            if len(raw.get(line, b"")) > limit
-            else _classify(raw.get(line, b"")) or f"missing required field: {first_required}",
-            line,
+    install_pii_macros(con)
+    fields = _FIELDS[kind]
+    how = _prepare_source(con, path, fmt, gz, shape, fields)
+    stage = interaction_stage(kind, max_text_bytes=int(get_setting("max_text_bytes")))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
+    con.execute(
+        _INSERTS[kind],
+        {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id},
+    )
+    table, key = _TARGETS[kind]
+    if how == "fast" and shape is not None:
+        rows_read = shape.lines
+        rejected = _rejects_by_line(con, path, table, batch_id, rows_read, fields)
+    else:
+        rows_read = int(con.execute("SELECT count(*) FROM fw_source").fetchall()[0][0])
+        rejected = [
+            (int(r[0]), str(r[1]), r[2])
+            for r in con.execute(
+                "SELECT line, reason, "
+                + ("user_id" if kind != "eval-items" else "NULL")
+                + " FROM fw_stage WHERE reason IS NOT NULL ORDER BY line"
+            ).fetchall()
         ]
-        for line in lines
-    ]
-    if updates:
-        con.executemany("UPDATE fw_stage SET reason = ? WHERE line = ?", updates)
-
-
-def _store_batch(
-    con: duckdb.DuckDBPyConnection, kind: Kind, batch_id: str, cycle: int | None, path: Path, how: str
-) -> dict[str, Any]:
-    """Move the stage into its table, the rejects into the quarantine; return the counts."""
-    rows_read = int(con.execute("SELECT count(*) FROM fw_stage").fetchall()[0][0])
-    # Duplicates: an accepted row whose key is stored already, or repeats an earlier line.
-    if kind == "interactions":
-        key, table = "interaction_id", "interactions"
-    elif kind == "eval-items":
-        key, table = "item_id", "eval_items"
-    else:
-        key, table = "", "consent_events"
-    if key:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE fw_keep AS SELECT s.line FROM fw_stage s "
-            f"WHERE s.reason IS NULL AND NOT EXISTS (SELECT 1 FROM {table} t "
-            f"WHERE t.{key} = s.{key}) QUALIFY row_number() OVER (PARTITION BY s.{key} "
-            "ORDER BY s.line) = 1"
-        )
-    else:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fw_keep AS SELECT s.line FROM fw_stage s "
-            "WHERE s.reason IS NULL AND NOT EXISTS (SELECT 1 FROM consent_events t WHERE "
-            "t.user_id = s.user_id AND t.ts = s.ts AND t.scope = s.scope AND "
-            "t.action = s.action AND t.policy_version = s.policy_version AND "
-            "t.source = s.source) QUALIFY row_number() OVER (PARTITION BY s.user_id, s.ts, "
-            "s.scope, s.action, s.policy_version, s.source ORDER BY s.line) = 1"
-        )
-    keep = "SELECT s.* FROM fw_stage s SEMI JOIN fw_keep k ON s.line = k.line"
+    duplicates = _drop_duplicates(con, table, key, batch_id)
+    raw = _raw_of_rejects(con, path, how, [r[0] for r in rejected])
+    _insert_many(
+        con,
+        "quarantine",
+        [
+            [batch_id, line, reason, raw.get(line), user or _user_in(raw.get(line))]
+            for line, reason, user in rejected
+        ],
+    )
     pii_found: dict[str, int] = {}
     if kind == "interactions":
-        con.execute(
-            "INSERT INTO interactions SELECT interaction_id, ?, ?, line, ts, user_id, variant, "
-            "model, prompt, response, system, feedback, accepted, latency_ms, input_tokens, "
-            f"output_tokens, cost_usd, topic, difficulty, metadata::JSON, pii FROM ({keep})",
-            [batch_id, cycle],
-        )
-        con.execute(
-            "INSERT INTO pii_originals SELECT interaction_id, ?, user_id, raw_prompt, "
-            f"raw_response, raw_system FROM ({keep}) WHERE len(pii) > 0",
-            [batch_id],
-        )
         counts = con.execute(
             "SELECT "
             + ", ".join(
@@ -696,40 +706,89 @@ def _store_batch(
         ).fetchall()[0]
         pii_found = {t: int(n) for t, n in zip(PII_TYPES, counts, strict=True) if n}
         _insert_many(con, "pii_counts", [[batch_id, t, n] for t, n in pii_found.items()])
-    elif kind == "consent":
-        con.execute(
-            "INSERT INTO consent_events SELECT ?, line, user_id, ts, scope, action, "
-            f"policy_version, source FROM ({keep})",
-            [batch_id],
-        )
-    else:
-        con.execute(
-            "INSERT INTO eval_items SELECT item_id, ?, eval_set, prompt, reference, topic, "
-            f"difficulty, labels::JSON FROM ({keep})",
-            [batch_id],
-        )
-    accepted = int(con.execute("SELECT count(*) FROM fw_keep").fetchall()[0][0])
-    rejected_lines = con.execute(
-        "SELECT line, reason, " + ("user_id" if kind != "eval-items" else "NULL")
-        + " FROM fw_stage WHERE reason IS NOT NULL ORDER BY line"
-    ).fetchall()
-    raw = _raw_of_rejects(con, path, how, [int(r[0]) for r in rejected_lines])
-    _insert_many(
-        con,
-        "quarantine",
-        [
-            [batch_id, int(line), reason, raw.get(int(line)), user or _user_in(raw.get(int(line)))]
-            for line, reason, user in rejected_lines
-        ],
-    )
-    rejected = len(rejected_lines)
+    accepted = rows_read - len(rejected) - duplicates
+    for temp in ("fw_lines", "fw_csv", "fw_bad_lines", "fw_dup_lines", "fw_reject_lines"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
     return {
         "rows_read": rows_read,
         "accepted": accepted,
-        "rejected": rejected,
-        "duplicates": rows_read - accepted - rejected,
+        "rejected": len(rejected),
+        "duplicates": duplicates,
         "pii_found": pii_found,
     }
+
+
+def _drop_duplicates(
+    con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], batch_id: str
+) -> int:
+    """Delete this batch's rows whose key was stored before or repeats an earlier line."""
+    keys = ", ".join(key)
+    match = " AND ".join(f"o.{k} = n.{k}" for k in key)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE fw_dup_lines AS "
+        f"SELECT n.line FROM {table} n WHERE n.batch_id = $batch AND EXISTS ("
+        f"SELECT 1 FROM {table} o WHERE o.batch_id <> $batch AND {match}) "
+        f"UNION SELECT line FROM (SELECT line, row_number() OVER (PARTITION BY {keys} "
+        f"ORDER BY line) AS rn FROM {table} WHERE batch_id = $batch AND ({keys}) IN ("
+        f"SELECT ({keys}) FROM {table} WHERE batch_id = $batch GROUP BY ALL "
+        "HAVING count(*) > 1)) WHERE rn > 1",
+        {"batch": batch_id},
+    )
+    count = int(con.execute("SELECT count(*) FROM fw_dup_lines").fetchall()[0][0])
+    if count:
+        con.execute(
+            f"DELETE FROM {table} WHERE batch_id = ? AND line IN (SELECT line FROM fw_dup_lines)",
+            [batch_id],
+        )
+    return count
+
+
+def _rejects_by_line(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    table: str,
+    batch_id: str,
+    rows_read: int,
+    fields: tuple[FieldSpec, ...],
+) -> list[tuple[int, str, str | None]]:
+    """Fast path: the lines that were not stored are the rejects; read just those lines and
+    run the same stage over them to learn why."""
+    missing = [
+        int(r[0])
+        for r in con.execute(
+            f"SELECT r.line FROM range(1, $n + 1) r(line) ANTI JOIN "
+            f"(SELECT line FROM {table} WHERE batch_id = $batch) s ON r.line = s.line "
+            "ORDER BY r.line",
+            {"n": rows_read, "batch": batch_id},
+        ).fetchall()
+    ]
+    if not missing:
+        return []
+    raw = _physical_lines(path, missing)
+    lines, bad = [], []
+    for line in missing:
+        data = raw.get(line, b"")
+        try:
+            lines.append([line, data.decode("utf-8")])
+        except UnicodeDecodeError:
+            bad.append([line, 0, "invalid UTF-8"])
+    con.execute("CREATE OR REPLACE TEMP TABLE fw_lines (k BIGINT, raw VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)")
+    _insert_many(con, "fw_lines", lines)
+    _insert_many(con, "fw_bad_lines", bad)
+    _define_lines_source(con, fields, mapped=False)
+    user = "user_id" if any(f.name == "user_id" for f in fields) else "NULL"
+    found = {
+        int(r[0]): (r[1], r[2])
+        for r in con.execute(f"SELECT line, reason, {user} FROM fw_stage").fetchall()
+    }
+    rejected: list[tuple[int, str, str | None]] = []
+    for line in missing:
+        reason, user_id = found.get(line, (None, None))
+        # A line the stage accepts on its own failed in the fast reader only: report it
+        # rather than drop it.
+        rejected.append((line, str(reason or "could not be read as one JSON object"), user_id))
+    return rejected
 
 
 def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
@@ -757,15 +816,15 @@ def _raw_of_rejects(
     """The original text of each rejected line, as shown in the quarantine."""
     if not lines:
         return {}
-    if how == "fast":
-        return {
-            n: b.decode("utf-8", errors="replace") for n, b in _physical_lines(path, lines).items()
+    if how in ("fast", "lines"):
+        found = {
+            int(r[0]): str(r[1])
+            for r in con.execute(
+                "SELECT line, raw FROM fw_source WHERE raw IS NOT NULL AND line IN "
+                "(SELECT unnest(?))",
+                [lines],
+            ).fetchall()
         }
-    if how == "lines":
-        rows = con.execute(
-            "SELECT line, raw FROM fw_source WHERE line IN (SELECT unnest(?))", [lines]
-        ).fetchall()
-        found = {int(r[0]): r[1] for r in rows if r[1] is not None}
         missing = [n for n in lines if n not in found]
         if missing:
             # Lines DuckDB refused (invalid UTF-8) are read as bytes, shown with U+FFFD.
@@ -785,26 +844,24 @@ def _raw_of_rejects(
 
 
 def _physical_lines_any(path: Path, lines: list[int]) -> dict[int, bytes]:
-    """Like _physical_lines, through gzip when the file is compressed and without a BOM."""
-    if path.name.lower().endswith(".gz") or _is_gzip(path):
+    """Like _physical_lines, through gzip when the file is compressed, without a BOM."""
+    if _is_gzip(path):
         with tempfile.TemporaryDirectory() as tmp:
             plain = Path(tmp) / "plain"
             with gzip.open(path, "rb") as src, plain.open("wb") as dst:
                 while chunk := src.read(1 << 24):
                     dst.write(chunk)
-            return _strip_bom(_physical_lines(plain, lines))
-    return _strip_bom(_physical_lines(path, lines))
+            found = _physical_lines(plain, lines)
+    else:
+        found = _physical_lines(path, lines)
+    if 1 in found and found[1].startswith(b"\xef\xbb\xbf"):
+        found[1] = found[1][3:]
+    return found
 
 
 def _is_gzip(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(2) == b"\x1f\x8b"
-
-
-def _strip_bom(found: dict[int, bytes]) -> dict[int, bytes]:
-    if 1 in found and found[1].startswith(b"\xef\xbb\xbf"):
-        found[1] = found[1][3:]
-    return found
 
 
 def ingest_bytes(

@@ -15,7 +15,6 @@ off by default (see ``redact_names``).
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +237,10 @@ def redact_texts(
     try:
         install_pii_macros(connection)
         source = pa.table(
-            {"i": pa.array(range(len(texts)), type=pa.int64()), "t": pa.array(texts, type=pa.string())}
+            {
+                "i": pa.array(range(len(texts)), type=pa.int64()),
+                "t": pa.array(texts, type=pa.string()),
+            }
         )
         connection.register("fw_texts_in", source)
         try:
@@ -281,7 +283,9 @@ def redact_file(in_path: str | Path, out_path: str | Path) -> tuple[int, dict[st
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise IngestError(f"{source}: line {number} is not valid JSON ({exc.msg}).") from None
+                raise IngestError(
+                    f"{source}: line {number} is not valid JSON ({exc.msg})."
+                ) from None
             if not isinstance(record, dict):
                 raise IngestError(f"{source}: line {number} is not a JSON object.")
             records.append(record)
@@ -340,5 +344,3 @@ def redact_names(texts: list[str], *, language: str = "en") -> list[str]:
         results = analyzer.analyze(text=text, entities=["PERSON"], language=language)
         redacted.append(anonymizer.anonymize(text, results, operators).text)
     return redacted
-
-

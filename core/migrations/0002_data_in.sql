@@ -14,9 +14,11 @@ CREATE TABLE ingest_batches (
     actor VARCHAR NOT NULL
 );
 
--- Prompt, response and system hold redacted text; `pii` lists the types found in them.
+-- Prompt, response and system hold redacted text; `pii` lists the types found in them and
+-- raw_* keep the original text of those rows only, shown behind an audited toggle and erased
+-- with the user. Ids are unique by the ingest's duplicate rule (no index: it would slow loads).
 CREATE TABLE interactions (
-    interaction_id VARCHAR PRIMARY KEY,
+    interaction_id VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
     cycle INTEGER,
     line BIGINT NOT NULL,
@@ -36,18 +38,10 @@ CREATE TABLE interactions (
     topic VARCHAR,
     difficulty VARCHAR,
     metadata JSON,
-    pii VARCHAR[] NOT NULL
-);
-
--- The original text of rows in which PII was found: shown only behind an audited toggle,
--- erased with the user.
-CREATE TABLE pii_originals (
-    interaction_id VARCHAR PRIMARY KEY,
-    batch_id VARCHAR NOT NULL,
-    user_id VARCHAR NOT NULL,
-    prompt VARCHAR,
-    response VARCHAR,
-    system VARCHAR
+    pii VARCHAR[] NOT NULL,
+    raw_prompt VARCHAR,
+    raw_response VARCHAR,
+    raw_system VARCHAR
 );
 
 CREATE TABLE pii_counts (
@@ -75,12 +69,11 @@ CREATE TABLE consent_events (
     scope VARCHAR NOT NULL,
     action VARCHAR NOT NULL,
     policy_version VARCHAR NOT NULL,
-    source VARCHAR NOT NULL,
-    PRIMARY KEY (batch_id, line)
+    source VARCHAR NOT NULL
 );
 
 CREATE TABLE eval_items (
-    item_id VARCHAR PRIMARY KEY,
+    item_id VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
     eval_set VARCHAR NOT NULL,
     prompt VARCHAR NOT NULL,
