@@ -11,6 +11,8 @@ st.set_page_config(page_title="Flywheel", page_icon=":material/cycle:", layout="
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/plan.py", title="Plan", icon=":material/edit_note:"),
+    st.Page("pages/data.py", title="Data", icon=":material/database:"),
+    st.Page("pages/consent.py", title="Consent", icon=":material/verified_user:"),
 ]
 
 navigation = st.navigation(PAGES)

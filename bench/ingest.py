@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -144,15 +143,15 @@ def _child(kind: str, path: str) -> dict[str, object]:
     """Run one measurement in a fresh process; add its peak RSS."""
     with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
         code = (
-            "import json, resource, sys; sys.path.insert(0, %r); import ingest as b; "
-            "r = b.run_%s(%r%s); "
+            "import json, resource, sys; sys.path.insert(0, {!r}); import ingest as b; "
+            "r = b.run_{}({!r}{}); "
             "r['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
             "print(json.dumps(r, default=str))"
-        ) % (
+        ).format(
             str(ROOT / "bench"),
             kind,
             path,
-            ", %r" % str(Path(tmp) / "db.duckdb") if kind in ("ours", "bare") else "",
+            ", {!r}".format(str(Path(tmp) / "db.duckdb")) if kind in ("ours", "bare") else "",
         )
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=False

@@ -16,12 +16,68 @@ OUT = Path(__file__).resolve().parent / "out"
 
 TOPICS = ["data structures", "string processing", "file I/O", "error handling", "testing"]
 LEVELS = ["beginner", "intermediate", "advanced"]
-WORDS = (
-    "how do I sort a list of dicts by key in python without mutating the original list "
-    "when the values may be None and the order of equal items must stay stable please "
-    "explain the difference between a generator and an iterator and show an example using "
-    "version 3.12.1 of the interpreter released on 2024-10-07 for about $12.50 per seat"
-).split()
+WORDS = [
+    "how",
+    "do",
+    "I",
+    "sort",
+    "a",
+    "list",
+    "of",
+    "dicts",
+    "by",
+    "key",
+    "in",
+    "python",
+    "without",
+    "mutating",
+    "the",
+    "original",
+    "list",
+    "when",
+    "the",
+    "values",
+    "may",
+    "be",
+    "None",
+    "and",
+    "the",
+    "order",
+    "of",
+    "equal",
+    "items",
+    "must",
+    "stay",
+    "stable",
+    "please",
+    "explain",
+    "the",
+    "difference",
+    "between",
+    "a",
+    "generator",
+    "and",
+    "an",
+    "iterator",
+    "and",
+    "show",
+    "an",
+    "example",
+    "using",
+    "version",
+    "3.12.1",
+    "of",
+    "the",
+    "interpreter",
+    "released",
+    "on",
+    "2024-10-07",
+    "for",
+    "about",
+    "$12.50",
+    "per",
+    "seat",
+]
 PLANTED = [
     "contact me at jane.doe{n}@example.com",
     "my card is 4111 1111 1111 1111",
@@ -48,7 +104,7 @@ def write_log(path: Path, rows: int, seed: int = 42) -> Path:
     with path.open("w", encoding="utf-8") as out:
         for n in range(rows):
             if n % 20_000 == 19_999:
-                out.write('{"interaction_id": "broken-%d", "ts": \n' % n)
+                out.write('{"interaction_id": "broken-' + str(n) + '", "ts": \n')
                 continue
             prompt = prompts[rng.randrange(5000)]
             if rng.random() < 0.04:

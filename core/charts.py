@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import date
+from typing import Any
 
 import plotly.graph_objects as go
 
 from core.plan import CycleMilestones
 
-__all__ = ["PHASE_COLOURS", "timeline_figure"]
+__all__ = [
+    "PHASE_COLOURS",
+    "consent_rate_figure",
+    "pii_by_type_figure",
+    "timeline_figure",
+]
 
 PHASE_COLOURS: dict[str, str] = {
     "Collect": "#9ecae1",
@@ -74,4 +81,48 @@ def timeline_figure(cycles: list[CycleMilestones], *, today: date | None = None)
     )
     if today is not None:
         fig.add_vline(x=today.isoformat(), line_dash="dot", line_color="#636363")
+    return fig
+
+
+def pii_by_type_figure(found: Mapping[str, int]) -> go.Figure:
+    """PII values redacted, one bar per type, largest first."""
+    ordered = sorted(found.items(), key=lambda item: (-item[1], item[0]))
+    fig = go.Figure(
+        go.Bar(
+            x=[f"<{t}>" for t, _ in ordered],
+            y=[n for _, n in ordered],
+            marker_color="#6baed6",
+            hovertemplate="%{x}: %{y:,} redacted<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": "PII redacted, by type", "x": 0},
+        yaxis={"title": "values redacted"},
+        xaxis={"title": None},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+    )
+    return fig
+
+
+def consent_rate_figure(rows: Sequence[Mapping[str, Any]], *, scope: str = "training") -> go.Figure:
+    """Share of users whose latest ``scope`` event is a grant, day by day."""
+    fig = go.Figure(
+        go.Scatter(
+            x=[str(r["day"]) for r in rows],
+            y=[float(r["rate"]) for r in rows],
+            mode="lines",
+            line={"color": "#74c476"},
+            customdata=[[r["granted"], r["users"]] for r in rows],
+            hovertemplate="%{x}: %{y:.1%} (%{customdata[0]:,} of %{customdata[1]:,} users)"
+            "<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": f"Consent rate over time ({scope})", "x": 0},
+        yaxis={"title": "users granting", "tickformat": ".0%", "range": [0, 1]},
+        xaxis={"type": "date", "title": None},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+    )
     return fig

@@ -135,8 +135,10 @@ def cmd_ingest(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
-    rows = batch_rejects(store, args.batch)
-    text = "\n".join(f"line {r['line']}: {r['reason']}" for r in rows)
+    rows = batch_rejects(store, args.batch, reveal_raw=args.raw, actor=_actor())
+    text = "\n".join(
+        f"line {r['line']}: {r['reason']}" + (f"\n    {r['raw']}" if args.raw else "") for r in rows
+    )
     return Outcome(
         {"batch_id": args.batch, "rows": rows},
         text or f"Batch {args.batch} has no rejected rows.",
@@ -220,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rejects", parents=[common], help="list the quarantined rows of a batch"
     )
     rejects.add_argument("--batch", required=True, help="batch id printed by ingest")
+    rejects.add_argument(
+        "--raw", action="store_true", help="also print each raw line (unredacted; audited)"
+    )
     rejects.set_defaults(handler=cmd_rejects)
 
     forget = commands.add_parser(

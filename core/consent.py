@@ -111,7 +111,7 @@ def count_eligible(store: Store, scope: str = "training") -> int:
     return int(row[0]) if row else 0
 
 
-# -- the ledger, read back -------------------------------------------------------------------------
+# -- the ledger, read back ------------------------------------------------------------------------
 
 
 def consent_counts(store: Store) -> list[dict[str, Any]]:
@@ -157,7 +157,7 @@ def user_consent(store: Store, user_id: str) -> dict[str, Any]:
     }
 
 
-# -- erasure -----------------------------------------------------------------------------------------
+# -- erasure --------------------------------------------------------------------------------------
 
 
 @dataclass

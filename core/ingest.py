@@ -58,6 +58,8 @@ __all__ = [
     "ingest_file",
     "interaction_stage",
     "list_batches",
+    "pii_samples",
+    "pii_summary",
 ]
 
 Kind = Literal["interactions", "consent", "eval-items"]
@@ -163,27 +165,27 @@ class IngestResult:
 # -- the Ibis stage ------------------------------------------------------------------------------
 
 
-@ibis.udf.scalar.builtin(name="fw_redact")
+@ibis.udf.scalar.builtin(name="fw_redact")  # type: ignore[untyped-decorator]
 def _redact(text: str) -> str:  # type: ignore[empty-body]
     """DuckDB macro of core.privacy: the text with PII replaced by placeholders."""
 
 
-@ibis.udf.scalar.builtin(name="fw_pii_found")
-def _pii_found(a: str, b: str, c: str) -> dt.Array(dt.string):  # type: ignore[empty-body,valid-type]
+@ibis.udf.scalar.builtin(name="fw_pii_found")  # type: ignore[untyped-decorator]
+def _pii_found(a: str, b: str, c: str) -> dt.Array(dt.string):  # type: ignore[valid-type]
     """DuckDB macro of core.privacy: the sorted PII types whose placeholders occur in texts."""
 
 
-@ibis.udf.scalar.builtin(name="json_valid")
+@ibis.udf.scalar.builtin(name="json_valid")  # type: ignore[untyped-decorator]
 def _json_valid(text: str) -> bool:  # type: ignore[empty-body]
     """DuckDB's json_valid."""
 
 
-@ibis.udf.scalar.builtin(name="strlen")
+@ibis.udf.scalar.builtin(name="strlen")  # type: ignore[untyped-decorator]
 def _byte_length(text: str) -> int:  # type: ignore[empty-body]
     """DuckDB's strlen: the length in bytes of the UTF-8 text."""
 
 
-@ibis.udf.scalar.builtin(name="json_type")
+@ibis.udf.scalar.builtin(name="json_type")  # type: ignore[untyped-decorator]
 def _json_type(text: str) -> str:  # type: ignore[empty-body]
     """DuckDB's json_type."""
 
@@ -898,8 +900,11 @@ def list_batches(store: Store) -> list[dict[str, Any]]:
     )
 
 
-def batch_rejects(store: Store, batch_id: str) -> list[dict[str, Any]]:
-    """The quarantined rows of one batch: line, reason and the raw line.
+def batch_rejects(
+    store: Store, batch_id: str, *, reveal_raw: bool = False, actor: str | None = None
+) -> list[dict[str, Any]]:
+    """The quarantined rows of one batch: line and reason, and the raw line when
+    ``reveal_raw`` (it may hold unredacted PII, so each such view is audited).
 
     Raises IngestError when the batch does not exist.
     """
@@ -907,6 +912,63 @@ def batch_rejects(store: Store, batch_id: str) -> list[dict[str, Any]]:
         raise IngestError(
             f"No batch {batch_id!r}; `python -m core ingest FILE` prints the id of each batch."
         )
-    return store.fetch_dicts(
-        "SELECT line, reason, raw FROM quarantine WHERE batch_id = ? ORDER BY line", [batch_id]
+    columns = "line, reason" + (", raw" if reveal_raw else "")
+    with store.transaction() as con:
+        cur = con.execute(
+            f"SELECT {columns} FROM quarantine WHERE batch_id = ? ORDER BY line", [batch_id]
+        )
+        names = [d[0] for d in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        if reveal_raw:
+            record_audit(
+                con,
+                actor=actor or str(get_setting("actor")),
+                action="view_raw_text",
+                target=f"quarantine:{batch_id}",
+                detail={"rows": len(rows)},
+            )
+    return rows
+
+
+def pii_summary(store: Store, batch_id: str | None = None) -> dict[str, int]:
+    """Values redacted per PII type, over one batch or all."""
+    rows = store.fetch_all(
+        "SELECT pii_type, sum(found) FROM pii_counts WHERE $batch IS NULL OR batch_id = $batch "
+        "GROUP BY pii_type ORDER BY pii_type",
+        {"batch": batch_id},
     )
+    return {str(t): int(n) for t, n in rows}
+
+
+def pii_samples(
+    store: Store,
+    pii_type: str,
+    *,
+    limit: int = 5,
+    reveal_raw: bool = False,
+    actor: str | None = None,
+) -> list[dict[str, Any]]:
+    """Interactions in which ``pii_type`` was redacted: the redacted texts, and the originals
+    only when ``reveal_raw`` — each such view is written to the audit log (without the text)."""
+    if pii_type not in PII_TYPES:
+        raise IngestError(f"Unknown PII type {pii_type!r}; use one of {', '.join(PII_TYPES)}.")
+    columns = "interaction_id, batch_id, prompt, response"
+    if reveal_raw:
+        columns += ", raw_prompt, raw_response"
+    with store.transaction() as con:
+        cur = con.execute(
+            f"SELECT {columns} FROM interactions WHERE list_contains(pii, ?) "
+            "ORDER BY ts, interaction_id LIMIT ?",
+            [pii_type, limit],
+        )
+        names = [d[0] for d in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        if reveal_raw:
+            record_audit(
+                con,
+                actor=actor or str(get_setting("actor")),
+                action="view_raw_text",
+                target=f"pii:{pii_type}",
+                detail={"rows": len(rows)},
+            )
+    return rows

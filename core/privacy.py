@@ -129,8 +129,8 @@ _MACROS = [
     # ISO 13616: move the first four characters to the end, letters to 10..35, mod 97 = 1.
     """CREATE OR REPLACE TEMP MACRO fw_iban_ok(s) AS (
         length(replace(s, ' ', '')) BETWEEN 15 AND 34
-        AND list_reduce(list_transform(split(list_aggregate(list_transform(
-                split(upper(substr(replace(s, ' ', ''), 5) || substr(replace(s, ' ', ''), 1, 4)), ''),
+        AND list_reduce(list_transform(split(list_aggregate(list_transform(split(upper(
+                substr(replace(s, ' ', ''), 5) || substr(replace(s, ' ', ''), 1, 4)), ''),
                 lambda c: CASE WHEN c BETWEEN '0' AND '9' THEN c
                                ELSE CAST(ascii(c) - 55 AS VARCHAR) END), 'string_agg', ''), ''),
             lambda d: CAST(d AS INTEGER)), lambda acc, d: (acc * 10 + d) % 97, 0) = 1)""",
