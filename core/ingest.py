@@ -536,7 +536,7 @@ _INSERTS: dict[Kind, str] = {
         "policy_version, source FROM fw_stage WHERE reason IS NULL"
     ),
     "eval-items": (
-        "INSERT INTO eval_items SELECT item_id, $batch, eval_set, prompt, reference, topic, "
+        "INSERT INTO eval_items SELECT item_id, $batch, line, eval_set, prompt, reference, topic, "
         "difficulty, labels::JSON FROM fw_stage WHERE reason IS NULL"
     ),
 }

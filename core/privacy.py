@@ -60,7 +60,7 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 # Order matters: a URL with credentials holds an email-like part, a secret may hold digits that
 # look like a phone, an IBAN holds digit runs that look like a card.
 DETECTORS: tuple[Detector, ...] = (
-    Detector("URL_CREDENTIALS", r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]+:[^\s/@]*@[^\s/?#\"'<>]+"),
+    Detector("URL_CREDENTIALS", r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:[^\s/@]*@[^\s/?#\"'<>]+"),
     Detector(
         "SECRET",
         r"\bsk-[A-Za-z0-9_-]{20,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{36}\b",

@@ -75,6 +75,7 @@ CREATE TABLE consent_events (
 CREATE TABLE eval_items (
     item_id VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
+    line BIGINT NOT NULL,
     eval_set VARCHAR NOT NULL,
     prompt VARCHAR NOT NULL,
     reference VARCHAR,
