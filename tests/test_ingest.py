@@ -174,7 +174,7 @@ def test_csv_with_quoted_newlines_and_parquet(store: Store, tmp_path: Path) -> N
     )
     result = ingest_file(store, csv)
     assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
-    assert list(reasons(store, result).values())[0].startswith("ts is not a timestamp")
+    assert next(iter(reasons(store, result).values())).startswith("ts is not a timestamp")
     assert store.fetch_one("SELECT prompt FROM interactions WHERE interaction_id = 'c-1'") == (
         "two\nlines, with a comma",
     )

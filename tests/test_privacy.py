@@ -120,10 +120,8 @@ def _corpus() -> list[tuple[str, list[tuple[str, str]]]]:
     for iban in ibans * 2:
         add("IBAN", iban)
     for _ in range(20):
-        add(
-            "IP",
-            f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-        )
+        octets = [rng.randrange(1, 224), rng.randrange(256), rng.randrange(256)]
+        add("IP", ".".join(str(o) for o in [*octets, rng.randrange(1, 255)]))
     for ip6 in [
         "2001:db8::8a2e:370:7334",
         "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
