@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import date
+from typing import Any
 
 import plotly.graph_objects as go
 
 from core.plan import CycleMilestones
 
-__all__ = ["PHASE_COLOURS", "grid_heatmap_figure", "timeline_figure"]
+__all__ = [
+    "PHASE_COLOURS",
+    "consent_rate_figure",
+    "grid_heatmap_figure",
+    "pii_by_type_figure",
+    "timeline_figure",
+]
 
 PHASE_COLOURS: dict[str, str] = {
     "Collect": "#9ecae1",
@@ -125,5 +133,49 @@ def grid_heatmap_figure(
         yaxis={"title": " · ".join(n for n, _ in row_axes), "autorange": "reversed"},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=120 + 32 * len(row_values),
+    )
+    return fig
+
+
+def pii_by_type_figure(found: Mapping[str, int]) -> go.Figure:
+    """PII values redacted, one bar per type, largest first."""
+    ordered = sorted(found.items(), key=lambda item: (-item[1], item[0]))
+    fig = go.Figure(
+        go.Bar(
+            x=[f"<{t}>" for t, _ in ordered],
+            y=[n for _, n in ordered],
+            marker_color="#6baed6",
+            hovertemplate="%{x}: %{y:,} redacted<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": "PII redacted, by type", "x": 0},
+        yaxis={"title": "values redacted"},
+        xaxis={"title": None},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+    )
+    return fig
+
+
+def consent_rate_figure(rows: Sequence[Mapping[str, Any]], *, scope: str = "training") -> go.Figure:
+    """Share of users whose latest ``scope`` event is a grant, day by day."""
+    fig = go.Figure(
+        go.Scatter(
+            x=[str(r["day"]) for r in rows],
+            y=[float(r["rate"]) for r in rows],
+            mode="lines",
+            line={"color": "#74c476"},
+            customdata=[[r["granted"], r["users"]] for r in rows],
+            hovertemplate="%{x}: %{y:.1%} (%{customdata[0]:,} of %{customdata[1]:,} users)"
+            "<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": f"Consent rate over time ({scope})", "x": 0},
+        yaxis={"title": "users granting", "tickformat": ".0%", "range": [0, 1]},
+        xaxis={"type": "date", "title": None},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
     )
     return fig

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.consent import forget_user
 from core.demo import load_demo
 from core.errors import FlywheelError, PlanError
 from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
+from core.ingest import KINDS, batch_rejects, ingest_file
 from core.lint import LintReport, lint_plan
 from core.plan_files import dump_plan, plan_format_for, read_plan_file
 from core.plan_versions import list_plans, load_plan, save_plan_version
+from core.privacy import redact_file
 from core.settings import default_db_path, get_setting
 from core.store import Store
 
@@ -171,6 +174,42 @@ def cmd_generate(args: argparse.Namespace, store: Store) -> Outcome:
     )
 
 
+def cmd_ingest(args: argparse.Namespace, store: Store) -> Outcome:
+    result = ingest_file(store, args.file, kind=args.kind, cycle=args.cycle, actor=_actor())
+    return Outcome(result.to_dict(), result.summary)
+
+
+def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
+    rows = batch_rejects(store, args.batch, reveal_raw=args.raw, actor=_actor())
+    text = "\n".join(
+        f"line {r['line']}: {r['reason']}" + (f"\n    {r['raw']}" if args.raw else "") for r in rows
+    )
+    return Outcome(
+        {"batch_id": args.batch, "rows": rows},
+        text or f"Batch {args.batch} has no rejected rows.",
+    )
+
+
+def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
+    result = forget_user(store, args.user_id, actor=_actor())
+    tables = ", ".join(f"{t} {n}" for t, n in sorted(result.rows_deleted.items()))
+    return Outcome(
+        result.to_dict(),
+        f"Forgot user {result.user_id}: {result.interactions_deleted} interactions, "
+        f"{result.dataset_rows_deleted} dataset rows ({tables}). The audit log holds a salted "
+        "hash only.",
+    )
+
+
+def cmd_pii_redact(args: argparse.Namespace, store: Store) -> Outcome:
+    rows, found = redact_file(args.input, args.output)
+    summary = ", ".join(f"{n} {t}" for t, n in sorted(found.items())) or "no PII found"
+    return Outcome(
+        {"rows": rows, "found": found, "path": str(args.output)},
+        f"Redacted {rows} rows into {args.output}: {summary}.",
+    )
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -239,6 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, help="requests in flight (default: generation_concurrency)"
     )
     gen.set_defaults(handler=cmd_generate)
+    ingest = commands.add_parser(
+        "ingest", parents=[common], help="load interactions, consent events or eval items"
+    )
+    ingest.add_argument("file", help="JSONL, CSV or Parquet file (JSONL and CSV may be .gz)")
+    ingest.add_argument("--kind", choices=KINDS, default="interactions", help="what the file holds")
+    ingest.add_argument("--cycle", type=int, help="tag the batch with this cycle number")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    rejects = commands.add_parser(
+        "rejects", parents=[common], help="list the quarantined rows of a batch"
+    )
+    rejects.add_argument("--batch", required=True, help="batch id printed by ingest")
+    rejects.add_argument(
+        "--raw", action="store_true", help="also print each raw line (unredacted; audited)"
+    )
+    rejects.set_defaults(handler=cmd_rejects)
+
+    forget = commands.add_parser(
+        "forget", parents=[common], help="erase a user's data everywhere it was copied"
+    )
+    forget.add_argument("user_id", help="the pseudonymous user id")
+    forget.set_defaults(handler=cmd_forget)
+
+    pii = commands.add_parser("pii", help="PII redaction of files")
+    pii_commands = pii.add_subparsers(dest="pii_command", required=True, metavar="ACTION")
+    redact = pii_commands.add_parser(
+        "redact", parents=[common], help="redact the text field of each JSONL line"
+    )
+    redact.add_argument("--in", dest="input", required=True, help="input JSONL (.gz allowed)")
+    redact.add_argument("--out", dest="output", required=True, help="output JSONL")
+    redact.set_defaults(handler=cmd_pii_redact)
     return parser
 
 

@@ -1561,7 +1561,10 @@ def production_vs_training(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'interactions'"
         )
     }
-    if not columns:
+    has_rows = bool(columns) and bool(
+        (store.fetch_one("SELECT EXISTS (SELECT 1 FROM interactions)") or [False])[0]
+    )
+    if not has_rows:
         return LoopReport(
             False,
             "No production data yet: once interactions are ingested with labels on the grid's "

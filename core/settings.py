@@ -52,6 +52,12 @@ SETTINGS: dict[str, Setting] = {
             "Largest prompt, response or system text an ingested row may hold.",
         ),
         Setting(
+            "ingest_memory_limit",
+            "1GB",
+            "DuckDB memory limit during an ingest (e.g. 1GB); larger files spill to disk. "
+            "Empty = DuckDB's default.",
+        ),
+        Setting(
             "generation_concurrency",
             16,
             "How many teacher requests synthetic generation keeps in flight at once.",

@@ -279,14 +279,13 @@ def test_production_spread_steers_the_next_round(store: Store) -> None:
     run_generation(store, plan_id, client=mock_client(MockTeacher()), **FAST)
     spec = GenerationSpec.load(store, plan_id)
     (t1, t2), (d1, d2) = (a.values for a in spec.plan.generation.axes)
-    store.execute(
-        "CREATE TABLE interactions (interaction_id VARCHAR, topic VARCHAR, difficulty VARCHAR)"
-    )
     labels = (
         [(t1, d1)] * 70 + [(t1, d2)] * 10 + [(t2, d1)] * 10 + [(t2, d2)] * 10 + [("other", d1)] * 5
     )
     store.execute(
-        "INSERT INTO interactions SELECT 'i' || i, l[1], l[2] FROM"
+        "INSERT INTO interactions (interaction_id, batch_id, line, ts, user_id, variant, model,"
+        " prompt, response, pii, topic, difficulty)"
+        " SELECT 'i' || i, 'b', i, now(), 'u', 'control', 'm', 'p', 'r', [], l[1], l[2] FROM"
         " (SELECT unnest(range(len(?::VARCHAR[][]))) AS i, unnest(?::VARCHAR[][]) AS l)",
         [[list(x) for x in labels], [list(x) for x in labels]],
     )

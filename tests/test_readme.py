@@ -43,11 +43,6 @@ def test_every_command_has_help() -> None:
     assert _undocumented(build_parser()) == []
 
 
-def test_every_setting_is_in_the_readme() -> None:
-    for setting in SETTINGS.values():
-        assert f"`{setting.env_var}`" in README, setting.env_var
-
-
 def test_readme_opens_with_the_two_commands() -> None:
     head = README.split("## The dashboard")[0]
     assert "python -m streamlit run app.py" in head

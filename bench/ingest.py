@@ -1,0 +1,195 @@
+"""Ingest benchmark: ``python bench/ingest.py [--file F] [--skip-pandas]``.
+
+Prints, measured in the same run on the same file (bench/make_log.py writes it):
+  ours      ingest + validation + PII redaction into a fresh store (core.ingest.ingest_file)
+  bare      DuckDB's read_json of the same file into a fresh database file
+  pandas    pandas.read_json(lines=True) + the same regular expressions and validators
+the two ratios, PII texts/s over the log's prompts, and each run's peak memory (max RSS).
+Each run is a separate process so that its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "bench" / "out" / "interactions_1m.jsonl"
+
+
+def run_ours(path: str, db: str) -> dict[str, object]:
+    sys.path.insert(0, str(ROOT))
+    from core.ingest import ingest_file
+    from core.store import Store
+
+    store = Store(db)
+    store.schema_version()
+    start = time.perf_counter()
+    result = ingest_file(store, path)
+    return {"seconds": time.perf_counter() - start, "result": result.to_dict()}
+
+
+def run_bare(path: str, db: str) -> dict[str, object]:
+    import duckdb
+
+    con = duckdb.connect(db)
+    con.execute("SET memory_limit = '1GB'")
+    start = time.perf_counter()
+    con.execute("CREATE TABLE raw AS SELECT * FROM read_json(?, ignore_errors = true)", [path])
+    con.close()
+    return {"seconds": time.perf_counter() - start}
+
+
+def _luhn(value: str) -> bool:
+    digits = [int(c) for c in value if c.isdigit()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        total += (d * 2 - 9 if d >= 5 else d * 2) if i % 2 else d
+    return total % 10 == 0
+
+
+def _iban(value: str) -> bool:
+    s = value.replace(" ", "").upper()
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _phone(value: str) -> bool:
+    return 9 <= sum(c.isdigit() for c in value) <= 15
+
+
+def _ipv6(value: str) -> bool:
+    if not re.search(r"[0-9]", value):
+        return False
+    if re.fullmatch(r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}", value):
+        return True
+    return (
+        len(value) >= 7
+        and ":::" not in value
+        and value.count("::") == 1
+        and 2 <= len([g for g in value.split(":") if g]) <= 7
+    )
+
+
+def run_pandas(path: str) -> dict[str, object]:
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT))
+    from core.privacy import DETECTORS, placeholder
+
+    validators = {
+        "fw_luhn_ok": _luhn,
+        "fw_iban_ok": _iban,
+        "fw_phone_ok": _phone,
+        "fw_ipv6_ok": _ipv6,
+    }
+    start = time.perf_counter()
+    frame = pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
+    for column in ("prompt", "response", "system"):
+        series = frame[column].astype("string")
+        for detector in DETECTORS:
+            mark = placeholder(detector.pii_type)
+            pattern = re.compile(detector.pattern)
+            if detector.validator is None:
+                repl = (r"\1" + mark) if detector.keep_prefix else mark
+                series = series.str.replace(pattern, repl, regex=True)
+            else:
+                check = validators[detector.validator]
+                group = detector.group
+
+                def swap(m: re.Match[str], check=check, group=group, mark=mark) -> str:
+                    value = m.group(group)
+                    if not check(value):
+                        return m.group(0)
+                    return m.group(0).replace(value, mark)
+
+                series = series.str.replace(pattern, swap, regex=True)
+        frame[column] = series
+    return {"seconds": time.perf_counter() - start, "rows": len(frame)}
+
+
+def run_pii_rate(path: str) -> dict[str, object]:
+    import duckdb
+
+    sys.path.insert(0, str(ROOT))
+    from core.privacy import install_pii_macros
+
+    con = duckdb.connect()
+    install_pii_macros(con)
+    con.execute(
+        "CREATE TABLE texts AS SELECT prompt AS t FROM read_json(?, ignore_errors = true) "
+        "WHERE prompt IS NOT NULL UNION ALL SELECT response FROM read_json(?, "
+        "ignore_errors = true) WHERE response IS NOT NULL",
+        [path, path],
+    )
+    n = con.execute("SELECT count(*) FROM texts").fetchall()[0][0]
+    start = time.perf_counter()
+    con.execute("SELECT sum(length(fw_redact(t))) FROM texts").fetchall()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "texts": n, "texts_per_s": n / seconds}
+
+
+def _child(kind: str, path: str) -> dict[str, object]:
+    """Run one measurement in a fresh process; add its peak RSS."""
+    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
+        code = (
+            "import json, resource, sys; sys.path.insert(0, {!r}); import ingest as b; "
+            "r = b.run_{}({!r}{}); "
+            "r['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+            "print(json.dumps(r, default=str))"
+        ).format(
+            str(ROOT / "bench"),
+            kind,
+            path,
+            ", {!r}".format(str(Path(tmp) / "db.duckdb")) if kind in ("ours", "bare") else "",
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"{kind} failed:\n{done.stderr}")
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--file", type=Path, default=DEFAULT)
+    parser.add_argument("--skip-pandas", action="store_true")
+    args = parser.parse_args()
+    if not args.file.is_file():
+        raise SystemExit(f"{args.file} is missing: run python bench/make_log.py first.")
+    path = str(args.file)
+    size_mb = args.file.stat().st_size / 1e6
+    print(f"file: {path} ({size_mb:,.0f} MB)")
+    bare = _child("bare", path)
+    ours = _child("ours", path)
+    print(f"bare read_json : {bare['seconds']:7.2f} s   peak {bare['peak_mb']:6.0f} MB")
+    print(
+        f"ours           : {ours['seconds']:7.2f} s   peak {ours['peak_mb']:6.0f} MB   "
+        f"{ours['result']}"
+    )
+    print(f"ours / bare    : {ours['seconds'] / bare['seconds']:7.2f}x   (target ≤ 2.0x)")
+    if not args.skip_pandas:
+        pandas = _child("pandas", path)
+        print(f"pandas         : {pandas['seconds']:7.2f} s   peak {pandas['peak_mb']:6.0f} MB")
+        print(f"pandas / ours  : {pandas['seconds'] / ours['seconds']:7.2f}x   (target ≥ 3x)")
+    rate = _child("pii_rate", path)
+    print(
+        f"PII detection  : {rate['texts_per_s']:,.0f} texts/s over {rate['texts']:,} texts "
+        "(target ≥ 50,000)"
+    )
+    print(f"peak memory    : {ours['peak_mb']:,.0f} MB for our 1M-row ingest (target < 2,048)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,974 @@
+"""Reading interaction logs, consent events and eval items into the store; quarantine of bad rows.
+
+A load is a batch: file name, sha256, counts and times. Every row read is accepted, rejected
+(quarantined with its line number and reason) or counted as a duplicate, so the counts always
+reconcile. A file whose sha256 is already stored for the same kind adds nothing.
+
+How a file becomes rows (all inside DuckDB):
+
+* JSONL, the fast path: ``read_json`` with every field as VARCHAR, ``ignore_errors`` and
+  ``WITH ORDINALITY``; a malformed line becomes an all-NULL row at its own position, so the
+  ordinality is the line number. A Python pre-pass over the bytes (needed for the sha256
+  anyway) checks that the file has no BOM and no blank lines, which would break that equality.
+* JSONL, the exact path (gzip, BOM, blank lines): ``read_csv`` reading each line whole as one
+  VARCHAR, ``json_extract_string`` per field; lines DuckDB refuses as invalid UTF-8 come back
+  from its rejects table with their line numbers, and only they are quarantined.
+* CSV (quoted newlines included) and Parquet: DuckDB's readers, every column cast to VARCHAR.
+
+Validation, coercion and PII redaction are Ibis expressions over that VARCHAR relation
+(``interaction_stage``), compiled to one DuckDB query; they run unchanged on other Ibis
+backends once the PII macros exist there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import ibis
+import ibis.expr.datatypes as dt
+import ibis.expr.types as ir
+
+from core.audit import record_audit
+from core.errors import IngestError
+from core.privacy import PII_TYPES, install_pii_macros
+from core.settings import get_setting
+from core.store import Store
+
+__all__ = [
+    "CONSENT_FIELDS",
+    "EVAL_ITEM_FIELDS",
+    "INTERACTION_FIELDS",
+    "KINDS",
+    "FieldSpec",
+    "IngestResult",
+    "Kind",
+    "batch_rejects",
+    "ingest_bytes",
+    "ingest_file",
+    "interaction_stage",
+    "list_batches",
+    "pii_samples",
+    "pii_summary",
+]
+
+Kind = Literal["interactions", "consent", "eval-items"]
+KINDS: tuple[Kind, ...] = ("interactions", "consent", "eval-items")
+
+FieldType = Literal["id", "text", "timestamp", "bool", "int", "number", "object", "enum"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a data contract: its type, whether it is required, allowed values."""
+
+    name: str
+    type: FieldType
+    required: bool = False
+    values: tuple[str, ...] = ()
+
+
+INTERACTION_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("interaction_id", "id", True),
+    FieldSpec("ts", "timestamp", True),
+    FieldSpec("user_id", "id", True),
+    FieldSpec("variant", "id", True),
+    FieldSpec("model", "id", True),
+    FieldSpec("prompt", "text", True),
+    FieldSpec("response", "text", True),
+    FieldSpec("system", "text"),
+    FieldSpec("feedback", "enum", values=("up", "down")),
+    FieldSpec("accepted", "bool"),
+    FieldSpec("latency_ms", "int"),
+    FieldSpec("input_tokens", "int"),
+    FieldSpec("output_tokens", "int"),
+    FieldSpec("cost_usd", "number"),
+    FieldSpec("topic", "id"),
+    FieldSpec("difficulty", "id"),
+    FieldSpec("metadata", "object"),
+)
+
+CONSENT_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("user_id", "id", True),
+    FieldSpec("ts", "timestamp", True),
+    FieldSpec("scope", "enum", True, ("training", "human_review", "analytics")),
+    FieldSpec("action", "enum", True, ("grant", "withdraw")),
+    FieldSpec("policy_version", "id", True),
+    FieldSpec("source", "id", True),
+)
+
+EVAL_ITEM_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("item_id", "id", True),
+    FieldSpec("eval_set", "id", True),
+    FieldSpec("prompt", "text", True),
+    FieldSpec("reference", "text"),
+    FieldSpec("topic", "id"),
+    FieldSpec("difficulty", "id"),
+    FieldSpec("labels", "object"),
+)
+
+_FIELDS: dict[Kind, tuple[FieldSpec, ...]] = {
+    "interactions": INTERACTION_FIELDS,
+    "consent": CONSENT_FIELDS,
+    "eval-items": EVAL_ITEM_FIELDS,
+}
+_TEXT_FIELDS = ("prompt", "response", "system")
+
+
+@dataclass
+class IngestResult:
+    """What one load did; ``rows_read == accepted + rejected + duplicates`` always."""
+
+    batch_id: str
+    kind: str
+    file_name: str
+    sha256: str
+    rows_read: int
+    accepted: int
+    rejected: int
+    duplicates: int
+    already_loaded: bool = False
+    cycle: int | None = None
+    pii_found: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (the ``ingest --json`` keys)."""
+        return asdict(self)
+
+    @property
+    def summary(self) -> str:
+        """One line for people."""
+        if self.already_loaded:
+            return (
+                f"{self.file_name} was already loaded as batch {self.batch_id} "
+                f"(sha256 {self.sha256[:12]}…): nothing added."
+            )
+        pii = ", ".join(f"{n} {t}" for t, n in sorted(self.pii_found.items()))
+        return (
+            f"Batch {self.batch_id} ({self.kind}): {self.rows_read} rows read, "
+            f"{self.accepted} accepted, {self.rejected} rejected, {self.duplicates} duplicates"
+            + (f"; PII redacted: {pii}" if pii else "")
+            + "."
+        )
+
+
+# -- the Ibis stage ------------------------------------------------------------------------------
+
+
+@ibis.udf.scalar.builtin(name="fw_redact")  # type: ignore[untyped-decorator]
+def _redact(text: str) -> str:  # type: ignore[empty-body]
+    """DuckDB macro of core.privacy: the text with PII replaced by placeholders."""
+
+
+@ibis.udf.scalar.builtin(name="fw_pii_found")  # type: ignore[untyped-decorator]
+def _pii_found(a: str, b: str, c: str) -> dt.Array(dt.string):  # type: ignore[valid-type]
+    """DuckDB macro of core.privacy: the sorted PII types whose placeholders occur in texts."""
+
+
+@ibis.udf.scalar.builtin(name="json_valid")  # type: ignore[untyped-decorator]
+def _json_valid(text: str) -> bool:  # type: ignore[empty-body]
+    """DuckDB's json_valid."""
+
+
+@ibis.udf.scalar.builtin(name="strlen")  # type: ignore[untyped-decorator]
+def _byte_length(text: str) -> int:  # type: ignore[empty-body]
+    """DuckDB's strlen: the length in bytes of the UTF-8 text."""
+
+
+@ibis.udf.scalar.builtin(name="json_type")  # type: ignore[untyped-decorator]
+def _json_type(text: str) -> str:  # type: ignore[empty-body]
+    """DuckDB's json_type."""
+
+
+def _source_schema(fields: tuple[FieldSpec, ...]) -> ibis.Schema:
+    columns: dict[str, str] = {"line": "int64", "fw_pre_reason": "string"}
+    columns.update({f.name: "string" for f in fields})
+    return ibis.schema(columns)
+
+
+def _check(spec: FieldSpec, value: ir.StringValue, max_text_bytes: int) -> list[tuple[Any, Any]]:
+    """(condition, reason) pairs of one field, in the order they are reported."""
+    name = spec.name
+    present = value.notnull()
+    checks: list[tuple[Any, Any]] = []
+    if spec.required:
+        missing = value.isnull() | ((value.strip() == "") if spec.type != "text" else False)
+        checks.append((missing, f"missing required field: {name}"))
+    shown = value.substr(0, 40)
+    if spec.type == "timestamp":
+        bad = present & value.try_cast("timestamp('UTC')").isnull()
+        checks.append((bad, ibis.literal(f"{name} is not a timestamp: ").concat(shown)))
+    elif spec.type == "bool":
+        bad = present & ~value.lower().isin(["true", "false"])
+        checks.append((bad, ibis.literal(f"{name} is not true/false: ").concat(shown)))
+    elif spec.type == "int":
+        number = value.try_cast("float64")
+        bad = present & (number.isnull() | (number != number.round()) | (number < 0))
+        checks.append((bad, ibis.literal(f"{name} is not a whole number ≥ 0: ").concat(shown)))
+    elif spec.type == "number":
+        bad = present & value.try_cast("float64").isnull()
+        checks.append((bad, ibis.literal(f"{name} is not a number: ").concat(shown)))
+    elif spec.type == "object":
+        bad = present & (~_json_valid(value) | (_json_type(value) != "OBJECT"))
+        checks.append((bad, f"{name} is not a JSON object"))
+    elif spec.type == "enum":
+        bad = present & ~value.lower().isin(list(spec.values))
+        allowed = " / ".join(spec.values)
+        checks.append((bad, ibis.literal(f"{name} is not one of {allowed}: ").concat(shown)))
+    elif spec.type == "text":
+        bad = present & (_byte_length(value) > max_text_bytes)
+        checks.append((bad, f"{name} is over the {max_text_bytes}-byte limit (max_text_bytes)"))
+    return checks
+
+
+def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir.Table:
+    """The validation + coercion + redaction stage over a VARCHAR relation named ``fw_source``.
+
+    Columns out: ``line``, ``reason`` (NULL when the row is accepted), the typed fields and, for
+    interactions, redacted texts with ``pii`` (types found) and ``raw_*`` originals kept only
+    where PII was found.
+    """
+    fields = _FIELDS[kind]
+    source = ibis.table(_source_schema(fields), name="fw_source")
+    cases: list[tuple[Any, Any]] = [(source.fw_pre_reason.notnull(), source.fw_pre_reason)]
+    for spec in fields:
+        cases.extend(_check(spec, source[spec.name], max_text_bytes))
+    reason = ibis.cases(*cases, else_=ibis.null("string"))
+    out: dict[str, Any] = {"line": source.line, "reason": reason}
+    for spec in fields:
+        value = source[spec.name]
+        if spec.type == "timestamp":
+            out[spec.name] = value.try_cast("timestamp('UTC')")
+        elif spec.type == "bool":
+            out[spec.name] = value.lower() == "true"
+        elif spec.type == "int":
+            out[spec.name] = value.try_cast("float64").try_cast("int64")
+        elif spec.type == "number":
+            out[spec.name] = value.try_cast("float64")
+        elif spec.type == "enum":
+            out[spec.name] = value.lower()
+        elif kind == "interactions" and spec.name in _TEXT_FIELDS:
+            out[spec.name] = _redact(value)
+            out["raw_" + spec.name] = value
+        else:
+            out[spec.name] = value
+    stage = source.select(**out)
+    if kind != "interactions":
+        return stage
+    stage = stage.mutate(pii=_pii_found(*(stage[name] for name in _TEXT_FIELDS)))
+    found = stage.pii.length() > 0
+    return stage.mutate(
+        **{
+            "raw_" + name: ibis.ifelse(found, stage["raw_" + name], ibis.null("string"))
+            for name in _TEXT_FIELDS
+        }
+    )
+
+
+# -- reading files -------------------------------------------------------------------------------
+
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+def _file_format(name: str) -> tuple[str, bool]:
+    lower = name.lower()
+    gz = lower.endswith(".gz")
+    stem = lower[:-3] if gz else lower
+    suffix = Path(stem).suffix
+    if suffix == ".parquet" and not gz:
+        return "parquet", False
+    if suffix in _FORMATS:
+        return _FORMATS[suffix], gz
+    raise IngestError(
+        f"{name}: unknown file type; use .jsonl, .csv or .parquet (JSONL and CSV may be .gz)."
+    )
+
+
+@dataclass
+class _Shape:
+    """What the fast JSONL path must know: a BOM or blank lines break its line numbering."""
+
+    bom: bool
+    blank_lines: bool
+    lines: int
+
+
+def _shape(path: Path) -> _Shape:
+    """Scan the bytes at memchr speed: BOM, blank lines, number of lines."""
+    bom = blank = False
+    lines = 0
+    previous = b""
+    last = b""
+    with path.open("rb") as handle:
+        first = True
+        while chunk := handle.read(1 << 24):
+            if first:
+                bom = chunk.startswith(b"\xef\xbb\xbf")
+                blank = chunk.startswith((b"\n", b"\r\n"))
+                first = False
+            if not blank:
+                joined = previous + chunk[:2]
+                blank = any(
+                    mark in part for mark in (b"\n\n", b"\n\r\n") for part in (chunk, joined)
+                )
+            lines += chunk.count(b"\n")
+            previous = chunk[-2:]
+            last = chunk[-1:]
+    if last and last != b"\n":
+        lines += 1
+    return _Shape(bom, blank, lines)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _struct(fields: tuple[FieldSpec, ...], kind: str) -> str:
+    return "{" + ", ".join(f"'{f.name}': '{kind}'" for f in fields) + "}"
+
+
+def _define_lines_source(
+    con: duckdb.DuckDBPyConnection, fields: tuple[FieldSpec, ...], *, mapped: bool
+) -> None:
+    """``fw_source`` over ``fw_lines(k, raw)`` (one JSON text a line) and ``fw_bad_lines``.
+
+    ``mapped``: ``k`` counts only the lines DuckDB kept, so the physical line is k plus the
+    refused lines before it; otherwise ``k`` is the physical line already.
+    """
+    names = [f.name for f in fields]
+    paths = "[" + ", ".join(f"'$.{n}'" for n in names) + "]"
+    typed = ", ".join(f"CASE WHEN fw_ok THEN v[{i + 1}] END AS {n}" for i, n in enumerate(names))
+    nulls = ", ".join(f"NULL AS {n}" for n in names)
+    line = "k + (SELECT count(*) FROM fw_bad_lines b WHERE b.line - b.j < k)" if mapped else "k"
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW fw_source AS "
+        "SELECT line, CASE WHEN NOT json_valid(raw) THEN 'invalid JSON' "
+        "WHEN NOT fw_ok THEN 'not a JSON object' END AS fw_pre_reason, "
+        f"{typed}, raw FROM ("
+        "SELECT line, raw, fw_ok, CASE WHEN fw_ok THEN "
+        f"try(json_extract_string(raw, {paths})) END AS v FROM ("
+        f"SELECT {line} AS line, "
+        "raw, coalesce(try(json_type(raw)) = 'OBJECT', false) AS fw_ok FROM fw_lines "
+        "WHERE raw IS NOT NULL AND trim(raw) <> ''))"
+        f" UNION ALL SELECT line, reason, {nulls}, NULL FROM fw_bad_lines"
+    )
+
+
+def _prepare_source(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    fmt: str,
+    gz: bool,
+    shape: _Shape | None,
+    fields: tuple[FieldSpec, ...],
+) -> str:
+    """Create the temp view ``fw_source`` (VARCHAR fields + line); return how it reads."""
+    names = [f.name for f in fields]
+    literal = _sql_string(str(path))
+    if fmt == "jsonl" and shape is not None and not shape.bom and not shape.blank_lines:
+        all_null = " AND ".join(f"{n} IS NULL" for n in names)
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT ordinality AS line, "
+            f"CASE WHEN {all_null} THEN 'fw_suspect' END AS fw_pre_reason, "
+            + ", ".join(names)
+            + f" FROM read_json({literal}, format='newline_delimited', "
+            f"columns={_struct(fields, 'VARCHAR')}, ignore_errors=true, "
+            f"maximum_object_size={_max_line_bytes()}) WITH ORDINALITY"
+        )
+        return "fast"
+    if fmt == "jsonl":
+        rejects = "fw_rj_" + uuid.uuid4().hex[:8]
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fw_lines AS SELECT ordinality AS k, raw FROM read_csv("
+            f"{literal}, columns={{'raw': 'VARCHAR'}}, delim=E'\\x1f', quote='', escape='', "
+            "header=false, auto_detect=false, ignore_errors=true, strict_mode=false, "
+            f"max_line_size={_max_line_bytes()}, store_rejects=true, "
+            f"rejects_table='{rejects}_errors', rejects_scan='{rejects}_scans') WITH ORDINALITY"
+        )
+        bad = con.execute(
+            f"SELECT line, bool_or(error_type = 'INVALID ENCODING') FROM {rejects}_errors "
+            "GROUP BY line ORDER BY line"
+        ).fetchall()
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)"
+        )
+        too_long = f"line is over the {_max_line_bytes()}-byte read limit"
+        _insert_many(
+            con,
+            "fw_bad_lines",
+            [[b, i + 1, "invalid UTF-8" if utf8 else too_long] for i, (b, utf8) in enumerate(bad)],
+        )
+        _define_lines_source(con, fields, mapped=True)
+        return "lines"
+    if fmt == "csv":
+        header = [
+            str(r[0])
+            for r in con.execute(
+                "DESCRIBE SELECT * FROM read_csv($path, header=true, all_varchar=true)",
+                {"path": str(path)},
+            ).fetchall()
+        ]
+        present = ", ".join(
+            (_quote_ident(n) if n in header else "NULL::VARCHAR") + f" AS {n}" for n in names
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fw_csv AS SELECT ordinality + 1 AS line, * FROM "
+            f"read_csv({literal}, header=true, all_varchar=true, ignore_errors=true, "
+            "strict_mode=false) WITH ORDINALITY"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT line, NULL::VARCHAR AS "
+            f"fw_pre_reason, {present} FROM fw_csv"
+        )
+        return "csv"
+    columns = [
+        str(r[0])
+        for r in con.execute(
+            "DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(path)}
+        ).fetchall()
+    ]
+    present = ", ".join(
+        (f"CAST({_quote_ident(n)} AS VARCHAR)" if n in columns else "NULL::VARCHAR") + f" AS {n}"
+        for n in names
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT file_row_number + 1 AS line, "
+        f"NULL::VARCHAR AS fw_pre_reason, {present} FROM read_parquet({literal}, "
+        "file_row_number=true)"
+    )
+    return "parquet"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _max_line_bytes() -> int:
+    """Longest JSONL line the readers take: room for three texts at the size limit."""
+    return max(16 << 20, 4 * int(get_setting("max_text_bytes")) + (1 << 20))
+
+
+def _sql_string(text: str) -> str:
+    """A SQL string literal. DuckDB views cannot hold bound parameters, so the file path of a
+    temporary view is quoted here: the only value ever formatted into SQL, escaped as SQL does."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _physical_lines(path: Path, wanted: list[int]) -> dict[int, bytes]:
+    """The raw bytes of the given 1-based lines, found by counting newlines (memchr speed)."""
+    result: dict[int, bytes] = {}
+    targets = sorted(set(wanted))
+    index, line, carry = 0, 1, b""
+    with path.open("rb") as handle:
+        while index < len(targets) and (chunk := handle.read(1 << 24)):
+            data = carry + chunk
+            start = 0
+            while index < len(targets):
+                gap = targets[index] - line
+                if gap > 0:
+                    if data.count(b"\n", start) <= gap:
+                        line += data.count(b"\n", start)
+                        start = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
+                        break
+                    for _ in range(gap):
+                        start = data.find(b"\n", start) + 1
+                    line += gap
+                end = data.find(b"\n", start)
+                if end < 0:
+                    break
+                result[line] = data[start:end].rstrip(b"\r")
+                index += 1
+                start = end + 1
+                line += 1
+            carry = data[start:]
+    if index < len(targets) and carry and line == targets[index]:
+        result[line] = carry.rstrip(b"\r")
+    return result
+
+
+# -- the load ------------------------------------------------------------------------------------
+
+
+class _AlreadyLoaded(Exception):
+    """Raised inside the transaction to roll back a file that was loaded before."""
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        super().__init__("already loaded")
+        self.row = row
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+_TARGETS: dict[Kind, tuple[str, tuple[str, ...]]] = {
+    "interactions": ("interactions", ("interaction_id",)),
+    "eval-items": ("eval_items", ("item_id",)),
+    "consent": (
+        "consent_events",
+        ("user_id", "ts", "scope", "action", "policy_version", "source"),
+    ),
+}
+
+_INSERTS: dict[Kind, str] = {
+    "interactions": (
+        "INSERT INTO interactions SELECT interaction_id, $batch, $cycle, line, ts, user_id, "
+        "variant, model, prompt, response, system, feedback, accepted, latency_ms, input_tokens, "
+        "output_tokens, cost_usd, topic, difficulty, metadata::JSON, pii, raw_prompt, "
+        "raw_response, raw_system FROM fw_stage WHERE reason IS NULL"
+    ),
+    "consent": (
+        "INSERT INTO consent_events SELECT $batch, line, user_id, ts, scope, action, "
+        "policy_version, source FROM fw_stage WHERE reason IS NULL"
+    ),
+    "eval-items": (
+        "INSERT INTO eval_items SELECT item_id, $batch, line, eval_set, prompt, reference, topic, "
+        "difficulty, labels::JSON FROM fw_stage WHERE reason IS NULL"
+    ),
+}
+
+
+def ingest_file(
+    store: Store,
+    path: str | Path,
+    *,
+    kind: Kind = "interactions",
+    cycle: int | None = None,
+    file_name: str | None = None,
+    actor: str | None = None,
+) -> IngestResult:
+    """Load one file as a batch; bad rows go to the quarantine, duplicates are counted.
+
+    Raises IngestError when the file cannot be read at all (missing, unknown type, not the
+    format its name says); nothing is written then.
+    """
+    source = Path(path)
+    name = file_name or source.name
+    if kind not in KINDS:
+        raise IngestError(f"Unknown kind {kind!r}; use one of {', '.join(KINDS)}.")
+    if not source.is_file():
+        raise IngestError(f"{source}: no such file; give the path of a JSONL, CSV or Parquet file.")
+    fmt, gz = _file_format(name)
+    started = _now()
+    who = actor or str(get_setting("actor"))
+    # The sha256 runs in a thread (hashlib releases the GIL) while DuckDB loads; a file that
+    # turns out to be loaded already is rolled back.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest_future = pool.submit(_sha256, source)
+        shape = _shape(source) if fmt == "jsonl" and not gz else None
+        batch_id = started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        try:
+            with store.transaction() as con:
+                result = _load(con, source, fmt, gz, shape, kind, batch_id, cycle)
+                sha256 = digest_future.result()
+                earlier = con.execute(
+                    "SELECT batch_id, rows_read, cycle FROM ingest_batches "
+                    "WHERE sha256 = ? AND kind = ?",
+                    [sha256, kind],
+                ).fetchall()
+                if earlier:
+                    raise _AlreadyLoaded(earlier[0])
+                con.execute(
+                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        batch_id,
+                        kind,
+                        name,
+                        sha256,
+                        cycle,
+                        result["rows_read"],
+                        result["accepted"],
+                        result["rejected"],
+                        result["duplicates"],
+                        started,
+                        _now(),
+                        who,
+                    ],
+                )
+                record_audit(
+                    con,
+                    actor=who,
+                    action="ingest",
+                    target=batch_id,
+                    detail={
+                        "kind": kind,
+                        "file_name": name,
+                        "sha256": sha256,
+                        **{k: v for k, v in result.items() if k != "pii_found"},
+                    },
+                )
+        except _AlreadyLoaded as done:
+            rows = int(done.row[1])
+            return IngestResult(
+                str(done.row[0]),
+                kind,
+                name,
+                digest_future.result(),
+                rows,
+                0,
+                0,
+                rows,
+                True,
+                done.row[2],
+            )
+        except duckdb.Error as exc:
+            raise IngestError(
+                f"{name}: cannot be read as {fmt.upper()}{' (gzip)' if gz else ''} ({exc}); "
+                "check that the file is what its name says."
+            ) from None
+    return IngestResult(
+        batch_id,
+        kind,
+        name,
+        sha256,
+        result["rows_read"],
+        result["accepted"],
+        result["rejected"],
+        result["duplicates"],
+        False,
+        cycle,
+        result["pii_found"],
+    )
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    fmt: str,
+    gz: bool,
+    shape: _Shape | None,
+    kind: Kind,
+    batch_id: str,
+    cycle: int | None,
+) -> dict[str, Any]:
+    """Validate, redact and store one file's rows in one pass; then sort out duplicates and
+    quarantine the rest. Returns the counts."""
+    con.execute("SET TimeZone = 'UTC'")
+    limit = str(get_setting("ingest_memory_limit"))
+    if limit:
+        con.execute("SET memory_limit = ?", [limit])
+    install_pii_macros(con)
+    fields = _FIELDS[kind]
+    how = _prepare_source(con, path, fmt, gz, shape, fields)
+    stage = interaction_stage(kind, max_text_bytes=int(get_setting("max_text_bytes")))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
+    con.execute(
+        _INSERTS[kind],
+        {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id},
+    )
+    table, key = _TARGETS[kind]
+    if how == "fast" and shape is not None:
+        rows_read = shape.lines
+        rejected = _rejects_by_line(con, path, table, batch_id, rows_read, fields)
+    else:
+        rows_read = int(con.execute("SELECT count(*) FROM fw_source").fetchall()[0][0])
+        rejected = [
+            (int(r[0]), str(r[1]), r[2])
+            for r in con.execute(
+                "SELECT line, reason, "
+                + ("user_id" if kind != "eval-items" else "NULL")
+                + " FROM fw_stage WHERE reason IS NOT NULL ORDER BY line"
+            ).fetchall()
+        ]
+    duplicates = _drop_duplicates(con, table, key, batch_id)
+    raw = _raw_of_rejects(con, path, how, [r[0] for r in rejected])
+    _insert_many(
+        con,
+        "quarantine",
+        [
+            [batch_id, line, reason, raw.get(line), user or _user_in(raw.get(line))]
+            for line, reason, user in rejected
+        ],
+    )
+    pii_found: dict[str, int] = {}
+    if kind == "interactions":
+        counts = con.execute(
+            "SELECT "
+            + ", ".join(
+                f"coalesce(sum(fw_pii_count(prompt, '{t}') + fw_pii_count(response, '{t}') "
+                f"+ fw_pii_count(system, '{t}')), 0)"
+                for t in PII_TYPES
+            )
+            + " FROM interactions WHERE batch_id = ? AND len(pii) > 0",
+            [batch_id],
+        ).fetchall()[0]
+        pii_found = {t: int(n) for t, n in zip(PII_TYPES, counts, strict=True) if n}
+        _insert_many(con, "pii_counts", [[batch_id, t, n] for t, n in pii_found.items()])
+    accepted = rows_read - len(rejected) - duplicates
+    for temp in ("fw_lines", "fw_csv", "fw_bad_lines", "fw_dup_lines", "fw_reject_lines"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
+    return {
+        "rows_read": rows_read,
+        "accepted": accepted,
+        "rejected": len(rejected),
+        "duplicates": duplicates,
+        "pii_found": pii_found,
+    }
+
+
+def _drop_duplicates(
+    con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], batch_id: str
+) -> int:
+    """Delete this batch's rows whose key was stored before or repeats an earlier line."""
+    keys = ", ".join(key)
+    match = " AND ".join(f"o.{k} = n.{k}" for k in key)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE fw_dup_lines AS "
+        f"SELECT n.line FROM {table} n WHERE n.batch_id = $batch AND EXISTS ("
+        f"SELECT 1 FROM {table} o WHERE o.batch_id <> $batch AND {match}) "
+        f"UNION SELECT line FROM (SELECT line, row_number() OVER (PARTITION BY {keys} "
+        f"ORDER BY line) AS rn FROM {table} WHERE batch_id = $batch AND ({keys}) IN ("
+        f"SELECT ({keys}) FROM {table} WHERE batch_id = $batch GROUP BY ALL "
+        "HAVING count(*) > 1)) WHERE rn > 1",
+        {"batch": batch_id},
+    )
+    count = int(con.execute("SELECT count(*) FROM fw_dup_lines").fetchall()[0][0])
+    if count:
+        con.execute(
+            f"DELETE FROM {table} WHERE batch_id = ? AND line IN (SELECT line FROM fw_dup_lines)",
+            [batch_id],
+        )
+    return count
+
+
+def _rejects_by_line(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    table: str,
+    batch_id: str,
+    rows_read: int,
+    fields: tuple[FieldSpec, ...],
+) -> list[tuple[int, str, str | None]]:
+    """Fast path: the lines that were not stored are the rejects; read just those lines and
+    run the same stage over them to learn why."""
+    missing = [
+        int(r[0])
+        for r in con.execute(
+            f"SELECT r.line FROM range(1, $n + 1) r(line) ANTI JOIN "
+            f"(SELECT line FROM {table} WHERE batch_id = $batch) s ON r.line = s.line "
+            "ORDER BY r.line",
+            {"n": rows_read, "batch": batch_id},
+        ).fetchall()
+    ]
+    if not missing:
+        return []
+    raw = _physical_lines(path, missing)
+    lines, bad = [], []
+    for line in missing:
+        data = raw.get(line, b"")
+        try:
+            lines.append([line, data.decode("utf-8")])
+        except UnicodeDecodeError:
+            bad.append([line, 0, "invalid UTF-8"])
+    con.execute("CREATE OR REPLACE TEMP TABLE fw_lines (k BIGINT, raw VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)")
+    _insert_many(con, "fw_lines", lines)
+    _insert_many(con, "fw_bad_lines", bad)
+    _define_lines_source(con, fields, mapped=False)
+    user = "user_id" if any(f.name == "user_id" for f in fields) else "NULL"
+    found = {
+        int(r[0]): (r[1], r[2])
+        for r in con.execute(f"SELECT line, reason, {user} FROM fw_stage").fetchall()
+    }
+    rejected: list[tuple[int, str, str | None]] = []
+    for line in missing:
+        reason, user_id = found.get(line, (None, None))
+        # A line the stage accepts on its own failed in the fast reader only: report it
+        # rather than drop it.
+        rejected.append((line, str(reason or "could not be read as one JSON object"), user_id))
+    return rejected
+
+
+def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
+    """Insert rows into one of our tables (``table`` is a constant of this module)."""
+    if rows:
+        marks = ", ".join("?" for _ in rows[0])
+        con.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+
+
+def _user_in(raw: str | None) -> str | None:
+    """The user id of a quarantined line that is still a JSON object, so erasure finds it."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    user = value.get("user_id") if isinstance(value, dict) else None
+    return str(user) if user is not None else None
+
+
+def _raw_of_rejects(
+    con: duckdb.DuckDBPyConnection, path: Path, how: str, lines: list[int]
+) -> dict[int, str]:
+    """The original text of each rejected line, as shown in the quarantine."""
+    if not lines:
+        return {}
+    if how in ("fast", "lines"):
+        found = {
+            int(r[0]): str(r[1])
+            for r in con.execute(
+                "SELECT line, raw FROM fw_source WHERE raw IS NOT NULL AND line IN "
+                "(SELECT unnest(?))",
+                [lines],
+            ).fetchall()
+        }
+        missing = [n for n in lines if n not in found]
+        if missing:
+            # Lines DuckDB refused (invalid UTF-8) are read as bytes, shown with U+FFFD.
+            found.update(
+                {
+                    n: b.decode("utf-8", errors="replace")
+                    for n, b in _physical_lines_any(path, missing).items()
+                }
+            )
+        return found
+    table = "fw_csv" if how == "csv" else "fw_source"
+    rows = con.execute(
+        f"SELECT line, to_json(t)::VARCHAR FROM {table} t WHERE line IN (SELECT unnest(?))",
+        [lines],
+    ).fetchall()
+    return {int(r[0]): r[1] for r in rows}
+
+
+def _physical_lines_any(path: Path, lines: list[int]) -> dict[int, bytes]:
+    """Like _physical_lines, through gzip when the file is compressed, without a BOM."""
+    if _is_gzip(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = Path(tmp) / "plain"
+            with gzip.open(path, "rb") as src, plain.open("wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+            found = _physical_lines(plain, lines)
+    else:
+        found = _physical_lines(path, lines)
+    if 1 in found and found[1].startswith(b"\xef\xbb\xbf"):
+        found[1] = found[1][3:]
+    return found
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def ingest_bytes(
+    store: Store,
+    data: bytes,
+    file_name: str,
+    *,
+    kind: Kind = "interactions",
+    cycle: int | None = None,
+    actor: str | None = None,
+) -> IngestResult:
+    """Load an uploaded file (its bytes and name) exactly as ``ingest_file`` loads a path."""
+    _file_format(file_name)
+    suffix = "".join(Path(file_name).suffixes[-2:]) or ".jsonl"
+    handle, temp = tempfile.mkstemp(suffix=suffix, prefix="flywheel-upload-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        return ingest_file(
+            store, temp, kind=kind, cycle=cycle, file_name=Path(file_name).name, actor=actor
+        )
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+# -- reading back --------------------------------------------------------------------------------
+
+
+def list_batches(store: Store) -> list[dict[str, Any]]:
+    """Every batch, newest first."""
+    return store.fetch_dicts(
+        "SELECT batch_id, kind, file_name, sha256, cycle, rows_read, accepted, rejected, "
+        "duplicates, started_at, finished_at FROM ingest_batches ORDER BY started_at DESC"
+    )
+
+
+def batch_rejects(
+    store: Store, batch_id: str, *, reveal_raw: bool = False, actor: str | None = None
+) -> list[dict[str, Any]]:
+    """The quarantined rows of one batch: line and reason, and the raw line when
+    ``reveal_raw`` (it may hold unredacted PII, so each such view is audited).
+
+    Raises IngestError when the batch does not exist.
+    """
+    if store.fetch_one("SELECT 1 FROM ingest_batches WHERE batch_id = ?", [batch_id]) is None:
+        raise IngestError(
+            f"No batch {batch_id!r}; `python -m core ingest FILE` prints the id of each batch."
+        )
+    columns = "line, reason" + (", raw" if reveal_raw else "")
+    with store.transaction() as con:
+        cur = con.execute(
+            f"SELECT {columns} FROM quarantine WHERE batch_id = ? ORDER BY line", [batch_id]
+        )
+        names = [d[0] for d in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        if reveal_raw:
+            record_audit(
+                con,
+                actor=actor or str(get_setting("actor")),
+                action="view_raw_text",
+                target=f"quarantine:{batch_id}",
+                detail={"rows": len(rows)},
+            )
+    return rows
+
+
+def pii_summary(store: Store, batch_id: str | None = None) -> dict[str, int]:
+    """Values redacted per PII type, over one batch or all."""
+    rows = store.fetch_all(
+        "SELECT pii_type, sum(found) FROM pii_counts WHERE $batch IS NULL OR batch_id = $batch "
+        "GROUP BY pii_type ORDER BY pii_type",
+        {"batch": batch_id},
+    )
+    return {str(t): int(n) for t, n in rows}
+
+
+def pii_samples(
+    store: Store,
+    pii_type: str,
+    *,
+    limit: int = 5,
+    reveal_raw: bool = False,
+    actor: str | None = None,
+) -> list[dict[str, Any]]:
+    """Interactions in which ``pii_type`` was redacted: the redacted texts, and the originals
+    only when ``reveal_raw`` — each such view is written to the audit log (without the text)."""
+    if pii_type not in PII_TYPES:
+        raise IngestError(f"Unknown PII type {pii_type!r}; use one of {', '.join(PII_TYPES)}.")
+    columns = "interaction_id, batch_id, prompt, response"
+    if reveal_raw:
+        columns += ", raw_prompt, raw_response"
+    with store.transaction() as con:
+        cur = con.execute(
+            f"SELECT {columns} FROM interactions WHERE list_contains(pii, ?) "
+            "ORDER BY ts, interaction_id LIMIT ?",
+            [pii_type, limit],
+        )
+        names = [d[0] for d in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        if reveal_raw:
+            record_audit(
+                con,
+                actor=actor or str(get_setting("actor")),
+                action="view_raw_text",
+                target=f"pii:{pii_type}",
+                detail={"rows": len(rows)},
+            )
+    return rows

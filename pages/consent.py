@@ -1,0 +1,81 @@
+"""Consent: the ledger by scope and policy version, the consent rate over time, a user lookup
+and erasure."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.charts import consent_rate_figure
+from core.consent import (
+    SCOPES,
+    consent_counts,
+    consent_rate_over_time,
+    count_eligible,
+    forget_user,
+    user_consent,
+)
+from core.settings import get_setting
+from pages._common import demo_badge, get_store, guarded
+
+st.title("Consent")
+demo_badge()
+store = get_store()
+
+counts = guarded(lambda: consent_counts(store)) or []
+if not counts:
+    st.info(
+        "No consent events yet. Load them on the **Data** page (kind: consent) or run "
+        "`python -m core ingest FILE --kind consent`. Until then no interaction is eligible "
+        "for training: no record means no consent.",
+        icon=":material/info:",
+    )
+else:
+    eligible = guarded(lambda: count_eligible(store))
+    if eligible is not None:
+        st.metric("Interactions eligible for training", f"{eligible:,}")
+    st.markdown("#### Events per scope and policy version")
+    st.dataframe(counts, hide_index=True, width="stretch")
+    scope = st.selectbox("Scope", SCOPES, key="consent_scope")
+    rate = guarded(lambda: consent_rate_over_time(store, scope)) or []
+    if rate:
+        st.plotly_chart(consent_rate_figure(rate, scope=scope), width="stretch")
+    else:
+        st.caption(f"No `{scope}` events yet.")
+
+st.markdown("#### Look up a user")
+user_id = st.text_input("User id", key="consent_user").strip()
+if user_id:
+    found = guarded(lambda: user_consent(store, user_id))
+    if found is not None:
+        cols = st.columns(len(SCOPES) + 1)
+        for col, scope_name in zip(cols, SCOPES, strict=False):
+            col.metric(scope_name, found["state"][scope_name])
+        cols[-1].metric("Stored interactions", found["interactions"])
+        if found["events"]:
+            st.dataframe(found["events"], hide_index=True, width="stretch")
+        else:
+            st.caption("No consent events for this user: no consent.")
+
+st.markdown("#### Forget a user")
+st.caption(
+    "Deletes the user's interactions and every copy — dataset rows, quarantined lines, "
+    "consent events, redacted originals — in one transaction. The audit log keeps a salted "
+    "hash only."
+)
+with st.form("forget"):
+    forget_id = st.text_input("User id to erase", key="forget_user")
+    confirmed = st.checkbox("I understand this cannot be undone", key="forget_confirm")
+    go = st.form_submit_button("Forget this user", icon=":material/delete_forever:")
+if go:
+    if not forget_id.strip():
+        st.warning("Enter the user id to erase.")
+    elif not confirmed:
+        st.warning("Tick the confirmation first.")
+    else:
+        result = guarded(lambda: forget_user(store, forget_id, actor=str(get_setting("actor"))))
+        if result is not None:
+            st.success(
+                f"Forgot {result.user_id}: {result.interactions_deleted} interactions, "
+                f"{result.dataset_rows_deleted} dataset rows, "
+                f"{sum(result.rows_deleted.values())} rows in all."
+            )

@@ -1,0 +1,103 @@
+"""Data: load logs, see each batch's counts, the quarantine, and the PII redacted by type."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.charts import pii_by_type_figure
+from core.ingest import KINDS, batch_rejects, ingest_bytes, list_batches, pii_samples, pii_summary
+from core.privacy import PII_TYPES
+from core.settings import get_setting
+from pages._common import demo_badge, get_store, guarded
+
+st.title("Data")
+demo_badge()
+store = get_store()
+
+st.markdown("#### Load a file")
+with st.form("upload", clear_on_submit=True):
+    upload = st.file_uploader(
+        "Interaction log, consent events or eval items",
+        type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"],
+        help="JSONL, CSV or Parquet; JSONL and CSV may be gzipped (.jsonl.gz, .csv.gz).",
+    )
+    left, right = st.columns(2)
+    kind = left.selectbox("The file holds", KINDS, key="upload_kind")
+    cycle = right.number_input("Cycle (0 = none)", min_value=0, step=1, key="upload_cycle")
+    submitted = st.form_submit_button("Load", icon=":material/upload:")
+if submitted and upload is not None:
+    progress = st.progress(0.1, text=f"Reading {upload.name}…")
+    data = upload.getvalue()
+    progress.progress(0.3, text="Validating, redacting PII and storing…")
+    result = guarded(
+        lambda: ingest_bytes(
+            store,
+            data,
+            upload.name,
+            kind=kind,
+            cycle=int(cycle) or None,
+            actor=str(get_setting("actor")),
+        )
+    )
+    progress.progress(1.0, text="Done.")
+    if result is not None:
+        (st.info if result.already_loaded else st.success)(result.summary)
+elif submitted:
+    st.warning("Choose a file first.")
+
+batches = guarded(lambda: list_batches(store)) or []
+if not batches:
+    st.info(
+        "No data loaded yet. Upload a file above, or run "
+        "`python -m core ingest FILE [--kind consent|eval-items]`.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+st.markdown("#### Batches")
+st.caption("Every load is a batch; rows read = accepted + rejected + duplicates.")
+st.dataframe(
+    [{k: v for k, v in b.items() if k != "sha256"} | {"sha256": b["sha256"][:12]} for b in batches],
+    hide_index=True,
+    width="stretch",
+)
+
+st.markdown("#### Quarantine")
+with_rejects = [b["batch_id"] for b in batches if b["rejected"]]
+if not with_rejects:
+    st.success("No rejected rows in any batch.", icon=":material/check:")
+else:
+    batch_id = st.selectbox("Batch", with_rejects, key="quarantine_batch")
+    show_raw_lines = st.toggle(
+        "Show the raw lines (may hold unredacted PII; each view is audited)", key="raw_quarantine"
+    )
+    rows = guarded(
+        lambda: batch_rejects(
+            store, batch_id, reveal_raw=show_raw_lines, actor=str(get_setting("actor"))
+        )
+    )
+    if rows is not None:
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+st.markdown("#### PII redacted")
+found = guarded(lambda: pii_summary(store)) or {}
+if not found:
+    st.info("No PII was found in the loaded interactions.", icon=":material/info:")
+else:
+    st.plotly_chart(pii_by_type_figure(found), width="stretch")
+    types = [t for t in PII_TYPES if t in found]
+    pii_type = st.selectbox("Samples of", types, key="pii_type")
+    show_raw = st.toggle(
+        "Show the original text (unredacted; each view is written to the audit log)",
+        key="raw_pii",
+    )
+    samples = guarded(
+        lambda: pii_samples(store, pii_type, reveal_raw=show_raw, actor=str(get_setting("actor")))
+    )
+    for sample in samples or []:
+        with st.container(border=True):
+            st.caption(f"{sample['interaction_id']} · batch {sample['batch_id']}")
+            st.text(sample["prompt"])
+            if show_raw:
+                st.markdown("**Original**")
+                st.text(sample["raw_prompt"])

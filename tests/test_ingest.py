@@ -1,0 +1,284 @@
+"""Ingest: batches, reconciliation, the quarantine's reasons, duplicates, formats."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from core.errors import IngestError
+from core.ingest import IngestResult, batch_rejects, ingest_bytes, ingest_file, list_batches
+from core.store import Store
+
+
+def record(n: int, **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "interaction_id": f"i-{n}",
+        "ts": "2027-01-02T10:00:00Z",
+        "user_id": f"user-{n % 3}",
+        "variant": "control",
+        "model": "gpt-4o",
+        "prompt": f"How do I sort list {n}?",
+        "response": "Use sorted().",
+    }
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any] | bytes | str]) -> Path:
+    parts = []
+    for row in rows:
+        if isinstance(row, bytes):
+            parts.append(row)
+        elif isinstance(row, str):
+            parts.append(row.encode())
+        else:
+            parts.append(json.dumps(row).encode())
+    path.write_bytes(b"\n".join(parts) + b"\n")
+    return path
+
+
+def reconciles(result: IngestResult) -> bool:
+    return result.rows_read == result.accepted + result.rejected + result.duplicates
+
+
+def reasons(store: Store, result: IngestResult) -> dict[int, str]:
+    return {r["line"]: r["reason"] for r in batch_rejects(store, result.batch_id)}
+
+
+BAD_ROWS: list[tuple[Any, str]] = [
+    (record(1, user_id=...), "missing required field: user_id"),
+    (record(1, prompt=None), "missing required field: prompt"),
+    (record(1, ts="yesterday"), "ts is not a timestamp"),
+    (record(1, ts=1700000000), "ts is not a timestamp"),
+    (record(1, accepted="maybe"), "accepted is not true/false"),
+    (record(1, latency_ms="fast"), "latency_ms is not a whole number"),
+    (record(1, latency_ms=12.5), "latency_ms is not a whole number"),
+    (record(1, cost_usd="cheap"), "cost_usd is not a number"),
+    (record(1, feedback="meh"), "feedback is not one of up / down"),
+    (record(1, metadata="plain"), "metadata is not a JSON object"),
+    ('{"interaction_id": "i-1", "ts": ', "invalid JSON"),
+    ("[1, 2, 3]", "not a JSON object"),
+    (b'{"interaction_id": "i-1", "prompt": "\xff\xfe"}', "invalid UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD_ROWS)
+def test_each_reject_reason_is_quarantined_with_its_line(
+    store: Store, tmp_path: Path, bad: Any, reason: str
+) -> None:
+    path = write_jsonl(tmp_path / "log.jsonl", [record(10), record(11), bad, record(12)])
+    result = ingest_file(store, path)
+    assert (result.accepted, result.rejected, result.duplicates) == (3, 1, 0)
+    assert reconciles(result)
+    found = reasons(store, result)
+    assert list(found) == [3]
+    assert found[3].startswith(reason)
+
+
+def test_text_over_the_size_limit_is_rejected(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_MAX_TEXT_BYTES", "100")
+    path = write_jsonl(tmp_path / "log.jsonl", [record(1, response="é" * 60), record(2)])
+    result = ingest_file(store, path)
+    assert reasons(store, result) == {1: "response is over the 100-byte limit (max_text_bytes)"}
+    assert result.accepted == 1
+
+
+def test_unambiguous_values_are_coerced(store: Store, tmp_path: Path) -> None:
+    rows = [
+        record(1, accepted="true", latency_ms="120", cost_usd="0.002", feedback="UP"),
+        record(2, accepted=False, latency_ms=80.0, ts="2027-01-02 10:00:00"),
+        record(3, ts="2027-01-02T12:00:00+02:00", metadata={"client": "vscode"}),
+    ]
+    ingest_file(store, write_jsonl(tmp_path / "log.jsonl", rows))
+    got = store.fetch_all(
+        "SELECT interaction_id, accepted, latency_ms, cost_usd, feedback, "
+        "epoch(ts)::BIGINT, metadata->>'client' FROM interactions ORDER BY 1"
+    )
+    assert got[0][1:5] == (True, 120, 0.002, "up")
+    assert got[1][1:3] == (False, 80)
+    # Without an offset a timestamp is UTC; +02:00 is two hours earlier in UTC.
+    assert got[1][5] == 1798884000
+    assert got[2][5] == 1798884000
+    assert got[2][6] == "vscode"
+
+
+def test_counts_reconcile_and_reload_adds_nothing(store: Store, tmp_path: Path) -> None:
+    rows: list[Any] = [record(n) for n in range(20)]
+    rows[5] = "not json"
+    rows[9] = record(3)  # repeats an earlier id in the same file
+    path = write_jsonl(tmp_path / "log.jsonl", rows)
+    first = ingest_file(store, path, cycle=2)
+    assert (first.rows_read, first.accepted, first.rejected, first.duplicates) == (20, 18, 1, 1)
+    assert first.cycle == 2
+    again = ingest_file(store, path)
+    assert again.already_loaded and again.batch_id == first.batch_id
+    assert (again.accepted, again.rejected) == (0, 0) and reconciles(again)
+    assert "nothing added" in again.summary
+    assert len(list_batches(store)) == 1
+    assert store.fetch_one("SELECT count(*) FROM interactions") == (18,)
+    # The same ids in another file are duplicates, never stored twice.
+    other = write_jsonl(tmp_path / "other.jsonl", [record(1), record(2), record(99)])
+    third = ingest_file(store, other)
+    assert (third.accepted, third.duplicates) == (1, 2)
+    assert store.fetch_one("SELECT count(DISTINCT interaction_id), count(*) FROM interactions") == (
+        19,
+        19,
+    )
+    assert store.fetch_all(
+        "SELECT DISTINCT cycle FROM interactions WHERE batch_id = ?", [first.batch_id]
+    ) == [(2,)]
+
+
+def test_crlf_bom_blank_lines_and_gzip_load(store: Store, tmp_path: Path) -> None:
+    lines = [json.dumps(record(n)).encode() for n in range(5)]
+    body = b"\xef\xbb\xbf" + b"\r\n".join(lines[:2]) + b"\r\n\r\n" + b"\r\n".join(lines[2:])
+    body += b"\r\nnot json\r\n"
+    plain = tmp_path / "crlf.jsonl"
+    plain.write_bytes(body)
+    result = ingest_file(store, plain)
+    assert (result.rows_read, result.accepted, result.rejected) == (6, 5, 1)
+    assert reasons(store, result) == {7: "invalid JSON"}  # the blank line 3 still counts
+    packed = tmp_path / "log.jsonl.gz"
+    packed.write_bytes(gzip.compress(body.replace(b'"i-', b'"g-')))
+    zipped = ingest_file(store, packed)
+    assert (zipped.accepted, zipped.rejected) == (5, 1)
+    assert reasons(store, zipped) == {7: "invalid JSON"}
+
+
+def test_invalid_utf8_rejects_that_line_only_in_every_reader(store: Store, tmp_path: Path) -> None:
+    bad = b'{"interaction_id": "i-9", "prompt": "caf\xe9"}'
+    lines = [json.dumps(record(n)).encode() for n in range(4)]
+    packed = tmp_path / "log.jsonl.gz"
+    packed.write_bytes(gzip.compress(b"\n".join([*lines[:2], bad, *lines[2:]]) + b"\n"))
+    result = ingest_file(store, packed)
+    assert (result.accepted, result.rejected) == (4, 1)
+    assert reasons(store, result) == {3: "invalid UTF-8"}
+    assert "caf" in batch_rejects(store, result.batch_id, reveal_raw=True)[0]["raw"]
+
+
+def test_csv_with_quoted_newlines_and_parquet(store: Store, tmp_path: Path) -> None:
+    csv = tmp_path / "log.csv"
+    csv.write_text(
+        "interaction_id,ts,user_id,variant,model,prompt,response,accepted\n"
+        'c-1,2027-01-02T10:00:00Z,u1,control,m,"two\nlines, with a comma",ok,true\n'
+        "c-2,not a time,u1,control,m,p,r,false\n"
+        "c-3,2027-01-02T10:00:00Z,u2,treatment,m,p,r,\n",
+        encoding="utf-8",
+    )
+    result = ingest_file(store, csv)
+    assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
+    assert next(iter(reasons(store, result).values())).startswith("ts is not a timestamp")
+    assert store.fetch_one("SELECT prompt FROM interactions WHERE interaction_id = 'c-1'") == (
+        "two\nlines, with a comma",
+    )
+    parquet = tmp_path / "log.parquet"
+    duckdb.sql(
+        "SELECT 'p-' || i AS interaction_id, TIMESTAMPTZ '2027-01-03 00:00:00+00' AS ts, "
+        "'u' || i AS user_id, 'control' AS variant, 'm' AS model, 'mail x@y.com' AS prompt, "
+        "'r' AS response, i % 2 = 0 AS accepted, i * 10 AS latency_ms FROM range(4) t(i)"
+    ).write_parquet(str(parquet))
+    loaded = ingest_file(store, parquet)
+    assert (loaded.accepted, loaded.rejected) == (4, 0)
+    assert loaded.pii_found == {"EMAIL": 4}
+
+
+def test_pii_is_redacted_and_originals_kept_only_where_found(store: Store, tmp_path: Path) -> None:
+    rows = [record(1, prompt="I am jane@example.com", system="call +44 20 7946 0958"), record(2)]
+    result = ingest_file(store, write_jsonl(tmp_path / "log.jsonl", rows))
+    assert result.pii_found == {"EMAIL": 1, "PHONE": 1}
+    got = store.fetch_all(
+        "SELECT prompt, system, pii, raw_prompt FROM interactions ORDER BY interaction_id"
+    )
+    assert got[0] == ("I am <EMAIL>", "call <PHONE>", ["EMAIL", "PHONE"], "I am jane@example.com")
+    assert got[1][2] == [] and got[1][3] is None
+    assert store.fetch_all("SELECT pii_type, found FROM pii_counts ORDER BY 1") == [
+        ("EMAIL", 1),
+        ("PHONE", 1),
+    ]
+
+
+def test_consent_and_eval_item_kinds(store: Store, tmp_path: Path) -> None:
+    events = [
+        {
+            "user_id": "u1",
+            "ts": "2027-01-01",
+            "scope": "training",
+            "action": "grant",
+            "policy_version": "v1",
+            "source": "eu",
+        },
+        {
+            "user_id": "u1",
+            "ts": "2027-01-01",
+            "scope": "training",
+            "action": "grant",
+            "policy_version": "v1",
+            "source": "eu",
+        },
+        {
+            "user_id": "u2",
+            "ts": "2027-01-01",
+            "scope": "marketing",
+            "action": "grant",
+            "policy_version": "v1",
+            "source": "eu",
+        },
+    ]
+    consent = ingest_file(store, write_jsonl(tmp_path / "c.jsonl", events), kind="consent")
+    assert (consent.accepted, consent.duplicates, consent.rejected) == (1, 1, 1)
+    assert reasons(store, consent)[3].startswith("scope is not one of")
+    items = [
+        {
+            "item_id": "e1",
+            "eval_set": "python-core",
+            "prompt": "Reverse a list",
+            "reference": "xs[::-1]",
+            "topic": "data structures",
+            "difficulty": "beginner",
+        },
+        {"item_id": "e2", "eval_set": "python-core", "prompt": "Read a file"},
+        {"item_id": "e3", "prompt": "no set"},
+    ]
+    evals = ingest_file(store, write_jsonl(tmp_path / "e.jsonl", items), kind="eval-items")
+    assert (evals.accepted, evals.rejected) == (2, 1)
+    assert store.fetch_all("SELECT item_id, eval_set, reference FROM eval_items ORDER BY 1") == [
+        ("e1", "python-core", "xs[::-1]"),
+        ("e2", "python-core", None),
+    ]
+
+
+def test_upload_bytes_and_unreadable_files(store: Store, tmp_path: Path) -> None:
+    data = (json.dumps(record(1)) + "\n").encode()
+    result = ingest_bytes(store, data, "upload.jsonl")
+    assert result.accepted == 1 and result.file_name == "upload.jsonl"
+    with pytest.raises(IngestError, match="unknown file type"):
+        ingest_bytes(store, data, "upload.txt")
+    with pytest.raises(IngestError, match="no such file"):
+        ingest_file(store, tmp_path / "missing.jsonl")
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    with pytest.raises(IngestError, match="cannot be read as PARQUET"):
+        ingest_file(store, fake)
+    assert len(list_batches(store)) == 1
+
+
+def test_rejects_of_unknown_batch(store: Store) -> None:
+    with pytest.raises(IngestError, match="No batch"):
+        batch_rejects(store, "nope")
+
+
+def test_viewing_raw_quarantine_lines_is_audited(store: Store, tmp_path: Path) -> None:
+    result = ingest_file(store, write_jsonl(tmp_path / "l.jsonl", [record(1), "oops"]))
+    assert "raw" not in batch_rejects(store, result.batch_id)[0]
+    before = store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'view_raw_text'")
+    rows = batch_rejects(store, result.batch_id, reveal_raw=True, actor="tester")
+    assert rows[0]["raw"] == "oops"
+    after = store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'view_raw_text'")
+    assert (before, after) == ((0,), (1,))
