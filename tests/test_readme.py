@@ -7,7 +7,6 @@ import argparse
 from conftest import ROOT
 
 from core.cli import build_parser
-from core.settings import SETTINGS
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
