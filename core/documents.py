@@ -253,6 +253,8 @@ def _static_images(
     Raises DocumentError when Chromium cannot be started or a figure cannot be drawn.
     """
     keys = [(name, image_format) for image_format in image_formats for name in figures]
+    if not keys:
+        return {}
     jobs = [
         (
             figures[name].to_dict(),
@@ -360,7 +362,7 @@ def render_documents(
         "generated_at": generated_at,
     }
     image_formats = [image for fmt, image in (("html", "svg"), ("pdf", "png")) if fmt in wanted]
-    images = _static_images(context.figures, image_formats) if context.figures else {}
+    images = _static_images(context.figures, image_formats) if image_formats else {}
     rendered: dict[str, bytes] = {}
     try:
         for fmt in wanted:
