@@ -109,7 +109,7 @@ def cmd_plan_export(args: argparse.Namespace, store: Store) -> Outcome:
 
 def _document_format(args: argparse.Namespace) -> str:
     """--format, else the extension of --out; one of md, html, pdf."""
-    fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
+    fmt = (args.format or Path(args.out).suffix.lstrip(".")).lower()
     if fmt == "markdown":
         fmt = "md"
     if fmt not in FORMATS:

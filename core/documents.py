@@ -38,10 +38,12 @@ __all__ = [
     "MEDIA_TYPES",
     "PII_TYPES_REDACTED",
     "PRIVACY_LINT_CODES",
+    "TEMPLATES_DIR",
     "DocumentContext",
     "DocumentKind",
     "document",
     "document_file_name",
+    "environment",
     "generated_at_now",
     "render_document",
     "render_documents",
@@ -372,9 +374,7 @@ def render_documents(
                 continue
             charts = _chart_markup(images, fmt)
             html = (
-                environment()
-                .get_template(kind.html_template)
-                .render({**common, "charts": charts, "for_print": fmt == "pdf"})
+                environment().get_template(kind.html_template).render({**common, "charts": charts})
             )
             rendered[fmt] = html.encode("utf-8") if fmt == "html" else _pdf(html)
     except TemplateError as exc:
@@ -405,9 +405,12 @@ def write_document(
     if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise DocumentError(f"{out}: cannot be written (permission denied).")
     data = render_document(name, fmt, generated_at=generated_at, **inputs)
+    partial = out.with_name(f".{out.name}.partial")
     try:
-        out.write_bytes(data)
+        partial.write_bytes(data)
+        partial.replace(out)  # a reader never sees half a document
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise DocumentError(f"{out}: cannot be written ({exc.strerror}).") from None
     return out
 
