@@ -16,7 +16,8 @@ from typing import Any
 
 from core.consent import forget_user
 from core.demo import load_demo
-from core.errors import FlywheelError, PlanError
+from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
+from core.errors import DocumentError, FlywheelError, PlanError
 from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
 from core.ingest import KINDS, batch_rejects, ingest_file
 from core.lint import LintReport, lint_plan
@@ -108,6 +109,46 @@ def cmd_plan_export(args: argparse.Namespace, store: Store) -> Outcome:
         {"path": str(out), "plan_id": plan_id, "version": version},
         f"Wrote plan '{plan_id}' version {version} to {out}.",
     )
+
+
+def _document_format(args: argparse.Namespace) -> str:
+    """--format, else the extension of --out; one of md, html, pdf."""
+    fmt = (args.format or Path(args.out).suffix.lstrip(".")).lower()
+    if fmt == "markdown":
+        fmt = "md"
+    if fmt not in FORMATS:
+        raise DocumentError(
+            f"Unknown format '{fmt or Path(args.out).name}'; give --format md, html or pdf."
+        )
+    return fmt
+
+
+def _render_plan_document(name: str, args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = _document_format(args)
+    plan_id = args.plan or default_plan_id(store)
+    plan, version = load_plan(store, plan_id, args.version)
+    out = write_document(
+        name,
+        fmt,
+        Path(args.out),
+        generated_at=generated_at_now(),
+        plan=plan,
+        plan_id=plan_id,
+        version=version,
+    )
+    title = DOCUMENTS[name].title
+    return Outcome(
+        {"path": str(out), "plan_id": plan_id, "version": version, "format": fmt},
+        f"Wrote {title} ({fmt}) of plan '{plan_id}' v{version} to {out}.",
+    )
+
+
+def cmd_plan_render(args: argparse.Namespace, store: Store) -> Outcome:
+    return _render_plan_document("plan", args, store)
+
+
+def cmd_report_privacy(args: argparse.Namespace, store: Store) -> Outcome:
+    return _render_plan_document("privacy", args, store)
 
 
 def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
@@ -309,7 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
     redact.add_argument("--in", dest="input", required=True, help="input JSONL (.gz allowed)")
     redact.add_argument("--out", dest="output", required=True, help="output JSONL")
     redact.set_defaults(handler=cmd_pii_redact)
+    render = plan_commands.add_parser(
+        "render", parents=[common], help="render the plan document (Markdown, HTML or PDF)"
+    )
+    _document_arguments(render)
+    render.set_defaults(handler=cmd_plan_render)
+
+    report = commands.add_parser("report", help="render the documents reviewers read")
+    report_commands = report.add_subparsers(dest="report_command", required=True, metavar="DOC")
+    privacy = report_commands.add_parser(
+        "privacy", parents=[common], help="render the privacy review packet of a plan"
+    )
+    _document_arguments(privacy)
+    privacy.set_defaults(handler=cmd_report_privacy)
     return parser
+
+
+def _document_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every plan document takes: --format, --out, --plan, --version."""
+    parser.add_argument("--format", help="md, html or pdf (default: from the extension of --out)")
+    parser.add_argument("--out", required=True, help="the file to write")
+    parser.add_argument("--plan", help="plan id (default: the newest plan)")
+    parser.add_argument("--version", type=int, help="version (default: the newest)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,8 @@
     ├── DatasetError         a dataset version is missing or fails its checks
     ├── GenerationError      synthetic generation cannot start or continue
     ├── EvalError            eval sets, runs or graders fail
-    └── GateError            gates cannot be evaluated
+    ├── GateError            gates cannot be evaluated
+    └── DocumentError        a document cannot be rendered or written
 
 Pages catch ``FlywheelError`` and show ``st.error``; the CLI prints the message on one line
 and exits 2. Messages say what to do, not only what went wrong.
@@ -21,6 +22,7 @@ __all__ = [
     "ConsentError",
     "CycleError",
     "DatasetError",
+    "DocumentError",
     "EvalError",
     "FlywheelError",
     "GateError",
@@ -69,3 +71,7 @@ class EvalError(FlywheelError):
 
 class GateError(FlywheelError):
     """Gates cannot be evaluated."""
+
+
+class DocumentError(FlywheelError):
+    """A document cannot be rendered or written (format, output path, chart drawing)."""

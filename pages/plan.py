@@ -1,5 +1,5 @@
 """Plan: edit the six-month flywheel plan section by section, with live lint, versions, diffs,
-and JSON/YAML download and upload."""
+JSON/YAML download and upload, and its documents (plan, privacy packet) as MD, HTML or PDF."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from core.plan_versions import diff_plans, list_versions, load_plan, save_plan_v
 from core.settings import get_setting
 from core.starters import STARTERS, starter_plan
 from pages._common import current_plan_id, get_store, guarded, page_header, select_plan
+from pages._documents import plan_document_downloads
 from pages._forms import edit_filters, edit_model, edit_rows
 
 SECTIONS = {
@@ -224,7 +225,9 @@ with side:
 
 # -- versions, diff, files ---------------------------------------------------------------------
 st.divider()
-history, compare, files = st.tabs(["History", "Compare versions", "Import / export"])
+history, compare, files, documents = st.tabs(
+    ["History", "Compare versions", "Import / export", "Documents"]
+)
 with history:
     st.dataframe(
         pd.DataFrame(
@@ -314,3 +317,6 @@ with files:
                 select_plan(new_id)
                 st.session_state["pending_version"] = new_version
                 st.rerun()
+
+with documents:
+    plan_document_downloads(base_plan, plan_id, version)

@@ -44,7 +44,7 @@ def test_every_command_has_help() -> None:
 
 def test_readme_opens_with_the_two_commands() -> None:
     head = README.split("## The dashboard")[0]
-    assert "python -m streamlit run app.py" in head
+    assert "bash scripts/serve.sh" in head
     assert "bash scripts/check.sh" in head
     assert "bash scripts/check.sh" in (ROOT / ".ci" / "run").read_text()
 

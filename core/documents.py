@@ -1,0 +1,545 @@
+"""The exported documents: a registry of kinds, the Jinja environment, Markdown, HTML and PDF.
+
+A document kind names a builder of its template context and its two templates (Markdown and
+HTML, in ``templates/``); PDF is WeasyPrint's rendering of the HTML. Charts come from
+``core.charts`` builders only: inline SVG in HTML, PNG images in PDF, both drawn by Kaleido with
+one Chromium per document. The generation time is a parameter, so the same inputs give the same
+bytes in Markdown and HTML. A later document (cycle report, datasheet, model card) is one
+``@document(...)`` builder and two templates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import plotly.graph_objects as go
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from markupsafe import Markup
+
+from core.charts import timeline_figure
+from core.errors import DocumentError
+from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_plan
+from core.plan import Plan, QualityFilter, plan_timeline
+from core.settings import PROJECT_ROOT
+
+__all__ = [
+    "DOCUMENTS",
+    "FORMATS",
+    "MEDIA_TYPES",
+    "PII_TYPES_REDACTED",
+    "PRIVACY_LINT_CODES",
+    "TEMPLATES_DIR",
+    "DocumentContext",
+    "DocumentKind",
+    "document",
+    "document_file_name",
+    "environment",
+    "generated_at_now",
+    "render_document",
+    "render_documents",
+    "write_document",
+]
+
+Format = Literal["md", "html", "pdf"]
+Subject = Literal["plan", "cycle", "dataset", "model"]
+
+FORMATS: tuple[Format, ...] = ("md", "html", "pdf")
+MEDIA_TYPES: dict[str, str] = {
+    "md": "text/markdown",
+    "html": "text/html",
+    "pdf": "application/pdf",
+}
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+
+# What the redaction step detects, in the order the privacy packet lists them.
+PII_TYPES_REDACTED: tuple[tuple[str, str], ...] = (
+    ("EMAIL", "email addresses"),
+    ("PHONE", "phone numbers"),
+    ("CARD", "payment card numbers, confirmed by the Luhn checksum"),
+    ("IBAN", "IBANs, confirmed by their check digits"),
+    ("IP", "IPv4 and IPv6 addresses"),
+    ("SSN", "US social security numbers"),
+    ("SECRET", "secrets: API keys, access tokens, private keys"),
+    ("URL_CREDENTIALS", "URLs with credentials (user:password@host)"),
+)
+
+# Lint codes that concern personal data, consent and the privacy review.
+PRIVACY_LINT_CODES: frozenset[str] = frozenset(
+    {
+        "RETENTION_EXCEEDS_CONSENT",
+        "FREE_TEXT_UNREDACTED",
+        "REDACTION_NOT_FIRST",
+        "NO_TRAINING_CONSENT",
+        "OPT_IN_DEFAULT_GRANTED",
+        "NO_CONSENT_FLOW",
+        "PRIVACY_REVIEW_LATE",
+        "APPROVERS_MISSING",
+    }
+)
+
+_CHART_WIDTH = 900
+_PDF_SCALE = 2
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentContext:
+    """What one document shows: the template values and the named figures (core.charts)."""
+
+    values: dict[str, Any]
+    figures: dict[str, go.Figure] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DocumentKind:
+    """A kind of document: its name, title, the inputs it needs, its templates and builder."""
+
+    name: str
+    title: str
+    subject: Subject
+    markdown_template: str
+    html_template: str
+    build: Callable[..., DocumentContext]
+
+
+DOCUMENTS: dict[str, DocumentKind] = {}
+
+
+def document(
+    name: str, title: str, subject: Subject
+) -> Callable[[Callable[..., DocumentContext]], Callable[..., DocumentContext]]:
+    """Register a context builder as the document ``name`` with templates ``name.{md,html}.j2``."""
+
+    def register(build: Callable[..., DocumentContext]) -> Callable[..., DocumentContext]:
+        DOCUMENTS[name] = DocumentKind(
+            name, title, subject, f"{name}.md.j2", f"{name}.html.j2", build
+        )
+        return build
+
+    return register
+
+
+# -- the Jinja environment ---------------------------------------------------------------------
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
+
+
+def _markdown_text(value: object) -> str:
+    """User text safe inside a Markdown paragraph or table cell: one line, specials escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def _markdown_code(value: object) -> str:
+    """An identifier as a Markdown code span that no backtick or pipe in it can break."""
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    if not text:
+        return ""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _markdown_fenced(value: object) -> str:
+    """A multi-line text as a fenced block whose fence is longer than any backtick run in it."""
+    text = str(value).rstrip("\n")
+    longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _money(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def _percent(value: float, digits: int = 0) -> str:
+    return f"{value * 100:.{digits}f}%"
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"
+
+
+def _label(value: object) -> str:
+    """A code value as words: ``direct_identifier`` → ``direct identifier``."""
+    return str(value).replace("_", " ")
+
+
+def _public_url(value: object) -> str:
+    """A URL without credentials or query string: an endpoint never leaks a key into a document."""
+    parts = urlsplit(str(value))
+    if not parts.scheme or not parts.netloc:
+        return str(value)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _when(value: date | datetime | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.isoformat()
+
+
+_environment: Environment | None = None
+
+
+def environment() -> Environment:
+    """The Jinja environment over ``templates/``: HTML autoescaped, undefined values an error."""
+    global _environment
+    if _environment is None:
+        env = Environment(
+            loader=FileSystemLoader(TEMPLATES_DIR),
+            autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        env.filters.update(
+            md=_markdown_text,
+            code=_markdown_code,
+            fenced=_markdown_fenced,
+            money=_money,
+            percent=_percent,
+            number=_number,
+            label=_label,
+            when=_when,
+            public_url=_public_url,
+        )
+        _environment = env
+    return _environment
+
+
+# -- charts ------------------------------------------------------------------------------------
+
+_CHART_LOCK = threading.Lock()
+_PLOTLY_UID = re.compile(r'id="defs-([0-9a-f]{6})"')
+
+
+def _normalised_svg(svg: str, name: str) -> str:
+    """Plotly's SVG with its random uid replaced by the chart's name, so bytes repeat."""
+    found = _PLOTLY_UID.search(svg)
+    if found is None:
+        return svg
+    return re.sub(rf"(?<=[A-Za-z-]){found.group(1)}", f"fw{name}", svg)
+
+
+async def _draw(jobs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> list[bytes]:
+    import kaleido
+
+    # One Chromium for every image of the document; MathJax off (offline, and unused).
+    async with kaleido.Kaleido(n=1, mathjax=False) as browser:
+        return [await browser.calc_fig(fig, opts=opts) for fig, opts in jobs]
+
+
+def _static_images(
+    figures: Mapping[str, go.Figure], image_formats: Sequence[str]
+) -> dict[tuple[str, str], bytes]:
+    """Every figure in every image format (svg, png), all drawn by one Kaleido session.
+
+    Raises DocumentError when Chromium cannot be started or a figure cannot be drawn.
+    """
+    keys = [(name, image_format) for image_format in image_formats for name in figures]
+    if not keys:
+        return {}
+    jobs = [
+        (
+            figures[name].to_dict(),
+            {
+                "format": image_format,
+                "width": _CHART_WIDTH,
+                "height": figures[name].layout.height or 450,
+                "scale": 1 if image_format == "svg" else _PDF_SCALE,
+            },
+        )
+        for name, image_format in keys
+    ]
+    result: list[bytes] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        # A thread of its own: the caller (a Streamlit script thread) may hold an event loop.
+        try:
+            result.extend(asyncio.run(_draw(jobs)))
+        except Exception as exc:  # Kaleido and Chromium fail in many ways; report them as one
+            failure.append(exc)
+
+    with _CHART_LOCK:
+        worker = threading.Thread(target=run, name="flywheel-charts")
+        worker.start()
+        worker.join()
+    if failure:
+        raise DocumentError(
+            f"Charts could not be drawn ({type(failure[0]).__name__}: {failure[0]}); install "
+            "Chromium (`apt-get install chromium`) or export Markdown, which has no charts."
+        ) from failure[0]
+    return dict(zip(keys, result, strict=True))
+
+
+def _chart_markup(images: Mapping[tuple[str, str], bytes], fmt: Format) -> dict[str, Markup]:
+    """Each chart as HTML: inline SVG for the HTML document, a PNG image for the PDF."""
+    charts: dict[str, Markup] = {}
+    for (name, image_format), data in images.items():
+        if fmt == "html" and image_format == "svg":
+            svg = _normalised_svg(data.decode("utf-8"), name)
+            charts[name] = Markup('<figure class="chart">' + svg + "</figure>")
+        elif fmt == "pdf" and image_format == "png":
+            charts[name] = Markup(
+                '<figure class="chart"><img alt="{}" src="data:image/png;base64,{}"></figure>'
+            ).format(name, base64.b64encode(data).decode("ascii"))
+    return charts
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def generated_at_now() -> datetime:
+    """The generation time of a document: ``SOURCE_DATE_EPOCH`` when set, else now (UTC)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            return datetime.fromtimestamp(int(epoch), UTC)
+        except ValueError:
+            raise DocumentError(
+                f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds."
+            ) from None
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _kind(name: str) -> DocumentKind:
+    if name not in DOCUMENTS:
+        raise DocumentError(f"There is no document '{name}'; choose one of {', '.join(DOCUMENTS)}.")
+    return DOCUMENTS[name]
+
+
+def _check_formats(formats: Iterable[str]) -> list[Format]:
+    checked: list[Format] = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise DocumentError(f"Unknown format '{fmt}'; use md, html or pdf.")
+        checked.append(fmt)
+    return checked
+
+
+def document_file_name(name: str, fmt: str, subject: str) -> str:
+    """The file name of a document about ``subject``, e.g. ``my-plan-v3-privacy.pdf``."""
+    return f"{subject}-{name}.{fmt}"
+
+
+def _pdf(html: str) -> bytes:
+    import weasyprint
+
+    return bytes(weasyprint.HTML(string=html, base_url=str(TEMPLATES_DIR)).write_pdf())
+
+
+def render_documents(
+    name: str, formats: Sequence[str], *, generated_at: datetime, **inputs: Any
+) -> dict[str, bytes]:
+    """Render the document ``name`` in each of ``formats`` from one build of its context.
+
+    ``inputs`` are what the kind's builder takes (for plan documents: plan, plan_id, version).
+    Raises DocumentError for an unknown document or format, or when charts cannot be drawn.
+    """
+    kind = _kind(name)
+    wanted = _check_formats(formats)
+    context = kind.build(**inputs)
+    common = {
+        **context.values,
+        "document_title": kind.title,
+        "generated_at": generated_at,
+    }
+    image_formats = [image for fmt, image in (("html", "svg"), ("pdf", "png")) if fmt in wanted]
+    images = _static_images(context.figures, image_formats) if image_formats else {}
+    rendered: dict[str, bytes] = {}
+    try:
+        for fmt in wanted:
+            if fmt == "md":
+                text = environment().get_template(kind.markdown_template).render(common)
+                rendered[fmt] = text.encode("utf-8")
+                continue
+            charts = _chart_markup(images, fmt)
+            html = (
+                environment().get_template(kind.html_template).render({**common, "charts": charts})
+            )
+            rendered[fmt] = html.encode("utf-8") if fmt == "html" else _pdf(html)
+    except TemplateError as exc:
+        # Our own templates: a missing value is a bug, not something a user can fix.
+        raise RuntimeError(f"template of the document '{name}' failed: {exc}") from exc
+    return rendered
+
+
+def render_document(name: str, fmt: str, *, generated_at: datetime, **inputs: Any) -> bytes:
+    """Render the document ``name`` in one format (md, html or pdf); see ``render_documents``."""
+    return render_documents(name, [fmt], generated_at=generated_at, **inputs)[fmt]
+
+
+def write_document(
+    name: str, fmt: str, out: Path, *, generated_at: datetime, **inputs: Any
+) -> Path:
+    """Render a document and write it to ``out``; nothing is written when anything fails.
+
+    Raises DocumentError for an unknown format, a folder that does not exist or cannot be
+    written, and whatever ``render_documents`` raises.
+    """
+    _check_formats([fmt])
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise DocumentError(f"{out} is a folder; give a file name such as {out / ('doc.' + fmt)}.")
+    if not folder.is_dir():
+        raise DocumentError(f"{folder}: no such folder; create it first.")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise DocumentError(f"{out}: cannot be written (permission denied).")
+    data = render_document(name, fmt, generated_at=generated_at, **inputs)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(out)  # a reader never sees half a document
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DocumentError(f"{out}: cannot be written ({exc.strerror}).") from None
+    return out
+
+
+# -- plan documents ----------------------------------------------------------------------------
+
+
+def _filter_parameters(rule: QualityFilter) -> str:
+    data = rule.model_dump(mode="json", exclude={"rule", "expected_pass_rate"})
+    parts = []
+    for key, value in data.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key.replace('_', ' ')} {shown or 'all'}")
+    return "; ".join(parts)
+
+
+def _filters(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "position": index,
+            "rule": rule.rule,
+            "what": (type(rule).__doc__ or "").strip(),
+            "parameters": _filter_parameters(rule),
+            "expected_pass_rate": rule.expected_pass_rate,
+        }
+        for index, rule in enumerate(plan.quality_filters, start=1)
+    ]
+
+
+def _gate_criterion(gate: Any) -> str:
+    if gate.comparator == "absolute":
+        return f"≥ {gate.threshold:g}" if gate.threshold is not None else "threshold missing"
+    if gate.comparator == "no_regression":
+        return (
+            f"not below production by more than {gate.margin:g}"
+            if gate.margin is not None
+            else "margin missing"
+        )
+    if gate.comparator == "non_inferiority":
+        return f"≥ {gate.ratio:g} × teacher" if gate.ratio is not None else "ratio missing"
+    if gate.threshold is None:
+        return "threshold missing"
+    return f"student ≤ {gate.threshold:g} × teacher"
+
+
+def _ab_summary(plan: Plan) -> dict[str, Any]:
+    timeline = plan_timeline(plan)
+    available = min((c.ab_days for c in timeline), default=0)
+    try:
+        users_per_arm, days = ab_requirement(plan)
+    except (ValueError, ZeroDivisionError):
+        return {"defined": False, "available_days": available}
+    return {
+        "defined": True,
+        "users_per_arm": users_per_arm,
+        "days": days,
+        "available_days": available,
+        "fits": days <= available,
+    }
+
+
+def _findings(findings: Iterable[Finding]) -> list[dict[str, str]]:
+    return [f.to_dict() for f in findings]
+
+
+def _retention_status(pii_class: str, retention_days: int, limit: int) -> str:
+    if pii_class == "none":
+        return "not personal data"
+    return "within the limit" if retention_days <= limit else "over the limit"
+
+
+def _plan_values(plan: Plan, plan_id: str, version: int) -> dict[str, Any]:
+    report = lint_plan(plan)
+    timeline = plan_timeline(plan)
+    production = [c for c in timeline if c.uses_production_data]
+    pass_rate = 1.0
+    for rule in plan.quality_filters:
+        pass_rate *= rule.expected_pass_rate
+    return {
+        "plan": plan,
+        "plan_id": plan_id,
+        "version": version,
+        "fingerprint": plan.fingerprint()[:12],
+        "report": {
+            "ready": report.ready,
+            "errors": _findings(report.errors),
+            "warnings": _findings(report.warnings),
+        },
+        "timeline": timeline,
+        "first_production_cycle": production[0] if production else None,
+        "filters": _filters(plan),
+        "filters_pass_rate": pass_rate,
+        "gates": [{"gate": g, "criterion": _gate_criterion(g)} for g in plan.gates],
+        "ab": _ab_summary(plan),
+        "generation_examples": plan.generation.grid_size * plan.generation.examples_per_cell,
+        "generation_estimate_usd": generation_estimate_usd(plan),
+        "cost_reduction": plan.economics.cost_reduction,
+        "logged_fields": [
+            {
+                "field": f,
+                "status": _retention_status(
+                    f.pii_class, f.retention_days, plan.consent.retention_limit_days
+                ),
+            }
+            for f in plan.logging.fields
+        ],
+    }
+
+
+@document("plan", "Six-month flywheel plan", "plan")
+def build_plan_document(*, plan: Plan, plan_id: str, version: int) -> DocumentContext:
+    """Every section of the plan, its readiness, timeline, economics, A/B sizing and sign-offs."""
+    timeline = plan_timeline(plan)
+    figures = {"timeline": timeline_figure(timeline)} if timeline else {}
+    return DocumentContext(_plan_values(plan, plan_id, version), figures)
+
+
+@document("privacy", "Privacy review packet", "plan")
+def build_privacy_packet(*, plan: Plan, plan_id: str, version: int) -> DocumentContext:
+    """What is logged, consent flows, redaction, erasure, the review, open risks, privacy lint."""
+    values = _plan_values(plan, plan_id, version)
+    rules = [f.rule for f in plan.quality_filters]
+    position = rules.index("pii_redacted") + 1 if "pii_redacted" in rules else None
+    privacy = [f for f in lint_plan(plan).findings if f.code in PRIVACY_LINT_CODES]
+    values.update(
+        pii_types=PII_TYPES_REDACTED,
+        redaction_position=position,
+        filters_before_redaction=rules[: position - 1] if position else [],
+        free_text_fields=[f.name for f in plan.logging.fields if f.pii_class == "free_text"],
+        privacy_findings=_findings(privacy),
+    )
+    return DocumentContext(values)

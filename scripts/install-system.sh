@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian's packages Flywheel needs beyond Python: Chromium draws the documents' charts (through
+# Kaleido) and runs the browser tests (never a test tool's own browser download); Pango, HarfBuzz
+# and fonts let WeasyPrint render PDF documents. Installs only what is missing.
+set -euo pipefail
+DEBIAN_PACKAGES=(chromium libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core)
+missing=()
+for package in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo_=()
+  [ "$(id -u)" = 0 ] || sudo_=(sudo)
+  "${sudo_[@]}" apt-get update -qq
+  "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

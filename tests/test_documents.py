@@ -1,0 +1,289 @@
+"""The exported documents: every template in every format, escaping, determinism, CLI, page."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from pypdf import PdfReader
+from streamlit.testing.v1 import AppTest
+
+from core.documents import DOCUMENTS, TEMPLATES_DIR, render_document, render_documents
+from core.errors import DocumentError
+from core.lint import ab_requirement
+from core.plan import FILTER_KINDS, Plan
+from core.plan_versions import load_plan, save_plan_version
+from core.starters import starter_plan
+from core.store import Store
+
+AT = datetime(2027, 1, 4, 9, 30, tzinfo=UTC)
+PLAN_DOCUMENTS = sorted(name for name, kind in DOCUMENTS.items() if kind.subject == "plan")
+DEMO_ID = "python-coding-assistant"
+
+
+def _inputs(store: Store, version: int | None = None) -> dict[str, object]:
+    plan, number = load_plan(store, DEMO_ID, version)
+    return {"plan": plan, "plan_id": DEMO_ID, "version": number}
+
+
+def _pdf_text(data: bytes) -> tuple[int, str]:
+    reader = PdfReader(io.BytesIO(data))
+    return len(reader.pages), "\n".join(page.extract_text() for page in reader.pages)
+
+
+def test_plan_and_privacy_documents_are_registered() -> None:
+    assert PLAN_DOCUMENTS == ["plan", "privacy"]
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
+def test_every_document_has_its_templates(name: str) -> None:
+    kind = DOCUMENTS[name]
+    assert (TEMPLATES_DIR / kind.markdown_template).is_file()
+    assert (TEMPLATES_DIR / kind.html_template).is_file()
+
+
+@pytest.mark.parametrize("name", PLAN_DOCUMENTS)
+def test_every_plan_document_renders_for_the_demo_in_every_format_and_repeats(
+    demo_store: Store, name: str
+) -> None:
+    inputs = _inputs(demo_store)
+    rendered = render_documents(name, ["md", "html", "pdf"], generated_at=AT, **inputs)
+
+    markdown = rendered["md"].decode("utf-8")
+    assert markdown.startswith(f"# {DOCUMENTS[name].title}: Python coding assistant")
+    assert "generated 2027-01-04 09:30 UTC" in markdown
+
+    html = rendered["html"].decode("utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<style>" in html and "@page" in html
+    # Self-contained: no script, no stylesheet link, no resource fetched from elsewhere.
+    for outside in ("<script", "<link", 'src="http', 'href="http', "url(http"):
+        assert outside not in html
+    if name == "plan":
+        assert html.count("<svg") == 1 and 'id="defs-fwtimeline"' in html and "Cycle 6" in html
+
+    # The same inputs give the same bytes (charts included: Plotly's random ids are replaced).
+    again = render_documents(name, ["md", "html"], generated_at=AT, **inputs)
+    assert again == {"md": rendered["md"], "html": rendered["html"]}
+
+    pages, text = _pdf_text(rendered["pdf"])
+    assert rendered["pdf"].startswith(b"%PDF")
+    assert pages >= 1
+    assert "Python coding assistant" in text
+
+
+@pytest.mark.parametrize("name", PLAN_DOCUMENTS)
+def test_the_generation_time_is_the_only_moving_part(demo_store: Store, name: str) -> None:
+    inputs = _inputs(demo_store)
+    first = render_document(name, "md", generated_at=AT, **inputs)
+    assert render_document(name, "md", generated_at=AT, **inputs) == first
+    later = render_document(name, "md", generated_at=datetime(2027, 2, 1, tzinfo=UTC), **inputs)
+    assert later.replace(b"2027-02-01 00:00", b"2027-01-04 09:30") == first
+
+
+def _hostile_plan() -> Plan:
+    plan = starter_plan("python_coding_assistant")
+    plan.goal.feature = "<script>alert('x')</script> helper"
+    plan.consent.privacy_review.notes = "Fine <img src=x onerror=alert(1)> | pipes"
+    plan.sign_offs.risks[0].risk = "<b>bold</b> risk"
+    return plan
+
+
+@pytest.mark.parametrize("name", PLAN_DOCUMENTS)
+def test_html_escapes_user_text(name: str) -> None:
+    html = render_document(
+        name, "html", generated_at=AT, plan=_hostile_plan(), plan_id="p", version=1
+    ).decode("utf-8")
+    assert "<script>" not in html and "<img src=x" not in html and "<b>bold" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; helper" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_markdown_escapes_user_text_and_keeps_tables_intact() -> None:
+    markdown = render_document(
+        "privacy", "md", generated_at=AT, plan=_hostile_plan(), plan_id="p", version=1
+    ).decode("utf-8")
+    assert re.search(r"(?<!\\)[<>]", markdown) is None  # every angle bracket escaped
+    assert "\\<script\\>" in markdown
+    assert "Fine \\<img src=x onerror=alert(1)\\> \\| pipes" in markdown
+
+
+def test_endpoint_credentials_never_reach_a_document() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.generation.endpoint = "https://me:sk-secret@llm.internal:8443/v1?api_key=abc123"
+    markdown = render_document(
+        "plan", "md", generated_at=AT, plan=plan, plan_id="p", version=1
+    ).decode("utf-8")
+    assert "`https://llm.internal:8443/v1`" in markdown
+    assert "sk-secret" not in markdown and "abc123" not in markdown
+
+
+def test_plan_document_holds_every_section_and_the_sign_off_table(demo_store: Store) -> None:
+    inputs = _inputs(demo_store)
+    plan = inputs["plan"]
+    assert isinstance(plan, Plan)
+    markdown = render_document("plan", "md", generated_at=AT, **inputs).decode("utf-8")
+    for section in range(1, 12):
+        assert f"## {section} · " in markdown
+    users, days = ab_requirement(plan)
+    assert f"**Sample size:** {users:,} users per arm" in markdown
+    assert f"**Duration:** {days} days" in markdown
+    assert "$7,755.00 a month" in markdown  # (2.5·800 + 10·350 − 0.15·800 − 0.6·350) × 1.5M / 1M
+    for approver in plan.sign_offs.approvers:
+        assert f"| {approver.role.replace('_', ' ')} | {approver.name} | | |" in markdown
+
+
+def test_privacy_packet_of_the_first_draft_shows_its_problems(demo_store: Store) -> None:
+    draft = render_document("privacy", "md", generated_at=AT, **_inputs(demo_store, 1))
+    text = draft.decode("utf-8")
+    assert "| `prompt` | Training input | free text | 365 days | **over the limit** |" in text
+    assert "RETENTION_EXCEEDS_CONSENT" in text and "PRIVACY_REVIEW_LATE" in text
+    assert "- **Review:** in review" in text
+    assert "NO_REGRESSION_GATE" not in text  # not a privacy finding
+
+    final = render_document("privacy", "md", generated_at=AT, **_inputs(demo_store, 3))
+    assert "None: the plan passes every privacy check." in final.decode("utf-8")
+
+
+def test_privacy_packet_lists_the_pii_types_and_where_redaction_runs() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.quality_filters = [*plan.quality_filters[1:3], plan.quality_filters[0]]
+    text = render_document(
+        "privacy", "md", generated_at=AT, plan=plan, plan_id="p", version=1
+    ).decode("utf-8")
+    assert "**filter 3 of 3**, after positive\\_or\\_accepted, length\\_bounds" in text
+    for placeholder in ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "SECRET"):
+        assert f"`[{placeholder}]`" in text
+    assert "Luhn" in text and "IPv6" in text and "credentials" in text
+    assert "salted hash" in text
+
+    plan.quality_filters = []
+    text = render_document(
+        "privacy", "md", generated_at=AT, plan=plan, plan_id="p", version=1
+    ).decode("utf-8")
+    assert "**No redaction step runs**, yet free text is logged (prompt, response)" in text
+
+
+def test_unknown_document_or_format_is_refused() -> None:
+    plan = starter_plan("python_coding_assistant")
+    with pytest.raises(DocumentError, match="use md, html or pdf"):
+        render_document("plan", "docx", generated_at=AT, plan=plan, plan_id="p", version=1)
+    with pytest.raises(DocumentError, match="no document 'brochure'"):
+        render_document("brochure", "md", generated_at=AT, plan=plan, plan_id="p", version=1)
+
+
+def test_every_kind_of_quality_filter_renders_with_its_parameters() -> None:
+    data = starter_plan("python_coding_assistant").to_data()
+    data["quality_filters"] = [
+        {
+            "rule": rule,
+            **({"field": "topic", "op": "in", "value": "a,b"} if rule == "field_condition" else {}),
+        }
+        for rule in FILTER_KINDS
+    ]
+    plan = Plan.model_validate(data)
+    text = render_document("plan", "md", generated_at=AT, plan=plan, plan_id="p", version=1).decode(
+        "utf-8"
+    )
+    for position, rule in enumerate(FILTER_KINDS, start=1):
+        assert f"| {position} | `{rule}` |" in text
+    assert "field topic; op in; value a,b" in text
+    assert "languages en" in text
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_cli_renders_the_plan_and_the_privacy_packet(demo_store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "plan.md"
+    done = _cli("plan", "render", "--format", "md", "--out", str(out), "--version", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"path": "' + str(out) + '"' in done.stdout
+    assert "Plan `python-coding-assistant` version 2" in out.read_text(encoding="utf-8")
+
+    packet = tmp_path / "packet.html"
+    done = _cli("report", "privacy", "--out", str(packet), "--plan", DEMO_ID)
+    assert done.returncode == 0, done.stderr
+    assert packet.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_cli_honours_source_date_epoch(demo_store: Store, tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1800000000"}
+    for target in ("a.md", "b.md"):
+        assert _cli("report", "privacy", "--out", str(tmp_path / target), env=env).returncode == 0
+    assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
+    assert "generated 2027-01-15 08:00 UTC" in (tmp_path / "a.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["plan", "render", "--format", "docx", "--out", "{tmp}/x.docx"], "Unknown format 'docx'"),
+        (["report", "privacy", "--out", "{tmp}/x.txt"], "Unknown format 'txt'"),
+        (["plan", "render", "--out", "{tmp}/missing/x.md"], "no such folder"),
+        (["plan", "render", "--out", "{tmp}/x.md", "--plan", "nope"], "no plan 'nope'"),
+        (["plan", "render", "--out", "{tmp}/x.md", "--version", "9"], "no version 9"),
+    ],
+)
+def test_cli_refuses_bad_input_with_one_line(
+    demo_store: Store, tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = _cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert done.returncode == 2
+    assert message in done.stderr and done.stderr.count("\n") == 1
+    assert list(tmp_path.glob("x.*")) == []
+
+
+def test_cli_without_a_plan_says_what_to_do(store: Store, tmp_path: Path) -> None:
+    done = _cli("report", "privacy", "--out", str(tmp_path / "x.md"))
+    assert done.returncode == 2 and "python -m core demo" in done.stderr
+
+
+# -- the Plan page -----------------------------------------------------------------------------
+
+
+def test_plan_page_offers_the_documents(demo_store: Store) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/plan.py")
+    at.run()
+    assert not at.exception, at.exception
+    labels = [b.label for b in at.download_button]
+    assert labels.count("Markdown") == 2
+
+    prepare = [b for b in at.button if b.label == "Prepare HTML and PDF"]
+    assert len(prepare) == 2
+    prepare[1].click().run()  # the privacy packet: no chart, so no Chromium
+    assert not at.exception, at.exception
+    assert not at.error
+    labels = [b.label for b in at.download_button]
+    assert labels.count("HTML") == 1 and labels.count("PDF") == 1
+    assert [b.label for b in at.button].count("Prepare HTML and PDF") == 1
+
+
+def test_a_saved_plan_with_hostile_text_renders_on_the_page(demo_store: Store) -> None:
+    save_plan_version(demo_store, _hostile_plan(), note="test", author="t", plan_id=DEMO_ID)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/plan.py")
+    at.run()
+    assert not at.exception, at.exception
