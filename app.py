@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import bootstrap_workspace, get_store, guarded, plan_selector
+from pages._common import (
+    bootstrap_workspace,
+    current_user,
+    get_store,
+    guarded,
+    identity_caption,
+    plan_selector,
+)
 
 st.set_page_config(page_title="Flywheel", page_icon=":material/cycle:", layout="wide")
 
@@ -17,9 +24,11 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES)
+user = current_user()
 guarded(bootstrap_workspace)
 with st.sidebar:
     st.markdown("### :material/cycle: Flywheel")
     guarded(plan_selector)
     st.caption(f"Store: `{get_store().path.name}`")
+    identity_caption(user)
 navigation.run()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import PlanError
 from core.lint import lint_plan
@@ -77,12 +78,17 @@ def save_plan_version(
     author: str,
     plan_id: str | None = None,
     is_demo: bool = False,
+    user: User | None = None,
 ) -> tuple[str, int]:
     """Store ``plan`` as the next version of ``plan_id`` (a new plan when None).
 
     Returns (plan_id, version). Lint errors do not stop a save: the version is kept as a draft
-    that is not ready. Raises PlanError when ``plan_id`` names no stored plan.
+    that is not ready. Raises PlanError when ``plan_id`` names no stored plan, AccessError when
+    ``user`` may not edit plans.
     """
+    if user is not None:
+        require(user, "plan.edit")
+        author = user.name
     report = lint_plan(plan)
     now = datetime.now(UTC)
     with store.transaction() as con:

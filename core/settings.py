@@ -88,6 +88,11 @@ SETTINGS: dict[str, Setting] = {
             "never stored.",
         ),
         Setting("actor", "local user", "Who is recorded as acting when no login is configured."),
+        Setting(
+            "roles_file",
+            str(PROJECT_ROOT / "roles.yaml"),
+            "YAML file mapping signed-in users' emails to roles (used with OIDC login).",
+        ),
     ]
 }
 

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import streamlit as st
 
+from core.access import User, local_operator, user_from_identity
 from core.demo import is_demo_workspace, load_demo
 from core.errors import FlywheelError
 from core.plan_versions import PlanSummary, list_plans
@@ -58,6 +59,43 @@ def _bootstrap(db_path: str) -> bool:
 def bootstrap_workspace() -> None:
     """Make sure the workspace exists, loading the demo into an empty store."""
     _bootstrap(str(get_store().path))
+
+
+def _login_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:
+        return False
+    except Exception:  # a malformed secrets file is reported by Streamlit itself
+        return False
+
+
+def current_user() -> User:
+    """Who is using the dashboard: the OIDC user with their roles, else the local operator.
+
+    With login configured and nobody signed in, shows the sign-in button and stops the page.
+    """
+    if not _login_configured():
+        return local_operator()
+    if not st.user.is_logged_in:
+        st.info("Sign in to use Flywheel.", icon=":material/login:")
+        st.button("Sign in", on_click=st.login, type="primary")
+        st.stop()
+    email = str(st.user.get("email") or "")
+    return user_from_identity(email, str(st.user.get("name") or email))
+
+
+def identity_caption(user: User) -> None:
+    """The sidebar's line on who is acting, with the roles they hold."""
+    roles = ", ".join(sorted(user.roles)) or "no role"
+    if user.authenticated:
+        st.caption(f":material/person: {user.name} · {roles}")
+        st.button("Sign out", on_click=st.logout)
+    else:
+        st.caption(
+            f":material/person: **{user.name}** (no login configured: one local user with "
+            "every role)"
+        )
 
 
 def guarded(action: Callable[[], T]) -> T | None:

@@ -25,9 +25,16 @@ from core.plan import (
 )
 from core.plan_files import dump_plan, parse_plan, plan_format_for
 from core.plan_versions import diff_plans, list_versions, load_plan, save_plan_version
-from core.settings import get_setting
+from core.signoffs import approval_status, record_decision
 from core.starters import STARTERS, starter_plan
-from pages._common import current_plan_id, get_store, guarded, page_header, select_plan
+from pages._common import (
+    current_plan_id,
+    current_user,
+    get_store,
+    guarded,
+    page_header,
+    select_plan,
+)
 from pages._documents import plan_document_downloads
 from pages._forms import edit_filters, edit_model, edit_rows
 
@@ -46,14 +53,18 @@ SECTIONS = {
 }
 
 store = get_store()
-actor = str(get_setting("actor"))
+user = current_user()
 
 page_header("Plan")
 
 
 def _create_from_starter(key: str) -> None:
     plan_id, _ = save_plan_version(
-        store, starter_plan(key), note=f"Created from the starter '{STARTERS[key]}'", author=actor
+        store,
+        starter_plan(key),
+        note=f"Created from the starter '{STARTERS[key]}'",
+        author=user.name,
+        user=user,
     )
     select_plan(plan_id)
 
@@ -204,8 +215,11 @@ with side:
 
     st.markdown("#### Save")
     st.caption("Unsaved changes." if changed else f"No changes since v{version}.")
+    if not user.can("plan.edit"):
+        st.caption(f"{user.name} can read plans; editing needs the pm or ml_lead role.")
     note = st.text_input("Change note", key=f"{token}.note", placeholder="What changed and why")
-    if st.button("Save as new version", type="primary", disabled=plan is None or not changed):
+    blocked = plan is None or not changed or not user.can("plan.edit")
+    if st.button("Save as new version", type="primary", disabled=blocked):
         if plan is None:
             st.error("Fix the schema errors first.")
         elif not note.strip():
@@ -213,7 +227,7 @@ with side:
         else:
             try:
                 _, new_version = save_plan_version(
-                    store, plan, note=note.strip(), author=actor, plan_id=plan_id
+                    store, plan, note=note.strip(), author=user.name, plan_id=plan_id, user=user
                 )
             except FlywheelError as exc:
                 st.error(str(exc))
@@ -225,8 +239,8 @@ with side:
 
 # -- versions, diff, files ---------------------------------------------------------------------
 st.divider()
-history, compare, files, documents = st.tabs(
-    ["History", "Compare versions", "Import / export", "Documents"]
+history, compare, signoff, files, documents = st.tabs(
+    ["History", "Compare versions", "Sign-off", "Import / export", "Documents"]
 )
 with history:
     st.dataframe(
@@ -305,7 +319,8 @@ with files:
                     store,
                     uploaded,
                     note=f"Uploaded {upload.name}",
-                    author=actor,
+                    author=user.name,
+                    user=user,
                     plan_id=plan_id if target.startswith("next") else None,
                 )
             except UnicodeDecodeError:
@@ -317,6 +332,62 @@ with files:
                 select_plan(new_id)
                 st.session_state["pending_version"] = new_version
                 st.rerun()
+
+with signoff:
+    status = guarded(lambda: approval_status(store, plan_id, version))
+    if status is not None:
+        if not status.required:
+            st.info("The plan names no approvers: add them in section 11.")
+        elif status.approved:
+            st.success(
+                f"v{version} is approved by every required role.", icon=":material/verified:"
+            )
+        else:
+            waiting = ", ".join(r.replace("_", " ") for r in status.missing)
+            st.warning(f"v{version} waits for: {waiting}.", icon=":material/pending:")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "role": role,
+                        "decision": d.decision if d else "pending",
+                        "by": d.approver if d else "",
+                        "when": d.decided_at if d else None,
+                        "note": d.note if d else "",
+                    }
+                    for role in status.required
+                    for d in [status.decisions.get(role)]
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        mine = [r for r in status.required if r in user.roles]
+        if mine:
+            decide_as = st.selectbox("Decide as", mine, key=f"{token}.decide_as")
+            reason = st.text_area("Note (required to reject)", key=f"{token}.decision_note")
+            approve_col, reject_col = st.columns(2)
+            for column, decision, label in (
+                (approve_col, "approve", "Approve this version"),
+                (reject_col, "reject", "Reject this version"),
+            ):
+                if column.button(label, key=f"{token}.{decision}"):
+                    done = guarded(
+                        lambda decision=decision: record_decision(
+                            store,
+                            plan_id,
+                            version,
+                            role=decide_as,
+                            user=user,
+                            decision=decision,
+                            note=reason,
+                        )
+                    )
+                    if done is not None:
+                        st.rerun()
+        else:
+            st.caption("You hold none of the roles this version needs.")
+        st.caption("Approvals belong to this exact version: saving an edit starts a new round.")
 
 with documents:
     plan_document_downloads(base_plan, plan_id, version)

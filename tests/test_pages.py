@@ -88,3 +88,15 @@ def test_new_plan_from_a_starter(store: Store) -> None:
     _by_label(at.button, "Create plan").click().run()  # type: ignore[attr-defined]
     assert not at.exception
     assert [p.plan_id for p in list_plans(store)] == ["customer-support-reply-assistant"]
+
+
+def test_sign_off_from_the_plan_page(demo_store: Store) -> None:
+    from core.signoffs import approval_status
+
+    at = open_page("pages/plan.py")
+    _by_label(at.selectbox, "Decide as").set_value("privacy_reviewer").run()  # type: ignore[attr-defined]
+    _by_label(at.button, "Approve this version").click().run()  # type: ignore[attr-defined]
+    assert not at.exception
+    status = approval_status(demo_store, "python-coding-assistant", 3)
+    assert status.decisions["privacy_reviewer"].decision == "approve"
+    assert status.decisions["privacy_reviewer"].approver == "local user"
