@@ -1,13 +1,24 @@
-"""The append-only audit log: who did what to which thing, and when."""
+"""The append-only audit log: who did what to which thing, and when.
+
+Only ``record_audit`` writes it, always inside the transaction of the change it records, so an
+entry exists exactly when the change does. Nothing updates or deletes entries (erasure removes
+personal data elsewhere and records a salted hash here).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import duckdb
 
-__all__ = ["record_audit"]
+from core.store import Store
+
+__all__ = ["AuditEntry", "audit_actions", "audit_csv", "audit_entries", "record_audit"]
 
 
 def record_audit(
@@ -26,3 +37,69 @@ def record_audit(
         "INSERT INTO audit_log (actor, action, target, detail) VALUES (?, ?, ?, ?)",
         [actor, action, target, json.dumps(detail or {}, sort_keys=True, default=str)],
     )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    audit_id: int
+    ts: datetime
+    actor: str
+    action: str
+    target: str
+    detail: str
+
+
+def audit_entries(
+    store: Store,
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    target: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+) -> list[AuditEntry]:
+    """Audit entries, newest first, filtered by action prefix (``plan.`` matches every plan
+    action), actor, a substring of the target and a time window."""
+    clauses: list[str] = ["TRUE"]
+    params: list[object] = []
+    if action:
+        clauses.append("starts_with(action, ?)")
+        params.append(action)
+    if actor:
+        clauses.append("actor = ?")
+        params.append(actor)
+    if target:
+        clauses.append("contains(target, ?)")
+        params.append(target)
+    if since:
+        clauses.append("ts >= ?")
+        params.append(since)
+    if until:
+        clauses.append("ts < ?")
+        params.append(until)
+    sql = (
+        "SELECT audit_id, ts, actor, action, target, CAST(detail AS VARCHAR) FROM audit_log"
+        f" WHERE {' AND '.join(clauses)} ORDER BY audit_id DESC"
+    )
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [AuditEntry(*row) for row in store.fetch_all(sql, params)]
+
+
+def audit_actions(store: Store) -> list[str]:
+    """The distinct actions recorded so far."""
+    return [r[0] for r in store.fetch_all("SELECT DISTINCT action FROM audit_log ORDER BY 1")]
+
+
+def audit_csv(entries: list[AuditEntry]) -> str:
+    """Entries as CSV with a header row, times in ISO 8601."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["audit_id", "ts", "actor", "action", "target", "detail"])
+    for e in entries:
+        writer.writerow([e.audit_id, e.ts.isoformat(), e.actor, e.action, e.target, e.detail])
+    return out.getvalue()

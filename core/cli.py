@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.backup import backup_store, restore_store
 from core.consent import forget_user
 from core.demo import load_demo
 from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
@@ -254,6 +255,26 @@ def cmd_pii_redact(args: argparse.Namespace, store: Store) -> Outcome:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
+    result = backup_store(store, args.directory)
+    total = sum(result.tables.values())
+    return Outcome(
+        result.to_dict(),
+        f"Backed up {store.path} ({len(result.tables)} tables, {total:,} rows, schema "
+        f"{result.schema_version}) to {result.path}.",
+    )
+
+
+def cmd_restore(args: argparse.Namespace, store: Store) -> Outcome:
+    result = restore_store(args.directory, store.path, replace=args.replace)
+    total = sum(result.tables.values())
+    return Outcome(
+        result.to_dict(),
+        f"Restored {total:,} rows in {len(result.tables)} tables from {args.directory} into "
+        f"{result.path} (schema {result.schema_version}).",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command; each subcommand has --db and --json."""
     common = argparse.ArgumentParser(add_help=False)
@@ -363,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _document_arguments(privacy)
     privacy.set_defaults(handler=cmd_report_privacy)
+    backup = commands.add_parser(
+        "backup", parents=[common], help="write every table to a new directory, with a manifest"
+    )
+    backup.add_argument("directory", help="new or empty directory")
+    backup.set_defaults(handler=cmd_backup)
+
+    restore = commands.add_parser(
+        "restore", parents=[common], help="rebuild the store (--db) from a backup directory"
+    )
+    restore.add_argument("directory", help="a directory written by `backup`")
+    restore.add_argument(
+        "--replace", action="store_true", help="overwrite the store at --db if it exists"
+    )
+    restore.set_defaults(handler=cmd_restore)
     return parser
 
 

@@ -24,7 +24,7 @@ import duckdb
 from core.errors import StoreError
 from core.settings import default_db_path, get_setting
 
-__all__ = ["Migration", "Store", "migrations"]
+__all__ = ["Migration", "Store", "forget_migrated", "migrations"]
 
 Params = Sequence[Any] | dict[str, Any]
 
@@ -161,6 +161,12 @@ class Store:
             if key not in _migrated:
                 migrate(con, self.path)
                 _migrated.add(key)
+
+
+def forget_migrated(path: Path) -> None:
+    """Forget that ``path`` was migrated in this process (its file was replaced)."""
+    with _migrate_lock:
+        _migrated.discard(str(path.resolve()))
 
 
 def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:

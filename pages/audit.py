@@ -1,0 +1,65 @@
+"""Audit: who changed, approved, viewed or erased what, and when — filtered and exported."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pandas as pd
+import streamlit as st
+
+from core.audit import audit_actions, audit_csv, audit_entries
+from pages._common import get_store, guarded, page_header
+
+page_header("Audit")
+store = get_store()
+st.caption(
+    "Append-only: every plan version, approval, ingest, cycle, erasure, gate override and view of "
+    "raw PII is written here in the same transaction as the change. Erasures hold a salted hash, "
+    "never the user's id."
+)
+
+actions = guarded(lambda: audit_actions(store)) or []
+if not actions:
+    st.info("Nothing has been recorded yet: save a plan or load data to see entries here.")
+    st.stop()
+
+families = sorted({a.split(".")[0] + "." for a in actions})
+left, middle, right = st.columns([1.2, 1, 1.4])
+action = left.selectbox("Action", ["(all)", *families, *actions])
+actor = middle.text_input("Actor", placeholder="anyone")
+target = right.text_input("Target contains", placeholder="plan id, batch id, cycle …")
+today = datetime.now(UTC).date()
+window = st.date_input("Between", (today - timedelta(days=90), today))
+start, end = window if isinstance(window, tuple) and len(window) == 2 else (None, None)
+
+entries = (
+    guarded(
+        lambda: audit_entries(
+            store,
+            action=None if action == "(all)" else action,
+            actor=actor.strip() or None,
+            target=target.strip() or None,
+            since=datetime.combine(start, time.min, UTC) if start else None,
+            until=datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
+        )
+    )
+    or []
+)
+
+st.caption(f"{len(entries):,} entr{'y' if len(entries) == 1 else 'ies'}")
+st.download_button(
+    "Export CSV",
+    audit_csv(entries),
+    file_name=f"flywheel-audit-{today.isoformat()}.csv",
+    mime="text/csv",
+    icon=":material/download:",
+    disabled=not entries,
+)
+st.dataframe(
+    pd.DataFrame([e.__dict__ for e in entries[:5000]]),
+    hide_index=True,
+    width="stretch",
+    column_config={"detail": st.column_config.JsonColumn("detail")},
+)
+if len(entries) > 5000:
+    st.caption("Showing the newest 5,000; the CSV holds them all.")
