@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from core.lint import LintReport, lint_plan
 from core.plan_files import dump_plan, plan_format_for, read_plan_file
 from core.plan_versions import list_plans, load_plan, save_plan_version
 from core.privacy import redact_file
+from core.retention import enforce_retention
 from core.settings import default_db_path, get_setting
 from core.store import Store
 
@@ -275,6 +277,26 @@ def cmd_restore(args: argparse.Namespace, store: Store) -> Outcome:
     )
 
 
+def cmd_retention(args: argparse.Namespace, store: Store) -> Outcome:
+    plan_id = args.plan or default_plan_id(store)
+    plan, _ = load_plan(store, plan_id)
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else None
+    except ValueError:
+        raise FlywheelError(f"--now {args.now!r} is not an ISO date or date-time.") from None
+    if now is not None and now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    result = enforce_retention(store, plan, actor=_actor(), now=now, dry_run=args.dry_run)
+    verb = "Would delete" if args.dry_run else "Deleted"
+    return Outcome(
+        {"plan_id": plan_id, **result.to_dict()},
+        f"{verb} {result.interactions_deleted:,} interactions older than "
+        f"{result.retention_days} days (before {result.cutoff[:10]}); "
+        f"{result.days_rolled_up} day(s) kept as daily metrics; "
+        f"{result.quarantine_lines_cleared} quarantined raw line(s) cleared.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command; each subcommand has --db and --json."""
     common = argparse.ArgumentParser(add_help=False)
@@ -398,6 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace", action="store_true", help="overwrite the store at --db if it exists"
     )
     restore.set_defaults(handler=cmd_restore)
+    retention = commands.add_parser(
+        "retention",
+        parents=[common],
+        help="delete raw interactions older than the plan allows, keeping daily metrics",
+    )
+    retention.add_argument("--plan", help="plan whose retention applies (default: the newest)")
+    retention.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    retention.add_argument("--now", help="ISO date-time to measure retention from (default: now)")
+    retention.set_defaults(handler=cmd_retention)
     return parser
 
 
