@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
 from core.plan import CycleMilestones
 
+if TYPE_CHECKING:  # charts stay pure: no store import at run time
+    from core.monitoring import CycleActuals
+
 __all__ = [
     "PHASE_COLOURS",
     "consent_rate_figure",
+    "cost_per_1k_figure",
+    "cycle_rates_figure",
     "grid_heatmap_figure",
     "pii_by_type_figure",
     "timeline_figure",
@@ -175,6 +180,68 @@ def consent_rate_figure(rows: Sequence[Mapping[str, Any]], *, scope: str = "trai
         title={"text": f"Consent rate over time ({scope})", "x": 0},
         yaxis={"title": "users granting", "tickformat": ".0%", "range": [0, 1]},
         xaxis={"type": "date", "title": None},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+    )
+    return fig
+
+
+def cycle_rates_figure(actuals: Sequence[CycleActuals]) -> go.Figure:
+    """Acceptance, thumbs-up and consent rates per cycle, as lines on a 0–100% axis."""
+    cycles = [f"Cycle {a.cycle}" for a in actuals]
+    series = {
+        "Accepted": [a.acceptance_rate for a in actuals],
+        "Thumbs up (of rated)": [a.thumbs_up_rate for a in actuals],
+        "Consented for training": [a.consent_rate for a in actuals],
+    }
+    fig = go.Figure(
+        [
+            go.Scatter(
+                name=name,
+                x=cycles,
+                y=values,
+                mode="lines+markers",
+                hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>",
+            )
+            for name, values in series.items()
+        ]
+    )
+    fig.update_layout(
+        title={"text": "Rates per cycle", "x": 0},
+        yaxis={"tickformat": ".0%", "range": [0, 1]},
+        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+    )
+    return fig
+
+
+def cost_per_1k_figure(actuals: Sequence[CycleActuals]) -> go.Figure:
+    """Cost of 1,000 requests per cycle, teacher beside student."""
+    cycles = [f"Cycle {a.cycle}" for a in actuals]
+    fig = go.Figure(
+        [
+            go.Bar(
+                name="Teacher",
+                x=cycles,
+                y=[a.teacher_cost_per_1k for a in actuals],
+                marker_color="#fdae6b",
+                hovertemplate="%{x}: $%{y:.2f} per 1k<extra>Teacher</extra>",
+            ),
+            go.Bar(
+                name="Student",
+                x=cycles,
+                y=[a.student_cost_per_1k for a in actuals],
+                marker_color="#6baed6",
+                hovertemplate="%{x}: $%{y:.2f} per 1k<extra>Student</extra>",
+            ),
+        ]
+    )
+    fig.update_layout(
+        title={"text": "Cost per 1,000 requests", "x": 0},
+        barmode="group",
+        yaxis={"tickprefix": "$"},
+        legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=320,
     )

@@ -305,6 +305,13 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
                 days=rng.randrange(days), minutes=rng.randrange(600)
             )
             feedback = rng.choices(["up", "down", None], weights=[3, 1, 6])[0]
+            tokens_in, tokens_out = rng.randint(40, 900), rng.randint(80, 700)
+            econ = plan.economics
+            prices = (
+                (econ.teacher_input_per_1m, econ.teacher_output_per_1m)
+                if models.get(arm, arm) == plan.goal.teacher_model
+                else (econ.student_input_per_1m, econ.student_output_per_1m)
+            )
             record = {
                 "interaction_id": f"demo-{number:05d}",
                 "ts": moment.isoformat(),
@@ -316,9 +323,9 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
                 "feedback": feedback,
                 "accepted": rng.random() < (0.36 if arm == "treatment" else 0.3),
                 "latency_ms": rng.randint(300, 2500),
-                "input_tokens": rng.randint(40, 900),
-                "output_tokens": rng.randint(80, 700),
-                "cost_usd": round(rng.uniform(0.0002, 0.01), 5),
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "cost_usd": round((tokens_in * prices[0] + tokens_out * prices[1]) / 1e6, 7),
                 "topic": topic,
                 "difficulty": rng.choice(levels),
             }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from core.charts import timeline_figure
+from core.charts import cost_per_1k_figure, cycle_rates_figure, timeline_figure
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
-from core.plan import plan_timeline
+from core.monitoring import CycleActuals, cycle_actuals, plan_vs_actual, store_revision
+from core.plan import Plan, plan_timeline
 from core.plan_versions import load_plan
+from core.store import Store
 from pages._common import current_plan_id, get_store, guarded, page_header
 
 page_header("Overview")
@@ -77,3 +80,97 @@ if timeline:
     st.plotly_chart(timeline_figure(timeline), width="stretch")
 else:
     st.warning("The horizon holds no full cycle; adjust the cadence on the Plan page.")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _actuals(db: str, revision: int, fingerprint: str, _plan: Plan) -> list[CycleActuals]:
+    """Per-cycle actuals, recomputed only when the store or the plan changes."""
+    return cycle_actuals(Store(db), _plan)
+
+
+st.markdown("#### Cycles: planned against actual")
+store = get_store()
+actuals = guarded(
+    lambda: _actuals(str(store.path), store_revision(store), plan.fingerprint(), plan)
+)
+if not actuals:
+    st.info(
+        "No production traffic yet. Load interaction logs on the **Data** page (or "
+        "`python -m core ingest FILE --cycle N`) to see each cycle's figures here.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+by_cycle = {a.cycle: a for a in actuals}
+deviations = {(d.cycle, d.metric): d for d in plan_vs_actual(plan, actuals)}
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _money(value: float | None) -> str:
+    return "—" if value is None else f"${value:,.2f}"
+
+
+rows = []
+for milestone in timeline:
+    a = by_cycle.get(milestone.cycle)
+    cost = deviations.get((milestone.cycle, "cost reduction (x)"))
+    rows.append(
+        {
+            "cycle": milestone.cycle,
+            "window": f"{milestone.start:%d %b} – {milestone.end:%d %b %Y}",
+            "status": "traffic logged" if a else "planned",
+            "interactions": a.interactions if a else 0,
+            "accepted": _pct(a.acceptance_rate if a else None),
+            "thumbs up": _pct(a.thumbs_up_rate if a else None),
+            "consented": _pct(a.consent_rate if a else None),
+            "teacher $/1k": _money(a.teacher_cost_per_1k if a else None),
+            "student $/1k": _money(a.student_cost_per_1k if a else None),
+            "cost reduction": (
+                f"{a.realised_reduction:.1f}x" if a and a.realised_reduction else "—"
+            ),
+            "PII rows redacted": a.pii_rows if a else 0,
+            "plan check": cost.status if cost else "no data",
+        }
+    )
+table = pd.DataFrame(rows)
+off = [d for d in deviations.values() if d.status == "off plan"]
+
+
+def _highlight(row: pd.Series) -> list[str]:
+    colour = "background-color: #fde0dd" if row["plan check"] == "off plan" else ""
+    return [colour] * len(row)
+
+
+st.dataframe(table.style.apply(_highlight, axis=1), hide_index=True, width="stretch")
+if off:
+    st.warning(
+        "Off plan: "
+        + "; ".join(
+            f"cycle {d.cycle} {d.metric} {d.actual:.2f} against {d.planned:.2f}"
+            for d in off
+            if d.actual is not None
+        ),
+        icon=":material/trending_down:",
+    )
+latest = actuals[-1]
+if latest.realised_reduction:
+    econ = plan.economics
+    realised = econ.teacher_monthly_cost * (1 - 1 / latest.realised_reduction)
+    cols = st.columns(3)
+    cols[0].metric(
+        "Realised cost reduction",
+        f"{latest.realised_reduction:.1f}x",
+        delta=f"{latest.realised_reduction - goal.target_cost_reduction:+.1f}x vs target",
+    )
+    cols[1].metric(
+        "Savings / month at planned volume",
+        f"${realised:,.0f}",
+        delta=f"${realised - econ.monthly_savings:+,.0f} vs projection",
+    )
+    cols[2].metric("Consented for training (latest)", _pct(latest.consent_rate))
+left, right = st.columns(2)
+left.plotly_chart(cycle_rates_figure(actuals), width="stretch")
+right.plotly_chart(cost_per_1k_figure(actuals), width="stretch")
