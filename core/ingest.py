@@ -38,6 +38,7 @@ import duckdb
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
+import numpy as np
 
 from core.audit import record_audit
 from core.errors import IngestError
@@ -304,27 +305,36 @@ class _Shape:
 
 
 def _shape(path: Path) -> _Shape:
-    """Scan the bytes at memchr speed: BOM, blank lines, number of lines."""
+    """Scan the bytes, vectorised: BOM, blank lines (CRLF or LF), number of lines."""
     bom = blank = False
     lines = 0
-    previous = b""
-    last = b""
+    last_newline = -1  # position of the previous newline, relative to the current chunk
+    previous_byte = b""
     with path.open("rb") as handle:
-        first = True
+        offset = 0
         while chunk := handle.read(1 << 24):
-            if first:
+            if offset == 0:
                 bom = chunk.startswith(b"\xef\xbb\xbf")
-                blank = chunk.startswith((b"\n", b"\r\n"))
-                first = False
-            if not blank:
-                joined = previous + chunk[:2]
-                blank = any(
-                    mark in part for mark in (b"\n\n", b"\n\r\n") for part in (chunk, joined)
-                )
-            lines += chunk.count(b"\n")
-            previous = chunk[-2:]
-            last = chunk[-1:]
-    if last and last != b"\n":
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            newlines = np.flatnonzero(data == 10)
+            lines += len(newlines)
+            if not blank and len(newlines):
+                starts = np.concatenate(([last_newline], newlines[:-1])) + 1
+                gaps = newlines - starts
+                # A line is blank when it holds nothing, or only the CR of a CRLF ending.
+                blank = bool((gaps == 0).any())
+                if not blank:
+                    ones = starts[gaps == 1]
+                    inside = ones[ones >= 0]
+                    blank = bool((data[inside] == 13).any()) or (
+                        bool((ones < 0).any()) and previous_byte == b"\r"
+                    )
+                if offset == 0 and not blank:
+                    blank = chunk.startswith((b"\n", b"\r\n"))
+            last_newline = (int(newlines[-1]) if len(newlines) else last_newline) - len(chunk)
+            previous_byte = chunk[-1:]
+            offset += len(chunk)
+    if previous_byte and previous_byte != b"\n":
         lines += 1
     return _Shape(bom, blank, lines)
 
