@@ -382,7 +382,8 @@ def _define_lines_source(
         f"try(json_extract_string(raw, {paths})) END AS v FROM ("
         f"SELECT {line} AS line, "
         "raw, coalesce(try(json_type(raw)) = 'OBJECT', false) AS fw_ok FROM fw_lines "
-        "WHERE raw IS NOT NULL AND trim(raw) <> ''))"
+        "WHERE raw IS NOT NULL "
+        "AND trim(raw, ' ' || chr(9) || chr(11) || chr(12) || chr(13)) <> ''))"
         f" UNION ALL SELECT line, reason, {nulls}, NULL FROM fw_bad_lines"
     )
 
