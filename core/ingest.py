@@ -38,6 +38,7 @@ import duckdb
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
+import numpy as np
 
 from core.audit import record_audit
 from core.errors import IngestError
@@ -123,6 +124,7 @@ _FIELDS: dict[Kind, tuple[FieldSpec, ...]] = {
     "eval-items": EVAL_ITEM_FIELDS,
 }
 _TEXT_FIELDS = ("prompt", "response", "system")
+_WHITESPACE = np.array([9, 11, 12, 13, 32], dtype=np.uint8)
 
 
 @dataclass
@@ -175,19 +177,14 @@ def _pii_found(a: str, b: str, c: str) -> dt.Array(dt.string):  # type: ignore[v
     """DuckDB macro of core.privacy: the sorted PII types whose placeholders occur in texts."""
 
 
-@ibis.udf.scalar.builtin(name="json_valid")  # type: ignore[untyped-decorator]
-def _json_valid(text: str) -> bool:  # type: ignore[empty-body]
-    """DuckDB's json_valid."""
+@ibis.udf.scalar.builtin(name="fw_is_json_object")  # type: ignore[untyped-decorator]
+def _is_json_object(text: str) -> bool:  # type: ignore[empty-body]
+    """Macro installed by the load: whether a text is a JSON object (never raises)."""
 
 
 @ibis.udf.scalar.builtin(name="strlen")  # type: ignore[untyped-decorator]
 def _byte_length(text: str) -> int:  # type: ignore[empty-body]
     """DuckDB's strlen: the length in bytes of the UTF-8 text."""
-
-
-@ibis.udf.scalar.builtin(name="json_type")  # type: ignore[untyped-decorator]
-def _json_type(text: str) -> str:  # type: ignore[empty-body]
-    """DuckDB's json_type."""
 
 
 def _source_schema(fields: tuple[FieldSpec, ...]) -> ibis.Schema:
@@ -219,7 +216,7 @@ def _check(spec: FieldSpec, value: ir.StringValue, max_text_bytes: int) -> list[
         bad = present & value.try_cast("float64").isnull()
         checks.append((bad, ibis.literal(f"{name} is not a number: ").concat(shown)))
     elif spec.type == "object":
-        bad = present & (~_json_valid(value) | (_json_type(value) != "OBJECT"))
+        bad = present & ~_is_json_object(value)
         checks.append((bad, f"{name} is not a JSON object"))
     elif spec.type == "enum":
         bad = present & ~value.lower().isin(list(spec.values))
@@ -234,7 +231,8 @@ def _check(spec: FieldSpec, value: ir.StringValue, max_text_bytes: int) -> list[
 def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir.Table:
     """The validation + coercion + redaction stage over a VARCHAR relation named ``fw_source``.
 
-    Columns out: ``line``, ``reason`` (NULL when the row is accepted), the typed fields and, for
+    Columns out: ``line``, ``reason`` (NULL when the row is accepted), ``ok`` (the same as a
+    boolean), the typed fields and, for
     interactions, redacted texts with ``pii`` (types found) and ``raw_*`` originals kept only
     where PII was found.
     """
@@ -244,7 +242,9 @@ def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir
     for spec in fields:
         cases.extend(_check(spec, source[spec.name], max_text_bytes))
     reason = ibis.cases(*cases, else_=ibis.null("string"))
-    out: dict[str, Any] = {"line": source.line, "reason": reason}
+    # The same checks as one boolean: cheaper than building the reason for every row.
+    ok = ~ibis.or_(*(condition.fill_null(True) for condition, _ in cases))
+    out: dict[str, Any] = {"line": source.line, "reason": reason, "ok": ok}
     for spec in fields:
         value = source[spec.name]
         if spec.type == "timestamp":
@@ -304,27 +304,46 @@ class _Shape:
 
 
 def _shape(path: Path) -> _Shape:
-    """Scan the bytes at memchr speed: BOM, blank lines, number of lines."""
+    """Scan the bytes, vectorised: BOM, blank lines (CRLF or LF), number of lines."""
     bom = blank = False
     lines = 0
-    previous = b""
-    last = b""
+    last_newline = -1  # position of the previous newline, relative to the current chunk
+    previous_byte = b""
+    carry = b""  # the bytes after the previous chunk's last newline
     with path.open("rb") as handle:
-        first = True
+        offset = 0
         while chunk := handle.read(1 << 24):
-            if first:
+            if offset == 0:
                 bom = chunk.startswith(b"\xef\xbb\xbf")
-                blank = chunk.startswith((b"\n", b"\r\n"))
-                first = False
-            if not blank:
-                joined = previous + chunk[:2]
-                blank = any(
-                    mark in part for mark in (b"\n\n", b"\n\r\n") for part in (chunk, joined)
-                )
-            lines += chunk.count(b"\n")
-            previous = chunk[-2:]
-            last = chunk[-1:]
-    if last and last != b"\n":
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            newlines = np.flatnonzero(data == 10)
+            lines += len(newlines)
+            if not blank and len(newlines):
+                starts = np.concatenate(([last_newline], newlines[:-1])) + 1
+                # Blank: empty, or only whitespace (read_json skips such lines, which would
+                # shift its numbering). JSONL lines rarely start with whitespace, so only those
+                # few are looked at one by one.
+                blank = bool((newlines == starts).any())
+                candidates = starts[(starts >= 0) & (starts < newlines)]
+                candidates = candidates[np.isin(data[candidates], _WHITESPACE)]
+                for start in candidates[:10_000].tolist():
+                    end = int(newlines[np.searchsorted(newlines, start)])
+                    if not chunk[start:end].strip():
+                        blank = True
+                        break
+                if offset == 0 and not blank:
+                    blank = not chunk[: int(newlines[0])].strip()
+                if not blank and last_newline < -1:
+                    # The line that straddles the chunk boundary.
+                    blank = not (carry + chunk[: int(newlines[0])]).strip()
+            if len(newlines):
+                carry = chunk[int(newlines[-1]) + 1 :]
+            else:
+                carry += chunk
+            last_newline = (int(newlines[-1]) if len(newlines) else last_newline) - len(chunk)
+            previous_byte = chunk[-1:]
+            offset += len(chunk)
+    if previous_byte and previous_byte != b"\n":
         lines += 1
     return _Shape(bom, blank, lines)
 
@@ -363,7 +382,8 @@ def _define_lines_source(
         f"try(json_extract_string(raw, {paths})) END AS v FROM ("
         f"SELECT {line} AS line, "
         "raw, coalesce(try(json_type(raw)) = 'OBJECT', false) AS fw_ok FROM fw_lines "
-        "WHERE raw IS NOT NULL AND trim(raw) <> ''))"
+        "WHERE raw IS NOT NULL "
+        "AND trim(raw, ' ' || chr(9) || chr(11) || chr(12) || chr(13)) <> ''))"
         f" UNION ALL SELECT line, reason, {nulls}, NULL FROM fw_bad_lines"
     )
 
@@ -529,15 +549,15 @@ _INSERTS: dict[Kind, str] = {
         "INSERT INTO interactions SELECT interaction_id, $batch, $cycle, line, ts, user_id, "
         "variant, model, prompt, response, system, feedback, accepted, latency_ms, input_tokens, "
         "output_tokens, cost_usd, topic, difficulty, metadata::JSON, pii, raw_prompt, "
-        "raw_response, raw_system FROM fw_stage WHERE reason IS NULL"
+        "raw_response, raw_system FROM fw_stage WHERE ok"
     ),
     "consent": (
         "INSERT INTO consent_events SELECT $batch, line, user_id, ts, scope, action, "
-        "policy_version, source FROM fw_stage WHERE reason IS NULL"
+        "policy_version, source FROM fw_stage WHERE ok"
     ),
     "eval-items": (
         "INSERT INTO eval_items SELECT item_id, $batch, line, eval_set, prompt, reference, topic, "
-        "difficulty, labels::JSON FROM fw_stage WHERE reason IS NULL"
+        "difficulty, labels::JSON FROM fw_stage WHERE ok"
     ),
 }
 
@@ -662,6 +682,10 @@ def _load(
     if limit:
         con.execute("SET memory_limit = ?", [limit])
     install_pii_macros(con)
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO fw_is_json_object(v) AS "
+        "coalesce(try(json_type(v)) = 'OBJECT', false)"
+    )
     fields = _FIELDS[kind]
     how = _prepare_source(con, path, fmt, gz, shape, fields)
     stage = interaction_stage(kind, max_text_bytes=int(get_setting("max_text_bytes")))

@@ -282,3 +282,19 @@ def test_viewing_raw_quarantine_lines_is_audited(store: Store, tmp_path: Path) -
     assert rows[0]["raw"] == "oops"
     after = store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'view_raw_text'")
     assert (before, after) == ((0,), (1,))
+
+
+def test_whitespace_only_lines_keep_line_numbers(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "ws.jsonl"
+    rows = [
+        json.dumps(record(1)),
+        "   ",
+        json.dumps(record(2)),
+        "\t",
+        "{oops",
+        json.dumps(record(3)),
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    result = ingest_file(store, path)
+    assert (result.rows_read, result.accepted, result.rejected) == (4, 3, 1)
+    assert reasons(store, result) == {5: "invalid JSON"}
