@@ -31,6 +31,14 @@ Params = Sequence[Any] | dict[str, Any]
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
+_write_locks: dict[str, threading.RLock] = {}
+
+
+def _write_lock(path: Path) -> threading.RLock:
+    """The lock that makes this process's writers to one store file take turns."""
+    key = str(path.resolve())
+    with _migrate_lock:
+        return _write_locks.setdefault(key, threading.RLock())
 
 
 @dataclass(frozen=True)
@@ -112,15 +120,29 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection inside one transaction: committed on success, rolled back on error."""
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+        """A connection inside one transaction: committed on success, rolled back on error.
+
+        Writers in one process take turns (DuckDB would otherwise abort one of two concurrent
+        transactions that touch the same rows, e.g. two sessions saving the same plan); across
+        processes the file lock does the same.
+        """
+        lock = _write_lock(self.path)
+        if not lock.acquire(timeout=self.lock_timeout_s):
+            raise StoreError(
+                f"The store {self.path} is busy with another change in this process for more "
+                f"than {self.lock_timeout_s:.0f} s; try again when it finishes."
+            )
+        try:
+            with self.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+        finally:
+            lock.release()
 
     # -- queries -------------------------------------------------------------------------------
 
