@@ -39,11 +39,11 @@ __all__ = [
     "LiftPoint",
     "MetricDef",
     "MetricRow",
+    "ab_window",
     "analyse_cycle",
     "design_ab_test",
     "plan_design",
     "resolve_metric",
-    "test_window",
 ]
 
 Correction = Literal["holm", "bh"]
@@ -400,7 +400,7 @@ class ABAnalysis:
 # -- queries -----------------------------------------------------------------------------------
 
 
-def test_window(plan: Plan, cycle: int) -> tuple[date, date]:
+def ab_window(plan: Plan, cycle: int) -> tuple[date, date]:
     """The cycle's A/B test days from the plan's timeline, first and last inclusive.
 
     Raises AnalysisError when the plan has no such cycle.
@@ -612,7 +612,7 @@ def analyse_cycle(
     primary_def = resolve_metric(ab.primary_metric)
     guardrail_defs = [(g, resolve_metric(g.metric)) for g in ab.guardrails]
     design = plan_design(plan)
-    first, last = test_window(plan, cycle)
+    first, last = ab_window(plan, cycle)
     params: dict[str, Any] = {
         "cycle": cycle,
         "start": _utc(first),

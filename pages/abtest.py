@@ -6,7 +6,7 @@ import math
 
 import streamlit as st
 
-from core.abtest import ABAnalysis, analyse_cycle, design_ab_test, plan_design, test_window
+from core.abtest import ABAnalysis, ab_window, analyse_cycle, design_ab_test, plan_design
 from core.charts import ab_lift_figure
 from core.errors import FlywheelError
 from core.plan import Plan, plan_timeline
@@ -257,7 +257,7 @@ with results_tab:
         format_func={"holm": "Holm", "bh": "Benjamini–Hochberg"}.__getitem__,
         horizontal=True,
     )
-    window = guarded(lambda: test_window(plan, cycle))
+    window = guarded(lambda: ab_window(plan, cycle))
     if window is not None:
         cols[2].caption(f"Test window: {window[0]:%d %b %Y} to {window[1]:%d %b %Y}")
     try:
