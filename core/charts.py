@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # charts stay pure: no store import at run time
 
 __all__ = [
     "PHASE_COLOURS",
+    "ab_lift_figure",
     "consent_rate_figure",
     "cost_per_1k_figure",
     "cycle_rates_figure",
@@ -244,5 +245,74 @@ def cost_per_1k_figure(actuals: Sequence[CycleActuals]) -> go.Figure:
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=320,
+    )
+    return fig
+
+
+def ab_lift_figure(
+    points: Sequence[Any], *, metric: str, planned_total: int | None = None
+) -> go.Figure:
+    """Cumulative relative lift day by day with its confidence-sequence band and fixed CI.
+
+    ``points`` carry ``day``, ``lift``, ``ci`` and ``cs`` (core.abtest.LiftPoint); days
+    whose lift is not computable yet are left out. The band is safe to read at every look;
+    the dotted fixed-horizon interval only at the planned sample.
+    """
+    shown = [p for p in points if p.lift is not None and p.cs is not None and p.ci is not None]
+    days = [p.day.isoformat() for p in shown]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=days + days[::-1],
+            y=[p.cs[1] for p in shown] + [p.cs[0] for p in shown][::-1],
+            fill="toself",
+            fillcolor="rgba(116, 196, 118, 0.25)",
+            line={"width": 0},
+            name="confidence sequence",
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=days,
+            y=[p.ci[0] for p in shown],
+            mode="lines",
+            line={"dash": "dot", "color": "#636363", "width": 1},
+            name="fixed-horizon CI",
+            legendgroup="fixed",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=days,
+            y=[p.ci[1] for p in shown],
+            mode="lines",
+            line={"dash": "dot", "color": "#636363", "width": 1},
+            name="fixed-horizon CI (upper)",
+            legendgroup="fixed",
+            showlegend=False,
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=days,
+            y=[p.lift for p in shown],
+            mode="lines+markers",
+            line={"color": "#238b45"},
+            name="relative lift",
+            customdata=[[p.users_control, p.users_treatment, p.cs[0], p.cs[1]] for p in shown],
+            hovertemplate="%{x}: %{y:+.1%} (CS %{customdata[2]:+.1%} to %{customdata[3]:+.1%})"
+            "<br>%{customdata[0]:,} control · %{customdata[1]:,} treatment users<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0, line_color="#969696", line_width=1)
+    subtitle = f" · N* = {planned_total:,}" if planned_total else ""
+    fig.update_layout(
+        title={"text": f"Lift of {metric} over time{subtitle}", "x": 0},
+        yaxis={"title": "relative lift (treatment vs control)", "tickformat": "+.0%"},
+        xaxis={"type": "date", "title": None},
+        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=360,
     )
     return fig

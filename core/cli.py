@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from core.backup import backup_store, restore_store
+from core import stats
+from core.abtest import analyse_cycle, design_ab_test
 from core.consent import forget_user
 from core.demo import load_demo
 from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
-from core.errors import DocumentError, FlywheelError, PlanError
+from core.errors import AnalysisError, DocumentError, FlywheelError, PlanError
 from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
 from core.ingest import KINDS, batch_rejects, ingest_file
 from core.lint import LintReport, lint_plan
@@ -254,6 +256,149 @@ def cmd_pii_redact(args: argparse.Namespace, store: Store) -> Outcome:
     )
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"({ci[0]:+.2%}, {ci[1]:+.2%})"
+
+
+def cmd_stats_ab(args: argparse.Namespace, store: Store) -> Outcome:
+    try:
+        control = stats.proportion_arm(args.control_n, args.control_x)
+        treatment = stats.proportion_arm(args.treatment_n, args.treatment_x)
+        absolute = stats.two_proportion_z_test(control, treatment, alpha=args.alpha)
+        if args.sequential:
+            relative = stats.sequential_test(
+                control, treatment, alpha=args.alpha, n_star=args.n_star
+            )
+            p_value = relative.p_value
+        else:
+            relative = stats.relative_lift(control, treatment, alpha=args.alpha)
+            p_value = absolute.p_value
+    except ValueError as exc:
+        raise AnalysisError(f"Cannot compare the arms: {exc}.") from None
+    data = {
+        "control_rate": absolute.mean_control,
+        "treatment_rate": absolute.mean_treatment,
+        "abs_diff": absolute.estimate,
+        "ci_abs": list(absolute.ci) if absolute.ci else None,
+        "rel_lift": relative.estimate,
+        "ci_rel": list(relative.ci) if relative.ci else None,
+        "p_value": p_value,
+        "method": relative.method if args.sequential else absolute.method,
+        "sequential": args.sequential,
+        "n_star": args.n_star if args.sequential else None,
+        "alpha": args.alpha,
+        "reason": relative.reason or absolute.reason,
+    }
+    kind = "confidence sequence" if args.sequential else "CI"
+    text = (
+        f"control {_number(absolute.mean_control)} vs treatment "
+        f"{_number(absolute.mean_treatment)}: difference {_number(absolute.estimate)}, "
+        f"relative lift {_number(relative.estimate)}, {kind} {_interval(_pair(relative.ci))}, "
+        f"p = {_number(p_value)}" + (f" ({data['reason']})" if data["reason"] else "")
+    )
+    return Outcome(data, text)
+
+
+def _pair(ci: tuple[float, float] | None) -> tuple[float, float] | None:
+    return None if ci is None else (float(ci[0]), float(ci[1]))
+
+
+def _numbers(text: str, flag: str, kind: type[float] | type[int]) -> list[Any]:
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AnalysisError(
+            f"{flag} takes numbers separated by commas (e.g. 5000,5200), got {text!r}."
+        ) from None
+
+
+def cmd_stats_srm(args: argparse.Namespace, store: Store) -> Outcome:
+    counts = _numbers(args.counts, "--counts", int)
+    weights = _numbers(args.weights, "--weights", float) if args.weights else None
+    try:
+        result = stats.srm_test(counts, weights)
+    except ValueError as exc:
+        raise AnalysisError(f"Cannot check the sample ratio: {exc}.") from None
+    data = {
+        "chi2": result.statistic,
+        "p_value": result.p_value,
+        "mismatch": result.mismatch,
+        "status": result.status,
+        "expected": list(result.expected),
+        "threshold": result.threshold,
+        "reason": result.reason,
+    }
+    if result.status == "not_judged":
+        text = f"Not judged: {result.reason}."
+    else:
+        verdict = "MISMATCH: assignment or logging is broken" if result.mismatch else "fine"
+        text = f"chi2 = {_number(result.statistic)}, p = {_number(result.p_value)}: {verdict}."
+    return Outcome(data, text, exit_code=1 if result.mismatch else 0)
+
+
+def cmd_stats_sample_size(args: argparse.Namespace, store: Store) -> Outcome:
+    shares = _numbers(args.shares, "--shares", float)
+    design = design_ab_test(
+        args.baseline,
+        args.mde,
+        relative=args.relative,
+        alpha=args.alpha,
+        power=args.power,
+        daily_traffic=args.daily_traffic or 1.0,
+        traffic_shares=shares,
+    )
+    data: dict[str, Any] = {
+        "n_per_arm": design.n_per_arm,
+        "total": design.total,
+        "baseline": args.baseline,
+        "mde": args.mde,
+        "relative": args.relative,
+        "alpha": args.alpha,
+        "power": args.power,
+        "days": design.days if args.daily_traffic else None,
+    }
+    text = f"{design.n_per_arm:,} users per arm ({design.total:,} in total)"
+    if args.daily_traffic:
+        text += f"; {design.days} day(s) at {args.daily_traffic:,g} users a day"
+    return Outcome(data, text + ".")
+
+
+def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
+    plan_id = args.plan or default_plan_id(store)
+    plan, _ = load_plan(store, plan_id)
+    analysis = analyse_cycle(store, plan, args.cycle, plan_id=plan_id, correction=args.correction)
+    if analysis is None:
+        raise AnalysisError(
+            f"Cycle {args.cycle} of plan '{plan_id}' has no A/B interactions in its test window; "
+            f"load them with `python -m core ingest FILE --cycle {args.cycle}`."
+        )
+    data = analysis.to_dict()
+    primary = analysis.primary
+    arms = ", ".join(f"{a.arm} {a.users:,} users" for a in analysis.arms)
+    lines = [
+        f"Cycle {analysis.cycle} A/B test ({analysis.window[0]} to {analysis.window[1]}): {arms}.",
+        f"Sample ratio: p = {_number(analysis.srm.p_value)} ({analysis.srm.status}).",
+        f"{analysis.primary_metric}: lift {_number(primary.estimate)}, "
+        f"{'confidence sequence' if analysis.sequential else 'CI'} "
+        f"{_interval(_pair(primary.ci))}, p = {_number(primary.p_value)}.",
+    ]
+    for g in analysis.guardrails:
+        state = "BREACHED" if g.breached else "ok"
+        lines.append(
+            f"guardrail {g.metric} (tolerance +{g.tolerance:.0%}): lift {_number(g.lift)}, {state}"
+        )
+    verdict = analysis.decision.verdict.replace("_", " ")
+    lines.append(f"Decision: {verdict}.")
+    lines += [f"  - {reason}" for reason in analysis.decision.reasons]
+    lines += [f"warning: {w}" for w in analysis.warnings]
+    failed = analysis.decision.verdict in ("roll_back", "invalid_srm")
+    return Outcome(data, "\n".join(lines), exit_code=1 if failed else 0)
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -429,7 +574,62 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     retention.add_argument("--now", help="ISO date-time to measure retention from (default: now)")
     retention.set_defaults(handler=cmd_retention)
+    _stats_commands(commands, common)
     return parser
+
+
+def _stats_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``stats ab|srm|sample-size`` and ``ab report``."""
+    st = commands.add_parser("stats", help="A/B statistics from counts: tests, SRM, sample size")
+    st_commands = st.add_subparsers(dest="stats_command", required=True, metavar="ACTION")
+    ab = st_commands.add_parser(
+        "ab", parents=[common], help="two-proportion analysis of control against treatment"
+    )
+    ab.add_argument("--control-n", type=int, required=True, help="users in control")
+    ab.add_argument("--control-x", type=int, required=True, help="conversions in control")
+    ab.add_argument("--treatment-n", type=int, required=True, help="users in treatment")
+    ab.add_argument("--treatment-x", type=int, required=True, help="conversions in treatment")
+    ab.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    ab.add_argument("--sequential", action="store_true", help="confidence sequence: safe to peek")
+    ab.add_argument(
+        "--n-star",
+        type=int,
+        default=stats.DEFAULT_N_STAR,
+        help=f"planned total sample the sequence is tuned for ({stats.DEFAULT_N_STAR})",
+    )
+    ab.set_defaults(handler=cmd_stats_ab)
+
+    srm = st_commands.add_parser("srm", parents=[common], help="sample-ratio-mismatch check")
+    srm.add_argument("--counts", required=True, help="units per arm, e.g. 5000,5200")
+    srm.add_argument("--weights", help="planned shares per arm, e.g. 1,1 (default equal)")
+    srm.set_defaults(handler=cmd_stats_srm)
+
+    size = st_commands.add_parser("sample-size", parents=[common], help="per-arm sample size")
+    size.add_argument("--baseline", type=float, required=True, help="control rate, e.g. 0.10")
+    size.add_argument("--mde", type=float, required=True, help="minimum detectable effect")
+    size.add_argument("--relative", action="store_true", help="the MDE is relative (0.05 = +5%%)")
+    size.add_argument("--alpha", type=float, default=0.05, help="two-sided level (0.05)")
+    size.add_argument("--power", type=float, default=0.8, help="power (0.8)")
+    size.add_argument(
+        "--daily-traffic", type=float, help="users a day, all arms: also print the days needed"
+    )
+    size.add_argument("--shares", default="0.5,0.5", help="traffic share per arm (0.5,0.5)")
+    size.set_defaults(handler=cmd_stats_sample_size)
+
+    ab_group = commands.add_parser("ab", help="analyse a cycle's A/B test")
+    ab_commands = ab_group.add_subparsers(dest="ab_command", required=True, metavar="ACTION")
+    report = ab_commands.add_parser(
+        "report", parents=[common], help="analyse the cycle's A/B test and recommend a decision"
+    )
+    report.add_argument("--cycle", type=int, required=True, help="the cycle number")
+    report.add_argument("--plan", help="plan id (default: the newest plan)")
+    report.add_argument(
+        "--correction",
+        choices=["holm", "bh"],
+        default="holm",
+        help="multiplicity correction of the secondary metrics (holm)",
+    )
+    report.set_defaults(handler=cmd_ab_report)
 
 
 def _document_arguments(parser: argparse.ArgumentParser) -> None:

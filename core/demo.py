@@ -6,6 +6,7 @@ so the dashboard can say so. Loading it twice adds nothing the second time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import tempfile
@@ -96,6 +97,7 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
 
     _demo_generation(store, plan_id, rng)
     _load_demo_data(store, final, rng)
+    _load_demo_ab_tests(store, final, random.Random(seed * 1_000 + 6))
 
     with store.transaction() as con:
         con.execute("INSERT OR REPLACE INTO workspace VALUES ('demo', 'true')")
@@ -275,6 +277,11 @@ _TASKS = {
 }
 
 
+def _assigned_arm(user: str, arms: list[str]) -> str:
+    """A user's arm by a hash of their id: sticky, and independent of their consent segment."""
+    return arms[int(hashlib.sha256(user.encode()).hexdigest(), 16) % len(arms)]
+
+
 def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list[list[str]]:
     """One JSONL document per cycle: interactions over the cycle's collection window."""
     axes = {axis.name: axis.values for axis in plan.generation.axes}
@@ -282,6 +289,7 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
     levels = axes.get("difficulty") or ["beginner"]
     arms = [arm.name for arm in plan.ab_test.arms] or ["control", "treatment"]
     models = {arm.name: arm.model for arm in plan.ab_test.arms}
+    arm_of = {user: _assigned_arm(user, arms) for user in users}
     files: list[list[str]] = []
     number = 0
     for cycle in plan_timeline(plan)[:DEMO_CYCLES]:
@@ -300,11 +308,13 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
                     b=(number * 7) % 250,
                 )
                 prompt = f"{prompt} {planted}"
-            arm = rng.choice(arms)
+            rng.choice(arms)  # drawn and unused: keeps the seeded sequence of the other fields
             moment = datetime.combine(cycle.start, time(8), UTC) + timedelta(
                 days=rng.randrange(days), minutes=rng.randrange(600)
             )
             feedback = rng.choices(["up", "down", None], weights=[3, 1, 6])[0]
+            user = rng.choice(users)
+            arm = arm_of[user]  # randomised per user, as the A/B analysis assumes
             tokens_in, tokens_out = rng.randint(40, 900), rng.randint(80, 700)
             econ = plan.economics
             prices = (
@@ -315,7 +325,7 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
             record = {
                 "interaction_id": f"demo-{number:05d}",
                 "ts": moment.isoformat(),
-                "user_id": rng.choice(users),
+                "user_id": user,
                 "variant": arm,
                 "model": models.get(arm, arm),
                 "prompt": prompt,
@@ -406,3 +416,104 @@ def _load_demo_data(store: Store, plan: Plan, rng: random.Random) -> None:
             path = folder / f"demo_interactions_cycle{cycle.cycle}.jsonl"
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
             ingest_file(store, path, kind="interactions", cycle=cycle.cycle, actor=DEMO_AUTHOR)
+
+
+# -- A/B tests ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ABScenario:
+    """How one demo cycle's A/B test behaves."""
+
+    treatment_share: float  # share of users the logs show in treatment (0.5 = as planned)
+    acceptance_lift: float  # treatment acceptance = control propensity × this
+    latency_factor: float  # treatment latency = control latency × this
+    story: str
+
+
+DEMO_AB_USERS_PER_DAY = 150
+DEMO_AB_SCENARIOS = {
+    1: _ABScenario(0.5, 1.3, 0.55, "the student wins: ship"),
+    2: _ABScenario(0.5, 1.03, 1.4, "a slow serving region breaches the latency guardrail"),
+    3: _ABScenario(0.45, 1.1, 0.55, "treatment logs are lost: a sample-ratio mismatch"),
+}
+
+
+def _demo_ab_interactions(
+    plan: Plan, rng: random.Random, cycle: int, scenario: _ABScenario
+) -> list[str]:
+    """Users randomised once each over the cycle's A/B window; some active before it too."""
+    milestones = plan_timeline(plan)[cycle - 1]
+    arms = {arm.name: arm for arm in plan.ab_test.arms}
+    control, treatment = "control", "treatment"
+    prices = plan.economics
+    days = max(1, (milestones.ab_end - milestones.ab_start).days + 1)
+    topics = list(_TASKS)
+    lines: list[str] = []
+    number = 0
+
+    def record(user: str, arm: str, moment: datetime, p_accept: float, slow: float) -> str:
+        nonlocal number
+        number += 1
+        topic = rng.choice(topics)
+        task = rng.choice(_TASKS[topic])
+        tokens_in, tokens_out = rng.randint(200, 900), rng.randint(120, 600)
+        teacher = arm == control
+        cost = (
+            tokens_in * (prices.teacher_input_per_1m if teacher else prices.student_input_per_1m)
+            + tokens_out
+            * (prices.teacher_output_per_1m if teacher else prices.student_output_per_1m)
+        ) / 1_000_000
+        return json.dumps(
+            {
+                "interaction_id": f"demo-ab{cycle}-{number:06d}",
+                "ts": moment.isoformat(),
+                "user_id": user,
+                "variant": arm,
+                "model": arms[arm].model if arm in arms else arm,
+                "prompt": rng.choice(_QUESTIONS).format(what=task),
+                "response": f"Here is one way to {task}.",
+                "feedback": rng.choices(["up", "down", None], weights=[22, 7, 71])[0],
+                "accepted": rng.random() < p_accept,
+                "latency_ms": round(rng.lognormvariate(7.0, 0.35) * slow),
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "cost_usd": round(cost, 6),
+                "topic": topic,
+            }
+        )
+
+    start = datetime.combine(milestones.ab_start, time(7), UTC)
+    for index in range(DEMO_AB_USERS_PER_DAY * days):
+        user = f"ab{cycle}-{index:05d}-{rng.randrange(16**4):04x}"
+        arm = treatment if rng.random() < scenario.treatment_share else control
+        # Users differ in how much they use the assistant and how often they accept its answers;
+        # both carry over from before the test, which is what CUPED exploits.
+        propensity = rng.betavariate(1.5, 3.5)
+        activity = rng.choice((1, 1, 1, 2, 3))
+        if rng.random() < 0.5:  # a returning user, served by production before the test
+            for _ in range(activity + rng.randint(0, 1)):
+                before = start - timedelta(days=rng.randint(1, 10), minutes=rng.randrange(600))
+                lines.append(record(user, control, before, propensity, 1.0))
+        treated = arm == treatment
+        p_accept = min(0.95, propensity * (scenario.acceptance_lift if treated else 1.0))
+        slow = scenario.latency_factor if treated else 1.0
+        entry = index // DEMO_AB_USERS_PER_DAY
+        for _ in range(activity + (rng.random() < 0.3)):
+            day = min(days - 1, entry + rng.randrange(3))
+            moment = start + timedelta(days=day, minutes=rng.randrange(660))
+            lines.append(record(user, arm, moment, p_accept, slow))
+    return lines
+
+
+def _load_demo_ab_tests(store: Store, plan: Plan, rng: random.Random) -> None:
+    """Each demo cycle's A/B test, loaded through the real ingest and tagged with its cycle."""
+    timeline = plan_timeline(plan)
+    with tempfile.TemporaryDirectory(prefix="flywheel-demo-ab-") as tmp:
+        for cycle, scenario in DEMO_AB_SCENARIOS.items():
+            if cycle > len(timeline):
+                break
+            path = Path(tmp) / f"demo_ab_cycle{cycle}.jsonl"
+            lines = _demo_ab_interactions(plan, rng, cycle, scenario)
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            ingest_file(store, path, kind="interactions", cycle=cycle, actor=DEMO_AUTHOR)

@@ -10,6 +10,7 @@
     ├── GenerationError      synthetic generation cannot start or continue
     ├── EvalError            eval sets, runs or graders fail
     ├── GateError            gates cannot be evaluated
+    ├── AnalysisError        an A/B test cannot be analysed or designed as asked
     └── DocumentError        a document cannot be rendered or written
 
 Pages catch ``FlywheelError`` and show ``st.error``; the CLI prints the message on one line
@@ -19,6 +20,7 @@ and exits 2. Messages say what to do, not only what went wrong.
 from __future__ import annotations
 
 __all__ = [
+    "AnalysisError",
     "ConsentError",
     "CycleError",
     "DatasetError",
@@ -71,6 +73,10 @@ class EvalError(FlywheelError):
 
 class GateError(FlywheelError):
     """Gates cannot be evaluated."""
+
+
+class AnalysisError(FlywheelError):
+    """An A/B test cannot be analysed or designed as asked (bad inputs, missing metrics)."""
 
 
 class DocumentError(FlywheelError):

@@ -87,6 +87,11 @@ SETTINGS: dict[str, Setting] = {
             "API key of the teacher's server (else OPENAI_API_KEY); read at run time, "
             "never stored.",
         ),
+        Setting(
+            "ab_preperiod_days",
+            14,
+            "Days before an A/B test's start whose interactions form the CUPED pre-period.",
+        ),
         Setting("actor", "local user", "Who is recorded as acting when no login is configured."),
         Setting(
             "roles_file",

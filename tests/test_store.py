@@ -28,9 +28,10 @@ def _older_store(path: Path) -> None:
     con.close()
 
 
-def test_migrations_are_numbered_without_gaps() -> None:
+def test_migrations_are_numbered_once_each_from_one() -> None:
     versions = [m.version for m in migrations()]
-    assert versions == list(range(1, len(versions) + 1))
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))  # numbers are reserved per change, so gaps may occur
 
 
 def test_new_store_gets_every_migration(tmp_path: Path) -> None:
