@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.backup import backup_store, restore_store
 from core import stats
 from core.abtest import analyse_cycle, design_ab_test
+from core.backup import backup_store, restore_store
 from core.consent import forget_user
 from core.demo import load_demo
 from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
