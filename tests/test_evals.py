@@ -257,7 +257,7 @@ def test_paired_comparison_and_slice_means(store: Store, tmp_path: Path) -> None
     items = code_items(2)
     _import(store, tmp_path, items, "a.jsonl")
     ids = [i["item_id"] for i in items]
-    cand = dict.fromkeys(ids, [1.0])
+    cand = {i: [1.0] for i in ids}
     prod = {i: [1.0 if n % 2 else 0.0] for n, i in enumerate(ids)}
     prod[ids[1]] = [1.0]
     cand[ids[1]] = [0.0]
