@@ -12,6 +12,7 @@ PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/plan.py", title="Plan", icon=":material/edit_note:"),
     st.Page("pages/generation.py", title="Synthetic data", icon=":material/auto_awesome:"),
+    st.Page("pages/evals.py", title="Evals & gates", icon=":material/fact_check:"),
     st.Page("pages/data.py", title="Data", icon=":material/database:"),
     st.Page("pages/consent.py", title="Consent", icon=":material/verified_user:"),
 ]

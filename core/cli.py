@@ -18,20 +18,7 @@ from core.consent import forget_user
 from core.demo import load_demo
 from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
 from core.errors import DocumentError, EvalError, FlywheelError, PlanError
-from core.evals import (
-    ROLES,
-    JudgeConfig,
-    eval_endpoint,
-    eval_sets,
-    freeze_set_version,
-    import_eval_set,
-    import_results,
-    judge_endpoint,
-    resolve_version,
-    run_eval,
-    run_summary,
-)
-from core.gates import check_gates, record_decision
+from core.evals import ROLES
 from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
 from core.ingest import KINDS, batch_rejects, ingest_file
 from core.lint import LintReport, lint_plan
@@ -40,13 +27,6 @@ from core.plan_versions import list_plans, load_plan, save_plan_version
 from core.privacy import redact_file
 from core.settings import default_db_path, get_setting
 from core.store import Store
-from core.training import (
-    cycle_candidate,
-    follow_training,
-    register_candidate,
-    start_training,
-    training_jobs,
-)
 
 __all__ = ["build_parser", "main"]
 
@@ -276,6 +256,8 @@ def cmd_pii_redact(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_eval_import_set(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import import_eval_set
+
     result = import_eval_set(store, args.file, merge=args.merge, actor=_actor())
     lines = [
         f"{s['eval_set']} v{s['version']}: {s['items']} items ({s['status']})" for s in result.sets
@@ -288,6 +270,8 @@ def cmd_eval_import_set(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_eval_sets(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_sets
+
     rows = eval_sets(store)
     text = "\n".join(
         f"{r['eval_set']}  v{r['version']}  {r['items']} items  "
@@ -298,6 +282,8 @@ def cmd_eval_sets(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_eval_freeze(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import freeze_set_version, resolve_version
+
     version = resolve_version(store, args.set, args.version)
     froze = freeze_set_version(store, args.set, version, actor=_actor(), reason=args.reason)
     state = "Froze" if froze else "Already frozen:"
@@ -312,6 +298,9 @@ def _graders(text: str) -> list[str]:
 
 
 def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import JudgeConfig, eval_endpoint, judge_endpoint, run_eval, run_summary
+    from core.training import cycle_candidate
+
     model, base_url = args.model, args.base_url
     plan_id = args.plan
     if args.role == "candidate" and args.cycle is None:
@@ -373,6 +362,8 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_eval_import_results(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import import_results
+
     result = import_results(
         store,
         args.file,
@@ -398,6 +389,8 @@ def cmd_eval_import_results(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_gate_check(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.gates import check_gates
+
     plan_id = args.plan or default_plan_id(store)
     report = check_gates(store, plan_id, args.cycle)
     data = report.to_dict()
@@ -418,6 +411,8 @@ def _num(value: float | None) -> str:
 
 
 def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.gates import check_gates, record_decision
+
     plan_id = args.plan or default_plan_id(store)
     report = check_gates(store, plan_id, args.cycle)
     decision_id = record_decision(
@@ -436,6 +431,9 @@ def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_train_start(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_endpoint
+    from core.training import start_training
+
     plan_id = args.plan or default_plan_id(store)
     job = start_training(
         store,
@@ -463,6 +461,9 @@ def _job_outcome(job: dict[str, Any]) -> Outcome:
 
 
 def cmd_train_follow(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_endpoint
+    from core.training import follow_training
+
     job = follow_training(
         store,
         args.job_id,
@@ -473,6 +474,8 @@ def cmd_train_follow(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_train_register(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.training import register_candidate
+
     plan_id = args.plan or default_plan_id(store)
     candidate = register_candidate(
         store,
@@ -492,6 +495,8 @@ def cmd_train_register(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.training import training_jobs
+
     plan_id = args.plan or default_plan_id(store)
     jobs = training_jobs(store, plan_id, args.cycle)
     text = "\n".join(

@@ -14,7 +14,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from core.demo_evals import load_demo_evals
 from core.generation import GenerationSpec, cell_key, write_examples
 from core.ingest import ingest_file
 from core.plan import Plan, plan_timeline
@@ -97,6 +96,8 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
 
     _demo_generation(store, plan_id, rng)
     _load_demo_data(store, final, rng)
+    from core.demo_evals import load_demo_evals  # the eval stack (scipy) only when loading
+
     load_demo_evals(store, plan_id, final, rng)
 
     with store.transaction() as con:

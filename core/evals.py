@@ -54,7 +54,6 @@ from core.llm import (
     run_bounded,
 )
 from core.settings import get_setting
-from core.stats import wilson_interval
 from core.store import Store
 
 __all__ = [
@@ -1122,6 +1121,8 @@ def run_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
             "small_sample": bool(values.size < 300),
         }
         if values.size and bool(np.all((values == 0) | (values == 1))):
+            from core.stats import wilson_interval  # scipy: only when a summary is asked for
+
             interval = wilson_interval(int(values.sum()), int(values.size))
             row.update(ci_low=interval.ci[0], ci_high=interval.ci[1])
         out.append(row)

@@ -559,6 +559,28 @@ def check_gates(
             f"Plan '{plan_id}' has no gates; add them on the Plan page (7 · Eval gates)."
         )
     registered = _candidate_model(store, plan_id, cycle)
+    # Gates share runs: read each run's scores, usage and each set's items once.
+    score_cache: dict[tuple[str, str], dict[str, float]] = {}
+    usage_cache: dict[str, Usage | None] = {}
+    items_cache: dict[tuple[str, int], list[Any]] = {}
+    frozen: set[tuple[str, int]] = set()
+
+    def scores(run: dict[str, Any] | None, grader: str) -> dict[str, float] | None:
+        if run is None:
+            return None
+        key = (str(run["run_id"]), grader)
+        if key not in score_cache:
+            score_cache[key] = item_scores(store, key[0], grader)
+        return score_cache[key]
+
+    def usage(run: dict[str, Any] | None) -> Usage | None:
+        if run is None:
+            return None
+        run_id = str(run["run_id"])
+        if run_id not in usage_cache:
+            usage_cache[run_id] = _usage(store, run_id)
+        return usage_cache[run_id]
+
     results: list[GateResult] = []
     used: dict[str, dict[str, str]] = {}
     for gate in plan.gates:
@@ -578,7 +600,8 @@ def check_gates(
             results.append(_result(gate, "insufficient_data", None, _threshold(gate, plan), notes))
             continue
         eval_set, set_version = str(candidate["eval_set"]), int(candidate["set_version"])
-        if gate.eval_set:
+        if gate.eval_set and (eval_set, set_version) not in frozen:
+            frozen.add((eval_set, set_version))
             freeze_set_version(
                 store,
                 eval_set,
@@ -599,21 +622,21 @@ def check_gates(
         )
         labels: dict[str, dict[str, str]] = {}
         if gate.slices:
-            for item in load_items(store, eval_set, set_version):
+            if (eval_set, set_version) not in items_cache:
+                items_cache[(eval_set, set_version)] = load_items(store, eval_set, set_version)
+            for item in items_cache[(eval_set, set_version)]:
                 labels[item.item_id] = {
                     d: v for d in gate.slices if (v := item.slice_value(d)) is not None
                 }
         inputs = GateInputs(
-            candidate=item_scores(store, str(candidate["run_id"]), grader),
-            production=item_scores(store, str(production["run_id"]), grader)
-            if production
-            else None,
-            teacher=item_scores(store, str(teacher["run_id"]), grader) if teacher else None,
+            candidate=scores(candidate, grader) or {},
+            production=scores(production, grader),
+            teacher=scores(teacher, grader),
             labels=labels,
             binary=spec.binary if spec else None,
-            candidate_usage=_usage(store, str(candidate["run_id"])),
-            production_usage=_usage(store, str(production["run_id"])) if production else None,
-            teacher_usage=_usage(store, str(teacher["run_id"])) if teacher else None,
+            candidate_usage=usage(candidate),
+            production_usage=usage(production),
+            teacher_usage=usage(teacher),
             notes=tuple(notes),
         )
         results.append(evaluate_gate(gate, plan, inputs, alpha=alpha, min_items=min_items))
