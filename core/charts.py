@@ -21,7 +21,9 @@ __all__ = [
     "cycle_rates_figure",
     "grid_heatmap_figure",
     "pii_by_type_figure",
+    "slice_heatmap_figure",
     "timeline_figure",
+    "wins_losses_figure",
 ]
 
 PHASE_COLOURS: dict[str, str] = {
@@ -314,5 +316,79 @@ def ab_lift_figure(
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=360,
+    )
+    return fig
+
+
+def slice_heatmap_figure(
+    means: Mapping[str, Mapping[str, float]],
+    *,
+    short: Sequence[str] = (),
+    title: str = "Mean score per slice",
+) -> go.Figure:
+    """Models down y, slices along x, each square coloured by the model's mean score on the
+    slice (0..1) and labelled with it; slices in ``short`` (a gate found them short) get a ⚠."""
+    models = list(means)
+    slices = sorted({name for row in means.values() for name in row})
+    if not models or not slices:
+        return go.Figure(layout={"title": {"text": title, "x": 0}})
+    z: list[list[float | None]] = []
+    text: list[list[str]] = []
+    for model in models:
+        row = means[model]
+        z.append([row.get(name) for name in slices])
+        text.append([f"{row[name]:.2f}" if name in row else "–" for name in slices])
+    labels = [f"⚠ {name}" if name in short else name for name in slices]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=models,
+            text=text,
+            texttemplate="%{text}",
+            zmin=0,
+            zmax=1,
+            colorscale="RdYlGn",
+            colorbar={"title": "score"},
+            hovertemplate="%{y} · %{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0},
+        xaxis={"title": None, "side": "top"},
+        yaxis={"title": None, "autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        height=140 + 45 * len(models),
+    )
+    return fig
+
+
+def wins_losses_figure(rows: Sequence[Mapping[str, Any]], *, baseline: str) -> go.Figure:
+    """Per slice, the candidate's wins, ties and losses against ``baseline`` as stacked bars."""
+    names = [str(r["slice"]) for r in rows]
+    fig = go.Figure()
+    for key, label, colour in (
+        ("wins", "candidate better", "#74c476"),
+        ("ties", "tie", "#bdbdbd"),
+        ("losses", f"{baseline} better", "#fb6a4a"),
+    ):
+        fig.add_trace(
+            go.Bar(
+                name=label,
+                orientation="h",
+                y=names,
+                x=[int(r[key]) for r in rows],
+                marker_color=colour,
+                hovertemplate="%{y}: %{x} items<extra>" + label + "</extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        title={"text": f"Paired comparison with {baseline}, per slice", "x": 0},
+        xaxis={"title": "items"},
+        yaxis={"autorange": "reversed", "title": None},
+        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=120 + 28 * max(1, len(rows)),
     )
     return fig

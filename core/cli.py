@@ -21,7 +21,8 @@ from core.backup import backup_store, restore_store
 from core.consent import forget_user
 from core.demo import load_demo
 from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
-from core.errors import AnalysisError, DocumentError, FlywheelError, PlanError
+from core.errors import AnalysisError, DocumentError, EvalError, FlywheelError, PlanError
+from core.evals import ROLES
 from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
 from core.ingest import KINDS, batch_rejects, ingest_file
 from core.lint import LintReport, lint_plan
@@ -399,6 +400,261 @@ def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
     return Outcome(data, "\n".join(lines), exit_code=1 if failed else 0)
 
 
+# -- evals, gates and training -----------------------------------------------------------------
+
+
+def cmd_eval_import_set(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import import_eval_set
+
+    result = import_eval_set(store, args.file, merge=args.merge, actor=_actor())
+    lines = [
+        f"{s['eval_set']} v{s['version']}: {s['items']} items ({s['status']})" for s in result.sets
+    ]
+    head = (
+        f"Batch {result.batch_id}: {result.rows_read} rows read, {result.accepted} accepted, "
+        f"{result.rejected} rejected (see `rejects --batch {result.batch_id}`)."
+    )
+    return Outcome(result.to_dict(), "\n".join([head, *lines]))
+
+
+def cmd_eval_sets(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_sets
+
+    rows = eval_sets(store)
+    text = "\n".join(
+        f"{r['eval_set']}  v{r['version']}  {r['items']} items  "
+        f"{'frozen' if r['frozen'] else 'draft'}  ({r['versions']} version(s))"
+        for r in rows
+    )
+    return Outcome({"sets": rows}, text or "No eval sets yet: `eval import-set FILE`.")
+
+
+def cmd_eval_freeze(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import freeze_set_version, resolve_version
+
+    version = resolve_version(store, args.set, args.version)
+    froze = freeze_set_version(store, args.set, version, actor=_actor(), reason=args.reason)
+    state = "Froze" if froze else "Already frozen:"
+    return Outcome(
+        {"eval_set": args.set, "version": version, "frozen": True, "changed": froze},
+        f"{state} {args.set} v{version}.",
+    )
+
+
+def _graders(text: str) -> list[str]:
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import JudgeConfig, eval_endpoint, judge_endpoint, run_eval, run_summary
+    from core.training import cycle_candidate
+
+    model, base_url = args.model, args.base_url
+    plan_id = args.plan
+    if args.role == "candidate" and args.cycle is None:
+        raise EvalError("A candidate run needs --cycle N.")
+    if model is None:
+        if args.role != "candidate":
+            raise EvalError("Give --model (only a candidate run can default to the cycle's).")
+        plan_id = plan_id or default_plan_id(store)
+        candidate = cycle_candidate(store, plan_id, args.cycle)
+        if candidate is None:
+            raise EvalError(
+                f"Cycle {args.cycle} has no candidate: `train start` or `train register` first, "
+                "or give --model."
+            )
+        model = str(candidate["model"])
+        base_url = base_url or (str(candidate["endpoint"]) or None)
+    if args.role == "candidate" and plan_id is None:
+        plan_id = default_plan_id(store)
+    graders = _graders(args.graders)
+    judge = None
+    if "llm_judge" in graders:
+        judge = JudgeConfig(
+            model=args.judge_model or str(get_setting("judge_model")),
+            endpoint=judge_endpoint(args.judge_base_url),
+        )
+    report = run_eval(
+        store,
+        eval_set=args.set,
+        version=args.version,
+        model=model,
+        role=args.role,
+        cycle=args.cycle,
+        plan_id=plan_id,
+        endpoint=eval_endpoint(base_url),
+        graders=graders,
+        samples=args.samples,
+        temperature=args.temperature,
+        judge=judge,
+        concurrency=args.concurrency,
+        actor=_actor(),
+    )
+    summary = run_summary(store, report.run_id)
+    lines = [
+        f"  {g['grader']}: mean {g['mean']:.3f} on {g['items']} items"
+        + (f" ({g['grader_errors']} grader errors)" if g["grader_errors"] else "")
+        for g in summary
+        if g["mean"] is not None
+    ]
+    return Outcome(
+        {**report.to_dict(), "scores": summary},
+        "\n".join(
+            [
+                f"Run {report.run_id}: {model} on {args.set} v{report.set_version}. "
+                f"{report.message}",
+                *lines,
+            ]
+        ),
+    )
+
+
+def cmd_eval_import_results(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import import_results
+
+    result = import_results(
+        store,
+        args.file,
+        eval_set=args.set,
+        version=args.version,
+        role=args.role,
+        cycle=args.cycle,
+        plan_id=args.plan,
+        actor=_actor(),
+    )
+    lines = [f"line {r['line']}: {r['reason']}" for r in result.rejected[:20]]
+    return Outcome(
+        result.to_dict(),
+        "\n".join(
+            [
+                f"Imported {result.accepted} of {result.rows_read} result rows into run(s) "
+                f"{', '.join(result.runs)} on {result.eval_set} v{result.set_version}; "
+                f"{len(result.rejected)} refused.",
+                *lines,
+            ]
+        ),
+    )
+
+
+def cmd_gate_check(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.gates import check_gates
+
+    plan_id = args.plan or default_plan_id(store)
+    report = check_gates(store, plan_id, args.cycle)
+    data = report.to_dict()
+    lines = [
+        f"{'BLOCKING' if g.blocking else 'warning '}  {g.verdict:<17}  {g.name}"
+        f"  value {_num(g.value)}  threshold {_num(g.threshold)}"
+        for g in report.gates
+    ]
+    head = (
+        f"Plan '{plan_id}' cycle {args.cycle}, candidate {report.candidate or '(none)'}: "
+        f"{report.verdict.replace('_', ' ').upper()}"
+    )
+    return Outcome(data, "\n".join([head, *lines]), exit_code=0 if report.verdict == "pass" else 1)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.gates import check_gates, record_decision
+
+    plan_id = args.plan or default_plan_id(store)
+    report = check_gates(store, plan_id, args.cycle)
+    decision_id = record_decision(
+        store, report, decision=args.decision, actor=_actor(), reason=args.reason or ""
+    )
+    return Outcome(
+        {
+            "decision_id": decision_id,
+            "decision": args.decision,
+            "verdict": report.verdict,
+            "candidate": report.candidate,
+        },
+        f"Recorded {args.decision} of {report.candidate} for cycle {args.cycle} "
+        f"(gates: {report.verdict.replace('_', ' ')}) as {decision_id}.",
+    )
+
+
+def cmd_train_start(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_endpoint
+    from core.training import start_training
+
+    plan_id = args.plan or default_plan_id(store)
+    job = start_training(
+        store,
+        plan_id,
+        args.cycle,
+        dataset_version=args.dataset_version,
+        export_path=args.export,
+        endpoint=eval_endpoint(args.base_url) if args.base_url else None,
+        wait=not args.no_wait,
+        poll_s=args.poll,
+        actor=_actor(),
+    )
+    return _job_outcome(job.to_dict())
+
+
+def _job_outcome(job: dict[str, Any]) -> Outcome:
+    text = (
+        f"Training job {job['job_id']} on {job['dataset_version']}: {job['status']}"
+        + (f", model {job['fine_tuned_model']}" if job["fine_tuned_model"] else "")
+        + (f", {job['trained_tokens']:,} tokens" if job["trained_tokens"] else "")
+        + (f", ${job['cost_usd']:.2f}" if job["cost_usd"] is not None else "")
+        + (f". Error: {job['error']}" if job["error"] else ".")
+    )
+    return Outcome(job, text, exit_code=1 if job["status"] in {"failed", "cancelled"} else 0)
+
+
+def cmd_train_follow(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_endpoint
+    from core.training import follow_training
+
+    job = follow_training(
+        store,
+        args.job_id,
+        endpoint=eval_endpoint(args.base_url) if args.base_url else None,
+        poll_s=args.poll,
+    )
+    return _job_outcome(job.to_dict())
+
+
+def cmd_train_register(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.training import register_candidate
+
+    plan_id = args.plan or default_plan_id(store)
+    candidate = register_candidate(
+        store,
+        plan_id,
+        args.cycle,
+        model=args.model,
+        endpoint=args.endpoint or "",
+        dataset_version=args.dataset_version,
+        actor=_actor(),
+    )
+    return Outcome(
+        candidate,
+        f"Cycle {args.cycle} candidate: {candidate['model']}"
+        + (f" at {candidate['endpoint']}" if candidate["endpoint"] else "")
+        + ".",
+    )
+
+
+def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.training import training_jobs
+
+    plan_id = args.plan or default_plan_id(store)
+    jobs = training_jobs(store, plan_id, args.cycle)
+    text = "\n".join(
+        f"cycle {j['cycle']}  {j['job_id']}  {j['status']}  {j['dataset_version']}  "
+        f"{j['fine_tuned_model'] or ''}"
+        for j in jobs
+    )
+    return Outcome({"plan_id": plan_id, "jobs": jobs}, text or "No training jobs yet.")
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -575,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("--now", help="ISO date-time to measure retention from (default: now)")
     retention.set_defaults(handler=cmd_retention)
     _stats_commands(commands, common)
+    _eval_parsers(commands, common)
     return parser
 
 
@@ -630,6 +887,138 @@ def _stats_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="multiplicity correction of the secondary metrics (holm)",
     )
     report.set_defaults(handler=cmd_ab_report)
+
+
+def _eval_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """The eval, gate and train commands."""
+    evals = commands.add_parser("eval", help="eval sets, runs and imported results")
+    actions = evals.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+    imp = actions.add_parser(
+        "import-set",
+        parents=[common],
+        help="import eval items (JSONL or CSV) as a new version of their set",
+        description="Each set the file names gets the file's items as its content: unchanged "
+        "content keeps the version, a changed draft is updated, a changed frozen version makes "
+        "a new one. Bad rows are quarantined (see `rejects --batch`).",
+    )
+    imp.add_argument("file", help="JSONL or CSV of items: item_id, eval_set, prompt, reference, …")
+    imp.add_argument("--merge", action="store_true", help="lay the items over the newest version's")
+    imp.set_defaults(handler=cmd_eval_import_set)
+
+    sets = actions.add_parser("sets", parents=[common], help="list eval sets and versions")
+    sets.set_defaults(handler=cmd_eval_sets)
+
+    freeze = actions.add_parser("freeze", parents=[common], help="freeze an eval set version")
+    freeze.add_argument("set", help="eval set name")
+    freeze.add_argument("--version", type=int, help="version (default: the newest)")
+    freeze.add_argument("--reason", required=True, help="why it is frozen (audited)")
+    freeze.set_defaults(handler=cmd_eval_freeze)
+
+    run = actions.add_parser(
+        "run",
+        parents=[common],
+        help="run a model on an eval set and grade it",
+        description="Ask an OpenAI-compatible endpoint (--base-url, else OPENAI_BASE_URL, else "
+        "OpenAI; key from FLYWHEEL_EVAL_API_KEY or OPENAI_API_KEY, never stored) for each item, "
+        "then grade. Running the same request again resumes it.",
+    )
+    run.add_argument("--set", required=True, help="eval set name")
+    run.add_argument("--version", type=int, help="set version (default: the newest)")
+    run.add_argument("--model", help="model name (default for --role candidate: the cycle's)")
+    run.add_argument("--role", choices=ROLES, required=True, help="what the model is to the gates")
+    run.add_argument("--cycle", type=int, help="cycle number (required for a candidate)")
+    run.add_argument("--plan", help="plan id (default: the newest plan)")
+    run.add_argument("--base-url", help="base URL of the model's OpenAI-compatible server")
+    run.add_argument(
+        "--graders",
+        default="python_parses,python_tests",
+        help="comma-separated: exact, normalised, regex, json_schema, python_parses, "
+        "python_tests, llm_judge (default: python_parses,python_tests)",
+    )
+    run.add_argument("--samples", type=int, default=1, help="samples per item (averaged)")
+    run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    run.add_argument("--judge-model", help="judge of llm_judge (default: judge_model setting)")
+    run.add_argument("--judge-base-url", help="judge's server (default: judge_base_url)")
+    run.add_argument("--concurrency", type=int, help="requests in flight (eval_concurrency)")
+    run.set_defaults(handler=cmd_eval_run)
+
+    results = actions.add_parser(
+        "import-results",
+        parents=[common],
+        help="import results produced elsewhere (run_id, item_id, model, output, score, grader)",
+    )
+    results.add_argument("file", help="JSONL or CSV of results")
+    results.add_argument("--set", required=True, help="eval set the items belong to")
+    results.add_argument("--version", type=int, help="set version (default: the newest)")
+    results.add_argument("--role", choices=ROLES, required=True, help="what the model is")
+    results.add_argument("--cycle", type=int, help="cycle number")
+    results.add_argument("--plan", help="plan id")
+    results.set_defaults(handler=cmd_eval_import_results)
+
+    gate = commands.add_parser("gate", help="release gates and decisions")
+    gate_actions = gate.add_subparsers(dest="gate_command", required=True, metavar="ACTION")
+    check = gate_actions.add_parser(
+        "check",
+        parents=[common],
+        help="evaluate the plan's gates on a cycle's candidate (exit 1 unless all pass)",
+    )
+    check.add_argument("--cycle", type=int, required=True, help="cycle number")
+    check.add_argument("--plan", help="plan id (default: the newest plan)")
+    check.set_defaults(handler=cmd_gate_check)
+
+    decide = gate_actions.add_parser(
+        "decide", parents=[common], help="approve, override (with a reason) or reject"
+    )
+    decide.add_argument("--cycle", type=int, required=True, help="cycle number")
+    decide.add_argument("--plan", help="plan id (default: the newest plan)")
+    choice = decide.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--approve", dest="decision", action="store_const", const="approved")
+    choice.add_argument("--override", dest="decision", action="store_const", const="overridden")
+    choice.add_argument("--reject", dest="decision", action="store_const", const="rejected")
+    decide.add_argument("--reason", help="why (required for an override; audited)")
+    decide.set_defaults(handler=cmd_gate_decide)
+
+    train = commands.add_parser("train", help="fine-tune or register a cycle's candidate")
+    train_actions = train.add_subparsers(dest="train_command", required=True, metavar="ACTION")
+    start = train_actions.add_parser(
+        "start",
+        parents=[common],
+        help="fine-tune the student on a dataset version and follow the job",
+    )
+    start.add_argument("--cycle", type=int, required=True, help="cycle number")
+    start.add_argument("--dataset-version", required=True, help="dataset version id")
+    start.add_argument("--export", help="its OpenAI chat JSONL export (written when missing)")
+    start.add_argument("--plan", help="plan id (default: the newest plan)")
+    start.add_argument("--base-url", help="fine-tuning server (default: plan, OPENAI_BASE_URL)")
+    start.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    start.add_argument("--poll", type=float, help="seconds between checks (training_poll_s)")
+    start.set_defaults(handler=cmd_train_start)
+
+    follow = train_actions.add_parser(
+        "follow", parents=[common], help="follow a training job to its end"
+    )
+    follow.add_argument("job_id", help="the job id printed by train start")
+    follow.add_argument("--base-url", help="fine-tuning server")
+    follow.add_argument("--poll", type=float, help="seconds between checks")
+    follow.set_defaults(handler=cmd_train_follow)
+
+    register = train_actions.add_parser(
+        "register", parents=[common], help="register a model trained elsewhere as the candidate"
+    )
+    register.add_argument("--cycle", type=int, required=True, help="cycle number")
+    register.add_argument("--model", required=True, help="model name on its server")
+    register.add_argument("--endpoint", help="base URL of its OpenAI-compatible server")
+    register.add_argument("--dataset-version", help="dataset version it was trained on")
+    register.add_argument("--plan", help="plan id (default: the newest plan)")
+    register.set_defaults(handler=cmd_train_register)
+
+    listing = train_actions.add_parser("list", parents=[common], help="list training jobs")
+    listing.add_argument("--plan", help="plan id (default: the newest plan)")
+    listing.add_argument("--cycle", type=int, help="one cycle only")
+    listing.set_defaults(handler=cmd_train_list)
 
 
 def _document_arguments(parser: argparse.ArgumentParser) -> None:

@@ -98,6 +98,9 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
     _demo_generation(store, plan_id, rng)
     _load_demo_data(store, final, rng)
     _load_demo_ab_tests(store, final, random.Random(seed * 1_000 + 6))
+    from core.demo_evals import load_demo_evals  # the eval stack (scipy) only when loading
+
+    load_demo_evals(store, plan_id, final, rng)
 
     with store.transaction() as con:
         con.execute("INSERT OR REPLACE INTO workspace VALUES ('demo', 'true')")

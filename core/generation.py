@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import hashlib
 import json
 import random
@@ -38,7 +37,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.audit import record_audit
 from core.errors import GenerationError
-from core.llm import Endpoint, build_async_client, resolve_endpoint
+from core.llm import (
+    Endpoint,
+    RequestAborted,
+    RequestGaveUp,
+    backoff_delay,
+    build_async_client,
+    describe_error,
+    request_with_retries,
+    resolve_endpoint,
+    run_bounded,
+)
 from core.plan import Plan, grid_cells
 from core.plan_versions import load_plan
 from core.quality import near_duplicate_groups, near_duplicate_pairs
@@ -59,6 +68,7 @@ __all__ = [
     "LoopReport",
     "SupportQA",
     "WorkItem",
+    "backoff_delay",
     "cell_diversity",
     "cell_key",
     "dry_run",
@@ -79,8 +89,6 @@ __all__ = [
 BATCH_DISCOUNT = 0.5
 _FLUSH_EVERY = 32
 _FLUSH_INTERVAL_S = 0.5
-_MAX_BACKOFF_S = 30.0
-_MAX_RETRY_AFTER_S = 120.0
 
 # -- output schemas ----------------------------------------------------------------------------
 
@@ -604,45 +612,7 @@ class _GiveUp(Exception):
     """This item cannot be generated; record it as failed with the message."""
 
 
-def _retry_after_s(exc: openai.APIStatusError) -> float | None:
-    headers = exc.response.headers
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        with contextlib.suppress(ValueError):
-            return float(raw_ms) / 1000
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    with contextlib.suppress(ValueError):
-        return float(raw)
-    with contextlib.suppress(TypeError, ValueError):
-        from email.utils import parsedate_to_datetime
-
-        wait = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
-        return max(0.0, float(wait))
-    return None
-
-
-def backoff_delay(
-    attempt: int, base_s: float, retry_after_s: float | None, rng: random.Random
-) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): exponential with jitter, and never
-    less than the server's Retry-After."""
-    exponential = min(_MAX_BACKOFF_S, base_s * float(2**attempt))
-    delay = exponential * (0.5 + rng.random() / 2)
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, _MAX_RETRY_AFTER_S))
-    return delay
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, openai.APITimeoutError):
-        return "request timed out"
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection failed"
-    return type(exc).__name__
+_describe = describe_error
 
 
 @dataclass
@@ -692,61 +662,47 @@ class _Runner:
 
     async def _call(self, messages: list[dict[str, str]]) -> Any:
         gen = self.spec.plan.generation
-        attempt = 0
-        while True:
+        sent: list[str] = []
+
+        def send() -> Awaitable[Any]:
+            sent.append(self.mode)
+            return self.client.chat.completions.create(
+                model=self.spec.teacher_model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=gen.temperature,
+                response_format=response_format(gen.output_schema, self.mode),
+                timeout=self.timeout_s,
+            )
+
+        def before_attempt() -> None:
             if self.progress.cost_usd >= self.budget_usd:
                 raise _BudgetReached
             self.progress.api_calls += 1
-            sent_mode = self.mode
-            try:
-                return await self.client.chat.completions.create(
-                    model=self.spec.teacher_model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=gen.temperature,
-                    response_format=response_format(gen.output_schema, sent_mode),
-                    timeout=self.timeout_s,
-                )
-            except openai.BadRequestError as exc:
-                text = str(exc).lower()
-                if sent_mode == "json_schema" and (
-                    "response_format" in text or "json_schema" in text
-                ):
-                    # The server lacks structured outputs: JSON mode plus our own validation.
-                    self.mode = "json_object"
-                    continue
-                raise _GiveUp(f"rejected by the server (HTTP 400): {exc.message}") from None
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise _Abort(
-                    f"The teacher's server refused the key (HTTP {exc.status_code}); check "
-                    "OPENAI_API_KEY or the dashboard's secrets."
-                ) from None
-            except openai.NotFoundError:
-                raise _Abort(
-                    f"The server at {self.endpoint_display} does not serve model "
-                    f"'{self.spec.teacher_model}' (HTTP 404); check the model name and endpoint."
-                ) from None
-            except (
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.APIStatusError,
-            ) as exc:
-                retryable = not isinstance(exc, openai.APIStatusError) or (
-                    exc.status_code == 429 or exc.status_code >= 500
-                )
-                if not retryable:
-                    raise _GiveUp(f"{_describe(exc)}: {exc}") from None
-                if attempt >= self.max_retries:
-                    raise _GiveUp(
-                        f"{_describe(exc)} on {attempt + 1} attempt(s); gave up after "
-                        f"{self.max_retries} retries"
-                    ) from None
-                retry_after = (
-                    _retry_after_s(exc) if isinstance(exc, openai.APIStatusError) else None
-                )
-                await self.sleep(backoff_delay(attempt, self.backoff_s, retry_after, self.rng))
-                attempt += 1
+
+        def fall_back_to_json_mode(exc: openai.BadRequestError) -> bool:
+            text = str(exc).lower()
+            if sent[-1] == "json_schema" and ("response_format" in text or "json_schema" in text):
+                # The server lacks structured outputs: JSON mode plus our own validation.
+                self.mode = "json_object"
+                return True
+            return False
+
+        try:
+            return await request_with_retries(
+                send,
+                model=self.spec.teacher_model,
+                endpoint_display=self.endpoint_display,
+                max_retries=self.max_retries,
+                backoff_s=self.backoff_s,
+                rng=self.rng,
+                sleep=self.sleep,
+                before_attempt=before_attempt,
+                retry_bad_request=fall_back_to_json_mode,
+            )
+        except RequestGaveUp as exc:
+            raise _GiveUp(str(exc)) from None
+        except RequestAborted as exc:
+            raise _Abort(str(exc)) from None
 
     def _row(
         self, item: WorkItem, status: str, attempts: int, tokens: tuple[int, int], cost: float
@@ -824,29 +780,22 @@ class _Runner:
         self._record(row)
 
     async def run(self, items: Sequence[WorkItem], concurrency: int) -> None:
-        queue: asyncio.Queue[WorkItem] = asyncio.Queue()
-        for item in items:
-            queue.put_nowait(item)
-
-        async def worker() -> None:
-            while not self.stop_reason:
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                try:
-                    await self.generate_item(item)
-                except _BudgetReached:
-                    self.stop_reason = self.stop_reason or "budget"
-                except _Abort as exc:
-                    self.stop_reason = str(exc)
-                except Exception as exc:
-                    row = self._row(item, "failed", 1, (0, 0), 0.0)
-                    row["failure_reason"] = f"unexpected error: {type(exc).__name__}: {exc}"
-                    self._record(row)
+        async def handle(item: WorkItem) -> None:
+            try:
+                await self.generate_item(item)
+            except _BudgetReached:
+                self.stop_reason = self.stop_reason or "budget"
+            except _Abort as exc:
+                self.stop_reason = str(exc)
+            except Exception as exc:
+                row = self._row(item, "failed", 1, (0, 0), 0.0)
+                row["failure_reason"] = f"unexpected error: {type(exc).__name__}: {exc}"
+                self._record(row)
 
         try:
-            await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+            await run_bounded(
+                items, handle, concurrency=concurrency, stopped=lambda: bool(self.stop_reason)
+            )
         finally:
             self.flush()
 

@@ -10,8 +10,15 @@ everything stored or shown uses ``Endpoint.display_url``, which holds no credent
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
@@ -23,11 +30,23 @@ from core.settings import get_setting
 __all__ = [
     "OPENAI_BASE_URL",
     "Endpoint",
+    "RequestAborted",
+    "RequestGaveUp",
+    "backoff_delay",
     "build_async_client",
+    "describe_error",
     "redact_url",
+    "request_with_retries",
     "require_key",
     "resolve_endpoint",
+    "retry_after_s",
+    "run_bounded",
 ]
+
+T = TypeVar("T")
+W = TypeVar("W")
+_MAX_BACKOFF_S = 30.0
+_MAX_RETRY_AFTER_S = 120.0
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 _PLACEHOLDER_KEY = "not-needed"
@@ -105,3 +124,136 @@ def build_async_client(
         max_retries=0,
         http_client=http_client,
     )
+
+
+# -- requests with retries, shared by generation, eval runs and the judge -----------------------
+
+
+class RequestGaveUp(Exception):
+    """This one request cannot succeed (retries spent, or refused); record it and go on."""
+
+
+class RequestAborted(Exception):
+    """Every request would fail the same way (bad key, unknown model): stop the run."""
+
+
+def retry_after_s(exc: openai.APIStatusError) -> float | None:
+    """The server's Retry-After (or retry-after-ms) in seconds, when it sent one."""
+    headers = exc.response.headers
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        with contextlib.suppress(ValueError):
+            return float(raw_ms) / 1000
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    with contextlib.suppress(ValueError):
+        return float(raw)
+    with contextlib.suppress(TypeError, ValueError):
+        wait = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
+        return max(0.0, float(wait))
+    return None
+
+
+def backoff_delay(
+    attempt: int, base_s: float, retry_after: float | None, rng: random.Random
+) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): exponential with jitter, and never
+    less than the server's Retry-After."""
+    exponential = min(_MAX_BACKOFF_S, base_s * float(2**attempt))
+    delay = exponential * (0.5 + rng.random() / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, _MAX_RETRY_AFTER_S))
+    return delay
+
+
+def describe_error(exc: Exception) -> str:
+    """A short name of a request failure for a stored reason (never the key)."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "request timed out"
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection failed"
+    return type(exc).__name__
+
+
+async def request_with_retries(
+    send: Callable[[], Awaitable[T]],
+    *,
+    model: str,
+    endpoint_display: str,
+    max_retries: int,
+    backoff_s: float,
+    rng: random.Random,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    before_attempt: Callable[[], None] | None = None,
+    retry_bad_request: Callable[[openai.BadRequestError], bool] | None = None,
+    server_name: str = "teacher's server",
+) -> T:
+    """Send one request, retrying 429, 5xx, timeouts and connection failures with backoff
+    that honours Retry-After.
+
+    ``before_attempt`` runs before every attempt (count calls, stop at a budget by raising).
+    ``retry_bad_request`` may adapt the request after an HTTP 400 and ask for a new attempt.
+    Raises RequestGaveUp for a failure of this request, RequestAborted for one every request
+    would meet (a refused key, an unknown model).
+    """
+    attempt = 0
+    while True:
+        if before_attempt is not None:
+            before_attempt()
+        try:
+            return await send()
+        except openai.BadRequestError as exc:
+            if retry_bad_request is not None and retry_bad_request(exc):
+                continue
+            raise RequestGaveUp(f"rejected by the server (HTTP 400): {exc.message}") from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise RequestAborted(
+                f"The {server_name} refused the key (HTTP {exc.status_code}); check "
+                "OPENAI_API_KEY or the dashboard's secrets."
+            ) from None
+        except openai.NotFoundError:
+            raise RequestAborted(
+                f"The server at {endpoint_display} does not serve model '{model}' (HTTP 404); "
+                "check the model name and endpoint."
+            ) from None
+        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as exc:
+            retryable = not isinstance(exc, openai.APIStatusError) or (
+                exc.status_code == 429 or exc.status_code >= 500
+            )
+            if not retryable:
+                raise RequestGaveUp(f"{describe_error(exc)}: {exc}") from None
+            if attempt >= max_retries:
+                raise RequestGaveUp(
+                    f"{describe_error(exc)} on {attempt + 1} attempt(s); gave up after "
+                    f"{max_retries} retries"
+                ) from None
+            wait = retry_after_s(exc) if isinstance(exc, openai.APIStatusError) else None
+            await sleep(backoff_delay(attempt, backoff_s, wait, rng))
+            attempt += 1
+
+
+async def run_bounded(
+    items: Sequence[W],
+    handle: Callable[[W], Awaitable[None]],
+    *,
+    concurrency: int,
+    stopped: Callable[[], bool] = lambda: False,
+) -> None:
+    """Handle ``items`` with at most ``concurrency`` in flight; stop taking new ones once
+    ``stopped()`` is true. ``handle`` deals with its own errors."""
+    queue: asyncio.Queue[W] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while not stopped():
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await handle(item)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))

@@ -39,6 +39,7 @@ __all__ = [
     "QualityFilter",
     "Risk",
     "SignOffs",
+    "Training",
     "grid_cells",
     "plan_timeline",
 ]
@@ -374,6 +375,36 @@ class Cadence(_Section):
     )
 
 
+class Training(_Section):
+    """How the student is fine-tuned in each cycle (defaults suit OpenAI fine-tuning)."""
+
+    base_model: str = Field("", description="Model fine-tuned; empty = the plan's student model.")
+    endpoint: str = Field(
+        "",
+        description="Base URL of the fine-tuning server; empty = OpenAI or OPENAI_BASE_URL.",
+    )
+    n_epochs: int | None = Field(None, ge=1, le=50, description="Epochs; empty = auto.")
+    batch_size: int | None = Field(None, ge=1, description="Batch size; empty = auto.")
+    learning_rate_multiplier: float | None = Field(
+        None, gt=0, description="Learning-rate multiplier; empty = auto."
+    )
+    suffix: str = Field(
+        "", max_length=64, description="Suffix of the fine-tuned model's name (e.g. the feature)."
+    )
+    price_per_1m_training_tokens: float = Field(
+        3.0, ge=0, description="Training price, $ per 1M trained tokens (cost of each job)."
+    )
+
+    def hyperparameters(self) -> dict[str, int | float]:
+        """The hyperparameters set explicitly (others are left to the server's auto)."""
+        values = {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
 # -- 7. Eval gates -----------------------------------------------------------------------------
 
 
@@ -541,6 +572,9 @@ class Plan(BaseModel):
         default_factory=Generation, description="5. Synthetic generation."
     )
     cadence: Cadence = Field(default_factory=Cadence, description="6. Retraining cadence.")
+    training: Training = Field(
+        default_factory=Training, description="6b. Fine-tuning hyperparameters."
+    )
     gates: list[Gate] = Field(default_factory=list, description="7. Eval gates.")
     ab_test: ABDesign = Field(default_factory=ABDesign, description="8. A/B design.")
     economics: Economics = Field(default_factory=Economics, description="9. Economics.")

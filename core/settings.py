@@ -92,6 +92,32 @@ SETTINGS: dict[str, Setting] = {
             14,
             "Days before an A/B test's start whose interactions form the CUPED pre-period.",
         ),
+        Setting(
+            "eval_concurrency",
+            8,
+            "How many model requests an eval run keeps in flight at once.",
+        ),
+        Setting(
+            "eval_api_key",
+            "",
+            "API key of the evaluated models' and the judge's server (else OPENAI_API_KEY); "
+            "read at run time, never stored.",
+        ),
+        Setting("judge_model", "gpt-4o", "Model that grades outputs with the llm_judge rubric."),
+        Setting(
+            "judge_base_url",
+            "",
+            "Base URL of the judge's OpenAI-compatible server (else OPENAI_BASE_URL, else OpenAI).",
+        ),
+        Setting("sandbox_timeout_s", 10.0, "Seconds a code item's tests may run before a kill."),
+        Setting("sandbox_memory_mb", 512, "Address-space limit of a code item's test process, MB."),
+        Setting(
+            "gate_min_items",
+            30,
+            "Fewest paired items a gate needs before it can pass or fail (else insufficient data).",
+        ),
+        Setting("gate_alpha", 0.05, "Significance level of the gates' tests (one-sided where so)."),
+        Setting("training_poll_s", 10.0, "Seconds between status checks of a fine-tuning job."),
         Setting("actor", "local user", "Who is recorded as acting when no login is configured."),
         Setting(
             "roles_file",

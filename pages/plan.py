@@ -21,6 +21,7 @@ from core.plan import (
     Generation,
     Logging,
     SignOffs,
+    Training,
     plan_timeline,
 )
 from core.plan_files import dump_plan, parse_plan, plan_format_for
@@ -129,6 +130,8 @@ with editor:
         draft["generation"] = edit_model(Generation, base["generation"], f"{token}.generation")
     with tabs["cadence"]:
         draft["cadence"] = edit_model(Cadence, base["cadence"], f"{token}.cadence")
+        st.subheader("Fine-tuning")
+        draft["training"] = edit_model(Training, base["training"], f"{token}.training")
     with tabs["gates"]:
         draft["gates"] = edit_rows(
             Gate,

@@ -1,10 +1,13 @@
 """A small OpenAI-compatible server on 127.0.0.1 for tests and benchmarks (stdlib only).
 
 It serves ``/v1/chat/completions`` (``response_format`` json_schema and json_object),
-``/v1/files`` (upload and content) and ``/v1/batches`` (create, retrieve), and injects faults:
+``/v1/files`` (upload and content), ``/v1/batches`` (create, retrieve) and
+``/v1/fine_tuning/jobs`` (create, retrieve, events: each retrieve moves a job one step through
+validating_files, queued, running to succeeded; base model ``fail-model`` fails); it injects faults:
 latency, 429 with ``Retry-After``, 500, timeouts (a reply slower than the client waits),
 malformed JSON and schema-invalid JSON — at a random rate or from a script of the next replies.
-Replies are valid ``coding_qa`` (so also ``qa`` and ``support_qa``) and distinct from each other.
+Replies are valid ``coding_qa`` (so also ``qa`` and ``support_qa``) and distinct from each other,
+unless a ``responder`` gives the reply's text for a request (eval runs and judges use one).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as email_policy
@@ -53,6 +57,10 @@ class _State:
     chat_calls: int = 0
     files: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    job_requests: list[dict[str, Any]] = field(default_factory=list)
+    responder: Callable[[dict[str, Any]], str | None] | None = None
     authorizations: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
@@ -96,8 +104,15 @@ def completion_body(model: str, content: str, prompt_chars: int) -> dict[str, An
 class FakeOpenAI:
     """The server; use as a context manager: ``with FakeOpenAI(faults) as server: server.url``."""
 
-    def __init__(self, faults: Faults | None = None, *, script: list[str] | None = None):
+    def __init__(
+        self,
+        faults: Faults | None = None,
+        *,
+        script: list[str] | None = None,
+        responder: Callable[[dict[str, Any]], str | None] | None = None,
+    ):
         self.state = _State(faults or Faults())
+        self.state.responder = responder
         self.state.rng.seed(self.state.faults.seed)
         self.state.script.extend(script or [])
         state = self.state
@@ -133,6 +148,15 @@ class FakeOpenAI:
                 parts = path.strip("/").split("/")
                 if len(parts) == 3 and parts[:2] == ["v1", "batches"]:
                     self._batch_status(parts[2])
+                elif len(parts) == 4 and parts[1:3] == ["fine_tuning", "jobs"]:
+                    self._job_status(parts[3])
+                elif len(parts) == 5 and parts[1:3] == ["fine_tuning", "jobs"]:
+                    events = state.job_events.get(parts[3])
+                    if events is None:
+                        self._send(404, {"error": {"message": "no such job"}})
+                    else:
+                        data = list(reversed(events))
+                        self._send(200, {"object": "list", "data": data, "has_more": False})
                 elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
                     data = state.files.get(parts[2])
                     if data is None:
@@ -152,6 +176,8 @@ class FakeOpenAI:
                     self._chat(json.loads(body))
                 elif path == "/v1/files":
                     self._upload(body)
+                elif path == "/v1/fine_tuning/jobs":
+                    self._create_job(json.loads(body))
                 elif path == "/v1/batches":
                     request = json.loads(body)
                     with state.lock:
@@ -193,6 +219,91 @@ class FakeOpenAI:
                         "status": "processed",
                     },
                 )
+
+            def _event(self, job_id: str, message: str, level: str = "info") -> None:
+                events = state.job_events.setdefault(job_id, [])
+                events.append(
+                    {
+                        "id": f"ftevent-{job_id}-{len(events) + 1}",
+                        "object": "fine_tuning.job.event",
+                        "created_at": int(time.time()),
+                        "level": level,
+                        "message": message,
+                        "type": "message",
+                    }
+                )
+
+            def _create_job(self, request: dict[str, Any]) -> None:
+                with state.lock:
+                    state.job_requests.append(request)
+                    if request.get("training_file") not in state.files:
+                        self._send(400, {"error": {"message": "training_file not found"}})
+                        return
+                    job_id = f"ftjob-{len(state.jobs) + 1}"
+                    method = request.get("method") or {}
+                    hyper = (method.get("supervised") or {}).get("hyperparameters") or {}
+                    hyper = hyper or request.get("hyperparameters") or {}
+                    state.jobs[job_id] = {
+                        "id": job_id,
+                        "object": "fine_tuning.job",
+                        "created_at": int(time.time()),
+                        "error": None,
+                        "fine_tuned_model": None,
+                        "finished_at": None,
+                        "hyperparameters": {
+                            "n_epochs": hyper.get("n_epochs", 3),
+                            "batch_size": hyper.get("batch_size", 1),
+                            "learning_rate_multiplier": hyper.get("learning_rate_multiplier", 1.0),
+                        },
+                        "model": request["model"],
+                        "organization_id": "org-test",
+                        "result_files": [],
+                        "seed": 42,
+                        "status": "validating_files",
+                        "trained_tokens": None,
+                        "training_file": request["training_file"],
+                        "validation_file": None,
+                        "suffix": request.get("suffix"),
+                    }
+                    self._event(job_id, f"Created fine-tuning job: {job_id}")
+                self._send(200, state.jobs[job_id])
+
+            def _job_status(self, job_id: str) -> None:
+                job = state.jobs.get(job_id)
+                if job is None:
+                    self._send(404, {"error": {"message": "no such job"}})
+                    return
+                with state.lock:
+                    if job["status"] == "validating_files":
+                        job["status"] = "queued"
+                        self._event(job_id, "Validating training file: done")
+                    elif job["status"] == "queued":
+                        job["status"] = "running"
+                        self._event(job_id, "Fine-tuning job started")
+                    elif job["status"] == "running" and job["model"] == "fail-model":
+                        job.update(
+                            status="failed",
+                            finished_at=int(time.time()),
+                            error={
+                                "code": "invalid_training_file",
+                                "message": "The training file has too few examples.",
+                                "param": "training_file",
+                            },
+                        )
+                        self._event(job_id, "Fine-tuning job failed", "error")
+                    elif job["status"] == "running":
+                        size = len(state.files[job["training_file"]])
+                        epochs = int(job["hyperparameters"]["n_epochs"])
+                        suffix = job.get("suffix") or "flywheel"
+                        job.update(
+                            status="succeeded",
+                            finished_at=int(time.time()),
+                            trained_tokens=max(1, size // 4) * epochs,
+                            fine_tuned_model=f"ft:{job['model']}:{suffix}:{job_id}",
+                        )
+                        self._event(job_id, "Step 10/10: training loss=0.21")
+                        self._event(job_id, "The job has successfully completed")
+                self._send(200, job)
 
             def _batch_status(self, batch_id: str) -> None:
                 batch = state.batches.get(batch_id)
@@ -280,6 +391,8 @@ class FakeOpenAI:
                 if fault == "timeout":
                     time.sleep(faults.timeout_sleep_s)
                 content = _content_for(fault, n, state.rng)
+                if state.responder is not None and not fault:
+                    content = state.responder(request) or content
                 chars = sum(len(str(m.get("content", ""))) for m in request["messages"])
                 self._send(200, completion_body(request["model"], content, chars))
 

@@ -23,3 +23,29 @@ def test_consent_rate_line() -> None:
     assert list(fig.data[0].x) == ["2027-01-01", "2027-01-02"]
     assert list(fig.data[0].y) == [0.5, 0.75]
     assert fig.layout.yaxis.range == (0, 1)
+
+
+def test_slice_heatmap_rows_are_models_and_marks_short_slices() -> None:
+    from core.charts import slice_heatmap_figure
+
+    fig = slice_heatmap_figure(
+        {"candidate": {"async": 0.4, "files": 0.9}, "production": {"async": 0.8}},
+        short=["async"],
+    )
+    heat = fig.data[0]
+    assert list(heat.y) == ["candidate", "production"]
+    assert list(heat.x) == ["⚠ async", "files"]
+    assert [list(r) for r in heat.z] == [[0.4, 0.9], [0.8, None]]
+    assert [list(r) for r in heat.text] == [["0.40", "0.90"], ["0.80", "–"]]
+    assert slice_heatmap_figure({}).data == ()
+
+
+def test_wins_losses_stacked_per_slice() -> None:
+    from core.charts import wins_losses_figure
+
+    fig = wins_losses_figure(
+        [{"slice": "async", "wins": 2, "losses": 9, "ties": 19}], baseline="production"
+    )
+    assert [t.name for t in fig.data] == ["candidate better", "tie", "production better"]
+    assert [list(t.x) for t in fig.data] == [[2], [19], [9]]
+    assert fig.layout.barmode == "stack"

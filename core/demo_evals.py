@@ -1,0 +1,326 @@
+"""The demo's evals: the "python-core" eval set, training jobs, candidates and eval results for
+the demo plan's cycles, and one decision.
+
+Cycle 1's candidate passes every gate and was approved. Cycle 2's candidate is better overall
+but loses on "async and concurrency", so the per-slice no-regression gate fails. Cycle 3's job is
+still running. Scores are constructed (seeded), not graded live, so loading stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from core.evals import import_eval_set, load_items, record_results
+from core.gates import check_gates, record_decision
+from core.plan import Plan
+from core.store import Store
+
+__all__ = ["load_demo_evals"]
+
+EVAL_SET = "python-core"
+TEACHER = "gpt-4o"
+BASE_STUDENT = "gpt-4o-mini"
+PER_CELL = 10
+_ACTOR = "Omar Haddad (demo)"
+
+
+def _model(cycle: int) -> str:
+    return f"ft:gpt-4o-mini:python-assistant:c{cycle}"
+
+
+def _items(plan: Plan) -> list[dict[str, Any]]:
+    axes = {a.name: a.values for a in plan.generation.axes}
+    rows: list[dict[str, Any]] = []
+    for topic in axes.get("topic", []):
+        for difficulty in axes.get("difficulty", []):
+            for k in range(PER_CELL):
+                n = len(rows)
+                rows.append(
+                    {
+                        "item_id": f"pc-{n:03d}",
+                        "eval_set": EVAL_SET,
+                        "prompt": f"({topic}, {difficulty}) Write `solve_{n}(values)` that "
+                        f"returns the values multiplied by {k + 2}, skipping None.",
+                        "reference": f"def solve_{n}(values):\n"
+                        f"    return [v * {k + 2} for v in values if v is not None]\n",
+                        "topic": topic,
+                        "difficulty": difficulty,
+                        "labels": {
+                            "tests": f"assert solve_{n}([1, None, 3]) == [{k + 2}, {3 * (k + 2)}]\n"
+                        },
+                    }
+                )
+    return rows
+
+
+def _output(item_id: str, k: int, correct: bool) -> str:
+    n = int(item_id.split("-")[1])
+    factor = k + 2 if correct else k + 1
+    return (
+        f"```python\ndef solve_{n}(values):\n    return [v * {factor} for v in values"
+        " if v is not None]\n```\nA comprehension keeps the non-empty values and scales them."
+    )
+
+
+def _rows(
+    run_id: str,
+    model: str,
+    items: list[dict[str, Any]],
+    tests: dict[str, float],
+    judge: dict[str, float],
+    rng: random.Random,
+    *,
+    tokens: tuple[int, int],
+    latency: float,
+    unparsed: frozenset[str] | set[str] = frozenset(),
+) -> list[tuple[int, dict[str, Any]]]:
+    out: list[tuple[int, dict[str, Any]]] = []
+    for item in items:
+        item_id = item["item_id"]
+        k = int(item["prompt"].split("multiplied by ")[1].split(",")[0]) - 2
+        base = {
+            "run_id": run_id,
+            "item_id": item_id,
+            "model": model,
+            "output": _output(item_id, k, tests[item_id] == 1.0),
+            "latency_ms": round(latency * rng.uniform(0.6, 1.6), 1),
+            "input_tokens": tokens[0] + rng.randint(-60, 60),
+            "output_tokens": tokens[1] + rng.randint(-80, 80),
+        }
+        grades = {
+            "python_parses": 0.0 if item_id in unparsed else 1.0,
+            "python_tests": tests[item_id],
+            "llm_judge": judge[item_id],
+        }
+        for grader, score in grades.items():
+            out.append((len(out) + 1, {**base, "grader": grader, "score": score}))
+    return out
+
+
+def _flip(
+    base: dict[str, float], ids: list[str], wins: int, losses: int, rng: random.Random
+) -> dict[str, float]:
+    """A copy of pass/fail scores with ``wins`` failed items now passing and ``losses`` passed
+    items now failing, drawn from ``ids``."""
+    scores = dict(base)
+    failing = [i for i in ids if base[i] == 0.0]
+    passing = [i for i in ids if base[i] == 1.0]
+    for item_id in rng.sample(failing, min(wins, len(failing))):
+        scores[item_id] = 1.0
+    for item_id in rng.sample(passing, min(losses, len(passing))):
+        scores[item_id] = 0.0
+    return scores
+
+
+def _judge(
+    tests: dict[str, float], teacher: dict[str, float] | None, rng: random.Random
+) -> dict[str, float]:
+    if teacher is None:
+        return {
+            i: min(1.0, max(0.0, 0.55 + 0.35 * t + rng.gauss(0, 0.05))) for i, t in tests.items()
+        }
+    return {i: min(1.0, max(0.0, 0.985 * teacher[i] + rng.gauss(0, 0.03))) for i in tests}
+
+
+def _job_rows(plan_id: str, cycle: int, status: str, when: datetime) -> list[Any]:
+    tokens = 1_840_000 + 90_000 * cycle if status == "succeeded" else None
+    return [
+        f"ftjob-demo-c{cycle}",
+        plan_id,
+        cycle,
+        f"ds-demo-c{cycle}",
+        f"data/exports/demo-c{cycle}.jsonl",
+        f"{cycle:02d}" * 32,
+        2_400 + 700 * cycle,
+        f"file-demo-c{cycle}",
+        BASE_STUDENT,
+        json.dumps({"n_epochs": 3}),
+        "https://api.openai.com/v1",
+        status,
+        _model(cycle) if status == "succeeded" else None,
+        tokens,
+        tokens * 3.0 / 1e6 if tokens else None,
+        None,
+        when,
+        when + timedelta(hours=5),
+        when + timedelta(hours=5) if status == "succeeded" else None,
+        _ACTOR,
+    ]
+
+
+def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) -> None:
+    """Write the demo's eval set, jobs, candidates, results and the cycle 1 approval."""
+    items = _items(plan)
+    if not items:
+        return
+    with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
+        path = Path(tmp) / "python_core_eval_set.jsonl"
+        path.write_text("\n".join(json.dumps(i) for i in items) + "\n", encoding="utf-8")
+        import_eval_set(store, path, actor=_ACTOR)
+    items_v1 = {i.item_id for i in load_items(store, EVAL_SET, 1)}
+    items = [i for i in items if i["item_id"] in items_v1]
+    ids = [i["item_id"] for i in items]
+    by_topic: dict[str, list[str]] = {}
+    for item in items:
+        by_topic.setdefault(item["topic"], []).append(item["item_id"])
+    weak_topic = "async and concurrency" if "async and concurrency" in by_topic else ""
+
+    start = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
+    with store.transaction() as con:
+        for cycle, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
+            when = start + timedelta(days=31 * (cycle - 1))
+            con.execute(
+                "INSERT INTO training_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?)",
+                _job_rows(plan_id, cycle, status, when),
+            )
+            steps = [
+                "Created fine-tuning job",
+                "Validating training file: done",
+                "Fine-tuning job started",
+            ]
+            if status == "succeeded":
+                steps += ["Step 300/300: training loss=0.34", "The job has successfully completed"]
+            else:
+                steps += ["Step 120/300: training loss=0.52"]
+            con.executemany(
+                "INSERT INTO training_events VALUES (?, ?, ?, 'info', ?)",
+                [
+                    [
+                        f"ftjob-demo-c{cycle}",
+                        f"ev-{cycle}-{n}",
+                        when + timedelta(minutes=20 * n),
+                        text,
+                    ]
+                    for n, text in enumerate(steps)
+                ],
+            )
+            if status == "succeeded":
+                con.execute(
+                    "INSERT INTO cycle_candidates VALUES (?, ?, ?, ?, 'fine_tune', ?, ?, ?, ?)",
+                    [
+                        plan_id,
+                        cycle,
+                        _model(cycle),
+                        "https://api.openai.com/v1",
+                        f"ftjob-demo-c{cycle}",
+                        f"ds-demo-c{cycle}",
+                        when + timedelta(hours=5),
+                        _ACTOR,
+                    ],
+                )
+
+    # Pass/fail on the item tests: production before the plan (the base student) passes ~70%.
+    base = {i: float(rng.random() < 0.70) for i in ids}
+    c1 = _flip(base, ids, wins=30, losses=9, rng=rng)
+    others = [i for i in ids if i not in by_topic.get(weak_topic, [])]
+    c2 = _flip(c1, others, wins=38, losses=4, rng=rng)
+    weak = by_topic.get(weak_topic, [])
+    for item_id in rng.sample([i for i in weak if c1[i] == 1.0], 16) if weak else []:
+        c2[item_id] = 0.0
+    teacher_tests = _flip(c1, ids, wins=15, losses=2, rng=rng)
+    teacher_judge = _judge(teacher_tests, None, rng)
+    runs: list[
+        tuple[str, str, str, int | None, dict[str, float], dict[str, float], tuple[int, int], float]
+    ] = [
+        (
+            "demo-teacher",
+            TEACHER,
+            "teacher",
+            None,
+            teacher_tests,
+            teacher_judge,
+            (800, 380),
+            1800.0,
+        ),
+        (
+            "demo-prod-c1",
+            BASE_STUDENT,
+            "production",
+            1,
+            base,
+            _judge(base, None, rng),
+            (1500, 330),
+            700.0,
+        ),
+        (
+            "demo-cand-c1",
+            _model(1),
+            "candidate",
+            1,
+            c1,
+            _judge(c1, teacher_judge, rng),
+            (800, 350),
+            650.0,
+        ),
+        (
+            "demo-prod-c2",
+            _model(1),
+            "production",
+            2,
+            c1,
+            _judge(c1, teacher_judge, rng),
+            (800, 350),
+            650.0,
+        ),
+        (
+            "demo-cand-c2",
+            _model(2),
+            "candidate",
+            2,
+            c2,
+            _judge(c2, teacher_judge, rng),
+            (800, 340),
+            640.0,
+        ),
+    ]
+    for run_id, model, role, run_cycle, tests, judge, tokens, latency in runs:
+        unparsed = set(rng.sample(ids, 2))
+        rows = _rows(
+            run_id,
+            model,
+            items,
+            tests,
+            judge,
+            rng,
+            tokens=tokens,
+            latency=latency,
+            unparsed=unparsed,
+        )
+        if run_id == "demo-cand-c1":
+            # Human labels on 40 outputs, to check the judge against.
+            for item_id in ids[:40]:
+                human = 1.0 if judge[item_id] >= 0.5 else 0.0
+                if rng.random() < 0.1:
+                    human = 1.0 - human
+                rows.append(
+                    (
+                        len(rows) + 1,
+                        {
+                            "run_id": run_id,
+                            "item_id": item_id,
+                            "model": model,
+                            "output": None,
+                            "score": human,
+                            "grader": "human",
+                        },
+                    )
+                )
+        record_results(
+            store,
+            rows,
+            eval_set=EVAL_SET,
+            role=role,  # type: ignore[arg-type]
+            cycle=run_cycle,
+            plan_id=plan_id,
+            actor=_ACTOR,
+            source="demo",
+        )
+    report = check_gates(store, plan_id, 1)
+    if report.verdict == "pass":
+        record_decision(store, report, decision="approved", actor=_ACTOR)

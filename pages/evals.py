@@ -1,0 +1,379 @@
+"""Evals & gates: a cycle's candidate, its scores against production and the teacher, where it
+wins and loses by slice, the gate report and the release decision."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.charts import slice_heatmap_figure, wins_losses_figure
+from core.evals import (
+    ROLES,
+    JudgeConfig,
+    eval_endpoint,
+    eval_sets,
+    import_eval_set,
+    import_results,
+    judge_agreement_for_run,
+    judge_endpoint,
+    list_runs,
+    load_items,
+    paired_comparison,
+    run_eval,
+    run_summary,
+    set_versions,
+    slice_dimensions,
+    slice_means,
+)
+from core.gates import GateReport, check_gates, cycle_decisions, record_decision
+from core.graders import GRADERS, grader_for_metric
+from core.plan import plan_timeline
+from core.plan_versions import load_plan
+from core.settings import get_setting
+from core.training import cycle_candidate, job_events, register_candidate, training_jobs
+from pages._common import current_plan_id, get_store, guarded, page_header
+
+page_header("Evals & gates")
+
+plan_id = current_plan_id()
+if plan_id is None:
+    st.info(
+        "No plan yet. Open **Plan** to start from a starter plan, or run "
+        "`python -m core demo` to load the demo workspace.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+store = get_store()
+loaded = guarded(lambda: load_plan(store, plan_id))
+if loaded is None:
+    st.stop()
+plan, plan_version = loaded
+cycles = [c.cycle for c in plan_timeline(plan)] or [1]
+with_runs = {int(r["cycle"]) for r in list_runs(store, plan_id=plan_id) if r["cycle"] is not None}
+latest = max((c for c in cycles if c in with_runs), default=cycles[0])
+cycle = st.selectbox(
+    "Cycle",
+    cycles,
+    index=cycles.index(latest),
+    key="evals_cycle",
+    help="The cycle whose candidate is evaluated.",
+)
+
+VERDICT_ICON = {"pass": "✅ pass", "fail": "❌ fail", "insufficient_data": "⚠️ insufficient data"}
+
+# -- the candidate -----------------------------------------------------------------------------
+candidate = cycle_candidate(store, plan_id, cycle)
+jobs = training_jobs(store, plan_id, cycle)
+cols = st.columns([2, 3])
+with cols[0]:
+    st.subheader("Candidate")
+    if candidate:
+        st.markdown(f"**{candidate['model']}**")
+        st.caption(
+            f"{'fine-tuned' if candidate['source'] == 'fine_tune' else 'registered'}"
+            + (
+                f" on dataset {candidate['dataset_version']}"
+                if candidate["dataset_version"]
+                else ""
+            )
+            + (f" · {candidate['endpoint']}" if candidate["endpoint"] else "")
+        )
+    else:
+        st.info(
+            "No candidate for this cycle yet: train one with `python -m core train start "
+            f"--cycle {cycle} --dataset-version V`, or register a model trained elsewhere below.",
+            icon=":material/info:",
+        )
+    with st.expander("Register a model trained elsewhere"), st.form("register_candidate"):
+        model = st.text_input("Model name", placeholder="qwen2.5-7b-python-ft")
+        endpoint = st.text_input("OpenAI-compatible base URL", placeholder="http://gpu-box:8000/v1")
+        dataset = st.text_input("Dataset version (optional)")
+        if st.form_submit_button("Register as candidate"):
+            done = guarded(
+                lambda: register_candidate(
+                    store,
+                    plan_id,
+                    cycle,
+                    model=model,
+                    endpoint=endpoint,
+                    dataset_version=dataset or None,
+                    actor=str(get_setting("actor")),
+                )
+            )
+            if done:
+                st.success(f"Cycle {cycle}'s candidate is now {done['model']}.")
+                st.rerun()
+with cols[1]:
+    st.subheader("Training")
+    if jobs:
+        st.dataframe(pd.DataFrame(jobs), hide_index=True, width="stretch")
+        with st.expander(f"Events of {jobs[0]['job_id']}"):
+            for event in job_events(store, str(jobs[0]["job_id"])):
+                st.text(
+                    f"{event['created_at']:%Y-%m-%d %H:%M}  {event['level']}  {event['message']}"
+                )
+    else:
+        st.caption("No fine-tuning job for this cycle.")
+
+st.divider()
+report: GateReport | None = guarded(lambda: check_gates(store, plan_id, cycle))
+report_tab, scores_tab, slices_tab, run_tab, sets_tab = st.tabs(
+    ["Gate report", "Scores", "By slice", "Run or import", "Eval sets"]
+)
+
+# -- gate report and decision ------------------------------------------------------------------
+with report_tab:
+    if report is None:
+        st.info("Add gates to the plan (7 · Eval gates) to get a report.", icon=":material/info:")
+    else:
+        message = (
+            f"Cycle {cycle}, candidate **{report.candidate or 'none'}**: "
+            f"{VERDICT_ICON[report.verdict]} (plan v{report.plan_version})"
+        )
+        if report.verdict == "fail":
+            # Not st.error: a failing gate is a finding on the page, not a failure of it.
+            st.markdown(f":red-background[{message}]")
+        else:
+            {"pass": st.success}.get(report.verdict, st.warning)(message)
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "gate": g.name,
+                        "blocking": g.blocking,
+                        "verdict": VERDICT_ICON[g.verdict],
+                        "value": g.value,
+                        "threshold": g.threshold,
+                        "comparator": g.comparator,
+                        "metric": g.metric,
+                        "eval set": g.eval_set,
+                    }
+                    for g in report.gates
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        for g in report.gates:
+            with st.expander(f"{VERDICT_ICON[g.verdict]} · {g.name} — evidence"):
+                for line in g.evidence:
+                    st.markdown(f"- {line}")
+                if g.slices:
+                    st.dataframe(
+                        pd.DataFrame([vars(s) for s in g.slices]), hide_index=True, width="stretch"
+                    )
+
+        st.subheader("Decision")
+        decided = cycle_decisions(store, plan_id, cycle)
+        if decided:
+            st.dataframe(pd.DataFrame(decided), hide_index=True, width="stretch")
+        else:
+            st.caption("No decision recorded for this cycle yet.")
+        with st.form("decision"):
+            choice = st.radio(
+                "Decision",
+                ["approved", "overridden", "rejected"],
+                format_func={
+                    "approved": "Approve (every blocking gate passes)",
+                    "overridden": "Override the gates (needs a written reason)",
+                    "rejected": "Reject the candidate",
+                }.__getitem__,
+                horizontal=True,
+            )
+            who = st.text_input("Your name", value=str(get_setting("actor")))
+            reason = st.text_area("Reason", help="Required for an override; kept in the audit log.")
+            if st.form_submit_button("Record decision"):
+                decision_id = guarded(
+                    lambda: record_decision(
+                        store,
+                        report,
+                        decision=choice,
+                        actor=who,
+                        reason=reason,  # type: ignore[arg-type]
+                    )
+                )
+                if decision_id:
+                    st.success(f"Recorded {choice} as {decision_id}.")
+                    st.rerun()
+
+# -- scores per model --------------------------------------------------------------------------
+runs_used: dict[str, str] = {}
+if report is not None:
+    for roles in report.runs.values():
+        for role, run_id in roles.items():
+            runs_used.setdefault(role, run_id)
+with scores_tab:
+    if not runs_used:
+        st.info(
+            "No eval results for this cycle's candidate yet: run or import them in **Run or "
+            "import**.",
+            icon=":material/info:",
+        )
+    rows: list[dict[str, Any]] = []
+    for role, run_id in runs_used.items():
+        run = next((r for r in list_runs(store) if r["run_id"] == run_id), None)
+        for summary in run_summary(store, run_id):
+            rows.append(
+                {
+                    "role": role,
+                    "model": run["model"] if run else "",
+                    "run": run_id,
+                    **summary,
+                }
+            )
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption("Intervals are Wilson 95% for pass rates; under 300 items they are wide.")
+    if "candidate" in runs_used:
+        agreement = judge_agreement_for_run(store, runs_used["candidate"])
+        if agreement.n:
+            st.metric(
+                "Judge vs human labels",
+                f"{agreement.agreement:.0%} agree",
+                f"Cohen's kappa {agreement.kappa:.2f}" if agreement.kappa is not None else None,
+                delta_color="off",
+                help=f"On {agreement.n} outputs with both an llm_judge score and a human label.",
+            )
+
+# -- by slice ----------------------------------------------------------------------------------
+with slices_tab:
+    if "candidate" not in runs_used:
+        st.info("Slices appear once the candidate has results.", icon=":material/info:")
+    else:
+        run = next(r for r in list_runs(store) if r["run_id"] == runs_used["candidate"])
+        items = load_items(store, str(run["eval_set"]), int(run["set_version"]))
+        dimensions = slice_dimensions(items) or ["topic"]
+        metrics = sorted({grader_for_metric(g.metric) for g in plan.gates if g.eval_set})
+        graders = sorted({str(g["grader"]) for g in run_summary(store, runs_used["candidate"])})
+        options = [g for g in metrics if g in graders] + [g for g in graders if g not in metrics]
+        c1, c2, c3 = st.columns(3)
+        grader = c1.selectbox("Grader", options, key="slice_grader")
+        dimension = c2.selectbox("Slice by", dimensions, key="slice_dimension")
+        baselines = [r for r in ("production", "teacher") if r in runs_used]
+        baseline = c3.selectbox("Compare with", baselines, key="slice_baseline")
+        short = [
+            s.value
+            for g in (report.gates if report else [])
+            for s in g.slices
+            if s.short and s.dimension == dimension
+        ]
+        means = slice_means(store, runs_used, grader, dimension)
+        st.plotly_chart(slice_heatmap_figure(means, short=short), width="stretch")
+        if baseline:
+            table = paired_comparison(
+                store, runs_used["candidate"], runs_used[baseline], grader, dimension
+            )
+            st.plotly_chart(wins_losses_figure(table, baseline=baseline), width="stretch")
+            st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+
+# -- run or import -----------------------------------------------------------------------------
+
+
+def _saved(upload: Any) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="flywheel-upload-"))
+    path = folder / Path(upload.name).name
+    path.write_bytes(upload.getvalue())
+    return path
+
+
+with run_tab:
+    sets = [str(s["eval_set"]) for s in eval_sets(store)]
+    left, right = st.columns(2)
+    with left, st.form("eval_run"):
+        st.markdown("**Run a model on an eval set**")
+        chosen_set = st.selectbox("Eval set", sets or ["(none)"])
+        role = st.selectbox("Role", ROLES)
+        run_model = st.text_input(
+            "Model",
+            value=str(candidate["model"]) if candidate else "",
+            help="For the candidate role, the cycle's candidate by default.",
+        )
+        base_url = st.text_input(
+            "Base URL",
+            value=str(candidate["endpoint"]) if candidate else "",
+            help="OpenAI-compatible server; empty = OPENAI_BASE_URL or OpenAI. Keys come from "
+            "the environment and are never stored.",
+        )
+        chosen_graders = st.multiselect(
+            "Graders", list(GRADERS), default=["python_parses", "python_tests"]
+        )
+        samples = st.number_input("Samples per item", min_value=1, max_value=20, value=1)
+        if st.form_submit_button("Run eval", disabled=not sets):
+            bar = st.progress(0.0, text="Starting…")
+            judge = (
+                JudgeConfig(str(get_setting("judge_model")), judge_endpoint())
+                if "llm_judge" in chosen_graders
+                else None
+            )
+            done_run = guarded(
+                lambda: run_eval(
+                    store,
+                    eval_set=chosen_set,
+                    model=run_model,
+                    role=role,
+                    cycle=cycle if role != "teacher" else None,
+                    plan_id=plan_id,
+                    endpoint=eval_endpoint(base_url or None),
+                    graders=chosen_graders,
+                    samples=int(samples),
+                    judge=judge,
+                    on_progress=lambda done, total: bar.progress(
+                        min(1.0, done / max(1, total)), text=f"{done}/{total}"
+                    ),
+                )
+            )
+            if done_run:
+                st.success(f"Run {done_run.run_id}: {done_run.message}")
+    with right:
+        st.markdown("**Import results produced elsewhere**")
+        st.caption("JSONL or CSV with run_id, item_id, model, output, score (0..1), grader.")
+        upload = st.file_uploader("Results file", type=["jsonl", "csv", "gz"], key="results_up")
+        import_set = st.selectbox("Eval set", sets or ["(none)"], key="import_set")
+        import_role = st.selectbox("Role", ROLES, key="import_role")
+        if st.button("Import results", disabled=upload is None or not sets):
+            imported = guarded(
+                lambda: import_results(
+                    store,
+                    _saved(upload),
+                    eval_set=import_set,
+                    role=import_role,
+                    cycle=cycle,
+                    plan_id=plan_id,
+                )
+            )
+            if imported:
+                st.success(
+                    f"Imported {imported.accepted} rows into {', '.join(imported.runs)}; "
+                    f"{len(imported.rejected)} refused."
+                )
+                if imported.rejected:
+                    st.dataframe(pd.DataFrame(imported.rejected), hide_index=True)
+
+with sets_tab:
+    st.markdown(
+        "**Import an eval set** (JSONL or CSV: item_id, eval_set, prompt, reference, "
+        "topic, difficulty, labels)"
+    )
+    set_upload = st.file_uploader("Eval items", type=["jsonl", "csv", "gz"], key="set_up")
+    if st.button("Import eval set", disabled=set_upload is None):
+        result = guarded(lambda: import_eval_set(store, _saved(set_upload)))
+        if result:
+            for s in result.sets:
+                st.success(f"{s['eval_set']} v{s['version']}: {s['items']} items ({s['status']}).")
+            if result.rejected:
+                st.warning(
+                    f"{result.rejected} row(s) quarantined: see the Data page, batch "
+                    f"{result.batch_id}."
+                )
+    all_sets = eval_sets(store)
+    if not all_sets:
+        st.info("No eval sets yet.", icon=":material/info:")
+    for s in all_sets:
+        state = "frozen" if s["frozen"] else "draft"
+        with st.expander(f"{s['eval_set']} · v{s['version']} · {s['items']} items · {state}"):
+            st.dataframe(pd.DataFrame(set_versions(store, str(s["eval_set"]))), hide_index=True)
