@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats as sps
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import GateError
 from core.evals import freeze_set_version, item_scores, load_items, run_usage
@@ -672,15 +673,19 @@ def record_decision(
     decision: Literal["approved", "overridden", "rejected"],
     actor: str | None = None,
     reason: str = "",
+    user: User | None = None,
 ) -> str:
     """Record who approved, overrode or rejected a cycle's candidate, with the gate report.
 
     Approving needs a passing verdict; shipping against a failing or undecided verdict is an
-    override, which needs a written reason. Every decision is audited. Raises GateError.
+    override, which needs a written reason and the ml_lead role. Every decision is audited.
+    Raises GateError, or AccessError when ``user`` may not take this decision.
     """
     if decision not in DECISIONS:
         raise GateError(f"Unknown decision '{decision}'; use approved, overridden or rejected.")
-    who = actor or str(get_setting("actor"))
+    if user is not None:
+        require(user, "gate.override" if decision == "overridden" else "plan.approve")
+    who = user.name if user is not None else actor or str(get_setting("actor"))
     text = reason.strip()
     if decision == "approved" and report.verdict != "pass":
         raise GateError(

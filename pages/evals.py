@@ -35,9 +35,10 @@ from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
 from core.training import cycle_candidate, job_events, register_candidate, training_jobs
-from pages._common import current_plan_id, get_store, guarded, page_header
+from pages._common import current_plan_id, current_user, get_store, guarded, page_header
 
 page_header("Evals & gates")
+user = current_user()
 
 plan_id = current_plan_id()
 if plan_id is None:
@@ -102,7 +103,7 @@ with cols[0]:
                     model=model,
                     endpoint=endpoint,
                     dataset_version=dataset or None,
-                    actor=str(get_setting("actor")),
+                    actor=user.name,
                 )
             )
             if done:
@@ -185,7 +186,7 @@ with report_tab:
                 }.__getitem__,
                 horizontal=True,
             )
-            who = st.text_input("Your name", value=str(get_setting("actor")))
+            st.caption(f"Recorded as **{user.name}**.")
             reason = st.text_area("Reason", help="Required for an override; kept in the audit log.")
             if st.form_submit_button("Record decision"):
                 decision_id = guarded(
@@ -193,7 +194,7 @@ with report_tab:
                         store,
                         report,
                         decision=choice,
-                        actor=who,
+                        user=user,
                         reason=reason,  # type: ignore[arg-type]
                     )
                 )

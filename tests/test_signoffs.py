@@ -141,3 +141,24 @@ def test_a_version_with_lint_errors_cannot_be_approved(store: Store) -> None:
     pid, _ = save_plan_version(store, draft, note="draft", author="m")
     with pytest.raises(PlanError, match="lint errors"):
         record_decision(store, pid, 1, role="pm", user=PM, decision="approve")
+
+
+def test_gate_override_needs_the_ml_lead_role(store: Store) -> None:
+    from core.gates import GateReport, record_decision
+
+    report = GateReport(
+        plan_id="p",
+        plan_version=1,
+        cycle=2,
+        candidate="ft:student",
+        verdict="fail",
+        gates=[],
+        runs={},
+        checked_at="2027-01-01T00:00:00+00:00",
+    )
+    reason = "Slice regression is a known labelling issue, fixed next cycle."
+    with pytest.raises(AccessError, match="gate override"):
+        record_decision(store, report, decision="overridden", reason=reason, user=PM)
+    decision_id = record_decision(store, report, decision="overridden", reason=reason, user=ML)
+    row = store.fetch_one("SELECT actor FROM audit_log WHERE action = 'gate.overridden'")
+    assert decision_id and row == ("Omar",)
