@@ -3,8 +3,8 @@
 # Extra arguments go to pytest (e.g. `bash scripts/check.sh -m "not browser"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-system.sh
-python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+FLYWHEEL_WITH_SPARK=1 bash scripts/install-system.sh
+python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -r requirements-spark.txt
 python -m ruff format --check .
 python -m ruff check .
 python -m mypy core
