@@ -14,6 +14,7 @@ PAGES = [
     st.Page("pages/generation.py", title="Synthetic data", icon=":material/auto_awesome:"),
     st.Page("pages/data.py", title="Data", icon=":material/database:"),
     st.Page("pages/consent.py", title="Consent", icon=":material/verified_user:"),
+    st.Page("pages/cycles.py", title="Cycles", icon=":material/cycle:"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -583,13 +583,18 @@ def contamination_stage(
     """
     n = int(ngram)
     items = f"fw_dc_items{next(_counter)}"
-    item_text = "prompt || ' ' || coalesce(reference, '')"
     sets_filter = "eval_set IN (SELECT unnest($sets::VARCHAR[]))" if eval_sets else "true"
+    # An item's prompt and reference are compared apart: a pasted question is contamination
+    # even when the row does not hold the reference answer.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {items} AS WITH w AS (SELECT item_id, eval_set,"
-        f" {_word_hashes_sql(item_text)} AS w FROM eval_items WHERE {sets_filter}),"
-        f" sized AS (SELECT item_id, eval_set, w, least({n}, len(w)) AS n FROM w WHERE len(w) >= 3)"
-        f" SELECT DISTINCT item_id, eval_set, n, unnest(list_transform("
+        f"CREATE OR REPLACE TEMP TABLE {items} AS WITH texts AS ("
+        f" SELECT item_id || ' (' || eval_set || ') prompt' AS item, prompt AS t FROM eval_items"
+        f"  WHERE {sets_filter}"
+        f" UNION ALL SELECT item_id || ' (' || eval_set || ') reference', reference"
+        f"  FROM eval_items WHERE reference IS NOT NULL AND {sets_filter}),"
+        f" w AS (SELECT item, {_word_hashes_sql('t')} AS w FROM texts),"
+        f" sized AS (SELECT item, w, least({n}, len(w)) AS n FROM w WHERE len(w) >= 3)"
+        f" SELECT DISTINCT item, n, unnest(list_transform("
         f"generate_series(1, len(w) - n + 1), lambda p: hash(list_slice(w, p, p + n - 1)))) AS h"
         f" FROM sized",
         {"sets": eval_sets} if eval_sets else {},
@@ -611,14 +616,14 @@ def contamination_stage(
                 f"WITH g AS (SELECT id, greatest(len(w) - {size} + 1, 1) AS total,"
                 f" unnest(list_transform(generate_series(1, greatest(len(w) - {size} + 1, 1)),"
                 f" lambda p: {slice_hash})) AS h FROM {row_view}),"
-                f" item_sizes AS (SELECT item_id, eval_set, count(*) AS m FROM {items}"
+                f" item_sizes AS (SELECT item, count(*) AS m FROM {items}"
                 f"  WHERE n = {size} GROUP BY ALL),"
-                f" shared AS (SELECT g.id, i.item_id, i.eval_set, any_value(g.total) AS total,"
+                f" shared AS (SELECT g.id, i.item, any_value(g.total) AS total,"
                 f"  count(DISTINCT g.h) AS k FROM g JOIN {items} i ON i.h = g.h AND i.n = {size}"
                 f"  GROUP BY ALL)"
-                f" SELECT s.id, arg_max(s.item_id || ' (' || s.eval_set || ')',"
-                f"  s.k / least(s.total, z.m)), max(s.k / least(s.total, z.m))"
-                f" FROM shared s JOIN item_sizes z USING (item_id, eval_set)"
+                f" SELECT s.id, arg_max(s.item, s.k / least(s.total, z.m)),"
+                f"  max(s.k / least(s.total, z.m))"
+                f" FROM shared s JOIN item_sizes z USING (item)"
                 f" GROUP BY s.id HAVING max(s.k / least(s.total, z.m)) >= ?",
                 [threshold - 1e-12],
             ).fetchall()
