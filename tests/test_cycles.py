@@ -286,7 +286,11 @@ def _workspace_rows() -> list[dict[str, Any]]:
     rows = [interaction(n) for n in range(30)]
     rows.append(interaction(30, prompt=rows[0]["prompt"], response=rows[0]["response"]))
     rows.append(interaction(31, user_id="u-0", feedback="down", accepted=False))
-    rows.append(interaction(32, prompt=f"Please: {EVAL_QUESTION}", response="Keep two variables and loop n times."))
+    rows.append(
+        interaction(
+            32, prompt=f"Please: {EVAL_QUESTION}", response="Keep two variables and loop n times."
+        )
+    )
     rows.append(interaction(33, ts="2027-03-01T00:00:00Z"))  # outside cycle 2's window
     rows.append(interaction(35, user_id="u-3"))  # no consent
     rows.append(interaction(36, response="```python\ndef broken(:\n```"))
