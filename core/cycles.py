@@ -29,7 +29,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time as day_time
+from datetime import UTC, datetime
+from datetime import time as day_time
 from typing import Any
 
 import duckdb
@@ -45,8 +46,8 @@ from core.plan import (
     Decontamination,
     ExactDedup,
     NearDedup,
-    Plan,
     PiiRedacted,
+    Plan,
     plan_timeline,
 )
 from core.plan_versions import load_plan
@@ -442,7 +443,7 @@ def run_cycle(
         con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept))}")
         rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
         alive_count = in_window - removed
-        pii_rule, pii_origin = rules[0]
+        _pii_rule, pii_origin = rules[0]
         stages.append(
             StageRecord(
                 2,

@@ -265,7 +265,7 @@ def check_openai_jsonl(data: bytes, *, model: str) -> FormatReport:
     return report
 
 
-# -- exports -----------------------------------------------------------------------------------------
+# -- exports ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -336,7 +336,7 @@ def export_dataset(
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; use --split train, validation or all.")
     version = get_version(store, version_id)
-    rows = dataset_rows(store, version_id, split)  # type: ignore[arg-type]
+    rows = dataset_rows(store, version_id, split)
     if not rows:
         raise DatasetError(f"Dataset version {version_id} has no {split} rows to export.")
     out = Path(out_path)
@@ -385,7 +385,7 @@ def export_bytes(store: Store, version_id: str, *, fmt: str, split: str) -> tupl
         return Path(result.path).read_bytes(), name
 
 
-# -- comparing versions ------------------------------------------------------------------------------
+# -- comparing versions ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.generation import GenerationSpec, cell_key, write_examples
-from core.ingest import ingest_file
+from core.ingest import Kind, ingest_file
 from core.plan import Plan, plan_timeline
 from core.plan_versions import list_plans, load_plan, save_plan_version
 from core.starters import starter_plan
@@ -479,13 +479,13 @@ def _demo_cycle_extras(plan: Plan) -> tuple[list[str], list[str], list[str]]:
         "topic": "data structures",
         "difficulty": "intermediate",
     }
-    planted = [
+    planted: list[dict[str, object]] = [
         {
             "interaction_id": "demo-planted-eval",
             "prompt": "For my homework: " + DEMO_EVAL_ITEMS[0][1] + ".",
             "response": "Here is an iterative version:\n\n"
-            "```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
-            "    return a\n```",
+            "```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n"
+            "        a, b = b, a + b\n    return a\n```",
         },
         {
             "interaction_id": "demo-planted-near-1",
@@ -523,18 +523,19 @@ def _demo_cycles(store: Store, plan_id: str, plan: Plan) -> None:
     evals, consent, lines = _demo_cycle_extras(plan)
     with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
         folder = Path(tmp)
-        for name, kind, content in (
+        files: list[tuple[str, Kind, list[str]]] = [
             ("demo_eval_python_core.jsonl", "eval-items", evals),
             ("demo_consent_planted.jsonl", "consent", consent),
             ("demo_interactions_planted.jsonl", "interactions", lines),
-        ):
+        ]
+        for name, kind, content in files:
             path = folder / name
             path.write_text("\n".join(content) + "\n", encoding="utf-8")
             ingest_file(
                 store,
                 path,
                 kind=kind,
-                cycle=2 if kind == "interactions" else None,  # type: ignore[arg-type]
+                cycle=2 if kind == "interactions" else None,
                 actor=DEMO_AUTHOR,
             )
     for cycle in timeline[:DEMO_CYCLES]:

@@ -23,6 +23,7 @@ close to 1. Exact duplicates are near-duplicates with similarity 1.
 from __future__ import annotations
 
 import ast
+import contextlib
 import itertools
 import re
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any, Literal
 import duckdb
 import ibis
 import ibis.expr.types as ir
+from duckdb.func import SPECIAL
 
 __all__ = [
     "NearDuplicatePair",
@@ -158,11 +160,21 @@ def near_duplicate_pairs(
         source_sql = _quote(source)
     bands, rows = band_parameters(threshold, num_perm)
     hashes, minhash = f"{prefix}_hashes", f"{prefix}_minhash"
-    shingles = {"id_column": id_column, "text_column": text_column, "shingle": shingle, "k": k}
+
+    def shingles(only_ids: str | None = None) -> str:
+        return _shingles_sql(
+            source_sql,
+            id_column=id_column,
+            text_column=text_column,
+            shingle=shingle,
+            k=k,
+            only_ids=only_ids,
+        )
+
     # One-permutation MinHash: the shingle hash picks the bin, the rest of it is minimised.
     con.execute(
         f"CREATE TEMP TABLE {minhash} AS SELECT id, h % {num_perm} AS bin,"
-        f" min(h // {num_perm}) AS v FROM ({_shingles_sql(source_sql, **shingles)}) GROUP BY ALL"
+        f" min(h // {num_perm}) AS v FROM ({shingles()}) GROUP BY ALL"
     )
     candidates = f"{prefix}_candidates"
     try:
@@ -176,10 +188,7 @@ def near_duplicate_pairs(
         if verify == "exact":
             # Shingles are hashed again for the candidates only: far fewer than all texts.
             members = f"SELECT a FROM {candidates} UNION SELECT b FROM {candidates}"
-            con.execute(
-                f"CREATE TEMP TABLE {hashes} AS "
-                + _shingles_sql(source_sql, **shingles, only_ids=members)
-            )
+            con.execute(f"CREATE TEMP TABLE {hashes} AS " + shingles(members))
             query = (
                 f"WITH shingles AS (SELECT DISTINCT id, h FROM {hashes}),"
                 f" sizes AS (SELECT id, count(*) AS n FROM shingles GROUP BY id),"
@@ -334,7 +343,7 @@ def install_stage_functions(con: duckdb.DuckDBPyConnection) -> None:
 
     install_pii_macros(con)
     counts = []
-    for code, words in LANGUAGES.items():
+    for _code, words in LANGUAGES.items():
         listed = ", ".join("'" + w.replace("'", "''") + "'" for w in words)
         counts.append(f"len(list_filter(w, lambda x: x IN ({listed})))")
     codes = ", ".join(f"'{code}'" for code in LANGUAGES)
@@ -344,12 +353,14 @@ def install_stage_functions(con: duckdb.DuckDBPyConnection) -> None:
         f"[{', '.join(counts)}] AS c FROM (SELECT string_split_regex(lower(t), "
         "'[^[:alpha:]]+') AS w)))"
     )
-    try:
+    with contextlib.suppress(duckdb.InvalidInputException):
         con.remove_function("fw_code_error")
-    except duckdb.InvalidInputException:
-        pass
     con.create_function(
-        "fw_code_error", python_code_error, ["VARCHAR"], "VARCHAR", null_handling="special"
+        "fw_code_error",
+        python_code_error,
+        ["VARCHAR"],
+        "VARCHAR",
+        null_handling=SPECIAL,
     )
 
 
@@ -370,7 +381,7 @@ def keep_order(rows: ir.Table, keep: Literal["earliest", "best_rated"]) -> list[
 def _normalised(value: ir.StringValue) -> ir.StringValue:
     needs = value.re_search(r"\s\s|[\t\n\r\f\v]|^\s|\s$")
     collapsed = value.re_replace(r"\s+", " ").strip()
-    return ibis.ifelse(needs, collapsed, value).lower()  # type: ignore[no-any-return]
+    return ibis.ifelse(needs, collapsed, value).lower()
 
 
 def _verdict(rows: ir.Table, drop: Any, detail: Any) -> ir.Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,7 @@ def test_cycle_end_to_end_funnel_reconciles(store: Store, tmp_path: Path) -> Non
     stages = result.stages
     assert [s.name for s in stages][:3] == ["window", "consent", "pii_redacted"]
     assert stages[0].rows_in == 35  # every row but the one after the freeze
-    for before, after in zip(stages, stages[1:], strict=False):
+    for before, after in itertools.pairwise(stages):
         assert after.rows_in == before.rows_out
     removed = dict(
         store.fetch_all(
