@@ -21,6 +21,7 @@ PAGES = [
     st.Page("pages/generation.py", title="Synthetic data", icon=":material/auto_awesome:"),
     st.Page("pages/data.py", title="Data", icon=":material/database:"),
     st.Page("pages/consent.py", title="Consent", icon=":material/verified_user:"),
+    st.Page("pages/cycles.py", title="Cycles", icon=":material/cycle:"),
     st.Page("pages/evals.py", title="Evals & gates", icon=":material/fact_check:"),
     st.Page("pages/abtest.py", title="A/B test", icon=":material/science:"),
     st.Page("pages/audit.py", title="Audit", icon=":material/policy:"),

@@ -16,9 +16,11 @@ if TYPE_CHECKING:  # charts stay pure: no store import at run time
 __all__ = [
     "PHASE_COLOURS",
     "ab_lift_figure",
+    "composition_heatmap_figure",
     "consent_rate_figure",
     "cost_per_1k_figure",
     "cycle_rates_figure",
+    "funnel_figure",
     "grid_heatmap_figure",
     "pii_by_type_figure",
     "slice_heatmap_figure",
@@ -390,5 +392,83 @@ def wins_losses_figure(rows: Sequence[Mapping[str, Any]], *, baseline: str) -> g
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=120 + 28 * max(1, len(rows)),
+    )
+    return fig
+
+
+def funnel_figure(stages: Sequence[Mapping[str, Any]], *, title: str = "Cycle funnel") -> go.Figure:
+    """Rows left after each stage of a cycle, as a funnel; hover shows rows removed and added.
+
+    Each stage is a mapping with ``name``, ``rows_out``, ``removed`` and ``added``.
+    """
+    names = [str(s["name"]) for s in stages]
+    fig = go.Figure(
+        go.Funnel(
+            y=names,
+            x=[int(s["rows_out"]) for s in stages],
+            textinfo="value",
+            marker={"color": ["#9e9ac8" if s.get("added") else "#6baed6" for s in stages]},
+            customdata=[[int(s.get("removed", 0)), int(s.get("added", 0))] for s in stages],
+            hovertemplate="%{y}: %{x:,} rows left<br>removed %{customdata[0]:,}"
+            " · added %{customdata[1]:,}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=120 + 34 * max(1, len(stages)),
+    )
+    return fig
+
+
+def composition_heatmap_figure(
+    cells: Sequence[Mapping[str, Any]],
+    axes: Sequence[str],
+    *,
+    source: str = "total",
+    title: str = "Dataset composition per cell",
+) -> go.Figure:
+    """Rows per cell of a dataset version (production, synthetic or their total).
+
+    ``cells`` carry ``cell`` (axis name to value), ``production`` and ``synthetic``. The last
+    axis runs along x, the others joined by " · " down y; a value missing from the grid (an
+    unlabelled interaction) gets its own row or column.
+    """
+    if not axes or not cells:
+        return go.Figure(layout={"title": {"text": title, "x": 0}})
+    *row_axes, x_axis = axes
+
+    def amount(cell: Mapping[str, Any]) -> int:
+        if source == "total":
+            return int(cell["production"]) + int(cell["synthetic"])
+        return int(cell[source])
+
+    counts: dict[tuple[str, str], int] = {}
+    for cell in cells:
+        values = cell["cell"]
+        y = " · ".join(str(values.get(a, "(unlabelled)")) for a in row_axes) or x_axis
+        x = str(values.get(x_axis, "(unlabelled)"))
+        counts[(y, x)] = counts.get((y, x), 0) + amount(cell)
+    ys = sorted({y for y, _ in counts})
+    xs = sorted({x for _, x in counts})
+    z = [[counts.get((y, x), 0) for x in xs] for y in ys]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=xs,
+            y=ys,
+            text=[[str(v) for v in row] for row in z],
+            texttemplate="%{text}",
+            colorscale="Purples",
+            colorbar={"title": "rows"},
+            hovertemplate="%{y} · %{x}: %{z:,} rows<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0},
+        xaxis={"title": x_axis, "side": "top"},
+        yaxis={"title": " · ".join(row_axes), "autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        height=140 + 30 * len(ys),
     )
     return fig

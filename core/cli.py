@@ -19,6 +19,8 @@ from core import stats
 from core.abtest import analyse_cycle, design_ab_test
 from core.backup import backup_store, restore_store
 from core.consent import forget_user
+from core.cycles import run_cycle, run_summary, why_dropped
+from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_dataset, list_versions
 from core.demo import load_demo
 from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
 from core.errors import AnalysisError, DocumentError, EvalError, FlywheelError, PlanError
@@ -658,6 +660,65 @@ def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def cmd_cycle_run(args: argparse.Namespace, store: Store) -> Outcome:
+    plan_id = args.plan or default_plan_id(store)
+    result = run_cycle(store, plan_id, args.cycle, actor=_actor())
+    return Outcome(result.to_dict(), run_summary(result))
+
+
+def cmd_cycle_why(args: argparse.Namespace, store: Store) -> Outcome:
+    answers = why_dropped(store, args.interaction_id, plan_id=args.plan)
+    text = "\n".join(f"cycle {a['cycle']} ({a['run_id']}): {a['why']}" for a in answers)
+    return Outcome(
+        {"interaction_id": args.interaction_id, "runs": answers},
+        text or f"No cycle has run yet; {args.interaction_id} is stored and waits for one.",
+    )
+
+
+def cmd_dataset_export(args: argparse.Namespace, store: Store) -> Outcome:
+    result = export_dataset(store, args.version, args.out, fmt=args.format, split=args.split)
+    text = f"Wrote {result.rows} {args.split} rows of {args.version} to {result.path} "
+    text += f"(sha256 {result.sha256[:12]}…)."
+    if result.total_tokens is not None:
+        text += (
+            f" Format check passed: {result.total_tokens:,} tokens ({result.tokenizer}), "
+            f"largest example {result.max_example_tokens:,} of {result.token_limit:,}; "
+            f"~${result.estimated_training_cost_usd:,.2f} to train for {result.epochs} epochs."
+        )
+    return Outcome(result.to_dict(), text)
+
+
+def cmd_dataset_list(args: argparse.Namespace, store: Store) -> Outcome:
+    versions = list_versions(store, args.plan)
+    rows = [
+        {
+            "version_id": v.version_id,
+            "cycle": v.cycle,
+            "rows": v.rows_now,
+            "production_rows": v.production_rows,
+            "synthetic_rows": v.synthetic_rows,
+            "sha256": v.sha256,
+            "parent_version": v.parent_version,
+            "created_at": v.created_at,
+            "erased_rows": v.erased_rows,
+        }
+        for v in versions
+    ]
+    text = "\n".join(
+        f"{v.version_id}  cycle {v.cycle}  {v.rows_now} rows ({v.production_rows} production, "
+        f"{v.synthetic_rows} synthetic)  sha256 {v.sha256[:12]}  parent {v.parent_version or '—'}"
+        for v in versions
+    )
+    return Outcome({"versions": rows}, text or "No dataset version yet: run `cycle run`.")
+
+
+def cmd_dataset_compare(args: argparse.Namespace, store: Store) -> Outcome:
+    diff = compare_versions(store, args.old, args.new)
+    lines = [f"{c.cell_key}: +{c.added} −{c.removed} ={c.kept}" for c in diff.cells]
+    lines.append(f"{diff.old} → {diff.new}: +{diff.added} −{diff.removed}, {diff.kept} kept.")
+    return Outcome(diff.to_dict(), "\n".join(lines))
+
+
 def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
     result = backup_store(store, args.directory)
     total = sum(result.tables.values())
@@ -830,9 +891,61 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     retention.add_argument("--now", help="ISO date-time to measure retention from (default: now)")
     retention.set_defaults(handler=cmd_retention)
+    _cycle_commands(commands, common)
     _stats_commands(commands, common)
     _eval_parsers(commands, common)
     return parser
+
+
+def _cycle_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """The cycle and dataset commands."""
+    cycle = commands.add_parser("cycle", help="run a cycle's pipeline; ask why a row was dropped")
+    cycle_commands = cycle.add_subparsers(dest="cycle_command", required=True, metavar="ACTION")
+    run = cycle_commands.add_parser(
+        "run",
+        parents=[common],
+        help="run the cycle's pipeline and build a dataset version",
+        description="Consented interactions of the cycle's window, PII check, the plan's "
+        "filters, exact and near-duplicates, decontamination, the synthetic mix and the split, "
+        "in one transaction. Refuses unless the plan's privacy review is approved.",
+    )
+    run.add_argument("--cycle", type=int, required=True, help="cycle number (1 = first)")
+    run.add_argument("--plan", help="plan id (default: the newest plan)")
+    run.set_defaults(handler=cmd_cycle_run)
+    why = cycle_commands.add_parser(
+        "why", parents=[common], help="what each cycle did with one interaction, and why"
+    )
+    why.add_argument("interaction_id", help="the interaction's id")
+    why.add_argument("--plan", help="only this plan's runs")
+    why.set_defaults(handler=cmd_cycle_why)
+
+    dataset = commands.add_parser("dataset", help="export, list and compare dataset versions")
+    dataset_commands = dataset.add_subparsers(
+        dest="dataset_command", required=True, metavar="ACTION"
+    )
+    export = dataset_commands.add_parser(
+        "export",
+        parents=[common],
+        help="write a dataset version (OpenAI chat JSONL or Parquet)",
+        description="Writes a dataset version; the JSONL is checked as OpenAI checks a "
+        "fine-tuning upload first. Exporting twice gives identical bytes.",
+    )
+    export.add_argument("version", help="dataset version id, e.g. ds-<plan>-c2-v1")
+    export.add_argument("--out", required=True, help="the file to write")
+    export.add_argument(
+        "--format", choices=EXPORT_FORMATS, default="openai-jsonl", help="file format"
+    )
+    export.add_argument("--split", choices=SPLITS, default="train", help="which rows")
+    export.set_defaults(handler=cmd_dataset_export)
+    dlist = dataset_commands.add_parser("list", parents=[common], help="list dataset versions")
+    dlist.add_argument("--plan", help="only this plan's versions")
+    dlist.set_defaults(handler=cmd_dataset_list)
+    compare = dataset_commands.add_parser(
+        "compare", parents=[common], help="rows added and removed per cell between two versions"
+    )
+    compare.add_argument("old", help="the older version id")
+    compare.add_argument("new", help="the newer version id")
+    compare.set_defaults(handler=cmd_dataset_compare)
 
 
 def _stats_commands(commands: Any, common: argparse.ArgumentParser) -> None:

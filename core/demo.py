@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.generation import GenerationSpec, cell_key, write_examples
-from core.ingest import ingest_file
+from core.ingest import Kind, ingest_file
 from core.plan import Plan, plan_timeline
 from core.plan_versions import list_plans, load_plan, save_plan_version
 from core.starters import starter_plan
@@ -98,6 +98,7 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
     _demo_generation(store, plan_id, rng)
     _load_demo_data(store, final, rng)
     _load_demo_ab_tests(store, final, random.Random(seed * 1_000 + 6))
+    _demo_cycles(store, plan_id, final)
     from core.demo_evals import load_demo_evals  # the eval stack (scipy) only when loading
 
     load_demo_evals(store, plan_id, final, rng)
@@ -520,3 +521,143 @@ def _load_demo_ab_tests(store: Store, plan: Plan, rng: random.Random) -> None:
             lines = _demo_ab_interactions(plan, rng, cycle, scenario)
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
             ingest_file(store, path, kind="interactions", cycle=cycle, actor=DEMO_AUTHOR)
+
+
+# -- cycles --------------------------------------------------------------------------------------
+
+DEMO_EVAL_ITEMS = [
+    (
+        "pc-001",
+        "Write a function that returns the n-th Fibonacci number iteratively without recursion "
+        "and explain its time complexity",
+        "Loop with two variables a and b; it runs in linear time and constant memory.",
+    ),
+    (
+        "pc-002",
+        "Explain the difference between a shallow copy and a deep copy of a nested list in "
+        "Python and show when each one is the right choice",
+        "copy.copy copies the outer list only; copy.deepcopy copies the nested lists too.",
+    ),
+    (
+        "pc-003",
+        "How do you read a very large text file line by line in Python without loading the "
+        "whole file into memory at once",
+        "Iterate over the open file object; each iteration yields one line lazily.",
+    ),
+    (
+        "pc-004",
+        "Show how to retry a flaky network call three times with exponential backoff and "
+        "jitter using only the standard library",
+        "Wrap the call in a loop with time.sleep(base * 2 ** attempt + random.random()).",
+    ),
+]
+_NEAR_RESPONSE = (
+    "Use a dictionary comprehension over the items and keep the last value for each key; it "
+    "runs in linear time, keeps insertion order since Python 3.7, and reads clearly:\n\n"
+    "```python\nmerged = {**first, **second}\n```"
+)
+
+
+def _demo_cycle_extras(plan: Plan) -> tuple[list[str], list[str], list[str]]:
+    """Eval items, consent and interactions planted so that the cycles' funnel has something
+    to show at each stage: an eval question pasted into a prompt, a near-duplicate pair, a
+    code block that does not parse."""
+    timeline = plan_timeline(plan)
+    evals = [
+        json.dumps(
+            {
+                "item_id": i,
+                "eval_set": "python-core",
+                "prompt": p,
+                "reference": r,
+                "topic": "data structures",
+                "difficulty": "intermediate",
+            }
+        )
+        for i, p, r in DEMO_EVAL_ITEMS
+    ]
+    user = "user-demo-planted"
+    first = datetime.combine(timeline[0].start, time(6), UTC)
+    consent = [
+        json.dumps(
+            {
+                "user_id": user,
+                "ts": first.isoformat(),
+                "scope": "training",
+                "action": "grant",
+                "policy_version": "2026-11",
+                "source": "us-onboarding-notice",
+            }
+        )
+    ]
+    moment = datetime.combine(timeline[1].start, time(9), UTC)
+    base = {
+        "user_id": user,
+        "variant": "treatment",
+        "model": "ft:gpt-4o-mini:python-assistant",
+        "feedback": "up",
+        "accepted": True,
+        "topic": "data structures",
+        "difficulty": "intermediate",
+    }
+    planted: list[dict[str, object]] = [
+        {
+            "interaction_id": "demo-planted-eval",
+            "prompt": "For my homework: " + DEMO_EVAL_ITEMS[0][1] + ".",
+            "response": "Here is an iterative version:\n\n"
+            "```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n"
+            "        a, b = b, a + b\n    return a\n```",
+        },
+        {
+            "interaction_id": "demo-planted-near-1",
+            "prompt": "How do I merge two dicts so that "
+            "the second one wins on duplicate keys in Python?",
+            "response": _NEAR_RESPONSE,
+        },
+        {
+            "interaction_id": "demo-planted-near-2",
+            "prompt": "How can I merge two dicts so that "
+            "the second one wins on duplicate keys in Python?",
+            "response": _NEAR_RESPONSE,
+            "feedback": None,
+        },
+        {
+            "interaction_id": "demo-planted-badcode",
+            "prompt": "Show me a loop that prints the numbers from one to ten in Python please.",
+            "response": "Like this:\n\n```python\nfor i in range(1, 11)\n    print(i)\n```",
+        },
+    ]
+    lines = []
+    for offset, row in enumerate(planted):
+        record = {**base, **row, "ts": (moment + timedelta(hours=offset)).isoformat()}
+        lines.append(json.dumps(record))
+    return evals, consent, lines
+
+
+def _demo_cycles(store: Store, plan_id: str, plan: Plan) -> None:
+    """Planted rows and eval items, then every demo cycle run into a dataset version."""
+    from core.cycles import run_cycle
+
+    timeline = plan_timeline(plan)
+    if len(timeline) < 2:
+        return
+    evals, consent, lines = _demo_cycle_extras(plan)
+    with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
+        folder = Path(tmp)
+        files: list[tuple[str, Kind, list[str]]] = [
+            ("demo_eval_python_core.jsonl", "eval-items", evals),
+            ("demo_consent_planted.jsonl", "consent", consent),
+            ("demo_interactions_planted.jsonl", "interactions", lines),
+        ]
+        for name, kind, content in files:
+            path = folder / name
+            path.write_text("\n".join(content) + "\n", encoding="utf-8")
+            ingest_file(
+                store,
+                path,
+                kind=kind,
+                cycle=2 if kind == "interactions" else None,
+                actor=DEMO_AUTHOR,
+            )
+    for cycle in timeline[:DEMO_CYCLES]:
+        run_cycle(store, plan_id, cycle.cycle, actor=DEMO_AUTHOR)

@@ -127,13 +127,25 @@ def _judge(
     return {i: min(1.0, max(0.0, 0.985 * teacher[i] + rng.gauss(0, 0.03))) for i in tests}
 
 
-def _job_rows(plan_id: str, cycle: int, status: str, when: datetime) -> list[Any]:
+def _dataset_version(store: Store, plan_id: str, cycle: int) -> str:
+    """The dataset version the demo's cycle built, if the cycles ran; else a label."""
+    row = store.fetch_one(
+        "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle = ?"
+        " ORDER BY created_at DESC LIMIT 1",
+        [plan_id, cycle],
+    )
+    return str(row[0]) if row else f"ds-demo-c{cycle}"
+
+
+def _job_rows(
+    plan_id: str, cycle: int, status: str, when: datetime, dataset_version: str
+) -> list[Any]:
     tokens = 1_840_000 + 90_000 * cycle if status == "succeeded" else None
     return [
         f"ftjob-demo-c{cycle}",
         plan_id,
         cycle,
-        f"ds-demo-c{cycle}",
+        dataset_version,
         f"data/exports/demo-c{cycle}.jsonl",
         f"{cycle:02d}" * 32,
         2_400 + 700 * cycle,
@@ -171,13 +183,14 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
     weak_topic = "async and concurrency" if "async and concurrency" in by_topic else ""
 
     start = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
+    versions = {c: _dataset_version(store, plan_id, c) for c in (1, 2, 3)}
     with store.transaction() as con:
         for cycle, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
             when = start + timedelta(days=31 * (cycle - 1))
             con.execute(
                 "INSERT INTO training_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " ?, ?, ?, ?, ?)",
-                _job_rows(plan_id, cycle, status, when),
+                _job_rows(plan_id, cycle, status, when, versions[cycle]),
             )
             steps = [
                 "Created fine-tuning job",
@@ -209,7 +222,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
                         _model(cycle),
                         "https://api.openai.com/v1",
                         f"ftjob-demo-c{cycle}",
-                        f"ds-demo-c{cycle}",
+                        versions[cycle],
                         when + timedelta(hours=5),
                         _ACTOR,
                     ],

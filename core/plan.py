@@ -485,6 +485,9 @@ class Economics(_Section):
     teacher_output_per_1m: float = Field(10.0, ge=0, description="Teacher price, $ per 1M output.")
     student_input_per_1m: float = Field(0.15, ge=0, description="Student price, $ per 1M input.")
     student_output_per_1m: float = Field(0.6, ge=0, description="Student price, $ per 1M output.")
+    student_training_per_1m: float = Field(
+        3.0, ge=0, description="Fine-tuning price of the student, $ per 1M training tokens."
+    )
     monthly_requests: int = Field(100_000, ge=0, description="Expected requests per month.")
     avg_input_tokens: int = Field(500, ge=0, description="Average input tokens per request.")
     avg_output_tokens: int = Field(400, ge=0, description="Average output tokens per request.")

@@ -22,12 +22,17 @@ close to 1. Exact duplicates are near-duplicates with similarity 1.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import duckdb
+import ibis
+import ibis.expr.types as ir
+from duckdb.func import SPECIAL
 
 __all__ = [
     "NearDuplicatePair",
@@ -77,43 +82,50 @@ def _quote(name: str) -> str:
     return ".".join(f'"{part}"' for part in name.split("."))
 
 
-def _minhash_tables(
-    con: duckdb.DuckDBPyConnection,
+def normalised_text_sql(text_sql: str) -> str:
+    """SQL of a text lower-cased with its whitespace collapsed and trimmed.
+
+    The regular-expression replace only runs on texts that need it: DuckDB's
+    ``regexp_replace`` is far slower than a match, and most texts have single spaces only.
+    """
+    return (
+        f"lower(CASE WHEN regexp_matches({text_sql}, '\\s\\s|[\\t\\n\\r\\f\\v]|^\\s|\\s$')"
+        f" THEN trim(regexp_replace({text_sql}, '\\s+', ' ', 'g')) ELSE {text_sql} END)"
+    )
+
+
+def _shingles_sql(
     source: str,
     *,
     id_column: str,
     text_column: str,
-    num_perm: int,
     shingle: Literal["char", "word"],
     k: int,
-    prefix: str,
-) -> tuple[str, str]:
-    """Create the shingle-hash and MinHash temp tables; return their names."""
-    hashes, minhash = f"{prefix}_hashes", f"{prefix}_minhash"
+    only_ids: str | None = None,
+) -> str:
+    """SQL of (id, h): the 64-bit hash of every shingle of every text in ``source``."""
+    where = f"{_quote(text_column)} IS NOT NULL"
+    if only_ids is not None:
+        where += f" AND {_quote(id_column)} IN ({only_ids})"
     normalised = (
         f"SELECT {_quote(id_column)} AS id,"
-        f" lower(trim(regexp_replace(CAST({_quote(text_column)} AS VARCHAR), '\\s+', ' ', 'g')))"
-        f" AS t FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
+        f" {normalised_text_sql(f'CAST({_quote(text_column)} AS VARCHAR)')} AS t"
+        f" FROM {source} WHERE {where}"
     )
     if shingle == "char":
-        pieces = (
+        return (
             f"SELECT id, unnest(list_transform("
             f"generate_series(1, greatest(length(t) - {k} + 1, 1)),"
             f" lambda p: hash(substr(t, p, {k})))) AS h FROM ({normalised})"
         )
-    else:
-        pieces = (
-            f"SELECT id, unnest(list_transform(generate_series(1, greatest(len(w) - {k} + 1, 1)),"
-            f" lambda p: hash(array_to_string(w[p:p + {k} - 1], ' ')))) AS h"
-            f" FROM (SELECT id, string_split(t, ' ') AS w FROM ({normalised}))"
-        )
-    con.execute(f"CREATE TEMP TABLE {hashes} AS {pieces}")
-    # One-permutation MinHash: the shingle hash picks the bin, the rest of it is minimised.
-    con.execute(
-        f"CREATE TEMP TABLE {minhash} AS SELECT id, h % {num_perm} AS bin,"
-        f" min(h // {num_perm}) AS v FROM {hashes} GROUP BY ALL"
+    # Words are hashed once; a shingle hashes its k word hashes (no list slicing, which is slow).
+    parts = ", ".join(f"w[p + {i}]" for i in range(k))
+    return (
+        f"SELECT id, unnest(list_transform(generate_series(1, greatest(len(w) - {k} + 1, 1)),"
+        f" lambda p: hash({parts}))) AS h"
+        f" FROM (SELECT id, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
+        f" FROM ({normalised}))"
     )
-    return hashes, minhash
 
 
 def near_duplicate_pairs(
@@ -147,15 +159,22 @@ def near_duplicate_pairs(
     else:
         source_sql = _quote(source)
     bands, rows = band_parameters(threshold, num_perm)
-    hashes, minhash = _minhash_tables(
-        con,
-        source_sql,
-        id_column=id_column,
-        text_column=text_column,
-        num_perm=num_perm,
-        shingle=shingle,
-        k=k,
-        prefix=prefix,
+    hashes, minhash = f"{prefix}_hashes", f"{prefix}_minhash"
+
+    def shingles(only_ids: str | None = None) -> str:
+        return _shingles_sql(
+            source_sql,
+            id_column=id_column,
+            text_column=text_column,
+            shingle=shingle,
+            k=k,
+            only_ids=only_ids,
+        )
+
+    # One-permutation MinHash: the shingle hash picks the bin, the rest of it is minimised.
+    con.execute(
+        f"CREATE TEMP TABLE {minhash} AS SELECT id, h % {num_perm} AS bin,"
+        f" min(h // {num_perm}) AS v FROM ({shingles()}) GROUP BY ALL"
     )
     candidates = f"{prefix}_candidates"
     try:
@@ -167,9 +186,11 @@ def near_duplicate_pairs(
             f"  ON a.band = b.band AND a.s = b.s AND a.id < b.id"
         )
         if verify == "exact":
+            # Shingles are hashed again for the candidates only: far fewer than all texts.
+            members = f"SELECT a FROM {candidates} UNION SELECT b FROM {candidates}"
+            con.execute(f"CREATE TEMP TABLE {hashes} AS " + shingles(members))
             query = (
-                f"WITH shingles AS (SELECT DISTINCT id, h FROM {hashes} WHERE id IN"
-                f"  (SELECT a FROM {candidates} UNION SELECT b FROM {candidates})),"
+                f"WITH shingles AS (SELECT DISTINCT id, h FROM {hashes}),"
                 f" sizes AS (SELECT id, count(*) AS n FROM shingles GROUP BY id),"
                 f" shared AS (SELECT c.a, c.b, count(*) AS inter FROM {candidates} c"
                 f"  JOIN shingles sa ON sa.id = c.a"
@@ -225,3 +246,407 @@ def near_duplicate_groups(pairs: list[NearDuplicatePair]) -> dict[Any, Any]:
             low, high = (ra, rb) if ra < rb else (rb, ra)
             parent[high] = low
     return {x: find(x) for x in parent}
+
+
+# -- the cycle's table stages --------------------------------------------------------------------
+#
+# Each stage is a function from an Ibis table of the rows still in the cycle to the same rows
+# with one more column, ``fw_drop``: why the stage removes the row, NULL when it keeps it. The
+# cycle (core.cycles) compiles the expression, records the removed rows with their reason and
+# goes on with the rest. Row rules are pure expressions; the duplicate and contamination stages
+# first compute their verdicts in the engine (MinHash, n-gram joins) and return an expression
+# over them, since which copy is kept depends on more than one row.
+
+CYCLE_ROW_SCHEMA = ibis.schema(
+    {
+        "interaction_id": "string",
+        "user_id": "string",
+        "ts": "timestamp('UTC')",
+        "batch_id": "string",
+        "variant": "string",
+        "model": "string",
+        "system": "string",
+        "prompt": "string",
+        "response": "string",
+        "feedback": "string",
+        "accepted": "boolean",
+        "latency_ms": "int64",
+        "input_tokens": "int64",
+        "output_tokens": "int64",
+        "cost_usd": "float64",
+        "topic": "string",
+        "difficulty": "string",
+        "metadata": "string",
+        "cell_key": "string",
+    }
+)
+"""The columns of a cycle's rows (an interaction plus its cell on the generation grid)."""
+
+_DROP = "fw_drop"
+LANGUAGES: dict[str, tuple[str, ...]] = {
+    "en": ("the", "and", "is", "to", "of", "in", "it", "you", "that", "this", "with", "how"),
+    "de": ("der", "die", "das", "und", "ist", "nicht", "ich", "mit", "sie", "wie", "ein", "zu"),
+    "fr": ("le", "la", "les", "et", "est", "je", "pas", "une", "des", "avec", "pour", "que"),
+    "es": ("el", "los", "las", "y", "es", "que", "una", "por", "con", "para", "como", "del"),
+    "it": ("il", "gli", "che", "di", "non", "una", "per", "sono", "con", "come", "della", "ho"),
+    "pt": ("os", "não", "uma", "com", "para", "como", "por", "mais", "você", "isso", "ao", "da"),
+    "nl": ("de", "het", "een", "en", "niet", "ik", "je", "met", "voor", "dat", "wat", "hoe"),
+}
+"""Languages the ``language`` rule tells apart, by their most frequent short words."""
+
+
+@ibis.udf.scalar.builtin(name="fw_redact")  # type: ignore[untyped-decorator]
+def redacted(text: str) -> str:  # type: ignore[empty-body]
+    """DuckDB macro of core.privacy: the text with PII replaced by placeholders."""
+
+
+@ibis.udf.scalar.builtin(name="fw_language")  # type: ignore[untyped-decorator]
+def _language(text: str) -> str:  # type: ignore[empty-body]
+    """DuckDB macro (install_stage_functions): the language code a text looks like, or und."""
+
+
+@ibis.udf.scalar.builtin(name="fw_code_error")  # type: ignore[untyped-decorator]
+def _code_error(text: str) -> str:  # type: ignore[empty-body]
+    """Python function (install_stage_functions): why a fenced block does not parse, or NULL."""
+
+
+@ibis.udf.scalar.builtin(name="json_extract_string")  # type: ignore[untyped-decorator]
+def _json_field(json: str, path: str) -> str:  # type: ignore[empty-body]
+    """DuckDB's json_extract_string."""
+
+
+_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def python_code_error(text: str | None) -> str | None:
+    """Why a fenced Python block of ``text`` does not parse, or None when every one does.
+
+    Blocks tagged python/py/python3 or untagged are checked; texts without blocks pass.
+    """
+    if text is None:
+        return None
+    for number, match in enumerate(_FENCE.finditer(text), start=1):
+        if match[1].lower() not in ("", "python", "py", "python3"):
+            continue
+        try:
+            ast.parse(match[2])
+        except SyntaxError as exc:
+            return f"code block {number} does not parse: {exc.msg} (line {exc.lineno})"
+        except ValueError as exc:  # e.g. a NUL byte in the source
+            return f"code block {number} does not parse: {exc}"
+    return None
+
+
+def install_stage_functions(con: duckdb.DuckDBPyConnection) -> None:
+    """Define on ``con`` the macros and functions the row rules call (PII macros included)."""
+    from core.privacy import install_pii_macros
+
+    install_pii_macros(con)
+    counts = []
+    for _code, words in LANGUAGES.items():
+        listed = ", ".join("'" + w.replace("'", "''") + "'" for w in words)
+        counts.append(f"len(list_filter(w, lambda x: x IN ({listed})))")
+    codes = ", ".join(f"'{code}'" for code in LANGUAGES)
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO fw_language(t) AS (SELECT CASE WHEN list_max(c) < 2 "
+        f"THEN 'und' ELSE [{codes}][list_position(c, list_max(c))] END FROM (SELECT "
+        f"[{', '.join(counts)}] AS c FROM (SELECT string_split_regex(lower(t), "
+        "'[^[:alpha:]]+') AS w)))"
+    )
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.remove_function("fw_code_error")
+    con.create_function(
+        "fw_code_error",
+        python_code_error,
+        ["VARCHAR"],
+        "VARCHAR",
+        null_handling=SPECIAL,
+    )
+
+
+def keep_order(rows: ir.Table, keep: Literal["earliest", "best_rated"]) -> list[Any]:
+    """Sort keys that put the copy to keep first: the earliest, or the best rated
+    (thumbs-up, then accepted, then not thumbs-down; ties by time)."""
+    earliest = [rows.ts.asc(), rows.interaction_id.asc()]
+    if keep == "earliest":
+        return earliest
+    rating = (
+        (rows.feedback == "up").fill_null(False).cast("int8") * 4
+        + rows.accepted.fill_null(False).cast("int8") * 2
+        - (rows.feedback == "down").fill_null(False).cast("int8")
+    )
+    return [rating.desc(), *earliest]
+
+
+def _normalised(value: ir.StringValue) -> ir.StringValue:
+    needs = value.re_search(r"\s\s|[\t\n\r\f\v]|^\s|\s$")
+    collapsed = value.re_replace(r"\s+", " ").strip()
+    return ibis.ifelse(needs, collapsed, value).lower()
+
+
+def _verdict(rows: ir.Table, drop: Any, detail: Any) -> ir.Table:
+    return rows.mutate(**{_DROP: ibis.ifelse(drop, detail, ibis.null("string"))})
+
+
+def rule_stage(rows: ir.Table, rule: Any) -> ir.Table:
+    """A row rule of the plan (feedback, acceptance, length, language, code, field condition)
+    as an expression: ``rows`` plus ``fw_drop``. Raises ValueError for a rule that is not a
+    row rule or a condition that cannot be evaluated."""
+    kind = rule.rule
+    feedback, accepted = rows.feedback, rows.accepted
+    if kind == "positive_feedback":
+        keep = (feedback == "up").fill_null(False)
+        return _verdict(rows, ~keep, "not rated thumbs-up")
+    if kind == "accepted":
+        keep = accepted.fill_null(False)
+        return _verdict(rows, ~keep, "answer not accepted")
+    if kind == "positive_or_accepted":
+        keep = (feedback == "up").fill_null(False) | accepted.fill_null(False)
+        return _verdict(rows, ~keep, "neither rated thumbs-up nor accepted")
+    if kind == "length_bounds":
+        length = rows.response.length()
+        outside = (length < rule.min_chars) | (length > rule.max_chars)
+        detail = ibis.literal("response is ").concat(
+            length.cast("string"), f" characters, outside {rule.min_chars}–{rule.max_chars}"
+        )
+        return _verdict(rows, outside, detail)
+    if kind == "language":
+        unknown = sorted(set(rule.languages) - set(LANGUAGES))
+        if unknown:
+            raise ValueError(
+                f"the language rule knows {', '.join(LANGUAGES)}; not {', '.join(unknown)}"
+            )
+        text = rows.prompt.concat(" ", rows.response)
+        found = _language(text)
+        wanted = ", ".join(rule.languages)
+        drop = (found != "und") & ~found.isin(list(rule.languages))
+        detail = ibis.literal("text looks like '").concat(found, f"', not one of {wanted}")
+        return _verdict(rows, drop, detail)
+    if kind == "code_parses":
+        has_code = rows.response.contains("```")
+        error = ibis.ifelse(has_code, _code_error(rows.response), ibis.null("string"))
+        return rows.mutate(**{_DROP: error})
+    if kind == "field_condition":
+        return _field_condition(rows, rule)
+    raise ValueError(f"{kind} is not a row rule")
+
+
+_NUMERIC_OPS = {"<", "<=", ">", ">="}
+
+
+def _field_condition(rows: ir.Table, rule: Any) -> ir.Table:
+    field, op, raw = rule.field, rule.op, rule.value
+    if field in rows.columns and field not in ("metadata", "cell_key"):
+        value = rows[field]
+        text = value.cast("string")
+    else:
+        text = _json_field(rows.metadata, f"$.{field}")
+        value = text
+    shown = f"{field} {op} {raw}"
+    if op in _NUMERIC_OPS:
+        try:
+            bound = float(raw)
+        except ValueError:
+            raise ValueError(f"field_condition {shown}: {raw!r} is not a number") from None
+        number = text.try_cast("float64")
+        holds = {
+            "<": number < bound,
+            "<=": number <= bound,
+            ">": number > bound,
+            ">=": number >= bound,
+        }[op]
+    elif op in ("in", "not_in"):
+        options = [part.strip() for part in raw.split(",") if part.strip()]
+        holds = text.isin(options) if op == "in" else ~text.isin(options)
+    else:
+        holds = (text == raw) if op == "==" else (text != raw)
+    missing = text.isnull()
+    detail = ibis.cases(
+        (missing, f"{field} is missing (rule {shown})"),
+        else_=ibis.literal(f"{field} = ").concat(text, f" fails {shown}"),
+    )
+    return _verdict(rows, missing | ~holds.fill_null(False), detail)
+
+
+def exact_duplicate_stage(
+    rows: ir.Table, keep: Literal["earliest", "best_rated"] = "earliest"
+) -> ir.Table:
+    """Rows whose normalised prompt and response repeat an earlier kept row's are dropped;
+    of each group the first by ``keep`` stays."""
+    key_prompt, key_response = _normalised(rows.prompt), _normalised(rows.response)
+    window = ibis.window(group_by=[key_prompt, key_response], order_by=keep_order(rows, keep))
+    marked = rows.mutate(
+        fw_rank=ibis.row_number().over(window),
+        fw_first=rows.interaction_id.first().over(window),
+    )
+    out = marked.mutate(
+        **{
+            _DROP: ibis.ifelse(
+                marked.fw_rank > 0,
+                ibis.literal("exact duplicate of ").concat(marked.fw_first),
+                ibis.null("string"),
+            )
+        }
+    )
+    return out.drop("fw_rank", "fw_first")
+
+
+def _drops_table(con: duckdb.DuckDBPyConnection, name: str, drops: list[tuple[str, str]]) -> None:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (id VARCHAR, why VARCHAR)")
+    if drops:
+        import pyarrow as pa
+
+        arrow = pa.table({"id": [d[0] for d in drops], "why": [d[1] for d in drops]})
+        con.register(f"{name}_in", arrow)
+        try:
+            con.execute(f"INSERT INTO {name} SELECT id, why FROM {name}_in")
+        finally:
+            con.unregister(f"{name}_in")
+
+
+def _with_drops(rows: ir.Table, name: str) -> ir.Table:
+    drops = ibis.table({"id": "string", "why": "string"}, name=name)
+    joined = rows.left_join(drops, rows.interaction_id == drops.id)
+    return joined.mutate(**{_DROP: joined.why}).drop("id", "why")
+
+
+def near_duplicate_stage(
+    con: duckdb.DuckDBPyConnection,
+    rows: ir.Table,
+    *,
+    threshold: float,
+    keep: Literal["earliest", "best_rated"],
+    shingle: Literal["char", "word"] = "word",
+    k: int = 3,
+) -> ir.Table:
+    """Near-duplicates (Jaccard of shingles ≥ ``threshold``, MinHash + LSH in the engine).
+
+    Rows are taken in ``keep`` order and a row is dropped when it is a near-duplicate of a row
+    already kept; so every dropped row names a kept twin, and no two kept rows are near-
+    duplicates of each other.
+    """
+    view = f"fw_nd_rows{next(_counter)}"
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT interaction_id, prompt || ' ' || response"
+        f" AS fw_text FROM ({ibis.to_sql(rows, dialect='duckdb')})"
+    )
+    try:
+        pairs = near_duplicate_pairs(
+            con,
+            view,
+            threshold=threshold,
+            id_column="interaction_id",
+            text_column="fw_text",
+            shingle=shingle,
+            k=k,
+        )
+    finally:
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    neighbours: dict[str, list[tuple[float, str]]] = {}
+    for pair in pairs:
+        neighbours.setdefault(pair.id_a, []).append((pair.similarity, pair.id_b))
+        neighbours.setdefault(pair.id_b, []).append((pair.similarity, pair.id_a))
+    drops: list[tuple[str, str]] = []
+    if neighbours:
+        _drops_table(con, "fw_nd_members", [(i, "") for i in neighbours])
+        members = ibis.table({"id": "string", "why": "string"}, name="fw_nd_members")
+        ranked = rows.semi_join(members, rows.interaction_id == members.id)
+        order = ranked.order_by(keep_order(ranked, keep)).select("interaction_id")
+        kept: set[str] = set()
+        for (member,) in con.execute(ibis.to_sql(order, dialect="duckdb")).fetchall():
+            twins = [(s, o) for s, o in neighbours[member] if o in kept]
+            if twins:
+                similarity, twin = max(twins, key=lambda t: (t[0], t[1]))
+                drops.append((member, f"near-duplicate of {twin} (Jaccard {similarity:.2f})"))
+            else:
+                kept.add(member)
+    name = f"fw_nd_drops{next(_counter)}"
+    _drops_table(con, name, drops)
+    return _with_drops(rows, name)
+
+
+_PUNCTUATION = ".,;:!?()[]{}<>\"'`*_=+-/\\|#"
+
+
+def _word_hashes_sql(text_sql: str) -> str:
+    """SQL of the hashes of a text's words: normalised, split on spaces, punctuation trimmed."""
+    marks = "'" + _PUNCTUATION.replace("'", "''") + "'"
+    return (
+        f"list_transform(list_filter(list_transform(string_split({normalised_text_sql(text_sql)},"
+        f" ' '), lambda x: trim(x, {marks})), lambda x: x <> ''), lambda x: hash(x))"
+    )
+
+
+def contamination_stage(
+    con: duckdb.DuckDBPyConnection,
+    rows: ir.Table,
+    *,
+    ngram: int,
+    threshold: float,
+    eval_sets: list[str],
+) -> ir.Table:
+    """Rows that overlap a stored eval item (prompt and reference) by word n-grams.
+
+    The overlap of a row and an item is the share of the shorter one's n-grams found in the
+    other (an eval question pasted inside a longer prompt counts in full); a row at or above
+    ``threshold`` for any item is dropped, naming the item. Items shorter than ``ngram`` words
+    are compared on n-grams of their own length (at least 3 words).
+    """
+    n = int(ngram)
+    items = f"fw_dc_items{next(_counter)}"
+    sets_filter = "eval_set IN (SELECT unnest($sets::VARCHAR[]))" if eval_sets else "true"
+    # An item's prompt and reference are compared apart: a pasted question is contamination
+    # even when the row does not hold the reference answer.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {items} AS WITH texts AS ("
+        f" SELECT item_id || ' (' || eval_set || ') prompt' AS item, prompt AS t FROM eval_items"
+        f"  WHERE {sets_filter}"
+        f" UNION ALL SELECT item_id || ' (' || eval_set || ') reference', reference"
+        f"  FROM eval_items WHERE reference IS NOT NULL AND {sets_filter}),"
+        f" w AS (SELECT item, {_word_hashes_sql('t')} AS w FROM texts),"
+        f" sized AS (SELECT item, w, least({n}, len(w)) AS n FROM w WHERE len(w) >= 3)"
+        f" SELECT DISTINCT item, n, unnest(list_transform("
+        f"generate_series(1, len(w) - n + 1), lambda p: hash(list_slice(w, p, p + n - 1)))) AS h"
+        f" FROM sized",
+        {"sets": eval_sets} if eval_sets else {},
+    )
+    sizes = [int(r[0]) for r in con.execute(f"SELECT DISTINCT n FROM {items}").fetchall()]
+    drops: list[tuple[str, str]] = []
+    if sizes:
+        row_view = f"fw_dc_rows{next(_counter)}"
+        row_text = "prompt || ' ' || response"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {row_view} AS SELECT interaction_id AS id,"
+            f" {_word_hashes_sql(row_text)} AS w FROM ({ibis.to_sql(rows, dialect='duckdb')})"
+        )
+        for size in sizes:
+            parts = ", ".join(f"w[p + {i}]" for i in range(size))
+            # The same n-gram hash as the items': hash of the list of word hashes.
+            slice_hash = f"hash(list_value({parts}))"
+            found = con.execute(
+                f"WITH g AS (SELECT id, greatest(len(w) - {size} + 1, 1) AS total,"
+                f" unnest(list_transform(generate_series(1, greatest(len(w) - {size} + 1, 1)),"
+                f" lambda p: {slice_hash})) AS h FROM {row_view}),"
+                f" item_sizes AS (SELECT item, count(*) AS m FROM {items}"
+                f"  WHERE n = {size} GROUP BY ALL),"
+                f" shared AS (SELECT g.id, i.item, any_value(g.total) AS total,"
+                f"  count(DISTINCT g.h) AS k FROM g JOIN {items} i ON i.h = g.h AND i.n = {size}"
+                f"  GROUP BY ALL)"
+                f" SELECT s.id, arg_max(s.item, s.k / least(s.total, z.m)),"
+                f"  max(s.k / least(s.total, z.m))"
+                f" FROM shared s JOIN item_sizes z USING (item)"
+                f" GROUP BY s.id HAVING max(s.k / least(s.total, z.m)) >= ?",
+                [threshold - 1e-12],
+            ).fetchall()
+            drops.extend(
+                (str(i), f"overlaps eval item {item}: {share:.0%} of {size}-grams")
+                for i, item, share in found
+            )
+        con.execute(f"DROP TABLE IF EXISTS {row_view}")
+    con.execute(f"DROP TABLE IF EXISTS {items}")
+    merged: dict[str, str] = {}
+    for row_id, why in drops:
+        merged.setdefault(row_id, why)
+    name = f"fw_dc_drops{next(_counter)}"
+    _drops_table(con, name, sorted(merged.items()))
+    return _with_drops(rows, name)

@@ -158,11 +158,14 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     broken = tmp_path / "broken.jsonl"
     broken.write_text(f'{{"interaction_id": "v9", "user_id": "{victim}", "ts": \n')
     ingest_file(store, broken)
-    # A table added later (e.g. dataset rows) is covered without code changes.
+    # A table added later (e.g. another copy of dataset rows) is covered without code changes.
     store.execute(
-        "CREATE TABLE dataset_rows (dataset_version INTEGER, interaction_id VARCHAR, text VARCHAR)"
+        "CREATE TABLE dataset_rows_later (dataset_version INTEGER, interaction_id VARCHAR,"
+        " text VARCHAR)"
     )
-    store.execute("INSERT INTO dataset_rows SELECT 1, interaction_id, prompt FROM interactions")
+    store.execute(
+        "INSERT INTO dataset_rows_later SELECT 1, interaction_id, prompt FROM interactions"
+    )
     assert any(victim in v for _, _, v in _every_text_value(store))
 
     result = forget_user(store, victim, actor="privacy officer")
@@ -172,7 +175,7 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     leftovers = [t for t in _every_text_value(store) if victim in t[2] or "victim@" in t[2]]
     assert leftovers == []
     assert store.fetch_one("SELECT count(*) FROM interactions") == (2,)
-    assert store.fetch_one("SELECT count(*) FROM dataset_rows") == (2,)
+    assert store.fetch_one("SELECT count(*) FROM dataset_rows_later") == (2,)
     salt = store.fetch_one("SELECT value FROM workspace WHERE key = 'erasure_salt'")
     assert salt is not None
     audit = store.fetch_one("SELECT target, detail FROM audit_log WHERE action = 'forget'")

@@ -1,0 +1,208 @@
+"""Cycles: run a cycle, see its funnel and removed rows, browse dataset versions, download them."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.charts import composition_heatmap_figure, funnel_figure
+from core.cycles import (
+    cycle_runs,
+    removal_summary,
+    removed_rows,
+    run_cycle,
+    run_stages,
+    run_summary,
+    why_dropped,
+)
+from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_bytes, list_versions
+from core.plan import plan_timeline
+from core.plan_versions import load_plan
+from core.settings import get_setting
+from pages._common import current_plan_id, get_store, guarded, page_header
+
+page_header("Cycles")
+store = get_store()
+
+plan_id = current_plan_id()
+if plan_id is None:
+    st.info(
+        "No plan yet. Open **Plan** to create one, or run `python -m core demo`.",
+        icon=":material/info:",
+    )
+    st.stop()
+loaded = guarded(lambda: load_plan(store, plan_id))
+if loaded is None:
+    st.stop()
+plan, version = loaded
+timeline = plan_timeline(plan)
+
+# -- run ------------------------------------------------------------------------------------------
+st.markdown("#### Run a cycle")
+review = plan.consent.privacy_review.status
+if review != "approved":
+    st.warning(
+        f"The plan's privacy review is **{review}**: cycles refuse to run until it is approved "
+        "(Plan page, section 3).",
+        icon=":material/gpp_maybe:",
+    )
+if not timeline:
+    st.info("The plan's horizon holds no full cycle; adjust the cadence on the Plan page.")
+    st.stop()
+labels = {
+    c.cycle: f"Cycle {c.cycle} · {c.start:%d %b} – {c.end:%d %b %Y}"
+    + (" · production data" if c.uses_production_data else " · synthetic only")
+    for c in timeline
+}
+left, right = st.columns([3, 1])
+cycle = left.selectbox("Cycle", list(labels), format_func=labels.__getitem__, key="cycle_pick")
+right.write("")
+if right.button("Run cycle", icon=":material/play_arrow:", type="primary", key="cycle_run"):
+    bar = st.progress(0.0, text="Starting…")
+    result = guarded(
+        lambda: run_cycle(
+            store,
+            plan_id,
+            int(cycle),
+            actor=str(get_setting("actor")),
+            progress=lambda f, m: bar.progress(min(1.0, f), text=m),
+        )
+    )
+    if result is not None:
+        st.success(run_summary(result).split("\nwarning:")[0], icon=":material/check:")
+        for warning in result.warnings:
+            st.warning(warning, icon=":material/warning:")
+        st.session_state["cycle_run_pick"] = result.run_id
+
+runs = guarded(lambda: cycle_runs(store, plan_id)) or []
+if not runs:
+    st.info(
+        "No cycle has run for this plan yet. Pick a cycle and press **Run cycle**, or run "
+        "`python -m core cycle run --cycle N`.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+# -- funnel ---------------------------------------------------------------------------------------
+st.markdown("#### Funnel")
+run_labels = {
+    r["run_id"]: f"Cycle {r['cycle']} · {r['started_at']:%Y-%m-%d %H:%M} · {r['dataset_version']}"
+    for r in runs
+}
+if st.session_state.get("cycle_run_pick") not in run_labels:
+    st.session_state["cycle_run_pick"] = runs[0]["run_id"]
+run_id = st.selectbox(
+    "Run", list(run_labels), format_func=run_labels.__getitem__, key="cycle_run_pick"
+)
+stages = run_stages(store, run_id)
+st.plotly_chart(funnel_figure([s.to_dict() for s in stages]), width="stretch")
+st.dataframe(
+    [
+        {
+            "stage": s.name,
+            "rule": s.rule,
+            "origin": s.origin,
+            "rows in": s.rows_in,
+            "removed": s.removed,
+            "added": s.added,
+            "rows out": s.rows_out,
+            "seconds": round(s.seconds, 3),
+        }
+        for s in stages
+    ],
+    hide_index=True,
+    width="stretch",
+)
+
+# -- removed rows ---------------------------------------------------------------------------------
+st.markdown("#### Removed rows")
+summary = removal_summary(store, run_id)
+if not summary:
+    st.success("This run removed no row.", icon=":material/check:")
+else:
+    options = {f"{s['stage']} · {s['rule']}": s["stage"] for s in summary}
+    counts = {f"{s['stage']} · {s['rule']}": s["rows"] for s in summary}
+    picked = st.selectbox(
+        "Stage and rule",
+        list(options),
+        format_func=lambda o: f"{o} ({counts[o]:,} rows)",
+        key="removed_pick",
+    )
+    st.dataframe(
+        removed_rows(store, run_id, stage=options[picked]), hide_index=True, width="stretch"
+    )
+asked = st.text_input("Why was this interaction dropped?", key="why_id", placeholder="demo-00042")
+if asked.strip():
+    answers = guarded(lambda: why_dropped(store, asked.strip(), plan_id=plan_id))
+    for answer in answers or []:
+        st.markdown(f"- **Cycle {answer['cycle']}** ({answer['run_id']}): {answer['why']}")
+
+# -- dataset versions ----------------------------------------------------------------------------
+st.markdown("#### Dataset versions")
+versions = list_versions(store, plan_id)
+st.dataframe(
+    [
+        {
+            "version": v.version_id,
+            "cycle": v.cycle,
+            "rows": v.rows_now,
+            "train": v.train_rows,
+            "validation": v.validation_rows,
+            "production": v.production_rows,
+            "synthetic": v.synthetic_rows,
+            "parent": v.parent_version or "—",
+            "sha256": v.sha256[:12],
+            "erased since": v.erased_rows,
+            "created": v.created_at,
+            "by": v.created_by,
+        }
+        for v in versions
+    ],
+    hide_index=True,
+    width="stretch",
+)
+by_id = {v.version_id: v for v in versions}
+chosen = st.selectbox("Version", list(by_id), key="version_pick")
+current = by_id[chosen]
+lineage_col, heat_col = st.columns([2, 3])
+with lineage_col:
+    st.markdown("**Lineage**")
+    st.json(current.lineage, expanded=1)
+with heat_col:
+    source = st.radio(
+        "Rows", ["total", "production", "synthetic"], horizontal=True, key="composition_source"
+    )
+    axes = [axis.name for axis in plan.generation.axes]
+    st.plotly_chart(
+        composition_heatmap_figure(current.composition["cells"], sorted(axes), source=source),
+        width="stretch",
+    )
+if current.parent_version and current.parent_version in by_id:
+    diff = compare_versions(store, current.parent_version, current.version_id)
+    st.markdown(
+        f"**Against {diff.old}:** +{diff.added} rows, −{diff.removed} rows, {diff.kept} kept."
+    )
+    st.dataframe(
+        [
+            {"cell": c.cell_key, "added": c.added, "removed": c.removed, "kept": c.kept}
+            for c in diff.cells
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+
+st.markdown("**Download**")
+fmt_col, split_col, button_col = st.columns(3)
+fmt = fmt_col.selectbox("Format", EXPORT_FORMATS, key="export_format")
+split = split_col.selectbox("Split", SPLITS, key="export_split")
+exported = guarded(lambda: export_bytes(store, current.version_id, fmt=fmt, split=split))
+if exported is not None:
+    data, name = exported
+    button_col.write("")
+    button_col.download_button(
+        f"Download {name}",
+        data,
+        file_name=name,
+        mime="application/jsonl" if fmt == "openai-jsonl" else "application/vnd.apache.parquet",
+        icon=":material/download:",
+        key="export_download",
+    )

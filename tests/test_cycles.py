@@ -1,0 +1,457 @@
+"""A cycle: each stage alone, the whole run, its funnel, atomicity, consent and erasure."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import ibis
+import pytest
+from cycle_helpers import EVAL_QUESTION, build_workspace, cycle_plan, interaction
+
+from core import cycles, quality
+from core.consent import forget_user
+from core.cycles import cycle_window, pipeline_rules, run_cycle, run_stages, why_dropped
+from core.datasets import get_version
+from core.errors import CycleError
+from core.plan import (
+    Accepted,
+    CodeParses,
+    FieldCondition,
+    Language,
+    LengthBounds,
+    NearDedup,
+    PositiveFeedback,
+    PositiveOrAccepted,
+)
+from core.plan_versions import load_plan, save_plan_version
+from core.store import Store
+
+# -- stages alone ---------------------------------------------------------------------------------
+
+
+def _rows_con(rows: list[dict[str, Any]]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    quality.install_stage_functions(con)
+    columns = list(quality.CYCLE_ROW_SCHEMA.names)
+    types = {
+        "ts": "TIMESTAMPTZ",
+        "accepted": "BOOLEAN",
+        "latency_ms": "BIGINT",
+        "input_tokens": "BIGINT",
+        "output_tokens": "BIGINT",
+        "cost_usd": "DOUBLE",
+    }
+    con.execute(
+        "CREATE TABLE t (" + ", ".join(f"{c} {types.get(c, 'VARCHAR')}" for c in columns) + ")"
+    )
+    for row in rows:
+        full = {"ts": "2027-01-10T00:00:00Z", "user_id": "u", "cell_key": "{}", **row}
+        con.execute(
+            f"INSERT INTO t VALUES ({', '.join('?' for _ in columns)})",
+            [full.get(c) for c in columns],
+        )
+    return con
+
+
+def _dropped(con: duckdb.DuckDBPyConnection, verdict: ibis.Table) -> dict[str, str]:
+    sql = ibis.to_sql(verdict, dialect="duckdb")
+    found = con.execute(f"SELECT interaction_id, fw_drop FROM ({sql}) WHERE fw_drop IS NOT NULL")
+    return {str(i): str(why) for i, why in found.fetchall()}
+
+
+def _table() -> ibis.Table:
+    return ibis.table(quality.CYCLE_ROW_SCHEMA, name="t")
+
+
+ROWS = [
+    {
+        "interaction_id": "up",
+        "feedback": "up",
+        "accepted": False,
+        "prompt": "the question is",
+        "response": "and the answer is in English with the words you expect",
+    },
+    {
+        "interaction_id": "acc",
+        "feedback": None,
+        "accepted": True,
+        "prompt": "q",
+        "response": "short",
+    },
+    {
+        "interaction_id": "down",
+        "feedback": "down",
+        "accepted": None,
+        "prompt": "q",
+        "response": "Die Antwort ist nicht das, was ich mit der Frage wollte und wie",
+    },
+    {
+        "interaction_id": "code",
+        "feedback": None,
+        "accepted": False,
+        "prompt": "q",
+        "response": "```python\nfor i in range(3)\n    print(i)\n```",
+        "latency_ms": 900,
+        "metadata": '{"client": "vim"}',
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("rule", "dropped"),
+    [
+        (PositiveFeedback(), {"acc", "down", "code"}),
+        (Accepted(), {"up", "down", "code"}),
+        (PositiveOrAccepted(), {"down", "code"}),
+        (LengthBounds(min_chars=6, max_chars=70), {"acc"}),
+        (Language(languages=["en"]), {"down"}),
+        (CodeParses(), {"code"}),
+        (FieldCondition(field="latency_ms", op="<", value="500"), {"up", "acc", "down", "code"}),
+        (FieldCondition(field="client", op="in", value="vim, emacs"), {"up", "acc", "down"}),
+        (FieldCondition(field="feedback", op="!=", value="down"), {"down", "acc", "code"}),
+    ],
+)
+def test_each_row_rule_drops_exactly_the_rows_it_should(rule: Any, dropped: set[str]) -> None:
+    con = _rows_con(ROWS)
+    found = _dropped(con, quality.rule_stage(_table(), rule))
+    assert set(found) == dropped
+    if isinstance(rule, CodeParses):
+        assert "expected ':'" in found["code"]
+
+
+def test_unknown_language_is_refused() -> None:
+    with pytest.raises(ValueError, match="knows en"):
+        quality.rule_stage(_table(), Language(languages=["xx"]))
+
+
+def test_exact_duplicates_keep_the_earliest_or_the_best_rated() -> None:
+    con = _rows_con(
+        [
+            {
+                "interaction_id": "a",
+                "ts": "2027-01-01T00:00:00Z",
+                "prompt": "Sort  a list",
+                "response": "Use sorted.",
+                "feedback": "down",
+            },
+            {
+                "interaction_id": "b",
+                "ts": "2027-01-02T00:00:00Z",
+                "prompt": "sort a LIST",
+                "response": "use   sorted.",
+                "feedback": "up",
+            },
+            {
+                "interaction_id": "c",
+                "ts": "2027-01-03T00:00:00Z",
+                "prompt": "sort a list",
+                "response": "use sorted!",
+                "feedback": None,
+            },
+        ]
+    )
+    earliest = _dropped(con, quality.exact_duplicate_stage(_table(), "earliest"))
+    assert earliest == {"b": "exact duplicate of a"}
+    best = _dropped(con, quality.exact_duplicate_stage(_table(), "best_rated"))
+    assert best == {"a": "exact duplicate of b"}
+
+
+def test_near_duplicates_name_a_kept_twin() -> None:
+    words = " ".join(f"word{i}" for i in range(40))
+    con = _rows_con(
+        [
+            {"interaction_id": "a", "ts": "2027-01-02T00:00:00Z", "prompt": words, "response": "x"},
+            {
+                "interaction_id": "b",
+                "ts": "2027-01-01T00:00:00Z",
+                "prompt": words + " extra",
+                "response": "x",
+            },
+            {
+                "interaction_id": "c",
+                "ts": "2027-01-03T00:00:00Z",
+                "prompt": "unrelated text",
+                "response": "entirely",
+            },
+        ]
+    )
+    found = _dropped(
+        con, quality.near_duplicate_stage(con, _table(), threshold=0.8, keep="earliest")
+    )
+    assert list(found) == ["a"]
+    assert found["a"].startswith("near-duplicate of b (Jaccard 0.9")
+
+
+def _word_shingles(text: str, k: int = 3) -> set[tuple[str, ...]]:
+    words = " ".join(text.lower().split()).split(" ")
+    return {tuple(words[i : i + k]) for i in range(max(1, len(words) - k + 1))}
+
+
+def _jaccard(a: str, b: str) -> float:
+    sa, sb = _word_shingles(a), _word_shingles(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+def test_planted_near_duplicate_pairs_recall_and_false_removals() -> None:
+    rng = random.Random(2027)
+    vocabulary = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        for _ in range(5000)
+    ]
+    rows, pairs = [], []
+    for n in range(900):
+        words = [rng.choice(vocabulary) for _ in range(80)]
+        twin = list(words)
+        # 0 to 40 substituted words: Jaccard from 1 down to well under 0.3.
+        for position in rng.sample(range(80), rng.randint(0, 40) if n % 3 else rng.randint(0, 3)):
+            twin[position] = rng.choice(vocabulary)
+        a, b = " ".join(words), " ".join(twin)
+        rows.append({"interaction_id": f"a{n:04d}", "prompt": a, "response": "."})
+        rows.append({"interaction_id": f"b{n:04d}", "prompt": b, "response": "."})
+        pairs.append((f"a{n:04d}", f"b{n:04d}", _jaccard(a + " .", b + " .")))
+    con = _rows_con(rows)
+    dropped = _dropped(
+        con, quality.near_duplicate_stage(con, _table(), threshold=0.8, keep="earliest")
+    )
+    high = [p for p in pairs if p[2] >= 0.8]
+    low = [p for p in pairs if p[2] < 0.5]
+    assert len(high) >= 250 and len(low) >= 200
+    recall = sum(1 for a, b, _ in high if a in dropped or b in dropped) / len(high)
+    false_removals = sum(1 for a, b, _ in low if a in dropped or b in dropped) / len(low)
+    assert recall >= 0.95
+    assert false_removals <= 0.01
+
+
+def test_decontamination_removes_a_planted_eval_item(store: Store, tmp_path: Path) -> None:
+    build_workspace(store, tmp_path, [interaction(1)], synthetic=0)
+    con_rows = [
+        {
+            "interaction_id": "pasted",
+            "prompt": f"Homework: {EVAL_QUESTION}.",
+            "response": "def fib(n): ...",
+        },
+        {
+            "interaction_id": "clean",
+            "prompt": "How do I write a fast Fibonacci function?",
+            "response": "Use a loop that keeps two variables and runs in linear time.",
+        },
+    ]
+    with store.connect() as con:
+        con.execute(
+            "CREATE TEMP TABLE t AS SELECT * FROM (VALUES (?, ?, ?), (?, ?, ?))"
+            " v(interaction_id, prompt, response)",
+            [v for r in con_rows for v in r.values()],
+        )
+        table = ibis.table(
+            {"interaction_id": "string", "prompt": "string", "response": "string"}, name="t"
+        )
+        verdict = quality.contamination_stage(con, table, ngram=13, threshold=0.5, eval_sets=[])
+        found = _dropped(con, verdict)
+    assert list(found) == ["pasted"]
+    assert "e-1 (python-core) prompt: 100% of 13-grams" in found["pasted"]
+
+
+def test_pipeline_adds_missing_dedup_and_decontamination_with_defaults() -> None:
+    plan = cycle_plan()
+    plan.quality_filters = [PositiveOrAccepted(), NearDedup(threshold=0.9)]
+    rules = [(r.rule, origin) for r, origin in pipeline_rules(plan)]
+    assert rules == [
+        ("pii_redacted", "pipeline"),
+        ("positive_or_accepted", "plan"),
+        ("exact_dedup", "default"),
+        ("near_dedup", "plan"),
+        ("decontamination", "default"),
+    ]
+
+
+def test_window_runs_from_the_previous_freeze_to_this_one() -> None:
+    plan = cycle_plan()
+    assert cycle_window(plan, 1) == (None, None)
+    start, end = cycle_window(plan, 2)
+    assert (start.isoformat(), end.isoformat()) == (  # type: ignore[union-attr]
+        "2027-01-07T00:00:00+00:00",
+        "2027-02-07T00:00:00+00:00",
+    )
+    with pytest.raises(CycleError, match="cycles 1 to 6"):
+        cycle_window(plan, 9)
+
+
+# -- the whole cycle ------------------------------------------------------------------------------
+
+
+def _workspace_rows() -> list[dict[str, Any]]:
+    rows = [interaction(n) for n in range(30)]
+    rows.append(interaction(30, prompt=rows[0]["prompt"], response=rows[0]["response"]))
+    rows.append(interaction(31, user_id="u-0", feedback="down", accepted=False))
+    rows.append(
+        interaction(
+            32, prompt=f"Please: {EVAL_QUESTION}", response="Keep two variables and loop n times."
+        )
+    )
+    rows.append(interaction(33, ts="2027-03-01T00:00:00Z"))  # outside cycle 2's window
+    rows.append(interaction(35, user_id="u-3"))  # no consent
+    rows.append(interaction(36, response="```python\ndef broken(:\n```"))
+    return rows
+
+
+def test_cycle_end_to_end_funnel_reconciles(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    result = run_cycle(store, plan_id, 2)
+    stages = result.stages
+    assert [s.name for s in stages][:3] == ["window", "consent", "pii_redacted"]
+    assert stages[0].rows_in == 35  # every row but the one after the freeze
+    for before, after in itertools.pairwise(stages):
+        assert after.rows_in == before.rows_out
+    removed = dict(
+        store.fetch_all(
+            "SELECT position, count(*) FROM cycle_removed_rows WHERE run_id = ? GROUP BY 1",
+            [result.run_id],
+        )
+    )
+    for stage in stages:
+        assert stage.rows_out == stage.rows_in - stage.removed + stage.added
+        assert removed.get(stage.position, 0) == stage.removed
+    assert stages[-1].rows_out == result.rows
+    version = get_version(store, result.dataset_version)
+    assert version.rows == version.train_rows + version.validation_rows == result.rows
+    # 35 in the window; u-3 (no consent) has 8; then a filter each for i-030, -031, -032, -036.
+    assert version.production_rows == 35 - 8 - 4
+    reasons = {
+        row["interaction_id"]: (row["stage"], row["detail"])
+        for row in store.fetch_dicts(
+            "SELECT interaction_id, stage, detail FROM cycle_removed_rows WHERE run_id = ?",
+            [result.run_id],
+        )
+    }
+    assert reasons["i-030"][0] == "exact_dedup"
+    assert reasons["i-031"][0] == "positive_or_accepted"
+    assert reasons["i-032"][0] == "decontamination"
+    assert reasons["i-035"] == (
+        "consent",
+        "no training consent granted at or before the interaction",
+    )
+    assert reasons["i-036"][0] == "code_parses"
+    assert version.lineage["window"][0].startswith("2027-01-07")
+    assert version.composition["production"] == version.production_rows
+    assert sum(c["production"] + c["synthetic"] for c in version.composition["cells"]) == (
+        version.rows
+    )
+
+
+def test_mix_follows_the_ratio_and_the_cap(store: Store, tmp_path: Path) -> None:
+    plan = cycle_plan(original_to_new_ratio=0.5, max_dataset_size=12)
+    plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(20)], plan=plan)
+    result = run_cycle(store, plan_id, 2)
+    mix = next(s for s in result.stages if s.name == "mix")
+    # 15 consented rows; the cap of 12 keeps 12 // 1.5 = 8 production rows and 4 synthetic.
+    assert (mix.rows_in, mix.removed, mix.added, mix.rows_out) == (15, 7, 4, 12)
+    cut = store.fetch_all(
+        "SELECT DISTINCT rule FROM cycle_removed_rows WHERE run_id = ? AND stage = 'mix'",
+        [result.run_id],
+    )
+    assert cut == [("max_dataset_size=12",)]
+
+
+def test_split_is_stratified_by_cell(store: Store, tmp_path: Path) -> None:
+    plan = cycle_plan(validation_share=0.25)
+    plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(40)], plan=plan)
+    result = run_cycle(store, plan_id, 2)
+    for cell in get_version(store, result.dataset_version).composition["cells"]:
+        total = cell["train"] + cell["validation"]
+        assert cell["validation"] == int(total * 0.25 + 0.5)
+
+
+def test_same_cycle_over_same_data_gives_the_same_hash(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    first = run_cycle(store, plan_id, 2)
+    again = run_cycle(store, plan_id, 2)
+    assert (again.dataset_version, again.sha256, again.new_version) == (
+        first.dataset_version,
+        first.sha256,
+        False,
+    )
+    other = Store(tmp_path / "other.duckdb")
+    monkeypatch.setenv("FLYWHEEL_DB", str(other.path))
+    (tmp_path / "b").mkdir()
+    other_plan = build_workspace(other, tmp_path / "b", list(reversed(_workspace_rows())))
+    assert run_cycle(other, other_plan, 2).sha256 == first.sha256
+
+
+def test_cycle_refuses_without_an_approved_privacy_review(store: Store, tmp_path: Path) -> None:
+    plan = cycle_plan()
+    plan.consent.privacy_review.status = "in_review"
+    plan_id = build_workspace(store, tmp_path, plan=plan)
+    with pytest.raises(CycleError, match="privacy review is 'in_review', not approved"):
+        run_cycle(store, plan_id, 2)
+    assert store.fetch_one("SELECT count(*) FROM cycle_runs") == (0,)
+
+
+def test_a_failing_stage_leaves_the_store_as_it_was(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    tables = (
+        "cycle_runs",
+        "cycle_stages",
+        "cycle_removed_rows",
+        "dataset_versions",
+        "dataset_rows",
+        "interactions",
+        "audit_log",
+    )
+    before = {t: store.fetch_one(f"SELECT count(*) FROM {t}") for t in tables}
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setitem(cycles.STAGE_RUNNERS, "near_dedup", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_cycle(store, plan_id, 2)
+    assert {t: store.fetch_one(f"SELECT count(*) FROM {t}") for t in tables} == before
+    monkeypatch.undo()
+    assert run_cycle(store, plan_id, 2).new_version
+
+
+def test_why_was_this_interaction_dropped(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    run_cycle(store, plan_id, 2)
+    (dropped,) = why_dropped(store, "i-031")
+    assert dropped["outcome"] == "removed" and dropped["stage"] == "positive_or_accepted"
+    assert "neither rated thumbs-up nor accepted" in dropped["why"]
+    assert why_dropped(store, "i-033")[0]["outcome"] == "outside window"
+    assert why_dropped(store, "i-001")[0]["outcome"] == "kept"
+    with pytest.raises(CycleError, match="No interaction 'nope'"):
+        why_dropped(store, "nope")
+
+
+def test_forget_removes_dataset_rows_and_counts_them(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    result = run_cycle(store, plan_id, 2)
+    (in_dataset,) = store.fetch_one(  # type: ignore[misc]
+        "SELECT count(*) FROM dataset_rows WHERE user_id = 'u-1'"
+    )
+    assert in_dataset > 0
+    outcome = forget_user(store, "u-1")
+    assert outcome.dataset_rows_deleted == in_dataset
+    assert store.fetch_one("SELECT count(*) FROM dataset_rows WHERE user_id = 'u-1'") == (0,)
+    assert store.fetch_one("SELECT count(*) FROM cycle_removed_rows WHERE user_id = 'u-1'") == (0,)
+    assert get_version(store, result.dataset_version).erased_rows == in_dataset
+
+
+def test_stages_are_stored_with_the_run(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    result = run_cycle(store, plan_id, 2)
+    assert [s.to_dict() for s in run_stages(store, result.run_id)] == [
+        s.to_dict() | {"seconds": round(s.seconds, 3)} for s in result.stages
+    ]
+    plan, _ = load_plan(store, plan_id)
+    plan.consent.privacy_review.status = "rejected"
+    save_plan_version(store, plan, note="rejected", author="test", plan_id=plan_id)
+    with pytest.raises(CycleError, match="'rejected'"):
+        run_cycle(store, plan_id, 3)

@@ -1,0 +1,184 @@
+"""Dataset versions: exports in OpenAI's format and Parquet, byte-stable, checked; comparisons."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT
+from cycle_helpers import build_workspace, interaction
+
+from core.cycles import run_cycle
+from core.datasets import (
+    check_openai_jsonl,
+    compare_versions,
+    estimated_epochs,
+    example_token_limit,
+    export_dataset,
+    get_version,
+)
+from core.errors import DatasetError
+from core.store import Store
+
+
+@pytest.fixture
+def version(store: Store, tmp_path: Path) -> str:
+    rows = [interaction(n) for n in range(24)]
+    rows.append(interaction(40, system="You are a terse Python assistant."))
+    plan_id = build_workspace(store, tmp_path, rows)
+    return run_cycle(store, plan_id, 2).dataset_version
+
+
+def test_export_passes_the_upload_checks_and_is_byte_stable(
+    store: Store, version: str, tmp_path: Path
+) -> None:
+    first = export_dataset(store, version, tmp_path / "a.jsonl", split="all")
+    second = export_dataset(store, version, tmp_path / "b.jsonl", split="all")
+    a, b = Path(first.path).read_bytes(), Path(second.path).read_bytes()
+    assert a == b and first.sha256 == second.sha256 == hashlib.sha256(a).hexdigest()
+    assert first.sha256 == get_version(store, version).sha256
+    report = check_openai_jsonl(a, model="gpt-4o-mini")
+    assert report.ok and report.examples == first.rows
+    lines = [json.loads(line) for line in a.decode().splitlines()]
+    for example in lines:
+        roles = [m["role"] for m in example["messages"]]
+        assert roles in (["user", "assistant"], ["system", "user", "assistant"])
+        assert all(m["content"].strip() for m in example["messages"])
+    assert any(len(e["messages"]) == 3 for e in lines)
+    assert first.total_tokens == report.total_tokens > 0
+    assert first.epochs == estimated_epochs(first.rows)
+    price = 3.0  # the starter plan's student_training_per_1m default
+    assert first.estimated_training_cost_usd == pytest.approx(
+        report.total_tokens * first.epochs * price / 1e6, abs=1e-4
+    )
+
+
+def test_splits_partition_the_version(store: Store, version: str, tmp_path: Path) -> None:
+    train = export_dataset(store, version, tmp_path / "t.jsonl", split="train")
+    validation = export_dataset(store, version, tmp_path / "v.jsonl", split="validation")
+    v = get_version(store, version)
+    assert (train.rows, validation.rows) == (v.train_rows, v.validation_rows)
+    assert validation.rows > 0
+
+
+def test_parquet_export_is_byte_stable(store: Store, version: str, tmp_path: Path) -> None:
+    one = export_dataset(store, version, tmp_path / "a.parquet", fmt="parquet", split="all")
+    two = export_dataset(store, version, tmp_path / "b.parquet", fmt="parquet", split="all")
+    assert Path(one.path).read_bytes() == Path(two.path).read_bytes()
+    table = pq.read_table(one.path)
+    assert table.num_rows == one.rows
+    assert {"row_key", "split", "source", "cell_key", "prompt", "response"} <= set(
+        table.column_names
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
+        (
+            {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "x"}]},
+            "empty content",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "robot", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+            "unrecognised role",
+        ),
+        ({"messages": []}, "no messages"),
+        ({"prompt": "x", "completion": "y"}, "unknown keys"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "word " * 20_000},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+            "over the 16385-token limit",
+        ),
+    ],
+)
+def test_format_check_finds_what_openai_refuses(line: dict[str, object], problem: str) -> None:
+    report = check_openai_jsonl((json.dumps(line) + "\n").encode(), model="gpt-3.5-turbo")
+    assert not report.ok
+    assert problem in report.errors[0]["message"]
+
+
+def test_token_limits_and_epochs() -> None:
+    assert example_token_limit("gpt-4o-mini-2024-07-18") == 65_536
+    assert example_token_limit("some-open-model") == 16_385
+    assert (estimated_epochs(10), estimated_epochs(1000), estimated_epochs(20_000)) == (10, 3, 1)
+
+
+def test_compare_counts_rows_added_and_removed_per_cell(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(24)], synthetic=0)
+    old = run_cycle(store, plan_id, 2).dataset_version
+    (tmp_path / "more").mkdir()
+    from cycle_helpers import write_jsonl
+
+    from core.ingest import ingest_file
+
+    ingest_file(
+        store, write_jsonl(tmp_path / "more" / "i.jsonl", [interaction(n) for n in range(50, 54)])
+    )
+    store.execute("DELETE FROM interactions WHERE interaction_id = 'i-000'")
+    new = run_cycle(store, plan_id, 2)
+    assert new.new_version and new.dataset_version.endswith("-v2")
+    diff = compare_versions(store, old, new.dataset_version)
+    # i-050..053: u-2, u-3, u-0, u-1 → three consented; i-000 gone.
+    assert (diff.added, diff.removed) == (3, 1)
+    assert sum(c.added for c in diff.cells) == 3
+    assert get_version(store, new.dataset_version).parent_version == old
+
+
+def test_unknown_version_and_empty_split_are_refused(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="No dataset version 'ds-nope'"):
+        export_dataset(store, "ds-nope", tmp_path / "x.jsonl")
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_cli_runs_a_cycle_explains_a_row_and_exports(store: Store, tmp_path: Path) -> None:
+    rows = [interaction(n) for n in range(20)]
+    rows.append(interaction(21, user_id="u-0", feedback="down", accepted=False))
+    plan_id = build_workspace(store, tmp_path, rows)
+    ran = _cli("cycle", "run", "--cycle", "2", "--plan", plan_id, "--json")
+    assert ran.returncode == 0, ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["cycle"] == 2 and data["dataset_version"] == f"ds-{plan_id}-c2-v1"
+    assert {"name", "rows_in", "rows_out"} <= set(data["stages"][0])
+    why = json.loads(_cli("cycle", "why", "i-021", "--json").stdout)
+    assert why["runs"][0]["stage"] == "positive_or_accepted"
+    out = tmp_path / "train.jsonl"
+    exported = _cli("dataset", "export", data["dataset_version"], "--out", str(out), "--json")
+    assert exported.returncode == 0, exported.stderr
+    payload = json.loads(exported.stdout)
+    assert payload["path"] == str(out) and payload["rows"] > 0
+    assert payload["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    listed = json.loads(_cli("dataset", "list", "--json").stdout)
+    assert [v["version_id"] for v in listed["versions"]] == [data["dataset_version"]]
+    compared = _cli("dataset", "compare", data["dataset_version"], data["dataset_version"])
+    assert "+0 −0" in compared.stdout
+
+
+def test_cli_refuses_bad_input_with_one_line(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, [interaction(1)])
+    bad = _cli("cycle", "run", "--cycle", "42", "--plan", plan_id)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "cycle 42" in bad.stderr
+    missing = _cli("dataset", "export", "ds-x", "--out", str(tmp_path / "o.jsonl"))
+    assert missing.returncode == 2 and "No dataset version" in missing.stderr
