@@ -58,6 +58,7 @@ __all__ = [
     "STAGE_RUNNERS",
     "CycleResult",
     "StageRecord",
+    "consent_stage",
     "cycle_runs",
     "cycle_window",
     "pipeline_rules",
@@ -261,7 +262,7 @@ STAGE_RUNNERS: dict[str, StageRunner] = {
 """The function that runs each filter rule: (context, rows, rule) → rows plus ``fw_drop``."""
 
 
-def _consent_stage(rows: ir.Table, events: ir.Table) -> ir.Table:
+def consent_stage(rows: ir.Table, events: ir.Table) -> ir.Table:
     """Rows plus ``fw_drop``: why a row lacks training consent (none, or withdrawn)."""
     eligible = eligible_interactions(rows, events)
     training = events.filter((events.scope == "training") & (events.action == "grant"))
@@ -415,7 +416,7 @@ def run_cycle(
             {"user_id": "string", "ts": "timestamp('UTC')", "scope": "string", "action": "string"},
             name="consent_events",
         )
-        verdict = _consent_stage(window, events)
+        verdict = consent_stage(window, events)
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {_REMOVED} AS SELECT interaction_id, user_id,"
             " 1 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
