@@ -38,6 +38,7 @@ import ibis
 import ibis.expr.types as ir
 
 from core import quality
+from core.access import User, require
 from core.audit import record_audit
 from core.consent import eligible_interactions
 from core.datasets import canonical_jsonl
@@ -52,6 +53,7 @@ from core.plan import (
 )
 from core.plan_versions import load_plan
 from core.settings import get_setting
+from core.signoffs import privacy_approved
 from core.store import Store
 
 __all__ = [
@@ -333,13 +335,20 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str, params: Any = ()) -> int:
 # -- the run -------------------------------------------------------------------------------------
 
 
-def _check_can_run(plan: Plan, plan_id: str, cycle: int) -> None:
+def _check_can_run(store: Store, plan: Plan, plan_id: str, version: int, cycle: int) -> None:
     review = plan.consent.privacy_review
     if review.status != "approved":
         raise CycleError(
             f"Cycle {cycle} of plan '{plan_id}' cannot run: the plan's privacy review is "
             f"'{review.status}', not approved. Record the reviewer's approval "
             "(consent.privacy_review.status) on the Plan page, then run the cycle again."
+        )
+    milestones = {c.cycle: c for c in plan_timeline(plan)}
+    uses_production = cycle in milestones and milestones[cycle].uses_production_data
+    if uses_production and not privacy_approved(store, plan_id, version):
+        raise CycleError(
+            f"Cycle {cycle} trains on production data, so the privacy reviewer must approve "
+            f"this exact plan version (v{version}) first: Plan page, Sign-off tab."
         )
 
 
@@ -350,15 +359,20 @@ def run_cycle(
     *,
     actor: str | None = None,
     progress: Progress | None = None,
+    user: User | None = None,
 ) -> CycleResult:
     """Run a cycle of the plan's newest version and build its dataset version, in one
     transaction (a failing stage leaves the store as it was).
 
-    Raises CycleError when the privacy review is not approved, the cycle is not in the plan,
-    a rule cannot be evaluated, or no row would be left.
+    Raises CycleError when the privacy review is not approved (for a cycle on production data:
+    the privacy reviewer's sign-off of this exact version), the cycle is not in the plan, a rule
+    cannot be evaluated, or no row would be left; AccessError when ``user`` may not run cycles.
     """
+    if user is not None:
+        require(user, "cycle.run")
+        actor = user.name
     plan, plan_version = load_plan(store, plan_id)
-    _check_can_run(plan, plan_id, cycle)
+    _check_can_run(store, plan, plan_id, plan_version, cycle)
     start, end = cycle_window(plan, cycle)
     who = actor or str(get_setting("actor"))
     report = progress or (lambda fraction, message: None)

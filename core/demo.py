@@ -15,10 +15,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.access import User
 from core.generation import GenerationSpec, cell_key, write_examples
 from core.ingest import Kind, ingest_file
 from core.plan import Plan, plan_timeline
 from core.plan_versions import list_plans, load_plan, save_plan_version
+from core.signoffs import record_decision, required_roles
 from core.starters import starter_plan
 from core.store import Store
 
@@ -98,6 +100,7 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
     _demo_generation(store, plan_id, rng)
     _load_demo_data(store, final, rng)
     _load_demo_ab_tests(store, final, random.Random(seed * 1_000 + 6))
+    _demo_sign_offs(store, plan_id)
     _demo_cycles(store, plan_id, final)
     from core.demo_evals import load_demo_evals  # the eval stack (scipy) only when loading
 
@@ -107,6 +110,23 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
         con.execute("INSERT OR REPLACE INTO workspace VALUES ('demo', 'true')")
         con.execute("INSERT OR REPLACE INTO workspace VALUES ('demo_seed', ?)", [str(seed)])
     return DemoSummary(plan_id, len(plan_timeline(final)), _interaction_count(store), True)
+
+
+def _demo_sign_offs(store: Store, plan_id: str) -> None:
+    """Every required role approves the final version, as its named approvers."""
+    plan, version = load_plan(store, plan_id)
+    names: dict[str, str] = {a.role: a.name for a in plan.sign_offs.approvers}
+    for role in required_roles(plan):
+        approver = User(f"{names.get(role, role)} (demo)", frozenset({role}))
+        record_decision(
+            store,
+            plan_id,
+            version,
+            role=role,
+            user=approver,
+            decision="approve",
+            note="Demo approval.",
+        )
 
 
 # -- generated examples ------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from core.cycles import (
 from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_bytes, list_versions
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
-from core.settings import get_setting
-from pages._common import current_plan_id, get_store, guarded, page_header
+from pages._common import current_plan_id, current_user, get_store, guarded, page_header
 
 page_header("Cycles")
+user = current_user()
 store = get_store()
 
 plan_id = current_plan_id()
@@ -63,7 +63,7 @@ if right.button("Run cycle", icon=":material/play_arrow:", type="primary", key="
             store,
             plan_id,
             int(cycle),
-            actor=str(get_setting("actor")),
+            user=user,
             progress=lambda f, m: bar.progress(min(1.0, f), text=m),
         )
     )

@@ -455,3 +455,15 @@ def test_stages_are_stored_with_the_run(store: Store, tmp_path: Path) -> None:
     save_plan_version(store, plan, note="rejected", author="test", plan_id=plan_id)
     with pytest.raises(CycleError, match="'rejected'"):
         run_cycle(store, plan_id, 3)
+
+
+def test_production_cycle_needs_the_privacy_reviewers_sign_off(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id = build_workspace(store, tmp_path, _workspace_rows())
+    plan, _ = load_plan(store, plan_id)
+    plan.cadence.validation_share = 0.2
+    _, version = save_plan_version(store, plan, note="edit", author="test", plan_id=plan_id)
+    with pytest.raises(CycleError, match=f"approve this exact plan version \\(v{version}\\)"):
+        run_cycle(store, plan_id, 2)
+    assert store.fetch_one("SELECT count(*) FROM dataset_versions") == (0,)
