@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,10 +27,19 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     return fresh
 
 
+@pytest.fixture(scope="session")
+def _demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo workspace, loaded once per test session (it takes seconds) and copied per test."""
+    path = tmp_path_factory.mktemp("demo-template") / "flywheel.duckdb"
+    load_demo(Store(path))
+    return path
+
+
 @pytest.fixture
-def demo_store(store: Store) -> Store:
-    """A store holding the demo workspace."""
-    load_demo(store)
+def demo_store(store: Store, _demo_template: Path) -> Store:
+    """A store holding the demo workspace: a fresh copy of the session's template."""
+    Path(str(store.path) + ".wal").unlink(missing_ok=True)
+    shutil.copyfile(_demo_template, store.path)
     return store
 
 
