@@ -19,6 +19,7 @@ import duckdb
 import ibis
 import ibis.expr.types as ir
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import ConsentError
 from core.settings import get_setting
@@ -209,15 +210,20 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def forget_user(store: Store, user_id: str, *, actor: str | None = None) -> ForgetResult:
+def forget_user(
+    store: Store, user_id: str, *, actor: str | None = None, by: User | None = None
+) -> ForgetResult:
     """Erase a user's interactions and every copy of them, in one transaction, and audit it.
 
     Every table with a ``user_id`` or ``interaction_id`` column is covered (found through
     information_schema, so tables added later, such as dataset rows, are too), as are
     quarantined lines that mention the id. The audit entry holds a salted hash, never the id.
     Raises ConsentError when the store holds nothing of that user (unknown or already
-    forgotten); nothing is changed then.
+    forgotten); nothing is changed then. AccessError when ``by`` may not erase users.
     """
+    if by is not None:
+        require(by, "data.erase")
+        actor = by.name
     user = user_id.strip()
     if not user:
         raise ConsentError("Give the user id to forget.")

@@ -40,6 +40,7 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import numpy as np
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import IngestError
 from core.privacy import PII_TYPES, install_pii_macros
@@ -898,8 +899,12 @@ def ingest_bytes(
     kind: Kind = "interactions",
     cycle: int | None = None,
     actor: str | None = None,
+    user: User | None = None,
 ) -> IngestResult:
     """Load an uploaded file (its bytes and name) exactly as ``ingest_file`` loads a path."""
+    if user is not None:
+        require(user, "data.ingest")
+        actor = user.name
     _file_format(file_name)
     suffix = "".join(Path(file_name).suffixes[-2:]) or ".jsonl"
     handle, temp = tempfile.mkstemp(suffix=suffix, prefix="flywheel-upload-")
@@ -925,13 +930,22 @@ def list_batches(store: Store) -> list[dict[str, Any]]:
 
 
 def batch_rejects(
-    store: Store, batch_id: str, *, reveal_raw: bool = False, actor: str | None = None
+    store: Store,
+    batch_id: str,
+    *,
+    reveal_raw: bool = False,
+    actor: str | None = None,
+    user: User | None = None,
 ) -> list[dict[str, Any]]:
     """The quarantined rows of one batch: line and reason, and the raw line when
     ``reveal_raw`` (it may hold unredacted PII, so each such view is audited).
 
     Raises IngestError when the batch does not exist.
     """
+    if user is not None:
+        if reveal_raw:
+            require(user, "pii.view_raw")
+        actor = user.name
     if store.fetch_one("SELECT 1 FROM ingest_batches WHERE batch_id = ?", [batch_id]) is None:
         raise IngestError(
             f"No batch {batch_id!r}; `python -m core ingest FILE` prints the id of each batch."
@@ -971,9 +985,14 @@ def pii_samples(
     limit: int = 5,
     reveal_raw: bool = False,
     actor: str | None = None,
+    user: User | None = None,
 ) -> list[dict[str, Any]]:
     """Interactions in which ``pii_type`` was redacted: the redacted texts, and the originals
     only when ``reveal_raw`` — each such view is written to the audit log (without the text)."""
+    if user is not None:
+        if reveal_raw:
+            require(user, "pii.view_raw")
+        actor = user.name
     if pii_type not in PII_TYPES:
         raise IngestError(f"Unknown PII type {pii_type!r}; use one of {', '.join(PII_TYPES)}.")
     columns = "interaction_id, batch_id, prompt, response"

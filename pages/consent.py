@@ -14,11 +14,10 @@ from core.consent import (
     forget_user,
     user_consent,
 )
-from core.settings import get_setting
-from pages._common import demo_badge, get_store, guarded
+from pages._common import current_user, get_store, guarded, page_header
 
-st.title("Consent")
-demo_badge()
+page_header("Consent")
+user = current_user()
 store = get_store()
 
 counts = guarded(lambda: consent_counts(store)) or []
@@ -72,7 +71,7 @@ if go:
     elif not confirmed:
         st.warning("Tick the confirmation first.")
     else:
-        result = guarded(lambda: forget_user(store, forget_id, actor=str(get_setting("actor"))))
+        result = guarded(lambda: forget_user(store, forget_id, by=user))
         if result is not None:
             st.success(
                 f"Forgot {result.user_id}: {result.interactions_deleted} interactions, "

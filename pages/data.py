@@ -7,11 +7,10 @@ import streamlit as st
 from core.charts import pii_by_type_figure
 from core.ingest import KINDS, batch_rejects, ingest_bytes, list_batches, pii_samples, pii_summary
 from core.privacy import PII_TYPES
-from core.settings import get_setting
-from pages._common import demo_badge, get_store, guarded
+from pages._common import current_user, get_store, guarded, page_header
 
-st.title("Data")
-demo_badge()
+page_header("Data")
+user = current_user()
 store = get_store()
 
 st.markdown("#### Load a file")
@@ -36,7 +35,7 @@ if submitted and upload is not None:
             upload.name,
             kind=kind,
             cycle=int(cycle) or None,
-            actor=str(get_setting("actor")),
+            user=user,
         )
     )
     progress.progress(1.0, text="Done.")
@@ -71,11 +70,7 @@ else:
     show_raw_lines = st.toggle(
         "Show the raw lines (may hold unredacted PII; each view is audited)", key="raw_quarantine"
     )
-    rows = guarded(
-        lambda: batch_rejects(
-            store, batch_id, reveal_raw=show_raw_lines, actor=str(get_setting("actor"))
-        )
-    )
+    rows = guarded(lambda: batch_rejects(store, batch_id, reveal_raw=show_raw_lines, user=user))
     if rows is not None:
         st.dataframe(rows, hide_index=True, width="stretch")
 
@@ -91,9 +86,7 @@ else:
         "Show the original text (unredacted; each view is written to the audit log)",
         key="raw_pii",
     )
-    samples = guarded(
-        lambda: pii_samples(store, pii_type, reveal_raw=show_raw, actor=str(get_setting("actor")))
-    )
+    samples = guarded(lambda: pii_samples(store, pii_type, reveal_raw=show_raw, user=user))
     for sample in samples or []:
         with st.container(border=True):
             st.caption(f"{sample['interaction_id']} · batch {sample['batch_id']}")

@@ -26,10 +26,9 @@ from core.generation import (
     stored_counts,
 )
 from core.llm import Endpoint, resolve_endpoint
-from pages._common import current_plan_id, demo_badge, get_store, guarded
+from pages._common import current_plan_id, get_store, guarded, page_header
 
-st.title("Synthetic data")
-demo_badge()
+page_header("Synthetic data")
 
 plan_id = current_plan_id()
 if plan_id is None:

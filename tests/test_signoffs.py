@@ -162,3 +162,25 @@ def test_gate_override_needs_the_ml_lead_role(store: Store) -> None:
     decision_id = record_decision(store, report, decision="overridden", reason=reason, user=ML)
     row = store.fetch_one("SELECT actor FROM audit_log WHERE action = 'gate.overridden'")
     assert decision_id and row == ("Omar",)
+
+
+def test_data_permissions_are_enforced_in_core(demo_store: Store) -> None:
+    from core.consent import forget_user
+    from core.ingest import batch_rejects, ingest_bytes
+
+    line = (
+        b'{"interaction_id": "p1", "ts": "2027-01-02T00:00:00Z", "user_id": "u-perm", '
+        b'"variant": "control", "model": "gpt-4o", "prompt": "hi", "response": "hello"}\n'
+    )
+    with pytest.raises(AccessError, match="data ingest"):
+        ingest_bytes(demo_store, line, "perm.jsonl", user=VIEWER)
+    assert ingest_bytes(demo_store, line, "perm.jsonl", user=PM).accepted == 1
+    with pytest.raises(AccessError, match="data erase"):
+        forget_user(demo_store, "u-perm", by=PM)
+    assert forget_user(demo_store, "u-perm", by=PRIVACY).interactions_deleted == 1
+    batch = demo_store.fetch_one("SELECT batch_id FROM quarantine LIMIT 1")
+    assert batch is not None
+    assert batch_rejects(demo_store, batch[0], user=ML)  # redacted reasons: anyone may read
+    with pytest.raises(AccessError, match="pii view_raw"):
+        batch_rejects(demo_store, batch[0], reveal_raw=True, user=ML)
+    assert batch_rejects(demo_store, batch[0], reveal_raw=True, user=PRIVACY)
