@@ -796,12 +796,20 @@ def _fast_rejects(
         return None
     with path.open("rb") as handle:
         samples = _sample_lines(handle, scan)
+        # Only samples the stage accepts, so that a rejected line repeating a stored id is
+        # never taken for that row.
+        texts = []
+        for line, _, _, raw in samples:
+            try:
+                texts.append([line, raw.rstrip(b"\r").decode("utf-8")])
+            except UnicodeDecodeError:
+                continue
+        judged = _judge_lines(con, texts, [])
         ids: dict[str, tuple[int, int, int]] = {}
         for line, start, end, raw in samples:
-            try:
-                value = json.loads(raw)
-            except ValueError:
+            if line not in judged or judged[line][0] is not None:
                 continue
+            value = json.loads(raw)
             key = value.get("interaction_id") if isinstance(value, dict) else None
             if isinstance(key, str):
                 ids[key] = (line, start, end)
@@ -819,7 +827,7 @@ def _fast_rejects(
         points = [(0, 0, 0, -1)]
         points += sorted((ids[k][0], rank, ids[k][1], ids[k][2]) for k, rank in ranks.items())
         points.append((scan.lines + 1, stored + 1, size, size))
-        texts: list[list[Any]] = []
+        texts = []
         bad: list[list[Any]] = []
         raw_of: dict[int, str] = {}
         expected: list[tuple[int, int, int]] = []  # (first line, last line, lines not stored)
@@ -850,6 +858,22 @@ def _fast_rejects(
                     bad.append([line, 0, "invalid UTF-8"])
             blank += empty
             expected.append((line_a + 1, line_b - 1, gap - empty))
+    rejected = [
+        (line, reason, user)
+        for line, (reason, user) in sorted(_judge_lines(con, texts, bad).items())
+        if reason is not None
+    ]
+    found = [line for line, _, _ in rejected]
+    for low, high, count in expected:
+        if bisect.bisect_right(found, high) - bisect.bisect_left(found, low) != count:
+            return None
+    return scan.lines - blank, rejected, {line: raw_of[line] for line in found}
+
+
+def _judge_lines(
+    con: duckdb.DuckDBPyConnection, texts: list[list[Any]], bad: list[list[Any]]
+) -> dict[int, tuple[str | None, str | None]]:
+    """The stage over single interaction lines: line -> (reason or None, user id)."""
     # Thousands of lines: bound as two lists, one statement (executemany runs one per row).
     con.execute(
         "CREATE OR REPLACE TEMP TABLE fw_lines AS SELECT unnest($k)::BIGINT AS k, "
@@ -859,17 +883,10 @@ def _fast_rejects(
     con.execute("CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)")
     _insert_many(con, "fw_bad_lines", bad)
     _define_lines_source(con, INTERACTION_FIELDS, mapped=False)
-    rejected = [
-        (int(r[0]), str(r[1]), r[2])
-        for r in con.execute(
-            "SELECT line, reason, user_id FROM fw_stage WHERE reason IS NOT NULL ORDER BY line"
-        ).fetchall()
-    ]
-    found = [line for line, _, _ in rejected]
-    for low, high, count in expected:
-        if bisect.bisect_right(found, high) - bisect.bisect_left(found, low) != count:
-            return None
-    return scan.lines - blank, rejected, {line: raw_of[line] for line in found}
+    return {
+        int(r[0]): (r[1], r[2])
+        for r in con.execute("SELECT line, reason, user_id FROM fw_stage").fetchall()
+    }
 
 
 def _sample_lines(handle: BinaryIO, scan: _Scan) -> list[tuple[int, int, int, bytes]]:
