@@ -43,7 +43,7 @@ import ibis.expr.types as ir
 
 from core.audit import record_audit
 from core.errors import IngestError
-from core.privacy import PII_TYPES, install_pii_macros
+from core.privacy import PII_TYPES, REDACTION_STEPS, install_pii_macros
 from core.settings import get_setting
 from core.store import Store
 
@@ -167,9 +167,20 @@ class IngestResult:
 # -- the Ibis stage ------------------------------------------------------------------------------
 
 
-@ibis.udf.scalar.builtin(name="fw_redact")  # type: ignore[untyped-decorator]
-def _redact(text: str) -> str:  # type: ignore[empty-body]
-    """DuckDB macro of core.privacy: the text with PII replaced by placeholders."""
+@ibis.udf.scalar.builtin(name="fw_pii_candidate")  # type: ignore[untyped-decorator]
+def _pii_candidate(text: str) -> bool:  # type: ignore[empty-body]
+    """DuckDB macro of core.privacy: whether any detector's pattern occurs in the text."""
+
+
+def _redaction_step(name: str) -> Any:
+    @ibis.udf.scalar.builtin(name=name)  # type: ignore[untyped-decorator]
+    def step(text: str) -> str:  # type: ignore[empty-body]
+        """DuckDB macro of core.privacy: one detector's values replaced in the text."""
+
+    return step
+
+
+_REDACTION_STEPS = tuple(_redaction_step(name) for name in REDACTION_STEPS)
 
 
 @ibis.udf.scalar.builtin(name="fw_pii_found")  # type: ignore[untyped-decorator]
@@ -258,13 +269,24 @@ def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir
         elif spec.type == "enum":
             out[spec.name] = value.lower()
         elif kind == "interactions" and spec.name in _TEXT_FIELDS:
-            out[spec.name] = _redact(value)
+            out[spec.name] = value
             out["raw_" + spec.name] = value
+            out["fw_candidate_" + spec.name] = _pii_candidate(value)
         else:
             out[spec.name] = value
     stage = source.select(**out)
     if kind != "interactions":
         return stage
+    # Redaction (core.privacy's fw_redact), one projection per detector over the candidate
+    # texts only: cheaper than nesting the steps in one expression.
+    for step in _REDACTION_STEPS:
+        stage = stage.mutate(
+            **{
+                name: ibis.ifelse(stage["fw_candidate_" + name], step(stage[name]), stage[name])
+                for name in _TEXT_FIELDS
+            }
+        )
+    stage = stage.drop(*("fw_candidate_" + name for name in _TEXT_FIELDS))
     stage = stage.mutate(pii=_pii_found(*(stage[name] for name in _TEXT_FIELDS)))
     found = stage.pii.length() > 0
     return stage.mutate(
