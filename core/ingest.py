@@ -6,13 +6,18 @@ reconcile. A file whose sha256 is already stored for the same kind adds nothing.
 
 How a file becomes rows (all inside DuckDB):
 
-* JSONL, the fast path: ``read_json`` with every field as VARCHAR, ``ignore_errors`` and
-  ``WITH ORDINALITY``; a malformed line becomes an all-NULL row at its own position, so the
-  ordinality is the line number. A Python pre-pass over the bytes (needed for the sha256
-  anyway) checks that the file has no BOM and no blank lines, which would break that equality.
-* JSONL, the exact path (gzip, BOM, blank lines): ``read_csv`` reading each line whole as one
-  VARCHAR, ``json_extract_string`` per field; lines DuckDB refuses as invalid UTF-8 come back
-  from its rejects table with their line numbers, and only they are quarantined.
+* JSONL of interactions, the fast path: ``read_json`` with every field as VARCHAR and
+  ``ignore_errors``, parsed in parallel with no row numbering (numbering held the reader to one
+  thread); a malformed line becomes an all-NULL row, so every non-blank line is one row. The
+  accepted rows are inserted in file order with ``line`` NULL. The rejected lines are found
+  afterwards: a thread that hashes the file also indexes its newlines, lines sampled from that
+  index and judged by the same stage pin down where rows are missing, and only those stretches
+  are read again and judged line by line, which gives each reject its exact line and reason.
+  Counts that do not agree send the file to the exact path.
+* JSONL, the exact path (gzip, BOM, consent and eval items): ``read_csv`` reading each line
+  whole as one VARCHAR, ``json_extract_string`` per field; lines DuckDB refuses as invalid
+  UTF-8 come back from its rejects table with their line numbers, and only they are
+  quarantined.
 * CSV (quoted newlines included) and Parquet: DuckDB's readers, every column cast to VARCHAR.
 
 Validation, coercion and PII redaction are Ibis expressions over that VARCHAR relation
@@ -210,7 +215,10 @@ def _check(spec: FieldSpec, value: ir.StringValue, max_text_bytes: int) -> list[
     present = value.notnull()
     checks: list[tuple[Any, Any]] = []
     if spec.required:
-        missing = value.isnull() | ((value.strip() == "") if spec.type != "text" else False)
+        # Blank: empty, or whitespace only, which starts with whitespace; the cheap test of
+        # the first character spares trimming every value.
+        blank = (value == "") | (value.ascii_str().isin([9, 10, 32]) & (value.strip() == ""))
+        missing = value.isnull() | (blank if spec.type != "text" else False)
         checks.append((missing, f"missing required field: {name}"))
     shown = value.substr(0, 40)
     if spec.type == "timestamp":
