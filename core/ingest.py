@@ -971,7 +971,7 @@ def _raw_of_rejects(
     """The original text of each rejected line, as shown in the quarantine."""
     if not lines:
         return {}
-    if how in ("fast", "lines"):
+    if how == "lines":
         found = {
             int(r[0]): str(r[1])
             for r in con.execute(
