@@ -6,13 +6,18 @@ reconcile. A file whose sha256 is already stored for the same kind adds nothing.
 
 How a file becomes rows (all inside DuckDB):
 
-* JSONL, the fast path: ``read_json`` with every field as VARCHAR, ``ignore_errors`` and
-  ``WITH ORDINALITY``; a malformed line becomes an all-NULL row at its own position, so the
-  ordinality is the line number. A Python pre-pass over the bytes (needed for the sha256
-  anyway) checks that the file has no BOM and no blank lines, which would break that equality.
-* JSONL, the exact path (gzip, BOM, blank lines): ``read_csv`` reading each line whole as one
-  VARCHAR, ``json_extract_string`` per field; lines DuckDB refuses as invalid UTF-8 come back
-  from its rejects table with their line numbers, and only they are quarantined.
+* JSONL of interactions, the fast path: ``read_json`` with every field as VARCHAR and
+  ``ignore_errors``, parsed in parallel with no row numbering (numbering held the reader to one
+  thread); a malformed line becomes an all-NULL row, so every non-blank line is one row. The
+  accepted rows are inserted in file order with ``line`` NULL. The rejected lines are found
+  afterwards: a thread that hashes the file also indexes its newlines, lines sampled from that
+  index and judged by the same stage pin down where rows are missing, and only those stretches
+  are read again and judged line by line, which gives each reject its exact line and reason.
+  Counts that do not agree send the file to the exact path.
+* JSONL, the exact path (gzip, BOM, consent and eval items): ``read_csv`` reading each line
+  whole as one VARCHAR, ``json_extract_string`` per field; lines DuckDB refuses as invalid
+  UTF-8 come back from its rejects table with their line numbers, and only they are
+  quarantined.
 * CSV (quoted newlines included) and Parquet: DuckDB's readers, every column cast to VARCHAR.
 
 Validation, coercion and PII redaction are Ibis expressions over that VARCHAR relation
@@ -22,28 +27,29 @@ backends once the PII macros exist there.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import duckdb
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
-import numpy as np
 
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import IngestError
-from core.privacy import PII_TYPES, install_pii_macros
+from core.privacy import PII_TYPES, REDACTION_STEPS, install_pii_macros
 from core.settings import get_setting
 from core.store import Store
 
@@ -125,7 +131,6 @@ _FIELDS: dict[Kind, tuple[FieldSpec, ...]] = {
     "eval-items": EVAL_ITEM_FIELDS,
 }
 _TEXT_FIELDS = ("prompt", "response", "system")
-_WHITESPACE = np.array([9, 11, 12, 13, 32], dtype=np.uint8)
 
 
 @dataclass
@@ -168,9 +173,20 @@ class IngestResult:
 # -- the Ibis stage ------------------------------------------------------------------------------
 
 
-@ibis.udf.scalar.builtin(name="fw_redact")  # type: ignore[untyped-decorator]
-def _redact(text: str) -> str:  # type: ignore[empty-body]
-    """DuckDB macro of core.privacy: the text with PII replaced by placeholders."""
+@ibis.udf.scalar.builtin(name="fw_pii_candidate")  # type: ignore[untyped-decorator]
+def _pii_candidate(text: str) -> bool:  # type: ignore[empty-body]
+    """DuckDB macro of core.privacy: whether any detector's pattern occurs in the text."""
+
+
+def _redaction_step(name: str) -> Any:
+    @ibis.udf.scalar.builtin(name=name)  # type: ignore[untyped-decorator]
+    def step(text: str) -> str:  # type: ignore[empty-body]
+        """DuckDB macro of core.privacy: one detector's values replaced in the text."""
+
+    return step
+
+
+_REDACTION_STEPS = tuple(_redaction_step(name) for name in REDACTION_STEPS)
 
 
 @ibis.udf.scalar.builtin(name="fw_pii_found")  # type: ignore[untyped-decorator]
@@ -200,7 +216,10 @@ def _check(spec: FieldSpec, value: ir.StringValue, max_text_bytes: int) -> list[
     present = value.notnull()
     checks: list[tuple[Any, Any]] = []
     if spec.required:
-        missing = value.isnull() | ((value.strip() == "") if spec.type != "text" else False)
+        # Blank: empty, or whitespace only, which starts with whitespace; the cheap test of
+        # the first character spares trimming every value.
+        blank = (value == "") | (value.ascii_str().isin([9, 10, 32]) & (value.strip() == ""))
+        missing = value.isnull() | (blank if spec.type != "text" else False)
         checks.append((missing, f"missing required field: {name}"))
     shown = value.substr(0, 40)
     if spec.type == "timestamp":
@@ -259,13 +278,24 @@ def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir
         elif spec.type == "enum":
             out[spec.name] = value.lower()
         elif kind == "interactions" and spec.name in _TEXT_FIELDS:
-            out[spec.name] = _redact(value)
+            out[spec.name] = value
             out["raw_" + spec.name] = value
+            out["fw_candidate_" + spec.name] = _pii_candidate(value)
         else:
             out[spec.name] = value
     stage = source.select(**out)
     if kind != "interactions":
         return stage
+    # Redaction (core.privacy's fw_redact), one projection per detector over the candidate
+    # texts only: cheaper than nesting the steps in one expression.
+    for step in _REDACTION_STEPS:
+        stage = stage.mutate(
+            **{
+                name: ibis.ifelse(stage["fw_candidate_" + name], step(stage[name]), stage[name])
+                for name in _TEXT_FIELDS
+            }
+        )
+    stage = stage.drop(*("fw_candidate_" + name for name in _TEXT_FIELDS))
     stage = stage.mutate(pii=_pii_found(*(stage[name] for name in _TEXT_FIELDS)))
     found = stage.pii.length() > 0
     return stage.mutate(
@@ -295,66 +325,51 @@ def _file_format(name: str) -> tuple[str, bool]:
     )
 
 
+_CHUNK = 1 << 24  # bytes read at a time by the scans of the file
+_BLOCK = 1 << 18  # the line index's granularity: one sampled line per block
+
+
 @dataclass
-class _Shape:
-    """What the fast JSONL path must know: a BOM or blank lines break its line numbering."""
+class _Scan:
+    """One read of the file's bytes: its sha256 and, for the fast JSONL path, its line count
+    and the number of newlines before each ``_BLOCK`` boundary (to find a line by seeking)."""
 
-    bom: bool
-    blank_lines: bool
+    sha256: str
     lines: int
+    newlines_before: list[int]
 
 
-def _shape(path: Path) -> _Shape:
-    """Scan the bytes, vectorised: BOM, blank lines (CRLF or LF), number of lines."""
-    bom = blank = False
-    lines = 0
-    last_newline = -1  # position of the previous newline, relative to the current chunk
-    previous_byte = b""
-    carry = b""  # the bytes after the previous chunk's last newline
-    with path.open("rb") as handle:
-        offset = 0
-        while chunk := handle.read(1 << 24):
-            if offset == 0:
-                bom = chunk.startswith(b"\xef\xbb\xbf")
-            data = np.frombuffer(chunk, dtype=np.uint8)
-            newlines = np.flatnonzero(data == 10)
-            lines += len(newlines)
-            if not blank and len(newlines):
-                starts = np.concatenate(([last_newline], newlines[:-1])) + 1
-                # Blank: empty, or only whitespace (read_json skips such lines, which would
-                # shift its numbering). JSONL lines rarely start with whitespace, so only those
-                # few are looked at one by one.
-                blank = bool((newlines == starts).any())
-                candidates = starts[(starts >= 0) & (starts < newlines)]
-                candidates = candidates[np.isin(data[candidates], _WHITESPACE)]
-                for start in candidates[:10_000].tolist():
-                    end = int(newlines[np.searchsorted(newlines, start)])
-                    if not chunk[start:end].strip():
-                        blank = True
-                        break
-                if offset == 0 and not blank:
-                    blank = not chunk[: int(newlines[0])].strip()
-                if not blank and last_newline < -1:
-                    # The line that straddles the chunk boundary.
-                    blank = not (carry + chunk[: int(newlines[0])]).strip()
-            if len(newlines):
-                carry = chunk[int(newlines[-1]) + 1 :]
-            else:
-                carry += chunk
-            last_newline = (int(newlines[-1]) if len(newlines) else last_newline) - len(chunk)
-            previous_byte = chunk[-1:]
-            offset += len(chunk)
-    if previous_byte and previous_byte != b"\n":
-        lines += 1
-    return _Shape(bom, blank, lines)
-
-
-def _sha256(path: Path) -> str:
+def _scan(path: Path, *, count_lines: bool) -> _Scan:
+    """sha256 (and the line index) in one pass; hashlib releases the GIL, so this runs in a
+    thread beside DuckDB. A last line without a newline counts."""
     digest = hashlib.sha256()
+    lines = 0
+    newlines_before = [0]
+    last = b""
+    offset = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
+            if count_lines:
+                at = 0
+                while at < size:
+                    stop = min(size, (offset + at) // _BLOCK * _BLOCK + _BLOCK - offset)
+                    lines += buffer.count(b"\n", at, stop)
+                    at = stop
+                    if (offset + at) % _BLOCK == 0:
+                        newlines_before.append(lines)
+                last = bytes(buffer[size - 1 : size])
+            offset += size
+    if last and last != b"\n":
+        lines += 1
+    return _Scan(digest.hexdigest(), lines, newlines_before)
+
+
+def _has_bom(path: Path) -> bool:
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return handle.read(3) == b"\xef\xbb\xbf"
 
 
 def _struct(fields: tuple[FieldSpec, ...], kind: str) -> str:
@@ -393,22 +408,23 @@ def _prepare_source(
     con: duckdb.DuckDBPyConnection,
     path: Path,
     fmt: str,
-    gz: bool,
-    shape: _Shape | None,
+    fast: bool,
     fields: tuple[FieldSpec, ...],
 ) -> str:
     """Create the temp view ``fw_source`` (VARCHAR fields + line); return how it reads."""
     names = [f.name for f in fields]
     literal = _sql_string(str(path))
-    if fmt == "jsonl" and shape is not None and not shape.bom and not shape.blank_lines:
+    if fast:
+        # No line numbers here: numbering the rows would hold DuckDB's parallel reader to one
+        # thread. The rows keep the file's order instead (see _fast_rejects).
         all_null = " AND ".join(f"{n} IS NULL" for n in names)
         con.execute(
-            "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT ordinality AS line, "
+            "CREATE OR REPLACE TEMP VIEW fw_source AS SELECT NULL::BIGINT AS line, "
             f"CASE WHEN {all_null} THEN 'fw_suspect' END AS fw_pre_reason, "
             + ", ".join(names)
             + f" FROM read_json({literal}, format='newline_delimited', "
             f"columns={_struct(fields, 'VARCHAR')}, ignore_errors=true, "
-            f"maximum_object_size={_max_line_bytes()}) WITH ORDINALITY"
+            f"maximum_object_size={_max_line_bytes()})"
         )
         return "fast"
     if fmt == "jsonl":
@@ -586,16 +602,18 @@ def ingest_file(
     fmt, gz = _file_format(name)
     started = _now()
     who = actor or str(get_setting("actor"))
-    # The sha256 runs in a thread (hashlib releases the GIL) while DuckDB loads; a file that
-    # turns out to be loaded already is rolled back.
+    # JSONL of interactions without a BOM takes the fast path (see _load); gzip, a BOM, CSV
+    # and Parquet the exact one.
+    fast = fmt == "jsonl" and not gz and kind == "interactions" and not _has_bom(source)
+    # The sha256 (and the line count) runs in a thread while DuckDB loads; a file that turns
+    # out to be loaded already is rolled back.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        digest_future = pool.submit(_sha256, source)
-        shape = _shape(source) if fmt == "jsonl" and not gz else None
+        scan = pool.submit(_scan, source, count_lines=fast)
         batch_id = started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         try:
             with store.transaction() as con:
-                result = _load(con, source, fmt, gz, shape, kind, batch_id, cycle)
-                sha256 = digest_future.result()
+                result = _load(con, source, fmt, fast, scan, kind, batch_id, cycle)
+                sha256 = scan.result().sha256
                 earlier = con.execute(
                     "SELECT batch_id, rows_read, cycle FROM ingest_batches "
                     "WHERE sha256 = ? AND kind = ?",
@@ -638,7 +656,7 @@ def ingest_file(
                 str(done.row[0]),
                 kind,
                 name,
-                digest_future.result(),
+                scan.result().sha256,
                 rows,
                 0,
                 0,
@@ -670,15 +688,25 @@ def _load(
     con: duckdb.DuckDBPyConnection,
     path: Path,
     fmt: str,
-    gz: bool,
-    shape: _Shape | None,
+    fast: bool,
+    scan: Future[_Scan],
     kind: Kind,
     batch_id: str,
     cycle: int | None,
 ) -> dict[str, Any]:
     """Validate, redact and store one file's rows in one pass; then sort out duplicates and
-    quarantine the rest. Returns the counts."""
+    quarantine the rest. Returns the counts.
+
+    The fast path (JSONL of interactions) lets DuckDB's reader parse in parallel and numbers
+    no rows. Every line, accepted or not, is inserted in file order (DuckDB keeps insertion
+    order), a rejected one as a placeholder row with ``line = 0``; the placeholders' places
+    give the rejected lines' numbers, and they are deleted before the transaction commits.
+    Accepted rows keep ``line`` NULL. When the reader's rows do not line up with the file's
+    lines, the load falls back to the exact path.
+    """
     con.execute("SET TimeZone = 'UTC'")
+    # Row order is what numbers the rejected lines of the fast path: DuckDB's default, kept.
+    con.execute("SET preserve_insertion_order = true")
     limit = str(get_setting("ingest_memory_limit"))
     if limit:
         con.execute("SET memory_limit = ?", [limit])
@@ -688,18 +716,24 @@ def _load(
         "coalesce(try(json_type(v)) = 'OBJECT', false)"
     )
     fields = _FIELDS[kind]
-    how = _prepare_source(con, path, fmt, gz, shape, fields)
     stage = interaction_stage(kind, max_text_bytes=int(get_setting("max_text_bytes")))
-    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
-    con.execute(
-        _INSERTS[kind],
-        {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id},
-    )
     table, key = _TARGETS[kind]
-    if how == "fast" and shape is not None:
-        rows_read = shape.lines
-        rejected = _rejects_by_line(con, path, table, batch_id, rows_read, fields)
-    else:
+    params = {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id}
+    how = _prepare_source(con, path, fmt, fast, fields)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
+    rejected: list[tuple[int, str, str | None]] = []
+    raw: dict[int, str] = {}
+    if how == "fast":
+        con.execute(_INSERTS[kind], params)
+        found = _fast_rejects(con, path, batch_id, scan.result())
+        if found is None:
+            con.execute("DELETE FROM interactions WHERE batch_id = ?", [batch_id])
+            how = _prepare_source(con, path, fmt, False, fields)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
+        else:
+            rows_read, rejected, raw = found
+    if how != "fast":
+        con.execute(_INSERTS[kind], params)
         rows_read = int(con.execute("SELECT count(*) FROM fw_source").fetchall()[0][0])
         rejected = [
             (int(r[0]), str(r[1]), r[2])
@@ -710,7 +744,8 @@ def _load(
             ).fetchall()
         ]
     duplicates = _drop_duplicates(con, table, key, batch_id)
-    raw = _raw_of_rejects(con, path, how, [r[0] for r in rejected])
+    if how != "fast":
+        raw = _raw_of_rejects(con, path, how, [r[0] for r in rejected])
     _insert_many(
         con,
         "quarantine",
@@ -734,7 +769,7 @@ def _load(
         pii_found = {t: int(n) for t, n in zip(PII_TYPES, counts, strict=True) if n}
         _insert_many(con, "pii_counts", [[batch_id, t, n] for t, n in pii_found.items()])
     accepted = rows_read - len(rejected) - duplicates
-    for temp in ("fw_lines", "fw_csv", "fw_bad_lines", "fw_dup_lines", "fw_reject_lines"):
+    for temp in ("fw_lines", "fw_csv", "fw_bad_lines", "fw_dup_rows"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     return {
         "rows_read": rows_read,
@@ -748,74 +783,168 @@ def _load(
 def _drop_duplicates(
     con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], batch_id: str
 ) -> int:
-    """Delete this batch's rows whose key was stored before or repeats an earlier line."""
+    """Delete this batch's rows whose key was stored before or repeats an earlier line.
+
+    The earlier line is the smaller ``line`` or, where lines are not stored (the fast path),
+    the earlier row: rows are inserted in file order.
+    """
     keys = ", ".join(key)
     match = " AND ".join(f"o.{k} = n.{k}" for k in key)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE fw_dup_lines AS "
-        f"SELECT n.line FROM {table} n WHERE n.batch_id = $batch AND EXISTS ("
+        f"CREATE OR REPLACE TEMP TABLE fw_dup_rows AS "
+        f"SELECT n.rowid AS r FROM {table} n WHERE n.batch_id = $batch AND EXISTS ("
         f"SELECT 1 FROM {table} o WHERE o.batch_id <> $batch AND {match}) "
-        f"UNION SELECT line FROM (SELECT line, row_number() OVER (PARTITION BY {keys} "
-        f"ORDER BY line) AS rn FROM {table} WHERE batch_id = $batch AND ({keys}) IN ("
+        f"UNION SELECT r FROM (SELECT rowid AS r, row_number() OVER (PARTITION BY {keys} "
+        f"ORDER BY line, rowid) AS rn FROM {table} WHERE batch_id = $batch AND ({keys}) IN ("
         f"SELECT ({keys}) FROM {table} WHERE batch_id = $batch GROUP BY ALL "
         "HAVING count(*) > 1)) WHERE rn > 1",
         {"batch": batch_id},
     )
-    count = int(con.execute("SELECT count(*) FROM fw_dup_lines").fetchall()[0][0])
+    count = int(con.execute("SELECT count(*) FROM fw_dup_rows").fetchall()[0][0])
     if count:
-        con.execute(
-            f"DELETE FROM {table} WHERE batch_id = ? AND line IN (SELECT line FROM fw_dup_lines)",
-            [batch_id],
-        )
+        con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT r FROM fw_dup_rows)")
     return count
 
 
-def _rejects_by_line(
-    con: duckdb.DuckDBPyConnection,
-    path: Path,
-    table: str,
-    batch_id: str,
-    rows_read: int,
-    fields: tuple[FieldSpec, ...],
-) -> list[tuple[int, str, str | None]]:
-    """Fast path: the lines that were not stored are the rejects; read just those lines and
-    run the same stage over them to learn why."""
-    missing = [
-        int(r[0])
-        for r in con.execute(
-            f"SELECT r.line FROM range(1, $n + 1) r(line) ANTI JOIN "
-            f"(SELECT line FROM {table} WHERE batch_id = $batch) s ON r.line = s.line "
-            "ORDER BY r.line",
-            {"n": rows_read, "batch": batch_id},
-        ).fetchall()
+def _fast_rejects(
+    con: duckdb.DuckDBPyConnection, path: Path, batch_id: str, scan: _Scan
+) -> tuple[int, list[tuple[int, str, str | None]], dict[int, str]] | None:
+    """Fast path: rows read, the rejected lines (line, reason, user id) and their raw text.
+
+    The stored rows are in file order, so a sampled line whose id is stored once has as many
+    rejected or blank lines before it as its line number exceeds its row's rank. Only the
+    stretches between samples where that number grows are read again, through the same stage
+    over single lines, which gives each reject its exact line and reason. None when the counts
+    do not agree (the caller then loads the file on the exact path).
+    """
+    stored, first, last = con.execute(
+        "SELECT count(*), min(rowid), max(rowid) FROM interactions WHERE batch_id = ?",
+        [batch_id],
+    ).fetchall()[0]
+    if stored == scan.lines:
+        return stored, [], {}
+    if stored and last - first + 1 != stored:
+        return None
+    with path.open("rb") as handle:
+        samples = _sample_lines(handle, scan)
+        # Only samples the stage accepts, so that a rejected line repeating a stored id is
+        # never taken for that row.
+        texts = []
+        for line, _, _, raw in samples:
+            try:
+                texts.append([line, raw.rstrip(b"\r").decode("utf-8")])
+            except UnicodeDecodeError:
+                continue
+        judged = _judge_lines(con, texts, [])
+        ids: dict[str, tuple[int, int, int]] = {}
+        for line, start, end, raw in samples:
+            if line not in judged or judged[line][0] is not None:
+                continue
+            value = json.loads(raw)
+            key = value.get("interaction_id") if isinstance(value, dict) else None
+            if isinstance(key, str):
+                ids[key] = (line, start, end)
+        ranks = {
+            str(r[0]): int(r[1])
+            for r in con.execute(
+                "SELECT interaction_id, min(rowid) - $first + 1 FROM interactions "
+                "WHERE batch_id = $batch AND interaction_id IN (SELECT unnest($ids)) "
+                "GROUP BY interaction_id HAVING count(*) = 1",
+                {"first": first or 0, "batch": batch_id, "ids": list(ids)},
+            ).fetchall()
+        }
+        size = path.stat().st_size
+        # (line, rank, start offset, end offset) of lines known to be stored, with sentinels.
+        points = [(0, 0, 0, -1)]
+        points += sorted((ids[k][0], rank, ids[k][1], ids[k][2]) for k, rank in ranks.items())
+        points.append((scan.lines + 1, stored + 1, size, size))
+        texts = []
+        bad: list[list[Any]] = []
+        raw_of: dict[int, str] = {}
+        expected: list[tuple[int, int, int]] = []  # (first line, last line, lines not stored)
+        blank = 0
+        for (line_a, rank_a, _, end_a), (line_b, rank_b, start_b, _) in itertools.pairwise(points):
+            gap = (line_b - rank_b) - (line_a - rank_a)
+            if gap < 0 or rank_b <= rank_a:
+                return None
+            if gap == 0:
+                continue
+            handle.seek(end_a + 1)
+            data = handle.read(start_b - end_a - 1)
+            pieces = data.split(b"\n")
+            if data.endswith(b"\n") or not data:
+                pieces.pop()
+            if len(pieces) != line_b - line_a - 1:
+                return None
+            empty = 0
+            for line, piece in enumerate(pieces, start=line_a + 1):
+                piece = piece.rstrip(b"\r")
+                if not piece.strip():
+                    empty += 1
+                    continue
+                raw_of[line] = piece.decode("utf-8", errors="replace")
+                try:
+                    texts.append([line, piece.decode("utf-8")])
+                except UnicodeDecodeError:
+                    bad.append([line, 0, "invalid UTF-8"])
+            blank += empty
+            expected.append((line_a + 1, line_b - 1, gap - empty))
+    rejected = [
+        (line, reason, user)
+        for line, (reason, user) in sorted(_judge_lines(con, texts, bad).items())
+        if reason is not None
     ]
-    if not missing:
-        return []
-    raw = _physical_lines(path, missing)
-    lines, bad = [], []
-    for line in missing:
-        data = raw.get(line, b"")
-        try:
-            lines.append([line, data.decode("utf-8")])
-        except UnicodeDecodeError:
-            bad.append([line, 0, "invalid UTF-8"])
-    con.execute("CREATE OR REPLACE TEMP TABLE fw_lines (k BIGINT, raw VARCHAR)")
+    found = [line for line, _, _ in rejected]
+    for low, high, count in expected:
+        if bisect.bisect_right(found, high) - bisect.bisect_left(found, low) != count:
+            return None
+    return scan.lines - blank, rejected, {line: raw_of[line] for line in found}
+
+
+def _judge_lines(
+    con: duckdb.DuckDBPyConnection, texts: list[list[Any]], bad: list[list[Any]]
+) -> dict[int, tuple[str | None, str | None]]:
+    """The stage over single interaction lines: line -> (reason or None, user id)."""
+    # Thousands of lines: bound as two lists, one statement (executemany runs one per row).
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_lines AS SELECT unnest($k)::BIGINT AS k, "
+        "unnest($raw)::VARCHAR AS raw",
+        {"k": [t[0] for t in texts], "raw": [t[1] for t in texts]},
+    )
     con.execute("CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)")
-    _insert_many(con, "fw_lines", lines)
     _insert_many(con, "fw_bad_lines", bad)
-    _define_lines_source(con, fields, mapped=False)
-    user = "user_id" if any(f.name == "user_id" for f in fields) else "NULL"
-    found = {
+    _define_lines_source(con, INTERACTION_FIELDS, mapped=False)
+    return {
         int(r[0]): (r[1], r[2])
-        for r in con.execute(f"SELECT line, reason, {user} FROM fw_stage").fetchall()
+        for r in con.execute("SELECT line, reason, user_id FROM fw_stage").fetchall()
     }
-    rejected: list[tuple[int, str, str | None]] = []
-    for line in missing:
-        reason, user_id = found.get(line, (None, None))
-        # A line the stage accepts on its own failed in the fast reader only: report it
-        # rather than drop it.
-        rejected.append((line, str(reason or "could not be read as one JSON object"), user_id))
-    return rejected
+
+
+def _sample_lines(handle: BinaryIO, scan: _Scan) -> list[tuple[int, int, int, bytes]]:
+    """The first whole line after each block boundary: (line, start, end offset, bytes)."""
+    samples: dict[int, tuple[int, int, int, bytes]] = {}
+    for block in range(1, len(scan.newlines_before)):
+        offset = block * _BLOCK
+        handle.seek(offset - 1)
+        data = handle.read(1 << 16)
+        newline = data.find(b"\n")
+        while newline < 0 and (more := handle.read(1 << 20)):
+            data += more
+            newline = data.find(b"\n")
+        if newline < 0:
+            break
+        line = scan.newlines_before[block] + (1 if newline == 0 else 2)
+        if line in samples:
+            continue
+        end = data.find(b"\n", newline + 1)
+        while end < 0 and (more := handle.read(1 << 20)):
+            data += more
+            end = data.find(b"\n", newline + 1)
+        if end < 0:
+            break  # the last line: the end sentinel covers it
+        start = offset - 1 + newline + 1
+        samples[line] = (line, start, offset - 1 + end, data[newline + 1 : end])
+    return list(samples.values())
 
 
 def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
@@ -843,7 +972,7 @@ def _raw_of_rejects(
     """The original text of each rejected line, as shown in the quarantine."""
     if not lines:
         return {}
-    if how in ("fast", "lines"):
+    if how == "lines":
         found = {
             int(r[0]): str(r[1])
             for r in con.execute(

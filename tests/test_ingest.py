@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import pytest
 
+import core.ingest
 from core.errors import IngestError
 from core.ingest import IngestResult, batch_rejects, ingest_bytes, ingest_file, list_batches
 from core.store import Store
@@ -298,3 +299,48 @@ def test_whitespace_only_lines_keep_line_numbers(store: Store, tmp_path: Path) -
     result = ingest_file(store, path)
     assert (result.rows_read, result.accepted, result.rejected) == (4, 3, 1)
     assert reasons(store, result) == {5: "invalid JSON"}
+
+
+def test_fast_path_finds_each_reject_line_as_the_exact_path_does(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small blocks make the fast path sample many lines, as it does in a large file.
+    monkeypatch.setattr("core.ingest._BLOCK", 512)
+    answers: list[bool] = []
+    find = core.ingest._fast_rejects
+
+    def spy(*args: Any) -> Any:
+        found = find(*args)
+        answers.append(found is not None)
+        return found
+
+    monkeypatch.setattr("core.ingest._fast_rejects", spy)
+    lines: list[bytes] = [json.dumps(record(n, prompt="x" * (n % 97))).encode() for n in range(400)]
+    lines[0] = b"{broken"
+    lines[37] = b""
+    lines[38] = b"  \t"
+    lines[90] = json.dumps(record(90, ts="yesterday")).encode()
+    lines[91] = json.dumps(record(90)).encode()  # the id of a rejected line, stored once
+    lines[150] = b'{"interaction_id": "i-150", "prompt": "caf\xe9"}'
+    lines[151] = b"[1, 2]"
+    lines[152] = b"{}"
+    lines[200] = json.dumps(record(7)).encode()  # repeats line 8's id: a duplicate
+    lines[399] = b'{"interaction_id": "i-399", "ts": '
+    body = b"\r\n".join(lines[:300]) + b"\n" + b"\n".join(lines[300:])  # no final newline
+    plain = tmp_path / "fast.jsonl"
+    plain.write_bytes(body)
+    packed = tmp_path / "exact.jsonl.gz"  # gzip takes the exact path: the reference
+    packed.write_bytes(gzip.compress(body.replace(b'"i-', b'"g-')))
+    fast = ingest_file(store, plain)
+    exact = ingest_file(store, packed)
+    assert reconciles(fast) and reconciles(exact)
+    assert (fast.rows_read, fast.accepted, fast.rejected, fast.duplicates) == (
+        exact.rows_read,
+        exact.accepted,
+        exact.rejected,
+        exact.duplicates,
+    )
+    assert (fast.rows_read, fast.rejected, fast.duplicates) == (398, 6, 1)
+    assert reasons(store, fast) == reasons(store, exact)
+    assert list(reasons(store, fast)) == [1, 91, 151, 152, 153, 400]
+    assert answers == [True]  # the fast path found them itself, without falling back
