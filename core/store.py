@@ -65,8 +65,14 @@ def migrations() -> list[Migration]:
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
+    """Whether opening failed only because someone else holds the file for now: another
+    process's lock, or (within this process) DuckDB still closing the file's last connection
+    while another thread opens it."""
     text = str(exc)
-    return "Could not set lock" in text or "Conflicting lock" in text
+    return any(
+        sign in text
+        for sign in ("Could not set lock", "Conflicting lock", "Unique file handle conflict")
+    )
 
 
 class Store:
@@ -90,7 +96,7 @@ class Store:
         while True:
             try:
                 return duckdb.connect(str(self.path))
-            except duckdb.IOException as exc:
+            except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
                 if not _is_lock_conflict(exc):
                     raise StoreError(f"Cannot open the store {self.path}: {exc}") from None
                 remaining = deadline - time.monotonic()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,7 +54,12 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
         pytest.fail("Chromium is missing: run `bash scripts/check.sh`, which installs it.")
     db = tmp_path_factory.mktemp("browser") / "flywheel.duckdb"
     port = _free_port()
-    env = {**os.environ, "FLYWHEEL_DB": str(db), "FLYWHEEL_AUTO_DEMO": "1"}
+    env = {
+        **os.environ,
+        "FLYWHEEL_DB": str(db),
+        "FLYWHEEL_AUTO_DEMO": "1",
+        "FLYWHEEL_LOCK_TIMEOUT_S": "120",  # sessions wait out a CLI job holding the store
+    }
     server = subprocess.Popen(
         [
             sys.executable,
@@ -134,7 +140,7 @@ def test_edit_and_save_a_plan(dashboard: tuple[str, Path], browser: object) -> N
     note.fill("New owner")
     note.press("Enter")
     page.get_by_role("button", name="Save as new version").click()  # type: ignore[attr-defined]
-    page.get_by_text("Saved v4").wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    page.get_by_text(re.compile(r"^Saved v4 \(")).wait_for(timeout=30_000)  # type: ignore[attr-defined]
     page.close()  # type: ignore[attr-defined]
     latest = list_versions(Store(db), "python-coding-assistant")[0]
     assert (latest.version, latest.note) == (4, "New owner")
@@ -176,6 +182,99 @@ def test_malformed_upload_shows_the_field_and_stores_nothing(
     assert len(list_versions(Store(db), "python-coding-assistant")) == before
 
 
+def test_upload_a_jsonl_on_the_data_page(dashboard: tuple[str, Path], browser: object) -> None:
+    url, db = dashboard
+    page = _open(browser, f"{url}/data")
+    lines = [
+        '{"interaction_id": "br-1", "ts": "2027-01-03T10:00:00Z", "user_id": "u-br", '
+        '"variant": "control", "model": "gpt-4o", "prompt": "Mail ana@example.com", '
+        '"response": "Done."}',
+        '{"interaction_id": "br-2", "ts": "not a time"}',
+    ]
+    page.locator("input[type=file]").set_input_files(  # type: ignore[attr-defined]
+        {
+            "name": "browser.jsonl",
+            "mimeType": "application/jsonl",
+            "buffer": ("\n".join(lines) + "\n").encode(),
+        }
+    )
+    page.get_by_test_id("stBaseButton-secondaryFormSubmit").click()  # type: ignore[attr-defined]
+    page.get_by_text("1 accepted").first.wait_for(timeout=60_000)  # type: ignore[attr-defined]
+    page.close()  # type: ignore[attr-defined]
+    stored = Store(db).fetch_one("SELECT prompt FROM interactions WHERE interaction_id = 'br-1'")
+    assert stored == ("Mail <EMAIL>",)
+    batch = Store(db).fetch_one(
+        "SELECT rows_read, accepted, rejected FROM ingest_batches WHERE file_name = 'browser.jsonl'"
+    )
+    assert batch == (2, 1, 1)
+
+
+def test_run_a_cycle_on_the_cycles_page(dashboard: tuple[str, Path], browser: object) -> None:
+    url, db = dashboard
+    before = Store(db).fetch_one("SELECT count(*) FROM cycle_runs")
+    page = _open(browser, f"{url}/cycles")
+    page.get_by_role("button", name="Run cycle").click()  # type: ignore[attr-defined]
+    page.get_by_text("Cycle 1 of plan").first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
+    assert page.get_by_test_id("stException").count() == 0  # type: ignore[attr-defined]
+    page.close()  # type: ignore[attr-defined]
+    after = Store(db).fetch_one("SELECT count(*) FROM cycle_runs")
+    assert before is not None and after == (before[0] + 1,)
+
+
+def test_download_the_plan_document(dashboard: tuple[str, Path], browser: object) -> None:
+    url, _ = dashboard
+    page = _open(browser, f"{url}/plan")
+    page.get_by_role("tab", name="Documents").click()  # type: ignore[attr-defined]
+    with page.expect_download() as info:  # type: ignore[attr-defined]
+        page.get_by_role("button", name="Markdown").first.click()  # type: ignore[attr-defined]
+    text = Path(info.value.path()).read_text(encoding="utf-8")
+    assert "Python coding assistant" in text and "## " in text
+    page.close()  # type: ignore[attr-defined]
+
+
+def test_two_sessions_and_a_cli_cycle_run_at_once(
+    dashboard: tuple[str, Path], browser: object
+) -> None:
+    url, db = dashboard
+    versions_before = len(list_versions(Store(db), "python-coding-assistant"))
+    runs_before = Store(db).fetch_one("SELECT count(*) FROM cycle_runs")
+    pages = [_open(browser, f"{url}/plan") for _ in range(2)]
+    for n, page in enumerate(pages):
+        owner = page.get_by_label("Owner", exact=True)  # type: ignore[attr-defined]
+        owner.fill(f"Owner {n}")
+        owner.press("Enter")
+        note = page.get_by_label("Change note")  # type: ignore[attr-defined]
+        note.fill(f"session {n}")
+        note.press("Enter")
+    env = {**os.environ, "FLYWHEEL_DB": str(db), "FLYWHEEL_LOCK_TIMEOUT_S": "120"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "core", "cycle", "run", "--cycle", "1", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for page in pages:
+        page.get_by_role("button", name="Save as new version").click()  # type: ignore[attr-defined]
+    for page in pages:
+        saved = page.get_by_text(re.compile(r"^Saved v\d+ \("))  # type: ignore[attr-defined]
+        failed = page.get_by_test_id("stAlertContentError")  # type: ignore[attr-defined]
+        saved.or_(failed).first.wait_for(timeout=240_000)
+        assert failed.count() == 0, failed.all_inner_texts()
+        assert page.get_by_test_id("stException").count() == 0  # type: ignore[attr-defined]
+        page.close()  # type: ignore[attr-defined]
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr
+    store = Store(db)
+    notes = [v.note for v in list_versions(store, "python-coding-assistant")]
+    assert len(notes) == versions_before + 2
+    assert {"session 0", "session 1"} <= set(notes)
+    assert runs_before is not None
+    assert store.fetch_one("SELECT count(*) FROM cycle_runs") == (runs_before[0] + 1,)
+
+
+# Last: it adds a second plan, which then becomes the default one for new sessions.
 def test_upload_a_plan_as_a_new_plan(dashboard: tuple[str, Path], browser: object) -> None:
     from core.plan_files import dump_plan
     from core.plan_versions import list_plans

@@ -116,3 +116,25 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path.write_text("not a database")
     with pytest.raises(StoreError, match="Cannot open the store"):
         Store(path).fetch_all("SELECT 1")
+
+
+def test_many_threads_opening_and_closing_at_once_all_succeed(tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path / "busy.duckdb", lock_timeout_s=30)
+    store.schema_version()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(80):
+                assert store.fetch_one("SELECT count(*) FROM plans") == (0,)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
