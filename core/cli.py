@@ -159,6 +159,24 @@ def cmd_report_privacy(args: argparse.Namespace, store: Store) -> Outcome:
     return _render_plan_document("privacy", args, store)
 
 
+def cmd_report_cycle(args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = _document_format(args)
+    plan_id = args.plan or default_plan_id(store)
+    out = write_document(
+        "cycle",
+        fmt,
+        Path(args.out),
+        generated_at=generated_at_now(),
+        store=store,
+        plan_id=plan_id,
+        cycle=args.cycle,
+    )
+    return Outcome(
+        {"path": str(out), "plan_id": plan_id, "cycle": args.cycle, "format": fmt},
+        f"Wrote the cycle report ({fmt}) of plan '{plan_id}' cycle {args.cycle} to {out}.",
+    )
+
+
 def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
     plans = list_plans(store)
     rows = [
@@ -868,6 +886,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _document_arguments(privacy)
     privacy.set_defaults(handler=cmd_report_privacy)
+    cycle_report = report_commands.add_parser(
+        "cycle", parents=[common], help="render a cycle's report: funnel, gates, A/B, decision"
+    )
+    cycle_report.add_argument("--cycle", type=int, required=True, help="cycle number")
+    cycle_report.add_argument("--format", help="md, html or pdf (default: from --out)")
+    cycle_report.add_argument("--out", required=True, help="the file to write")
+    cycle_report.add_argument("--plan", help="plan id (default: the newest plan)")
+    cycle_report.set_defaults(handler=cmd_report_cycle)
     backup = commands.add_parser(
         "backup", parents=[common], help="write every table to a new directory, with a manifest"
     )

@@ -15,9 +15,11 @@ from core.cycles import (
     why_dropped,
 )
 from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_bytes, list_versions
+from core.gates import cycle_decisions
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from pages._common import current_plan_id, current_user, get_store, guarded, page_header
+from pages._documents import document_downloads
 
 page_header("Cycles")
 user = current_user()
@@ -111,6 +113,15 @@ st.dataframe(
     ],
     hide_index=True,
     width="stretch",
+)
+
+picked_cycle = next(int(r["cycle"]) for r in runs if r["run_id"] == run_id)
+st.caption(f"The report of cycle {picked_cycle} reads its newest run.")
+document_downloads(
+    "cycle",
+    f"{plan_id}-cycle{picked_cycle}",
+    {"store": store, "plan_id": plan_id, "cycle": picked_cycle},
+    key=f"{run_id}:{len(cycle_decisions(store, plan_id, picked_cycle))}",
 )
 
 # -- removed rows ---------------------------------------------------------------------------------
