@@ -177,6 +177,22 @@ def cmd_report_cycle(args: argparse.Namespace, store: Store) -> Outcome:
     )
 
 
+def cmd_report_datasheet(args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = _document_format(args)
+    out = write_document(
+        "datasheet",
+        fmt,
+        Path(args.out),
+        generated_at=generated_at_now(),
+        store=store,
+        version_id=args.version_id,
+    )
+    return Outcome(
+        {"path": str(out), "version_id": args.version_id, "format": fmt},
+        f"Wrote the datasheet ({fmt}) of {args.version_id} to {out}.",
+    )
+
+
 def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
     plans = list_plans(store)
     rows = [
@@ -894,6 +910,13 @@ def build_parser() -> argparse.ArgumentParser:
     cycle_report.add_argument("--out", required=True, help="the file to write")
     cycle_report.add_argument("--plan", help="plan id (default: the newest plan)")
     cycle_report.set_defaults(handler=cmd_report_cycle)
+    datasheet = report_commands.add_parser(
+        "datasheet", parents=[common], help="render the datasheet of a dataset version"
+    )
+    datasheet.add_argument("version_id", metavar="VERSION", help="dataset version id")
+    datasheet.add_argument("--format", help="md, html or pdf (default: from --out)")
+    datasheet.add_argument("--out", required=True, help="the file to write")
+    datasheet.set_defaults(handler=cmd_report_datasheet)
     backup = commands.add_parser(
         "backup", parents=[common], help="write every table to a new directory, with a manifest"
     )

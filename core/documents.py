@@ -739,3 +739,55 @@ def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentConte
         "approvers": plan.sign_offs.approvers,
     }
     return DocumentContext(values, figures)
+
+
+@document("datasheet", "Datasheet", "dataset")
+def build_datasheet(*, store: Any, version_id: str) -> DocumentContext:
+    """A dataset version: lineage, composition per cell, filters with parameters, known limits."""
+    from core.charts import composition_heatmap_figure
+    from core.cycles import cycle_runs
+    from core.datasets import get_version
+
+    version = get_version(store, version_id)
+    lineage = version.lineage
+    cells = list(version.composition.get("cells", []))
+    axes = sorted({axis for cell in cells for axis in cell["cell"]})
+    run = next((r for r in cycle_runs(store, version.plan_id) if r["run_id"] == version.run_id), {})
+    limits = list(run.get("warnings", []))
+    thin = [c for c in cells if int(c["production"]) + int(c["synthetic"]) < 3]
+    if thin:
+        limits.append(f"{len(thin)} cell(s) hold fewer than 3 rows; scores on them are noisy.")
+    if version.rows_now != version.rows:
+        limits.append(f"{version.rows - version.rows_now} row(s) were erased since the build.")
+    if version.synthetic_rows:
+        limits.append(
+            f"{version.synthetic_rows} row(s) are synthetic: written by the teacher, not by users."
+        )
+    values = {
+        "dataset": _version_values(version),
+        "plan_id": version.plan_id,
+        "window": lineage.get("window"),
+        "batches": list(lineage.get("batches", [])),
+        "synthetic_specs": list(lineage.get("synthetic_specs", [])),
+        "filters": [
+            {
+                "name": f["name"],
+                "rule": f["rule"],
+                "origin": f["origin"],
+                "parameters": "; ".join(f"{k} {v}" for k, v in sorted(f["params"].items())),
+            }
+            for f in lineage.get("filters", [])
+        ],
+        "axes": axes,
+        "cells": [
+            {
+                "cell": " · ".join(str(c["cell"].get(a, "(unlabelled)")) for a in axes),
+                "production": c["production"],
+                "synthetic": c["synthetic"],
+            }
+            for c in cells
+        ],
+        "limits": limits,
+    }
+    figures = {"composition": composition_heatmap_figure(cells, axes)} if cells and axes else {}
+    return DocumentContext(values, figures)

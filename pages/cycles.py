@@ -174,6 +174,12 @@ st.dataframe(
 by_id = {v.version_id: v for v in versions}
 chosen = st.selectbox("Version", list(by_id), key="version_pick")
 current = by_id[chosen]
+document_downloads(
+    "datasheet",
+    current.version_id,
+    {"store": store, "version_id": current.version_id},
+    key=str(current.rows_now),
+)
 lineage_col, heat_col = st.columns([2, 3])
 with lineage_col:
     st.markdown("**Lineage**")

@@ -374,3 +374,23 @@ def test_cycles_page_offers_the_cycle_report(demo_store: Store) -> None:
     assert not at.exception, at.exception
     assert "Markdown" in [b.label for b in at.download_button]
     assert "Prepare HTML and PDF" in [b.label for b in at.button]
+
+
+def test_datasheet_renders_in_every_format_repeats_and_cli_writes_it(
+    demo_store: Store, tmp_path: Path
+) -> None:
+    inputs = {"store": demo_store, "version_id": "ds-python-coding-assistant-c2-v1"}
+    rendered = render_documents("datasheet", ["md", "html", "pdf"], generated_at=AT, **inputs)
+    text = rendered["md"].decode("utf-8")
+    assert "- **Parent version:** `ds-python-coding-assistant-c1-v1`" in text
+    assert "105 rows (91 train, 14 validation): 75 production, 30 synthetic." in text
+    assert "| `near_dedup` | near\\_dedup(threshold=0.8, keep=best\\_rated) | plan |" in text
+    assert "fewer than the plan's min\\_new\\_examples" in text  # a known limit
+    assert 'id="defs-fwcomposition"' in rendered["html"].decode("utf-8")
+    again = render_documents("datasheet", ["md", "html"], generated_at=AT, **inputs)
+    assert again == {"md": rendered["md"], "html": rendered["html"]}
+    assert _pdf_text(rendered["pdf"])[0] >= 1
+    out = tmp_path / "sheet.md"
+    done = _cli("report", "datasheet", "ds-python-coding-assistant-c1-v1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8").startswith("# Datasheet")
