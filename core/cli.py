@@ -159,6 +159,40 @@ def cmd_report_privacy(args: argparse.Namespace, store: Store) -> Outcome:
     return _render_plan_document("privacy", args, store)
 
 
+def cmd_report_cycle(args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = _document_format(args)
+    plan_id = args.plan or default_plan_id(store)
+    out = write_document(
+        "cycle",
+        fmt,
+        Path(args.out),
+        generated_at=generated_at_now(),
+        store=store,
+        plan_id=plan_id,
+        cycle=args.cycle,
+    )
+    return Outcome(
+        {"path": str(out), "plan_id": plan_id, "cycle": args.cycle, "format": fmt},
+        f"Wrote the cycle report ({fmt}) of plan '{plan_id}' cycle {args.cycle} to {out}.",
+    )
+
+
+def cmd_report_datasheet(args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = _document_format(args)
+    out = write_document(
+        "datasheet",
+        fmt,
+        Path(args.out),
+        generated_at=generated_at_now(),
+        store=store,
+        version_id=args.version_id,
+    )
+    return Outcome(
+        {"path": str(out), "version_id": args.version_id, "format": fmt},
+        f"Wrote the datasheet ({fmt}) of {args.version_id} to {out}.",
+    )
+
+
 def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
     plans = list_plans(store)
     rows = [
@@ -868,6 +902,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _document_arguments(privacy)
     privacy.set_defaults(handler=cmd_report_privacy)
+    cycle_report = report_commands.add_parser(
+        "cycle", parents=[common], help="render a cycle's report: funnel, gates, A/B, decision"
+    )
+    cycle_report.add_argument("--cycle", type=int, required=True, help="cycle number")
+    cycle_report.add_argument("--format", help="md, html or pdf (default: from --out)")
+    cycle_report.add_argument("--out", required=True, help="the file to write")
+    cycle_report.add_argument("--plan", help="plan id (default: the newest plan)")
+    cycle_report.set_defaults(handler=cmd_report_cycle)
+    datasheet = report_commands.add_parser(
+        "datasheet", parents=[common], help="render the datasheet of a dataset version"
+    )
+    datasheet.add_argument("version_id", metavar="VERSION", help="dataset version id")
+    datasheet.add_argument("--format", help="md, html or pdf (default: from --out)")
+    datasheet.add_argument("--out", required=True, help="the file to write")
+    datasheet.set_defaults(handler=cmd_report_datasheet)
     backup = commands.add_parser(
         "backup", parents=[common], help="write every table to a new directory, with a manifest"
     )

@@ -239,6 +239,14 @@ def _normalised_svg(svg: str, name: str) -> str:
     return re.sub(rf"(?<=[A-Za-z-]){found.group(1)}", f"fw{name}", svg)
 
 
+def _with_trace_ids(figure: go.Figure, name: str) -> dict[str, Any]:
+    """The figure as data with fixed trace ids: Plotly would draw random ones into the SVG."""
+    data: dict[str, Any] = figure.to_dict()
+    for index, trace in enumerate(data.get("data", [])):
+        trace.setdefault("uid", f"fw{name}{index}")
+    return data
+
+
 async def _draw(jobs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> list[bytes]:
     import kaleido
 
@@ -259,7 +267,7 @@ def _static_images(
         return {}
     jobs = [
         (
-            figures[name].to_dict(),
+            _with_trace_ids(figures[name], name),
             {
                 "format": image_format,
                 "width": _CHART_WIDTH,
@@ -543,3 +551,243 @@ def build_privacy_packet(*, plan: Plan, plan_id: str, version: int) -> DocumentC
         privacy_findings=_findings(privacy),
     )
     return DocumentContext(values)
+
+
+# -- cycle documents ---------------------------------------------------------------------------
+
+
+def _cycle_run(store: Any, plan_id: str, cycle: int) -> dict[str, Any]:
+    """The newest run of a plan's cycle; DocumentError when the cycle has not run."""
+    from core.cycles import cycle_runs
+
+    runs = [r for r in cycle_runs(store, plan_id) if int(r["cycle"]) == cycle]
+    if not runs:
+        raise DocumentError(
+            f"Cycle {cycle} of plan '{plan_id}' has not run yet; run it with "
+            f"`python -m core cycle run --cycle {cycle} --plan {plan_id}` or on the Cycles page."
+        )
+    return runs[0]
+
+
+def _gate_values(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A gate report (GateReport.to_dict(), live or stored with a decision) for the templates."""
+    return {
+        "verdict": str(report["verdict"]),
+        "candidate": report.get("candidate"),
+        "plan_version": report.get("plan_version"),
+        "gates": [
+            {
+                "name": g["name"],
+                "comparator": g["comparator"],
+                "metric": g["metric"],
+                "eval_set": g["eval_set"] or "—",
+                "blocking": bool(g["blocking"]),
+                "verdict": g["verdict"],
+                "value": g["value"],
+                "threshold": g["threshold"],
+                "evidence": list(g["evidence"]),
+                "slices": [
+                    {
+                        "dimension": s["dimension"],
+                        "value": s["value"],
+                        "n": s["items"],
+                        "candidate": s["candidate"],
+                        "reference": s["reference"],
+                        "p_holm": s["p_holm"],
+                        "short": bool(s["short"]),
+                    }
+                    for s in g.get("slices", [])
+                ],
+            }
+            for g in report["gates"]
+        ],
+    }
+
+
+def _cycle_gates(store: Any, plan_id: str, cycle: int, decisions: list[dict[str, Any]]) -> Any:
+    """The gate evidence: as recorded with the newest decision, else checked now."""
+    import json
+
+    from core.errors import GateError
+    from core.gates import check_gates
+
+    if decisions:
+        row = store.fetch_one(
+            "SELECT report FROM gate_decisions WHERE decision_id = ?",
+            [decisions[0]["decision_id"]],
+        )
+        if row is not None:
+            values = _gate_values(json.loads(row[0]))
+            values["source"] = (
+                f"as recorded with the {decisions[0]['decision']} decision of "
+                f"{_when(decisions[0]['decided_at'])}"
+            )
+            return values
+    try:
+        report = check_gates(store, plan_id, cycle)
+    except GateError as exc:
+        return {"source": str(exc), "verdict": None, "candidate": None, "gates": []}
+    values = _gate_values(report.to_dict())
+    values["source"] = "checked when this document was generated; no decision is recorded yet"
+    return values
+
+
+def _ab_values(analysis: Any) -> dict[str, Any]:
+    primary = analysis.primary
+    return {
+        "window": analysis.window,
+        "control": analysis.control,
+        "treatment": analysis.treatment,
+        "metric": analysis.primary_metric,
+        "method": primary.method,
+        "relative": primary.effect == "relative",
+        "lift": primary.estimate,
+        "ci": primary.ci,
+        "p_value": primary.p_value,
+        "decision": analysis.decision.verdict,
+        "reasons": list(analysis.decision.reasons),
+        "arms": [
+            {"arm": a.arm, "users": a.users, "interactions": a.interactions} for a in analysis.arms
+        ],
+        "srm_p": analysis.srm.p_value,
+        "guardrails": [
+            {
+                "metric": g.metric,
+                "lift": g.lift,
+                "bound": g.bound,
+                "breached": g.breached,
+                "harmful_direction": g.harmful_direction,
+            }
+            for g in analysis.guardrails
+        ],
+        "warnings": list(analysis.warnings),
+    }
+
+
+def _version_values(version: Any) -> dict[str, Any]:
+    return {
+        "version_id": version.version_id,
+        "plan_version": version.plan_version,
+        "cycle": version.cycle,
+        "parent": version.parent_version,
+        "sha256": version.sha256,
+        "rows": version.rows,
+        "rows_now": version.rows_now,
+        "train": version.train_rows,
+        "validation": version.validation_rows,
+        "production": version.production_rows,
+        "synthetic": version.synthetic_rows,
+        "created_by": version.created_by,
+        "created_at": version.created_at,
+    }
+
+
+@document("cycle", "Cycle report", "cycle")
+def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentContext:
+    """A cycle: its funnel, dataset version, gates with evidence, A/B result and decisions."""
+    from core.abtest import analyse_cycle
+    from core.charts import ab_lift_figure, funnel_figure
+    from core.cycles import run_stages
+    from core.datasets import get_version
+    from core.gates import cycle_decisions
+    from core.plan_versions import load_plan
+
+    run = _cycle_run(store, plan_id, cycle)
+    plan, version = load_plan(store, plan_id, int(run["plan_version"]))
+    stages = [
+        {
+            "position": s.position,
+            "name": s.name,
+            "rule": s.rule,
+            "origin": s.origin,
+            "rows_in": s.rows_in,
+            "rows_out": s.rows_out,
+            "removed": s.removed,
+            "added": s.added,
+        }
+        for s in run_stages(store, str(run["run_id"]))
+    ]
+    decisions = cycle_decisions(store, plan_id, cycle)
+    analysis = analyse_cycle(store, plan, cycle, plan_id=plan_id)
+    figures: dict[str, go.Figure] = {}
+    if stages:
+        figures["funnel"] = funnel_figure(stages, title=f"Cycle {cycle} funnel")
+    if analysis is not None and analysis.lift_over_time:
+        figures["ab_lift"] = ab_lift_figure(
+            analysis.lift_over_time,
+            metric=analysis.primary_metric,
+            planned_total=analysis.design.total,
+        )
+    values = {
+        "plan": plan,
+        "plan_id": plan_id,
+        "version": version,
+        "cycle": cycle,
+        "run": {
+            "run_id": run["run_id"],
+            "window_start": run["window_start"],
+            "window_end": run["window_end"],
+            "actor": run["actor"],
+            "finished_at": run["finished_at"],
+            "warnings": run["warnings"],
+        },
+        "stages": stages,
+        "dataset": _version_values(get_version(store, str(run["dataset_version"]))),
+        "gates": _cycle_gates(store, plan_id, cycle, decisions),
+        "ab": _ab_values(analysis) if analysis is not None else None,
+        "decisions": decisions,
+        "approvers": plan.sign_offs.approvers,
+    }
+    return DocumentContext(values, figures)
+
+
+@document("datasheet", "Datasheet", "dataset")
+def build_datasheet(*, store: Any, version_id: str) -> DocumentContext:
+    """A dataset version: lineage, composition per cell, filters with parameters, known limits."""
+    from core.charts import composition_heatmap_figure
+    from core.cycles import cycle_runs
+    from core.datasets import get_version
+
+    version = get_version(store, version_id)
+    lineage = version.lineage
+    cells = list(version.composition.get("cells", []))
+    axes = sorted({axis for cell in cells for axis in cell["cell"]})
+    run = next((r for r in cycle_runs(store, version.plan_id) if r["run_id"] == version.run_id), {})
+    limits = list(run.get("warnings", []))
+    thin = [c for c in cells if int(c["production"]) + int(c["synthetic"]) < 3]
+    if thin:
+        limits.append(f"{len(thin)} cell(s) hold fewer than 3 rows; scores on them are noisy.")
+    if version.rows_now != version.rows:
+        limits.append(f"{version.rows - version.rows_now} row(s) were erased since the build.")
+    if version.synthetic_rows:
+        limits.append(
+            f"{version.synthetic_rows} row(s) are synthetic: written by the teacher, not by users."
+        )
+    values = {
+        "dataset": _version_values(version),
+        "plan_id": version.plan_id,
+        "window": lineage.get("window"),
+        "batches": list(lineage.get("batches", [])),
+        "synthetic_specs": list(lineage.get("synthetic_specs", [])),
+        "filters": [
+            {
+                "name": f["name"],
+                "rule": f["rule"],
+                "origin": f["origin"],
+                "parameters": "; ".join(f"{k} {v}" for k, v in sorted(f["params"].items())),
+            }
+            for f in lineage.get("filters", [])
+        ],
+        "axes": axes,
+        "cells": [
+            {
+                "cell": " · ".join(str(c["cell"].get(a, "(unlabelled)")) for a in axes),
+                "production": c["production"],
+                "synthetic": c["synthetic"],
+            }
+            for c in cells
+        ],
+        "limits": limits,
+    }
+    figures = {"composition": composition_heatmap_figure(cells, axes)} if cells and axes else {}
+    return DocumentContext(values, figures)

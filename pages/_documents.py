@@ -91,3 +91,47 @@ def plan_document_downloads(plan: Plan, plan_id: str, version: int) -> None:
                     icon=":material/download:",
                     key=f"doc-{kind.name}-{fmt}",
                 )
+
+
+def document_downloads(name: str, subject: str, inputs: dict[str, Any], *, key: str) -> None:
+    """One document's row: download Markdown; prepare, then download HTML and PDF.
+
+    ``subject`` names the files (e.g. ``my-plan-cycle2``); ``key`` identifies the data the
+    document shows, so a prepared HTML/PDF is offered again only for the same data.
+    """
+    kind = DOCUMENTS[name]
+    with st.container(border=True):
+        st.markdown(f"**{kind.title}**")
+        cols = st.columns(3)
+        markdown = guarded(
+            lambda: render_document(name, "md", generated_at=generated_at_now(), **inputs)
+        )
+        if markdown is None:
+            return
+        cols[0].download_button(
+            "Markdown",
+            markdown,
+            file_name=document_file_name(name, "md", subject),
+            mime=MEDIA_TYPES["md"],
+            icon=":material/download:",
+            key=f"doc-{name}-md",
+        )
+        ready = _prepared().get(f"{name}:{subject}:{key}")
+        if ready is None:
+            if cols[1].button(
+                "Prepare HTML and PDF",
+                key=f"doc-{name}-prepare",
+                icon=":material/picture_as_pdf:",
+                help="Draws the charts and lays out the PDF; takes a few seconds.",
+            ):
+                _prepare(name, f"{name}:{subject}:{key}", inputs)
+            return
+        for col, fmt, label in ((cols[1], "html", "HTML"), (cols[2], "pdf", "PDF")):
+            col.download_button(
+                label,
+                ready[fmt],
+                file_name=document_file_name(name, fmt, subject),
+                mime=MEDIA_TYPES[fmt],
+                icon=":material/download:",
+                key=f"doc-{name}-{fmt}",
+            )

@@ -15,9 +15,11 @@ from core.cycles import (
     why_dropped,
 )
 from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_bytes, list_versions
+from core.gates import cycle_decisions
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from pages._common import current_plan_id, current_user, get_store, guarded, page_header
+from pages._documents import document_downloads
 
 page_header("Cycles")
 user = current_user()
@@ -113,6 +115,15 @@ st.dataframe(
     width="stretch",
 )
 
+picked_cycle = next(int(r["cycle"]) for r in runs if r["run_id"] == run_id)
+st.caption(f"The report of cycle {picked_cycle} reads its newest run.")
+document_downloads(
+    "cycle",
+    f"{plan_id}-cycle{picked_cycle}",
+    {"store": store, "plan_id": plan_id, "cycle": picked_cycle},
+    key=f"{run_id}:{len(cycle_decisions(store, plan_id, picked_cycle))}",
+)
+
 # -- removed rows ---------------------------------------------------------------------------------
 st.markdown("#### Removed rows")
 summary = removal_summary(store, run_id)
@@ -163,6 +174,12 @@ st.dataframe(
 by_id = {v.version_id: v for v in versions}
 chosen = st.selectbox("Version", list(by_id), key="version_pick")
 current = by_id[chosen]
+document_downloads(
+    "datasheet",
+    current.version_id,
+    {"store": store, "version_id": current.version_id},
+    key=str(current.rows_now),
+)
 lineage_col, heat_col = st.columns([2, 3])
 with lineage_col:
     st.markdown("**Lineage**")

@@ -287,3 +287,110 @@ def test_a_saved_plan_with_hostile_text_renders_on_the_page(demo_store: Store) -
     at.switch_page("pages/plan.py")
     at.run()
     assert not at.exception, at.exception
+
+
+# -- the cycle report --------------------------------------------------------------------------
+
+
+def _cycle_inputs(store: Store, cycle: int) -> dict[str, object]:
+    return {"store": store, "plan_id": DEMO_ID, "cycle": cycle}
+
+
+def test_cycle_report_renders_in_every_format_and_repeats(demo_store: Store) -> None:
+    inputs = _cycle_inputs(demo_store, 1)
+    rendered = render_documents("cycle", ["md", "html", "pdf"], generated_at=AT, **inputs)
+    markdown = rendered["md"].decode("utf-8")
+    assert markdown.startswith("# Cycle report: Python coding assistant, cycle 1")
+    html = rendered["html"].decode("utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html
+    assert 'id="defs-fwfunnel"' in html and 'id="defs-fwab_lift"' in html
+    again = render_documents("cycle", ["md", "html"], generated_at=AT, **inputs)
+    assert again == {"md": rendered["md"], "html": rendered["html"]}
+    pages, text = _pdf_text(rendered["pdf"])
+    assert pages >= 1 and "Python coding assistant" in text and "Sign-offs" in text
+
+
+def test_cycle_report_shows_funnel_gates_ab_and_decision(demo_store: Store) -> None:
+    from core.cycles import cycle_runs, run_stages
+
+    approved = render_document("cycle", "md", generated_at=AT, **_cycle_inputs(demo_store, 1))
+    text = approved.decode("utf-8")
+    run = next(r for r in cycle_runs(demo_store, DEMO_ID) if r["cycle"] == 1)
+    for stage in run_stages(demo_store, run["run_id"]):
+        assert f"| {stage.position} | `{stage.name}` |" in text
+        assert f"| {stage.rows_in:,} | {stage.rows_out:,} | {stage.removed:,} |" in text
+    assert "`ds-python-coding-assistant-c1-v1`" in text
+    assert "Overall verdict: **pass** for `ft:gpt-4o-mini:python-assistant:c1`" in text
+    assert "as recorded with the approved decision" in text
+    assert "| Code parses | `parse_rate` | python-core | yes | **pass** | 0.9905 | 0.95 |" in text
+    assert "- **Decision:** **ship**" in text
+    assert "| **approved** | pass | `ft:gpt-4o-mini:python-assistant:c1` | Omar Haddad" in text
+    assert "| ml lead | Omar Haddad | | |" in text
+
+    failing = render_document("cycle", "md", generated_at=AT, **_cycle_inputs(demo_store, 2))
+    text = failing.decode("utf-8")
+    assert "Overall verdict: **fail**" in text and "no decision is recorded yet" in text
+    assert "topic = async and concurrency: 30 items" in text and "**(falls short)**" in text
+    assert "No decision is recorded for this cycle yet." in text
+
+
+def test_cycle_report_escapes_user_text_in_html(demo_store: Store) -> None:
+    from core.gates import check_gates, record_decision
+
+    report = check_gates(demo_store, DEMO_ID, 2)
+    record_decision(
+        demo_store,
+        report,
+        decision="rejected",
+        actor="<b>Eve</b>",
+        reason="Async slice <script>alert(1)</script> | regresses",
+    )
+    inputs = _cycle_inputs(demo_store, 2)
+    html = render_document("cycle", "html", generated_at=AT, **inputs).decode("utf-8")
+    assert "<script>alert" not in html and "<b>Eve" not in html
+    assert "Async slice &lt;script&gt;alert(1)&lt;/script&gt; | regresses" in html
+    markdown = render_document("cycle", "md", generated_at=AT, **inputs).decode("utf-8")
+    assert "Async slice \\<script\\>alert(1)\\</script\\> \\| regresses" in markdown
+
+
+def test_cli_renders_a_cycle_report_and_refuses_a_cycle_not_run(
+    demo_store: Store, tmp_path: Path
+) -> None:
+    out = tmp_path / "cycle.md"
+    done = _cli("report", "cycle", "--cycle", "2", "--out", str(out), "--plan", DEMO_ID, "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"cycle": 2' in done.stdout
+    assert "cycle 2" in out.read_text(encoding="utf-8")
+    done = _cli("report", "cycle", "--cycle", "5", "--out", str(tmp_path / "x.md"))
+    assert done.returncode == 2 and "has not run yet" in done.stderr
+    assert not (tmp_path / "x.md").exists()
+
+
+def test_cycles_page_offers_the_cycle_report(demo_store: Store) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/cycles.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert "Markdown" in [b.label for b in at.download_button]
+    assert "Prepare HTML and PDF" in [b.label for b in at.button]
+
+
+def test_datasheet_renders_in_every_format_repeats_and_cli_writes_it(
+    demo_store: Store, tmp_path: Path
+) -> None:
+    inputs = {"store": demo_store, "version_id": "ds-python-coding-assistant-c2-v1"}
+    rendered = render_documents("datasheet", ["md", "html", "pdf"], generated_at=AT, **inputs)
+    text = rendered["md"].decode("utf-8")
+    assert "- **Parent version:** `ds-python-coding-assistant-c1-v1`" in text
+    assert "105 rows (91 train, 14 validation): 75 production, 30 synthetic." in text
+    assert "| `near_dedup` | near\\_dedup(threshold=0.8, keep=best\\_rated) | plan |" in text
+    assert "fewer than the plan's min\\_new\\_examples" in text  # a known limit
+    assert 'id="defs-fwcomposition"' in rendered["html"].decode("utf-8")
+    again = render_documents("datasheet", ["md", "html"], generated_at=AT, **inputs)
+    assert again == {"md": rendered["md"], "html": rendered["html"]}
+    assert _pdf_text(rendered["pdf"])[0] >= 1
+    out = tmp_path / "sheet.md"
+    done = _cli("report", "datasheet", "ds-python-coding-assistant-c1-v1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8").startswith("# Datasheet")
