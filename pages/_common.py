@@ -118,6 +118,19 @@ def current_plan_id() -> str | None:
     return str(value) if value else None
 
 
+def plan_id_or_stop() -> str:
+    """The current plan's id; without any plan, say how to make one and stop the page."""
+    plan_id = current_plan_id()
+    if plan_id is None:
+        st.info(
+            "No plan yet. Open **Plan** to start from a starter plan, or run "
+            "`python -m core demo` to load the demo workspace.",
+            icon=":material/info:",
+        )
+        st.stop()
+    return plan_id
+
+
 def demo_badge() -> None:
     """Say plainly when the workspace holds demo data."""
     if is_demo_workspace(get_store()):

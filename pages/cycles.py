@@ -18,20 +18,14 @@ from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_bytes
 from core.gates import cycle_decisions
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
-from pages._common import current_plan_id, current_user, get_store, guarded, page_header
+from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
 from pages._documents import document_downloads
 
 page_header("Cycles")
 user = current_user()
 store = get_store()
 
-plan_id = current_plan_id()
-if plan_id is None:
-    st.info(
-        "No plan yet. Open **Plan** to create one, or run `python -m core demo`.",
-        icon=":material/info:",
-    )
-    st.stop()
+plan_id = plan_id_or_stop()
 loaded = guarded(lambda: load_plan(store, plan_id))
 if loaded is None:
     st.stop()

@@ -35,19 +35,12 @@ from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
 from core.training import cycle_candidate, job_events, register_candidate, training_jobs
-from pages._common import current_plan_id, current_user, get_store, guarded, page_header
+from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
 
 page_header("Evals & gates")
 user = current_user()
 
-plan_id = current_plan_id()
-if plan_id is None:
-    st.info(
-        "No plan yet. Open **Plan** to start from a starter plan, or run "
-        "`python -m core demo` to load the demo workspace.",
-        icon=":material/info:",
-    )
-    st.stop()
+plan_id = plan_id_or_stop()
 
 store = get_store()
 loaded = guarded(lambda: load_plan(store, plan_id))

@@ -26,18 +26,11 @@ from core.generation import (
     stored_counts,
 )
 from core.llm import Endpoint, resolve_endpoint
-from pages._common import current_plan_id, get_store, guarded, page_header
+from pages._common import get_store, guarded, page_header, plan_id_or_stop
 
 page_header("Synthetic data")
 
-plan_id = current_plan_id()
-if plan_id is None:
-    st.info(
-        "No plan yet. Open **Plan** to start from a starter plan, or run "
-        "`python -m core demo` to load the demo workspace.",
-        icon=":material/info:",
-    )
-    st.stop()
+plan_id = plan_id_or_stop()
 
 store = get_store()
 spec = guarded(lambda: GenerationSpec.load(store, plan_id))

@@ -11,18 +11,11 @@ from core.monitoring import CycleActuals, cycle_actuals, plan_vs_actual, store_r
 from core.plan import Plan, plan_timeline
 from core.plan_versions import load_plan
 from core.store import Store
-from pages._common import current_plan_id, get_store, guarded, page_header
+from pages._common import get_store, guarded, page_header, plan_id_or_stop
 
 page_header("Overview")
 
-plan_id = current_plan_id()
-if plan_id is None:
-    st.info(
-        "No plan yet. Open **Plan** to start from a starter plan, or run "
-        "`python -m core demo` to load the demo workspace.",
-        icon=":material/info:",
-    )
-    st.stop()
+plan_id = plan_id_or_stop()
 
 loaded = guarded(lambda: load_plan(get_store(), plan_id))
 if loaded is None:
