@@ -13,7 +13,14 @@ from core.consent import eligible_interactions_sql
 from core.plan import Plan, plan_timeline
 from core.store import Store
 
-__all__ = ["CycleActuals", "Deviation", "cycle_actuals", "plan_vs_actual", "store_revision"]
+__all__ = [
+    "CycleActuals",
+    "Deviation",
+    "cycle_actuals",
+    "plan_vs_actual",
+    "realised_monthly_savings",
+    "store_revision",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,15 @@ class CycleActuals:
         """How many times cheaper the student answered than the teacher."""
         teacher, student = self.teacher_cost_per_1k, self.student_cost_per_1k
         return teacher / student if teacher and student else None
+
+
+def realised_monthly_savings(plan: Plan, actual: CycleActuals) -> float | None:
+    """Monthly savings at the plan's volume if the teacher's cost fell by the reduction the
+    cycle realised; None when the cycle served no teacher or no student traffic."""
+    reduction = actual.realised_reduction
+    if not reduction:
+        return None
+    return plan.economics.teacher_monthly_cost * (1 - 1 / reduction)
 
 
 def store_revision(store: Store) -> int:

@@ -7,7 +7,13 @@ import streamlit as st
 
 from core.charts import cost_per_1k_figure, cycle_rates_figure, timeline_figure
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
-from core.monitoring import CycleActuals, cycle_actuals, plan_vs_actual, store_revision
+from core.monitoring import (
+    CycleActuals,
+    cycle_actuals,
+    plan_vs_actual,
+    realised_monthly_savings,
+    store_revision,
+)
 from core.plan import Plan, plan_timeline
 from core.plan_versions import load_plan
 from core.store import Store
@@ -149,9 +155,9 @@ if off:
         icon=":material/trending_down:",
     )
 latest = actuals[-1]
-if latest.realised_reduction:
+realised = realised_monthly_savings(plan, latest)
+if latest.realised_reduction and realised is not None:
     econ = plan.economics
-    realised = econ.teacher_monthly_cost * (1 - 1 / latest.realised_reduction)
     cols = st.columns(3)
     cols[0].metric(
         "Realised cost reduction",

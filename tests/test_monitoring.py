@@ -7,7 +7,12 @@ from pathlib import Path
 
 from core.charts import cost_per_1k_figure, cycle_rates_figure
 from core.ingest import ingest_file
-from core.monitoring import cycle_actuals, plan_vs_actual, store_revision
+from core.monitoring import (
+    cycle_actuals,
+    plan_vs_actual,
+    realised_monthly_savings,
+    store_revision,
+)
 from core.plan_versions import save_plan_version
 from core.retention import enforce_retention
 from core.starters import starter_plan
@@ -86,6 +91,8 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
     assert actual.consent_rate == 1 / 4  # only u1 granted training consent
     assert actual.pii_rows == 1
 
+    teacher_month = plan.economics.teacher_monthly_cost
+    assert realised_monthly_savings(plan, actual) == teacher_month * (1 - 1 / 10)
     checks = {(d.cycle, d.metric): d.status for d in plan_vs_actual(plan, [actual])}
     assert checks[(1, "cost reduction (x)")] == "on plan"
     assert checks[(1, "acceptance_rate (baseline)")] == "on plan"
