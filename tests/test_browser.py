@@ -36,6 +36,13 @@ CHROMIUM_ARGS = [
 PAGES = {
     "plan": "Plan",
     "": "Overview",
+    "generation": "Synthetic data",
+    "data": "Data",
+    "consent": "Consent",
+    "cycles": "Cycles",
+    "evals": "Evals & gates",
+    "abtest": "A/B test",
+    "audit": "Audit",
 }
 
 playwright_api = pytest.importorskip("playwright.sync_api")

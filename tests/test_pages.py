@@ -25,6 +25,12 @@ def open_page(page: str) -> AppTest:
     return at
 
 
+def test_every_page_has_a_browser_test() -> None:
+    from test_browser import PAGES as BROWSER_PAGES
+
+    assert {f"pages/{path or 'overview'}.py" for path in BROWSER_PAGES} == set(PAGES)
+
+
 def test_every_page_file_is_in_the_navigation() -> None:
     registered = set(re.findall(r'st\.Page\("(pages/[a-z_]+\.py)"', (ROOT / "app.py").read_text()))
     assert registered == set(PAGES)
