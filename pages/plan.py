@@ -57,6 +57,8 @@ store = get_store()
 user = current_user()
 
 page_header("Plan")
+if flash := st.session_state.pop("plan_flash", None):
+    st.success(flash, icon=":material/save:")
 
 
 def _create_from_starter(key: str) -> None:
@@ -236,7 +238,7 @@ with side:
                 st.error(str(exc))
             else:
                 state = "ready" if report.ready else "saved as a draft, not ready"
-                st.toast(f"Saved v{new_version} ({state}).", icon=":material/save:")
+                st.session_state["plan_flash"] = f"Saved v{new_version} ({state})."
                 st.session_state["pending_version"] = new_version
                 st.rerun()
 

@@ -114,6 +114,22 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
+def _settle(page: object) -> None:
+    """Wait until the app has finished rerunning after the last interaction."""
+    page.wait_for_timeout(300)  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000
+    )
+
+
+def _type(page: object, label: str, text: str) -> None:
+    """Fill a text input and submit it, then wait for the rerun it starts."""
+    field = page.get_by_label(label, exact=True)  # type: ignore[attr-defined]
+    field.fill(text)
+    field.press("Enter")
+    _settle(page)
+
+
 def _open(browser: object, url: str) -> object:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
     page.goto(url)
@@ -140,14 +156,10 @@ def test_every_page_loads_without_an_exception(
 def test_edit_and_save_a_plan(dashboard: tuple[str, Path], browser: object) -> None:
     url, db = dashboard
     page = _open(browser, f"{url}/plan")
-    owner = page.get_by_label("Owner", exact=True)  # type: ignore[attr-defined]
-    owner.fill("Sam Rivera")
-    owner.press("Enter")
-    note = page.get_by_label("Change note")  # type: ignore[attr-defined]
-    note.fill("New owner")
-    note.press("Enter")
+    _type(page, "Owner", "Sam Rivera")
+    _type(page, "Change note", "New owner")
     page.get_by_role("button", name="Save as new version").click()  # type: ignore[attr-defined]
-    page.get_by_text(re.compile(r"^Saved v4 \(")).wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    page.get_by_text(re.compile(r"^Saved v4 \(")).wait_for(timeout=60_000)  # type: ignore[attr-defined]
     page.close()  # type: ignore[attr-defined]
     latest = list_versions(Store(db), "python-coding-assistant")[0]
     assert (latest.version, latest.note) == (4, "New owner")
@@ -170,8 +182,11 @@ def _upload(page: object, name: str, text: str, *, target: str | None = None) ->
     page.locator("input[type=file]").set_input_files(  # type: ignore[attr-defined]
         {"name": name, "mimeType": "application/yaml", "buffer": text.encode()}
     )
+    page.get_by_text(name).first.wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    _settle(page)
     if target is not None:
         page.get_by_text(target).click()  # type: ignore[attr-defined]
+        _settle(page)
     page.get_by_role("button", name="Store uploaded plan").click()  # type: ignore[attr-defined]
 
 
@@ -205,6 +220,7 @@ def test_upload_a_jsonl_on_the_data_page(dashboard: tuple[str, Path], browser: o
             "buffer": ("\n".join(lines) + "\n").encode(),
         }
     )
+    page.get_by_text("browser.jsonl").first.wait_for(timeout=30_000)  # type: ignore[attr-defined]
     page.get_by_test_id("stBaseButton-secondaryFormSubmit").click()  # type: ignore[attr-defined]
     page.get_by_text("1 accepted").first.wait_for(timeout=60_000)  # type: ignore[attr-defined]
     page.close()  # type: ignore[attr-defined]
@@ -247,12 +263,8 @@ def test_two_sessions_and_a_cli_cycle_run_at_once(
     runs_before = Store(db).fetch_one("SELECT count(*) FROM cycle_runs")
     pages = [_open(browser, f"{url}/plan") for _ in range(2)]
     for n, page in enumerate(pages):
-        owner = page.get_by_label("Owner", exact=True)  # type: ignore[attr-defined]
-        owner.fill(f"Owner {n}")
-        owner.press("Enter")
-        note = page.get_by_label("Change note")  # type: ignore[attr-defined]
-        note.fill(f"session {n}")
-        note.press("Enter")
+        _type(page, "Owner", f"Owner {n}")
+        _type(page, "Change note", f"session {n}")
     env = {**os.environ, "FLYWHEEL_DB": str(db), "FLYWHEEL_LOCK_TIMEOUT_S": "120"}
     job = subprocess.Popen(
         [sys.executable, "-m", "core", "cycle", "run", "--cycle", "1", "--json"],
