@@ -39,12 +39,8 @@ Permission = Literal[
     "data.ingest",
     "data.erase",
     "pii.view_raw",
-    "generation.run",
     "cycle.run",
-    "model.train",
-    "eval.run",
     "gate.override",
-    "store.admin",
 ]
 
 PERMISSIONS: dict[Permission, frozenset[Role]] = {
@@ -53,12 +49,8 @@ PERMISSIONS: dict[Permission, frozenset[Role]] = {
     "data.ingest": frozenset({"pm", "ml_lead"}),
     "data.erase": frozenset({"privacy_reviewer", "ml_lead"}),
     "pii.view_raw": frozenset({"privacy_reviewer"}),
-    "generation.run": frozenset({"pm", "ml_lead"}),
     "cycle.run": frozenset({"ml_lead"}),
-    "model.train": frozenset({"ml_lead"}),
-    "eval.run": frozenset({"ml_lead"}),
     "gate.override": frozenset({"ml_lead"}),
-    "store.admin": frozenset({"ml_lead", "eng_lead"}),
 }
 
 
