@@ -210,36 +210,57 @@ def _source_schema(fields: tuple[FieldSpec, ...]) -> ibis.Schema:
     return ibis.schema(columns)
 
 
-def _check(spec: FieldSpec, value: ir.StringValue, max_text_bytes: int) -> list[tuple[Any, Any]]:
-    """(condition, reason) pairs of one field, in the order they are reported."""
+def _typed(spec: FieldSpec, value: ir.StringValue) -> ir.Value | None:
+    """The field's parsed value (NULL where it cannot be read), or None for text kept as is."""
+    if spec.type == "timestamp":
+        return value.try_cast("timestamp('UTC')")
+    if spec.type in ("int", "number"):
+        return value.try_cast("float64")
+    if spec.type in ("bool", "enum"):
+        return value.lower()
+    return None
+
+
+def _check(
+    spec: FieldSpec, value: ir.StringValue, typed: ir.Value | None, max_text_bytes: int
+) -> list[tuple[Any, Any]]:
+    """(condition, reason) pairs of one field, in the order they are reported. ``typed`` is
+    the field's parsed value (``_typed``), computed once for the check and the output."""
     name = spec.name
     present = value.notnull()
     checks: list[tuple[Any, Any]] = []
     if spec.required:
-        # Blank: empty, or whitespace only, which starts with whitespace; the cheap test of
-        # the first character spares trimming every value.
-        blank = (value == "") | (value.ascii_str().isin([9, 10, 32]) & (value.strip() == ""))
+        # Blank: empty or whitespace only. Such a value sorts before "!" (ASCII whitespace is
+        # below it); only those are trimmed: a CASE evaluates its result on the rows its
+        # condition selects, where an OR would trim every value.
+        blank = ibis.cases((value < "!", value.strip() == ""), else_=False)
         missing = value.isnull() | (blank if spec.type != "text" else False)
         checks.append((missing, f"missing required field: {name}"))
     shown = value.substr(0, 40)
     if spec.type == "timestamp":
-        bad = present & value.try_cast("timestamp('UTC')").isnull()
-        checks.append((bad, ibis.literal(f"{name} is not a timestamp: ").concat(shown)))
+        assert typed is not None
+        checks.append(
+            (present & typed.isnull(), ibis.literal(f"{name} is not a timestamp: ").concat(shown))
+        )
     elif spec.type == "bool":
-        bad = present & ~value.lower().isin(["true", "false"])
+        assert isinstance(typed, ir.StringValue)
+        bad = present & ~typed.isin(["true", "false"])
         checks.append((bad, ibis.literal(f"{name} is not true/false: ").concat(shown)))
     elif spec.type == "int":
-        number = value.try_cast("float64")
-        bad = present & (number.isnull() | (number != number.round()) | (number < 0))
+        assert isinstance(typed, ir.NumericValue)
+        bad = present & (typed.isnull() | (typed != typed.round()) | (typed < 0))
         checks.append((bad, ibis.literal(f"{name} is not a whole number ≥ 0: ").concat(shown)))
     elif spec.type == "number":
-        bad = present & value.try_cast("float64").isnull()
-        checks.append((bad, ibis.literal(f"{name} is not a number: ").concat(shown)))
+        assert typed is not None
+        checks.append(
+            (present & typed.isnull(), ibis.literal(f"{name} is not a number: ").concat(shown))
+        )
     elif spec.type == "object":
         bad = present & ~_is_json_object(value)
         checks.append((bad, f"{name} is not a JSON object"))
     elif spec.type == "enum":
-        bad = present & ~value.lower().isin(list(spec.values))
+        assert isinstance(typed, ir.StringValue)
+        bad = present & ~typed.isin(list(spec.values))
         allowed = " / ".join(spec.values)
         checks.append((bad, ibis.literal(f"{name} is not one of {allowed}: ").concat(shown)))
     elif spec.type == "text":
@@ -258,25 +279,33 @@ def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir
     """
     fields = _FIELDS[kind]
     source = ibis.table(_source_schema(fields), name="fw_source")
+    # Each field is parsed once, in a first projection; the checks and the output read it.
+    parsed = {
+        "fw_typed_" + spec.name: typed
+        for spec in fields
+        if (typed := _typed(spec, source[spec.name])) is not None
+    }
+    source = source.mutate(**parsed)
+
+    def typed_of(spec: FieldSpec) -> Any:
+        return source["fw_typed_" + spec.name] if "fw_typed_" + spec.name in parsed else None
+
     cases: list[tuple[Any, Any]] = [(source.fw_pre_reason.notnull(), source.fw_pre_reason)]
     for spec in fields:
-        cases.extend(_check(spec, source[spec.name], max_text_bytes))
+        cases.extend(_check(spec, source[spec.name], typed_of(spec), max_text_bytes))
     reason = ibis.cases(*cases, else_=ibis.null("string"))
     # The same checks as one boolean: cheaper than building the reason for every row.
     ok = ~ibis.or_(*(condition.fill_null(True) for condition, _ in cases))
     out: dict[str, Any] = {"line": source.line, "reason": reason, "ok": ok}
     for spec in fields:
         value = source[spec.name]
-        if spec.type == "timestamp":
-            out[spec.name] = value.try_cast("timestamp('UTC')")
-        elif spec.type == "bool":
-            out[spec.name] = value.lower() == "true"
+        typed = typed_of(spec)
+        if spec.type == "bool":
+            out[spec.name] = typed == "true"
         elif spec.type == "int":
-            out[spec.name] = value.try_cast("float64").try_cast("int64")
-        elif spec.type == "number":
-            out[spec.name] = value.try_cast("float64")
-        elif spec.type == "enum":
-            out[spec.name] = value.lower()
+            out[spec.name] = typed.try_cast("int64")
+        elif typed is not None:
+            out[spec.name] = typed
         elif kind == "interactions" and spec.name in _TEXT_FIELDS:
             out[spec.name] = value
             out["raw_" + spec.name] = value
@@ -295,8 +324,16 @@ def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir
                 for name in _TEXT_FIELDS
             }
         )
-    stage = stage.drop(*("fw_candidate_" + name for name in _TEXT_FIELDS))
-    stage = stage.mutate(pii=_pii_found(*(stage[name] for name in _TEXT_FIELDS)))
+    # Only a row with a candidate text can hold a placeholder of ours: the others skip the
+    # search for placeholders (code often holds '<').
+    candidate = ibis.or_(*(stage["fw_candidate_" + name] for name in _TEXT_FIELDS))
+    stage = stage.mutate(
+        pii=ibis.ifelse(
+            candidate,
+            _pii_found(*(stage[name] for name in _TEXT_FIELDS)),
+            ibis.literal([], type="array<string>"),
+        )
+    ).drop(*("fw_candidate_" + name for name in _TEXT_FIELDS))
     found = stage.pii.length() > 0
     return stage.mutate(
         **{

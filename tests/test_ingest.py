@@ -54,6 +54,9 @@ def reasons(store: Store, result: IngestResult) -> dict[int, str]:
 BAD_ROWS: list[tuple[Any, str]] = [
     (record(1, user_id=...), "missing required field: user_id"),
     (record(1, prompt=None), "missing required field: prompt"),
+    (record(1, user_id=""), "missing required field: user_id"),
+    (record(1, model=" \t\r "), "missing required field: model"),
+    (record(1, variant="\n"), "missing required field: variant"),
     (record(1, ts="yesterday"), "ts is not a timestamp"),
     (record(1, ts=1700000000), "ts is not a timestamp"),
     (record(1, accepted="maybe"), "accepted is not true/false"),
