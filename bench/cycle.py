@@ -32,11 +32,13 @@ OUT = ROOT / "bench" / "out"
 
 from bench.make_log import write_log  # noqa: E402
 from core.cycles import run_cycle  # noqa: E402
+from core.access import User  # noqa: E402
 from core.ingest import ingest_file  # noqa: E402
 from core.plan import Plan  # noqa: E402
 from core.plan_versions import save_plan_version  # noqa: E402
 from core.privacy import DETECTORS  # noqa: E402
 from core.quality import normalised_text_sql  # noqa: E402
+from core.signoffs import record_decision, required_roles  # noqa: E402
 from core.starters import starter_plan  # noqa: E402
 from core.store import Store  # noqa: E402
 
@@ -80,19 +82,21 @@ def base_store(rows: int) -> Path:
             "generated_examples",
             "plans",
             "plan_versions",
+            "plan_approvals",
         ):
             where = " ORDER BY ts, interaction_id LIMIT $n" if table == "interactions" else ""
             con.execute(
                 f"INSERT INTO {table} SELECT * FROM base.{table}{where}",
                 {"n": rows} if where else {},
             )
-    with store.connect() as con:
-        con.execute("DETACH base")
     return path
 
 
 def _extras(store: Store) -> None:
-    plan_id, _ = save_plan_version(store, bench_plan(), note="bench", author="bench")
+    plan_id, version = save_plan_version(store, bench_plan(), note="bench", author="bench")
+    for role in required_roles(bench_plan()):
+        approver = User(f"bench {role}", frozenset({role}))
+        record_decision(store, plan_id, version, role=role, user=approver, decision="approve")
     with store.transaction() as con:
         con.execute(
             "INSERT INTO consent_events SELECT 'bench', 0, user_id, TIMESTAMPTZ '2026-11-01',"

@@ -6,14 +6,16 @@ never pulls texts into Python:
 1. normalise each text (lower case, collapsed whitespace) and cut it into shingles (character
    k-grams by default, word k-grams on request), hashed to 64 bits;
 2. one-permutation MinHash: each shingle hash falls into one of ``num_perm`` bins and each bin
-   keeps its minimum (one pass over the shingles instead of ``num_perm``); two texts agree on a
-   bin with probability close to their Jaccard similarity, and an empty bin is part of the
-   signature, so it only matches an empty bin;
-3. LSH banding: ``bands`` bands of ``rows`` bins each, a band's signature the XOR of its bins'
-   hashes (order-free, one aggregate); texts sharing one band signature are candidate pairs.
-   ``bands`` and ``rows`` are chosen so that a pair at the threshold is a candidate with
-   probability at least 0.98;
-4. each candidate pair is verified by its exact shingle Jaccard similarity (or, with
+   keeps its minimum (one pass over the shingles instead of ``num_perm``);
+3. densification by rotation: an empty bin takes the next filled bin to its right (circularly)
+   at its distance, so two texts agree on any bin with probability close to their Jaccard
+   similarity, however few shingles they have (without it, bins empty in both texts agree for
+   free, and pairs that merely share a prompt become candidates by the thousand);
+4. LSH banding: ``bands`` bands of ``rows`` bins each, a band's signature the XOR of its
+   bins' hashes (order-free, one aggregate); texts sharing at least two band signatures are
+   candidate pairs. ``bands`` and ``rows`` are chosen so that a pair at the threshold is a
+   candidate with probability at least 0.98;
+5. each candidate pair is verified by its exact shingle Jaccard similarity (or, with
    ``verify="estimate"``, by the share of equal MinHash bins) and kept at or above the threshold.
 
 Pairs below the threshold are never returned; pairs well above it are found with probability
@@ -25,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,9 +58,19 @@ class NearDuplicatePair:
     similarity: float
 
 
-def candidate_probability(similarity: float, bands: int, rows: int) -> float:
-    """Probability that LSH banding makes a pair of this Jaccard similarity a candidate."""
-    return float(1.0 - (1.0 - similarity**rows) ** bands)
+_MIN_BANDS = 2
+"""Bands a pair must share to be a candidate. One shared band is what a pair that merely shares
+a prompt or a response often has; two are rare for it and common for a near-duplicate."""
+
+
+def candidate_probability(
+    similarity: float, bands: int, rows: int, min_bands: int = _MIN_BANDS
+) -> float:
+    """Probability that LSH banding makes a pair of this Jaccard similarity a candidate: at
+    least ``min_bands`` of ``bands`` bands of ``rows`` bins agree."""
+    p = similarity**rows
+    below = sum(math.comb(bands, i) * p**i * (1 - p) ** (bands - i) for i in range(min_bands))
+    return float(max(0.0, 1.0 - below))
 
 
 def band_parameters(
@@ -94,35 +107,34 @@ def normalised_text_sql(text_sql: str) -> str:
     )
 
 
-def _shingles_sql(
+def _shingle_list_sql(
     source: str,
     *,
     id_column: str,
     text_column: str,
     shingle: Literal["char", "word"],
     k: int,
-    only_ids: str | None = None,
 ) -> str:
-    """SQL of (id, h): the 64-bit hash of every shingle of every text in ``source``."""
-    where = f"{_quote(text_column)} IS NOT NULL"
-    if only_ids is not None:
-        where += f" AND {_quote(id_column)} IN ({only_ids})"
+    """SQL of (id, s): the distinct 64-bit hashes of each text's shingles in ``source``."""
     normalised = (
         f"SELECT {_quote(id_column)} AS id,"
         f" {normalised_text_sql(f'CAST({_quote(text_column)} AS VARCHAR)')} AS t"
-        f" FROM {source} WHERE {where}"
+        f" FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
     )
     if shingle == "char":
-        return (
-            f"SELECT id, unnest(list_transform("
-            f"generate_series(1, greatest(length(t) - {k} + 1, 1)),"
-            f" lambda p: hash(substr(t, p, {k})))) AS h FROM ({normalised})"
+        hashes = (
+            f"list_transform(generate_series(1, greatest(length(t) - {k} + 1, 1)),"
+            f" lambda p: hash(substr(t, p, {k})))"
         )
+        return f"SELECT id, list_distinct({hashes}) AS s FROM ({normalised})"
     # Words are hashed once; a shingle hashes its k word hashes (no list slicing, which is slow).
     parts = ", ".join(f"w[p + {i}]" for i in range(k))
+    hashes = (
+        f"list_transform(generate_series(1, greatest(len(w) - {k} + 1, 1)),"
+        f" lambda p: hash({parts}))"
+    )
     return (
-        f"SELECT id, unnest(list_transform(generate_series(1, greatest(len(w) - {k} + 1, 1)),"
-        f" lambda p: hash({parts}))) AS h"
+        f"SELECT id, list_distinct({hashes}) AS s"
         f" FROM (SELECT id, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
         f" FROM ({normalised}))"
     )
@@ -159,45 +171,61 @@ def near_duplicate_pairs(
     else:
         source_sql = _quote(source)
     bands, rows = band_parameters(threshold, num_perm)
-    hashes, minhash = f"{prefix}_hashes", f"{prefix}_minhash"
-
-    def shingles(only_ids: str | None = None) -> str:
-        return _shingles_sql(
-            source_sql,
-            id_column=id_column,
-            text_column=text_column,
-            shingle=shingle,
-            k=k,
-            only_ids=only_ids,
+    sets, minhash, candidates = f"{prefix}_sets", f"{prefix}_minhash", f"{prefix}_candidates"
+    try:
+        # Each text's shingle set, kept for the exact check of the candidates.
+        con.execute(
+            f"CREATE TEMP TABLE {sets} AS "
+            + _shingle_list_sql(
+                source_sql, id_column=id_column, text_column=text_column, shingle=shingle, k=k
+            )
+        )
+        # One-permutation MinHash: the shingle hash picks the bin, the rest of it is minimised.
+        con.execute(
+            f"CREATE TEMP TABLE {minhash} AS SELECT id, CAST(h % {num_perm} AS BIGINT) AS bin,"
+            f" min(h // {num_perm}) AS v FROM (SELECT id, unnest(s) AS h FROM {sets}) GROUP BY ALL"
         )
 
-    # One-permutation MinHash: the shingle hash picks the bin, the rest of it is minimised.
-    con.execute(
-        f"CREATE TEMP TABLE {minhash} AS SELECT id, h % {num_perm} AS bin,"
-        f" min(h // {num_perm}) AS v FROM ({shingles()}) GROUP BY ALL"
-    )
-    candidates = f"{prefix}_candidates"
-    try:
+        # Densified bands (rotation: an empty bin takes the next filled bin to its right,
+        # circularly, with its distance), so that two texts agree on a band with probability
+        # about J^rows whether or not their bins are full. Two short texts would otherwise
+        # agree on every bin empty in both, and a band of mostly empty bins would make pairs
+        # that merely share a prompt candidates. A band's densified values are fixed by its
+        # filled bins and, when its last bin is empty, by the next filled bin after it: each
+        # filled bin goes to its own band and to the bands whose last bin it fills.
+        # Bands whose last bin L = j * rows + rows - 1 lies strictly between two filled bins
+        # take the later one; integer bounds, no lambda per row.
+        def first_band(after: str) -> str:  # the first j with L > after
+            return f"greatest(({after}) - {rows - 1} + {rows}, 0) // {rows}"
+
+        def last_band(before: str) -> str:  # the last j with L < before (may be -1)
+            under = f"(({before}) - {rows})"
+            return f"least({under}, {bands * rows - 1}) // {rows} - ({under} < 0)::INT"
+
         con.execute(
             f"CREATE TEMP TABLE {candidates} AS "
-            f"WITH sig AS (SELECT id, bin // {rows} AS band, bit_xor(hash(bin, v)) AS s"
-            f"  FROM {minhash} WHERE bin < {bands * rows} GROUP BY ALL)"
-            f" SELECT DISTINCT a.id AS a, b.id AS b FROM sig a JOIN sig b"
+            f"WITH m AS (SELECT id, bin, v, lag(bin) OVER (PARTITION BY id ORDER BY bin) AS prev,"
+            f"  max(bin) OVER (PARTITION BY id) AS top FROM {minhash}),"
+            f" e AS (SELECT id, bin, v, unnest(list_concat("
+            f"   CASE WHEN bin < {bands * rows} THEN [bin // {rows}] ELSE [] END,"
+            f"   range({first_band('coalesce(prev, -1)')}, {last_band('bin')} + 1),"
+            f"   CASE WHEN prev IS NULL THEN range({first_band('top')}, {bands}) ELSE [] END"
+            f"  )) AS band FROM m),"
+            f" sig AS (SELECT id, band, bit_xor(hash(bin, v)) AS s FROM e GROUP BY ALL)"
+            f" SELECT a.id AS a, b.id AS b FROM sig a JOIN sig b"
             f"  ON a.band = b.band AND a.s = b.s AND a.id < b.id"
+            f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
         )
         if verify == "exact":
-            # Shingles are hashed again for the candidates only: far fewer than all texts.
-            members = f"SELECT a FROM {candidates} UNION SELECT b FROM {candidates}"
-            con.execute(f"CREATE TEMP TABLE {hashes} AS " + shingles(members))
+            # Sets whose sizes differ by more than the threshold allows cannot reach it.
             query = (
-                f"WITH shingles AS (SELECT DISTINCT id, h FROM {hashes}),"
-                f" sizes AS (SELECT id, count(*) AS n FROM shingles GROUP BY id),"
-                f" shared AS (SELECT c.a, c.b, count(*) AS inter FROM {candidates} c"
-                f"  JOIN shingles sa ON sa.id = c.a"
-                f"  JOIN shingles sb ON sb.id = c.b AND sb.h = sa.h GROUP BY ALL)"
-                f" SELECT s.a, s.b, s.inter / (na.n + nb.n - s.inter) AS j FROM shared s"
-                f"  JOIN sizes na ON na.id = s.a JOIN sizes nb ON nb.id = s.b"
+                f"SELECT c.a, c.b, len(list_intersect(x.s, y.s)) AS inter,"
+                f"  len(x.s) AS na, len(y.s) AS nb FROM {candidates} c"
+                f"  JOIN {sets} x ON x.id = c.a JOIN {sets} y ON y.id = c.b"
+                f"  WHERE least(len(x.s), len(y.s)) >= ? * greatest(len(x.s), len(y.s))"
             )
+            query = f"SELECT a, b, inter / (na + nb - inter) AS j FROM ({query})"
+            params: list[Any] = [threshold - 1e-12]
         else:
             # Bins filled in both texts agree with probability ~ Jaccard; a bin filled in
             # only one of them counts as a disagreement.
@@ -210,12 +238,13 @@ def near_duplicate_pairs(
                 f"  count(*) FILTER (WHERE x.v = y.v) / count(*) AS j"
                 f" FROM x FULL JOIN y ON x.a = y.a AND x.b = y.b AND x.bin = y.bin GROUP BY 1, 2"
             )
+            params = []
         rows_found = con.execute(
             f"SELECT a, b, j FROM ({query}) WHERE j >= ? ORDER BY j DESC, a, b",
-            [threshold - 1e-12],
+            [*params, threshold - 1e-12],
         ).fetchall()
     finally:
-        for table in (candidates, minhash, hashes):
+        for table in (candidates, minhash, sets):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         if view is not None:
             con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -569,12 +598,15 @@ _PUNCTUATION = ".,;:!?()[]{}<>\"'`*_=+-/\\|#"
 
 
 def _word_hashes_sql(text_sql: str) -> str:
-    """SQL of the hashes of a text's words: normalised, split on spaces, punctuation trimmed."""
+    """SQL of the hashes of a text's words: normalised, punctuation taken as a separator.
+
+    One ``translate`` of the whole text: trimming each word's punctuation in a lambda cost
+    seven times as much, and the n-grams of rows and eval items are cut the same way either way.
+    """
     marks = "'" + _PUNCTUATION.replace("'", "''") + "'"
-    return (
-        f"list_transform(list_filter(list_transform(string_split({normalised_text_sql(text_sql)},"
-        f" ' '), lambda x: trim(x, {marks})), lambda x: x <> ''), lambda x: hash(x))"
-    )
+    spaces = "'" + " " * len(_PUNCTUATION) + "'"
+    words = f"string_split({normalised_text_sql(f'translate({text_sql}, {marks}, {spaces})')}, ' ')"
+    return f"list_transform(list_filter({words}, lambda x: x <> ''), lambda x: hash(x))"
 
 
 def contamination_stage(
