@@ -521,16 +521,12 @@ def exact_duplicate_stage(
 
 
 def _drops_table(con: duckdb.DuckDBPyConnection, name: str, drops: list[tuple[str, str]]) -> None:
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (id VARCHAR, why VARCHAR)")
-    if drops:
-        import pyarrow as pa
-
-        arrow = pa.table({"id": [d[0] for d in drops], "why": [d[1] for d in drops]})
-        con.register(f"{name}_in", arrow)
-        try:
-            con.execute(f"INSERT INTO {name} SELECT id, why FROM {name}_in")
-        finally:
-            con.unregister(f"{name}_in")
+    # Bound as two lists in one statement: executemany would run one statement per row.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT unnest($ids)::VARCHAR AS id,"
+        " unnest($whys)::VARCHAR AS why",
+        {"ids": [d[0] for d in drops], "whys": [d[1] for d in drops]},
+    )
 
 
 def _with_drops(rows: ir.Table, name: str) -> ir.Table:
