@@ -22,6 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import openai  # noqa: E402
 from fake_openai import FakeOpenAI, Faults  # noqa: E402
 
+from core.access import local_operator  # noqa: E402
 from core.generation import (  # noqa: E402
     GenerationSpec,
     dry_run,
@@ -72,7 +73,7 @@ def main() -> None:
         seq_s, seq_valid = sequential_baseline(spec, server.url)
         print(f"sequential (one blocking call after another): {seq_s:6.2f} s, {seq_valid} valid")
         start = time.perf_counter()
-        ours = run_generation(store, plan_id, endpoint=endpoint)
+        ours = run_generation(store, plan_id, user=local_operator(), endpoint=endpoint)
         ours_s = time.perf_counter() - start
         print(
             f"ours (concurrency {concurrency}):                 {ours_s:6.2f} s, "
@@ -80,7 +81,7 @@ def main() -> None:
         )
         print(f"speed-up: {seq_s / ours_s:.1f}x (target ≥ 10x)")
         before = server.chat_calls
-        rerun = run_generation(store, plan_id, endpoint=endpoint)
+        rerun = run_generation(store, plan_id, user=local_operator(), endpoint=endpoint)
         print(
             f"rerun: {server.chat_calls - before} calls to the server "
             f"({rerun.api_calls} counted), {rerun.generated} valid stored (target 0 calls)"
@@ -93,7 +94,9 @@ def main() -> None:
     with FakeOpenAI(faults) as server:
         endpoint = resolve_endpoint(base_url=server.url, api_key="bench")
         start = time.perf_counter()
-        report = run_generation(store, plan_id, endpoint=endpoint, backoff_s=0.1)
+        report = run_generation(
+            store, plan_id, user=local_operator(), endpoint=endpoint, backoff_s=0.1
+        )
         took = time.perf_counter() - start
     print(
         f"with 10% of calls answered 429/500/malformed JSON: {report.generated}/{items} valid, "

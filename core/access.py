@@ -18,6 +18,7 @@ from core.errors import FlywheelError
 from core.settings import get_setting
 
 __all__ = [
+    "ACTIONS",
     "PERMISSIONS",
     "ROLES",
     "AccessError",
@@ -26,6 +27,7 @@ __all__ = [
     "User",
     "load_roles",
     "local_operator",
+    "refusal",
     "require",
     "user_from_identity",
 ]
@@ -41,6 +43,9 @@ Permission = Literal[
     "pii.view_raw",
     "cycle.run",
     "gate.override",
+    "generation.run",
+    "eval.run",
+    "model.train",
 ]
 
 PERMISSIONS: dict[Permission, frozenset[Role]] = {
@@ -51,6 +56,24 @@ PERMISSIONS: dict[Permission, frozenset[Role]] = {
     "pii.view_raw": frozenset({"privacy_reviewer"}),
     "cycle.run": frozenset({"ml_lead"}),
     "gate.override": frozenset({"ml_lead"}),
+    # Generation spends teacher money within the plan's budget, which the PM sets and owns.
+    "generation.run": frozenset({"pm", "ml_lead"}),
+    # Eval results decide the gates, so only the ML lead produces or imports them.
+    "eval.run": frozenset({"ml_lead"}),
+    "model.train": frozenset({"ml_lead"}),
+}
+
+ACTIONS: dict[Permission, str] = {
+    "plan.edit": "edit plans",
+    "plan.approve": "approve plans",
+    "data.ingest": "ingest data",
+    "data.erase": "erase users",
+    "pii.view_raw": "view raw PII",
+    "cycle.run": "run cycles",
+    "gate.override": "override gates",
+    "generation.run": "run synthetic generation",
+    "eval.run": "run evals, import eval results or freeze eval sets",
+    "model.train": "train models or register a cycle's candidate",
 }
 
 
@@ -77,15 +100,25 @@ def local_operator() -> User:
     return User(str(get_setting("actor")), frozenset(ROLES) - {"viewer"})
 
 
+def refusal(user: User, permission: Permission) -> str | None:
+    """Why ``user`` may not do ``permission`` (a page shows it beside the disabled button);
+    None when they may."""
+    if user.can(permission):
+        return None
+    *others, last = sorted(PERMISSIONS[permission])
+    allowed = f"{', '.join(others)} or {last}" if others else last
+    held = ", ".join(sorted(user.roles)) or "no role"
+    return (
+        f"{user.name} ({held}) may not {ACTIONS[permission]} ({permission}): "
+        f"it needs the {allowed} role."
+    )
+
+
 def require(user: User, permission: Permission) -> None:
     """Raise AccessError unless ``user`` may do ``permission``."""
-    if not user.can(permission):
-        allowed = ", ".join(sorted(PERMISSIONS[permission]))
-        held = ", ".join(sorted(user.roles)) or "no role"
-        raise AccessError(
-            f"{user.name} ({held}) may not {permission.replace('.', ' ')}: it needs one of "
-            f"these roles: {allowed}. Ask an admin to add the role in the roles file."
-        )
+    reason = refusal(user, permission)
+    if reason is not None:
+        raise AccessError(f"{reason} Ask an admin to add the role in the roles file.")
 
 
 def _roles_file() -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 from core import stats
 from core.abtest import analyse_cycle, design_ab_test
+from core.access import User, local_operator
 from core.backup import backup_store, restore_store
 from core.consent import forget_user
 from core.cycles import run_cycle, run_summary, why_dropped
@@ -53,6 +54,12 @@ Handler = Callable[[argparse.Namespace, Store], Outcome]
 
 def _actor() -> str:
     return str(get_setting("actor"))
+
+
+def _user() -> User:
+    """Who acts on the command line: the local operator (every role but viewer), named by
+    FLYWHEEL_ACTOR in the audit log."""
+    return local_operator()
 
 
 def default_plan_id(store: Store) -> str:
@@ -244,9 +251,11 @@ def cmd_generate(args: argparse.Namespace, store: Store) -> Outcome:
             exit_code=1 if estimate.over_budget else 0,
         )
     if args.batch:
-        report = run_batch(store, plan_id, top_up=args.top_up)
+        report = run_batch(store, plan_id, user=_user(), top_up=args.top_up)
     else:
-        report = run_generation(store, plan_id, top_up=args.top_up, concurrency=args.concurrency)
+        report = run_generation(
+            store, plan_id, user=_user(), top_up=args.top_up, concurrency=args.concurrency
+        )
     data = {"dry_run": False, **report.to_dict()}
     return Outcome(
         data,
@@ -442,7 +451,7 @@ def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
 def cmd_eval_import_set(args: argparse.Namespace, store: Store) -> Outcome:
     from core.evals import import_eval_set
 
-    result = import_eval_set(store, args.file, merge=args.merge, actor=_actor())
+    result = import_eval_set(store, args.file, merge=args.merge, user=_user())
     lines = [
         f"{s['eval_set']} v{s['version']}: {s['items']} items ({s['status']})" for s in result.sets
     ]
@@ -469,7 +478,7 @@ def cmd_eval_freeze(args: argparse.Namespace, store: Store) -> Outcome:
     from core.evals import freeze_set_version, resolve_version
 
     version = resolve_version(store, args.set, args.version)
-    froze = freeze_set_version(store, args.set, version, actor=_actor(), reason=args.reason)
+    froze = freeze_set_version(store, args.set, version, user=_user(), reason=args.reason)
     state = "Froze" if froze else "Already frozen:"
     return Outcome(
         {"eval_set": args.set, "version": version, "frozen": True, "changed": froze},
@@ -524,7 +533,7 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
         temperature=args.temperature,
         judge=judge,
         concurrency=args.concurrency,
-        actor=_actor(),
+        user=_user(),
     )
     summary = run_summary(store, report.run_id)
     lines = [
@@ -556,7 +565,7 @@ def cmd_eval_import_results(args: argparse.Namespace, store: Store) -> Outcome:
         role=args.role,
         cycle=args.cycle,
         plan_id=args.plan,
-        actor=_actor(),
+        user=_user(),
     )
     lines = [f"line {r['line']}: {r['reason']}" for r in result.rejected[:20]]
     return Outcome(
@@ -628,7 +637,7 @@ def cmd_train_start(args: argparse.Namespace, store: Store) -> Outcome:
         endpoint=eval_endpoint(args.base_url) if args.base_url else None,
         wait=not args.no_wait,
         poll_s=args.poll,
-        actor=_actor(),
+        user=_user(),
     )
     return _job_outcome(job.to_dict())
 
@@ -653,6 +662,7 @@ def cmd_train_follow(args: argparse.Namespace, store: Store) -> Outcome:
         args.job_id,
         endpoint=eval_endpoint(args.base_url) if args.base_url else None,
         poll_s=args.poll,
+        user=_user(),
     )
     return _job_outcome(job.to_dict())
 
@@ -668,7 +678,7 @@ def cmd_train_register(args: argparse.Namespace, store: Store) -> Outcome:
         model=args.model,
         endpoint=args.endpoint or "",
         dataset_version=args.dataset_version,
-        actor=_actor(),
+        user=_user(),
     )
     return Outcome(
         candidate,

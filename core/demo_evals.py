@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.access import User
 from core.evals import import_eval_set, load_items, record_results
 from core.gates import check_gates, record_decision
 from core.plan import Plan
@@ -27,6 +28,7 @@ TEACHER = "gpt-4o"
 BASE_STUDENT = "gpt-4o-mini"
 PER_CELL = 10
 _ACTOR = "Omar Haddad (demo)"
+_ML_LEAD = User(_ACTOR, frozenset({"ml_lead"}))
 
 
 def _model(cycle: int) -> str:
@@ -173,7 +175,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
     with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
         path = Path(tmp) / "python_core_eval_set.jsonl"
         path.write_text("\n".join(json.dumps(i) for i in items) + "\n", encoding="utf-8")
-        import_eval_set(store, path, actor=_ACTOR)
+        import_eval_set(store, path, user=_ML_LEAD)
     items_v1 = {i.item_id for i in load_items(store, EVAL_SET, 1)}
     items = [i for i in items if i["item_id"] in items_v1]
     ids = [i["item_id"] for i in items]
@@ -331,7 +333,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
             role=role,  # type: ignore[arg-type]
             cycle=run_cycle,
             plan_id=plan_id,
-            actor=_ACTOR,
+            user=_ML_LEAD,
             source="demo",
         )
     report = check_gates(store, plan_id, 1)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import openai
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import EvalError
 from core.graders import (
@@ -66,6 +67,7 @@ __all__ = [
     "eval_endpoint",
     "eval_sets",
     "freeze_set_version",
+    "freeze_used_version",
     "import_eval_set",
     "import_results",
     "item_scores",
@@ -89,10 +91,6 @@ _FLUSH_EVERY = 32
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _actor(actor: str | None) -> str:
-    return actor or str(get_setting("actor"))
 
 
 # -- items and sets ----------------------------------------------------------------------------
@@ -214,17 +212,20 @@ class EvalSetImport:
 
 
 def import_eval_set(
-    store: Store, path: str | Path, *, merge: bool = False, actor: str | None = None
+    store: Store, path: str | Path, *, user: User, merge: bool = False
 ) -> EvalSetImport:
     """Load eval items (DESIGN.md's contract) and store each set they name as a version.
 
     The file holds a set's whole content (with ``merge``, its items are laid over the newest
     version's). Identical content keeps the version; a changed draft is updated in place; a
     changed frozen version makes a new one. Rows that break the contract go to the quarantine
-    through the ingest (``rejects --batch``). Raises IngestError/EvalError for unreadable files.
+    through the ingest (``rejects --batch``). Raises IngestError/EvalError for unreadable files;
+    AccessError, before anything is written, when ``user`` may not ingest data (loading eval
+    items here is the Data page's ingest of eval items, plus versioning).
     """
+    require(user, "data.ingest")
     source = Path(path)
-    who = _actor(actor)
+    who = user.name
     batch = ingest_file(store, source, kind="eval-items", actor=who)
     rejected = {
         int(r[0])
@@ -380,10 +381,22 @@ def load_items(store: Store, eval_set: str, version: int) -> list[EvalItem]:
 
 
 def freeze_set_version(
-    store: Store, eval_set: str, version: int, *, actor: str | None = None, reason: str
+    store: Store, eval_set: str, version: int, *, user: User, reason: str
 ) -> bool:
-    """Freeze a set version (no-op when frozen already); True when this call froze it."""
-    who = _actor(actor)
+    """Freeze a set version on someone's word (no-op when frozen already); True when this call
+    froze it. Raises AccessError when ``user`` may not run evals, EvalError when the version
+    does not exist."""
+    require(user, "eval.run")
+    return freeze_used_version(store, eval_set, version, actor=user.name, reason=reason)
+
+
+def freeze_used_version(
+    store: Store, eval_set: str, version: int, *, reason: str, actor: str | None = None
+) -> bool:
+    """Freeze a set version because results or a gate now depend on it; True when this call
+    froze it. Not a person's action, so no role is checked: whoever may record results or read
+    a gate keeps what they used from changing."""
+    who = actor or str(get_setting("actor"))
     with store.transaction() as con:
         row = con.execute(
             "SELECT frozen_at FROM eval_set_versions WHERE eval_set = ? AND version = ?",
@@ -521,14 +534,17 @@ def run_eval(
     max_retries: int | None = None,
     backoff_s: float | None = None,
     on_progress: ProgressCallback | None = None,
-    actor: str | None = None,
+    user: User,
 ) -> EvalRunReport:
-    """Run ``model`` on an eval set version and grade its outputs; resume a run of the same
-    request (same set version, model, endpoint, role, cycle, samples, temperature).
+    """Run ``model`` on an eval set version and grade its outputs (the llm_judge grader calls
+    the judge model); resume a run of the same request (same set version, model, endpoint,
+    role, cycle, samples, temperature).
 
     Raises EvalError when the set is missing, a grader is unknown, the judge is missing for
-    llm_judge, or the server refuses the key or does not serve the model.
+    llm_judge, or the server refuses the key or does not serve the model; AccessError, before
+    any call or write, when ``user`` may not run evals.
     """
+    require(user, "eval.run")
     if role not in ROLES:
         raise EvalError(f"Unknown role '{role}'; use one of {', '.join(ROLES)}.")
     if samples < 1:
@@ -541,7 +557,7 @@ def run_eval(
     if not items:
         raise EvalError(f"Eval set '{eval_set}' v{number} has no items.")
     endpoint = endpoint or eval_endpoint()
-    who = _actor(actor)
+    who = user.name
     key = _run_key(
         eval_set=eval_set,
         version=number,
@@ -582,7 +598,7 @@ def run_eval(
                 who,
             ],
         )
-    freeze_set_version(store, eval_set, number, actor=who, reason=f"results of run {run_id}")
+    freeze_used_version(store, eval_set, number, actor=who, reason=f"results of run {run_id}")
     done = {
         (str(r[0]), int(r[1]))
         for r in store.fetch_all(
@@ -630,10 +646,10 @@ def run_eval(
     try:
         asyncio.run(main())
     except BaseException:
-        _finish(store, run_id, "interrupted", runner, "Interrupted; run again to resume.")
+        _finish(store, run_id, "interrupted", runner, "Interrupted; run again to resume.", who)
         raise
     if runner.stop_reason:
-        _finish(store, run_id, "aborted", runner, runner.stop_reason)
+        _finish(store, run_id, "aborted", runner, runner.stop_reason, who)
         raise EvalError(runner.stop_reason)
     counts = store.fetch_one(
         "SELECT count(*) FILTER (WHERE error IS NULL), count(*) FILTER (WHERE error IS NOT NULL)"
@@ -649,7 +665,7 @@ def run_eval(
         f"{counts[0]} outputs ({counts[1]} failed requests), {graded[0]} scores "
         f"({graded[1]} grader errors)."
     )
-    _finish(store, run_id, "done", runner, message)
+    _finish(store, run_id, "done", runner, message, who)
     return EvalRunReport(
         run_id=run_id,
         eval_set=eval_set,
@@ -670,7 +686,9 @@ def run_eval(
     )
 
 
-def _finish(store: Store, run_id: str, status: str, runner: _EvalRunner, message: str) -> None:
+def _finish(
+    store: Store, run_id: str, status: str, runner: _EvalRunner, message: str, actor: str
+) -> None:
     runner.flush()
     with store.transaction() as con:
         con.execute(
@@ -680,7 +698,7 @@ def _finish(store: Store, run_id: str, status: str, runner: _EvalRunner, message
         )
         record_audit(
             con,
-            actor=str(get_setting("actor")),
+            actor=actor,
             action="eval.run",
             target=run_id,
             detail={"status": status, "api_calls": runner.api_calls},
@@ -898,7 +916,7 @@ def import_results(
     version: int | None = None,
     cycle: int | None = None,
     plan_id: str | None = None,
-    actor: str | None = None,
+    user: User,
     source: str = "import",
 ) -> ResultsImport:
     """Store results produced elsewhere: one row per (run_id, item_id, model, output, score,
@@ -906,8 +924,10 @@ def import_results(
 
     A row with an unknown item, a score outside 0..1, or a model that differs from its run's is
     refused with its line and reason; the others are stored and the set version is frozen.
-    Raises EvalError when the file cannot be read or holds no valid row.
+    Raises EvalError when the file cannot be read or holds no valid row; AccessError, before
+    anything is read or written, when ``user`` may not run evals (results decide the gates).
     """
+    require(user, "eval.run")
     source_path = Path(path)
     if not source_path.is_file():
         raise EvalError(f"{source_path}: no such file; give a JSONL or CSV file of results.")
@@ -920,7 +940,7 @@ def import_results(
         version=version,
         cycle=cycle,
         plan_id=plan_id,
-        actor=actor,
+        user=user,
         source=source,
     )
 
@@ -934,15 +954,19 @@ def record_results(
     version: int | None = None,
     cycle: int | None = None,
     plan_id: str | None = None,
-    actor: str | None = None,
+    user: User,
     source: str = "import",
 ) -> ResultsImport:
-    """Store (line, record) results as ``import_results`` does (the demo uses it directly)."""
+    """Store (line, record) results as ``import_results`` does (the demo uses it directly).
+
+    Raises AccessError, before anything is written, when ``user`` may not run evals.
+    """
+    require(user, "eval.run")
     if role not in ROLES:
         raise EvalError(f"Unknown role '{role}'; use one of {', '.join(ROLES)}.")
     number = resolve_version(store, eval_set, version)
     known = {i.item_id for i in load_items(store, eval_set, number)}
-    who = _actor(actor)
+    who = user.name
     rejected: list[dict[str, Any]] = []
     models: dict[str, str] = {}
     outputs: dict[tuple[str, str, int], list[Any]] = {}
@@ -1058,7 +1082,7 @@ def record_results(
             target=f"{eval_set}@v{number}",
             detail={"runs": sorted(models), "rows": len(scores), "rejected": len(rejected)},
         )
-    freeze_set_version(
+    freeze_used_version(
         store, eval_set, number, actor=who, reason=f"results imported ({', '.join(sorted(models))})"
     )
     return ResultsImport(eval_set, number, len(records), len(scores), rejected, sorted(models))

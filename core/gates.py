@@ -36,7 +36,7 @@ from scipy import stats as sps
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import GateError
-from core.evals import freeze_set_version, item_scores, load_items, run_usage
+from core.evals import freeze_used_version, item_scores, load_items, run_usage
 from core.graders import GRADERS, grader_for_metric
 from core.plan import Economics, Gate, Plan
 from core.plan_versions import load_plan
@@ -603,7 +603,7 @@ def check_gates(
         eval_set, set_version = str(candidate["eval_set"]), int(candidate["set_version"])
         if gate.eval_set and (eval_set, set_version) not in frozen:
             frozen.add((eval_set, set_version))
-            freeze_set_version(
+            freeze_used_version(
                 store,
                 eval_set,
                 set_version,

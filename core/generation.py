@@ -35,6 +35,7 @@ import openai
 import tiktoken
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import GenerationError
 from core.llm import (
@@ -842,6 +843,7 @@ def _finish_run(
     estimate: GenerationEstimate,
     message: str,
     batch: bool,
+    actor: str,
 ) -> GenerationReport:
     stored = _stored_status(store, spec.spec_hash)
     per_cell = spec.plan.generation.examples_per_cell
@@ -868,7 +870,7 @@ def _finish_run(
         )
         record_audit(
             con,
-            actor=str(get_setting("actor")),
+            actor=actor,
             action="generation.run",
             target=f"{spec.plan_id}@v{spec.plan_version}",
             detail={
@@ -916,6 +918,7 @@ def run_generation(
     store: Store,
     plan_id: str,
     *,
+    user: User,
     version: int | None = None,
     top_up: bool = False,
     endpoint: Endpoint | None = None,
@@ -931,8 +934,10 @@ def run_generation(
 
     Refuses to start (GenerationError) when the estimate exceeds the budget cap; stops cleanly
     when the actual spend reaches it. Raises GenerationError when the server refuses the key
-    or does not know the model.
+    or does not know the model; AccessError, before any call or write, when ``user`` may not
+    run generation.
     """
+    require(user, "generation.run")
     spec = GenerationSpec.load(store, plan_id, version)
     items = plan_items(store, spec, top_up=top_up)
     stored = sum(1 for s in _stored_status(store, spec.spec_hash).values() if s == "valid")
@@ -952,6 +957,7 @@ def run_generation(
             estimate=estimate,
             message="Every item is already stored; nothing to generate.",
             batch=False,
+            actor=user.name,
         )
     active = client or build_async_client(endpoint, timeout_s=timeout)
     run_id = _start_run(
@@ -992,6 +998,7 @@ def run_generation(
             estimate=estimate,
             message="Interrupted; run again to resume where it stopped.",
             batch=False,
+            actor=user.name,
         )
         raise
     if runner.stop_reason == "budget":
@@ -1011,6 +1018,7 @@ def run_generation(
             estimate=estimate,
             message=runner.stop_reason,
             batch=False,
+            actor=user.name,
         )
         raise GenerationError(f"{report.message} ({report.new_valid} item(s) were stored first.)")
     else:
@@ -1024,6 +1032,7 @@ def run_generation(
         estimate=estimate,
         message=message,
         batch=False,
+        actor=user.name,
     )
 
 
@@ -1247,6 +1256,7 @@ def run_batch(
     store: Store,
     plan_id: str,
     *,
+    user: User,
     version: int | None = None,
     top_up: bool = False,
     endpoint: Endpoint | None = None,
@@ -1257,8 +1267,10 @@ def run_batch(
     """Generate the pending items through an OpenAI batch job (half price): write the requests
     as JSONL, upload, create the batch, poll, and take in the results with the same validation
     and keys. A batch of the same spec still pending from an earlier, stopped call is polled
-    instead of submitting a new one.
+    instead of submitting a new one. Raises AccessError, before any call or write, when
+    ``user`` may not run generation.
     """
+    require(user, "generation.run")
     spec = GenerationSpec.load(store, plan_id, version)
     endpoint = endpoint or resolve_endpoint(spec.plan.generation.endpoint)
     pending = store.fetch_one(
@@ -1284,6 +1296,7 @@ def run_batch(
             estimate=estimate,
             message="Every item is already stored; nothing to generate.",
             batch=True,
+            actor=user.name,
         )
     timeout = float(get_setting("request_timeout_s"))
     active = client or build_async_client(endpoint, timeout_s=timeout)
@@ -1346,6 +1359,7 @@ def run_batch(
         estimate=estimate,
         message=f"Batch {batch_status}: {progress.generated} generated, {progress.failed} failed.",
         batch=True,
+        actor=user.name,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import openai
 
+from core.access import User, require
 from core.audit import record_audit
 from core.errors import CycleError, DatasetError
 from core.evals import eval_endpoint
@@ -143,18 +144,20 @@ def start_training(
     wait: bool = True,
     poll_s: float | None = None,
     max_polls: int | None = None,
-    actor: str | None = None,
+    user: User,
 ) -> TrainingJob:
     """Upload the dataset version's export and create the fine-tuning job; with ``wait``,
     follow it to the end and record the fine-tuned model as the cycle's candidate.
 
     ``export_path``: an export already written (used as is), else where to write one.
-    Raises DatasetError for a missing or malformed export, CycleError when the server refuses.
+    Raises DatasetError for a missing or malformed export, CycleError when the server refuses;
+    AccessError, before any export, upload or write, when ``user`` may not train models.
     """
+    require(user, "model.train")
     plan, _ = load_plan(store, plan_id)
     training = plan.training
     base_model = training.base_model or plan.goal.student_model
-    who = actor or str(get_setting("actor"))
+    who = user.name
     path = Path(export_path) if export_path else None
     if path is None or not path.is_file():
         target = (
@@ -236,7 +239,13 @@ def start_training(
     if not wait:
         return _job(store, job_id)
     return follow_training(
-        store, job_id, endpoint=endpoint, client=client, poll_s=poll_s, max_polls=max_polls
+        store,
+        job_id,
+        endpoint=endpoint,
+        client=client,
+        poll_s=poll_s,
+        max_polls=max_polls,
+        user=user,
     )
 
 
@@ -249,9 +258,12 @@ def follow_training(
     poll_s: float | None = None,
     max_polls: int | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    user: User,
 ) -> TrainingJob:
     """Poll a job's status and events until it ends (or ``max_polls``), storing both; on
-    success record its model as the cycle's candidate. Raises CycleError when unreachable."""
+    success record its model as the cycle's candidate. Raises CycleError when unreachable;
+    AccessError, before any call or write, when ``user`` may not train models."""
+    require(user, "model.train")
     job = _job(store, job_id)
     plan, _ = load_plan(store, job.plan_id)
     endpoint = endpoint or eval_endpoint(plan.training.endpoint or None)
@@ -294,7 +306,7 @@ def follow_training(
             source="fine_tune",
             job_id=job_id,
             dataset_version=job.dataset_version,
-            actor=str(get_setting("actor")),
+            actor=user.name,
         )
     return _job(store, job_id)
 
@@ -371,10 +383,15 @@ def register_candidate(
     model: str,
     endpoint: str,
     dataset_version: str | None = None,
-    actor: str | None = None,
+    user: User,
 ) -> dict[str, Any]:
     """Register a model trained elsewhere as the cycle's candidate: its name and the base URL
-    of the OpenAI-compatible server that serves it (credentials in the URL are dropped)."""
+    of the OpenAI-compatible server that serves it (credentials in the URL are dropped).
+
+    Raises CycleError for a blank model or a base URL that is not http(s); AccessError, before
+    anything is written, when ``user`` may not train models (the candidate is what the gates
+    judge)."""
+    require(user, "model.train")
     load_plan(store, plan_id)
     if not model.strip():
         raise CycleError("Give the candidate's model name.")
@@ -390,7 +407,7 @@ def register_candidate(
         source="registered",
         job_id=None,
         dataset_version=dataset_version,
-        actor=actor or str(get_setting("actor")),
+        actor=user.name,
     )
     candidate = cycle_candidate(store, plan_id, cycle)
     assert candidate is not None

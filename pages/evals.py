@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.access import refusal
 from core.charts import slice_heatmap_figure, wins_losses_figure
 from core.evals import (
     ROLES,
@@ -39,6 +40,9 @@ from pages._common import current_user, get_store, guarded, page_header, plan_id
 
 page_header("Evals & gates")
 user = current_user()
+train_refused = refusal(user, "model.train")
+eval_refused = refusal(user, "eval.run")
+ingest_refused = refusal(user, "data.ingest")
 
 plan_id = plan_id_or_stop()
 
@@ -87,7 +91,9 @@ with cols[0]:
         model = st.text_input("Model name", placeholder="qwen2.5-7b-python-ft")
         endpoint = st.text_input("OpenAI-compatible base URL", placeholder="http://gpu-box:8000/v1")
         dataset = st.text_input("Dataset version (optional)")
-        if st.form_submit_button("Register as candidate"):
+        if train_refused:
+            st.caption(train_refused)
+        if st.form_submit_button("Register as candidate", disabled=train_refused is not None):
             done = guarded(
                 lambda: register_candidate(
                     store,
@@ -96,7 +102,7 @@ with cols[0]:
                     model=model,
                     endpoint=endpoint,
                     dataset_version=dataset or None,
-                    actor=user.name,
+                    user=user,
                 )
             )
             if done:
@@ -297,7 +303,9 @@ with run_tab:
             "Graders", list(GRADERS), default=["python_parses", "python_tests"]
         )
         samples = st.number_input("Samples per item", min_value=1, max_value=20, value=1)
-        if st.form_submit_button("Run eval", disabled=not sets):
+        if eval_refused:
+            st.caption(eval_refused)
+        if st.form_submit_button("Run eval", disabled=not sets or eval_refused is not None):
             bar = st.progress(0.0, text="Starting…")
             judge = (
                 JudgeConfig(str(get_setting("judge_model")), judge_endpoint())
@@ -316,6 +324,7 @@ with run_tab:
                     graders=chosen_graders,
                     samples=int(samples),
                     judge=judge,
+                    user=user,
                     on_progress=lambda done, total: bar.progress(
                         min(1.0, done / max(1, total)), text=f"{done}/{total}"
                     ),
@@ -329,7 +338,11 @@ with run_tab:
         upload = st.file_uploader("Results file", type=["jsonl", "csv", "gz"], key="results_up")
         import_set = st.selectbox("Eval set", sets or ["(none)"], key="import_set")
         import_role = st.selectbox("Role", ROLES, key="import_role")
-        if st.button("Import results", disabled=upload is None or not sets):
+        if eval_refused:
+            st.caption(eval_refused)
+        if st.button(
+            "Import results", disabled=upload is None or not sets or eval_refused is not None
+        ):
             imported = guarded(
                 lambda: import_results(
                     store,
@@ -338,6 +351,7 @@ with run_tab:
                     role=import_role,
                     cycle=cycle,
                     plan_id=plan_id,
+                    user=user,
                 )
             )
             if imported:
@@ -354,8 +368,10 @@ with sets_tab:
         "topic, difficulty, labels)"
     )
     set_upload = st.file_uploader("Eval items", type=["jsonl", "csv", "gz"], key="set_up")
-    if st.button("Import eval set", disabled=set_upload is None):
-        result = guarded(lambda: import_eval_set(store, _saved(set_upload)))
+    if ingest_refused:
+        st.caption(ingest_refused)
+    if st.button("Import eval set", disabled=set_upload is None or ingest_refused is not None):
+        result = guarded(lambda: import_eval_set(store, _saved(set_upload), user=user))
         if result:
             for s in result.sets:
                 st.success(f"{s['eval_set']} v{s['version']}: {s['items']} items ({s['status']}).")

@@ -8,6 +8,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.access import refusal
 from core.charts import grid_heatmap_figure
 from core.errors import FlywheelError
 from core.generation import (
@@ -26,9 +27,11 @@ from core.generation import (
     stored_counts,
 )
 from core.llm import Endpoint, resolve_endpoint
-from pages._common import get_store, guarded, page_header, plan_id_or_stop
+from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
 
 page_header("Synthetic data")
+user = current_user()
+refused = refusal(user, "generation.run")
 
 plan_id = plan_id_or_stop()
 
@@ -149,10 +152,12 @@ def _run(top_up: bool) -> None:
 
     try:
         if batch:
-            report = run_batch(store, plan_id, top_up=top_up, endpoint=endpoint, on_progress=show)
+            report = run_batch(
+                store, plan_id, user=user, top_up=top_up, endpoint=endpoint, on_progress=show
+            )
         else:
             report = run_generation(
-                store, plan_id, top_up=top_up, endpoint=endpoint, on_progress=show
+                store, plan_id, user=user, top_up=top_up, endpoint=endpoint, on_progress=show
             )
     except FlywheelError as exc:
         bar.empty()
@@ -179,14 +184,17 @@ if endpoint.is_openai and not endpoint.has_key:
         "estimate above needs no key.",
         icon=":material/key:",
     )
-elif st.button(
-    "Generate",
-    type="primary",
-    icon=":material/play_arrow:",
-    disabled=bool(estimate is None or estimate.over_budget or estimate.calls == 0),
-    key="gen_run",
-):
-    _run(top_up=False)
+else:
+    if refused:
+        st.caption(refused)
+    if st.button(
+        "Generate",
+        type="primary",
+        icon=":material/play_arrow:",
+        disabled=bool(refused or estimate is None or estimate.over_budget or estimate.calls == 0),
+        key="gen_run",
+    ):
+        _run(top_up=False)
 
 # -- diversity, top-up, failures, examples -----------------------------------------------------
 
@@ -217,7 +225,11 @@ if diversity is not None:
             icon=":material/warning:",
         )
         if not (endpoint.is_openai and not endpoint.has_key) and st.button(
-            f"Top up {len(thin)} thin cell(s)", icon=":material/add:", key="gen_top_up"
+            f"Top up {len(thin)} thin cell(s)",
+            icon=":material/add:",
+            key="gen_top_up",
+            disabled=refused is not None,
+            help=refused,
         ):
             _run(top_up=True)
     else:

@@ -11,6 +11,7 @@ from eval_helpers import code_items, responder, write_jsonl
 from fake_openai import FakeOpenAI, Faults
 from statsmodels.stats.inter_rater import cohens_kappa as sm_kappa
 
+from core.access import User
 from core.errors import EvalError, GateError
 from core.evals import (
     JudgeConfig,
@@ -34,9 +35,11 @@ from core.plan_versions import save_plan_version
 from core.starters import starter_plan
 from core.store import Store
 
+ML = User("Omar", frozenset({"ml_lead"}))
+
 
 def _import(store: Store, tmp_path: Path, rows: list[dict[str, object]], name: str) -> dict:  # type: ignore[type-arg]
-    result = import_eval_set(store, write_jsonl(tmp_path / name, rows))
+    result = import_eval_set(store, write_jsonl(tmp_path / name, rows), user=ML)
     return result.sets[0]
 
 
@@ -51,7 +54,7 @@ def test_a_set_is_versioned_by_content_and_frozen_versions_never_change(
     items[0]["prompt"] = "TASK 0: write f_0(x) returning x + 0, carefully."
     draft = _import(store, tmp_path, items, "b.jsonl")
     assert (draft["version"], draft["status"]) == (1, "updated")  # a draft changes in place
-    assert freeze_set_version(store, "py-mini", 1, reason="used by a gate")
+    assert freeze_set_version(store, "py-mini", 1, reason="used by a gate", user=ML)
     items[1]["reference"] = "changed"
     newer = _import(store, tmp_path, items, "c.jsonl")
     assert (newer["version"], newer["status"]) == (2, "created")
@@ -66,7 +69,7 @@ def test_rows_that_break_the_contract_are_quarantined_not_versioned(
 ) -> None:
     rows = code_items(2)
     rows.append({"item_id": "bad", "eval_set": "py-mini"})  # no prompt
-    result = import_eval_set(store, write_jsonl(tmp_path / "bad.jsonl", rows))
+    result = import_eval_set(store, write_jsonl(tmp_path / "bad.jsonl", rows), user=ML)
     assert (result.rows_read, result.accepted, result.rejected) == (7, 6, 1)
     assert result.sets[0]["items"] == 6
     assert store.fetch_all("SELECT reason FROM quarantine WHERE batch_id = ?", [result.batch_id])
@@ -90,6 +93,7 @@ def test_an_eval_run_against_the_local_server_with_faults_and_the_judge(
             judge=JudgeConfig(model="judge", endpoint=endpoint),
             backoff_s=0.01,
             concurrency=4,
+            user=ML,
         )
     assert (report.outputs, report.output_errors, report.graded, report.grader_errors) == (
         12,
@@ -119,10 +123,10 @@ def test_a_rerun_resumes_failed_requests_and_adds_graders(store: Store, tmp_path
             "backoff_s": 0.0,
             "concurrency": 1,
         }
-        first = run_eval(store, graders=["python_parses"], **common)  # type: ignore[arg-type]
+        first = run_eval(store, graders=["python_parses"], **common, user=ML)  # type: ignore[arg-type]
         assert (first.outputs, first.output_errors) == (9, 3)
         calls = srv.chat_calls
-        second = run_eval(store, graders=["python_parses", "python_tests"], **common)  # type: ignore[arg-type]
+        second = run_eval(store, graders=["python_parses", "python_tests"], **common, user=ML)  # type: ignore[arg-type]
         assert srv.chat_calls - calls == 3  # only the failed requests are asked again
     assert second.run_id == first.run_id
     assert (second.outputs, second.output_errors) == (12, 0)
@@ -143,6 +147,7 @@ def test_a_grader_error_is_recorded_and_the_run_goes_on(store: Store, tmp_path: 
             role="teacher",
             endpoint=eval_endpoint(srv.url),
             graders=["python_tests"],
+            user=ML,
         )
     assert (report.graded, report.grader_errors) == (2, 1)
     error = store.fetch_one("SELECT error FROM eval_scores WHERE score IS NULL")
@@ -159,6 +164,7 @@ def test_an_unknown_model_stops_the_run_with_a_clear_error(store: Store, tmp_pat
             role="other",
             endpoint=eval_endpoint(srv.url),
             graders=["python_parses"],
+            user=ML,
         )
 
 
@@ -247,6 +253,7 @@ def test_imported_results_average_samples_within_items_and_refuse_bad_rows(
         eval_set="py-mini",
         role="candidate",
         cycle=1,
+        user=ML,
     )
     assert (result.rows_read, result.accepted) == (6, 3)
     assert [r["line"] for r in result.rejected] == [4, 5, 6]
@@ -262,10 +269,10 @@ def test_paired_comparison_and_slice_means(store: Store, tmp_path: Path) -> None
     prod[ids[1]] = [1.0]
     cand[ids[1]] = [0.0]
     record_results(
-        store, _results("c", "cand", cand, "exact"), eval_set="py-mini", role="candidate"
+        store, _results("c", "cand", cand, "exact"), eval_set="py-mini", role="candidate", user=ML
     )
     record_results(
-        store, _results("p", "prod", prod, "exact"), eval_set="py-mini", role="production"
+        store, _results("p", "prod", prod, "exact"), eval_set="py-mini", role="production", user=ML
     )
     rows = paired_comparison(store, "c", "p", "exact", "topic")
     assert {r["slice"]: (r["wins"], r["losses"], r["ties"]) for r in rows} == {
@@ -284,7 +291,7 @@ def test_judge_agreement_with_human_labels(store: Store, tmp_path: Path) -> None
     human = [1, 0, 0, 1, 0, 1, 1, 1, 0, 1, 0, 0]
     rows = _results("j", "m", {i: [float(s)] for i, s in zip(ids, judge, strict=True)}, "llm_judge")
     rows += _results("j", "m", {i: [float(s)] for i, s in zip(ids, human, strict=True)}, "human")
-    record_results(store, rows, eval_set="py-mini", role="candidate")
+    record_results(store, rows, eval_set="py-mini", role="candidate", user=ML)
     agreement = judge_agreement_for_run(store, "j")
     table = [[0, 0], [0, 0]]
     for a, b in zip(judge, human, strict=True):
@@ -319,10 +326,13 @@ def _gate_workspace(store: Store, tmp_path: Path, *, regress_async: bool) -> str
             role=role,
             cycle=1,
             plan_id=plan_id,
+            user=ML,
         )  # type: ignore[arg-type]
     extra = _results("c-tests", "ft:student", cand_j, "llm_judge")
     extra += _results("c-tests", "ft:student", {i: [1.0] for i in ids}, "python_parses")
-    record_results(store, extra, eval_set="py-mini", role="candidate", cycle=1, plan_id=plan_id)
+    record_results(
+        store, extra, eval_set="py-mini", role="candidate", cycle=1, plan_id=plan_id, user=ML
+    )
     return plan_id
 
 

@@ -11,6 +11,7 @@ import pytest
 import tiktoken
 from gen_helpers import MockTeacher, mock_client, store_plan, tiny_plan
 
+from core.access import User
 from core.errors import GenerationError
 from core.generation import (
     GenerationSpec,
@@ -32,6 +33,8 @@ from core.llm import resolve_endpoint
 from core.plan import Axis
 from core.store import Store
 
+PM = User("Maya", frozenset({"pm"}))
+
 FAST = {"backoff_s": 0.001, "timeout_s": 5.0}
 
 GOOD_CODE = (
@@ -48,7 +51,7 @@ def test_the_grid_is_the_cartesian_product_of_every_axis(store: Store) -> None:
     assert len(spec.cells) == 2 * 2 * 3
     assert len({cell_key(c) for c in spec.cells}) == 12
     teacher = MockTeacher()
-    report = run_generation(store, plan_id, client=mock_client(teacher), **FAST)
+    report = run_generation(store, plan_id, user=PM, client=mock_client(teacher), **FAST)
     assert report.generated == 12 and teacher.calls == 12
     prompts = {r["messages"][1]["content"] for r in teacher.requests}  # type: ignore[index]
     assert any("socratic" in p and "advanced" not in p for p in prompts)
@@ -93,16 +96,16 @@ def test_valid_replies_parse_also_inside_a_json_fence() -> None:
 def test_a_rerun_asks_only_for_what_is_not_stored(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     first = MockTeacher()
-    report = run_generation(store, plan_id, client=mock_client(first), **FAST)
+    report = run_generation(store, plan_id, user=PM, client=mock_client(first), **FAST)
     assert (report.requested, report.generated, report.failed, report.api_calls) == (8, 8, 0, 8)
     again = MockTeacher()
-    rerun = run_generation(store, plan_id, client=mock_client(again), **FAST)
+    rerun = run_generation(store, plan_id, user=PM, client=mock_client(again), **FAST)
     assert again.calls == 0 and rerun.api_calls == 0 and rerun.generated == 8
 
 
 def test_every_example_carries_its_provenance(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
-    run_generation(store, plan_id, client=mock_client(MockTeacher()), **FAST)
+    run_generation(store, plan_id, user=PM, client=mock_client(MockTeacher()), **FAST)
     spec = GenerationSpec.load(store, plan_id)
     examples = list_examples(store, spec)
     assert len(examples) == 8
@@ -121,7 +124,7 @@ def test_transient_errors_are_retried_and_end_valid(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     teacher = MockTeacher(["429", "500", "503", "429"])
     report = run_generation(
-        store, plan_id, client=mock_client(teacher), concurrency=1, max_retries=5, **FAST
+        store, plan_id, user=PM, client=mock_client(teacher), concurrency=1, max_retries=5, **FAST
     )
     assert report.generated == 8 and report.failed == 0
     assert report.api_calls == 8 + 4
@@ -130,7 +133,9 @@ def test_transient_errors_are_retried_and_end_valid(store: Store) -> None:
 def test_retries_give_up_after_the_limit_with_a_reason(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=1))
     teacher = MockTeacher(["500"] * 10)
-    report = run_generation(store, plan_id, client=mock_client(teacher), max_retries=2, **FAST)
+    report = run_generation(
+        store, plan_id, user=PM, client=mock_client(teacher), max_retries=2, **FAST
+    )
     assert report.failed == 1 and teacher.calls == 3
     spec = GenerationSpec.load(store, plan_id)
     assert "HTTP 500" in list_failures(store, spec)[0]["failure_reason"]
@@ -149,7 +154,13 @@ def test_invalid_replies_are_asked_again_then_recorded_as_failed(store: Store) -
     plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=2))
     teacher = MockTeacher(["malformed", "invalid", "malformed", "malformed"])
     report = run_generation(
-        store, plan_id, client=mock_client(teacher), concurrency=1, invalid_retries=2, **FAST
+        store,
+        plan_id,
+        user=PM,
+        client=mock_client(teacher),
+        concurrency=1,
+        invalid_retries=2,
+        **FAST,
     )
     # Item 0: malformed, invalid, malformed -> failed after 3 attempts; item 1: malformed, ok.
     assert (report.generated, report.failed, teacher.calls) == (1, 1, 5)
@@ -160,7 +171,9 @@ def test_invalid_replies_are_asked_again_then_recorded_as_failed(store: Store) -
 def test_servers_without_json_schema_fall_back_to_json_mode(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     teacher = MockTeacher(["schema_400"])
-    report = run_generation(store, plan_id, client=mock_client(teacher), concurrency=1, **FAST)
+    report = run_generation(
+        store, plan_id, user=PM, client=mock_client(teacher), concurrency=1, **FAST
+    )
     assert report.generated == 8
     formats = [r["response_format"]["type"] for r in teacher.requests]  # type: ignore[index]
     assert formats[0] == "json_schema" and set(formats[1:]) == {"json_object"}
@@ -169,7 +182,9 @@ def test_servers_without_json_schema_fall_back_to_json_mode(store: Store) -> Non
 def test_a_refused_key_stops_the_run_with_a_clear_error(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     with pytest.raises(GenerationError, match="refused the key"):
-        run_generation(store, plan_id, client=mock_client(MockTeacher(["401"] * 20)), **FAST)
+        run_generation(
+            store, plan_id, user=PM, client=mock_client(MockTeacher(["401"] * 20)), **FAST
+        )
 
 
 def test_an_estimate_over_the_budget_does_not_start(store: Store) -> None:
@@ -178,7 +193,7 @@ def test_an_estimate_over_the_budget_does_not_start(store: Store) -> None:
     estimate = dry_run(store, plan_id)
     assert estimate.over_budget and estimate.calls == 8
     with pytest.raises(GenerationError, match="budget cap"):
-        run_generation(store, plan_id, client=mock_client(teacher), **FAST)
+        run_generation(store, plan_id, user=PM, client=mock_client(teacher), **FAST)
     assert teacher.calls == 0
 
 
@@ -187,7 +202,9 @@ def test_actual_spend_reaching_the_cap_stops_cleanly(store: Store) -> None:
     plan_id = store_plan(store, plan)
     # Each reply reports 40k + 40k tokens: $0.5 at $2.5/$10 per 1M, so the cap is hit at call 2.
     teacher = MockTeacher(usage_tokens=40_000)
-    report = run_generation(store, plan_id, client=mock_client(teacher), concurrency=1, **FAST)
+    report = run_generation(
+        store, plan_id, user=PM, client=mock_client(teacher), concurrency=1, **FAST
+    )
     assert report.status == "budget_stop"
     assert teacher.calls == 2 and report.generated == 2
     assert "budget cap" in report.message
@@ -219,6 +236,7 @@ def test_the_key_is_never_written_anywhere(store: Store, tmp_path: Path) -> None
     run_generation(
         store,
         plan_id,
+        user=PM,
         endpoint=endpoint,
         client=mock_client(teacher, api_key=secret),
         **FAST,
@@ -232,7 +250,7 @@ def test_the_key_is_never_written_anywhere(store: Store, tmp_path: Path) -> None
 
 def test_thin_cells_are_flagged_and_topped_up(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan(topics=1, difficulties=2, per_cell=3))
-    run_generation(store, plan_id, client=mock_client(MockTeacher()), **FAST)
+    run_generation(store, plan_id, user=PM, client=mock_client(MockTeacher()), **FAST)
     spec = GenerationSpec.load(store, plan_id)
     cell = spec.cells[0]
     first = list_examples(store, spec, cell=cell)[0]
@@ -261,7 +279,7 @@ def test_thin_cells_are_flagged_and_topped_up(store: Store) -> None:
     items = plan_items(store, spec, top_up=True)
     assert [(i.cell, i.index) for i in items] == [(cell, 3)]
     topped = run_generation(
-        store, plan_id, top_up=True, client=mock_client(MockTeacher(seed=9)), **FAST
+        store, plan_id, user=PM, top_up=True, client=mock_client(MockTeacher(seed=9)), **FAST
     )
     assert topped.new_valid == 1
     assert not any(d.under_target for d in cell_diversity(store, spec))
@@ -276,7 +294,7 @@ def test_without_production_data_the_loop_says_so(store: Store) -> None:
 
 def test_production_spread_steers_the_next_round(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan(per_cell=10))
-    run_generation(store, plan_id, client=mock_client(MockTeacher()), **FAST)
+    run_generation(store, plan_id, user=PM, client=mock_client(MockTeacher()), **FAST)
     spec = GenerationSpec.load(store, plan_id)
     (t1, t2), (d1, d2) = (a.values for a in spec.plan.generation.axes)
     labels = (

@@ -15,12 +15,14 @@ import pytest
 from fake_openai import FakeOpenAI, Faults
 from gen_helpers import store_plan, tiny_plan
 
+from core.access import User
 from core.generation import GenerationSpec, list_failures, run_batch, run_generation
 from core.llm import resolve_endpoint
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-cli-SECRET-42"
+PM = User("Maya", frozenset({"pm"}))
 
 
 def _endpoint(server: FakeOpenAI):  # type: ignore[no-untyped-def]
@@ -35,6 +37,7 @@ def test_each_fault_is_survived_and_every_item_ends_valid(store: Store, fault: s
         report = run_generation(
             store,
             plan_id,
+            user=PM,
             endpoint=_endpoint(server),
             timeout_s=0.4,
             backoff_s=0.01,
@@ -47,7 +50,7 @@ def test_each_fault_is_survived_and_every_item_ends_valid(store: Store, fault: s
 def test_a_server_without_json_schema_gets_json_mode(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     with FakeOpenAI(Faults(json_schema_supported=False)) as server:
-        report = run_generation(store, plan_id, endpoint=_endpoint(server), backoff_s=0.01)
+        report = run_generation(store, plan_id, user=PM, endpoint=_endpoint(server), backoff_s=0.01)
     assert report.generated == 8
 
 
@@ -55,7 +58,7 @@ def test_persistent_faults_are_recorded_with_reasons(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=2))
     with FakeOpenAI(Faults(rate=1.0, kinds=("invalid",))) as server:
         report = run_generation(
-            store, plan_id, endpoint=_endpoint(server), invalid_retries=1, backoff_s=0.01
+            store, plan_id, user=PM, endpoint=_endpoint(server), invalid_retries=1, backoff_s=0.01
         )
     assert (report.generated, report.failed, report.api_calls) == (0, 2, 4)
     reasons = {
@@ -74,7 +77,7 @@ def test_budget_stop_against_the_server(store: Store) -> None:
     plan_id = store_plan(store, plan)
     with FakeOpenAI() as server:
         report = run_generation(
-            store, plan_id, endpoint=_endpoint(server), concurrency=1, backoff_s=0.01
+            store, plan_id, user=PM, endpoint=_endpoint(server), concurrency=1, backoff_s=0.01
         )
         calls = server.chat_calls
     assert report.status == "budget_stop"
@@ -85,13 +88,13 @@ def test_budget_stop_against_the_server(store: Store) -> None:
 def test_batch_mode_end_to_end(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     with FakeOpenAI(script=["invalid"]) as server:
-        report = run_batch(store, plan_id, endpoint=_endpoint(server), poll_s=0.01)
+        report = run_batch(store, plan_id, user=PM, endpoint=_endpoint(server), poll_s=0.01)
         assert server.state.calls["POST /v1/files"] == 1
         assert server.state.calls["POST /v1/batches"] == 1
         assert server.chat_calls == 0
         assert report.batch and (report.generated, report.failed) == (7, 1)
         spec = GenerationSpec.load(store, plan_id)
-        online = run_generation(store, plan_id, endpoint=_endpoint(server), backoff_s=0.01)
+        online = run_generation(store, plan_id, user=PM, endpoint=_endpoint(server), backoff_s=0.01)
     assert online.api_calls == 1 and online.generated == 8
     examples = store.fetch_all(
         "SELECT cost_usd, input_tokens, output_tokens FROM generated_examples"
@@ -177,6 +180,6 @@ def test_a_killed_run_resumes_where_it_stopped(store: Store) -> None:
             [spec.spec_hash],
         )
         assert stored is not None and 0 < stored[0] < 30
-        report = run_generation(store, plan_id, endpoint=_endpoint(server), backoff_s=0.01)
+        report = run_generation(store, plan_id, user=PM, endpoint=_endpoint(server), backoff_s=0.01)
     assert report.generated == 30
     assert report.api_calls == 30 - stored[0]

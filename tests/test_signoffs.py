@@ -28,7 +28,7 @@ def plan_id(store: Store) -> str:
 
 
 def test_viewer_cannot_save_and_nothing_is_stored(store: Store, plan_id: str) -> None:
-    with pytest.raises(AccessError, match="plan edit"):
+    with pytest.raises(AccessError, match="may not edit plans"):
         save_plan_version(
             store,
             starter_plan("python_coding_assistant"),
@@ -157,7 +157,7 @@ def test_gate_override_needs_the_ml_lead_role(store: Store) -> None:
         checked_at="2027-01-01T00:00:00+00:00",
     )
     reason = "Slice regression is a known labelling issue, fixed next cycle."
-    with pytest.raises(AccessError, match="gate override"):
+    with pytest.raises(AccessError, match="may not override gates"):
         record_decision(store, report, decision="overridden", reason=reason, user=PM)
     decision_id = record_decision(store, report, decision="overridden", reason=reason, user=ML)
     row = store.fetch_one("SELECT actor FROM audit_log WHERE action = 'gate.overridden'")
@@ -172,15 +172,15 @@ def test_data_permissions_are_enforced_in_core(demo_store: Store) -> None:
         b'{"interaction_id": "p1", "ts": "2027-01-02T00:00:00Z", "user_id": "u-perm", '
         b'"variant": "control", "model": "gpt-4o", "prompt": "hi", "response": "hello"}\n'
     )
-    with pytest.raises(AccessError, match="data ingest"):
+    with pytest.raises(AccessError, match="may not ingest data"):
         ingest_bytes(demo_store, line, "perm.jsonl", user=VIEWER)
     assert ingest_bytes(demo_store, line, "perm.jsonl", user=PM).accepted == 1
-    with pytest.raises(AccessError, match="data erase"):
+    with pytest.raises(AccessError, match="may not erase users"):
         forget_user(demo_store, "u-perm", by=PM)
     assert forget_user(demo_store, "u-perm", by=PRIVACY).interactions_deleted == 1
     batch = demo_store.fetch_one("SELECT batch_id FROM quarantine LIMIT 1")
     assert batch is not None
     assert batch_rejects(demo_store, batch[0], user=ML)  # redacted reasons: anyone may read
-    with pytest.raises(AccessError, match="pii view_raw"):
+    with pytest.raises(AccessError, match="may not view raw PII"):
         batch_rejects(demo_store, batch[0], reveal_raw=True, user=ML)
     assert batch_rejects(demo_store, batch[0], reveal_raw=True, user=PRIVACY)

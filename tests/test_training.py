@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
+from core.access import User
 from core.errors import CycleError, DatasetError
 from core.evals import eval_endpoint
 from core.plan_versions import save_plan_version
@@ -21,6 +22,7 @@ from core.training import cycle_candidate, job_events, register_candidate, start
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-train-SECRET-7"
+ML = User("Omar", frozenset({"ml_lead"}))
 
 
 def _plan(store: Store, **training: object) -> str:
@@ -63,6 +65,7 @@ def test_a_fine_tuning_job_runs_end_to_end_and_sets_the_cycles_candidate(
             export_path=export,
             endpoint=eval_endpoint(server.url, api_key=SECRET),
             poll_s=0.0,
+            user=ML,
         )
         request = server.state.job_requests[0]
         uploaded = server.state.files[request["training_file"]]
@@ -98,6 +101,7 @@ def test_a_failed_job_keeps_its_error_and_sets_no_candidate(store: Store, tmp_pa
             export_path=_export(tmp_path),
             endpoint=eval_endpoint(server.url),
             poll_s=0.0,
+            user=ML,
         )
     assert job.status == "failed" and "too few examples" in str(job.error)
     assert cycle_candidate(store, plan_id, 1) is None
@@ -108,7 +112,7 @@ def test_a_malformed_or_missing_export_is_refused(store: Store, tmp_path: Path) 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "no messages"}\n', encoding="utf-8")
     with pytest.raises(DatasetError, match="line 1"):
-        start_training(store, plan_id, 1, dataset_version="ds-7", export_path=bad)
+        start_training(store, plan_id, 1, dataset_version="ds-7", export_path=bad, user=ML)
     if not (ROOT / "core" / "datasets.py").exists():
         with pytest.raises(DatasetError, match="not available"):
             start_training(
@@ -117,6 +121,7 @@ def test_a_malformed_or_missing_export_is_refused(store: Store, tmp_path: Path) 
                 1,
                 dataset_version="ds-7",
                 export_path=tmp_path / "missing.jsonl",
+                user=ML,
             )
 
 
@@ -132,13 +137,19 @@ def test_an_unreachable_server_is_a_clear_error(store: Store, tmp_path: Path) ->
             dataset_version="ds-7",
             export_path=_export(tmp_path),
             endpoint=eval_endpoint(url),
+            user=ML,
         )
 
 
 def test_a_model_trained_elsewhere_is_registered_without_credentials(store: Store) -> None:
     plan_id = _plan(store)
     candidate = register_candidate(
-        store, plan_id, 3, model="qwen-7b-ft", endpoint="http://user:pw@gpu-box:8000/v1?key=x"
+        store,
+        plan_id,
+        3,
+        model="qwen-7b-ft",
+        endpoint="http://user:pw@gpu-box:8000/v1?key=x",
+        user=ML,
     )
     assert (candidate["model"], candidate["endpoint"], candidate["source"]) == (
         "qwen-7b-ft",
@@ -146,7 +157,7 @@ def test_a_model_trained_elsewhere_is_registered_without_credentials(store: Stor
         "registered",
     )
     with pytest.raises(CycleError):
-        register_candidate(store, plan_id, 3, model="m", endpoint="gpu-box:8000")
+        register_candidate(store, plan_id, 3, model="m", endpoint="gpu-box:8000", user=ML)
 
 
 def test_train_start_from_the_command_line(store: Store, tmp_path: Path) -> None:
