@@ -206,11 +206,14 @@ def near_duplicate_pairs(
             f"CREATE TEMP TABLE {candidates} AS "
             f"WITH m AS (SELECT id, bin, v, lag(bin) OVER (PARTITION BY id ORDER BY bin) AS prev,"
             f"  max(bin) OVER (PARTITION BY id) AS top FROM {minhash}),"
-            f" e AS (SELECT id, bin, v, unnest(list_concat("
-            f"   CASE WHEN bin < {bands * rows} THEN [bin // {rows}] ELSE [] END,"
+            # Every filled bin in its own band; the few that also stand in for empty last bins
+            # of earlier bands (or, the first one, circularly for the bands after the last
+            # filled bin) once more per such band.
+            f" e AS (SELECT id, bin, v, bin // {rows} AS band FROM m WHERE bin < {bands * rows}"
+            f"  UNION ALL SELECT id, bin, v, unnest(list_concat("
             f"   range({first_band('coalesce(prev, -1)')}, {last_band('bin')} + 1),"
-            f"   CASE WHEN prev IS NULL THEN range({first_band('top')}, {bands}) ELSE [] END"
-            f"  )) AS band FROM m),"
+            f"   CASE WHEN prev IS NULL THEN range({first_band('top')}, {bands}) ELSE [] END))"
+            f"  FROM m WHERE prev IS NULL OR bin - prev > 1),"
             f" sig AS (SELECT id, band, bit_xor(hash(bin, v)) AS s FROM e GROUP BY ALL)"
             f" SELECT a.id AS a, b.id AS b FROM sig a JOIN sig b"
             f"  ON a.band = b.band AND a.s = b.s AND a.id < b.id"
