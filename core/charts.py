@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # charts stay pure: no store import at run time
 
 __all__ = [
     "PHASE_COLOURS",
+    "SLICE_STATUS_COLOURS",
     "ab_lift_figure",
     "composition_heatmap_figure",
     "consent_rate_figure",
@@ -24,6 +25,7 @@ __all__ = [
     "grid_heatmap_figure",
     "pii_by_type_figure",
     "slice_heatmap_figure",
+    "slice_scores_figure",
     "timeline_figure",
     "wins_losses_figure",
 ]
@@ -392,6 +394,96 @@ def wins_losses_figure(rows: Sequence[Mapping[str, Any]], *, baseline: str) -> g
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=120 + 28 * max(1, len(rows)),
+    )
+    return fig
+
+
+SLICE_STATUS_COLOURS: dict[str, str] = {
+    "pass": "#74c476",
+    "below": "#fdae6b",
+    "fail": "#fb6a4a",
+    "insufficient_data": "#bdbdbd",
+}
+
+
+def slice_scores_figure(
+    rows: Sequence[Mapping[str, Any]], *, title: str = "Eval score by slice against its threshold"
+) -> go.Figure:
+    """The candidate's score per slice as horizontal bars coloured by status, the threshold
+    the slice must reach as a tick and the reference (production or teacher) as a diamond.
+
+    Each row carries ``gate``, ``slice``, ``n`` (items), ``candidate``, ``threshold`` (or
+    None), ``reference`` (or None) and ``status`` (pass, below, fail or insufficient_data),
+    in the order to draw them, top to bottom. Bars sit at positions 0, 1, … labelled with the
+    slice; a row on all of a gate's items is labelled with the gate when rows come from more
+    than one gate, so equal slice names of different gates never merge.
+    """
+    if not rows:
+        return go.Figure(layout={"title": {"text": title, "x": 0}})
+    several = len({str(r["gate"]) for r in rows}) > 1
+    labels = [
+        f"{r['gate']}: {r['slice']}" if several and r["slice"] == "all items" else str(r["slice"])
+        for r in rows
+    ]
+    positions = list(range(len(rows)))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            name="candidate",
+            orientation="h",
+            y=positions,
+            x=[float(r["candidate"]) for r in rows],
+            marker_color=[SLICE_STATUS_COLOURS.get(str(r["status"]), "#6baed6") for r in rows],
+            text=[f"{float(r['candidate']):.2f}" for r in rows],
+            textposition="inside",
+            insidetextanchor="start",
+            customdata=[
+                [str(r["gate"]), label, int(r["n"]), str(r["status"]).replace("_", " ")]
+                for r, label in zip(rows, labels, strict=True)
+            ],
+            hovertemplate="%{customdata[0]} · %{customdata[1]}: %{x:.3f} on %{customdata[2]}"
+            " items (%{customdata[3]})<extra>candidate</extra>",
+        )
+    )
+    for key, name, symbol, colour in (
+        ("threshold", "threshold", "line-ns", "#1f2933"),
+        ("reference", "reference", "diamond", "#2457a6"),
+    ):
+        marked = [
+            (p, float(r[key])) for p, r in zip(positions, rows, strict=True) if r[key] is not None
+        ]
+        if not marked:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                name=name,
+                mode="markers",
+                y=[p for p, _ in marked],
+                x=[value for _, value in marked],
+                marker={
+                    "symbol": symbol,
+                    "size": 18 if symbol == "line-ns" else 9,
+                    "color": colour,
+                    "line": {"width": 3 if symbol == "line-ns" else 1, "color": colour},
+                },
+                hovertemplate="%{x:.3f}<extra>" + name + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title={"text": title, "x": 0},
+        xaxis={"title": "score", "range": [0, 1.02]},
+        yaxis={
+            "autorange": "reversed",
+            "title": None,
+            "automargin": True,
+            "tickmode": "array",
+            "tickvals": positions,
+            "ticktext": labels,
+        },
+        legend={"orientation": "h", "y": -0.15},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        showlegend=True,
+        height=150 + 28 * len(rows),
     )
     return fig
 

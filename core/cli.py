@@ -32,6 +32,7 @@ from core.lint import LintReport, lint_plan
 from core.plan_files import dump_plan, plan_format_for, read_plan_file
 from core.plan_versions import list_plans, load_plan, save_plan_version
 from core.privacy import redact_file
+from core.promotion import require_candidate
 from core.retention import enforce_retention
 from core.settings import default_db_path, get_setting
 from core.store import Store
@@ -181,6 +182,25 @@ def cmd_report_cycle(args: argparse.Namespace, store: Store) -> Outcome:
     return Outcome(
         {"path": str(out), "plan_id": plan_id, "cycle": args.cycle, "format": fmt},
         f"Wrote the cycle report ({fmt}) of plan '{plan_id}' cycle {args.cycle} to {out}.",
+    )
+
+
+def cmd_report_model_card(args: argparse.Namespace, store: Store) -> Outcome:
+    fmt = _document_format(args)
+    plan_id = args.plan or default_plan_id(store)
+    model = str(require_candidate(store, plan_id, args.cycle)["model"])
+    out = write_document(
+        "model-card",
+        fmt,
+        Path(args.out),
+        generated_at=generated_at_now(),
+        store=store,
+        plan_id=plan_id,
+        cycle=args.cycle,
+    )
+    return Outcome(
+        {"path": str(out), "plan_id": plan_id, "cycle": args.cycle, "model": model, "format": fmt},
+        f"Wrote the model card ({fmt}) of {model}, plan '{plan_id}' cycle {args.cycle}, to {out}.",
     )
 
 
@@ -920,6 +940,16 @@ def build_parser() -> argparse.ArgumentParser:
     cycle_report.add_argument("--out", required=True, help="the file to write")
     cycle_report.add_argument("--plan", help="plan id (default: the newest plan)")
     cycle_report.set_defaults(handler=cmd_report_cycle)
+    card = report_commands.add_parser(
+        "model-card",
+        parents=[common],
+        help="render the model card of a cycle's candidate: evals by slice, decision, use, limits",
+    )
+    card.add_argument("--cycle", type=int, required=True, help="cycle number")
+    card.add_argument("--format", help="md, html or pdf (default: from --out)")
+    card.add_argument("--out", required=True, help="the file to write")
+    card.add_argument("--plan", help="plan id (default: the newest plan)")
+    card.set_defaults(handler=cmd_report_model_card)
     datasheet = report_commands.add_parser(
         "datasheet", parents=[common], help="render the datasheet of a dataset version"
     )

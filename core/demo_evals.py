@@ -139,8 +139,21 @@ def _dataset_version(store: Store, plan_id: str, cycle: int) -> str:
     return str(row[0]) if row else f"ds-demo-c{cycle}"
 
 
+def _train_rows(store: Store, version_id: str) -> int | None:
+    """The training split of a demo dataset version: what its export uploaded."""
+    row = store.fetch_one(
+        "SELECT train_rows FROM dataset_versions WHERE version_id = ?", [version_id]
+    )
+    return int(row[0]) if row else None
+
+
 def _job_rows(
-    plan_id: str, cycle: int, status: str, when: datetime, dataset_version: str
+    plan_id: str,
+    cycle: int,
+    status: str,
+    when: datetime,
+    dataset_version: str,
+    export_rows: int | None,
 ) -> list[Any]:
     tokens = 1_840_000 + 90_000 * cycle if status == "succeeded" else None
     return [
@@ -150,7 +163,7 @@ def _job_rows(
         dataset_version,
         f"data/exports/demo-c{cycle}.jsonl",
         f"{cycle:02d}" * 32,
-        2_400 + 700 * cycle,
+        export_rows if export_rows is not None else 2_400 + 700 * cycle,
         f"file-demo-c{cycle}",
         BASE_STUDENT,
         json.dumps({"n_epochs": 3}),
@@ -186,13 +199,21 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
 
     start = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
     versions = {c: _dataset_version(store, plan_id, c) for c in (1, 2, 3)}
+    exported = {c: _train_rows(store, v) for c, v in versions.items()}
     with store.transaction() as con:
         for cycle, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
             when = start + timedelta(days=31 * (cycle - 1))
             con.execute(
                 "INSERT INTO training_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " ?, ?, ?, ?, ?)",
-                _job_rows(plan_id, cycle, status, when, versions[cycle]),
+                _job_rows(
+                    plan_id,
+                    cycle,
+                    status,
+                    when,
+                    versions[cycle],
+                    exported[cycle],
+                ),
             )
             steps = [
                 "Created fine-tuning job",

@@ -32,11 +32,13 @@ from core.evals import (
 )
 from core.gates import GateReport, check_gates, cycle_decisions, record_decision
 from core.graders import GRADERS, grader_for_metric
+from core.monitoring import store_revision
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
 from core.training import cycle_candidate, job_events, register_candidate, training_jobs
 from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
+from pages._documents import document_downloads
 
 page_header("Evals & gates")
 user = current_user()
@@ -200,6 +202,27 @@ with report_tab:
                 if decision_id:
                     st.success(f"Recorded {choice} as {decision_id}.")
                     st.rerun()
+
+    st.subheader("Model card")
+    if candidate is None:
+        st.info(
+            f"Cycle {cycle} has no candidate model, so it has no model card yet; register or "
+            "train one first.",
+            icon=":material/info:",
+        )
+    else:
+        st.caption(
+            "Evals by slice against their thresholds, the decision and A/B result, intended use, "
+            "limits, cost and sign-offs. A candidate not yet promoted gets a card marked so."
+        )
+        # Every write to the store is audited, so its revision names the data the card shows.
+        document_downloads(
+            "model-card",
+            f"{plan_id}-cycle{cycle}",
+            {"store": store, "plan_id": plan_id, "cycle": cycle},
+            key=f"{candidate['model']}:{store_revision(store)}",
+            reuse_markdown=True,
+        )
 
 # -- scores per model --------------------------------------------------------------------------
 runs_used: dict[str, str] = {}

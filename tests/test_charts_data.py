@@ -49,3 +49,71 @@ def test_wins_losses_stacked_per_slice() -> None:
     assert [t.name for t in fig.data] == ["candidate better", "tie", "production better"]
     assert [list(t.x) for t in fig.data] == [[2], [19], [9]]
     assert fig.layout.barmode == "stack"
+
+
+def test_slice_scores_bars_with_threshold_ticks_and_reference_diamonds() -> None:
+    from core.charts import SLICE_STATUS_COLOURS, slice_scores_figure
+
+    rows = [
+        {
+            "gate": "No regression",
+            "slice": "all items",
+            "n": 210,
+            "candidate": 0.86,
+            "threshold": 0.74,
+            "reference": 0.76,
+            "status": "pass",
+        },
+        {
+            "gate": "No regression",
+            "slice": "topic = async",
+            "n": 30,
+            "candidate": 0.23,
+            "threshold": 0.75,
+            "reference": 0.77,
+            "status": "fail",
+        },
+        {
+            "gate": "Parses",
+            "slice": "topic = async",
+            "n": 30,
+            "candidate": 0.9,
+            "threshold": 0.95,
+            "reference": None,
+            "status": "below",
+        },
+    ]
+    fig = slice_scores_figure(rows)
+    bars, ticks, diamonds = fig.data
+    assert (bars.type, bars.orientation, list(bars.y), list(bars.x)) == (
+        "bar",
+        "h",
+        [0, 1, 2],
+        [0.86, 0.23, 0.9],
+    )
+    assert list(bars.marker.color) == [SLICE_STATUS_COLOURS[s] for s in ("pass", "fail", "below")]
+    assert list(bars.text) == ["0.86", "0.23", "0.90"]
+    assert [list(c) for c in bars.customdata][1] == ["No regression", "topic = async", 30, "fail"]
+    # Rows of two gates: the all-items row names its gate; equal slice names stay apart.
+    assert list(fig.layout.yaxis.ticktext) == [
+        "No regression: all items",
+        "topic = async",
+        "topic = async",
+    ]
+    assert list(fig.layout.yaxis.tickvals) == [0, 1, 2]
+    assert (ticks.name, list(ticks.y), list(ticks.x)) == (
+        "threshold",
+        [0, 1, 2],
+        [0.74, 0.75, 0.95],
+    )
+    assert ticks.marker.symbol == "line-ns"
+    assert (diamonds.name, list(diamonds.y), list(diamonds.x)) == (
+        "reference",
+        [0, 1],
+        [0.76, 0.77],
+    )
+    assert fig.layout.xaxis.range == (0, 1.02)
+
+    one_gate = slice_scores_figure(rows[:2])
+    assert list(one_gate.layout.yaxis.ticktext) == ["all items", "topic = async"]
+    assert slice_scores_figure([]).data == ()

@@ -54,3 +54,20 @@ def test_cycle_1_passed_and_was_approved_and_cycle_5_has_no_candidate(demo_store
     at.selectbox(key="evals_cycle").set_value(5).run()
     assert not at.exception, at.exception
     assert any("train start" in i.value for i in at.info)
+
+
+def test_the_gate_report_offers_the_model_card_of_a_cycle_with_a_candidate(
+    demo_store: Store,
+) -> None:
+    at = _open()
+    at.selectbox(key="evals_cycle").set_value(1).run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.download_button] == ["Markdown"]
+    assert at.download_button(key="doc-model-card-md").label == "Markdown"
+    assert at.button(key="doc-model-card-prepare").label == "Prepare HTML and PDF"
+
+    # Cycle 3's job is still running: no candidate, so no card, and the page says what to do.
+    at.selectbox(key="evals_cycle").set_value(3).run()
+    assert not at.exception, at.exception
+    assert len(at.download_button) == 0
+    assert any("no candidate model" in i.value and "register or train" in i.value for i in at.info)
