@@ -115,9 +115,12 @@ def _shingle_list_sql(
     shingle: Literal["char", "word"],
     k: int,
 ) -> str:
-    """SQL of (id, s): the distinct 64-bit hashes of each text's shingles in ``source``."""
+    """SQL of (id, key, s): a number for each text in the order of its id (joins and groups on
+    numbers are cheaper than on text), the id itself, and the 64-bit hashes of its shingles,
+    sorted (a shingle that repeats is listed again; the exact check counts distinct ones)."""
     normalised = (
-        f"SELECT {_quote(id_column)} AS id,"
+        f"SELECT row_number() OVER (ORDER BY {_quote(id_column)}) AS id,"
+        f" {_quote(id_column)} AS key,"
         f" {normalised_text_sql(f'CAST({_quote(text_column)} AS VARCHAR)')} AS t"
         f" FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
     )
@@ -126,7 +129,7 @@ def _shingle_list_sql(
             f"list_transform(generate_series(1, greatest(length(t) - {k} + 1, 1)),"
             f" lambda p: hash(substr(t, p, {k})))"
         )
-        return f"SELECT id, list_distinct({hashes}) AS s FROM ({normalised})"
+        return f"SELECT id, key, list_sort({hashes}) AS s FROM ({normalised})"
     # Words are hashed once; a shingle hashes its k word hashes (no list slicing, which is slow).
     parts = ", ".join(f"w[p + {i}]" for i in range(k))
     hashes = (
@@ -134,10 +137,46 @@ def _shingle_list_sql(
         f" lambda p: hash({parts}))"
     )
     return (
-        f"SELECT id, list_distinct({hashes}) AS s"
-        f" FROM (SELECT id, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
+        f"SELECT id, key, list_sort({hashes}) AS s"
+        f" FROM (SELECT id, key, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
         f" FROM ({normalised}))"
     )
+
+
+_LANES = 8
+"""MinHash bins packed into one UBIGINT of the sketch: a byte each, a flag bit (filled) and
+the bin minimum's low seven bits."""
+
+
+def _sketch_sql(table: str, shift: int, words: int) -> str:
+    """SQL of (id, w0, w1, …): each text's bins packed ``_LANES`` to a UBIGINT word."""
+    lane = f"((x & 127::UBIGINT) | 128::UBIGINT) << (8 * ((x >> {shift}) & 7)::INTEGER)"
+    columns = ", ".join(
+        f"coalesce(bit_or({lane}) FILTER (WHERE (x >> {shift + 3}) = {i}), 0::UBIGINT) AS w{i}"
+        for i in range(words)
+    )
+    return f"SELECT id, {columns} FROM {table} GROUP BY id"
+
+
+def _estimate_sql(words: int) -> tuple[str, str]:
+    """SQL of (bins equal in both texts, bins filled in either) from two sketches ``x``, ``y``.
+
+    A lane's eight bits are ORed down to its lowest bit to tell a differing lane; lanes that
+    differ only by chance agreement of seven bits (1 in 128) count as equal, a bias too small
+    to matter before the exact check.
+    """
+    low = "72340172838076673::UBIGINT"  # 0x0101010101010101: the lowest bit of every lane
+    equal, filled = [], []
+    for i in range(words):
+        a, b = f"x.w{i}", f"y.w{i}"
+        d = f"xor({a}, {b})"
+        d = f"({d} | ({d} >> 4))"
+        d = f"({d} | ({d} >> 2))"
+        d = f"({d} | ({d} >> 1))"
+        fa, fb = f"(({a} >> 7) & {low})", f"(({b} >> 7) & {low})"
+        equal.append(f"bit_count({fa} & {fb} & ~{d} & {low})::INTEGER")
+        filled.append(f"bit_count({fa} | {fb})::INTEGER")
+    return " + ".join(equal), " + ".join(filled)
 
 
 def near_duplicate_pairs(
@@ -156,12 +195,15 @@ def near_duplicate_pairs(
 
     ``source`` is a table or view name, or a relation of the same connection, with an id column
     and a text column. Ids must be comparable (the pair holds the smaller id first). Pairs come
-    sorted by descending similarity, then ids.
+    sorted by descending similarity, then ids. ``num_perm`` (the MinHash bins) is a power of two
+    from 8 to 1024.
     """
     if not 0 < threshold <= 1:
         raise ValueError("threshold must lie in (0, 1]")
-    if k < 1 or num_perm < 1:
-        raise ValueError("k and num_perm must be positive")
+    if k < 1:
+        raise ValueError("k must be positive")
+    if num_perm not in {2**i for i in range(3, 11)}:
+        raise ValueError("num_perm must be a power of two from 8 to 1024")
     prefix = f"__nd{next(_counter)}"
     view = None
     if isinstance(source, duckdb.DuckDBPyRelation):
@@ -171,19 +213,26 @@ def near_duplicate_pairs(
     else:
         source_sql = _quote(source)
     bands, rows = band_parameters(threshold, num_perm)
-    sets, minhash, candidates = f"{prefix}_sets", f"{prefix}_minhash", f"{prefix}_candidates"
+    shift = 64 - (num_perm.bit_length() - 1)  # a hash's bin: its top bits
+    words = num_perm // _LANES
+    sets, bins, sketch, candidates = (f"{prefix}_{n}" for n in ("sets", "bins", "sketch", "cand"))
     try:
-        # Each text's shingle set, kept for the exact check of the candidates.
+        # Each text's shingle hashes, sorted: kept for the exact check of the candidates.
         con.execute(
             f"CREATE TEMP TABLE {sets} AS "
             + _shingle_list_sql(
                 source_sql, id_column=id_column, text_column=text_column, shingle=shingle, k=k
             )
         )
-        # One-permutation MinHash: the shingle hash picks the bin, the rest of it is minimised.
+        # One-permutation MinHash: a hash's top bits pick its bin and the whole hash is
+        # minimised, so in the sorted list the first hash of each run of one bin is that bin's
+        # minimum. One row per filled bin, with the filled bin before it and the last one.
         con.execute(
-            f"CREATE TEMP TABLE {minhash} AS SELECT id, CAST(h % {num_perm} AS BIGINT) AS bin,"
-            f" min(h // {num_perm}) AS v FROM (SELECT id, unnest(s) AS h FROM {sets}) GROUP BY ALL"
+            f"CREATE TEMP TABLE {bins} AS SELECT id, x, CAST(x >> {shift} AS BIGINT) AS bin,"
+            f" CAST(px >> {shift} AS BIGINT) AS prev, CAST(last >> {shift} AS BIGINT) AS top"
+            f" FROM (SELECT id, unnest(m) AS x, unnest([NULL::UBIGINT] || m[:-1]) AS px,"
+            f"  m[-1] AS last FROM (SELECT id, list_filter(s, lambda x, i: i = 1"
+            f"  OR (x >> {shift}) <> (s[i - 1] >> {shift})) AS m FROM {sets}))"
         )
 
         # Densified bands (rotation: an empty bin takes the next filled bin to its right,
@@ -192,7 +241,7 @@ def near_duplicate_pairs(
         # agree on every bin empty in both, and a band of mostly empty bins would make pairs
         # that merely share a prompt candidates. A band's densified values are fixed by its
         # filled bins and, when its last bin is empty, by the next filled bin after it: each
-        # filled bin goes to its own band and to the bands whose last bin it fills.
+        # filled bin goes to its own band and to the bands whose last bin it stands in for.
         # Bands whose last bin L = j * rows + rows - 1 lies strictly between two filled bins
         # take the later one; integer bounds, no lambda per row.
         def first_band(after: str) -> str:  # the first j with L > after
@@ -204,50 +253,49 @@ def near_duplicate_pairs(
 
         con.execute(
             f"CREATE TEMP TABLE {candidates} AS "
-            f"WITH m AS (SELECT id, bin, v, lag(bin) OVER (PARTITION BY id ORDER BY bin) AS prev,"
-            f"  max(bin) OVER (PARTITION BY id) AS top FROM {minhash}),"
             # Every filled bin in its own band; the few that also stand in for empty last bins
             # of earlier bands (or, the first one, circularly for the bands after the last
             # filled bin) once more per such band.
-            f" e AS (SELECT id, bin, v, bin // {rows} AS band FROM m WHERE bin < {bands * rows}"
-            f"  UNION ALL SELECT id, bin, v, unnest(list_concat("
+            f"WITH e AS (SELECT id, x, bin // {rows} AS band FROM {bins}"
+            f"  WHERE bin < {bands * rows}"
+            f"  UNION ALL SELECT id, x, unnest(list_concat("
             f"   range({first_band('coalesce(prev, -1)')}, {last_band('bin')} + 1),"
             f"   CASE WHEN prev IS NULL THEN range({first_band('top')}, {bands}) ELSE [] END))"
-            f"  FROM m WHERE prev IS NULL OR bin - prev > 1),"
-            f" sig AS (SELECT id, band, bit_xor(hash(bin, v)) AS s FROM e GROUP BY ALL)"
+            f"  FROM {bins} WHERE prev IS NULL OR bin - prev > 1),"
+            f" sig AS (SELECT id, band, bit_xor(x) AS s FROM e GROUP BY ALL)"
             f" SELECT a.id AS a, b.id AS b FROM sig a JOIN sig b"
             f"  ON a.band = b.band AND a.s = b.s AND a.id < b.id"
             f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
         )
+        # The share of equal bins among those filled in either text (bins empty in both say
+        # nothing), from sketches of packed bytes: a few bit operations a pair.
+        con.execute(f"CREATE TEMP TABLE {sketch} AS " + _sketch_sql(bins, shift, words))
+        equal, filled = _estimate_sql(words)
+        estimated = (
+            f"SELECT c.a, c.b, ({equal}) AS eq, ({filled}) AS n FROM {candidates} c"
+            f" JOIN {sketch} x ON x.id = c.a JOIN {sketch} y ON y.id = c.b"
+        )
         if verify == "exact":
-            # Sets whose sizes differ by more than the threshold allows cannot reach it.
+            # Only pairs whose estimate is within three standard errors (and a little) of the
+            # threshold are counted exactly: the rest are far below it.
+            t = float(threshold)
             query = (
-                f"SELECT c.a, c.b, len(list_intersect(x.s, y.s)) AS inter,"
-                f"  len(x.s) AS na, len(y.s) AS nb FROM {candidates} c"
-                f"  JOIN {sets} x ON x.id = c.a JOIN {sets} y ON y.id = c.b"
-                f"  WHERE least(len(x.s), len(y.s)) >= ? * greatest(len(x.s), len(y.s))"
+                f"SELECT e.a, e.b, len(list_intersect(x.s, y.s)) AS inter,"
+                f"  list_unique(x.s) AS na, list_unique(y.s) AS nb FROM ({estimated}) e"
+                f"  JOIN {sets} x ON x.id = e.a JOIN {sets} y ON y.id = e.b"
+                f"  WHERE e.eq >= e.n * {t - 0.02!r}::DOUBLE"
+                f"   - 3 * sqrt({t * (1 - t)!r}::DOUBLE * e.n)"
             )
             query = f"SELECT a, b, inter / (na + nb - inter) AS j FROM ({query})"
-            params: list[Any] = [threshold - 1e-12]
         else:
-            # Bins filled in both texts agree with probability ~ Jaccard; a bin filled in
-            # only one of them counts as a disagreement.
-            query = (
-                f"WITH x AS (SELECT c.a, c.b, m.bin, m.v FROM {candidates} c"
-                f"  JOIN {minhash} m ON m.id = c.a),"
-                f" y AS (SELECT c.a, c.b, m.bin, m.v FROM {candidates} c"
-                f"  JOIN {minhash} m ON m.id = c.b)"
-                f" SELECT coalesce(x.a, y.a) AS a, coalesce(x.b, y.b) AS b,"
-                f"  count(*) FILTER (WHERE x.v = y.v) / count(*) AS j"
-                f" FROM x FULL JOIN y ON x.a = y.a AND x.b = y.b AND x.bin = y.bin GROUP BY 1, 2"
-            )
-            params = []
+            query = f"SELECT a, b, eq / greatest(n, 1) AS j FROM ({estimated})"
         rows_found = con.execute(
-            f"SELECT a, b, j FROM ({query}) WHERE j >= ? ORDER BY j DESC, a, b",
-            [*params, threshold - 1e-12],
+            f"SELECT x.key, y.key, j FROM ({query}) JOIN {sets} x ON x.id = a"
+            f" JOIN {sets} y ON y.id = b WHERE j >= ? ORDER BY j DESC, a, b",
+            [threshold - 1e-12],
         ).fetchall()
     finally:
-        for table in (candidates, minhash, sets):
+        for table in (candidates, sketch, bins, sets):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         if view is not None:
             con.execute(f"DROP VIEW IF EXISTS {view}")
