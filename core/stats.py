@@ -1426,7 +1426,11 @@ def regressed_slices(
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.4g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1477,7 +1481,8 @@ def ab_decision(
             "roll_back",
             tuple(
                 f"guardrail '{g.name}' moved the harmful way ({g.harmful_direction}): "
-                f"p = {_fmt(g.result.p_value)}, interval {g.result.ci}"
+                f"p = {_fmt(g.result.p_value)}, interval ({_fmt(g.result.ci[0])}, "
+                f"{_fmt(g.result.ci[1])})"
                 for g in breached
             )
             + tuple(notes),
