@@ -41,6 +41,7 @@ __all__ = [
     "MetricRow",
     "ab_window",
     "analyse_cycle",
+    "analyse_cycles",
     "design_ab_test",
     "plan_design",
     "resolve_metric",
@@ -450,25 +451,65 @@ test AS (
     WHERE cycle = $cycle AND ts >= $start AND ts < $stop AND list_contains($arms, variant)
 ),
 exposure AS (
-    SELECT user_id, min(variant) AS arm, count(DISTINCT variant) AS arms FROM test GROUP BY user_id
+    SELECT user_id FROM test GROUP BY user_id HAVING min(variant) = max(variant)
 ),
 clean AS (
-    SELECT t.* FROM test t JOIN exposure e USING (user_id) WHERE e.arms = 1
+    SELECT t.* FROM test t SEMI JOIN exposure e USING (user_id)
 )
 """
 
 
-def _arm_rows(store: Store, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+# Several cycles' tests at once (one scan), each cycle's users apart. A user's arm is their
+# only variant; a user seen on both is counted under a NULL arm, to be reported and left out.
+_PER_USER_CTE = """
+windows AS (
+    SELECT unnest($cycles) AS cycle, unnest($starts) AS start, unnest($stops) AS stop
+),
+test AS (
+    SELECT i.cycle, i.user_id, i.variant, i.ts, i.accepted, i.feedback, i.latency_ms, i.cost_usd
+    FROM interactions i
+    JOIN windows w ON i.cycle = w.cycle AND i.ts >= w.start AND i.ts < w.stop
+    WHERE list_contains($arms, i.variant)
+),
+per_user AS (
+    SELECT cycle, user_id,
+        CASE WHEN min(variant) = max(variant) THEN min(variant) END AS variant,
+        count(*) AS interactions, max(ts) AS last_ts, {metric_columns}
+    FROM test GROUP BY cycle, user_id
+)
+"""
+
+
+def _arm_rows(
+    store: Store, windows: dict[int, tuple[datetime, datetime]], arms: list[str]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per cycle and arm: users, interactions, the per-user metric sums and the last day with
+    data; each arm's row also says how many of the cycle's users were left out for appearing
+    in both arms (``excluded``)."""
     sql = f"""
-    WITH {_TEST_CTE},
-    per_user AS (
-        SELECT variant, user_id, count(*) AS interactions, {_metric_columns()}
-        FROM clean GROUP BY variant, user_id
-    )
-    SELECT variant, count(*) AS users, sum(interactions) AS interactions, {_arm_sums_columns()}
-    FROM per_user GROUP BY variant
+    WITH {_PER_USER_CTE.format(metric_columns=_metric_columns())}
+    SELECT cycle, variant, count(*) AS users, sum(interactions) AS interactions,
+        CAST(timezone('UTC', max(last_ts)) AS DATE) AS last_day, {_arm_sums_columns()}
+    FROM per_user GROUP BY cycle, variant
     """
-    return {r["variant"]: r for r in store.fetch_dicts(sql, params)}
+    cycles = sorted(windows)
+    params = {
+        "cycles": cycles,
+        "starts": [windows[c][0] for c in cycles],
+        "stops": [windows[c][1] for c in cycles],
+        "arms": arms,
+    }
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    excluded: dict[int, int] = {}
+    for row in store.fetch_dicts(sql, params):
+        if row["variant"] is None:
+            excluded[int(row["cycle"])] = int(row["users"])
+        else:
+            out.setdefault(int(row["cycle"]), {})[row["variant"]] = row
+    for cycle, by_arm in out.items():
+        for row in by_arm.values():
+            row["excluded"] = excluded.get(cycle, 0)
+    return out
 
 
 def _arm_quantiles(store: Store, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -481,13 +522,14 @@ def _arm_quantiles(store: Store, params: dict[str, Any]) -> dict[str, dict[str, 
     return {r["variant"]: r for r in store.fetch_dicts(sql, params)}
 
 
-def _excluded_users(store: Store, params: dict[str, Any]) -> int:
-    row = store.fetch_one(f"WITH {_TEST_CTE} SELECT count(*) FROM exposure WHERE arms > 1", params)
-    return int(row[0]) if row else 0
-
-
 def _daily_rows(store: Store, params: dict[str, Any], metric: MetricDef) -> list[dict[str, Any]]:
-    """Cumulative per-arm sums of one metric through the end of each day with data."""
+    """Cumulative per-arm sums of one metric through the end of each day with data.
+
+    A user's running totals change only on the days they are active, so each arm's sums are
+    accumulated from what each user-day adds to them (the square of the new running total
+    less the square of the old one, and so on): one pass over the user-days, where joining
+    every day to every earlier user-day grows with days × users.
+    """
     sql = f"""
     WITH {_TEST_CTE},
     per_user_day AS (
@@ -495,14 +537,42 @@ def _daily_rows(store: Store, params: dict[str, Any], metric: MetricDef) -> list
             sum({metric.numerator}) AS y, sum({metric.denominator}) AS m
         FROM clean GROUP BY ALL
     ),
-    days AS (SELECT DISTINCT day FROM per_user_day),
+    running AS (
+        SELECT variant, user_id, day,
+            sum(y) OVER (PARTITION BY variant, user_id ORDER BY day) AS y,
+            sum(m) OVER (PARTITION BY variant, user_id ORDER BY day) AS m
+        FROM per_user_day
+    ),
+    steps AS (
+        SELECT variant, day, y, m,
+            lag(day) OVER w IS NULL AS first_day,
+            coalesce(lag(y) OVER w, 0) AS y0,
+            coalesce(lag(m) OVER w, 0) AS m0
+        FROM running
+        WINDOW w AS (PARTITION BY variant, user_id ORDER BY day)
+    ),
+    per_day AS (
+        SELECT day, variant, count(*) FILTER (WHERE first_day) AS users, sum(y - y0) AS y,
+            sum(y * y - y0 * y0) AS y2, sum(m - m0) AS m, sum(m * m - m0 * m0) AS m2,
+            sum(y * m - y0 * m0) AS ym
+        FROM steps GROUP BY day, variant
+    ),
+    grid AS (
+        SELECT d.day, v.variant
+        FROM (SELECT DISTINCT day FROM per_user_day) d
+        CROSS JOIN (SELECT DISTINCT variant FROM per_user_day) v
+    ),
     cumulative AS (
-        SELECT d.day, p.variant, p.user_id, sum(p.y) AS y, sum(p.m) AS m
-        FROM days d JOIN per_user_day p ON p.day <= d.day GROUP BY ALL
+        SELECT g.day, g.variant,
+            sum(coalesce(p.users, 0)) OVER c AS users, sum(coalesce(p.y, 0)) OVER c AS y,
+            sum(coalesce(p.y2, 0)) OVER c AS y2, sum(coalesce(p.m, 0)) OVER c AS m,
+            sum(coalesce(p.m2, 0)) OVER c AS m2, sum(coalesce(p.ym, 0)) OVER c AS ym
+        FROM grid g LEFT JOIN per_day p USING (day, variant)
+        WINDOW c AS (PARTITION BY g.variant ORDER BY g.day)
     )
-    SELECT day, variant, count(*) AS users, sum(y)::DOUBLE AS y, sum(y * y)::DOUBLE AS y2,
-        sum(m)::DOUBLE AS m, sum(m * m)::DOUBLE AS m2, sum(y * m)::DOUBLE AS ym
-    FROM cumulative GROUP BY day, variant ORDER BY day, variant
+    SELECT day, variant, users::BIGINT AS users, y::DOUBLE AS y, y2::DOUBLE AS y2,
+        m::DOUBLE AS m, m2::DOUBLE AS m2, ym::DOUBLE AS ym
+    FROM cumulative WHERE users > 0 ORDER BY day, variant
     """
     return store.fetch_dicts(sql, params)
 
@@ -607,45 +677,98 @@ def analyse_cycle(
     Raises AnalysisError when the plan's design cannot be analysed (arms, metric names) or a
     statistic cannot be computed from the data.
     """
+    found = _analyse_cycles(
+        store,
+        plan,
+        [cycle],
+        plan_id=plan_id,
+        correction=correction,
+        preperiod_days=(
+            int(get_setting("ab_preperiod_days")) if preperiod_days is None else preperiod_days
+        ),
+        detail=True,
+    )
+    result = found.get(cycle)
+    if isinstance(result, AnalysisError):
+        raise result
+    return result
+
+
+def analyse_cycles(
+    store: Store,
+    plan: Plan,
+    cycles: Sequence[int],
+    *,
+    plan_id: str = "",
+    correction: Correction = "holm",
+) -> dict[int, ABAnalysis | AnalysisError]:
+    """The A/B tests of several cycles at a glance, from one pass over their windows: per
+    cycle with data, what ``analyse_cycle`` gives (arms, SRM, primary lift with its interval,
+    secondaries, guardrails, decision: the same numbers) without the details that need more
+    passes: CUPED and the lift day by day are left out, and the arms' latency quantiles.
+
+    A cycle whose data cannot be analysed maps to the AnalysisError that says why. Raises
+    AnalysisError when the plan's design cannot be analysed or has no such cycle.
+    """
+    return _analyse_cycles(
+        store, plan, cycles, plan_id=plan_id, correction=correction, preperiod_days=0, detail=False
+    )
+
+
+def _analyse_cycles(
+    store: Store,
+    plan: Plan,
+    cycles: Sequence[int],
+    *,
+    plan_id: str,
+    correction: Correction,
+    preperiod_days: int,
+    detail: bool,
+) -> dict[int, ABAnalysis | AnalysisError]:
     ab = plan.ab_test
     control, treatment = _two_arms(ab)
     primary_def = resolve_metric(ab.primary_metric)
     guardrail_defs = [(g, resolve_metric(g.metric)) for g in ab.guardrails]
     design = plan_design(plan)
-    first, last = ab_window(plan, cycle)
-    params: dict[str, Any] = {
-        "cycle": cycle,
-        "start": _utc(first),
-        "stop": _utc(last + timedelta(days=1)),
-        "arms": [control, treatment],
+    windows = {cycle: ab_window(plan, cycle) for cycle in cycles}
+    bounds = {
+        c: (_utc(first), _utc(last + timedelta(days=1))) for c, (first, last) in windows.items()
     }
-    rows = _arm_rows(store, params)
-    if not rows:
-        return None
-    try:
-        return _analyse(
-            store,
-            plan,
-            cycle,
-            plan_id,
-            rows,
-            params,
-            control=control,
-            treatment=treatment,
-            primary_def=primary_def,
-            guardrail_defs=guardrail_defs,
-            design=design,
-            window=(first, last),
-            correction=correction,
-            preperiod_days=(
-                int(get_setting("ab_preperiod_days")) if preperiod_days is None else preperiod_days
-            ),
-        )
-    except ValueError as exc:
-        raise AnalysisError(
-            f"Cannot analyse cycle {cycle}'s A/B test: {exc}. Check the plan's A/B design "
-            "(alpha, traffic shares) and the logged interactions."
-        ) from None
+    by_cycle = _arm_rows(store, bounds, [control, treatment]) if windows else {}
+    out: dict[int, ABAnalysis | AnalysisError] = {}
+    for cycle, rows in sorted(by_cycle.items()):
+        params: dict[str, Any] = {
+            "cycle": cycle,
+            "start": bounds[cycle][0],
+            "stop": bounds[cycle][1],
+            "arms": [control, treatment],
+        }
+        try:
+            out[cycle] = _analyse(
+                store,
+                plan,
+                cycle,
+                plan_id,
+                rows,
+                params,
+                control=control,
+                treatment=treatment,
+                primary_def=primary_def,
+                guardrail_defs=guardrail_defs,
+                design=design,
+                window=windows[cycle],
+                correction=correction,
+                preperiod_days=preperiod_days,
+                detail=detail,
+            )
+        except AnalysisError as exc:
+            out[cycle] = exc
+        except ValueError as exc:
+            out[cycle] = AnalysisError(
+                f"Cannot analyse cycle {cycle}'s A/B test: {exc}. Check the plan's A/B design "
+                "(alpha, traffic shares) and the logged interactions."
+            )
+    return out
 
 
 def _analyse(
@@ -664,11 +787,12 @@ def _analyse(
     window: tuple[date, date],
     correction: Correction,
     preperiod_days: int,
+    detail: bool,
 ) -> ABAnalysis:
     ab = plan.ab_test
     alpha = ab.alpha
     shares = {arm.name: arm.traffic_share for arm in ab.arms}
-    quantiles = _arm_quantiles(store, params)
+    quantiles = _arm_quantiles(store, params) if detail else {}
     warnings: list[str] = []
 
     arms = tuple(
@@ -686,7 +810,7 @@ def _analyse(
         )
         for name in (control, treatment)
     )
-    excluded = _excluded_users(store, params)
+    excluded = int(next(iter(rows.values()))["excluded"])
     if excluded:
         warnings.append(
             f"{excluded} user(s) appear in both arms and are left out: assignment should be "
@@ -714,13 +838,18 @@ def _analyse(
         for g, d in guardrail_defs
     ]
     guardrails = tuple(row for row, _ in checked)
-    cuped = _cuped(store, params, primary_def, window[0], preperiod_days, alpha)
-    lift_points = _lift_over_time(store, params, primary_def, control, treatment, alpha, design)
+    cuped = _cuped(store, params, primary_def, window[0], preperiod_days, alpha) if detail else None
+    lift_points = (
+        _lift_over_time(store, params, primary_def, control, treatment, alpha, design)
+        if detail
+        else ()
+    )
 
-    observed_daily = None
-    if lift_points:
-        elapsed = (lift_points[-1].day - window[0]).days + 1
-        observed_daily = sum(a.users for a in arms) / max(1, elapsed)
+    # Users a day so far: the arms' users over the days from the window's start to the last
+    # day with data (the lift's last point).
+    last_day = max(r["last_day"] for r in rows.values())
+    elapsed = (last_day - window[0]).days + 1
+    observed_daily: float | None = sum(a.users for a in arms) / max(1, elapsed)
     daily_units = observed_daily or float(ab.daily_traffic)
     stat_guardrails = [check for _, check in checked if check is not None]
     mde_relative = ab.mde if ab.mde_relative else ab.mde / ab.baseline_rate

@@ -11,18 +11,23 @@ import plotly.graph_objects as go
 from core.plan import CycleMilestones
 
 if TYPE_CHECKING:  # charts stay pure: no store import at run time
-    from core.monitoring import CycleActuals
+    from core.monitoring import CycleActuals, CycleRecord, GateFigure
 
 __all__ = [
     "PHASE_COLOURS",
     "SLICE_STATUS_COLOURS",
+    "STATUS_COLOURS",
+    "VERDICT_COLOURS",
     "ab_lift_figure",
     "composition_heatmap_figure",
     "consent_rate_figure",
     "cost_per_1k_figure",
     "cycle_rates_figure",
+    "dataset_sizes_figure",
     "funnel_figure",
+    "gate_thresholds_figure",
     "grid_heatmap_figure",
+    "lift_by_cycle_figure",
     "pii_by_type_figure",
     "slice_heatmap_figure",
     "slice_scores_figure",
@@ -38,6 +43,22 @@ PHASE_COLOURS: dict[str, str] = {
     "Decide": "#9e9ac8",
 }
 
+# How far each cycle got (core.monitoring.CycleRecord.status) and gate verdicts, in colour.
+STATUS_COLOURS: dict[str, str] = {
+    "planned": "#d9d9d9",
+    "traffic logged": "#bdbdbd",
+    "dataset built": "#9ecae1",
+    "evaluated": "#fdae6b",
+    "approved": "#74c476",
+    "shipped": "#238b45",
+    "rejected": "#de2d26",
+}
+VERDICT_COLOURS: dict[str, str] = {
+    "pass": "#31a354",
+    "fail": "#de2d26",
+    "insufficient_data": "#969696",
+}
+
 _DAY_MS = 86_400_000
 
 
@@ -51,8 +72,17 @@ def _phases(cycle: CycleMilestones) -> list[tuple[str, date, date]]:
     ]
 
 
-def timeline_figure(cycles: list[CycleMilestones], *, today: date | None = None) -> go.Figure:
-    """The plan's cycles as a Gantt chart: one row per cycle, one coloured bar per phase."""
+def timeline_figure(
+    cycles: list[CycleMilestones],
+    *,
+    today: date | None = None,
+    status: Mapping[int, str] | None = None,
+) -> go.Figure:
+    """The plan's cycles as a Gantt chart: one row per cycle, one coloured bar per phase.
+
+    With ``status`` (cycle number to how far it got, as in core.monitoring), a marker at each
+    cycle's end says what actually happened: planned, dataset built, shipped, rejected, ….
+    """
     fig = go.Figure()
     labels = [
         f"Cycle {c.cycle}" + (" · production data" if c.uses_production_data else "")
@@ -81,6 +111,25 @@ def timeline_figure(cycles: list[CycleMilestones], *, today: date | None = None)
                 marker_color=colour,
                 hovertext=hover,
                 hoverinfo="text",
+            )
+        )
+    if status is not None:
+        shown = [(c, label) for c, label in zip(cycles, labels, strict=True) if c.cycle in status]
+        fig.add_trace(
+            go.Scatter(
+                name="Actual",
+                mode="markers+text",
+                x=[c.end.isoformat() for c, _ in shown],
+                y=[label for _, label in shown],
+                text=[status[c.cycle] for c, _ in shown],
+                textposition="middle right",
+                marker={
+                    "symbol": "diamond",
+                    "size": 12,
+                    "color": [STATUS_COLOURS.get(status[c.cycle], "#636363") for c, _ in shown],
+                    "line": {"width": 1, "color": "#252525"},
+                },
+                hovertemplate="%{y}: %{text}<extra>actual</extra>",
             )
         )
     fig.update_layout(
@@ -562,5 +611,117 @@ def composition_heatmap_figure(
         yaxis={"title": " · ".join(row_axes), "autorange": "reversed"},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=140 + 30 * len(ys),
+    )
+    return fig
+
+
+def gate_thresholds_figure(
+    gates: Sequence[GateFigure], *, title: str = "Gates: value against threshold"
+) -> go.Figure:
+    """One bar per gate at its value, coloured by verdict, with the threshold as a marker.
+
+    Gates without a value (insufficient data) get no bar but keep their threshold marker.
+    """
+    names = [g.name + ("" if g.blocking else " (non-blocking)") for g in gates]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            name="value",
+            orientation="h",
+            y=names,
+            x=[g.value for g in gates],
+            marker_color=[VERDICT_COLOURS.get(g.verdict, "#969696") for g in gates],
+            customdata=[[g.verdict.replace("_", " "), g.comparator, g.metric] for g in gates],
+            hovertemplate="%{y}: %{x:.4g} (%{customdata[0]})<br>%{customdata[1]} on "
+            "%{customdata[2]}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            name="threshold",
+            mode="markers",
+            y=names,
+            x=[g.threshold for g in gates],
+            marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#252525"}},
+            hovertemplate="%{y}: threshold %{x:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0},
+        xaxis={"title": "value"},
+        yaxis={"autorange": "reversed", "title": None},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=140 + 40 * max(1, len(gates)),
+    )
+    return fig
+
+
+def lift_by_cycle_figure(records: Sequence[CycleRecord]) -> go.Figure:
+    """Each cycle's A/B lift of the primary metric with the interval its decision reads, as a
+    point with error bars, coloured by the decision; cycles without a test are left out."""
+    tested = [(r.cycle, r.ab) for r in records if r.ab is not None and r.ab.lift is not None]
+    lifts = [float(ab.lift or 0.0) for _, ab in tested]
+    intervals = [ab.ci or (lift, lift) for (_, ab), lift in zip(tested, lifts, strict=True)]
+    colours = {"ship": "#238b45", "roll_back": "#de2d26", "invalid_srm": "#de2d26"}
+    metric = tested[0][1].metric if tested else "the primary metric"
+    fig = go.Figure(
+        go.Scatter(
+            name="relative lift",
+            mode="markers",
+            x=[f"Cycle {cycle}" for cycle, _ in tested],
+            y=lifts,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [high - lift for (_, high), lift in zip(intervals, lifts, strict=True)],
+                "arrayminus": [lift - low for (low, _), lift in zip(intervals, lifts, strict=True)],
+            },
+            marker={"size": 11, "color": [colours.get(ab.verdict, "#636363") for _, ab in tested]},
+            customdata=[
+                [ab.verdict.replace("_", " "), ab.method, low, high]
+                for (_, ab), (low, high) in zip(tested, intervals, strict=True)
+            ],
+            hovertemplate="%{x}: %{y:+.1%} (%{customdata[2]:+.1%} to %{customdata[3]:+.1%})"
+            "<br>%{customdata[0]} · %{customdata[1]}<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0, line_color="#969696", line_width=1)
+    fig.update_layout(
+        title={"text": f"A/B lift of {metric} per cycle, with its interval", "x": 0},
+        yaxis={"title": "relative lift", "tickformat": "+.0%"},
+        xaxis={"title": None},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+    )
+    return fig
+
+
+def dataset_sizes_figure(records: Sequence[CycleRecord]) -> go.Figure:
+    """Rows of each cycle's dataset version, production and synthetic stacked."""
+    built = [r for r in records if r.dataset is not None]
+    cycles = [f"Cycle {r.cycle}" for r in built]
+    fig = go.Figure(
+        [
+            go.Bar(
+                name=name,
+                x=cycles,
+                y=[getattr(r.dataset, source) for r in built],
+                marker_color=colour,
+                hovertemplate="%{x}: %{y:,} " + name.lower() + " rows<extra></extra>",
+            )
+            for name, source, colour in (
+                ("Production", "production", "#6baed6"),
+                ("Synthetic", "synthetic", "#9e9ac8"),
+            )
+        ]
+    )
+    fig.update_layout(
+        barmode="stack",
+        title={"text": "Dataset size and composition per cycle", "x": 0},
+        yaxis={"title": "rows"},
+        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
     )
     return fig

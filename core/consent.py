@@ -5,7 +5,9 @@ latest ``training`` event at or before the interaction is a grant and no withdra
 No record means no consent; a withdrawal at the same instant as a grant wins; events may
 arrive in any order, since only their timestamps count. Equivalently: take the user's latest
 grant at or before the interaction; it is eligible when such a grant exists and no withdrawal
-has a timestamp at or after that grant.
+has a timestamp at or after that grant. And per user: their interactions are eligible from the
+first grant after their last withdrawal on (``consented_since_sql``), which counts by a plain
+join on the user instead of a lookup per interaction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "ForgetResult",
     "consent_counts",
     "consent_rate_over_time",
+    "consented_since_sql",
     "count_eligible",
     "eligible_interactions",
     "forget_user",
@@ -106,13 +109,36 @@ def eligible_interactions_sql(scope: str = "training") -> str:
     return str(ibis.to_sql(eligible_interactions(scope=scope), dialect="duckdb"))
 
 
+def consented_since_sql() -> str:
+    """SQL of one row per user whose grant of the scope bound as ``$scope`` still counts:
+    ``user_id`` and ``since``, the moment from which their interactions are eligible.
+
+    The same rule as eligible_interactions, per user. An interaction at ``ts`` is eligible when
+    the latest grant at or before ``ts`` is later than every withdrawal; that grant is at or
+    after the first grant later than the last withdrawal exactly when ``ts`` is. So eligible
+    means ``ts >= since``, with ``since`` that first grant (a user with none: never).
+    """
+    return """
+    SELECT g.user_id, min(g.ts) AS since
+    FROM consent_events g
+    LEFT JOIN (
+        SELECT user_id, max(ts) AS last_withdrawal FROM consent_events
+        WHERE scope = $scope AND action = 'withdraw' GROUP BY user_id
+    ) w USING (user_id)
+    WHERE g.scope = $scope AND g.action = 'grant'
+        AND (w.last_withdrawal IS NULL OR g.ts > w.last_withdrawal)
+    GROUP BY g.user_id
+    """
+
+
 def count_eligible(store: Store, scope: str = "training") -> int:
     """How many stored interactions the rule lets into a training dataset."""
-    row = store.fetch_one(f"SELECT count(*) FROM ({eligible_interactions_sql(scope)})")
+    row = store.fetch_one(
+        f"SELECT count(*) FROM interactions i JOIN ({consented_since_sql()}) c"
+        " ON c.user_id = i.user_id AND i.ts >= c.since",
+        {"scope": scope},
+    )
     return int(row[0]) if row else 0
-
-
-# -- the ledger, read back ------------------------------------------------------------------------
 
 
 def consent_counts(store: Store) -> list[dict[str, Any]]:
@@ -126,15 +152,43 @@ def consent_counts(store: Store) -> list[dict[str, Any]]:
 
 def consent_rate_over_time(store: Store, scope: str = "training") -> list[dict[str, Any]]:
     """Per day: users whose latest ``scope`` event by the end of that day is a grant, over all
-    users with an event by then."""
+    users with an event by then.
+
+    A user's state changes only on days with one of their events, so each day's totals are
+    accumulated from those changes (a new user, a grant turned withdrawal or back): one pass
+    over the events, where joining every day to every earlier event grows with days × events.
+    """
     return store.fetch_dicts(
-        "WITH days AS (SELECT unnest(generate_series(min(ts)::DATE, max(ts)::DATE, "
-        "INTERVAL 1 DAY))::DATE AS day FROM consent_events WHERE scope = $scope), "
-        "state AS (SELECT d.day, e.user_id, arg_max(e.action = 'grant', "
-        "(e.ts, e.action = 'withdraw')) AS granted FROM days d JOIN consent_events e "
-        "ON e.scope = $scope AND e.ts < d.day + INTERVAL 1 DAY GROUP BY d.day, e.user_id) "
-        "SELECT day, count(*) AS users, count(*) FILTER (WHERE granted) AS granted, "
-        "count(*) FILTER (WHERE granted) / count(*) AS rate FROM state GROUP BY day ORDER BY day",
+        """
+        WITH events AS (SELECT user_id, ts, action FROM consent_events WHERE scope = $scope),
+        days AS (
+            SELECT unnest(generate_series(min(ts)::DATE, max(ts)::DATE, INTERVAL 1 DAY))::DATE
+                AS day
+            FROM events
+        ),
+        user_days AS (
+            SELECT user_id, ts::DATE AS day,
+                arg_max(action = 'grant', (ts, action = 'withdraw')) AS granted
+            FROM events GROUP BY user_id, day
+        ),
+        changes AS (
+            SELECT day, sum(CASE WHEN previous_day IS NULL THEN 1 ELSE 0 END) AS new_users,
+                sum(granted::INTEGER - coalesce(was_granted, false)::INTEGER) AS newly_granted
+            FROM (
+                SELECT day, granted,
+                    lag(day) OVER w AS previous_day, lag(granted) OVER w AS was_granted
+                FROM user_days WINDOW w AS (PARTITION BY user_id ORDER BY day)
+            )
+            GROUP BY day
+        ),
+        totals AS (
+            SELECT d.day,
+                sum(coalesce(c.new_users, 0)) OVER (ORDER BY d.day)::BIGINT AS users,
+                sum(coalesce(c.newly_granted, 0)) OVER (ORDER BY d.day)::BIGINT AS granted
+            FROM days d LEFT JOIN changes c USING (day)
+        )
+        SELECT day, users, granted, granted / users AS rate FROM totals ORDER BY day
+        """,
         {"scope": scope},
     )
 

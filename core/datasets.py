@@ -41,6 +41,7 @@ __all__ = [
     "estimated_epochs",
     "example_token_limit",
     "export_dataset",
+    "export_file_name",
     "get_version",
     "list_versions",
     "openai_example",
@@ -376,11 +377,15 @@ def export_dataset(
     )
 
 
+def export_file_name(version_id: str, *, fmt: str, split: str) -> str:
+    """The file name a download of one split of a version gets."""
+    return f"{version_id}-{split}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+
+
 def export_bytes(store: Store, version_id: str, *, fmt: str, split: str) -> tuple[bytes, str]:
     """The bytes of an export and a file name for it (for downloads); checks as export does."""
     with tempfile.TemporaryDirectory(prefix="flywheel-export-") as tmp:
-        suffix = "parquet" if fmt == "parquet" else "jsonl"
-        name = f"{version_id}-{split}.{suffix}"
+        name = export_file_name(version_id, fmt=fmt, split=split)
         result = export_dataset(store, version_id, Path(tmp) / name, fmt=fmt, split=split)
         return Path(result.path).read_bytes(), name
 

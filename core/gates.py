@@ -36,7 +36,7 @@ from scipy import stats as sps
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import GateError
-from core.evals import freeze_used_version, item_scores, load_items, run_usage
+from core.evals import freeze_used_version, load_items, run_usage
 from core.graders import GRADERS, grader_for_metric
 from core.plan import Economics, Gate, Plan
 from core.plan_versions import load_plan
@@ -533,6 +533,19 @@ def _latest_run(
     return rows[0] if rows else None
 
 
+def _scores_by_grader(store: Store, run_id: str) -> dict[str, dict[str, float]]:
+    """core.evals.item_scores for every grader of a run at once: per grader, one score per
+    item, the mean of its graded samples."""
+    out: dict[str, dict[str, float]] = {}
+    for grader, item_id, score in store.fetch_all(
+        "SELECT grader, item_id, avg(score) FROM eval_scores WHERE run_id = ?"
+        " AND score IS NOT NULL GROUP BY grader, item_id",
+        [run_id],
+    ):
+        out.setdefault(str(grader), {})[str(item_id)] = float(score)
+    return out
+
+
 def _candidate_model(store: Store, plan_id: str, cycle: int) -> str | None:
     row = store.fetch_one(
         "SELECT model FROM cycle_candidates WHERE plan_id = ? AND cycle = ?", [plan_id, cycle]
@@ -548,9 +561,11 @@ def check_gates(
     version: int | None = None,
     alpha: float | None = None,
     min_items: int | None = None,
+    freeze: bool = True,
 ) -> GateReport:
     """Evaluate every gate of the plan on the cycle's candidate (its registered model, else its
-    newest candidate run) against production and the teacher; freezes the set versions read.
+    newest candidate run) against production and the teacher; freezes the set versions read
+    (``freeze=False`` for a look that changes nothing, e.g. the Overview's).
 
     Raises GateError when the plan has no gates.
     """
@@ -560,19 +575,26 @@ def check_gates(
             f"Plan '{plan_id}' has no gates; add them on the Plan page (7 · Eval gates)."
         )
     registered = _candidate_model(store, plan_id, cycle)
-    # Gates share runs: read each run's scores, usage and each set's items once.
-    score_cache: dict[tuple[str, str], dict[str, float]] = {}
+    # Gates share runs: look each run up, read its scores, usage and each set's items once.
+    run_cache: dict[tuple[Any, ...], dict[str, Any] | None] = {}
+    score_cache: dict[str, dict[str, dict[str, float]]] = {}
     usage_cache: dict[str, Usage | None] = {}
     items_cache: dict[tuple[str, int], list[Any]] = {}
     frozen: set[tuple[str, int]] = set()
 
+    def latest_run(role: str, **where: Any) -> dict[str, Any] | None:
+        key = (role, *sorted(where.items()))
+        if key not in run_cache:
+            run_cache[key] = _latest_run(store, plan_id, role, **where)
+        return run_cache[key]
+
     def scores(run: dict[str, Any] | None, grader: str) -> dict[str, float] | None:
         if run is None:
             return None
-        key = (str(run["run_id"]), grader)
-        if key not in score_cache:
-            score_cache[key] = item_scores(store, key[0], grader)
-        return score_cache[key]
+        run_id = str(run["run_id"])
+        if run_id not in score_cache:
+            score_cache[run_id] = _scores_by_grader(store, run_id)
+        return score_cache[run_id].get(grader, {})
 
     def usage(run: dict[str, Any] | None) -> Usage | None:
         if run is None:
@@ -585,9 +607,7 @@ def check_gates(
     results: list[GateResult] = []
     used: dict[str, dict[str, str]] = {}
     for gate in plan.gates:
-        candidate = _latest_run(
-            store,
-            plan_id,
+        candidate = latest_run(
             "candidate",
             cycle=cycle,
             eval_set=gate.eval_set or None,
@@ -601,7 +621,7 @@ def check_gates(
             results.append(_result(gate, "insufficient_data", None, _threshold(gate, plan), notes))
             continue
         eval_set, set_version = str(candidate["eval_set"]), int(candidate["set_version"])
-        if gate.eval_set and (eval_set, set_version) not in frozen:
+        if freeze and gate.eval_set and (eval_set, set_version) not in frozen:
             frozen.add((eval_set, set_version))
             freeze_used_version(
                 store,
@@ -609,12 +629,8 @@ def check_gates(
                 set_version,
                 reason=f"read by gate '{gate.name}' of plan {plan_id}",
             )
-        production = _latest_run(
-            store, plan_id, "production", cycle=cycle, eval_set=eval_set, version=set_version
-        )
-        teacher = _latest_run(
-            store, plan_id, "teacher", cycle=cycle, eval_set=eval_set, version=set_version
-        )
+        production = latest_run("production", cycle=cycle, eval_set=eval_set, version=set_version)
+        teacher = latest_run("teacher", cycle=cycle, eval_set=eval_set, version=set_version)
         grader = grader_for_metric(gate.metric)
         spec = GRADERS.get(grader)
         notes.append(

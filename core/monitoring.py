@@ -2,21 +2,38 @@
 
 Every figure is aggregated inside DuckDB, over the live interactions and the daily metrics that
 retention keeps once raw rows expire; no raw row is loaded into Python for a chart.
+
+    cycle_actuals       production traffic per cycle: volume, rates, cost, consent, PII
+    cycle_monitoring    per planned cycle, everything the Overview shows: the traffic, the
+                        funnel of its newest run, its dataset's size and composition, the gates
+                        against their thresholds (the recorded decision's report, else a look
+                        at the current results) and the A/B lift with its interval
+    plan_vs_actual      the plan's figures against the actual ones
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Literal
 
-from core.consent import eligible_interactions_sql
+from core.consent import consented_since_sql
+from core.errors import AnalysisError, GateError
 from core.plan import Plan, plan_timeline
 from core.store import Store
 
 __all__ = [
     "CycleActuals",
+    "CycleRecord",
+    "DatasetFigures",
     "Deviation",
+    "FunnelStage",
+    "GateFigure",
+    "GateFigures",
+    "LiftFigures",
     "cycle_actuals",
+    "cycle_monitoring",
     "plan_vs_actual",
     "realised_monthly_savings",
     "store_revision",
@@ -96,20 +113,22 @@ def store_revision(store: Store) -> int:
     return int(row[0]) if row else 0
 
 
-_LIVE = """
-SELECT cycle,
+_LIVE = f"""
+SELECT i.cycle,
        count(*) AS n,
-       count(DISTINCT user_id) AS users,
-       count(*) FILTER (WHERE accepted) AS accepted,
-       count(*) FILTER (WHERE feedback = 'up') AS up,
-       count(*) FILTER (WHERE feedback = 'down') AS down,
-       quantile_cont(latency_ms, 0.95) AS p95,
-       count(*) FILTER (WHERE model = $teacher) AS t_n,
-       coalesce(sum(cost_usd) FILTER (WHERE model = $teacher), 0) AS t_cost,
-       count(*) FILTER (WHERE model <> $teacher) AS s_n,
-       coalesce(sum(cost_usd) FILTER (WHERE model <> $teacher), 0) AS s_cost,
-       count(*) FILTER (WHERE len(pii) > 0) AS pii_rows
-FROM interactions WHERE cycle IS NOT NULL GROUP BY cycle
+       count(DISTINCT i.user_id) AS users,
+       count(*) FILTER (WHERE i.accepted) AS accepted,
+       count(*) FILTER (WHERE i.feedback = 'up') AS up,
+       count(*) FILTER (WHERE i.feedback = 'down') AS down,
+       quantile_cont(i.latency_ms, 0.95) AS p95,
+       count(*) FILTER (WHERE i.model = $teacher) AS t_n,
+       coalesce(sum(i.cost_usd) FILTER (WHERE i.model = $teacher), 0) AS t_cost,
+       count(*) FILTER (WHERE i.model <> $teacher) AS s_n,
+       coalesce(sum(i.cost_usd) FILTER (WHERE i.model <> $teacher), 0) AS s_cost,
+       count(*) FILTER (WHERE len(i.pii) > 0) AS pii_rows,
+       count(*) FILTER (WHERE i.ts >= c.since) AS eligible
+FROM interactions i LEFT JOIN ({consented_since_sql()}) c USING (user_id)
+WHERE i.cycle IS NOT NULL GROUP BY i.cycle
 """
 
 _ROLLED = """
@@ -120,7 +139,7 @@ SELECT cycle,
        coalesce(sum(cost_usd) FILTER (WHERE model = $teacher), 0) AS t_cost,
        sum(interactions) FILTER (WHERE model <> $teacher) AS s_n,
        coalesce(sum(cost_usd) FILTER (WHERE model <> $teacher), 0) AS s_cost,
-       0 AS pii_rows
+       0 AS pii_rows, 0 AS eligible
 FROM interaction_daily_metrics WHERE cycle IS NOT NULL GROUP BY cycle
 """
 
@@ -129,18 +148,13 @@ def cycle_actuals(store: Store, plan: Plan) -> list[CycleActuals]:
     """Per cycle with any traffic: volume, rates, latency, cost by teacher and student, the
     consented share and the rows in which PII was found and redacted."""
     sql = f"""
-    WITH parts AS ({_LIVE} UNION ALL {_ROLLED}),
-    eligible AS (
-        SELECT cycle, count(*) AS eligible FROM ({eligible_interactions_sql("training")})
-        WHERE cycle IS NOT NULL GROUP BY cycle
-    )
-    SELECT p.cycle, sum(n), sum(users), sum(accepted), sum(up), sum(down), max(p95),
+    WITH parts AS ({_LIVE} UNION ALL {_ROLLED})
+    SELECT cycle, sum(n), sum(users), sum(accepted), sum(up), sum(down), max(p95),
            coalesce(sum(t_n), 0), sum(t_cost), coalesce(sum(s_n), 0), sum(s_cost),
-           coalesce(any_value(e.eligible), 0), sum(pii_rows)
-    FROM parts p LEFT JOIN eligible e USING (cycle)
-    GROUP BY p.cycle ORDER BY p.cycle
+           sum(eligible), sum(pii_rows)
+    FROM parts GROUP BY cycle ORDER BY cycle
     """
-    rows = store.fetch_all(sql, {"teacher": plan.goal.teacher_model})
+    rows = store.fetch_all(sql, {"teacher": plan.goal.teacher_model, "scope": "training"})
     return [
         CycleActuals(
             cycle=int(r[0]),
@@ -204,3 +218,321 @@ def plan_vs_actual(
                 status = "off plan" if value < planned * (1 - tolerance) else "on plan"
             out.append(Deviation(milestone.cycle, metric, planned, value, status))
     return out
+
+
+# -- per cycle: funnel, dataset, gates, A/B ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunnelStage:
+    """One stage of a cycle run: rows in and out, rows removed and added."""
+
+    name: str
+    rows_in: int
+    rows_out: int
+    removed: int
+    added: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping core.charts.funnel_figure takes."""
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class DatasetFigures:
+    """The dataset version a cycle's newest run built, as it holds now (after any erasure)."""
+
+    version_id: str
+    rows: int
+    production: int
+    synthetic: int
+    train: int
+    validation: int
+
+    @property
+    def synthetic_share(self) -> float | None:
+        """Share of the version's rows that the teacher generated."""
+        return self.synthetic / self.rows if self.rows else None
+
+
+@dataclass(frozen=True)
+class GateFigure:
+    """One gate on a cycle's candidate: its value against its threshold, and the verdict."""
+
+    name: str
+    comparator: str
+    metric: str
+    blocking: bool
+    verdict: str  # pass | fail | insufficient_data
+    value: float | None
+    threshold: float | None
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """A cycle's gates: the report a decision recorded, else a look at the current results."""
+
+    verdict: str  # pass | fail | insufficient_data
+    candidate: str | None
+    decision: str | None  # approved | overridden | rejected; None: not decided yet
+    gates: tuple[GateFigure, ...]
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the gates that failed (blocking or not)."""
+        return [g.name for g in self.gates if g.verdict == "fail"]
+
+
+@dataclass(frozen=True)
+class LiftFigures:
+    """A cycle's A/B test at a glance: the primary metric's relative lift with the interval the
+    decision reads (the confidence sequence when the plan is sequential), and the decision."""
+
+    metric: str
+    method: str
+    higher_is_better: bool
+    lift: float | None
+    ci: tuple[float, float] | None
+    p_value: float | None
+    users_control: int
+    users_treatment: int
+    verdict: str  # ship | keep_running | stop_no_effect | roll_back | invalid_srm
+    srm_mismatch: bool
+    note: str | None = None
+
+    @property
+    def harmful(self) -> bool:
+        """The whole interval lies on the wrong side of zero (below it for a metric where
+        higher is better)."""
+        if self.ci is None:
+            return False
+        return self.ci[1] < 0 if self.higher_is_better else self.ci[0] > 0
+
+
+CycleStatus = Literal[
+    "planned", "traffic logged", "dataset built", "evaluated", "approved", "shipped", "rejected"
+]
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    """Everything the Overview shows for one planned cycle; parts are None until they exist."""
+
+    cycle: int
+    start: date
+    end: date
+    actuals: CycleActuals | None = None
+    run_id: str | None = None
+    funnel: tuple[FunnelStage, ...] = ()
+    dataset: DatasetFigures | None = None
+    gates: GateFigures | None = None
+    ab: LiftFigures | None = None
+    ab_error: str | None = None
+
+    @property
+    def status(self) -> CycleStatus:
+        """How far the cycle got: rejected (by decision or an A/B roll-back), shipped (approved
+        and the A/B test says ship), approved, evaluated, dataset built, traffic logged, or
+        only planned."""
+        decision = self.gates.decision if self.gates else None
+        verdict = self.ab.verdict if self.ab else None
+        if decision == "rejected" or verdict == "roll_back":
+            return "rejected"
+        if decision in ("approved", "overridden"):
+            return "shipped" if verdict == "ship" else "approved"
+        if self.gates is not None:
+            return "evaluated"
+        if self.run_id is not None:
+            return "dataset built"
+        if self.actuals is not None:
+            return "traffic logged"
+        return "planned"
+
+    @property
+    def deviations(self) -> list[str]:
+        """What went against the plan in this cycle, in words: failed gates, a decision to
+        ship against the gates, an A/B test that harms the primary metric, says roll back,
+        or cannot be trusted."""
+        found: list[str] = []
+        if self.gates is not None:
+            for gate in self.gates.gates:
+                if gate.verdict == "fail":
+                    kind = "gate" if gate.blocking else "non-blocking gate"
+                    found.append(f"{kind} '{gate.name}' failed")
+            if self.gates.decision == "overridden":
+                found.append("shipped against the gates (override)")
+            if self.gates.decision == "rejected":
+                found.append("candidate rejected")
+        if self.ab is not None:
+            if self.ab.srm_mismatch:
+                found.append("A/B sample ratio mismatch")
+            if self.ab.harmful:
+                found.append("A/B lift interval below zero")
+            if self.ab.verdict == "roll_back":
+                found.append("A/B says roll back")
+        return found
+
+
+def _funnels(store: Store, plan_id: str) -> dict[int, tuple[str, list[FunnelStage]]]:
+    rows = store.fetch_all(
+        """
+        WITH newest AS (
+            SELECT cycle, arg_max(run_id, started_at) AS run_id FROM cycle_runs
+            WHERE plan_id = ? GROUP BY cycle
+        )
+        SELECT n.cycle, n.run_id, s.name, s.rows_in, s.rows_out, s.removed, s.added
+        FROM newest n JOIN cycle_stages s USING (run_id) ORDER BY n.cycle, s.position
+        """,
+        [plan_id],
+    )
+    out: dict[int, tuple[str, list[FunnelStage]]] = {}
+    for cycle, run_id, name, rows_in, rows_out, removed, added in rows:
+        stage = FunnelStage(str(name), int(rows_in), int(rows_out), int(removed), int(added))
+        out.setdefault(int(cycle), (str(run_id), []))[1].append(stage)
+    return out
+
+
+def _datasets(store: Store, plan_id: str) -> dict[int, DatasetFigures]:
+    rows = store.fetch_all(
+        """
+        WITH newest AS (
+            SELECT cycle, arg_max(dataset_version, started_at) AS version_id FROM cycle_runs
+            WHERE plan_id = ? GROUP BY cycle
+        )
+        SELECT n.cycle, n.version_id, count(r.row_key),
+            count(*) FILTER (WHERE r.source = 'production'),
+            count(*) FILTER (WHERE r.source = 'synthetic'),
+            count(*) FILTER (WHERE r.split = 'train'),
+            count(*) FILTER (WHERE r.split = 'validation')
+        FROM newest n LEFT JOIN dataset_rows r USING (version_id)
+        GROUP BY n.cycle, n.version_id
+        """,
+        [plan_id],
+    )
+    return {
+        int(c): DatasetFigures(str(v), int(n), int(p), int(s), int(t), int(val))
+        for c, v, n, p, s, t, val in rows
+    }
+
+
+def _gate_figure(gate: dict[str, Any]) -> GateFigure:
+    return GateFigure(
+        name=str(gate["name"]),
+        comparator=str(gate["comparator"]),
+        metric=str(gate["metric"]),
+        blocking=bool(gate["blocking"]),
+        verdict=str(gate["verdict"]),
+        value=None if gate["value"] is None else float(gate["value"]),
+        threshold=None if gate["threshold"] is None else float(gate["threshold"]),
+    )
+
+
+def _gates(store: Store, plan_id: str, cycles: list[int]) -> dict[int, GateFigures]:
+    """The newest decision's report per cycle; for an undecided cycle that has a candidate or
+    candidate results, the gates checked now (without freezing anything)."""
+    from core.gates import check_gates  # the statistics stack, only when there is a plan
+
+    out: dict[int, GateFigures] = {}
+    decided = store.fetch_all(
+        "SELECT cycle, arg_max(decision, decided_at), arg_max(report, decided_at)"
+        " FROM gate_decisions WHERE plan_id = ? GROUP BY cycle",
+        [plan_id],
+    )
+    for cycle, decision, report in decided:
+        body = json.loads(report)
+        out[int(cycle)] = GateFigures(
+            verdict=str(body["verdict"]),
+            candidate=body.get("candidate"),
+            decision=str(decision),
+            gates=tuple(_gate_figure(g) for g in body["gates"]),
+        )
+    pending = store.fetch_all(
+        "SELECT DISTINCT cycle FROM eval_runs WHERE role = 'candidate' AND status = 'done'"
+        " AND (plan_id = $plan OR plan_id IS NULL) AND cycle IS NOT NULL"
+        " UNION SELECT cycle FROM cycle_candidates WHERE plan_id = $plan",
+        {"plan": plan_id},
+    )
+    for (cycle,) in pending:
+        if int(cycle) in out or int(cycle) not in cycles:
+            continue
+        try:
+            report = check_gates(store, plan_id, int(cycle), freeze=False)
+        except GateError:
+            return out  # the plan has no gates: nothing to look at for any cycle
+        out[int(cycle)] = GateFigures(
+            verdict=report.verdict,
+            candidate=report.candidate,
+            decision=None,
+            gates=tuple(_gate_figure(g.to_dict()) for g in report.gates),
+        )
+    return out
+
+
+def _lifts(
+    store: Store, plan_id: str, plan: Plan, cycles: list[int]
+) -> tuple[dict[int, LiftFigures], dict[int, str]]:
+    from core.abtest import analyse_cycles, resolve_metric
+
+    try:
+        analyses = analyse_cycles(store, plan, cycles, plan_id=plan_id)
+        higher_is_better = resolve_metric(plan.ab_test.primary_metric).higher_is_better
+    except AnalysisError as exc:  # the plan's A/B design cannot be analysed at all
+        return {}, dict.fromkeys(cycles, str(exc))
+    lifts: dict[int, LiftFigures] = {}
+    errors: dict[int, str] = {}
+    for cycle, analysis in analyses.items():
+        if isinstance(analysis, AnalysisError):
+            errors[cycle] = str(analysis)
+            continue
+        primary = analysis.primary
+        lifts[cycle] = LiftFigures(
+            metric=analysis.primary_metric,
+            method=primary.method,
+            higher_is_better=higher_is_better,
+            lift=primary.estimate,
+            ci=None if primary.ci is None else (float(primary.ci[0]), float(primary.ci[1])),
+            p_value=primary.p_value,
+            users_control=analysis.arms[0].users,
+            users_treatment=analysis.arms[1].users,
+            verdict=analysis.decision.verdict,
+            srm_mismatch=analysis.srm.mismatch,
+            note=primary.reason,
+        )
+    return lifts, errors
+
+
+def cycle_monitoring(store: Store, plan_id: str, plan: Plan) -> list[CycleRecord]:
+    """One record per cycle of the plan's timeline: its traffic (cycle_actuals), the funnel of
+    its newest run, the dataset version that run built (rows now, production against
+    synthetic, train against validation), its gates against their thresholds and its A/B
+    lift with the interval the decision reads.
+
+    Aggregated in DuckDB (a handful of grouped queries and one pass over the A/B windows);
+    the gates of an undecided cycle are checked from the stored scores. Cycles that have not
+    run keep the parts they lack as None or empty.
+    """
+    timeline = plan_timeline(plan)
+    cycles = [m.cycle for m in timeline]
+    actuals = {a.cycle: a for a in cycle_actuals(store, plan)}
+    funnels = _funnels(store, plan_id)
+    datasets = _datasets(store, plan_id)
+    gates = _gates(store, plan_id, cycles) if plan.gates else {}
+    lifts, lift_errors = _lifts(store, plan_id, plan, cycles)
+    records: list[CycleRecord] = []
+    for milestone in timeline:
+        run_id, stages = funnels.get(milestone.cycle, (None, []))
+        records.append(
+            CycleRecord(
+                cycle=milestone.cycle,
+                start=milestone.start,
+                end=milestone.end,
+                actuals=actuals.get(milestone.cycle),
+                run_id=run_id,
+                funnel=tuple(stages),
+                dataset=datasets.get(milestone.cycle),
+                gates=gates.get(milestone.cycle),
+                ab=lifts.get(milestone.cycle),
+                ab_error=lift_errors.get(milestone.cycle),
+            )
+        )
+    return records

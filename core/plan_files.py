@@ -44,6 +44,8 @@ def format_loc(loc: Sequence[int | str]) -> str:
             path += f"[{part}]"
         elif isinstance(previous, int) and part in FILTER_KINDS:
             pass  # the discriminator tag of a quality filter is not part of the path
+        elif not str(part).isidentifier():
+            path += f"[{str(part)!r}]"  # an unknown key with spaces or newlines, quoted
         else:
             path += f".{part}" if path else part
         previous = part

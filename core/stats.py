@@ -1425,6 +1425,10 @@ def regressed_slices(
     return tuple(name for name, p in zip(names, adjusted, strict=True) if p < alpha)
 
 
+def _fmt_interval(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"({_fmt(ci[0])}, {_fmt(ci[1])})"
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
@@ -1481,8 +1485,7 @@ def ab_decision(
             "roll_back",
             tuple(
                 f"guardrail '{g.name}' moved the harmful way ({g.harmful_direction}): "
-                f"p = {_fmt(g.result.p_value)}, interval ({_fmt(g.result.ci[0])}, "
-                f"{_fmt(g.result.ci[1])})"
+                f"p = {_fmt(g.result.p_value)}, interval {_fmt_interval(g.result.ci)}"
                 for g in breached
             )
             + tuple(notes),

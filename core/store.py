@@ -86,6 +86,24 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
+    def stamp(self) -> str:
+        """A value that changes whenever a write is committed to the store, by any process.
+
+        DuckDB appends every commit to the file's write-ahead log and folds the log into the
+        file at a checkpoint; reads touch neither. So the size and modification time of the
+        two files change with every write and never with a read, and reading them costs no
+        connection: the dashboard keys its caches on it.
+        """
+        parts = []
+        for path in (self.path, Path(f"{self.path}.wal")):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                parts.append("-")
+                continue
+            parts.append(f"{info.st_size}:{info.st_mtime_ns}")
+        return "/".join(parts)
+
     # -- connections ---------------------------------------------------------------------------
 
     def _open(self) -> duckdb.DuckDBPyConnection:

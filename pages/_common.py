@@ -6,7 +6,7 @@ Pages stay thin: widgets in, ``core`` calls, charts and tables out. No business 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -44,6 +44,31 @@ def page_header(title: str) -> None:
 def get_store() -> Store:
     """The store this dashboard runs on ($FLYWHEEL_DB or data/flywheel.duckdb)."""
     return Store()
+
+
+_READS: dict[str, Callable[..., Any]] = {}
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached_read(name: str, db: str, stamp: str, args: tuple[Any, ...], kwargs: Any) -> Any:
+    """One read, remembered per store file and stamp (so until the store next changes)."""
+    return _READS[name](Store(db), *args, **dict(kwargs))
+
+
+def cached_read(read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``read(store, *args, **kwargs)``, answered from memory until the store changes.
+
+    The key is the store's stamp (core.store.Store.stamp): any committed write, by this
+    dashboard or by another process such as a scheduled ``python -m core`` run, makes the next
+    call read again; checking it opens no connection. Every session shares the answers. Only
+    for reads: a function that writes would skip its write while its answer is remembered.
+    """
+    store = get_store()
+    name = f"{read.__module__}.{read.__qualname__}"
+    _READS[name] = read
+    return _cached_read(  # type: ignore[no-any-return]
+        name, str(store.path), store.stamp(), args, tuple(sorted(kwargs.items()))
+    )
 
 
 @st.cache_resource(show_spinner="Preparing the workspace…")
@@ -109,7 +134,7 @@ def guarded(action: Callable[[], T]) -> T | None:
 
 def plans() -> list[PlanSummary]:
     """Every stored plan."""
-    return list_plans(get_store())
+    return cached_read(list_plans)
 
 
 def current_plan_id() -> str | None:
@@ -133,7 +158,7 @@ def plan_id_or_stop() -> str:
 
 def demo_badge() -> None:
     """Say plainly when the workspace holds demo data."""
-    if is_demo_workspace(get_store()):
+    if cached_read(is_demo_workspace):
         st.caption(":material/science: **Demo workspace** — seeded sample data, safe to edit.")
 
 

@@ -22,7 +22,6 @@ from core.plan import Plan
 from pages._common import guarded
 
 _PREPARED = "prepared_documents"
-_MARKDOWN = "document_markdown"
 _KEEP = 8
 
 
@@ -94,38 +93,21 @@ def plan_document_downloads(plan: Plan, plan_id: str, version: int) -> None:
                 )
 
 
-def _markdown(name: str, cache_key: str, inputs: dict[str, Any], *, reuse: bool) -> bytes | None:
-    """The document's Markdown; with ``reuse``, kept in the session for the same data."""
-    kept: dict[str, bytes] = st.session_state.setdefault(_MARKDOWN, {})
-    if reuse and cache_key in kept:
-        return kept[cache_key]
-    markdown = guarded(
-        lambda: render_document(name, "md", generated_at=generated_at_now(), **inputs)
-    )
-    if reuse and markdown is not None:
-        kept[cache_key] = markdown
-        while len(kept) > _KEEP:
-            kept.pop(next(iter(kept)))
-    return markdown
-
-
-def document_downloads(
-    name: str, subject: str, inputs: dict[str, Any], *, key: str, reuse_markdown: bool = False
-) -> None:
+def document_downloads(name: str, subject: str, inputs: dict[str, Any], *, key: str) -> None:
     """One document's row: download Markdown; prepare, then download HTML and PDF.
 
     ``subject`` names the files (e.g. ``my-plan-cycle2``); ``key`` identifies the data the
-    document shows, so a prepared HTML/PDF is offered again only for the same data. With
-    ``reuse_markdown`` the Markdown is kept for the same ``key`` too, sparing a rerun the
-    rendering: give it only a key that changes whenever the document would.
+    document shows, so a prepared HTML/PDF is offered again only for the same data. The
+    Markdown is rendered when its button is clicked, so a rerun does not pay for it.
     """
     kind = DOCUMENTS[name]
     with st.container(border=True):
         st.markdown(f"**{kind.title}**")
         cols = st.columns(3)
-        markdown = _markdown(name, f"{name}:{subject}:{key}", inputs, reuse=reuse_markdown)
-        if markdown is None:
-            return
+
+        def markdown() -> bytes:  # rendered when clicked: a cycle report reads its A/B test
+            return render_document(name, "md", generated_at=generated_at_now(), **inputs)
+
         cols[0].download_button(
             "Markdown",
             markdown,

@@ -11,7 +11,7 @@ from core.charts import ab_lift_figure
 from core.errors import FlywheelError
 from core.plan import Plan, plan_timeline
 from core.plan_versions import load_plan
-from pages._common import current_plan_id, get_store, guarded, page_header
+from pages._common import cached_read, current_plan_id, guarded, page_header
 
 page_header("A/B test")
 
@@ -235,7 +235,7 @@ if plan_id is None:
     )
     st.stop()
 
-loaded = guarded(lambda: load_plan(get_store(), plan_id))
+loaded = guarded(lambda: cached_read(load_plan, plan_id))
 if loaded is None:
     st.stop()
 plan, _ = loaded
@@ -261,7 +261,7 @@ with results_tab:
     if window is not None:
         cols[2].caption(f"Test window: {window[0]:%d %b %Y} to {window[1]:%d %b %Y}")
     try:
-        analysis = analyse_cycle(get_store(), plan, cycle, plan_id=plan_id, correction=correction)
+        analysis = cached_read(analyse_cycle, plan, cycle, plan_id=plan_id, correction=correction)
     except FlywheelError as exc:
         st.error(str(exc), icon=":material/error:")
         st.stop()

@@ -14,13 +14,13 @@ from core.consent import (
     forget_user,
     user_consent,
 )
-from pages._common import current_user, get_store, guarded, page_header
+from pages._common import cached_read, current_user, get_store, guarded, page_header
 
 page_header("Consent")
 user = current_user()
 store = get_store()
 
-counts = guarded(lambda: consent_counts(store)) or []
+counts = guarded(lambda: cached_read(consent_counts)) or []
 if not counts:
     st.info(
         "No consent events yet. Load them on the **Data** page (kind: consent) or run "
@@ -29,13 +29,13 @@ if not counts:
         icon=":material/info:",
     )
 else:
-    eligible = guarded(lambda: count_eligible(store))
+    eligible = guarded(lambda: cached_read(count_eligible))
     if eligible is not None:
         st.metric("Interactions eligible for training", f"{eligible:,}")
     st.markdown("#### Events per scope and policy version")
     st.dataframe(counts, hide_index=True, width="stretch")
     scope = st.selectbox("Scope", SCOPES, key="consent_scope")
-    rate = guarded(lambda: consent_rate_over_time(store, scope)) or []
+    rate = guarded(lambda: cached_read(consent_rate_over_time, scope)) or []
     if rate:
         st.plotly_chart(consent_rate_figure(rate, scope=scope), width="stretch")
     else:

@@ -14,11 +14,25 @@ from core.cycles import (
     run_summary,
     why_dropped,
 )
-from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_bytes, list_versions
+from core.datasets import (
+    EXPORT_FORMATS,
+    SPLITS,
+    compare_versions,
+    export_bytes,
+    export_file_name,
+    list_versions,
+)
 from core.gates import cycle_decisions
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
-from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
+from pages._common import (
+    cached_read,
+    current_user,
+    get_store,
+    guarded,
+    page_header,
+    plan_id_or_stop,
+)
 from pages._documents import document_downloads
 
 page_header("Cycles")
@@ -26,7 +40,7 @@ user = current_user()
 store = get_store()
 
 plan_id = plan_id_or_stop()
-loaded = guarded(lambda: load_plan(store, plan_id))
+loaded = guarded(lambda: cached_read(load_plan, plan_id))
 if loaded is None:
     st.stop()
 plan, version = loaded
@@ -69,7 +83,7 @@ if right.button("Run cycle", icon=":material/play_arrow:", type="primary", key="
             st.warning(warning, icon=":material/warning:")
         st.session_state["cycle_run_pick"] = result.run_id
 
-runs = guarded(lambda: cycle_runs(store, plan_id)) or []
+runs = guarded(lambda: cached_read(cycle_runs, plan_id)) or []
 if not runs:
     st.info(
         "No cycle has run for this plan yet. Pick a cycle and press **Run cycle**, or run "
@@ -89,7 +103,7 @@ if st.session_state.get("cycle_run_pick") not in run_labels:
 run_id = st.selectbox(
     "Run", list(run_labels), format_func=run_labels.__getitem__, key="cycle_run_pick"
 )
-stages = run_stages(store, run_id)
+stages = cached_read(run_stages, run_id)
 st.plotly_chart(funnel_figure([s.to_dict() for s in stages]), width="stretch")
 st.dataframe(
     [
@@ -115,12 +129,12 @@ document_downloads(
     "cycle",
     f"{plan_id}-cycle{picked_cycle}",
     {"store": store, "plan_id": plan_id, "cycle": picked_cycle},
-    key=f"{run_id}:{len(cycle_decisions(store, plan_id, picked_cycle))}",
+    key=f"{run_id}:{len(cached_read(cycle_decisions, plan_id, picked_cycle))}",
 )
 
 # -- removed rows ---------------------------------------------------------------------------------
 st.markdown("#### Removed rows")
-summary = removal_summary(store, run_id)
+summary = cached_read(removal_summary, run_id)
 if not summary:
     st.success("This run removed no row.", icon=":material/check:")
 else:
@@ -133,7 +147,7 @@ else:
         key="removed_pick",
     )
     st.dataframe(
-        removed_rows(store, run_id, stage=options[picked]), hide_index=True, width="stretch"
+        cached_read(removed_rows, run_id, stage=options[picked]), hide_index=True, width="stretch"
     )
 asked = st.text_input("Why was this interaction dropped?", key="why_id", placeholder="demo-00042")
 if asked.strip():
@@ -143,7 +157,7 @@ if asked.strip():
 
 # -- dataset versions ----------------------------------------------------------------------------
 st.markdown("#### Dataset versions")
-versions = list_versions(store, plan_id)
+versions = cached_read(list_versions, plan_id)
 st.dataframe(
     [
         {
@@ -188,7 +202,7 @@ with heat_col:
         width="stretch",
     )
 if current.parent_version and current.parent_version in by_id:
-    diff = compare_versions(store, current.parent_version, current.version_id)
+    diff = cached_read(compare_versions, current.parent_version, current.version_id)
     st.markdown(
         f"**Against {diff.old}:** +{diff.added} rows, −{diff.removed} rows, {diff.kept} kept."
     )
@@ -205,15 +219,26 @@ st.markdown("**Download**")
 fmt_col, split_col, button_col = st.columns(3)
 fmt = fmt_col.selectbox("Format", EXPORT_FORMATS, key="export_format")
 split = split_col.selectbox("Split", SPLITS, key="export_split")
-exported = guarded(lambda: export_bytes(store, current.version_id, fmt=fmt, split=split))
-if exported is not None:
-    data, name = exported
-    button_col.write("")
+rows_in_split = {
+    "train": current.train_rows,
+    "validation": current.validation_rows,
+    "all": current.rows_now,
+}[split]
+button_col.write("")
+if not rows_in_split:
+    button_col.info(f"{current.version_id} has no {split} rows.", icon=":material/info:")
+else:
+    # Built when clicked (checked as OpenAI checks an upload), not on every run of the page.
+    def _export(version: str = current.version_id, fmt: str = fmt, split: str = split) -> bytes:
+        return export_bytes(store, version, fmt=fmt, split=split)[0]
+
     button_col.download_button(
-        f"Download {name}",
-        data,
-        file_name=name,
+        f"Download {export_file_name(current.version_id, fmt=fmt, split=split)}",
+        _export,
+        file_name=export_file_name(current.version_id, fmt=fmt, split=split),
         mime="application/jsonl" if fmt == "openai-jsonl" else "application/vnd.apache.parquet",
         icon=":material/download:",
         key="export_download",
+        help="The file is built and checked when you click; a version that fails the "
+        "fine-tuning format check is refused (`python -m core dataset export` says why).",
     )

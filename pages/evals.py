@@ -32,12 +32,18 @@ from core.evals import (
 )
 from core.gates import GateReport, check_gates, cycle_decisions, record_decision
 from core.graders import GRADERS, grader_for_metric
-from core.monitoring import store_revision
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
 from core.training import cycle_candidate, job_events, register_candidate, training_jobs
-from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
+from pages._common import (
+    cached_read,
+    current_user,
+    get_store,
+    guarded,
+    page_header,
+    plan_id_or_stop,
+)
 from pages._documents import document_downloads
 
 page_header("Evals & gates")
@@ -54,7 +60,9 @@ if loaded is None:
     st.stop()
 plan, plan_version = loaded
 cycles = [c.cycle for c in plan_timeline(plan)] or [1]
-with_runs = {int(r["cycle"]) for r in list_runs(store, plan_id=plan_id) if r["cycle"] is not None}
+with_runs = {
+    int(r["cycle"]) for r in cached_read(list_runs, plan_id=plan_id) if r["cycle"] is not None
+}
 latest = max((c for c in cycles if c in with_runs), default=cycles[0])
 cycle = st.selectbox(
     "Cycle",
@@ -123,7 +131,8 @@ with cols[1]:
         st.caption("No fine-tuning job for this cycle.")
 
 st.divider()
-report: GateReport | None = guarded(lambda: check_gates(store, plan_id, cycle))
+# Remembered until the store changes; the first check freezes the set versions it reads.
+report: GateReport | None = guarded(lambda: cached_read(check_gates, plan_id, cycle))
 report_tab, scores_tab, slices_tab, run_tab, sets_tab = st.tabs(
     ["Gate report", "Scores", "By slice", "Run or import", "Eval sets"]
 )
@@ -220,8 +229,7 @@ with report_tab:
             "model-card",
             f"{plan_id}-cycle{cycle}",
             {"store": store, "plan_id": plan_id, "cycle": cycle},
-            key=f"{candidate['model']}:{store_revision(store)}",
-            reuse_markdown=True,
+            key=f"{candidate['model']}:{store.stamp()}",
         )
 
 # -- scores per model --------------------------------------------------------------------------
@@ -239,8 +247,8 @@ with scores_tab:
         )
     rows: list[dict[str, Any]] = []
     for role, run_id in runs_used.items():
-        run = next((r for r in list_runs(store) if r["run_id"] == run_id), None)
-        for summary in run_summary(store, run_id):
+        run = next((r for r in cached_read(list_runs) if r["run_id"] == run_id), None)
+        for summary in cached_read(run_summary, run_id):
             rows.append(
                 {
                     "role": role,
@@ -253,7 +261,7 @@ with scores_tab:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         st.caption("Intervals are Wilson 95% for pass rates; under 300 items they are wide.")
     if "candidate" in runs_used:
-        agreement = judge_agreement_for_run(store, runs_used["candidate"])
+        agreement = cached_read(judge_agreement_for_run, runs_used["candidate"])
         if agreement.n:
             st.metric(
                 "Judge vs human labels",
@@ -268,11 +276,13 @@ with slices_tab:
     if "candidate" not in runs_used:
         st.info("Slices appear once the candidate has results.", icon=":material/info:")
     else:
-        run = next(r for r in list_runs(store) if r["run_id"] == runs_used["candidate"])
-        items = load_items(store, str(run["eval_set"]), int(run["set_version"]))
+        run = next(r for r in cached_read(list_runs) if r["run_id"] == runs_used["candidate"])
+        items = cached_read(load_items, str(run["eval_set"]), int(run["set_version"]))
         dimensions = slice_dimensions(items) or ["topic"]
         metrics = sorted({grader_for_metric(g.metric) for g in plan.gates if g.eval_set})
-        graders = sorted({str(g["grader"]) for g in run_summary(store, runs_used["candidate"])})
+        graders = sorted(
+            {str(g["grader"]) for g in cached_read(run_summary, runs_used["candidate"])}
+        )
         options = [g for g in metrics if g in graders] + [g for g in graders if g not in metrics]
         c1, c2, c3 = st.columns(3)
         grader = c1.selectbox("Grader", options, key="slice_grader")
@@ -285,11 +295,11 @@ with slices_tab:
             for s in g.slices
             if s.short and s.dimension == dimension
         ]
-        means = slice_means(store, runs_used, grader, dimension)
+        means = cached_read(slice_means, runs_used, grader, dimension)
         st.plotly_chart(slice_heatmap_figure(means, short=short), width="stretch")
         if baseline:
-            table = paired_comparison(
-                store, runs_used["candidate"], runs_used[baseline], grader, dimension
+            table = cached_read(
+                paired_comparison, runs_used["candidate"], runs_used[baseline], grader, dimension
             )
             st.plotly_chart(wins_losses_figure(table, baseline=baseline), width="stretch")
             st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")

@@ -27,7 +27,14 @@ from core.generation import (
     stored_counts,
 )
 from core.llm import Endpoint, resolve_endpoint
-from pages._common import current_user, get_store, guarded, page_header, plan_id_or_stop
+from pages._common import (
+    cached_read,
+    current_user,
+    get_store,
+    guarded,
+    page_header,
+    plan_id_or_stop,
+)
 
 page_header("Synthetic data")
 user = current_user()
@@ -36,7 +43,7 @@ refused = refusal(user, "generation.run")
 plan_id = plan_id_or_stop()
 
 store = get_store()
-spec = guarded(lambda: GenerationSpec.load(store, plan_id))
+spec = guarded(lambda: cached_read(GenerationSpec.load, plan_id))
 if spec is None:
     st.stop()
 gen = spec.plan.generation
@@ -66,7 +73,7 @@ def _heatmap_counts(per_cell: dict[str, int]) -> dict[tuple[str, ...], int]:
 
 
 def _stored_valid() -> dict[str, int]:
-    return {key: c.get("valid", 0) for key, c in stored_counts(store, spec).items()}
+    return {key: c.get("valid", 0) for key, c in cached_read(stored_counts, spec).items()}
 
 
 st.caption(
@@ -103,7 +110,7 @@ with st.expander("Rendered prompt for a cell", icon=":material/description:"):
 
 st.markdown("#### Estimate and run")
 batch = st.toggle("Batch mode (OpenAI batch API: half price, results within 24 h)", key="gen_batch")
-estimate = guarded(lambda: dry_run(store, plan_id, batch=batch))
+estimate = guarded(lambda: cached_read(dry_run, plan_id, batch=batch))
 if estimate is not None:
     cols = st.columns(4)
     cols[0].metric("Calls", f"{estimate.calls:,}")
@@ -199,7 +206,7 @@ else:
 # -- diversity, top-up, failures, examples -----------------------------------------------------
 
 st.markdown("#### Diversity per cell")
-diversity = guarded(lambda: cell_diversity(store, spec))
+diversity = guarded(lambda: cached_read(cell_diversity, spec))
 if diversity is not None:
     rows: list[dict[str, Any]] = [
         {
@@ -235,7 +242,7 @@ if diversity is not None:
     else:
         st.success("Every cell reached its target with unique examples.")
 
-failures = guarded(lambda: list_failures(store, spec))
+failures = guarded(lambda: cached_read(list_failures, spec))
 st.markdown("#### Failures")
 if failures:
     st.dataframe(
@@ -274,7 +281,7 @@ for example in examples or []:
 # -- closing the loop --------------------------------------------------------------------------
 
 st.markdown("#### Where production says the next round should go")
-loop = guarded(lambda: production_vs_training(store, spec))
+loop = guarded(lambda: cached_read(production_vs_training, spec))
 if loop is not None:
     if not loop.has_production_data:
         st.info(loop.message, icon=":material/info:")
@@ -294,7 +301,7 @@ if loop is not None:
             width="stretch",
         )
 
-history = guarded(lambda: runs(store, plan_id))
+history = guarded(lambda: cached_read(runs, plan_id))
 if history:
     st.markdown("#### Runs")
     st.dataframe(history, hide_index=True, width="stretch")

@@ -1,29 +1,31 @@
-"""Overview: the current plan at a glance — summary, readiness and the six-month timeline."""
+"""Overview: the current plan at a glance — summary, readiness, the six-month timeline — and
+each cycle planned against actual: traffic, funnel, dataset, gates, A/B lift, deviations."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from core.charts import cost_per_1k_figure, cycle_rates_figure, timeline_figure
-from core.lint import ab_requirement, generation_estimate_usd, lint_plan
-from core.monitoring import (
-    CycleActuals,
-    cycle_actuals,
-    plan_vs_actual,
-    realised_monthly_savings,
-    store_revision,
+from core.charts import (
+    cost_per_1k_figure,
+    cycle_rates_figure,
+    dataset_sizes_figure,
+    funnel_figure,
+    gate_thresholds_figure,
+    lift_by_cycle_figure,
+    timeline_figure,
 )
-from core.plan import Plan, plan_timeline
+from core.lint import ab_requirement, generation_estimate_usd, lint_plan
+from core.monitoring import CycleRecord, cycle_monitoring, plan_vs_actual, realised_monthly_savings
+from core.plan import plan_timeline
 from core.plan_versions import load_plan
-from core.store import Store
-from pages._common import get_store, guarded, page_header, plan_id_or_stop
+from pages._common import cached_read, guarded, page_header, plan_id_or_stop
 
 page_header("Overview")
 
 plan_id = plan_id_or_stop()
 
-loaded = guarded(lambda: load_plan(get_store(), plan_id))
+loaded = guarded(lambda: cached_read(load_plan, plan_id))
 if loaded is None:
     st.stop()
 plan, version = loaded
@@ -75,52 +77,80 @@ except ValueError:
 numbers[3].metric("Filters · gates", f"{len(plan.quality_filters)} · {len(plan.gates)}")
 
 timeline = plan_timeline(plan)
+records: list[CycleRecord] = []
 if timeline:
-    st.plotly_chart(timeline_figure(timeline), width="stretch")
+    records = guarded(lambda: cached_read(cycle_monitoring, plan_id, plan)) or []
+status = {r.cycle: r.status for r in records if r.status != "planned"}
+if timeline:
+    st.plotly_chart(timeline_figure(timeline, status=status), width="stretch")
 else:
     st.warning("The horizon holds no full cycle; adjust the cadence on the Plan page.")
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _actuals(db: str, revision: int, fingerprint: str, _plan: Plan) -> list[CycleActuals]:
-    """Per-cycle actuals, recomputed only when the store or the plan changes."""
-    return cycle_actuals(Store(db), _plan)
-
+    st.stop()
 
 st.markdown("#### Cycles: planned against actual")
-store = get_store()
-actuals = guarded(
-    lambda: _actuals(str(store.path), store_revision(store), plan.fingerprint(), plan)
-)
-if not actuals:
+if not status:
     st.info(
-        "No production traffic yet. Load interaction logs on the **Data** page (or "
-        "`python -m core ingest FILE --cycle N`) to see each cycle's figures here.",
+        "No cycle has traffic or a run yet. Load interaction logs on the **Data** page (or "
+        "`python -m core ingest FILE --cycle N`) and run a cycle on the **Cycles** page to see "
+        "each cycle's figures here.",
         icon=":material/info:",
     )
     st.stop()
 
-by_cycle = {a.cycle: a for a in actuals}
-deviations = {(d.cycle, d.metric): d for d in plan_vs_actual(plan, actuals)}
+actuals = [r.actuals for r in records if r.actuals is not None]
+checks = {(d.cycle, d.metric): d for d in plan_vs_actual(plan, actuals)}
 
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1%}"
+
+
 def _money(value: float | None) -> str:
     return "—" if value is None else f"${value:,.2f}"
 
 
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "—" if ci is None else f"[{_signed(ci[0])}, {_signed(ci[1])}]"
+
+
+def _lift(record: CycleRecord) -> str:
+    ab = record.ab
+    return "—" if ab is None else f"{_signed(ab.lift)} {_interval(ab.ci)}"
+
+
+def _gates(record: CycleRecord) -> str:
+    gates = record.gates
+    if gates is None:
+        return "—"
+    passed = sum(g.verdict == "pass" for g in gates.gates)
+    verdict = gates.verdict.replace("_", " ")
+    return f"{verdict} ({passed}/{len(gates.gates)} pass)"
+
+
+def _off_plan(record: CycleRecord) -> list[str]:
+    """The cycle's deviations: the plan's checks that fell short, then what went wrong."""
+    found = [
+        f"{d.metric} {d.actual:.2f} vs {d.planned:.2f} planned"
+        for (cycle, _), d in checks.items()
+        if cycle == record.cycle and d.status == "off plan" and d.actual is not None
+    ]
+    return found + record.deviations
+
+
 rows = []
-for milestone in timeline:
-    a = by_cycle.get(milestone.cycle)
-    cost = deviations.get((milestone.cycle, "cost reduction (x)"))
+for milestone, record in zip(timeline, records, strict=True):
+    a = record.actuals
+    funnel = record.funnel
+    dataset = record.dataset
     rows.append(
         {
-            "cycle": milestone.cycle,
+            "cycle": record.cycle,
             "window": f"{milestone.start:%d %b} – {milestone.end:%d %b %Y}",
-            "status": "traffic logged" if a else "planned",
+            "status": record.status,
             "interactions": a.interactions if a else 0,
             "accepted": _pct(a.acceptance_rate if a else None),
             "thumbs up": _pct(a.thumbs_up_rate if a else None),
@@ -131,32 +161,41 @@ for milestone in timeline:
                 f"{a.realised_reduction:.1f}x" if a and a.realised_reduction else "—"
             ),
             "PII rows redacted": a.pii_rows if a else 0,
-            "plan check": cost.status if cost else "no data",
+            "funnel (rows in → out)": (
+                f"{funnel[0].rows_in:,} → {funnel[-1].rows_out:,}" if funnel else "—"
+            ),
+            "dataset rows": f"{dataset.rows:,}" if dataset else "—",
+            "synthetic": _pct(dataset.synthetic_share if dataset else None),
+            "gates": _gates(record),
+            "A/B lift [interval]": _lift(record),
+            "A/B decision": record.ab.verdict.replace("_", " ") if record.ab else "—",
+            "deviations": "; ".join(_off_plan(record)) or "—",
         }
     )
 table = pd.DataFrame(rows)
-off = [d for d in deviations.values() if d.status == "off plan"]
 
 
 def _highlight(row: pd.Series) -> list[str]:
-    colour = "background-color: #fde0dd" if row["plan check"] == "off plan" else ""
+    colour = "background-color: #fde0dd" if row["deviations"] != "—" else ""
     return [colour] * len(row)
 
 
 st.dataframe(table.style.apply(_highlight, axis=1), hide_index=True, width="stretch")
-if off:
+deviating = [(r.cycle, _off_plan(r)) for r in records if _off_plan(r)]
+if deviating:
     st.warning(
-        "Off plan: "
-        + "; ".join(
-            f"cycle {d.cycle} {d.metric} {d.actual:.2f} against {d.planned:.2f}"
-            for d in off
-            if d.actual is not None
-        ),
+        "Off plan: " + "; ".join(f"cycle {c}: {', '.join(found)}" for c, found in deviating),
         icon=":material/trending_down:",
     )
-latest = actuals[-1]
-realised = realised_monthly_savings(plan, latest)
-if latest.realised_reduction and realised is not None:
+st.caption(
+    "Gates: the report recorded with the cycle's decision, else checked now on the stored eval "
+    "results. A/B: the primary metric's relative lift with the interval the decision reads (a "
+    "confidence sequence when the plan's test is sequential)."
+)
+
+latest = actuals[-1] if actuals else None
+realised = realised_monthly_savings(plan, latest) if latest else None
+if latest and latest.realised_reduction and realised is not None:
     econ = plan.economics
     cols = st.columns(3)
     cols[0].metric(
@@ -170,6 +209,106 @@ if latest.realised_reduction and realised is not None:
         delta=f"${realised - econ.monthly_savings:+,.0f} vs projection",
     )
     cols[2].metric("Consented for training (latest)", _pct(latest.consent_rate))
+if actuals:
+    left, right = st.columns(2)
+    left.plotly_chart(cycle_rates_figure(actuals), width="stretch")
+    right.plotly_chart(cost_per_1k_figure(actuals), width="stretch")
 left, right = st.columns(2)
-left.plotly_chart(cycle_rates_figure(actuals), width="stretch")
-right.plotly_chart(cost_per_1k_figure(actuals), width="stretch")
+left.plotly_chart(dataset_sizes_figure(records), width="stretch")
+right.plotly_chart(lift_by_cycle_figure(records), width="stretch")
+
+# -- one cycle ----------------------------------------------------------------------------------
+st.markdown("#### One cycle")
+by_cycle = {r.cycle: r for r in records}
+started = [r.cycle for r in records if r.status != "planned"]
+picked = st.selectbox(
+    "Cycle",
+    list(by_cycle),
+    index=list(by_cycle).index(started[-1]),
+    format_func=lambda n: f"Cycle {n} · {by_cycle[n].status}",
+    key="overview_cycle",
+)
+record = by_cycle[picked]
+if record.status == "planned":
+    st.info(
+        f"Cycle {record.cycle} has not started: nothing is logged, run or evaluated for it yet "
+        f"(its window is {record.start:%d %b} – {record.end:%d %b %Y}).",
+        icon=":material/schedule:",
+    )
+    st.stop()
+
+a = record.actuals
+cols = st.columns(5)
+cols[0].metric("Interactions", f"{a.interactions:,}" if a else "—")
+cols[1].metric("Accepted", _pct(a.acceptance_rate if a else None))
+cols[2].metric("Thumbs up (of rated)", _pct(a.thumbs_up_rate if a else None))
+cols[3].metric("Consented for training", _pct(a.consent_rate if a else None))
+cols[4].metric("PII rows redacted", f"{a.pii_rows:,}" if a else "—")
+
+funnel_col, detail_col = st.columns(2)
+with funnel_col:
+    if record.funnel:
+        st.plotly_chart(
+            funnel_figure(
+                [s.to_dict() for s in record.funnel], title=f"Cycle {record.cycle} funnel"
+            ),
+            width="stretch",
+        )
+    else:
+        st.info(
+            f"Cycle {record.cycle} has not run yet: run it on the **Cycles** page or with "
+            f"`python -m core cycle run --cycle {record.cycle}` to see its funnel and dataset.",
+            icon=":material/info:",
+        )
+with detail_col:
+    dataset = record.dataset
+    if dataset is not None:
+        st.markdown(f"**Dataset** `{dataset.version_id}`")
+        parts = st.columns(3)
+        parts[0].metric("Rows", f"{dataset.rows:,}")
+        parts[1].metric("Production", f"{dataset.production:,}")
+        parts[2].metric(
+            "Synthetic", f"{dataset.synthetic:,}", help=f"{_pct(dataset.synthetic_share)} of rows"
+        )
+        st.caption(f"{dataset.train:,} train · {dataset.validation:,} validation rows.")
+    ab = record.ab
+    st.markdown("**A/B test**")
+    if ab is not None:
+        st.metric(
+            f"Lift of {ab.metric}",
+            _signed(ab.lift),
+            help=f"{ab.method}; {ab.users_control:,} control and {ab.users_treatment:,} "
+            "treatment users.",
+        )
+        st.markdown(
+            f"Interval {_interval(ab.ci)} · "
+            f"decision **{ab.verdict.replace('_', ' ')}**"
+            + (" · :red[sample ratio mismatch]" if ab.srm_mismatch else "")
+        )
+    elif record.ab_error:
+        st.warning(record.ab_error, icon=":material/warning:")
+    else:
+        st.info(
+            f"No A/B data for cycle {record.cycle} yet: interactions tagged with the cycle on "
+            "the plan's arms within its A/B window.",
+            icon=":material/info:",
+        )
+
+gates = record.gates
+if gates is None:
+    st.info(
+        f"Cycle {record.cycle} has no candidate or eval results yet, so no gate was checked: "
+        "see the **Evals & gates** page.",
+        icon=":material/info:",
+    )
+else:
+    source = (
+        f"recorded with the decision **{gates.decision}**"
+        if gates.decision
+        else "checked now on the stored results; no decision recorded yet"
+    )
+    st.caption(
+        f"Gates of candidate **{gates.candidate or '—'}**: "
+        f"{gates.verdict.replace('_', ' ')}, {source}."
+    )
+    st.plotly_chart(gate_thresholds_figure(gates.gates), width="stretch")

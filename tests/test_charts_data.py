@@ -1,10 +1,22 @@
-"""The Data and Consent charts: traces and values."""
+"""Chart builders: the Data, Consent, Evals and Overview charts by their traces and values."""
 
 from __future__ import annotations
 
 from datetime import date
 
-from core.charts import consent_rate_figure, pii_by_type_figure
+import pytest
+
+from core.charts import (
+    STATUS_COLOURS,
+    VERDICT_COLOURS,
+    consent_rate_figure,
+    dataset_sizes_figure,
+    gate_thresholds_figure,
+    lift_by_cycle_figure,
+    pii_by_type_figure,
+    timeline_figure,
+)
+from core.monitoring import CycleRecord, DatasetFigures, GateFigure, LiftFigures
 
 
 def test_pii_by_type_bars_largest_first() -> None:
@@ -117,3 +129,82 @@ def test_slice_scores_bars_with_threshold_ticks_and_reference_diamonds() -> None
     one_gate = slice_scores_figure(rows[:2])
     assert list(one_gate.layout.yaxis.ticktext) == ["all items", "topic = async"]
     assert slice_scores_figure([]).data == ()
+
+
+def _record(cycle: int, **parts: object) -> CycleRecord:
+    return CycleRecord(cycle=cycle, start=date(2027, cycle, 1), end=date(2027, cycle, 28), **parts)  # type: ignore[arg-type]
+
+
+def _lift(lift: float, ci: tuple[float, float], verdict: str) -> LiftFigures:
+    return LiftFigures(
+        metric="acceptance_rate",
+        method="sequential",
+        higher_is_better=True,
+        lift=lift,
+        ci=ci,
+        p_value=0.01,
+        users_control=100,
+        users_treatment=100,
+        verdict=verdict,
+        srm_mismatch=False,
+    )
+
+
+def test_gate_thresholds_bars_values_and_marks_thresholds() -> None:
+    gates = [
+        GateFigure("Code parses", "absolute", "parse_rate", True, "pass", 0.99, 0.95),
+        GateFigure("No regression", "no_regression", "tests", True, "fail", -0.05, -0.02),
+        GateFigure("Cost", "cost", "cost_per_1k", False, "insufficient_data", None, 0.2),
+    ]
+    fig = gate_thresholds_figure(gates)
+    bars, thresholds = fig.data
+    assert list(bars.y) == ["Code parses", "No regression", "Cost (non-blocking)"]
+    assert list(bars.x) == [0.99, -0.05, None]
+    assert list(bars.marker.color) == [
+        VERDICT_COLOURS["pass"],
+        VERDICT_COLOURS["fail"],
+        VERDICT_COLOURS["insufficient_data"],
+    ]
+    assert list(thresholds.x) == [0.95, -0.02, 0.2]
+    assert list(thresholds.y) == list(bars.y)
+
+
+def test_lift_by_cycle_points_with_asymmetric_intervals() -> None:
+    records = [
+        _record(1, ab=_lift(0.3, (0.1, 0.6), "ship")),
+        _record(2),  # no A/B data: left out
+        _record(3, ab=_lift(-0.1, (-0.25, 0.02), "roll_back")),
+    ]
+    point = lift_by_cycle_figure(records).data[0]
+    assert list(point.x) == ["Cycle 1", "Cycle 3"]
+    assert list(point.y) == [0.3, -0.1]
+    assert list(point.error_y.array) == pytest.approx([0.3, 0.12])
+    assert list(point.error_y.arrayminus) == pytest.approx([0.2, 0.15])
+    assert point.marker.color[1] == "#de2d26"
+
+
+def test_dataset_sizes_stack_production_and_synthetic() -> None:
+    records = [
+        _record(1, dataset=DatasetFigures("ds-c1", 205, 0, 205, 184, 21)),
+        _record(2, dataset=DatasetFigures("ds-c2", 105, 75, 30, 91, 14)),
+        _record(3),
+    ]
+    fig = dataset_sizes_figure(records)
+    assert [t.name for t in fig.data] == ["Production", "Synthetic"]
+    assert [list(t.y) for t in fig.data] == [[0, 75], [205, 30]]
+    assert list(fig.data[0].x) == ["Cycle 1", "Cycle 2"]
+    assert fig.layout.barmode == "stack"
+
+
+def test_timeline_marks_what_actually_happened() -> None:
+    from core.plan import plan_timeline
+    from core.starters import starter_plan
+
+    cycles = plan_timeline(starter_plan("python_coding_assistant"))
+    plain = timeline_figure(cycles)
+    assert "Actual" not in [t.name for t in plain.data]
+    marked = timeline_figure(cycles, status={1: "shipped", 2: "rejected"})
+    actual = next(t for t in marked.data if t.name == "Actual")
+    assert list(actual.text) == ["shipped", "rejected"]
+    assert list(actual.x) == [cycles[0].end.isoformat(), cycles[1].end.isoformat()]
+    assert list(actual.marker.color) == [STATUS_COLOURS["shipped"], STATUS_COLOURS["rejected"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from core.consent import (
     consent_counts,
     consent_rate_over_time,
+    consented_since_sql,
     count_eligible,
     eligible_interactions_sql,
     forget_user,
@@ -201,3 +203,55 @@ def test_demo_holds_interactions_consent_and_quarantine(demo_store: Store) -> No
     assert 0 < count_eligible(demo_store) < counted[0]
     sources = {r[0] for r in demo_store.fetch_all("SELECT DISTINCT source FROM consent_events")}
     assert {"eu-settings", "us-onboarding-notice"} <= sources
+
+
+def _random_ledger(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded users with a few grants and withdrawals each (ties on the same instant and
+    events in any order included) and interactions spread over the same days."""
+    rng = random.Random(seed)
+    moments = [f"2027-01-{d:02d}T{h:02d}:00:00Z" for d in range(1, 15) for h in (0, 12)]
+    users = [f"u{n}" for n in range(30)]
+    events = [
+        event(user, rng.choice(moments), rng.choice(["grant", "grant", "withdraw"]), scope)
+        for user in users
+        for _ in range(rng.randrange(5))
+        for scope in [rng.choice(["training", "training", "analytics"])]
+    ]
+    rng.shuffle(events)
+    rows = [interaction(f"i{n}", rng.choice(users), rng.choice(moments)) for n in range(300)]
+    return events, rows
+
+
+def test_consented_since_is_the_eligibility_rule(store: Store, tmp_path: Path) -> None:
+    events, rows = _random_ledger(11)
+    load(store, tmp_path, "events.jsonl", events, "consent")
+    load(store, tmp_path, "log.jsonl", rows, "interactions")
+    since = {
+        r[0]
+        for r in store.fetch_all(
+            f"SELECT i.interaction_id FROM interactions i JOIN ({consented_since_sql()}) c"
+            " ON c.user_id = i.user_id AND i.ts >= c.since",
+            {"scope": "training"},
+        )
+    }
+    assert since == eligible(store)
+    assert 0 < count_eligible(store) == len(since) < len(rows)
+
+
+def test_consent_rate_over_time_follows_each_users_latest_event(
+    store: Store, tmp_path: Path
+) -> None:
+    events, _ = _random_ledger(12)
+    load(store, tmp_path, "events.jsonl", events, "consent")
+    # The definition, day by day: every user's latest event by the end of the day.
+    expected = store.fetch_dicts(
+        "WITH days AS (SELECT unnest(generate_series(min(ts)::DATE, max(ts)::DATE,"
+        " INTERVAL 1 DAY))::DATE AS day FROM consent_events WHERE scope = 'training'),"
+        " state AS (SELECT d.day, e.user_id, arg_max(e.action = 'grant',"
+        " (e.ts, e.action = 'withdraw')) AS granted FROM days d JOIN consent_events e"
+        " ON e.scope = 'training' AND e.ts < d.day + INTERVAL 1 DAY GROUP BY d.day, e.user_id)"
+        " SELECT day, count(*) AS users, count(*) FILTER (WHERE granted) AS granted,"
+        " count(*) FILTER (WHERE granted) / count(*) AS rate FROM state GROUP BY day ORDER BY day"
+    )
+    assert len(expected) > 10
+    assert consent_rate_over_time(store, "training") == expected

@@ -1,18 +1,26 @@
-"""Cycle monitoring: per-cycle actuals from the store, plan against actual, and their charts."""
+"""Cycle monitoring: per-cycle actuals and records against figures computed here from the
+store, plan against actual, and their charts."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
+import pytest
+
+from core.abtest import ab_window, analyse_cycle
 from core.charts import cost_per_1k_figure, cycle_rates_figure
 from core.ingest import ingest_file
 from core.monitoring import (
     cycle_actuals,
+    cycle_monitoring,
     plan_vs_actual,
     realised_monthly_savings,
     store_revision,
 )
+from core.plan import Plan, plan_timeline
 from core.plan_versions import save_plan_version
 from core.retention import enforce_retention
 from core.starters import starter_plan
@@ -134,3 +142,178 @@ def test_charts_hold_one_point_per_cycle(demo_store: Store) -> None:
     assert [t.name for t in cost.data] == ["Teacher", "Student"]
     assert list(cost.data[1].y) == [a.student_cost_per_1k for a in actuals]
     assert all(t < s for t, s in zip(cost.data[1].y, cost.data[0].y, strict=True))
+
+
+# -- per cycle: funnel, dataset, gates, A/B ----------------------------------------------------
+
+DEMO = "python-coding-assistant"
+
+
+def _newest_run(store: Store, cycle: int) -> tuple[str, str]:
+    row = store.fetch_one(
+        "SELECT run_id, dataset_version FROM cycle_runs WHERE plan_id = ? AND cycle = ?"
+        " ORDER BY started_at DESC LIMIT 1",
+        [DEMO, cycle],
+    )
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+def _acceptance_lift(store: Store, plan: Plan, cycle: int) -> float:
+    """Relative lift of the acceptance rate, treatment on control, over the users of the
+    cycle's A/B window who stayed in one arm: computed here in SQL from the raw rows."""
+    first, last = ab_window(plan, cycle)
+    rates = dict(
+        store.fetch_all(
+            """
+            WITH test AS (
+                SELECT user_id, variant, accepted FROM interactions
+                WHERE cycle = $cycle AND ts >= $start AND ts < $stop
+                    AND variant IN ('control', 'treatment')
+            ),
+            one_arm AS (
+                SELECT user_id FROM test GROUP BY user_id HAVING count(DISTINCT variant) = 1
+            )
+            SELECT variant,
+                sum(CASE WHEN accepted THEN 1 ELSE 0 END) / count(accepted)
+            FROM test WHERE user_id IN (SELECT user_id FROM one_arm) GROUP BY variant
+            """,
+            {
+                "cycle": cycle,
+                "start": datetime.combine(first, time(0), UTC),
+                "stop": datetime.combine(last + timedelta(days=1), time(0), UTC),
+            },
+        )
+    )
+    return float((rates["treatment"] - rates["control"]) / rates["control"])
+
+
+def test_cycle_monitoring_matches_the_store(demo_store: Store) -> None:
+    from core.plan_versions import load_plan
+
+    plan, _ = load_plan(demo_store, DEMO)
+    records = {r.cycle: r for r in cycle_monitoring(demo_store, DEMO, plan)}
+    assert list(records) == [1, 2, 3, 4, 5, 6]
+
+    for cycle in (1, 2, 3):
+        record = records[cycle]
+        run_id, version = _newest_run(demo_store, cycle)
+        assert record.run_id == run_id
+        stages = demo_store.fetch_all(
+            "SELECT name, rows_in, rows_out, removed, added FROM cycle_stages WHERE run_id = ?"
+            " ORDER BY position",
+            [run_id],
+        )
+        assert [tuple(s.to_dict().values()) for s in record.funnel] == stages
+        counts = demo_store.fetch_one(
+            "SELECT count(*), count(*) FILTER (WHERE source = 'production'),"
+            " count(*) FILTER (WHERE source = 'synthetic'), count(*) FILTER (WHERE split ="
+            " 'train'), count(*) FILTER (WHERE split = 'validation') FROM dataset_rows"
+            " WHERE version_id = ?",
+            [version],
+        )
+        dataset = record.dataset
+        assert dataset is not None and dataset.version_id == version
+        assert counts == (
+            dataset.rows,
+            dataset.production,
+            dataset.synthetic,
+            dataset.train,
+            dataset.validation,
+        )
+        assert record.ab is not None
+        assert record.ab.lift == pytest.approx(_acceptance_lift(demo_store, plan, cycle))
+        # The interval is the one the A/B page shows and its decision reads.
+        page = analyse_cycle(demo_store, plan, cycle, plan_id=DEMO)
+        assert page is not None
+        assert record.ab.ci == pytest.approx(page.primary.ci)
+        assert record.ab.verdict == page.decision.verdict
+
+    # Cycle 1: the decision recorded its gate report; the table shows that report's figures.
+    decided = demo_store.fetch_all(
+        "SELECT g.name, g.verdict, g.value, g.threshold FROM gate_decisions,"
+        " unnest(CAST(report->'$.gates' AS JSON[])) AS t(gate),"
+        " LATERAL (SELECT gate->>'$.name' AS name, gate->>'$.verdict' AS verdict,"
+        " CAST(gate->>'$.value' AS DOUBLE) AS value,"
+        " CAST(gate->>'$.threshold' AS DOUBLE) AS threshold) g"
+        " WHERE plan_id = ? AND cycle = 1",
+        [DEMO],
+    )
+    gates = records[1].gates
+    assert gates is not None and gates.decision == "approved" and gates.verdict == "pass"
+    assert sorted((g.name, g.verdict, g.value, g.threshold) for g in gates.gates) == sorted(decided)
+
+    # Cycle 2: no decision, so the gates are checked now. "Code parses" is the candidate's
+    # mean python_parses score, the regression gate's value the mean paired difference.
+    gates = records[2].gates
+    assert gates is not None and gates.decision is None and gates.verdict == "fail"
+    by_name = {g.name: g for g in gates.gates}
+    parses = demo_store.fetch_one(
+        "SELECT avg(score) FROM eval_scores WHERE run_id = 'demo-cand-c2'"
+        " AND grader = 'python_parses'"
+    )
+    assert parses is not None and by_name["Code parses"].value == pytest.approx(parses[0])
+    diff = demo_store.fetch_one(
+        "SELECT avg(c.score - p.score) FROM eval_scores c JOIN eval_scores p USING (item_id)"
+        " WHERE c.run_id = 'demo-cand-c2' AND p.run_id = 'demo-prod-c2'"
+        " AND c.grader = 'python_tests' AND p.grader = 'python_tests'"
+    )
+    regression = by_name["No regression vs production"]
+    assert diff is not None and regression.value == pytest.approx(diff[0])
+    assert regression.verdict == "fail" and regression.threshold == -0.02
+    frozen_before = demo_store.fetch_one("SELECT count(*) FROM audit_log")
+    cycle_monitoring(demo_store, DEMO, plan)
+    assert demo_store.fetch_one("SELECT count(*) FROM audit_log") == frozen_before
+
+    assert [records[c].status for c in (1, 2, 3, 4)] == [
+        "shipped",
+        "rejected",
+        "dataset built",
+        "planned",
+    ]
+    assert records[2].deviations == [
+        "gate 'No regression vs production' failed",
+        "A/B says roll back",
+    ]
+    assert records[3].deviations == ["A/B sample ratio mismatch"]
+    assert records[3].gates is None  # cycle 3's fine-tuning job is still running
+    empty = records[5]
+    assert (empty.actuals, empty.run_id, empty.funnel, empty.dataset, empty.gates, empty.ab) == (
+        None,
+        None,
+        (),
+        None,
+        None,
+        None,
+    )
+    assert empty.deviations == []
+
+
+def test_a_lift_interval_below_zero_is_a_deviation() -> None:
+    from core.monitoring import CycleRecord, LiftFigures
+
+    lift = LiftFigures(
+        metric="acceptance_rate",
+        method="sequential",
+        higher_is_better=True,
+        lift=-0.2,
+        ci=(-0.3, -0.1),
+        p_value=0.001,
+        users_control=500,
+        users_treatment=500,
+        verdict="stop_no_effect",
+        srm_mismatch=False,
+    )
+    record = CycleRecord(cycle=1, start=date(2027, 1, 1), end=date(2027, 2, 1), ab=lift)
+    assert record.deviations == ["A/B lift interval below zero"]
+    worse_is_lower = replace(lift, higher_is_better=False, lift=0.2, ci=(0.1, 0.3))
+    assert replace(record, ab=worse_is_lower).deviations == ["A/B lift interval below zero"]
+    assert replace(record, ab=replace(lift, ci=(-0.3, 0.1))).deviations == []
+
+
+def test_cycle_monitoring_on_a_plan_that_has_not_run(store: Store) -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan_id, _ = save_plan_version(store, plan, note="p", author="x")
+    records = cycle_monitoring(store, plan_id, plan)
+    assert [r.cycle for r in records] == [c.cycle for c in plan_timeline(plan)]
+    assert {r.status for r in records} == {"planned"}

@@ -138,3 +138,23 @@ def test_many_threads_opening_and_closing_at_once_all_succeed(tmp_path: Path) ->
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_stamp_changes_with_every_write_and_never_with_a_read(tmp_path: Path) -> None:
+    store = Store(tmp_path / "stamped.duckdb")
+    store.schema_version()
+    first = store.stamp()
+    store.fetch_all("SELECT * FROM plans")
+    assert store.stamp() == first
+    store.execute("INSERT INTO workspace VALUES ('a', '1')")
+    second = store.stamp()
+    assert second != first
+    store.fetch_one("SELECT value FROM workspace WHERE key = 'a'")
+    assert store.stamp() == second
+    script = (
+        "import duckdb, sys; con = duckdb.connect(sys.argv[1]);"
+        " con.execute(\"INSERT INTO workspace VALUES ('b', '2')\"); con.close()"
+    )
+    subprocess.run([sys.executable, "-c", script, str(store.path)], check=True)
+    assert store.stamp() != second
+    assert Store(tmp_path / "missing.duckdb").stamp() == "-/-"
