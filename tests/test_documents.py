@@ -14,6 +14,7 @@ from conftest import ROOT
 from pypdf import PdfReader
 from streamlit.testing.v1 import AppTest
 
+from core.access import User, local_operator
 from core.documents import DOCUMENTS, TEMPLATES_DIR, render_document, render_documents
 from core.errors import DocumentError
 from core.lint import ab_requirement
@@ -281,7 +282,9 @@ def test_plan_page_offers_the_documents(demo_store: Store) -> None:
 
 
 def test_a_saved_plan_with_hostile_text_renders_on_the_page(demo_store: Store) -> None:
-    save_plan_version(demo_store, _hostile_plan(), note="test", author="t", plan_id=DEMO_ID)
+    save_plan_version(
+        demo_store, _hostile_plan(), note="test", user=local_operator(), plan_id=DEMO_ID
+    )
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     at.switch_page("pages/plan.py")
@@ -342,7 +345,7 @@ def test_cycle_report_escapes_user_text_in_html(demo_store: Store) -> None:
         demo_store,
         report,
         decision="rejected",
-        actor="<b>Eve</b>",
+        user=User("<b>Eve</b>", frozenset({"ml_lead"})),
         reason="Async slice <script>alert(1)</script> | regresses",
     )
     inputs = _cycle_inputs(demo_store, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.access import local_operator
 from core.charts import cost_per_1k_figure, cycle_rates_figure
 from core.ingest import ingest_file
 from core.monitoring import (
@@ -39,7 +40,7 @@ def _row(i: int, cycle_day: str, model: str, **extra: object) -> dict[str, objec
 
 def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
     plan = starter_plan("python_coding_assistant")
-    save_plan_version(store, plan, note="p", author="x")
+    save_plan_version(store, plan, note="p", user=local_operator())
     rows = [
         _row(
             1, "2027-01-03", "gpt-4o", accepted=True, feedback="up", cost_usd=0.01, latency_ms=100
@@ -64,7 +65,7 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
             prompt="mail me at ana@example.com",
         ),
     ]
-    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1)
+    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1, user=local_operator())
     consent = tmp_path / "consent.jsonl"
     consent.write_text(
         json.dumps(
@@ -79,7 +80,7 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
         )
         + "\n"
     )
-    ingest_file(store, consent, kind="consent")
+    ingest_file(store, consent, kind="consent", user=local_operator())
 
     (actual,) = cycle_actuals(store, plan)
     assert (actual.cycle, actual.interactions, actual.users) == (1, 4, 4)
@@ -101,9 +102,9 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
 
 def test_actuals_survive_retention(store: Store, tmp_path: Path) -> None:
     plan = starter_plan("python_coding_assistant")
-    save_plan_version(store, plan, note="p", author="x")
+    save_plan_version(store, plan, note="p", user=local_operator())
     rows = [_row(i, "2027-01-03", "gpt-4o", accepted=i % 2 == 0, cost_usd=0.01) for i in range(10)]
-    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1)
+    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1, user=local_operator())
     before = cycle_actuals(store, plan)[0]
     revision = store_revision(store)
     from datetime import UTC, datetime
