@@ -34,7 +34,7 @@ OUT = ROOT / "bench" / "out"
 import ibis  # noqa: E402
 
 from bench.make_log import write_log  # noqa: E402
-from core.access import User  # noqa: E402
+from core.access import User, local_operator  # noqa: E402
 from core.cycles import run_cycle  # noqa: E402
 from core.ingest import ingest_file  # noqa: E402
 from core.plan import Plan  # noqa: E402
@@ -69,7 +69,7 @@ def base_store(rows: int) -> Path:
     if not full.exists():
         store = Store(full)
         start = time.perf_counter()
-        result = ingest_file(store, log)
+        result = ingest_file(store, log, user=local_operator())
         took = time.perf_counter() - start
         print(f"(ingested the log once: {result.accepted:,} rows, {took:.0f} s)")
         _extras(store)
@@ -96,7 +96,7 @@ def base_store(rows: int) -> Path:
 
 
 def _extras(store: Store) -> None:
-    plan_id, version = save_plan_version(store, bench_plan(), note="bench", author="bench")
+    plan_id, version = save_plan_version(store, bench_plan(), note="bench", user=local_operator())
     for role in required_roles(bench_plan()):
         approver = User(f"bench {role}", frozenset({role}))
         record_decision(store, plan_id, version, role=role, user=approver, decision="approve")
@@ -142,7 +142,7 @@ def run_ours(base: Path) -> tuple[float, dict[str, Any]]:
     # its clock too.
     ibis.to_sql(ibis.table({"a": "string"}, name="t").filter(ibis._.a == "x"), dialect="duckdb")
     start = time.perf_counter()
-    result = run_cycle(store, plan_id, 2, actor="bench")
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     return time.perf_counter() - start, result.to_dict()
 
 

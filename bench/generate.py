@@ -61,7 +61,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     store = Store(workdir / "bench.duckdb")
     plan = starter_plan("python_coding_assistant")
-    plan_id, _ = save_plan_version(store, plan, note="bench", author="bench")
+    plan_id, _ = save_plan_version(store, plan, note="bench", user=local_operator())
     spec = GenerationSpec.load(store, plan_id)
     items = len(spec.cells) * plan.generation.examples_per_cell
     dry_run(store, plan_id)  # warm the tokenizer and the store outside the timings
@@ -89,7 +89,7 @@ def main() -> None:
 
     faulty = plan.model_copy(deep=True)
     faulty.generation.temperature = 0.81  # a new spec: nothing stored for it yet
-    save_plan_version(store, faulty, note="faults", author="bench", plan_id=plan_id)
+    save_plan_version(store, faulty, note="faults", user=local_operator(), plan_id=plan_id)
     faults = Faults(latency_s=0.2, rate=0.1, kinds=("429", "500", "malformed"), seed=4)
     with FakeOpenAI(faults) as server:
         endpoint = resolve_endpoint(base_url=server.url, api_key="bench")

@@ -27,13 +27,14 @@ DEFAULT = ROOT / "bench" / "out" / "interactions_1m.jsonl"
 
 def run_ours(path: str, db: str) -> dict[str, object]:
     sys.path.insert(0, str(ROOT))
+    from core.access import local_operator
     from core.ingest import ingest_file
     from core.store import Store
 
     store = Store(db)
     store.schema_version()
     start = time.perf_counter()
-    result = ingest_file(store, path)
+    result = ingest_file(store, path, user=local_operator())
     return {"seconds": time.perf_counter() - start, "result": result.to_dict()}
 
 

@@ -44,6 +44,7 @@ from streamlit import logger as streamlit_logger  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from bench.make_log import WORDS  # noqa: E402
+from core.access import local_operator  # noqa: E402
 from core.audit import record_audit  # noqa: E402
 from core.cycles import run_cycle  # noqa: E402
 from core.demo import load_demo  # noqa: E402
@@ -56,6 +57,7 @@ FIRST_TARGET_S = 2.0
 RERUN_TARGET_S = 0.5
 BULK_USERS = 100_000
 ACTOR = "bench/pages.py"
+OPERATOR = local_operator()
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def _bulk_evals(store: Store, plan_id: str, cycles: list[int]) -> None:
     for cycle in cycles[1:-1]:
         report = check_gates(store, plan_id, cycle)
         decision = "approved" if report.verdict == "pass" else "rejected"
-        record_decision(store, report, decision=decision, actor=ACTOR, reason="bench")
+        record_decision(store, report, decision=decision, user=OPERATOR, reason="bench")
 
 
 def build_store(rows: int, *, rebuild: bool = False) -> Path:
@@ -297,7 +299,7 @@ def build_store(rows: int, *, rebuild: bool = False) -> Path:
     step(f"{rows:,} interactions (SQL)", lambda: _bulk_interactions(store, plan, rows))
     step("consent for 75% of their users (SQL)", lambda: _bulk_consent(store, plan))
     for cycle in cycles:
-        step(f"cycle {cycle} run", lambda c=cycle: run_cycle(store, plan_id, c, actor=ACTOR))
+        step(f"cycle {cycle} run", lambda c=cycle: run_cycle(store, plan_id, c, user=OPERATOR))
     step("evals, gates and decisions", lambda: _bulk_evals(store, plan_id, cycles))
     with store.connect() as con:
         con.execute("CHECKPOINT")

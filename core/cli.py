@@ -103,7 +103,7 @@ def cmd_plan_lint(args: argparse.Namespace, store: Store) -> Outcome:
 def cmd_plan_import(args: argparse.Namespace, store: Store) -> Outcome:
     plan = read_plan_file(args.file)
     note = args.note or f"Imported from {Path(args.file).name}"
-    plan_id, version = save_plan_version(store, plan, note=note, author=_actor(), plan_id=args.plan)
+    plan_id, version = save_plan_version(store, plan, note=note, user=_user(), plan_id=args.plan)
     report = lint_plan(plan)
     state = "ready" if report.ready else f"draft, {len(report.errors)} lint error(s)"
     return Outcome(
@@ -287,12 +287,12 @@ def cmd_generate(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_ingest(args: argparse.Namespace, store: Store) -> Outcome:
-    result = ingest_file(store, args.file, kind=args.kind, cycle=args.cycle, actor=_actor())
+    result = ingest_file(store, args.file, user=_user(), kind=args.kind, cycle=args.cycle)
     return Outcome(result.to_dict(), result.summary)
 
 
 def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
-    rows = batch_rejects(store, args.batch, reveal_raw=args.raw, actor=_actor())
+    rows = batch_rejects(store, args.batch, user=_user(), reveal_raw=args.raw)
     text = "\n".join(
         f"line {r['line']}: {r['reason']}" + (f"\n    {r['raw']}" if args.raw else "") for r in rows
     )
@@ -303,7 +303,7 @@ def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
-    result = forget_user(store, args.user_id, actor=_actor())
+    result = forget_user(store, args.user_id, by=_user())
     tables = ", ".join(f"{t} {n}" for t, n in sorted(result.rows_deleted.items()))
     return Outcome(
         result.to_dict(),
@@ -629,7 +629,7 @@ def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
     plan_id = args.plan or default_plan_id(store)
     report = check_gates(store, plan_id, args.cycle)
     decision_id = record_decision(
-        store, report, decision=args.decision, actor=_actor(), reason=args.reason or ""
+        store, report, decision=args.decision, user=_user(), reason=args.reason or ""
     )
     return Outcome(
         {
@@ -726,7 +726,7 @@ def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
 
 def cmd_cycle_run(args: argparse.Namespace, store: Store) -> Outcome:
     plan_id = args.plan or default_plan_id(store)
-    result = run_cycle(store, plan_id, args.cycle, actor=_actor())
+    result = run_cycle(store, plan_id, args.cycle, user=_user())
     return Outcome(result.to_dict(), run_summary(result))
 
 

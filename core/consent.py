@@ -24,7 +24,6 @@ import ibis.expr.types as ir
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import ConsentError
-from core.settings import get_setting
 from core.store import Store
 
 __all__ = [
@@ -264,20 +263,18 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def forget_user(
-    store: Store, user_id: str, *, actor: str | None = None, by: User | None = None
-) -> ForgetResult:
-    """Erase a user's interactions and every copy of them, in one transaction, and audit it.
+def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
+    """Erase a user's interactions and every copy of them, in one transaction, and audit it
+    under the name of ``by``, who erases.
 
     Every table with a ``user_id`` or ``interaction_id`` column is covered (found through
     information_schema, so tables added later, such as dataset rows, are too), as are
     quarantined lines that mention the id. The audit entry holds a salted hash, never the id.
     Raises ConsentError when the store holds nothing of that user (unknown or already
-    forgotten); nothing is changed then. AccessError when ``by`` may not erase users.
+    forgotten); nothing is changed then. AccessError, before anything is read or changed, when
+    ``by`` may not erase users.
     """
-    if by is not None:
-        require(by, "data.erase")
-        actor = by.name
+    require(by, "data.erase")
     user = user_id.strip()
     if not user:
         raise ConsentError("Give the user id to forget.")
@@ -329,7 +326,7 @@ def forget_user(
         dataset_rows = sum(n for t, n in deleted.items() if "dataset" in t)
         record_audit(
             con,
-            actor=actor or str(get_setting("actor")),
+            actor=by.name,
             action="forget",
             target=f"user:{digest}",
             detail={"rows_deleted": deleted, "salted_hash": digest},

@@ -52,7 +52,6 @@ from core.plan import (
     plan_timeline,
 )
 from core.plan_versions import load_plan
-from core.settings import get_setting
 from core.signoffs import privacy_approved
 from core.store import Store
 
@@ -357,24 +356,22 @@ def run_cycle(
     plan_id: str,
     cycle: int,
     *,
-    actor: str | None = None,
+    user: User,
     progress: Progress | None = None,
-    user: User | None = None,
 ) -> CycleResult:
     """Run a cycle of the plan's newest version and build its dataset version, in one
     transaction (a failing stage leaves the store as it was).
 
     Raises CycleError when the privacy review is not approved (for a cycle on production data:
     the privacy reviewer's sign-off of this exact version), the cycle is not in the plan, a rule
-    cannot be evaluated, or no row would be left; AccessError when ``user`` may not run cycles.
+    cannot be evaluated, or no row would be left; AccessError, before anything is read or
+    written, when ``user`` may not run cycles. The run is recorded under ``user``'s name.
     """
-    if user is not None:
-        require(user, "cycle.run")
-        actor = user.name
+    require(user, "cycle.run")
     plan, plan_version = load_plan(store, plan_id)
     _check_can_run(store, plan, plan_id, plan_version, cycle)
     start, end = cycle_window(plan, cycle)
-    who = actor or str(get_setting("actor"))
+    who = user.name
     report = progress or (lambda fraction, message: None)
     rules = pipeline_rules(plan)
     total_steps = len(rules) + 5

@@ -26,7 +26,10 @@ from core.store import Store
 
 __all__ = ["DemoSummary", "is_demo_workspace", "load_demo"]
 
-DEMO_AUTHOR = "Maya Chen (demo)"
+# The demo acts as the people who would take each step, with their roles: the PM writes the
+# plan and loads the logs, the ML lead runs the cycles.
+DEMO_PM = User("Maya Chen (demo)", frozenset({"pm"}))
+DEMO_ML_LEAD = User("Omar Haddad (demo)", frozenset({"ml_lead"}))
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,7 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
     draft.logging.fields[2].retention_days = 365
     draft.gates = [g for g in draft.gates if g.comparator != "no_regression"]
     draft.ab_test.daily_traffic = 1500
-    plan_id, _ = save_plan_version(
-        store, draft, note="First draft", author=DEMO_AUTHOR, is_demo=True
-    )
+    plan_id, _ = save_plan_version(store, draft, note="First draft", user=DEMO_PM, is_demo=True)
 
     # Version 2: the privacy review's and the ML lead's comments addressed.
     reviewed = final.model_copy(deep=True)
@@ -88,13 +89,13 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
         store,
         reviewed,
         note="Retention cut to 90 days; regression gate added; privacy review approved",
-        author=DEMO_AUTHOR,
+        user=DEMO_PM,
         plan_id=plan_id,
     )
 
     # Version 3: traffic estimate from the launch forecast.
     save_plan_version(
-        store, final, note="Traffic from the launch forecast", author=DEMO_AUTHOR, plan_id=plan_id
+        store, final, note="Traffic from the launch forecast", user=DEMO_PM, plan_id=plan_id
     )
 
     _demo_generation(store, plan_id, rng)
@@ -435,11 +436,11 @@ def _load_demo_data(store: Store, plan: Plan, rng: random.Random) -> None:
         folder = Path(tmp)
         consent = folder / "demo_consent_events.jsonl"
         consent.write_text("\n".join(_demo_consent(plan, rng, users, timeline[0].start)) + "\n")
-        ingest_file(store, consent, kind="consent", actor=DEMO_AUTHOR)
+        ingest_file(store, consent, user=DEMO_PM, kind="consent")
         for cycle, lines in zip(timeline, _demo_interactions(plan, rng, users), strict=False):
             path = folder / f"demo_interactions_cycle{cycle.cycle}.jsonl"
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            ingest_file(store, path, kind="interactions", cycle=cycle.cycle, actor=DEMO_AUTHOR)
+            ingest_file(store, path, user=DEMO_PM, kind="interactions", cycle=cycle.cycle)
 
 
 # -- A/B tests ---------------------------------------------------------------------------------
@@ -540,7 +541,7 @@ def _load_demo_ab_tests(store: Store, plan: Plan, rng: random.Random) -> None:
             path = Path(tmp) / f"demo_ab_cycle{cycle}.jsonl"
             lines = _demo_ab_interactions(plan, rng, cycle, scenario)
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            ingest_file(store, path, kind="interactions", cycle=cycle, actor=DEMO_AUTHOR)
+            ingest_file(store, path, user=DEMO_PM, kind="interactions", cycle=cycle)
 
 
 # -- cycles --------------------------------------------------------------------------------------
@@ -676,8 +677,8 @@ def _demo_cycles(store: Store, plan_id: str, plan: Plan) -> None:
                 store,
                 path,
                 kind=kind,
+                user=DEMO_PM,
                 cycle=2 if kind == "interactions" else None,
-                actor=DEMO_AUTHOR,
             )
     for cycle in timeline[:DEMO_CYCLES]:
-        run_cycle(store, plan_id, cycle.cycle, actor=DEMO_AUTHOR)
+        run_cycle(store, plan_id, cycle.cycle, user=DEMO_ML_LEAD)

@@ -359,4 +359,4 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
         )
     report = check_gates(store, plan_id, 1)
     if report.verdict == "pass":
-        record_decision(store, report, decision="approved", actor=_ACTOR)
+        record_decision(store, report, decision="approved", user=_ML_LEAD)

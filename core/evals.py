@@ -226,7 +226,7 @@ def import_eval_set(
     require(user, "data.ingest")
     source = Path(path)
     who = user.name
-    batch = ingest_file(store, source, kind="eval-items", actor=who)
+    batch = ingest_file(store, source, user=user, kind="eval-items")
     rejected = {
         int(r[0])
         for r in store.fetch_all("SELECT line FROM quarantine WHERE batch_id = ?", [batch.batch_id])

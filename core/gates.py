@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats as sps
 
-from core.access import User, require
+from core.access import Permission, User, require
 from core.audit import record_audit
 from core.errors import GateError
 from core.evals import freeze_used_version, load_items, run_usage
@@ -55,6 +55,7 @@ from core.store import Store
 
 __all__ = [
     "DECISIONS",
+    "DECISION_PERMISSIONS",
     "GateInputs",
     "GateReport",
     "GateResult",
@@ -69,6 +70,13 @@ __all__ = [
 
 Verdict = Literal["pass", "fail", "insufficient_data"]
 DECISIONS = ("approved", "overridden", "rejected")
+# Shipping against the gates is the ML lead's call; approving or rejecting a candidate that
+# the gates judged is a sign-off like a plan's.
+DECISION_PERMISSIONS: dict[str, Permission] = {
+    "approved": "plan.approve",
+    "overridden": "gate.override",
+    "rejected": "plan.approve",
+}
 _MIN_OVERRIDE_REASON = 15
 
 
@@ -687,21 +695,21 @@ def record_decision(
     report: GateReport,
     *,
     decision: Literal["approved", "overridden", "rejected"],
-    actor: str | None = None,
+    user: User,
     reason: str = "",
-    user: User | None = None,
 ) -> str:
-    """Record who approved, overrode or rejected a cycle's candidate, with the gate report.
+    """Record that ``user`` approved, overrode or rejected a cycle's candidate, with the gate
+    report.
 
-    Approving needs a passing verdict; shipping against a failing or undecided verdict is an
-    override, which needs a written reason and the ml_lead role. Every decision is audited.
-    Raises GateError, or AccessError when ``user`` may not take this decision.
+    Approving or rejecting needs the plan.approve permission; shipping against a failing or
+    undecided verdict is an override, which needs a written reason and the ml_lead role. Every
+    decision is audited under ``user``'s name. Raises GateError, or AccessError (before
+    anything is written) when ``user`` may not take this decision.
     """
     if decision not in DECISIONS:
         raise GateError(f"Unknown decision '{decision}'; use approved, overridden or rejected.")
-    if user is not None:
-        require(user, "gate.override" if decision == "overridden" else "plan.approve")
-    who = user.name if user is not None else actor or str(get_setting("actor"))
+    require(user, DECISION_PERMISSIONS[decision])
+    who = user.name
     text = reason.strip()
     if decision == "approved" and report.verdict != "pass":
         raise GateError(

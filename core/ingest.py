@@ -620,16 +620,19 @@ def ingest_file(
     store: Store,
     path: str | Path,
     *,
+    user: User,
     kind: Kind = "interactions",
     cycle: int | None = None,
     file_name: str | None = None,
-    actor: str | None = None,
 ) -> IngestResult:
-    """Load one file as a batch; bad rows go to the quarantine, duplicates are counted.
+    """Load one file as a batch, recorded under ``user``'s name; bad rows go to the
+    quarantine, duplicates are counted.
 
     Raises IngestError when the file cannot be read at all (missing, unknown type, not the
-    format its name says); nothing is written then.
+    format its name says); AccessError when ``user`` may not ingest data. Nothing is written
+    then.
     """
+    require(user, "data.ingest")
     source = Path(path)
     name = file_name or source.name
     if kind not in KINDS:
@@ -638,7 +641,7 @@ def ingest_file(
         raise IngestError(f"{source}: no such file; give the path of a JSONL, CSV or Parquet file.")
     fmt, gz = _file_format(name)
     started = _now()
-    who = actor or str(get_setting("actor"))
+    who = user.name
     # JSONL of interactions without a BOM takes the fast path (see _load); gzip, a BOM, CSV
     # and Parquet the exact one.
     fast = fmt == "jsonl" and not gz and kind == "interactions" and not _has_bom(source)
@@ -1062,15 +1065,15 @@ def ingest_bytes(
     data: bytes,
     file_name: str,
     *,
+    user: User,
     kind: Kind = "interactions",
     cycle: int | None = None,
-    actor: str | None = None,
-    user: User | None = None,
 ) -> IngestResult:
-    """Load an uploaded file (its bytes and name) exactly as ``ingest_file`` loads a path."""
-    if user is not None:
-        require(user, "data.ingest")
-        actor = user.name
+    """Load an uploaded file (its bytes and name) exactly as ``ingest_file`` loads a path.
+
+    Raises AccessError, before anything is written, when ``user`` may not ingest data.
+    """
+    require(user, "data.ingest")
     _file_format(file_name)
     suffix = "".join(Path(file_name).suffixes[-2:]) or ".jsonl"
     handle, temp = tempfile.mkstemp(suffix=suffix, prefix="flywheel-upload-")
@@ -1078,7 +1081,7 @@ def ingest_bytes(
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         return ingest_file(
-            store, temp, kind=kind, cycle=cycle, file_name=Path(file_name).name, actor=actor
+            store, temp, user=user, kind=kind, cycle=cycle, file_name=Path(file_name).name
         )
     finally:
         Path(temp).unlink(missing_ok=True)
@@ -1099,19 +1102,17 @@ def batch_rejects(
     store: Store,
     batch_id: str,
     *,
+    user: User,
     reveal_raw: bool = False,
-    actor: str | None = None,
-    user: User | None = None,
 ) -> list[dict[str, Any]]:
     """The quarantined rows of one batch: line and reason, and the raw line when
-    ``reveal_raw`` (it may hold unredacted PII, so each such view is audited).
+    ``reveal_raw`` (it may hold unredacted PII, so each such view is audited under ``user``).
 
-    Raises IngestError when the batch does not exist.
+    Raises IngestError when the batch does not exist; AccessError, before anything is read,
+    when ``reveal_raw`` and ``user`` may not view raw PII.
     """
-    if user is not None:
-        if reveal_raw:
-            require(user, "pii.view_raw")
-        actor = user.name
+    if reveal_raw:
+        require(user, "pii.view_raw")
     if store.fetch_one("SELECT 1 FROM ingest_batches WHERE batch_id = ?", [batch_id]) is None:
         raise IngestError(
             f"No batch {batch_id!r}; `python -m core ingest FILE` prints the id of each batch."
@@ -1126,7 +1127,7 @@ def batch_rejects(
         if reveal_raw:
             record_audit(
                 con,
-                actor=actor or str(get_setting("actor")),
+                actor=user.name,
                 action="view_raw_text",
                 target=f"quarantine:{batch_id}",
                 detail={"rows": len(rows)},
@@ -1148,17 +1149,19 @@ def pii_samples(
     store: Store,
     pii_type: str,
     *,
+    user: User,
     limit: int = 5,
     reveal_raw: bool = False,
-    actor: str | None = None,
-    user: User | None = None,
 ) -> list[dict[str, Any]]:
     """Interactions in which ``pii_type`` was redacted: the redacted texts, and the originals
-    only when ``reveal_raw`` — each such view is written to the audit log (without the text)."""
-    if user is not None:
-        if reveal_raw:
-            require(user, "pii.view_raw")
-        actor = user.name
+    only when ``reveal_raw`` — each such view is written to the audit log under ``user``
+    (without the text).
+
+    Raises AccessError, before anything is read, when ``reveal_raw`` and ``user`` may not
+    view raw PII.
+    """
+    if reveal_raw:
+        require(user, "pii.view_raw")
     if pii_type not in PII_TYPES:
         raise IngestError(f"Unknown PII type {pii_type!r}; use one of {', '.join(PII_TYPES)}.")
     columns = "interaction_id, batch_id, prompt, response"
@@ -1175,7 +1178,7 @@ def pii_samples(
         if reveal_raw:
             record_audit(
                 con,
-                actor=actor or str(get_setting("actor")),
+                actor=user.name,
                 action="view_raw_text",
                 target=f"pii:{pii_type}",
                 detail={"rows": len(rows)},

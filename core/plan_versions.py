@@ -75,20 +75,19 @@ def save_plan_version(
     plan: Plan,
     *,
     note: str,
-    author: str,
+    user: User,
     plan_id: str | None = None,
     is_demo: bool = False,
-    user: User | None = None,
 ) -> tuple[str, int]:
-    """Store ``plan`` as the next version of ``plan_id`` (a new plan when None).
+    """Store ``plan`` as the next version of ``plan_id`` (a new plan when None), authored by
+    ``user``.
 
     Returns (plan_id, version). Lint errors do not stop a save: the version is kept as a draft
-    that is not ready. Raises PlanError when ``plan_id`` names no stored plan, AccessError when
-    ``user`` may not edit plans.
+    that is not ready. Raises PlanError when ``plan_id`` names no stored plan; AccessError,
+    before anything is written, when ``user`` may not edit plans.
     """
-    if user is not None:
-        require(user, "plan.edit")
-        author = user.name
+    require(user, "plan.edit")
+    author = user.name
     report = lint_plan(plan)
     now = datetime.now(UTC)
     with store.transaction() as con:

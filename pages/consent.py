@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.access import refusal
 from core.charts import consent_rate_figure
 from core.consent import (
     SCOPES,
@@ -18,6 +19,7 @@ from pages._common import cached_read, current_user, get_store, guarded, page_he
 
 page_header("Consent")
 user = current_user()
+erase_refused = refusal(user, "data.erase")
 store = get_store()
 
 counts = guarded(lambda: cached_read(consent_counts)) or []
@@ -64,7 +66,11 @@ st.caption(
 with st.form("forget"):
     forget_id = st.text_input("User id to erase", key="forget_user")
     confirmed = st.checkbox("I understand this cannot be undone", key="forget_confirm")
-    go = st.form_submit_button("Forget this user", icon=":material/delete_forever:")
+    if erase_refused:
+        st.caption(erase_refused)
+    go = st.form_submit_button(
+        "Forget this user", icon=":material/delete_forever:", disabled=erase_refused is not None
+    )
 if go:
     if not forget_id.strip():
         st.warning("Enter the user id to erase.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.access import refusal
 from core.charts import composition_heatmap_figure, funnel_figure
 from core.cycles import (
     cycle_runs,
@@ -66,7 +67,16 @@ labels = {
 left, right = st.columns([3, 1])
 cycle = left.selectbox("Cycle", list(labels), format_func=labels.__getitem__, key="cycle_pick")
 right.write("")
-if right.button("Run cycle", icon=":material/play_arrow:", type="primary", key="cycle_run"):
+run_refused = refusal(user, "cycle.run")
+if run_refused:
+    st.caption(run_refused)
+if right.button(
+    "Run cycle",
+    icon=":material/play_arrow:",
+    type="primary",
+    key="cycle_run",
+    disabled=run_refused is not None,
+):
     bar = st.progress(0.0, text="Starting…")
     result = guarded(
         lambda: run_cycle(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.access import refusal
 from core.charts import pii_by_type_figure
 from core.ingest import KINDS, batch_rejects, ingest_bytes, list_batches, pii_samples, pii_summary
 from core.privacy import PII_TYPES
@@ -11,6 +12,8 @@ from pages._common import current_user, get_store, guarded, page_header
 
 page_header("Data")
 user = current_user()
+ingest_refused = refusal(user, "data.ingest")
+raw_refused = refusal(user, "pii.view_raw")
 store = get_store()
 
 st.markdown("#### Load a file")
@@ -19,11 +22,16 @@ with st.form("upload", clear_on_submit=True):
         "Interaction log, consent events or eval items",
         type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"],
         help="JSONL, CSV or Parquet; JSONL and CSV may be gzipped (.jsonl.gz, .csv.gz).",
+        disabled=ingest_refused is not None,
     )
     left, right = st.columns(2)
     kind = left.selectbox("The file holds", KINDS, key="upload_kind")
     cycle = right.number_input("Cycle (0 = none)", min_value=0, step=1, key="upload_cycle")
-    submitted = st.form_submit_button("Load", icon=":material/upload:")
+    if ingest_refused:
+        st.caption(ingest_refused)
+    submitted = st.form_submit_button(
+        "Load", icon=":material/upload:", disabled=ingest_refused is not None
+    )
 if submitted and upload is not None:
     progress = st.progress(0.1, text=f"Reading {upload.name}…")
     data = upload.getvalue()
@@ -68,8 +76,12 @@ if not with_rejects:
 else:
     batch_id = st.selectbox("Batch", with_rejects, key="quarantine_batch")
     show_raw_lines = st.toggle(
-        "Show the raw lines (may hold unredacted PII; each view is audited)", key="raw_quarantine"
+        "Show the raw lines (may hold unredacted PII; each view is audited)",
+        key="raw_quarantine",
+        disabled=raw_refused is not None,
     )
+    if raw_refused:
+        st.caption(raw_refused)
     rows = guarded(lambda: batch_rejects(store, batch_id, reveal_raw=show_raw_lines, user=user))
     if rows is not None:
         st.dataframe(rows, hide_index=True, width="stretch")
@@ -85,7 +97,10 @@ else:
     show_raw = st.toggle(
         "Show the original text (unredacted; each view is written to the audit log)",
         key="raw_pii",
+        disabled=raw_refused is not None,
     )
+    if raw_refused:
+        st.caption(raw_refused)
     samples = guarded(lambda: pii_samples(store, pii_type, reveal_raw=show_raw, user=user))
     for sample in samples or []:
         with st.container(border=True):

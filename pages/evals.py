@@ -30,7 +30,13 @@ from core.evals import (
     slice_dimensions,
     slice_means,
 )
-from core.gates import GateReport, check_gates, cycle_decisions, record_decision
+from core.gates import (
+    DECISION_PERMISSIONS,
+    GateReport,
+    check_gates,
+    cycle_decisions,
+    record_decision,
+)
 from core.graders import GRADERS, grader_for_metric
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
@@ -198,7 +204,15 @@ with report_tab:
             )
             st.caption(f"Recorded as **{user.name}**.")
             reason = st.text_area("Reason", help="Required for an override; kept in the audit log.")
-            if st.form_submit_button("Record decision"):
+            decision_refusals = {
+                permission: refusal(user, permission)
+                for permission in sorted(set(DECISION_PERMISSIONS.values()))
+            }
+            for refused_decision in decision_refusals.values():
+                if refused_decision:
+                    st.caption(refused_decision)
+            may_decide = None in decision_refusals.values()
+            if st.form_submit_button("Record decision", disabled=not may_decide):
                 decision_id = guarded(
                     lambda: record_decision(
                         store,

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.access import refusal
 from core.charts import timeline_figure
 from core.errors import FlywheelError
 from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_data
@@ -55,6 +56,7 @@ SECTIONS = {
 
 store = get_store()
 user = current_user()
+edit_refused = refusal(user, "plan.edit")
 
 page_header("Plan")
 if flash := st.session_state.pop("plan_flash", None):
@@ -66,7 +68,6 @@ def _create_from_starter(key: str) -> None:
         store,
         starter_plan(key),
         note=f"Created from the starter '{STARTERS[key]}'",
-        author=user.name,
         user=user,
     )
     select_plan(plan_id)
@@ -74,7 +75,9 @@ def _create_from_starter(key: str) -> None:
 
 with st.popover("New plan from a starter", icon=":material/add:"):
     starter = st.selectbox("Starter", list(STARTERS), format_func=STARTERS.__getitem__)
-    if st.button("Create plan", type="primary"):
+    if edit_refused:
+        st.caption(edit_refused)
+    if st.button("Create plan", type="primary", disabled=edit_refused is not None):
         guarded(lambda: _create_from_starter(starter))
         st.rerun()
 
@@ -220,10 +223,10 @@ with side:
 
     st.markdown("#### Save")
     st.caption("Unsaved changes." if changed else f"No changes since v{version}.")
-    if not user.can("plan.edit"):
-        st.caption(f"{user.name} can read plans; editing needs the pm or ml_lead role.")
+    if edit_refused:
+        st.caption(edit_refused)
     note = st.text_input("Change note", key=f"{token}.note", placeholder="What changed and why")
-    blocked = plan is None or not changed or not user.can("plan.edit")
+    blocked = plan is None or not changed or edit_refused is not None
     if st.button("Save as new version", type="primary", disabled=blocked):
         if plan is None:
             st.error("Fix the schema errors first.")
@@ -232,7 +235,7 @@ with side:
         else:
             try:
                 _, new_version = save_plan_version(
-                    store, plan, note=note.strip(), author=user.name, plan_id=plan_id, user=user
+                    store, plan, note=note.strip(), plan_id=plan_id, user=user
                 )
             except FlywheelError as exc:
                 st.error(str(exc))
@@ -309,14 +312,23 @@ with files:
             )
     with up:
         st.markdown("**Upload a plan file**")
-        upload = st.file_uploader("JSON or YAML", type=["json", "yaml", "yml"], key="plan_upload")
+        upload = st.file_uploader(
+            "JSON or YAML",
+            type=["json", "yaml", "yml"],
+            key="plan_upload",
+            disabled=edit_refused is not None,
+        )
+        if edit_refused:
+            st.caption(edit_refused)
         target = st.radio(
             "Store as",
             ["next version of this plan", "a new plan"],
             horizontal=True,
             key="upload_target",
         )
-        if upload is not None and st.button("Store uploaded plan", key="store_upload"):
+        if upload is not None and st.button(
+            "Store uploaded plan", key="store_upload", disabled=edit_refused is not None
+        ):
             try:
                 text = upload.getvalue().decode("utf-8")
                 uploaded = parse_plan(text, plan_format_for(upload.name), source=upload.name)
@@ -324,7 +336,6 @@ with files:
                     store,
                     uploaded,
                     note=f"Uploaded {upload.name}",
-                    author=user.name,
                     user=user,
                     plan_id=plan_id if target.startswith("next") else None,
                 )

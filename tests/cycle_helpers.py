@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from core.access import User
+from core.access import User, local_operator
 from core.generation import GenerationSpec, cell_key, write_examples
 from core.ingest import ingest_file
 from core.plan import Plan
@@ -68,7 +68,7 @@ def build_workspace(
 ) -> str:
     """Store a plan, interactions, consent (u-3 has none), an eval set and synthetic rows."""
     chosen = plan or cycle_plan()
-    plan_id, _ = save_plan_version(store, chosen, note="test", author="test")
+    plan_id, _ = save_plan_version(store, chosen, note="test", user=local_operator())
     reviewer = User("Priya", frozenset({"privacy_reviewer"}))
     record_decision(store, plan_id, 1, role="privacy_reviewer", user=reviewer, decision="approve")
     granted = datetime(2026, 12, 1, tzinfo=UTC).isoformat()
@@ -83,7 +83,9 @@ def build_workspace(
         }
         for u in consent_users
     ]
-    ingest_file(store, write_jsonl(tmp / "consent.jsonl", consent), kind="consent")
+    ingest_file(
+        store, write_jsonl(tmp / "consent.jsonl", consent), kind="consent", user=local_operator()
+    )
     evals = [
         {
             "item_id": "e-1",
@@ -97,9 +99,11 @@ def build_workspace(
             "prompt": "Explain what a context manager is and write one with contextlib",
         },
     ]
-    ingest_file(store, write_jsonl(tmp / "evals.jsonl", evals), kind="eval-items")
+    ingest_file(
+        store, write_jsonl(tmp / "evals.jsonl", evals), kind="eval-items", user=local_operator()
+    )
     data = rows if rows is not None else [interaction(n) for n in range(40)]
-    ingest_file(store, write_jsonl(tmp / "interactions.jsonl", data))
+    ingest_file(store, write_jsonl(tmp / "interactions.jsonl", data), user=local_operator())
     if synthetic:
         stored, version = load_plan(store, plan_id)
         spec = GenerationSpec(plan_id, version, stored)

@@ -10,6 +10,7 @@ import httpx2
 import openai
 from fake_openai import completion_body, reply_content
 
+from core.access import local_operator
 from core.plan import Axis, Plan
 from core.plan_versions import save_plan_version
 from core.starters import starter_plan
@@ -35,7 +36,7 @@ def tiny_plan(
 
 def store_plan(store: Store, plan: Plan) -> str:
     """Save ``plan`` and return its id."""
-    plan_id, _ = save_plan_version(store, plan, note="test", author="tests")
+    plan_id, _ = save_plan_version(store, plan, note="test", user=local_operator())
     return plan_id
 
 

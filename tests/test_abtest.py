@@ -22,6 +22,7 @@ from statsmodels.stats.proportion import proportions_ztest
 from streamlit.testing.v1 import AppTest
 
 from core.abtest import ab_window, analyse_cycle, design_ab_test, plan_design, resolve_metric
+from core.access import local_operator
 from core.charts import ab_lift_figure
 from core.demo import load_demo
 from core.errors import AnalysisError
@@ -56,7 +57,7 @@ def write_test(
     cycle: int = 1,
 ) -> str:
     """Store the plan and a seeded A/B test of ``users`` users in the cycle's window."""
-    plan_id, _ = save_plan_version(store, plan, note="test", author="tests")
+    plan_id, _ = save_plan_version(store, plan, note="test", user=local_operator())
     rng = np.random.default_rng(seed)
     first, last = ab_window(plan, cycle)
     start = datetime.combine(first, time(6), UTC)
@@ -98,7 +99,7 @@ def write_test(
             )
     path = tmp_path / f"ab{seed}.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    ingest_file(store, path, kind="interactions", cycle=cycle, actor="tests")
+    ingest_file(store, path, kind="interactions", cycle=cycle, user=local_operator())
     return plan_id
 
 
@@ -193,7 +194,7 @@ def test_a_fixed_horizon_design_is_not_read_before_the_planned_sample(
 
 def test_a_cycle_without_ab_data_gives_none(store: Store) -> None:
     plan = demo_plan()
-    save_plan_version(store, plan, note="t", author="t")
+    save_plan_version(store, plan, note="t", user=local_operator())
     assert analyse_cycle(store, plan, 2) is None
 
 
@@ -319,7 +320,7 @@ def test_users_seen_in_both_arms_are_left_out(store: Store, tmp_path: Path) -> N
         )
         + "\n"
     )
-    ingest_file(store, crossing, cycle=1)
+    ingest_file(store, crossing, cycle=1, user=local_operator())
     result = analyse_cycle(store, plan, 1, plan_id=plan_id)
     assert result is not None and result.excluded_users == 1
     assert sum(a.users for a in result.arms) == 199
@@ -466,7 +467,7 @@ def test_page_on_an_empty_store_says_what_to_do(store: Store) -> None:
 
 
 def test_page_on_a_cycle_without_data_shows_an_empty_state(store: Store) -> None:
-    save_plan_version(store, demo_plan(), note="t", author="t")
+    save_plan_version(store, demo_plan(), note="t", user=local_operator())
     at = open_abtest()
     assert not at.exception and not at.error
     assert any("no A/B data yet" in i.value for i in at.info)

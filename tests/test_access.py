@@ -1,28 +1,52 @@
-"""Generation, eval runs and training are role-gated in core: a role without the permission is
+"""Every write in core is role-gated: plan edits and sign-offs, ingest, erasure, raw-PII views,
+cycles, gate decisions, generation, eval runs and training. A role without the permission is
 refused before any call to the model server and before anything is written; the permitted role
-succeeds and is named in the audit log. Pages show the buttons disabled with the role needed."""
+succeeds and is named in the audit log; no entry point can be called without saying who acts.
+Pages show the buttons disabled with the role needed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import inspect
+import json
+import pkgutil
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cycle_helpers import build_workspace, interaction
 from eval_helpers import code_items, responder, write_jsonl
 from fake_openai import FakeOpenAI
 from gen_helpers import store_plan, tiny_plan
 from streamlit.testing.v1 import AppTest
 
-from core.access import ACTIONS, PERMISSIONS, ROLES, AccessError, User, local_operator
+import core
+from core import gates, signoffs
+from core.access import (
+    ACTIONS,
+    PERMISSIONS,
+    ROLES,
+    AccessError,
+    Permission,
+    User,
+    local_operator,
+    refusal,
+)
+from core.consent import forget_user
+from core.cycles import run_cycle
 from core.evals import (
     JudgeConfig,
     eval_endpoint,
     freeze_set_version,
     import_eval_set,
     import_results,
+    record_results,
     run_eval,
 )
 from core.generation import run_batch, run_generation
+from core.ingest import batch_rejects, ingest_bytes, ingest_file, pii_samples
 from core.llm import resolve_endpoint
 from core.plan_versions import save_plan_version
 from core.starters import starter_plan
@@ -174,7 +198,7 @@ def test_loading_an_eval_set_needs_the_ingest_permission(store: Store, tmp_path:
 
 def _training_plan(store: Store, tmp_path: Path) -> tuple[str, Path]:
     plan_id, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="t", author="tests"
+        store, starter_plan("python_coding_assistant"), note="t", user=PM
     )
     export = tmp_path / "ds-1.jsonl"
     export.write_text(
@@ -242,15 +266,284 @@ def test_only_an_ml_lead_registers_a_candidate(store: Store, tmp_path: Path) -> 
     assert candidate["registered_by"] == "Omar"
 
 
+# -- the older gated entry points ----------------------------------------------------------------
+
+
+def _rows_per_table(store: Store) -> dict[str, int]:
+    """Every table's row count, the audit log's included: what "nothing was written" means."""
+    names = [
+        str(r[0])
+        for r in store.fetch_all(
+            "SELECT table_name FROM duckdb_tables() WHERE NOT internal AND NOT temporary"
+        )
+    ]
+    counts = {}
+    for name in names:
+        row = store.fetch_one(f'SELECT count(*) FROM "{name}"')
+        counts[name] = int(row[0]) if row else 0
+    return counts
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A plan the privacy reviewer approved, logs with PII and a quarantined line, consent."""
+
+    store: Store
+    plan_id: str
+    batch_id: str
+    upload: Path
+
+
+@pytest.fixture
+def workspace(store: Store, tmp_path: Path) -> Workspace:
+    rows = [interaction(n) for n in range(24)]
+    rows[3]["prompt"] = "Mail the fixed script to ana.lopez@example.com please"
+    plan_id = build_workspace(store, tmp_path, rows, synthetic=0)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(interaction(90)) + "\n{not json\n", encoding="utf-8")
+    batch = ingest_file(store, broken, user=local_operator())
+    upload = write_jsonl(tmp_path / "upload.jsonl", [interaction(n) for n in range(60, 64)])
+    return Workspace(store, plan_id, batch.batch_id, upload)
+
+
+def _gate_report(plan_id: str, verdict: str) -> gates.GateReport:
+    return gates.GateReport(
+        plan_id=plan_id,
+        plan_version=1,
+        cycle=2,
+        candidate="ft:student",
+        verdict=verdict,  # type: ignore[arg-type]
+        gates=[],
+        runs={},
+        checked_at="2027-01-20T00:00:00+00:00",
+    )
+
+
+_OVERRIDE_REASON = "The slice regression is a labelling error, fixed in the next cycle."
+
+
+@dataclass(frozen=True)
+class Gated:
+    """One gated entry point: how to call it as ``user``, the permission it needs, who may,
+    and the audit action it records."""
+
+    call: Callable[[Workspace, User], object]
+    permission: Permission
+    allowed: User
+    action: str
+
+
+OLDER_ENTRY_POINTS: dict[str, Gated] = {
+    "save_plan_version": Gated(
+        lambda w, u: save_plan_version(
+            w.store, starter_plan("python_coding_assistant"), note="n", plan_id=w.plan_id, user=u
+        ),
+        "plan.edit",
+        PM,
+        "plan.save",
+    ),
+    "signoffs.record_decision": Gated(
+        lambda w, u: signoffs.record_decision(
+            w.store, w.plan_id, 1, role="pm", user=u, decision="approve"
+        ),
+        "plan.approve",
+        PM,
+        "plan.approve",
+    ),
+    "run_cycle": Gated(
+        lambda w, u: run_cycle(w.store, w.plan_id, 2, user=u), "cycle.run", ML, "cycle_run"
+    ),
+    "ingest_file": Gated(
+        lambda w, u: ingest_file(w.store, w.upload, user=u), "data.ingest", PM, "ingest"
+    ),
+    "ingest_bytes": Gated(
+        lambda w, u: ingest_bytes(w.store, w.upload.read_bytes(), "upload.jsonl", user=u),
+        "data.ingest",
+        ML,
+        "ingest",
+    ),
+    "forget_user": Gated(
+        lambda w, u: forget_user(w.store, "u-0", by=u), "data.erase", PRIVACY, "forget"
+    ),
+    "batch_rejects(reveal_raw)": Gated(
+        lambda w, u: batch_rejects(w.store, w.batch_id, reveal_raw=True, user=u),
+        "pii.view_raw",
+        PRIVACY,
+        "view_raw_text",
+    ),
+    "pii_samples(reveal_raw)": Gated(
+        lambda w, u: pii_samples(w.store, "EMAIL", reveal_raw=True, user=u),
+        "pii.view_raw",
+        PRIVACY,
+        "view_raw_text",
+    ),
+    "gates.record_decision(approved)": Gated(
+        lambda w, u: gates.record_decision(
+            w.store, _gate_report(w.plan_id, "pass"), decision="approved", user=u
+        ),
+        "plan.approve",
+        PRIVACY,
+        "gate.approved",
+    ),
+    "gates.record_decision(overridden)": Gated(
+        lambda w, u: gates.record_decision(
+            w.store,
+            _gate_report(w.plan_id, "fail"),
+            decision="overridden",
+            reason=_OVERRIDE_REASON,
+            user=u,
+        ),
+        "gate.override",
+        ML,
+        "gate.overridden",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", OLDER_ENTRY_POINTS)
+def test_a_viewer_is_refused_and_nothing_is_written(workspace: Workspace, name: str) -> None:
+    gated = OLDER_ENTRY_POINTS[name]
+    before = _rows_per_table(workspace.store)
+    audit_before = workspace.store.fetch_all("SELECT * FROM audit_log ORDER BY ts")
+    expected = refusal(VIEWER, gated.permission)
+    assert expected is not None and expected.startswith("Val (viewer) may not ")
+    with pytest.raises(AccessError, match=re.escape(expected) + " Ask an admin"):
+        gated.call(workspace, VIEWER)
+    assert _rows_per_table(workspace.store) == before
+    assert workspace.store.fetch_all("SELECT * FROM audit_log ORDER BY ts") == audit_before
+
+    # The role that may do it does, and the audit log names them.
+    gated.call(workspace, gated.allowed)
+    assert _audit_actors(workspace.store, gated.action)[-1:] == [gated.allowed.name]
+
+
+def test_roles_on_the_older_entry_points() -> None:
+    assert not PM.can("cycle.run") and not PM.can("data.erase") and not PM.can("pii.view_raw")
+    assert not ML.can("pii.view_raw") and not PRIVACY.can("data.ingest")
+    assert refusal(PM, "gate.override") == (
+        "Maya (pm) may not override gates (gate.override): it needs the ml_lead role."
+    )
+    assert refusal(PRIVACY, "data.erase") is None and refusal(ML, "cycle.run") is None
+
+
+# -- the user is a required argument ----------------------------------------------------------
+
+
+def _without_user(store: Store, tmp_path: Path) -> dict[str, Callable[[], object]]:
+    """Each gated entry point called with everything but the acting user."""
+    path = tmp_path / "x.jsonl"
+    report = _gate_report("p", "fail")
+    return {
+        "save_plan_version": lambda: save_plan_version(store, tiny_plan(), note="n"),  # type: ignore[call-arg]
+        "signoffs.record_decision": lambda: signoffs.record_decision(  # type: ignore[call-arg]
+            store, "p", 1, role="pm", decision="approve"
+        ),
+        "run_cycle": lambda: run_cycle(store, "p", 2),  # type: ignore[call-arg]
+        "ingest_file": lambda: ingest_file(store, path),  # type: ignore[call-arg]
+        "ingest_bytes": lambda: ingest_bytes(store, b"{}", "x.jsonl"),  # type: ignore[call-arg]
+        "forget_user": lambda: forget_user(store, "u-0"),  # type: ignore[call-arg]
+        "batch_rejects": lambda: batch_rejects(store, "b", reveal_raw=True),  # type: ignore[call-arg]
+        "pii_samples": lambda: pii_samples(store, "EMAIL", reveal_raw=True),  # type: ignore[call-arg]
+        "gates.record_decision": lambda: gates.record_decision(  # type: ignore[call-arg]
+            store, report, decision="overridden", reason=_OVERRIDE_REASON
+        ),
+        "run_generation": lambda: run_generation(store, "p"),  # type: ignore[call-arg]
+        "run_batch": lambda: run_batch(store, "p"),  # type: ignore[call-arg]
+        "import_eval_set": lambda: import_eval_set(store, path),  # type: ignore[call-arg]
+        "freeze_set_version": lambda: freeze_set_version(store, "s", 1, reason="r"),  # type: ignore[call-arg]
+        "run_eval": lambda: run_eval(  # type: ignore[call-arg]
+            store, eval_set="s", model="m", role="candidate", graders=["exact"]
+        ),
+        "import_results": lambda: import_results(  # type: ignore[call-arg]
+            store, path, eval_set="s", role="candidate"
+        ),
+        "record_results": lambda: record_results(  # type: ignore[call-arg]
+            store, [], eval_set="s", role="candidate"
+        ),
+        "start_training": lambda: start_training(store, "p", 1, dataset_version="d"),  # type: ignore[call-arg]
+        "follow_training": lambda: follow_training(store, "job"),  # type: ignore[call-arg]
+        "register_candidate": lambda: register_candidate(  # type: ignore[call-arg]
+            store, "p", 1, model="m", endpoint="e"
+        ),
+    }
+
+
+ENTRY_POINTS = [
+    "save_plan_version",
+    "signoffs.record_decision",
+    "run_cycle",
+    "ingest_file",
+    "ingest_bytes",
+    "forget_user",
+    "batch_rejects",
+    "pii_samples",
+    "gates.record_decision",
+    "run_generation",
+    "run_batch",
+    "import_eval_set",
+    "freeze_set_version",
+    "run_eval",
+    "import_results",
+    "record_results",
+    "start_training",
+    "follow_training",
+    "register_candidate",
+]
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_no_entry_point_runs_without_saying_who_acts(
+    store: Store, tmp_path: Path, name: str
+) -> None:
+    before = _rows_per_table(store)
+    with pytest.raises(TypeError, match=r"missing 1 required keyword-only argument: '(user|by)'"):
+        _without_user(store, tmp_path)[name]()
+    assert _rows_per_table(store) == before
+
+
+def test_every_function_that_takes_the_acting_user_requires_it() -> None:
+    """A new gated function in core with ``user: User | None = None`` fails here."""
+    taking: set[str] = set()
+    for info in pkgutil.iter_modules(core.__path__):
+        # access holds the checks themselves (require(user, permission)); __main__ runs the CLI.
+        if info.name in {"access", "__main__"}:
+            continue
+        module = importlib.import_module(f"core.{info.name}")
+        for name in getattr(module, "__all__", []):
+            function = getattr(module, name)
+            if not inspect.isfunction(function) or function.__module__ != module.__name__:
+                continue
+            for parameter in inspect.signature(function).parameters.values():
+                annotation = str(parameter.annotation)
+                if re.search(r"\bUser\b", annotation):
+                    where = f"{info.name}.{name}({parameter.name})"
+                    assert annotation == "User", f"{where} is {annotation}: make it User"
+                    assert parameter.default is inspect.Parameter.empty, f"{where} has a default"
+                    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, where
+                    taking.add(f"{info.name}.{name}")
+    assert {
+        "plan_versions.save_plan_version",
+        "cycles.run_cycle",
+        "ingest.ingest_file",
+        "ingest.ingest_bytes",
+        "ingest.batch_rejects",
+        "ingest.pii_samples",
+        "consent.forget_user",
+        "gates.record_decision",
+        "signoffs.record_decision",
+    } <= taking
+
+
 # -- pages ---------------------------------------------------------------------------------------
 
 
 def _signed_in(email: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The app with OIDC login configured and ``email`` signed in; the roles file makes
-    omar@ an ML lead and maya@ a PM, anyone else a viewer."""
+    omar@ an ML lead, maya@ a PM and priya@ a privacy reviewer, anyone else a viewer."""
     roles = tmp_path / "roles.yaml"
     roles.write_text(
-        "default_role: viewer\nusers:\n  omar@example.com: [ml_lead]\n  maya@example.com: [pm]\n",
+        "default_role: viewer\nusers:\n  omar@example.com: [ml_lead]\n  maya@example.com: [pm]\n"
+        "  priya@example.com: [privacy_reviewer]\n",
         encoding="utf-8",
     )
     monkeypatch.setenv("FLYWHEEL_ROLES_FILE", str(roles))
@@ -319,3 +612,70 @@ def test_a_viewer_sees_eval_and_training_actions_disabled(
     assert not enabled["FormSubmitter:register_candidate-Register as candidate"]
     assert not enabled["FormSubmitter:eval_run-Run eval"]
     assert "may not" not in _captions(lead)
+
+
+# Each page's write actions (a widget's key, else its label) and the permission each needs.
+PAGE_ACTIONS: list[tuple[str, str, Permission]] = [
+    ("pages/data.py", "Interaction log, consent events or eval items", "data.ingest"),
+    ("pages/data.py", "FormSubmitter:upload-Load", "data.ingest"),
+    ("pages/data.py", "raw_quarantine", "pii.view_raw"),
+    ("pages/data.py", "raw_pii", "pii.view_raw"),
+    ("pages/consent.py", "FormSubmitter:forget-Forget this user", "data.erase"),
+    ("pages/evals.py", "FormSubmitter:decision-Record decision", "plan.approve"),
+    ("pages/cycles.py", "cycle_run", "cycle.run"),
+    ("pages/plan.py", "Create plan", "plan.edit"),
+    ("pages/plan.py", "Save as new version", "plan.edit"),
+    ("pages/plan.py", "plan_upload", "plan.edit"),
+]
+
+
+def _disabled(at: AppTest) -> dict[str, bool]:
+    """Whether each button, toggle and file uploader on the page is disabled, by key or label."""
+    widgets = [*at.button, *at.toggle, *at.file_uploader]
+    return {(w.key or w.label): w.disabled for w in widgets}
+
+
+def _open(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, (page, at.exception)
+    return at
+
+
+def test_a_viewer_sees_every_write_action_disabled_with_the_role_needed(
+    demo_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _signed_in("val@example.com", tmp_path, monkeypatch)
+    before = _rows_per_table(demo_store)
+    for page in dict.fromkeys(p for p, _, _ in PAGE_ACTIONS):
+        _open(at, page)
+        disabled, captions = _disabled(at), _captions(at)
+        for _, action, permission in (a for a in PAGE_ACTIONS if a[0] == page):
+            assert disabled[action], (page, action)
+            assert refusal(VIEWER, permission) in captions, (page, permission)
+        if page == "pages/evals.py":
+            # Approving, rejecting and overriding a candidate each say which role they need.
+            assert "Val (viewer) may not approve plans" in captions
+            assert "Val (viewer) may not override gates (gate.override)" in captions
+    assert _rows_per_table(demo_store) == before
+
+
+def test_the_permitted_roles_find_the_write_actions_enabled(
+    demo_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lead = _signed_in("omar@example.com", tmp_path, monkeypatch)
+    for page in ("pages/data.py", "pages/consent.py", "pages/evals.py", "pages/cycles.py"):
+        disabled = _disabled(_open(lead, page))
+        for _, action, permission in (a for a in PAGE_ACTIONS if a[0] == page):
+            assert disabled[action] is (permission == "pii.view_raw"), (page, action)
+    assert "may not" not in _captions(lead)  # on the Cycles page, the last one opened
+    disabled = _disabled(_open(lead, "pages/plan.py"))
+    assert not disabled["Create plan"] and not disabled["plan_upload"]
+
+    # Raw PII is the privacy reviewer's to see; a PM records decisions but cannot override.
+    reviewer = _open(_signed_in("priya@example.com", tmp_path, monkeypatch), "pages/data.py")
+    disabled = _disabled(reviewer)
+    assert not disabled["raw_quarantine"] and not disabled["raw_pii"]
+    assert disabled["FormSubmitter:upload-Load"]
+    pm = _open(_signed_in("maya@example.com", tmp_path, monkeypatch), "pages/evals.py")
+    assert not _disabled(pm)["FormSubmitter:decision-Record decision"]
+    assert "Maya (pm) may not override gates (gate.override)" in _captions(pm)

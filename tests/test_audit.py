@@ -6,6 +6,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 
+from core.access import User
 from core.audit import audit_csv, audit_entries
 from core.plan_versions import save_plan_version
 from core.starters import starter_plan
@@ -14,9 +15,17 @@ from core.store import Store
 
 def test_filters_and_csv(store: Store) -> None:
     plan_id, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="a", author="maya"
+        store,
+        starter_plan("python_coding_assistant"),
+        note="a",
+        user=User("maya", frozenset({"pm"})),
     )
-    save_plan_version(store, starter_plan("customer_support_assistant"), note="b", author="jonas")
+    save_plan_version(
+        store,
+        starter_plan("customer_support_assistant"),
+        note="b",
+        user=User("jonas", frozenset({"pm"})),
+    )
     everything = audit_entries(store)
     assert [e.actor for e in everything] == ["jonas", "maya"]  # newest first
     assert [e.actor for e in audit_entries(store, actor="maya")] == ["maya"]

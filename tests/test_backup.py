@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from core.access import local_operator
 from core.backup import backup_store, restore_store
 from core.errors import StoreError
 from core.plan_versions import list_plans, list_versions
@@ -40,7 +41,7 @@ def test_round_trip_restores_every_row(demo_store: Store, tmp_path: Path) -> Non
 
     plan, _ = load_plan(again, "python-coding-assistant")
     save_plan_version(
-        again, plan, note="after restore", author="x", plan_id="python-coding-assistant"
+        again, plan, note="after restore", user=local_operator(), plan_id="python-coding-assistant"
     )
     assert len(list_versions(again, "python-coding-assistant")) == 4
 

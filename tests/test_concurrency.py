@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from core.access import User, local_operator
 from core.plan_files import dump_plan
 from core.plan_versions import list_versions, load_plan, save_plan_version
 from core.starters import starter_plan
@@ -19,7 +20,7 @@ from core.store import Store
 
 def test_sessions_and_a_cli_job_lose_no_write(store: Store, tmp_path: Path) -> None:
     plan_id, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="0", author="seed"
+        store, starter_plan("python_coding_assistant"), note="0", user=local_operator()
     )
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(dump_plan(starter_plan("python_coding_assistant"), "yaml"))
@@ -49,7 +50,11 @@ def test_sessions_and_a_cli_job_lose_no_write(store: Store, tmp_path: Path) -> N
                 plan, _ = load_plan(busy_store, plan_id)
                 plan.cadence.min_new_examples = 500 + i
                 save_plan_version(
-                    busy_store, plan, note=f"{name} {i}", author=name, plan_id=plan_id
+                    busy_store,
+                    plan,
+                    note=f"{name} {i}",
+                    user=User(name, frozenset({"pm"})),
+                    plan_id=plan_id,
                 )
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from core.access import User, local_operator
 from core.consent import (
     consent_counts,
     consent_rate_over_time,
@@ -27,7 +28,7 @@ from core.store import Store
 def load(store: Store, tmp_path: Path, name: str, rows: list[dict[str, Any]], kind: str) -> None:
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    result = ingest_file(store, path, kind=kind)  # type: ignore[arg-type]
+    result = ingest_file(store, path, kind=kind, user=local_operator())  # type: ignore[arg-type]
     assert result.rejected == 0, result
 
 
@@ -159,7 +160,7 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     # A quarantined line of the victim, broken enough that it has no parsed user_id.
     broken = tmp_path / "broken.jsonl"
     broken.write_text(f'{{"interaction_id": "v9", "user_id": "{victim}", "ts": \n')
-    ingest_file(store, broken)
+    ingest_file(store, broken, user=local_operator())
     # A table added later (e.g. another copy of dataset rows) is covered without code changes.
     store.execute(
         "CREATE TABLE dataset_rows_later (dataset_version INTEGER, interaction_id VARCHAR,"
@@ -170,7 +171,7 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     )
     assert any(victim in v for _, _, v in _every_text_value(store))
 
-    result = forget_user(store, victim, actor="privacy officer")
+    result = forget_user(store, victim, by=User("privacy officer", frozenset({"privacy_reviewer"})))
     assert result.interactions_deleted == 3
     assert result.dataset_rows_deleted == 3
     assert result.rows_deleted["quarantine"] == 1
@@ -184,9 +185,9 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     assert audit is not None and audit[0] == "user:" + salted_hash(str(salt[0]), victim)
 
     with pytest.raises(ConsentError, match="already forgotten"):
-        forget_user(store, victim)
+        forget_user(store, victim, by=local_operator())
     with pytest.raises(ConsentError, match="holds nothing"):
-        forget_user(store, "never-seen")
+        forget_user(store, "never-seen", by=local_operator())
     assert store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'forget'") == (1,)
 
 

@@ -13,6 +13,7 @@ import pytest
 from cycle_helpers import EVAL_QUESTION, build_workspace, cycle_plan, interaction
 
 from core import cycles, quality
+from core.access import local_operator
 from core.consent import forget_user
 from core.cycles import cycle_window, pipeline_rules, run_cycle, run_stages, why_dropped
 from core.datasets import get_version
@@ -300,7 +301,7 @@ def _workspace_rows() -> list[dict[str, Any]]:
 
 def test_cycle_end_to_end_funnel_reconciles(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
-    result = run_cycle(store, plan_id, 2)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     stages = result.stages
     assert [s.name for s in stages][:3] == ["window", "consent", "pii_redacted"]
     assert stages[0].rows_in == 35  # every row but the one after the freeze
@@ -345,7 +346,7 @@ def test_cycle_end_to_end_funnel_reconciles(store: Store, tmp_path: Path) -> Non
 def test_mix_follows_the_ratio_and_the_cap(store: Store, tmp_path: Path) -> None:
     plan = cycle_plan(original_to_new_ratio=0.5, max_dataset_size=12)
     plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(20)], plan=plan)
-    result = run_cycle(store, plan_id, 2)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     mix = next(s for s in result.stages if s.name == "mix")
     # 15 consented rows; the cap of 12 keeps 12 // 1.5 = 8 production rows and 4 synthetic.
     assert (mix.rows_in, mix.removed, mix.added, mix.rows_out) == (15, 7, 4, 12)
@@ -359,7 +360,7 @@ def test_mix_follows_the_ratio_and_the_cap(store: Store, tmp_path: Path) -> None
 def test_split_is_stratified_by_cell(store: Store, tmp_path: Path) -> None:
     plan = cycle_plan(validation_share=0.25)
     plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(40)], plan=plan)
-    result = run_cycle(store, plan_id, 2)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     for cell in get_version(store, result.dataset_version).composition["cells"]:
         total = cell["train"] + cell["validation"]
         assert cell["validation"] == int(total * 0.25 + 0.5)
@@ -369,8 +370,8 @@ def test_same_cycle_over_same_data_gives_the_same_hash(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
-    first = run_cycle(store, plan_id, 2)
-    again = run_cycle(store, plan_id, 2)
+    first = run_cycle(store, plan_id, 2, user=local_operator())
+    again = run_cycle(store, plan_id, 2, user=local_operator())
     assert (again.dataset_version, again.sha256, again.new_version) == (
         first.dataset_version,
         first.sha256,
@@ -380,7 +381,7 @@ def test_same_cycle_over_same_data_gives_the_same_hash(
     monkeypatch.setenv("FLYWHEEL_DB", str(other.path))
     (tmp_path / "b").mkdir()
     other_plan = build_workspace(other, tmp_path / "b", list(reversed(_workspace_rows())))
-    assert run_cycle(other, other_plan, 2).sha256 == first.sha256
+    assert run_cycle(other, other_plan, 2, user=local_operator()).sha256 == first.sha256
 
 
 def test_cycle_refuses_without_an_approved_privacy_review(store: Store, tmp_path: Path) -> None:
@@ -388,7 +389,7 @@ def test_cycle_refuses_without_an_approved_privacy_review(store: Store, tmp_path
     plan.consent.privacy_review.status = "in_review"
     plan_id = build_workspace(store, tmp_path, plan=plan)
     with pytest.raises(CycleError, match="privacy review is 'in_review', not approved"):
-        run_cycle(store, plan_id, 2)
+        run_cycle(store, plan_id, 2, user=local_operator())
     assert store.fetch_one("SELECT count(*) FROM cycle_runs") == (0,)
 
 
@@ -412,15 +413,15 @@ def test_a_failing_stage_leaves_the_store_as_it_was(
 
     monkeypatch.setitem(cycles.STAGE_RUNNERS, "near_dedup", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        run_cycle(store, plan_id, 2)
+        run_cycle(store, plan_id, 2, user=local_operator())
     assert {t: store.fetch_one(f"SELECT count(*) FROM {t}") for t in tables} == before
     monkeypatch.undo()
-    assert run_cycle(store, plan_id, 2).new_version
+    assert run_cycle(store, plan_id, 2, user=local_operator()).new_version
 
 
 def test_why_was_this_interaction_dropped(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
-    run_cycle(store, plan_id, 2)
+    run_cycle(store, plan_id, 2, user=local_operator())
     (dropped,) = why_dropped(store, "i-031")
     assert dropped["outcome"] == "removed" and dropped["stage"] == "positive_or_accepted"
     assert "neither rated thumbs-up nor accepted" in dropped["why"]
@@ -432,12 +433,12 @@ def test_why_was_this_interaction_dropped(store: Store, tmp_path: Path) -> None:
 
 def test_forget_removes_dataset_rows_and_counts_them(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
-    result = run_cycle(store, plan_id, 2)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     (in_dataset,) = store.fetch_one(  # type: ignore[misc]
         "SELECT count(*) FROM dataset_rows WHERE user_id = 'u-1'"
     )
     assert in_dataset > 0
-    outcome = forget_user(store, "u-1")
+    outcome = forget_user(store, "u-1", by=local_operator())
     assert outcome.dataset_rows_deleted == in_dataset
     assert store.fetch_one("SELECT count(*) FROM dataset_rows WHERE user_id = 'u-1'") == (0,)
     assert store.fetch_one("SELECT count(*) FROM cycle_removed_rows WHERE user_id = 'u-1'") == (0,)
@@ -446,15 +447,15 @@ def test_forget_removes_dataset_rows_and_counts_them(store: Store, tmp_path: Pat
 
 def test_stages_are_stored_with_the_run(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
-    result = run_cycle(store, plan_id, 2)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     assert [s.to_dict() for s in run_stages(store, result.run_id)] == [
         s.to_dict() | {"seconds": round(s.seconds, 3)} for s in result.stages
     ]
     plan, _ = load_plan(store, plan_id)
     plan.consent.privacy_review.status = "rejected"
-    save_plan_version(store, plan, note="rejected", author="test", plan_id=plan_id)
+    save_plan_version(store, plan, note="rejected", user=local_operator(), plan_id=plan_id)
     with pytest.raises(CycleError, match="'rejected'"):
-        run_cycle(store, plan_id, 3)
+        run_cycle(store, plan_id, 3, user=local_operator())
 
 
 def test_production_cycle_needs_the_privacy_reviewers_sign_off(
@@ -463,7 +464,7 @@ def test_production_cycle_needs_the_privacy_reviewers_sign_off(
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
     plan, _ = load_plan(store, plan_id)
     plan.cadence.validation_share = 0.2
-    _, version = save_plan_version(store, plan, note="edit", author="test", plan_id=plan_id)
+    _, version = save_plan_version(store, plan, note="edit", user=local_operator(), plan_id=plan_id)
     with pytest.raises(CycleError, match=f"approve this exact plan version \\(v{version}\\)"):
-        run_cycle(store, plan_id, 2)
+        run_cycle(store, plan_id, 2, user=local_operator())
     assert store.fetch_one("SELECT count(*) FROM dataset_versions") == (0,)

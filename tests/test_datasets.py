@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT
 from cycle_helpers import build_workspace, interaction
 
+from core.access import local_operator
 from core.cycles import run_cycle
 from core.datasets import (
     check_openai_jsonl,
@@ -31,7 +32,7 @@ def version(store: Store, tmp_path: Path) -> str:
     rows = [interaction(n) for n in range(24)]
     rows.append(interaction(40, system="You are a terse Python assistant."))
     plan_id = build_workspace(store, tmp_path, rows)
-    return run_cycle(store, plan_id, 2).dataset_version
+    return run_cycle(store, plan_id, 2, user=local_operator()).dataset_version
 
 
 def test_export_passes_the_upload_checks_and_is_byte_stable(
@@ -121,17 +122,19 @@ def test_token_limits_and_epochs() -> None:
 
 def test_compare_counts_rows_added_and_removed_per_cell(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(24)], synthetic=0)
-    old = run_cycle(store, plan_id, 2).dataset_version
+    old = run_cycle(store, plan_id, 2, user=local_operator()).dataset_version
     (tmp_path / "more").mkdir()
     from cycle_helpers import write_jsonl
 
     from core.ingest import ingest_file
 
     ingest_file(
-        store, write_jsonl(tmp_path / "more" / "i.jsonl", [interaction(n) for n in range(50, 54)])
+        store,
+        write_jsonl(tmp_path / "more" / "i.jsonl", [interaction(n) for n in range(50, 54)]),
+        user=local_operator(),
     )
     store.execute("DELETE FROM interactions WHERE interaction_id = 'i-000'")
-    new = run_cycle(store, plan_id, 2)
+    new = run_cycle(store, plan_id, 2, user=local_operator())
     assert new.new_version and new.dataset_version.endswith("-v2")
     diff = compare_versions(store, old, new.dataset_version)
     # i-050..053: u-2, u-3, u-0, u-1 → three consented; i-000 gone.

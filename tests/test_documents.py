@@ -15,6 +15,7 @@ from conftest import ROOT
 from pypdf import PdfReader
 from streamlit.testing.v1 import AppTest
 
+from core.access import User, local_operator
 from core.documents import DOCUMENTS, TEMPLATES_DIR, render_document, render_documents
 from core.errors import DocumentError
 from core.lint import ab_requirement
@@ -309,7 +310,9 @@ def test_plan_page_offers_the_documents(demo_store: Store) -> None:
 
 
 def test_a_saved_plan_with_hostile_text_renders_on_the_page(demo_store: Store) -> None:
-    save_plan_version(demo_store, _hostile_plan(), note="test", author="t", plan_id=DEMO_ID)
+    save_plan_version(
+        demo_store, _hostile_plan(), note="test", user=local_operator(), plan_id=DEMO_ID
+    )
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     at.switch_page("pages/plan.py")
@@ -352,7 +355,7 @@ def test_cycle_report_escapes_user_text_in_html(demo_store: Store) -> None:
         demo_store,
         report,
         decision="rejected",
-        actor="<b>Eve</b>",
+        user=User("<b>Eve</b>", frozenset({"ml_lead"})),
         reason="Async slice <script>alert(1)</script> | regresses",
     )
     inputs = _cycle_inputs(demo_store, 2)
@@ -465,7 +468,7 @@ def test_model_card_says_whether_the_candidate_was_promoted(demo_store: Store) -
         demo_store,
         check_gates(demo_store, DEMO_ID, 2),
         decision="overridden",
-        actor="Omar Haddad",
+        user=User("Omar Haddad", frozenset({"ml_lead"})),
         reason="The async tests are flaky upstream; a hotfix is queued.",
     )
     overridden = render_document(
@@ -491,7 +494,7 @@ def test_model_card_escapes_user_text(demo_store: Store) -> None:
         demo_store,
         check_gates(demo_store, DEMO_ID, 2),
         decision="rejected",
-        actor="<b>Eve</b>",
+        user=User("<b>Eve</b>", frozenset({"ml_lead"})),
         reason="Broken <img src=x onerror=alert(1)> | output",
     )
     inputs = _cycle_inputs(demo_store, 2)

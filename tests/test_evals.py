@@ -11,7 +11,7 @@ from eval_helpers import code_items, responder, write_jsonl
 from fake_openai import FakeOpenAI, Faults
 from statsmodels.stats.inter_rater import cohens_kappa as sm_kappa
 
-from core.access import User
+from core.access import User, local_operator
 from core.errors import EvalError, GateError
 from core.evals import (
     JudgeConfig,
@@ -304,7 +304,7 @@ def _gate_workspace(store: Store, tmp_path: Path, *, regress_async: bool) -> str
     for gate in plan.gates:
         if gate.eval_set:
             gate.eval_set = "py-mini"
-    plan_id, _ = save_plan_version(store, plan, note="t", author="tests")
+    plan_id, _ = save_plan_version(store, plan, note="t", user=local_operator())
     items = code_items(40)
     _import(store, tmp_path, items, "set.jsonl")
     ids = {i["item_id"]: i["topic"] for i in items}
@@ -350,11 +350,11 @@ def test_gates_read_from_the_store_and_a_decision_is_audited(store: Store, tmp_p
     assert ("topic", "async") in short  # (its losses are all "hard" items, so that slice too)
     assert ("topic", "lists") not in short
     with pytest.raises(GateError, match="cannot be approved"):
-        record_decision(store, report, decision="approved", actor="Omar")
+        record_decision(store, report, decision="approved", user=ML)
     with pytest.raises(GateError, match="written reason"):
-        record_decision(store, report, decision="overridden", actor="Omar", reason="ok")
+        record_decision(store, report, decision="overridden", user=ML, reason="ok")
     reason = "Async slice regression is a known flaky test; fix ships in cycle 2."
-    decision_id = record_decision(store, report, decision="overridden", actor="Omar", reason=reason)
+    decision_id = record_decision(store, report, decision="overridden", user=ML, reason=reason)
     decisions = cycle_decisions(store, plan_id, 1)
     assert decisions[0]["decision_id"] == decision_id and decisions[0]["reason"] == reason
     audit = store.fetch_one("SELECT actor, detail FROM audit_log WHERE action = 'gate.overridden'")
@@ -365,6 +365,6 @@ def test_gates_pass_without_the_regression(store: Store, tmp_path: Path) -> None
     plan_id = _gate_workspace(store, tmp_path, regress_async=False)
     report = check_gates(store, plan_id, 1)
     assert report.verdict == "pass"
-    record_decision(store, report, decision="approved", actor="Omar")
+    record_decision(store, report, decision="approved", user=ML)
     with pytest.raises(GateError, match="approve instead"):
-        record_decision(store, report, decision="overridden", actor="Omar", reason="x" * 30)
+        record_decision(store, report, decision="overridden", user=ML, reason="x" * 30)

@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.access import local_operator
 from core.errors import FlywheelError, PlanError
 from core.ingest import batch_rejects, ingest_bytes
 from core.plan_files import dump_plan, parse_plan
@@ -94,7 +95,7 @@ def test_random_yaml_text_never_crashes(text: str) -> None:
 
 def test_rejected_upload_stores_nothing(store: Store) -> None:
     with contextlib.suppress(PlanError):
-        save_plan_version(store, parse_plan("goal: 7", "yaml"), note="n", author="a")
+        save_plan_version(store, parse_plan("goal: 7", "yaml"), note="n", user=local_operator())
     assert list_plans(store) == []
 
 
@@ -156,7 +157,7 @@ def test_any_log_line_is_stored_or_quarantined_with_a_reason(
     lines.append(junk.replace(b"\n", b" "))
     name = f"fuzz-{abs(hash(tuple(lines)))}.jsonl"
     try:
-        result = ingest_bytes(store, b"\n".join(lines) + b"\n", name)
+        result = ingest_bytes(store, b"\n".join(lines) + b"\n", name, user=local_operator())
     except FlywheelError as exc:
         assert str(exc)
         return
@@ -164,6 +165,6 @@ def test_any_log_line_is_stored_or_quarantined_with_a_reason(
     if result.already_loaded:  # hypothesis replayed a file this store already holds
         assert result.accepted == 0
         return
-    reasons = batch_rejects(store, result.batch_id)
+    reasons = batch_rejects(store, result.batch_id, user=local_operator())
     assert len(reasons) == result.rejected
     assert all(r["reason"] and r["line"] >= 1 for r in reasons)

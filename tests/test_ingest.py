@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 import core.ingest
+from core.access import User, local_operator
 from core.errors import IngestError
 from core.ingest import IngestResult, batch_rejects, ingest_bytes, ingest_file, list_batches
 from core.store import Store
@@ -48,7 +49,9 @@ def reconciles(result: IngestResult) -> bool:
 
 
 def reasons(store: Store, result: IngestResult) -> dict[int, str]:
-    return {r["line"]: r["reason"] for r in batch_rejects(store, result.batch_id)}
+    return {
+        r["line"]: r["reason"] for r in batch_rejects(store, result.batch_id, user=local_operator())
+    }
 
 
 BAD_ROWS: list[tuple[Any, str]] = [
@@ -76,7 +79,7 @@ def test_each_reject_reason_is_quarantined_with_its_line(
     store: Store, tmp_path: Path, bad: Any, reason: str
 ) -> None:
     path = write_jsonl(tmp_path / "log.jsonl", [record(10), record(11), bad, record(12)])
-    result = ingest_file(store, path)
+    result = ingest_file(store, path, user=local_operator())
     assert (result.accepted, result.rejected, result.duplicates) == (3, 1, 0)
     assert reconciles(result)
     found = reasons(store, result)
@@ -89,7 +92,7 @@ def test_text_over_the_size_limit_is_rejected(
 ) -> None:
     monkeypatch.setenv("FLYWHEEL_MAX_TEXT_BYTES", "100")
     path = write_jsonl(tmp_path / "log.jsonl", [record(1, response="é" * 60), record(2)])
-    result = ingest_file(store, path)
+    result = ingest_file(store, path, user=local_operator())
     assert reasons(store, result) == {1: "response is over the 100-byte limit (max_text_bytes)"}
     assert result.accepted == 1
 
@@ -100,7 +103,7 @@ def test_unambiguous_values_are_coerced(store: Store, tmp_path: Path) -> None:
         record(2, accepted=False, latency_ms=80.0, ts="2027-01-02 10:00:00"),
         record(3, ts="2027-01-02T12:00:00+02:00", metadata={"client": "vscode"}),
     ]
-    ingest_file(store, write_jsonl(tmp_path / "log.jsonl", rows))
+    ingest_file(store, write_jsonl(tmp_path / "log.jsonl", rows), user=local_operator())
     got = store.fetch_all(
         "SELECT interaction_id, accepted, latency_ms, cost_usd, feedback, "
         "epoch(ts)::BIGINT, metadata->>'client' FROM interactions ORDER BY 1"
@@ -118,10 +121,10 @@ def test_counts_reconcile_and_reload_adds_nothing(store: Store, tmp_path: Path) 
     rows[5] = "not json"
     rows[9] = record(3)  # repeats an earlier id in the same file
     path = write_jsonl(tmp_path / "log.jsonl", rows)
-    first = ingest_file(store, path, cycle=2)
+    first = ingest_file(store, path, cycle=2, user=local_operator())
     assert (first.rows_read, first.accepted, first.rejected, first.duplicates) == (20, 18, 1, 1)
     assert first.cycle == 2
-    again = ingest_file(store, path)
+    again = ingest_file(store, path, user=local_operator())
     assert again.already_loaded and again.batch_id == first.batch_id
     assert (again.accepted, again.rejected) == (0, 0) and reconciles(again)
     assert "nothing added" in again.summary
@@ -129,7 +132,7 @@ def test_counts_reconcile_and_reload_adds_nothing(store: Store, tmp_path: Path) 
     assert store.fetch_one("SELECT count(*) FROM interactions") == (18,)
     # The same ids in another file are duplicates, never stored twice.
     other = write_jsonl(tmp_path / "other.jsonl", [record(1), record(2), record(99)])
-    third = ingest_file(store, other)
+    third = ingest_file(store, other, user=local_operator())
     assert (third.accepted, third.duplicates) == (1, 2)
     assert store.fetch_one("SELECT count(DISTINCT interaction_id), count(*) FROM interactions") == (
         19,
@@ -146,12 +149,12 @@ def test_crlf_bom_blank_lines_and_gzip_load(store: Store, tmp_path: Path) -> Non
     body += b"\r\nnot json\r\n"
     plain = tmp_path / "crlf.jsonl"
     plain.write_bytes(body)
-    result = ingest_file(store, plain)
+    result = ingest_file(store, plain, user=local_operator())
     assert (result.rows_read, result.accepted, result.rejected) == (6, 5, 1)
     assert reasons(store, result) == {7: "invalid JSON"}  # the blank line 3 still counts
     packed = tmp_path / "log.jsonl.gz"
     packed.write_bytes(gzip.compress(body.replace(b'"i-', b'"g-')))
-    zipped = ingest_file(store, packed)
+    zipped = ingest_file(store, packed, user=local_operator())
     assert (zipped.accepted, zipped.rejected) == (5, 1)
     assert reasons(store, zipped) == {7: "invalid JSON"}
 
@@ -161,10 +164,13 @@ def test_invalid_utf8_rejects_that_line_only_in_every_reader(store: Store, tmp_p
     lines = [json.dumps(record(n)).encode() for n in range(4)]
     packed = tmp_path / "log.jsonl.gz"
     packed.write_bytes(gzip.compress(b"\n".join([*lines[:2], bad, *lines[2:]]) + b"\n"))
-    result = ingest_file(store, packed)
+    result = ingest_file(store, packed, user=local_operator())
     assert (result.accepted, result.rejected) == (4, 1)
     assert reasons(store, result) == {3: "invalid UTF-8"}
-    assert "caf" in batch_rejects(store, result.batch_id, reveal_raw=True)[0]["raw"]
+    assert (
+        "caf"
+        in batch_rejects(store, result.batch_id, reveal_raw=True, user=local_operator())[0]["raw"]
+    )
 
 
 def test_csv_with_quoted_newlines_and_parquet(store: Store, tmp_path: Path) -> None:
@@ -176,7 +182,7 @@ def test_csv_with_quoted_newlines_and_parquet(store: Store, tmp_path: Path) -> N
         "c-3,2027-01-02T10:00:00Z,u2,treatment,m,p,r,\n",
         encoding="utf-8",
     )
-    result = ingest_file(store, csv)
+    result = ingest_file(store, csv, user=local_operator())
     assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
     assert next(iter(reasons(store, result).values())).startswith("ts is not a timestamp")
     assert store.fetch_one("SELECT prompt FROM interactions WHERE interaction_id = 'c-1'") == (
@@ -188,14 +194,14 @@ def test_csv_with_quoted_newlines_and_parquet(store: Store, tmp_path: Path) -> N
         "'u' || i AS user_id, 'control' AS variant, 'm' AS model, 'mail x@y.com' AS prompt, "
         "'r' AS response, i % 2 = 0 AS accepted, i * 10 AS latency_ms FROM range(4) t(i)"
     ).write_parquet(str(parquet))
-    loaded = ingest_file(store, parquet)
+    loaded = ingest_file(store, parquet, user=local_operator())
     assert (loaded.accepted, loaded.rejected) == (4, 0)
     assert loaded.pii_found == {"EMAIL": 4}
 
 
 def test_pii_is_redacted_and_originals_kept_only_where_found(store: Store, tmp_path: Path) -> None:
     rows = [record(1, prompt="I am jane@example.com", system="call +44 20 7946 0958"), record(2)]
-    result = ingest_file(store, write_jsonl(tmp_path / "log.jsonl", rows))
+    result = ingest_file(store, write_jsonl(tmp_path / "log.jsonl", rows), user=local_operator())
     assert result.pii_found == {"EMAIL": 1, "PHONE": 1}
     got = store.fetch_all(
         "SELECT prompt, system, pii, raw_prompt FROM interactions ORDER BY interaction_id"
@@ -235,7 +241,9 @@ def test_consent_and_eval_item_kinds(store: Store, tmp_path: Path) -> None:
             "source": "eu",
         },
     ]
-    consent = ingest_file(store, write_jsonl(tmp_path / "c.jsonl", events), kind="consent")
+    consent = ingest_file(
+        store, write_jsonl(tmp_path / "c.jsonl", events), kind="consent", user=local_operator()
+    )
     assert (consent.accepted, consent.duplicates, consent.rejected) == (1, 1, 1)
     assert reasons(store, consent)[3].startswith("scope is not one of")
     items = [
@@ -250,7 +258,9 @@ def test_consent_and_eval_item_kinds(store: Store, tmp_path: Path) -> None:
         {"item_id": "e2", "eval_set": "python-core", "prompt": "Read a file"},
         {"item_id": "e3", "prompt": "no set"},
     ]
-    evals = ingest_file(store, write_jsonl(tmp_path / "e.jsonl", items), kind="eval-items")
+    evals = ingest_file(
+        store, write_jsonl(tmp_path / "e.jsonl", items), kind="eval-items", user=local_operator()
+    )
     assert (evals.accepted, evals.rejected) == (2, 1)
     assert store.fetch_all("SELECT item_id, eval_set, reference FROM eval_items ORDER BY 1") == [
         ("e1", "python-core", "xs[::-1]"),
@@ -260,29 +270,36 @@ def test_consent_and_eval_item_kinds(store: Store, tmp_path: Path) -> None:
 
 def test_upload_bytes_and_unreadable_files(store: Store, tmp_path: Path) -> None:
     data = (json.dumps(record(1)) + "\n").encode()
-    result = ingest_bytes(store, data, "upload.jsonl")
+    result = ingest_bytes(store, data, "upload.jsonl", user=local_operator())
     assert result.accepted == 1 and result.file_name == "upload.jsonl"
     with pytest.raises(IngestError, match="unknown file type"):
-        ingest_bytes(store, data, "upload.txt")
+        ingest_bytes(store, data, "upload.txt", user=local_operator())
     with pytest.raises(IngestError, match="no such file"):
-        ingest_file(store, tmp_path / "missing.jsonl")
+        ingest_file(store, tmp_path / "missing.jsonl", user=local_operator())
     fake = tmp_path / "fake.parquet"
     fake.write_text("not parquet")
     with pytest.raises(IngestError, match="cannot be read as PARQUET"):
-        ingest_file(store, fake)
+        ingest_file(store, fake, user=local_operator())
     assert len(list_batches(store)) == 1
 
 
 def test_rejects_of_unknown_batch(store: Store) -> None:
     with pytest.raises(IngestError, match="No batch"):
-        batch_rejects(store, "nope")
+        batch_rejects(store, "nope", user=local_operator())
 
 
 def test_viewing_raw_quarantine_lines_is_audited(store: Store, tmp_path: Path) -> None:
-    result = ingest_file(store, write_jsonl(tmp_path / "l.jsonl", [record(1), "oops"]))
-    assert "raw" not in batch_rejects(store, result.batch_id)[0]
+    result = ingest_file(
+        store, write_jsonl(tmp_path / "l.jsonl", [record(1), "oops"]), user=local_operator()
+    )
+    assert "raw" not in batch_rejects(store, result.batch_id, user=local_operator())[0]
     before = store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'view_raw_text'")
-    rows = batch_rejects(store, result.batch_id, reveal_raw=True, actor="tester")
+    rows = batch_rejects(
+        store,
+        result.batch_id,
+        reveal_raw=True,
+        user=User("tester", frozenset({"privacy_reviewer"})),
+    )
     assert rows[0]["raw"] == "oops"
     after = store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'view_raw_text'")
     assert (before, after) == ((0,), (1,))
@@ -299,7 +316,7 @@ def test_whitespace_only_lines_keep_line_numbers(store: Store, tmp_path: Path) -
         json.dumps(record(3)),
     ]
     path.write_text("\n".join(rows) + "\n")
-    result = ingest_file(store, path)
+    result = ingest_file(store, path, user=local_operator())
     assert (result.rows_read, result.accepted, result.rejected) == (4, 3, 1)
     assert reasons(store, result) == {5: "invalid JSON"}
 
@@ -334,8 +351,8 @@ def test_fast_path_finds_each_reject_line_as_the_exact_path_does(
     plain.write_bytes(body)
     packed = tmp_path / "exact.jsonl.gz"  # gzip takes the exact path: the reference
     packed.write_bytes(gzip.compress(body.replace(b'"i-', b'"g-')))
-    fast = ingest_file(store, plain)
-    exact = ingest_file(store, packed)
+    fast = ingest_file(store, plain, user=local_operator())
+    exact = ingest_file(store, packed, user=local_operator())
     assert reconciles(fast) and reconciles(exact)
     assert (fast.rows_read, fast.accepted, fast.rejected, fast.duplicates) == (
         exact.rows_read,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.abtest import ab_window, analyse_cycle
+from core.access import local_operator
 from core.charts import cost_per_1k_figure, cycle_rates_figure
 from core.ingest import ingest_file
 from core.monitoring import (
@@ -47,7 +48,7 @@ def _row(i: int, cycle_day: str, model: str, **extra: object) -> dict[str, objec
 
 def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
     plan = starter_plan("python_coding_assistant")
-    save_plan_version(store, plan, note="p", author="x")
+    save_plan_version(store, plan, note="p", user=local_operator())
     rows = [
         _row(
             1, "2027-01-03", "gpt-4o", accepted=True, feedback="up", cost_usd=0.01, latency_ms=100
@@ -72,7 +73,7 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
             prompt="mail me at ana@example.com",
         ),
     ]
-    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1)
+    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1, user=local_operator())
     consent = tmp_path / "consent.jsonl"
     consent.write_text(
         json.dumps(
@@ -87,7 +88,7 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
         )
         + "\n"
     )
-    ingest_file(store, consent, kind="consent")
+    ingest_file(store, consent, kind="consent", user=local_operator())
 
     (actual,) = cycle_actuals(store, plan)
     assert (actual.cycle, actual.interactions, actual.users) == (1, 4, 4)
@@ -109,9 +110,9 @@ def test_actuals_per_cycle_match_the_rows(store: Store, tmp_path: Path) -> None:
 
 def test_actuals_survive_retention(store: Store, tmp_path: Path) -> None:
     plan = starter_plan("python_coding_assistant")
-    save_plan_version(store, plan, note="p", author="x")
+    save_plan_version(store, plan, note="p", user=local_operator())
     rows = [_row(i, "2027-01-03", "gpt-4o", accepted=i % 2 == 0, cost_usd=0.01) for i in range(10)]
-    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1)
+    ingest_file(store, _log(tmp_path / "c1.jsonl", rows), cycle=1, user=local_operator())
     before = cycle_actuals(store, plan)[0]
     revision = store_revision(store)
     from datetime import UTC, datetime
@@ -313,7 +314,7 @@ def test_a_lift_interval_below_zero_is_a_deviation() -> None:
 
 def test_cycle_monitoring_on_a_plan_that_has_not_run(store: Store) -> None:
     plan = starter_plan("python_coding_assistant")
-    plan_id, _ = save_plan_version(store, plan, note="p", author="x")
+    plan_id, _ = save_plan_version(store, plan, note="p", user=local_operator())
     records = cycle_monitoring(store, plan_id, plan)
     assert [r.cycle for r in records] == [c.cycle for c in plan_timeline(plan)]
     assert {r.status for r in records} == {"planned"}

@@ -9,6 +9,7 @@ import sys
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
+from core.access import local_operator
 from core.plan_versions import save_plan_version
 from core.starters import starter_plan
 from core.store import Store
@@ -96,7 +97,9 @@ def test_overview_follows_a_decision_taken_on_the_command_line(demo_store: Store
 
 
 def test_overview_of_a_plan_that_has_not_run_says_what_to_do(store: Store) -> None:
-    save_plan_version(store, starter_plan("python_coding_assistant"), note="t", author="t")
+    save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="t", user=local_operator()
+    )
     at = _overview()
     assert not at.exception and not at.error
     assert any("No cycle has traffic or a run yet" in i.value for i in at.info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.access import User, local_operator
 from core.demo import is_demo_workspace, load_demo
 from core.errors import PlanError
 from core.plan_versions import diff_plans, list_plans, list_versions, load_plan, save_plan_version
@@ -13,10 +14,10 @@ from core.store import Store
 
 def test_saving_twice_makes_two_versions_and_keeps_both(store: Store) -> None:
     plan = starter_plan("python_coding_assistant")
-    plan_id, v1 = save_plan_version(store, plan, note="first", author="pm")
+    plan_id, v1 = save_plan_version(store, plan, note="first", user=local_operator())
     plan.cadence.validation_share = 0.2
     same_id, v2 = save_plan_version(
-        store, plan, note="bigger holdout", author="pm", plan_id=plan_id
+        store, plan, note="bigger holdout", user=local_operator(), plan_id=plan_id
     )
     assert (same_id, v1, v2) == (plan_id, 1, 2)
     assert load_plan(store, plan_id, 1)[0].cadence.validation_share == 0.1
@@ -27,7 +28,7 @@ def test_saving_twice_makes_two_versions_and_keeps_both(store: Store) -> None:
 def test_plan_with_lint_errors_is_saved_as_a_draft_not_ready(store: Store) -> None:
     plan = starter_plan("python_coding_assistant")
     plan.goal.owner = ""
-    plan_id, _ = save_plan_version(store, plan, note="draft", author="pm")
+    plan_id, _ = save_plan_version(store, plan, note="draft", user=local_operator())
     (version,) = list_versions(store, plan_id)
     assert version.lint_errors == 1 and not version.ready
     assert not list_plans(store)[0].ready
@@ -35,7 +36,10 @@ def test_plan_with_lint_errors_is_saved_as_a_draft_not_ready(store: Store) -> No
 
 def test_saving_is_audited(store: Store) -> None:
     plan_id, _ = save_plan_version(
-        store, starter_plan("customer_support_assistant"), note="n", author="jonas"
+        store,
+        starter_plan("customer_support_assistant"),
+        note="n",
+        user=User("jonas", frozenset({"pm"})),
     )
     rows = store.fetch_all("SELECT actor, action, target FROM audit_log")
     assert rows == [("jonas", "plan.save", f"{plan_id}@v1")]
@@ -43,10 +47,10 @@ def test_saving_is_audited(store: Store) -> None:
 
 def test_two_plans_with_one_feature_get_distinct_ids(store: Store) -> None:
     first, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="a", author="x"
+        store, starter_plan("python_coding_assistant"), note="a", user=local_operator()
     )
     second, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="b", author="x"
+        store, starter_plan("python_coding_assistant"), note="b", user=local_operator()
     )
     assert first != second
 
@@ -55,13 +59,17 @@ def test_unknown_plan_or_version_is_a_plan_error(store: Store) -> None:
     with pytest.raises(PlanError, match="no plan 'nope'"):
         load_plan(store, "nope")
     plan_id, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="a", author="x"
+        store, starter_plan("python_coding_assistant"), note="a", user=local_operator()
     )
     with pytest.raises(PlanError, match="version 9"):
         load_plan(store, plan_id, 9)
     with pytest.raises(PlanError):
         save_plan_version(
-            store, starter_plan("python_coding_assistant"), note="a", author="x", plan_id="nope"
+            store,
+            starter_plan("python_coding_assistant"),
+            note="a",
+            user=local_operator(),
+            plan_id="nope",
         )
 
 

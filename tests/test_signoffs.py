@@ -22,7 +22,7 @@ VIEWER = User("Val", frozenset({"viewer"}))
 @pytest.fixture
 def plan_id(store: Store) -> str:
     pid, _ = save_plan_version(
-        store, starter_plan("python_coding_assistant"), note="v1", author="x"
+        store, starter_plan("python_coding_assistant"), note="v1", user=local_operator()
     )
     return pid
 
@@ -33,7 +33,6 @@ def test_viewer_cannot_save_and_nothing_is_stored(store: Store, plan_id: str) ->
             store,
             starter_plan("python_coding_assistant"),
             note="n",
-            author="v",
             plan_id=plan_id,
             user=VIEWER,
         )
@@ -45,7 +44,6 @@ def test_pm_edit_is_recorded_under_their_name(store: Store, plan_id: str) -> Non
         store,
         starter_plan("python_coding_assistant"),
         note="n",
-        author="ignored",
         plan_id=plan_id,
         user=PM,
     )
@@ -105,7 +103,9 @@ def test_an_edit_after_approval_needs_approval_again(store: Store, plan_id: str)
         record_decision(store, plan_id, 1, role=role, user=user, decision="approve")  # type: ignore[arg-type]
     edited = starter_plan("python_coding_assistant")
     edited.cadence.validation_share = 0.15
-    _, version = save_plan_version(store, edited, note="edit", author="m", plan_id=plan_id)
+    _, version = save_plan_version(
+        store, edited, note="edit", user=local_operator(), plan_id=plan_id
+    )
     assert approval_status(store, plan_id, 1).approved
     assert not approval_status(store, plan_id, version).approved
     assert not privacy_approved(store, plan_id, version)
@@ -138,7 +138,7 @@ def test_rejection_needs_a_reason_and_is_audited(store: Store, plan_id: str) -> 
 def test_a_version_with_lint_errors_cannot_be_approved(store: Store) -> None:
     draft = starter_plan("python_coding_assistant")
     draft.gates = [g for g in draft.gates if g.comparator != "no_regression"]
-    pid, _ = save_plan_version(store, draft, note="draft", author="m")
+    pid, _ = save_plan_version(store, draft, note="draft", user=local_operator())
     with pytest.raises(PlanError, match="lint errors"):
         record_decision(store, pid, 1, role="pm", user=PM, decision="approve")
 

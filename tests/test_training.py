@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from core.access import User
+from core.access import User, local_operator
 from core.errors import CycleError, DatasetError
 from core.evals import eval_endpoint
 from core.plan_versions import save_plan_version
@@ -30,7 +30,7 @@ def _plan(store: Store, **training: object) -> str:
     plan.training = plan.training.model_copy(
         update={"n_epochs": 2, "suffix": "pyassist", **training}
     )
-    plan_id, _ = save_plan_version(store, plan, note="t", author="tests")
+    plan_id, _ = save_plan_version(store, plan, note="t", user=local_operator())
     return plan_id
 
 
