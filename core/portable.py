@@ -39,6 +39,7 @@ from core.portable_quality import (
     contamination_stage,
     near_duplicate_stage,
     pii_stage,
+    respelled,
     row_rule_stage,
 )
 
@@ -187,7 +188,7 @@ def _run(
         kind = rule.rule
         try:
             if kind == "exact_dedup":
-                verdict = quality.exact_duplicate_stage(current, keep)
+                verdict = respelled(quality.exact_duplicate_stage(current, keep), engine.dialect)
             elif kind == "near_dedup":
                 verdict = near_duplicate_stage(
                     engine, current, threshold=rule.threshold, keep=rule.keep

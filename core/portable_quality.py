@@ -58,6 +58,7 @@ __all__ = [
     "near_duplicate_stage",
     "pii_stage",
     "redacted",
+    "respelled",
     "row_rule_stage",
 ]
 
@@ -125,13 +126,14 @@ _RE2_SPACE = "\\t\\n\\f\\r "  # RE2's \s; Java's also holds \x0B
 
 
 def java_regex(pattern: str) -> str:
-    """An RE2 pattern as Java regex with the same matches (for the constructs core.privacy uses).
+    """An RE2 pattern as Java regex with the same matches (for the constructs core.privacy and
+    core.quality use).
 
-    RE2's ``\\b``, ``\\s`` and ``\\S`` are ASCII (Java 17's ``\\b`` counts Unicode letters); its
-    ``$`` is the end of the text (Java's also matches before a final line break) and its ``.``
-    stops only at ``\\n``; its ``(?i)`` folds Unicode case (Java needs ``u``). Raises
-    ValueError for constructs Java reads differently that this does not translate (POSIX
-    classes, ``&&`` in a class).
+    RE2's ``\\b``, ``\\s`` and ``\\S`` are ASCII (Java 17's ``\\b`` counts Unicode letters)
+    and its ``\\v`` is the vertical tab alone; its ``$`` is the end of the text (Java's also
+    matches before a final line break) and its ``.`` stops only at ``\\n``; its ``(?i)``
+    folds Unicode case (Java needs ``u``). Raises ValueError for constructs Java reads
+    differently that this does not translate (POSIX classes, ``&&`` in a class).
     """
     out: list[str] = []
     in_class = False
@@ -142,6 +144,8 @@ def java_regex(pattern: str) -> str:
             escaped = pattern[i + 1]
             if escaped == "s":
                 out.append(_RE2_SPACE if in_class else f"[{_RE2_SPACE}]")
+            elif escaped == "v":  # RE2's vertical tab; Java's \v is every vertical space
+                out.append("\\x0B")
             elif escaped == "S" and not in_class:
                 out.append(f"[^{_RE2_SPACE}]")
             elif escaped == "b" and not in_class:
@@ -157,6 +161,10 @@ def java_regex(pattern: str) -> str:
                 raise ValueError(f"POSIX classes read differently in Java: {pattern!r}")
             if char == "&" and pattern.startswith("&&", i):
                 raise ValueError(f"'&&' intersects classes in Java: {pattern!r}")
+            if char == "[":  # a literal in RE2, a nested class in Java
+                out.append("\\[")
+                i += 1
+                continue
             if char == "]" and out and out[-1] not in ("[", "[^"):
                 in_class = False
             out.append(char)
@@ -372,17 +380,43 @@ def language_of(text: ir.StringValue, dialect: Dialect) -> ir.StringValue:
     return _bind(words, pick)
 
 
-def _respelled(expr: ir.Table, dialect: Dialect) -> ir.Table:
-    """``expr`` with DuckDB-only builtin functions replaced by the dialect's own."""
+_REGEX_OPS = (ops.RegexSearch, ops.RegexReplace, ops.RegexExtract, ops.RegexSplit)
+_TRIMMED = "[ \\t\\n\\r\\x0B\\f]"  # what Ibis' strip() trims on DuckDB
+
+
+def respelled(expr: ir.Table, dialect: Dialect) -> ir.Table:
+    """An expression written for DuckDB (core.quality's stages) in the dialect's spelling:
+    RE2 patterns as Java regex with the same matches, ``\\1`` group references as ``$1``,
+    ``json_extract_string`` as Spark's ``get_json_object``, and ``strip()`` as a regular
+    expression (Ibis 12 writes its characters as SQL escapes that Spark reads as the letters
+    ``v`` and ``f``, so "cost of " would lose its "f")."""
     if dialect == "duckdb":
         return expr
-    root = expr.op()
-    swaps = {
-        node: _spark_json_field(*node.args).op()
-        for node in root.find(ops.ScalarUDF)
-        if node.__func_name__ == "json_extract_string"
-    }
-    return root.replace(swaps).to_expr() if swaps else expr
+
+    def respell(node: Any, children: dict[str, Any] | None) -> Any:
+        current = node.copy(**children) if children else node
+        if isinstance(current, _REGEX_OPS) and isinstance(current.pattern, ops.Literal):
+            current = current.copy(
+                pattern=ops.Literal(java_regex(current.pattern.value), dt.string)
+            )
+            if isinstance(current, ops.RegexReplace) and isinstance(
+                current.replacement, ops.Literal
+            ):
+                replacement = re.sub(
+                    r"\\(\d)", r"$\1", current.replacement.value.replace("$", "\\$")
+                )
+                current = current.copy(replacement=ops.Literal(replacement, dt.string))
+        elif isinstance(current, ops.Strip):
+            current = ops.RegexReplace(
+                current.arg,
+                ops.Literal(f"^{_TRIMMED}+|{_TRIMMED}+\\z", dt.string),
+                ops.Literal("", dt.string),
+            )
+        elif isinstance(current, ops.ScalarUDF) and current.__func_name__ == "json_extract_string":
+            current = _spark_json_field(*current.args).op()
+        return current
+
+    return expr.op().replace(respell).to_expr()
 
 
 def row_rule_stage(rows: ir.Table, rule: Any, dialect: Dialect) -> ir.Table:
@@ -390,7 +424,7 @@ def row_rule_stage(rows: ir.Table, rule: Any, dialect: Dialect) -> ir.Table:
     runs: ``rows`` plus ``fw_drop``. Code parsing calls ``fw_code_error``, which the engine
     must provide (core.portable registers it on each). Raises ValueError as rule_stage does."""
     if rule.rule != "language":
-        return _respelled(quality.rule_stage(rows, rule), dialect)
+        return respelled(quality.rule_stage(rows, rule), dialect)
     unknown = sorted(set(rule.languages) - set(quality.LANGUAGES))
     if unknown:
         raise ValueError(

@@ -117,8 +117,9 @@ def _row(rid: str, minute: int, prompt: str, response: str, **fields: Any) -> di
 
 def _cycle_rows() -> list[dict[str, Any]]:
     """Rows that every stage acts on: unconsented, each row rule, exact and near-duplicates
-    (Jaccard 1.0 after a normalisation-insensitive edit, ~0.91, a chain, ~0.65 kept), pasted
-    and partly pasted eval items, and rows that hold each PII type (planted after ingest)."""
+    (Jaccard 1.0 after a normalisation-insensitive edit, ~0.91, a chain, ~0.65 kept, texts
+    that only a careless normalisation would call equal), pasted and partly pasted eval items,
+    and rows that hold each PII type (planted after ingest)."""
     rng = random.Random(7)
     rows: list[dict[str, Any]] = []
     minute = 0
@@ -176,6 +177,14 @@ def _cycle_rows() -> list[dict[str, Any]]:
     for position in (12, 26, 40, 54):
         body = _substituted(body, position, rng)
     add("similar-2", "Join " + " ".join(body[:6]), " ".join(body[6:]))
+    # Normalised alike on both engines: "of " keeps its "f" when trimmed, and a vertical tab
+    # is no space to RE2, so neither pair is an exact duplicate; both are near-duplicates.
+    words, response_words = _words(rng, 6), text(80)
+    add("trim-of", f"Explain {' '.join(words)} of ", response_words)
+    add("trim-o", f"Explain {' '.join(words)} o", response_words)
+    prompt, response = "Count " + text(8), text(80).split(" ")
+    add("vtab-1", prompt, f"{response[0]}\x0b{' '.join(response[1:])}")
+    add("vtab-2", prompt, " ".join(response))
     add("eval-paste", f"Quick one. {EVAL_QUESTION}. Thanks!", text(30))
     first_words = " ".join(EVAL_QUESTION.split()[:12])  # 1 of the item's 6 13-grams: kept
     add("eval-part", f"{first_words} but in Rust", text(30))
@@ -300,6 +309,8 @@ def test_the_cycle_keeps_the_same_rows_for_the_same_reasons_on_spark(
     assert re.fullmatch(r"near-duplicate of near-2 \(Jaccard 0\.9\d\)", why["near-1"])
     assert re.fullmatch(r"near-duplicate of chain-1 \(Jaccard 0\.9\d\)", why["chain-2"])
     assert re.fullmatch(r"near-duplicate of chain-1 \(Jaccard 0\.9\d\)", why["chain-3"])
+    assert re.fullmatch(r"near-duplicate of trim-of \(Jaccard 0\.9\d\)", why["trim-o"])
+    assert re.fullmatch(r"near-duplicate of vtab-1 \(Jaccard 0\.9\d\)", why["vtab-2"])
     assert why["eval-paste"] == "overlaps eval item e-1 (python-core) prompt: 100% of 13-grams"
     assert why["eval-short-item"] == (
         "overlaps eval item e-2 (python-core) prompt: 100% of 11-grams"
@@ -391,6 +402,8 @@ def test_near_duplicates_on_spark_find_the_planted_pairs(spark: Any) -> None:
         (r"a\sb", "a\x0bb a b", ["a b"]),  # nor \x0B a space
         (r"x$", "x\n", []),  # $ is the end of the text
         (r"a.b", "a\rb a\nb", ["a\rb"]),  # . stops only at \n
+        (r"a[\v]b", "a\x0bb a\u2028b", ["a\x0bb"]),  # \v is the vertical tab alone
+        (r"[[]x", "[x x", ["[x"]),  # [ in a class is a literal
     ],
 )
 def test_java_regex_keeps_re2_meaning(
