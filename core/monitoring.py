@@ -9,12 +9,15 @@ retention keeps once raw rows expire; no raw row is loaded into Python for a cha
                         against their thresholds (the recorded decision's report, else a look
                         at the current results) and the A/B lift with its interval
     plan_vs_actual      the plan's figures against the actual ones
+    coverage_gaps       where the newest dataset version is thin on the generation grid, or
+                        thinner than production traffic asks for
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
@@ -24,6 +27,8 @@ from core.plan import Plan, plan_timeline
 from core.store import Store
 
 __all__ = [
+    "Coverage",
+    "CoverageGap",
     "CycleActuals",
     "CycleRecord",
     "DatasetFigures",
@@ -32,6 +37,7 @@ __all__ = [
     "GateFigure",
     "GateFigures",
     "LiftFigures",
+    "coverage_gaps",
     "cycle_actuals",
     "cycle_monitoring",
     "plan_vs_actual",
@@ -536,3 +542,138 @@ def cycle_monitoring(store: Store, plan_id: str, plan: Plan) -> list[CycleRecord
             )
         )
     return records
+
+
+# -- coverage gaps -------------------------------------------------------------------------------
+
+_THIN_SHARE = 0.5
+"""A cell holding less than this share of the average rows per cell is thin."""
+_UNDER_RATIO = 1.5
+"""A slice of the grid whose share of traffic is this many times its share of the dataset is
+under-represented."""
+
+
+@dataclass(frozen=True)
+class CoverageGap:
+    """A part of the generation grid the dataset covers too little: one cell (empty or thin)
+    or a slice over the axes production traffic is labelled with (under-represented)."""
+
+    where: dict[str, str]
+    kind: Literal["empty", "thin", "under-represented"]
+    dataset_rows: int
+    dataset_share: float
+    traffic_share: float | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The newest dataset version's coverage of the grid (None: no version yet)."""
+
+    version_id: str | None
+    cycle: int | None
+    cells: int
+    traffic_axes: tuple[str, ...]
+    gaps: list[CoverageGap] = field(default_factory=list)
+
+
+def _label(where: dict[str, str]) -> str:
+    return ", ".join(f"{axis} = {value}" for axis, value in where.items())
+
+
+def coverage_gaps(store: Store, plan_id: str, plan: Plan) -> Coverage:
+    """Where the plan's newest dataset version is thin on the generation grid.
+
+    Per cell: **empty** (no row) or **thin** (fewer than half the average rows per cell). Per
+    slice of the axes that production interactions carry as labels (e.g. topic): **under-
+    represented** when its share of the labelled traffic is at least 1.5 times its share of the
+    dataset. Traffic is counted in DuckDB; the dataset's cells come from its composition.
+    """
+    axes = [a for a in plan.generation.axes if a.values]
+    grid = [
+        dict(zip([a.name for a in axes], values, strict=True))
+        for values in itertools.product(*(a.values for a in axes))
+    ]
+    row = store.fetch_one(
+        "SELECT version_id, cycle, composition FROM dataset_versions WHERE plan_id = ? "
+        "ORDER BY created_at DESC, version_id DESC LIMIT 1",
+        [plan_id],
+    )
+    if row is None or not grid:
+        return Coverage(None, None, len(grid), ())
+    names = [a.name for a in axes]
+    rows_in: dict[tuple[str, ...], int] = {}
+    for cell in json.loads(row[2]).get("cells", []):
+        key = tuple(str(cell["cell"].get(n)) for n in names)
+        rows_in[key] = rows_in.get(key, 0) + int(cell["production"]) + int(cell["synthetic"])
+    counts = [rows_in.get(tuple(c[n] for n in names), 0) for c in grid]
+    total = sum(counts)
+    gaps: list[CoverageGap] = []
+    thin_below = _THIN_SHARE * total / len(grid)
+    for cell, n in zip(grid, counts, strict=True):
+        share = n / total if total else 0.0
+        if n == 0:
+            gaps.append(CoverageGap(cell, "empty", 0, 0.0, None, "no training row"))
+        elif n < thin_below:
+            gaps.append(
+                CoverageGap(
+                    cell,
+                    "thin",
+                    n,
+                    share,
+                    None,
+                    f"{n} rows, under half the average {total / len(grid):.1f} per cell",
+                )
+            )
+    # Traffic by the axes interactions are labelled with (columns that exist and hold values).
+    columns = {
+        str(r[0])
+        for r in store.fetch_all(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'interactions'"
+        )
+    }
+    labelled = [
+        a
+        for a in axes
+        if a.name in columns
+        and (
+            store.fetch_one(
+                f'SELECT EXISTS (SELECT 1 FROM interactions WHERE "{a.name}" IS NOT NULL)'
+            )
+            or [False]
+        )[0]
+    ]
+    if labelled and total:
+        select = ", ".join(f'"{a.name}"' for a in labelled)
+        where = " AND ".join(f'"{a.name}" IN (SELECT unnest(?::VARCHAR[]))' for a in labelled)
+        traffic = {
+            tuple(str(v) for v in r[:-1]): int(r[-1])
+            for r in store.fetch_all(
+                f"SELECT {select}, count(*) FROM interactions WHERE {where} GROUP BY ALL",
+                [a.values for a in labelled],
+            )
+        }
+        traffic_total = sum(traffic.values())
+        positions = [names.index(a.name) for a in labelled]
+        slices: dict[tuple[str, ...], int] = {}
+        for cell, n in zip(grid, counts, strict=True):
+            key = tuple(cell[names[i]] for i in positions)
+            slices[key] = slices.get(key, 0) + n
+        for key, n in sorted(slices.items()):
+            if not traffic_total:
+                break
+            traffic_share = traffic.get(key, 0) / traffic_total
+            share = n / total
+            if traffic_share > 0 and traffic_share >= _UNDER_RATIO * share:
+                where_ = dict(zip([a.name for a in labelled], key, strict=True))
+                gaps.append(
+                    CoverageGap(
+                        where_,
+                        "under-represented",
+                        n,
+                        share,
+                        traffic_share,
+                        f"{traffic_share:.0%} of labelled traffic but {share:.0%} of the dataset",
+                    )
+                )
+    return Coverage(str(row[0]), int(row[1]), len(grid), tuple(a.name for a in labelled), gaps)

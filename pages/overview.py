@@ -16,7 +16,13 @@ from core.charts import (
     timeline_figure,
 )
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
-from core.monitoring import CycleRecord, cycle_monitoring, plan_vs_actual, realised_monthly_savings
+from core.monitoring import (
+    CycleRecord,
+    coverage_gaps,
+    cycle_monitoring,
+    plan_vs_actual,
+    realised_monthly_savings,
+)
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from pages._common import cached_read, guarded, page_header, plan_id_or_stop
@@ -216,6 +222,52 @@ if actuals:
 left, right = st.columns(2)
 left.plotly_chart(dataset_sizes_figure(records), width="stretch")
 right.plotly_chart(lift_by_cycle_figure(records), width="stretch")
+
+# -- coverage gaps ------------------------------------------------------------------------------
+st.markdown("#### Coverage gaps")
+coverage = guarded(lambda: cached_read(coverage_gaps, plan_id, plan))
+if coverage is None:
+    pass
+elif coverage.version_id is None:
+    st.info(
+        "No dataset version yet: once a cycle has run, this lists the grid cells its dataset "
+        "leaves empty or thin, and the parts of the grid production traffic asks for more of.",
+        icon=":material/info:",
+    )
+elif not coverage.gaps:
+    st.success(
+        f"Dataset `{coverage.version_id}` covers all {coverage.cells} grid cells, none thin, "
+        "and no part of the grid is under-represented against production traffic.",
+        icon=":material/check_circle:",
+    )
+else:
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "where": ", ".join(f"{k} = {v}" for k, v in gap.where.items()),
+                    "gap": gap.kind,
+                    "dataset rows": gap.dataset_rows,
+                    "dataset share": _pct(gap.dataset_share),
+                    "traffic share": _pct(gap.traffic_share),
+                    "why": gap.reason,
+                }
+                for gap in coverage.gaps
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption(
+        f"Newest dataset `{coverage.version_id}` (cycle {coverage.cycle}) over the plan's "
+        f"{coverage.cells} grid cells"
+        + (
+            f"; traffic labelled by {', '.join(coverage.traffic_axes)}."
+            if coverage.traffic_axes
+            else "; production traffic carries no grid labels."
+        )
+        + " The Synthetic data page suggests next round's counts per cell to close them."
+    )
 
 # -- one cycle ----------------------------------------------------------------------------------
 st.markdown("#### One cycle")

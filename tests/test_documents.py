@@ -489,6 +489,7 @@ def test_model_card_escapes_user_text(demo_store: Store) -> None:
         model="<script>alert('m')</script>",
         endpoint="https://me:sk-secret@gpu.internal:8000/v1",
         dataset_version="ds-python-coding-assistant-c2-v1",
+        user=User("Omar Haddad", frozenset({"ml_lead"})),
     )
     record_decision(
         demo_store,

@@ -22,7 +22,7 @@ from core.monitoring import (
     store_revision,
 )
 from core.plan import Plan, plan_timeline
-from core.plan_versions import save_plan_version
+from core.plan_versions import load_plan, save_plan_version
 from core.retention import enforce_retention
 from core.starters import starter_plan
 from core.store import Store
@@ -318,3 +318,59 @@ def test_cycle_monitoring_on_a_plan_that_has_not_run(store: Store) -> None:
     records = cycle_monitoring(store, plan_id, plan)
     assert [r.cycle for r in records] == [c.cycle for c in plan_timeline(plan)]
     assert {r.status for r in records} == {"planned"}
+
+
+def test_coverage_gaps_name_the_empty_the_thin_and_what_traffic_asks_more_of(
+    demo_store: Store,
+) -> None:
+    from core.monitoring import coverage_gaps
+
+    plan, _ = load_plan(demo_store, DEMO)
+    version, composition = demo_store.fetch_one(
+        "SELECT version_id, composition FROM dataset_versions WHERE plan_id = ?"
+        " ORDER BY created_at DESC, version_id DESC LIMIT 1",
+        [DEMO],
+    ) or ("", "{}")
+    cells = json.loads(composition)["cells"]
+    emptied, thinned = cells[0], cells[1]
+    emptied.update(production=0, synthetic=0)
+    thinned.update(production=1, synthetic=0)
+    with demo_store.transaction() as con:
+        con.execute(
+            "UPDATE dataset_versions SET composition = ? WHERE version_id = ?",
+            [json.dumps({**json.loads(composition), "cells": cells}), version],
+        )
+        # A surge of traffic on one cell that the dataset holds no more of than before.
+        con.execute(
+            "INSERT INTO interactions SELECT * REPLACE ('surge-' || interaction_id AS"
+            " interaction_id, 'testing' AS topic, 'beginner' AS difficulty)"
+            " FROM interactions LIMIT 5000"
+        )
+    coverage = coverage_gaps(demo_store, DEMO, plan)
+    assert coverage.version_id == version and coverage.cells == 21
+    found = {(tuple(sorted(g.where.items())), g.kind) for g in coverage.gaps}
+    assert (tuple(sorted(emptied["cell"].items())), "empty") in found
+    assert (tuple(sorted(thinned["cell"].items())), "thin") in found
+    surge = next(
+        g
+        for g in coverage.gaps
+        if g.kind == "under-represented"
+        and g.where == {"topic": "testing", "difficulty": "beginner"}
+    )
+    labelled, on_cell = demo_store.fetch_one(
+        "SELECT count(*), count(*) FILTER (topic = 'testing' AND difficulty = 'beginner')"
+        " FROM interactions WHERE topic IS NOT NULL AND difficulty IS NOT NULL"
+    ) or (0, 0)
+    assert surge.traffic_share == pytest.approx(on_cell / labelled)
+    rows = sum(int(c["production"]) + int(c["synthetic"]) for c in cells)
+    assert surge.dataset_share == pytest.approx(surge.dataset_rows / rows)
+    assert surge.traffic_share >= 1.5 * surge.dataset_share
+
+
+def test_coverage_gaps_wait_for_a_dataset(store: Store) -> None:
+    from core.monitoring import coverage_gaps
+
+    plan = starter_plan("python_coding_assistant")
+    plan_id, _ = save_plan_version(store, plan, note="p", user=local_operator())
+    coverage = coverage_gaps(store, plan_id, plan)
+    assert coverage.version_id is None and coverage.gaps == [] and coverage.cells == 21
