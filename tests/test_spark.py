@@ -18,6 +18,7 @@ from cycle_helpers import EVAL_QUESTION, WINDOW_DAY, build_workspace, cycle_plan
 from test_privacy import CORPUS
 
 from core import quality
+from core.access import local_operator
 from core.cycles import cycle_window, run_cycle
 from core.plan import FieldCondition, Language, Plan
 from core.portable import PortableRun, run_on_duckdb, run_on_spark, spark_session
@@ -258,7 +259,7 @@ def test_the_cycle_keeps_the_same_rows_for_the_same_reasons_on_spark(
     spark: Any, store: Store, tmp_path: Path
 ) -> None:
     plan_id, plan = _workspace(store, tmp_path)
-    result = run_cycle(store, plan_id, 2, actor="test")
+    result = run_cycle(store, plan_id, 2, user=local_operator())
     cycle_removed = {
         (i, stage, detail)
         for i, stage, detail in store.fetch_all(
