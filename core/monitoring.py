@@ -42,7 +42,6 @@ __all__ = [
     "cycle_monitoring",
     "plan_vs_actual",
     "realised_monthly_savings",
-    "store_revision",
 ]
 
 
@@ -110,13 +109,6 @@ def realised_monthly_savings(plan: Plan, actual: CycleActuals) -> float | None:
     if not reduction:
         return None
     return plan.economics.teacher_monthly_cost * (1 - 1 / reduction)
-
-
-def store_revision(store: Store) -> int:
-    """A number that changes whenever the store changes: every change writes an audit entry,
-    so the newest audit id serves as a cache key for the dashboard's queries."""
-    row = store.fetch_one("SELECT coalesce(max(audit_id), 0) FROM audit_log")
-    return int(row[0]) if row else 0
 
 
 _LIVE = f"""
@@ -575,10 +567,6 @@ class Coverage:
     cells: int
     traffic_axes: tuple[str, ...]
     gaps: list[CoverageGap] = field(default_factory=list)
-
-
-def _label(where: dict[str, str]) -> str:
-    return ", ".join(f"{axis} = {value}" for axis, value in where.items())
 
 
 def coverage_gaps(store: Store, plan_id: str, plan: Plan) -> Coverage:
