@@ -6,8 +6,9 @@ stage, the rule and why):
 1. ``window``: the interactions collected since the previous cycle's data freeze, up to this
    cycle's (cycle 1, and plans that do not train on production data, take none);
 2. ``consent``: the eligibility rule of core.consent (latest training event a grant);
-3. ``pii_redacted``: texts were redacted at ingest; they are checked again with today's
-   detectors and redacted where something new is found (nothing is removed);
+3. ``pii_redacted``: texts were redacted at ingest; those of batches redacted by other detectors
+   than today's are checked again and redacted where something new is found (nothing is
+   removed);
 4. the plan's quality filters, in the plan's order; exact duplicates, near-duplicates and
    decontamination run where the plan puts them, and with their defaults where it lacks them
    (marked ``default``);
@@ -52,6 +53,7 @@ from core.plan import (
     plan_timeline,
 )
 from core.plan_versions import load_plan
+from core.privacy import DETECTORS_FINGERPRINT
 from core.signoffs import privacy_approved
 from core.store import Store
 
@@ -280,12 +282,17 @@ def consent_stage(rows: ir.Table, events: ir.Table) -> ir.Table:
     return rows.mutate(fw_drop=why)
 
 
-def _pii_stage(rows: ir.Table) -> ir.Table:
-    """Texts redacted again with today's detectors, and whether anything changed."""
+def _pii_stage(rows: ir.Table, stale_batches: list[str]) -> ir.Table:
+    """Texts of ``stale_batches`` (redacted at ingest by other detectors than today's) redacted
+    again, and whether anything changed. Other rows pass as they are: the same detectors find
+    nothing new in what they redacted."""
+    if not stale_batches:
+        return rows.mutate(fw_changed=ibis.literal(False))
+    stale = rows.batch_id.isin(stale_batches)
     out = rows.mutate(
-        fw_p=quality.redacted(rows.prompt),
-        fw_r=quality.redacted(rows.response),
-        fw_s=quality.redacted(rows.system),
+        fw_p=ibis.ifelse(stale, quality.redacted(rows.prompt), rows.prompt),
+        fw_r=ibis.ifelse(stale, quality.redacted(rows.response), rows.response),
+        fw_s=ibis.ifelse(stale, quality.redacted(rows.system), rows.system),
     )
     changed = (
         (out.fw_p != out.prompt) | (out.fw_r != out.response) | (out.fw_s != out.system)
@@ -452,8 +459,25 @@ def run_cycle(
         kept = window.anti_join(
             ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
         )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept))}")
+        stale = [
+            str(r[0])
+            for r in con.execute(
+                "SELECT batch_id FROM ingest_batches WHERE kind = 'interactions'"
+                " AND pii_detectors IS DISTINCT FROM ? ORDER BY batch_id",
+                [DETECTORS_FINGERPRINT],
+            ).fetchall()
+        ]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, stale))}")
         rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
+        checked = (
+            _count(
+                con,
+                f"SELECT count(*) FROM {_ROWS} WHERE batch_id IN (SELECT unnest(?::VARCHAR[]))",
+                [stale],
+            )
+            if stale
+            else 0
+        )
         alive_count = in_window - removed
         _pii_rule, pii_origin = rules[0]
         stages.append(
@@ -461,7 +485,7 @@ def run_cycle(
                 2,
                 "pii_redacted",
                 "pii_redacted",
-                {"texts_redacted_again": rechecked},
+                {"rows_checked_again": checked, "texts_redacted_again": rechecked},
                 pii_origin,
                 alive_count,
                 alive_count,

@@ -49,7 +49,7 @@ import ibis.expr.types as ir
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import IngestError
-from core.privacy import PII_TYPES, REDACTION_STEPS, install_pii_macros
+from core.privacy import DETECTORS_FINGERPRINT, PII_TYPES, REDACTION_STEPS, install_pii_macros
 from core.settings import get_setting
 from core.store import Store
 
@@ -662,7 +662,7 @@ def ingest_file(
                 if earlier:
                     raise _AlreadyLoaded(earlier[0])
                 con.execute(
-                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         batch_id,
                         kind,
@@ -676,6 +676,7 @@ def ingest_file(
                         started,
                         _now(),
                         who,
+                        DETECTORS_FINGERPRINT if kind == "interactions" else None,
                     ],
                 )
                 record_audit(

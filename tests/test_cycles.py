@@ -343,6 +343,38 @@ def test_cycle_end_to_end_funnel_reconciles(store: Store, tmp_path: Path) -> Non
     )
 
 
+def test_pii_is_checked_again_only_for_batches_redacted_by_other_detectors(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(12)])
+    # Text a detector finds, as if it had slipped past the detectors of its batch's ingest.
+    with store.transaction() as con:
+        con.execute(
+            "UPDATE interactions SET prompt = prompt || ' mail me at jo@example.com'"
+            " WHERE interaction_id = 'i-001'"
+        )
+
+    def pii_stage() -> tuple[dict[str, Any], str]:
+        result = run_cycle(store, plan_id, 2, user=local_operator())
+        stage = next(s for s in result.stages if s.name == "pii_redacted")
+        (prompt,) = store.fetch_one(
+            "SELECT prompt FROM dataset_rows WHERE version_id = ? AND interaction_id = 'i-001'",
+            [result.dataset_version],
+        )
+        return stage.params, prompt
+
+    # Today's detectors redacted the batch: redacting again would change nothing, so no row is
+    # checked (the planted text shows the check really was skipped).
+    params, prompt = pii_stage()
+    assert params == {"rows_checked_again": 0, "texts_redacted_again": 0}
+    assert "jo@example.com" in prompt
+    # A batch redacted by older detectors is checked again, and the dataset holds the redaction.
+    store.execute("UPDATE ingest_batches SET pii_detectors = 'older' WHERE kind = 'interactions'")
+    params, prompt = pii_stage()
+    assert params == {"rows_checked_again": 9, "texts_redacted_again": 1}
+    assert "jo@example.com" not in prompt and "<EMAIL>" in prompt
+
+
 def test_mix_follows_the_ratio_and_the_cap(store: Store, tmp_path: Path) -> None:
     plan = cycle_plan(original_to_new_ratio=0.5, max_dataset_size=12)
     plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(20)], plan=plan)
