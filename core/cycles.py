@@ -282,13 +282,10 @@ def consent_stage(rows: ir.Table, events: ir.Table) -> ir.Table:
     return rows.mutate(fw_drop=why)
 
 
-def _pii_stage(rows: ir.Table, stale_batches: list[str]) -> ir.Table:
-    """Texts of ``stale_batches`` (redacted at ingest by other detectors than today's) redacted
-    again, and whether anything changed. Other rows pass as they are: the same detectors find
-    nothing new in what they redacted."""
-    if not stale_batches:
-        return rows.mutate(fw_changed=ibis.literal(False))
-    stale = rows.batch_id.isin(stale_batches)
+def _pii_stage(rows: ir.Table, fresh_batches: list[str]) -> ir.Table:
+    """Texts redacted again, and whether anything changed, except in ``fresh_batches`` (those
+    today's detectors redacted at ingest: the same detectors find nothing new in them)."""
+    stale = ~rows.batch_id.isin(fresh_batches) if fresh_batches else ibis.literal(True)
     out = rows.mutate(
         fw_p=ibis.ifelse(stale, quality.redacted(rows.prompt), rows.prompt),
         fw_r=ibis.ifelse(stale, quality.redacted(rows.response), rows.response),
@@ -459,24 +456,19 @@ def run_cycle(
         kept = window.anti_join(
             ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
         )
-        stale = [
+        fresh = [
             str(r[0])
             for r in con.execute(
-                "SELECT batch_id FROM ingest_batches WHERE kind = 'interactions'"
-                " AND pii_detectors IS DISTINCT FROM ? ORDER BY batch_id",
+                "SELECT batch_id FROM ingest_batches WHERE pii_detectors = ? ORDER BY batch_id",
                 [DETECTORS_FINGERPRINT],
             ).fetchall()
         ]
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, stale))}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, fresh))}")
         rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
-        checked = (
-            _count(
-                con,
-                f"SELECT count(*) FROM {_ROWS} WHERE batch_id IN (SELECT unnest(?::VARCHAR[]))",
-                [stale],
-            )
-            if stale
-            else 0
+        checked = _count(
+            con,
+            f"SELECT count(*) FROM {_ROWS} WHERE NOT list_contains(?::VARCHAR[], batch_id)",
+            [fresh],
         )
         alive_count = in_window - removed
         _pii_rule, pii_origin = rules[0]
