@@ -209,12 +209,23 @@ def cycle_window(plan: Plan, cycle: int) -> tuple[datetime | None, datetime | No
 # -- the stages ----------------------------------------------------------------------------------
 
 
+_TOKENS = "fw_cycle_tokens"
+
+
 @dataclass
 class _Context:
     con: duckdb.DuckDBPyConnection
     plan: Plan
     keep: str
     warnings: list[str]
+    tokens: str | None = None
+
+    def tokens_of(self, rows: ir.Table) -> str:
+        """The table of word 3-grams that near-duplicates and decontamination share: cut
+        once, for the rows alive when the first of them runs (later ones hold a subset)."""
+        if self.tokens is None:
+            self.tokens = quality.token_table(self.con, rows, _TOKENS)
+        return self.tokens
 
 
 def _row_rule(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
@@ -226,7 +237,9 @@ def _exact(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
 
 
 def _near(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
-    return quality.near_duplicate_stage(ctx.con, rows, threshold=rule.threshold, keep=rule.keep)
+    return quality.near_duplicate_stage(
+        ctx.con, rows, threshold=rule.threshold, keep=rule.keep, tokens=ctx.tokens_of(rows)
+    )
 
 
 def _decontaminate(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
@@ -244,7 +257,12 @@ def _decontaminate(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
             "Decontamination had no eval items to check against; load the eval sets first."
         )
     return quality.contamination_stage(
-        ctx.con, rows, ngram=rule.ngram, threshold=rule.threshold, eval_sets=list(rule.eval_sets)
+        ctx.con,
+        rows,
+        ngram=rule.ngram,
+        threshold=rule.threshold,
+        eval_sets=list(rule.eval_sets),
+        tokens=ctx.tokens_of(rows),
     )
 
 
@@ -618,7 +636,7 @@ def run_cycle(
                 "stages": {s.name: [s.rows_in, s.rows_out] for s in stages},
             },
         )
-        for temp in (_ROWS, _REMOVED, _DATASET, "fw_cycle_window"):
+        for temp in (_ROWS, _REMOVED, _DATASET, _TOKENS, "fw_cycle_window"):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
     report(1.0, f"Built {version_id}.")
     return CycleResult(
@@ -692,10 +710,14 @@ def _mix(
         warnings.append(
             f"Cycle {cycle} trains on synthetic data only and none is stored: run `generate`."
         )
+    # The order is taken over the ids alone; only the rows kept are read in full.
     alive = _alive()
-    ordered = _proportional_order(alive, alive.interaction_id)
-    chosen = ordered.order_by([ordered.fw_rank, ordered.fw_sort]).mutate(
-        fw_pick=ibis.row_number().over(ibis.window(order_by=[ordered.fw_rank, ordered.fw_sort]))
+    narrow = alive.select("interaction_id", "user_id", "cell_key")
+    ordered = _proportional_order(narrow, narrow.interaction_id)
+    chosen = ordered.select(
+        "interaction_id",
+        "user_id",
+        fw_pick=ibis.row_number().over(ibis.window(order_by=[ordered.fw_rank, ordered.fw_sort])),
     )
     con.execute(f"CREATE OR REPLACE TEMP TABLE fw_cycle_mix AS {_sql(chosen)}")
     con.execute(
@@ -742,7 +764,8 @@ def _mix(
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {_DATASET} AS "
         "SELECT interaction_id AS row_key, 'production' AS source, interaction_id, user_id,"
-        " batch_id, cell_key, system, prompt, response FROM fw_cycle_mix WHERE fw_pick < $keep"
+        f" batch_id, cell_key, system, prompt, response FROM {_ROWS}"
+        " WHERE interaction_id IN (SELECT interaction_id FROM fw_cycle_mix WHERE fw_pick < $keep)"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, NULL, question,"
         f" answer FROM ({_sql(picked)})",
         {"keep": keep_production},

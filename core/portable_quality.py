@@ -602,20 +602,14 @@ def _with_drops(engine: Engine, rows: ir.Table, drops: Sequence[tuple[str, str]]
 
 _NUM_PERM = 128
 _BIN_BITS = 7  # 2 ** 7 == _NUM_PERM: the low bits of a shingle hash pick its bin
-_SPACES = "[\\t\\n\\f\\r ]+"  # RE2's \s+, spelled so that Java reads it the same
-
-
-def _normalised(text: ir.StringValue) -> ir.StringValue:
-    """core.quality's normalised text: whitespace runs as one space, trimmed, lower case."""
-    return text.re_replace(_SPACES, " ").re_replace("^ | $", "").lower()
 
 
 def shingle_sets(rows: ir.Table, dialect: Dialect, *, k: int = 3) -> ir.Table:
-    """(id, s): the distinct hashes of each row's word k-grams of its normalised
+    """(id, s): the distinct hashes of each row's word k-grams (``_words``) of its
     ``prompt || ' ' || response``; a text of fewer than k words is one shingle."""
-    text = _normalised(rows.prompt.concat(" ", rows.response))
+    text = rows.prompt.concat(" ", rows.response)
     base = rows.select(id=rows.interaction_id, fw_t=text).filter(ibis._.fw_t.notnull())
-    words = base.fw_t.split(" ")
+    words = _words(base.fw_t)
     positions = ibis.range(0, ibis.greatest(words.length() - k + 1, 1))
     hashes = positions.map(lambda p: _hash(dialect, words[p : p + k]))
     return base.select("id", s=hashes.unique())
@@ -746,15 +740,19 @@ def near_duplicate_stage(
 # -- decontamination ------------------------------------------------------------------------------
 
 
-_PUNCTUATION = ".,;:!?()[]{}<>\"'`*_=+-/\\|#"
+_SEPARATORS = ".,;:!?()[]{}<>\"'`*_=+-/\\|#\t\n\r\f\v"
+
+
+def _words(text: ir.StringValue) -> ir.ArrayValue:
+    """A text's words, lower-cased, punctuation and whitespace separating them (core.quality's
+    ``words_sql``)."""
+    spaced = text.translate(_SEPARATORS, " " * len(_SEPARATORS))
+    return spaced.lower().split(" ").filter(lambda w: w != "")
 
 
 def _word_hashes(text: ir.StringValue, dialect: Dialect) -> ir.ArrayValue:
-    """The hashes of a text's words: punctuation as a separator, normalised, no empty words
-    (core.quality's ``_word_hashes_sql``)."""
-    spaced = text.translate(_PUNCTUATION, " " * len(_PUNCTUATION))
-    words = spaced.re_replace(_SPACES, " ").lower().split(" ").filter(lambda w: w != "")
-    return words.map(lambda w: _hash(dialect, w))
+    """The hashes of a text's words (``_words``)."""
+    return _words(text).map(lambda w: _hash(dialect, w))
 
 
 def contamination_stage(

@@ -115,12 +115,10 @@ def _shingle_list_sql(
     shingle: Literal["char", "word"],
     k: int,
 ) -> str:
-    """SQL of (id, key, s): a number for each text in the order of its id (joins and groups on
-    numbers are cheaper than on text), the id itself, and the 64-bit hashes of its shingles,
-    sorted (a shingle that repeats is listed again; the exact check counts distinct ones)."""
+    """SQL of (key, s): each text's id and the 64-bit hashes of its shingles of its normalised
+    text, sorted (a shingle that repeats is listed again)."""
     normalised = (
-        f"SELECT row_number() OVER (ORDER BY {_quote(id_column)}) AS id,"
-        f" {_quote(id_column)} AS key,"
+        f"SELECT {_quote(id_column)} AS key,"
         f" {normalised_text_sql(f'CAST({_quote(text_column)} AS VARCHAR)')} AS t"
         f" FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
     )
@@ -129,7 +127,7 @@ def _shingle_list_sql(
             f"list_transform(generate_series(1, greatest(length(t) - {k} + 1, 1)),"
             f" lambda p: hash(substr(t, p, {k})))"
         )
-        return f"SELECT id, key, list_sort({hashes}) AS s FROM ({normalised})"
+        return f"SELECT key, list_sort({hashes}) AS s FROM ({normalised})"
     # Words are hashed once; a shingle hashes its k word hashes (no list slicing, which is slow).
     parts = ", ".join(f"w[p + {i}]" for i in range(k))
     hashes = (
@@ -137,46 +135,49 @@ def _shingle_list_sql(
         f" lambda p: hash({parts}))"
     )
     return (
-        f"SELECT id, key, list_sort({hashes}) AS s"
-        f" FROM (SELECT id, key, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
+        f"SELECT key, list_sort({hashes}) AS s"
+        f" FROM (SELECT key, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
         f" FROM ({normalised}))"
     )
 
 
-_LANES = 8
-"""MinHash bins packed into one UBIGINT of the sketch: a byte each, a flag bit (filled) and
-the bin minimum's low seven bits."""
+_SEPARATORS = ".,;:!?()[]{}<>\"'`*_=+-/\\|#\t\n\r\f\v"
+"""Characters that end a word besides the space: punctuation and other whitespace."""
 
 
-def _sketch_sql(table: str, shift: int, words: int) -> str:
-    """SQL of (id, w0, w1, …): each text's bins packed ``_LANES`` to a UBIGINT word."""
-    lane = f"((x & 127::UBIGINT) | 128::UBIGINT) << (8 * ((x >> {shift}) & 7)::INTEGER)"
-    columns = ", ".join(
-        f"coalesce(bit_or({lane}) FILTER (WHERE (x >> {shift + 3}) = {i}), 0::UBIGINT) AS w{i}"
-        for i in range(words)
+def words_sql(text_sql: str) -> str:
+    """SQL of a text's words, lower-cased: punctuation and whitespace separate them.
+
+    Each separator is replaced by a space and empty words are dropped: no regular expression
+    (DuckDB's ``regexp_replace``, and ``trim`` with characters, cost several times as much,
+    and one ``translate`` of all separators two and a half times as much as these replaces)."""
+    spaced = text_sql
+    for mark in _SEPARATORS:
+        spaced = f"replace({spaced}, '{mark.replace(chr(39), chr(39) * 2)}', ' ')"
+    return f"list_filter(string_split(lower({spaced}), ' '), lambda x: x <> '')"
+
+
+def word_trigrams_sql(text_sql: str) -> str:
+    """SQL of the 64-bit hashes of a text's word 3-grams (``words_sql``), in text order, each
+    the hash of its three words' hashes. A text of fewer than three words is one 3-gram
+    (missing words are NULL).
+
+    The near-duplicate stage takes these as its shingles and decontamination builds its
+    n-grams from them, so a cycle cuts each text into words once."""
+    words = f"list_transform({words_sql(text_sql)}, lambda x: hash(x))"
+    return (
+        f"list_transform([{words}], lambda w: list_transform(generate_series(1,"
+        f" greatest(len(w) - 2, 1)), lambda p: hash(w[p], w[p + 1], w[p + 2])))[1]"
     )
-    return f"SELECT id, {columns} FROM {table} GROUP BY id"
 
 
-def _estimate_sql(words: int) -> tuple[str, str]:
-    """SQL of (bins equal in both texts, bins filled in either) from two sketches ``x``, ``y``.
-
-    A lane's eight bits are ORed down to its lowest bit to tell a differing lane; lanes that
-    differ only by chance agreement of seven bits (1 in 128) count as equal, a bias too small
-    to matter before the exact check.
-    """
-    low = "72340172838076673::UBIGINT"  # 0x0101010101010101: the lowest bit of every lane
-    equal, filled = [], []
-    for i in range(words):
-        a, b = f"x.w{i}", f"y.w{i}"
-        d = f"xor({a}, {b})"
-        d = f"({d} | ({d} >> 4))"
-        d = f"({d} | ({d} >> 2))"
-        d = f"({d} | ({d} >> 1))"
-        fa, fb = f"(({a} >> 7) & {low})", f"(({b} >> 7) & {low})"
-        equal.append(f"bit_count({fa} & {fb} & ~{d} & {low})::INTEGER")
-        filled.append(f"bit_count({fa} | {fb})::INTEGER")
-    return " + ".join(equal), " + ".join(filled)
+def ngram_hash_sql(trigrams: str, n: int, position: str) -> str:
+    """SQL of the hash of the word n-gram (n ≥ 3) starting at ``position`` of a text, from
+    its 3-gram hashes (``word_trigrams_sql``): the hash of the 3-grams that tile it."""
+    if n < 3:
+        raise ValueError("n-grams from 3-grams need n ≥ 3")
+    offsets = sorted({*range(0, n - 2, 3), n - 3})
+    return f"hash({', '.join(f'{trigrams}[{position} + {o}]' for o in offsets)})"
 
 
 def near_duplicate_pairs(
@@ -190,13 +191,15 @@ def near_duplicate_pairs(
     shingle: Literal["char", "word"] = "char",
     k: int = 5,
     verify: Literal["exact", "estimate"] = "exact",
+    shingles_column: str | None = None,
 ) -> list[NearDuplicatePair]:
     """Every pair of texts in ``source`` whose Jaccard similarity is at least ``threshold``.
 
     ``source`` is a table or view name, or a relation of the same connection, with an id column
-    and a text column. Ids must be comparable (the pair holds the smaller id first). Pairs come
-    sorted by descending similarity, then ids. ``num_perm`` (the MinHash bins) is a power of two
-    from 8 to 1024.
+    and a text column (or, with ``shingles_column``, a column of each text's shingle hashes
+    cut already, e.g. by ``word_trigrams_sql``; ``shingle`` and ``k`` are then unused). Ids
+    must be comparable (the pair holds the smaller id first). Pairs come sorted by descending
+    similarity, then ids. ``num_perm`` (the MinHash bins) is a power of two from 8 to 1024.
     """
     if not 0 < threshold <= 1:
         raise ValueError("threshold must lie in (0, 1]")
@@ -214,88 +217,81 @@ def near_duplicate_pairs(
         source_sql = _quote(source)
     bands, rows = band_parameters(threshold, num_perm)
     shift = 64 - (num_perm.bit_length() - 1)  # a hash's bin: its top bits
-    words = num_perm // _LANES
-    sets, bins, sketch, candidates = (f"{prefix}_{n}" for n in ("sets", "bins", "sketch", "cand"))
+    step = num_perm // bands  # band j starts at bin j * step
+    sets, signatures, candidates = (f"{prefix}_{n}" for n in ("sets", "sig", "cand"))
     try:
-        # Each text's shingle hashes, sorted: kept for the exact check of the candidates.
-        con.execute(
-            f"CREATE TEMP TABLE {sets} AS "
-            + _shingle_list_sql(
+        # Each text's distinct shingle hashes, sorted (a number per text: joins and groups on
+        # numbers are cheaper than on its id).
+        if shingles_column is not None:
+            column = _quote(shingles_column)
+            shingle_lists = (
+                f"SELECT {_quote(id_column)} AS key, list_sort({column}) AS s"
+                f" FROM {source_sql} WHERE {column} IS NOT NULL"
+            )
+        else:
+            shingle_lists = _shingle_list_sql(
                 source_sql, id_column=id_column, text_column=text_column, shingle=shingle, k=k
             )
+        con.execute(
+            f"CREATE TEMP TABLE {sets} AS SELECT row_number() OVER () AS id, key,"
+            f" list_filter(s, lambda x, i: i = 1 OR x <> s[i - 1]) AS s FROM ({shingle_lists})"
         )
+
         # One-permutation MinHash: a hash's top bits pick its bin and the whole hash is
         # minimised, so in the sorted list the first hash of each run of one bin is that bin's
-        # minimum. One row per filled bin, with the filled bin before it and the last one.
-        con.execute(
-            f"CREATE TEMP TABLE {bins} AS SELECT id, x, CAST(x >> {shift} AS BIGINT) AS bin,"
-            f" CAST(px >> {shift} AS BIGINT) AS prev, CAST(last >> {shift} AS BIGINT) AS top"
-            f" FROM (SELECT id, unnest(m) AS x, unnest([NULL::UBIGINT] || m[:-1]) AS px,"
-            f"  m[-1] AS last FROM (SELECT id, list_filter(s, lambda x, i: i = 1"
-            f"  OR (x >> {shift}) <> (s[i - 1] >> {shift})) AS m FROM {sets}))"
+        # minimum: ``m``, the filled bins in bin order. Band j takes the first ``rows`` filled
+        # bins at or after its start bin (circularly), so that two texts agree on a band with
+        # probability about J^rows however few bins their shingles fill: a band of fixed bins
+        # would hold fewer values when bins are empty, and pairs that merely share a prompt
+        # would agree on it far more often. Each filled bin is the first of the bands that
+        # start after the filled bin before it, up to its own bin; the first one also of the
+        # bands after the last filled bin.
+        def bin_of(value: str) -> str:
+            return f"(({value}) >> {shift})::BIGINT"
+
+        starts_band = (
+            f"list_concat(range(CASE WHEN i = 1 THEN 0 ELSE {bin_of('m[i - 1]')} // {step} + 1"
+            f" END, least({bin_of('m[i]')} // {step}, {bands - 1}) + 1),"
+            f" CASE WHEN i = 1 THEN range({bin_of('m[-1]')} // {step} + 1, {bands}) ELSE [] END)"
         )
-
-        # Densified bands (rotation: an empty bin takes the next filled bin to its right,
-        # circularly, with its distance), so that two texts agree on a band with probability
-        # about J^rows whether or not their bins are full. Two short texts would otherwise
-        # agree on every bin empty in both, and a band of mostly empty bins would make pairs
-        # that merely share a prompt candidates. A band's densified values are fixed by its
-        # filled bins and, when its last bin is empty, by the next filled bin after it: each
-        # filled bin goes to its own band and to the bands whose last bin it stands in for.
-        # Bands whose last bin L = j * rows + rows - 1 lies strictly between two filled bins
-        # take the later one; integer bounds, no lambda per row.
-        def first_band(after: str) -> str:  # the first j with L > after
-            return f"greatest(({after}) - {rows - 1} + {rows}, 0) // {rows}"
-
-        def last_band(before: str) -> str:  # the last j with L < before (may be -1)
-            under = f"(({before}) - {rows})"
-            return f"least({under}, {bands * rows - 1}) // {rows} - ({under} < 0)::INT"
-
+        first_of_some = (
+            f"i = 1 OR {bin_of('m[i - 1]')} // {step} < least({bin_of('m[i]')} // {step},"
+            f" {bands - 1})"
+        )
         con.execute(
-            f"CREATE TEMP TABLE {candidates} AS "
-            # Every filled bin in its own band; the few that also stand in for empty last bins
-            # of earlier bands (or, the first one, circularly for the bands after the last
-            # filled bin) once more per such band.
-            f"WITH e AS (SELECT id, x, bin // {rows} AS band FROM {bins}"
-            f"  WHERE bin < {bands * rows}"
-            f"  UNION ALL SELECT id, x, unnest(list_concat("
-            f"   range({first_band('coalesce(prev, -1)')}, {last_band('bin')} + 1),"
-            f"   CASE WHEN prev IS NULL THEN range({first_band('top')}, {bands}) ELSE [] END))"
-            f"  FROM {bins} WHERE prev IS NULL OR bin - prev > 1),"
-            f" sig AS (SELECT id, band, bit_xor(x) AS s FROM e GROUP BY ALL)"
-            f" SELECT a.id AS a, b.id AS b FROM sig a JOIN sig b"
-            f"  ON a.band = b.band AND a.s = b.s AND a.id < b.id"
+            f"CREATE TEMP TABLE {signatures} AS"
+            f" WITH mt AS (SELECT id, list_filter(s, lambda x, i: i = 1"
+            f"  OR (x >> {shift}) <> (s[i - 1] >> {shift})) AS m FROM {sets}),"
+            f" circular AS (SELECT id, m, list_concat(m, m[1:{rows - 1}]) AS mm FROM mt),"
+            f" firsts AS (SELECT id, unnest(list_transform(list_filter(range(1, len(m) + 1),"
+            f"  lambda i: {first_of_some}), lambda i: {{'bands': {starts_band},"
+            f"  's': hash(mm[i:i + {rows - 1}])}})) AS f FROM circular)"
+            f" SELECT id, unnest(f.bands) AS band, f.s AS s FROM firsts"
+        )
+        con.execute(
+            f"CREATE TEMP TABLE {candidates} AS SELECT a.id AS a, b.id AS b FROM {signatures} a"
+            f" JOIN {signatures} b ON a.band = b.band AND a.s = b.s AND a.id < b.id"
             f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
         )
-        # The share of equal bins among those filled in either text (bins empty in both say
-        # nothing), from sketches of packed bytes: a few bit operations a pair.
-        con.execute(f"CREATE TEMP TABLE {sketch} AS " + _sketch_sql(bins, shift, words))
-        equal, filled = _estimate_sql(words)
-        estimated = (
-            f"SELECT c.a, c.b, ({equal}) AS eq, ({filled}) AS n FROM {candidates} c"
-            f" JOIN {sketch} x ON x.id = c.a JOIN {sketch} y ON y.id = c.b"
-        )
         if verify == "exact":
-            # Only pairs whose estimate is within three standard errors (and a little) of the
-            # threshold are counted exactly: the rest are far below it.
-            t = float(threshold)
-            query = (
-                f"SELECT e.a, e.b, len(list_intersect(x.s, y.s)) AS inter,"
-                f"  list_unique(x.s) AS na, list_unique(y.s) AS nb FROM ({estimated}) e"
-                f"  JOIN {sets} x ON x.id = e.a JOIN {sets} y ON y.id = e.b"
-                f"  WHERE e.eq >= e.n * {t - 0.02!r}::DOUBLE"
-                f"   - 3 * sqrt({t * (1 - t)!r}::DOUBLE * e.n)"
-            )
-            query = f"SELECT a, b, inter / (na + nb - inter) AS j FROM ({query})"
+            # |A ∪ B| from the two distinct sorted lists; |A ∩ B| = |A| + |B| - |A ∪ B|.
+            union = "len(list_distinct(list_concat(x.s, y.s)))"
+            similarity = f"(len(x.s) + len(y.s) - {union}) / {union}"
         else:
-            query = f"SELECT a, b, eq / greatest(n, 1) AS j FROM ({estimated})"
+            # The share of equal bins among those filled in either text.
+            mins = "list_filter({0}.s, lambda v, i: i = 1 OR (v >> {1}) <> ({0}.s[i - 1] >> {1}))"
+            both = f"list_concat({mins.format('x', shift)}, {mins.format('y', shift)})"
+            filled = f"len(list_distinct(list_transform({both}, lambda v: v >> {shift})))"
+            similarity = f"(2 * {filled} - len(list_distinct({both}))) / {filled}"
         rows_found = con.execute(
-            f"SELECT x.key, y.key, j FROM ({query}) JOIN {sets} x ON x.id = a"
-            f" JOIN {sets} y ON y.id = b WHERE j >= ? ORDER BY j DESC, a, b",
+            f"SELECT least(x.key, y.key), greatest(x.key, y.key), j FROM (SELECT c.a, c.b,"
+            f" {similarity} AS j FROM {candidates} c JOIN {sets} x ON x.id = c.a"
+            f" JOIN {sets} y ON y.id = c.b) JOIN {sets} x ON x.id = a JOIN {sets} y ON y.id = b"
+            " WHERE j >= ? ORDER BY j DESC, 1, 2",
             [threshold - 1e-12],
         ).fetchall()
     finally:
-        for table in (candidates, sketch, bins, sets):
+        for table in (candidates, signatures, sets):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         if view is not None:
             con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -552,23 +548,36 @@ def exact_duplicate_stage(
     rows: ir.Table, keep: Literal["earliest", "best_rated"] = "earliest"
 ) -> ir.Table:
     """Rows whose normalised prompt and response repeat an earlier kept row's are dropped;
-    of each group the first by ``keep`` stays."""
-    key_prompt, key_response = _normalised(rows.prompt), _normalised(rows.response)
-    window = ibis.window(group_by=[key_prompt, key_response], order_by=keep_order(rows, keep))
-    marked = rows.mutate(
+    of each group the first by ``keep`` stays.
+
+    Only the rows of repeated keys are ranked: most rows are unique, and a window sorted
+    within every group cost twice as much as counting the groups first."""
+    base = rows.view()
+    keyed = base.select(
+        "interaction_id",
+        "ts",
+        "feedback",
+        "accepted",
+        fw_kp=_normalised(base.prompt),
+        fw_kr=_normalised(base.response),
+    )
+    keys = ["fw_kp", "fw_kr"]
+    repeated = keyed.group_by(keys).aggregate(fw_n=ibis._.count()).filter(ibis._.fw_n > 1).view()
+    copies = keyed.semi_join(
+        repeated, [keyed.fw_kp == repeated.fw_kp, keyed.fw_kr == repeated.fw_kr]
+    )
+    window = ibis.window(group_by=keys, order_by=keep_order(copies, keep))
+    ranked = copies.select(
+        "interaction_id",
         fw_rank=ibis.row_number().over(window),
-        fw_first=rows.interaction_id.first().over(window),
+        fw_first=copies.interaction_id.first().over(window),
     )
-    out = marked.mutate(
-        **{
-            _DROP: ibis.ifelse(
-                marked.fw_rank > 0,
-                ibis.literal("exact duplicate of ").concat(marked.fw_first),
-                ibis.null("string"),
-            )
-        }
+    drops = ranked.filter(ranked.fw_rank > 0).select(
+        fw_id=ranked.interaction_id,
+        fw_why=ibis.literal("exact duplicate of ").concat(ranked.fw_first),
     )
-    return out.drop("fw_rank", "fw_first")
+    joined = rows.left_join(drops, rows.interaction_id == drops.fw_id)
+    return joined.mutate(**{_DROP: joined.fw_why}).drop("fw_id", "fw_why")
 
 
 def _drops_table(con: duckdb.DuckDBPyConnection, name: str, drops: list[tuple[str, str]]) -> None:
@@ -586,35 +595,53 @@ def _with_drops(rows: ir.Table, name: str) -> ir.Table:
     return joined.mutate(**{_DROP: joined.why}).drop("id", "why")
 
 
+def row_trigrams_sql() -> str:
+    """SQL of a cycle row's word 3-gram hashes: those of its prompt and response together."""
+    return word_trigrams_sql("prompt || ' ' || response")
+
+
+def token_table(con: duckdb.DuckDBPyConnection, rows: ir.Table, name: str) -> str:
+    """Create temp table ``name`` of (interaction_id, g): each row's word 3-gram hashes, for
+    the near-duplicate and decontamination stages to share. Returns ``name``."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_quote(name)} AS SELECT interaction_id,"
+        f" {row_trigrams_sql()} AS g FROM ({ibis.to_sql(rows, dialect='duckdb')})"
+    )
+    return name
+
+
 def near_duplicate_stage(
     con: duckdb.DuckDBPyConnection,
     rows: ir.Table,
     *,
     threshold: float,
     keep: Literal["earliest", "best_rated"],
-    shingle: Literal["char", "word"] = "word",
-    k: int = 3,
+    tokens: str | None = None,
 ) -> ir.Table:
-    """Near-duplicates (Jaccard of shingles ≥ ``threshold``, MinHash + LSH in the engine).
+    """Near-duplicates (Jaccard of word 3-grams ≥ ``threshold``, MinHash + LSH in the engine).
 
     Rows are taken in ``keep`` order and a row is dropped when it is a near-duplicate of a row
     already kept; so every dropped row names a kept twin, and no two kept rows are near-
-    duplicates of each other.
+    duplicates of each other. ``tokens`` names a table of (interaction_id, g) from
+    ``token_table`` holding at least these rows, to reuse; without it they are cut here.
     """
     view = f"fw_nd_rows{next(_counter)}"
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT interaction_id, prompt || ' ' || response"
-        f" AS fw_text FROM ({ibis.to_sql(rows, dialect='duckdb')})"
-    )
+    rows_sql = ibis.to_sql(rows, dialect="duckdb")
+    if tokens is None:
+        source = f"SELECT interaction_id, {row_trigrams_sql()} AS g FROM ({rows_sql})"
+    else:
+        source = (
+            f"SELECT interaction_id, g FROM {_quote(tokens)}"
+            f" SEMI JOIN ({rows_sql}) r USING (interaction_id)"
+        )
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {source}")
     try:
         pairs = near_duplicate_pairs(
             con,
             view,
             threshold=threshold,
             id_column="interaction_id",
-            text_column="fw_text",
-            shingle=shingle,
-            k=k,
+            shingles_column="g",
         )
     finally:
         con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -641,21 +668,6 @@ def near_duplicate_stage(
     return _with_drops(rows, name)
 
 
-_PUNCTUATION = ".,;:!?()[]{}<>\"'`*_=+-/\\|#"
-
-
-def _word_hashes_sql(text_sql: str) -> str:
-    """SQL of the hashes of a text's words: normalised, punctuation taken as a separator.
-
-    One ``translate`` of the whole text: trimming each word's punctuation in a lambda cost
-    seven times as much, and the n-grams of rows and eval items are cut the same way either way.
-    """
-    marks = "'" + _PUNCTUATION.replace("'", "''") + "'"
-    spaces = "'" + " " * len(_PUNCTUATION) + "'"
-    words = f"string_split({normalised_text_sql(f'translate({text_sql}, {marks}, {spaces})')}, ' ')"
-    return f"list_transform(list_filter({words}, lambda x: x <> ''), lambda x: hash(x))"
-
-
 def contamination_stage(
     con: duckdb.DuckDBPyConnection,
     rows: ir.Table,
@@ -663,13 +675,16 @@ def contamination_stage(
     ngram: int,
     threshold: float,
     eval_sets: list[str],
+    tokens: str | None = None,
 ) -> ir.Table:
     """Rows that overlap a stored eval item (prompt and reference) by word n-grams.
 
-    The overlap of a row and an item is the share of the shorter one's n-grams found in the
-    other (an eval question pasted inside a longer prompt counts in full); a row at or above
-    ``threshold`` for any item is dropped, naming the item. Items shorter than ``ngram`` words
-    are compared on n-grams of their own length (at least 3 words).
+    Words are those of ``words_sql`` (punctuation separates them), as for near-duplicates.
+    The overlap of a row and an item is the share of the shorter one's
+    n-grams found in the other (an eval question pasted inside a longer prompt counts in full);
+    a row at or above ``threshold`` for any item is dropped, naming the item. Items shorter
+    than ``ngram`` words are compared on n-grams of their own length (at least 3 words).
+    ``tokens`` is as for ``near_duplicate_stage``.
     """
     n = int(ngram)
     items = f"fw_dc_items{next(_counter)}"
@@ -682,30 +697,38 @@ def contamination_stage(
         f"  WHERE {sets_filter}"
         f" UNION ALL SELECT item_id || ' (' || eval_set || ') reference', reference"
         f"  FROM eval_items WHERE reference IS NOT NULL AND {sets_filter}),"
-        f" w AS (SELECT item, {_word_hashes_sql('t')} AS w FROM texts),"
-        f" sized AS (SELECT item, w, least({n}, len(w)) AS n FROM w WHERE len(w) >= 3)"
-        f" SELECT DISTINCT item, n, unnest(list_transform("
-        f"generate_series(1, len(w) - n + 1), lambda p: hash(list_slice(w, p, p + n - 1)))) AS h"
-        f" FROM sized",
+        f" w AS (SELECT item, {word_trigrams_sql('t')} AS g,"
+        f"  len({words_sql('t')}) AS words FROM texts),"
+        f" sized AS (SELECT item, g, least({n}, words) AS n FROM w WHERE words >= 3)"
+        f" SELECT DISTINCT item, n, unnest(CASE n"
+        + "".join(
+            f" WHEN {size} THEN list_transform(generate_series(1, len(g) - {size} + 3),"
+            f" lambda p: {ngram_hash_sql('g', size, 'p')})"
+            for size in range(3, n + 1)
+        )
+        + " END) AS h FROM sized",
         {"sets": eval_sets} if eval_sets else {},
     )
     sizes = [int(r[0]) for r in con.execute(f"SELECT DISTINCT n FROM {items}").fetchall()]
     drops: list[tuple[str, str]] = []
     if sizes:
         row_view = f"fw_dc_rows{next(_counter)}"
-        row_text = "prompt || ' ' || response"
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {row_view} AS SELECT interaction_id AS id,"
-            f" {_word_hashes_sql(row_text)} AS w FROM ({ibis.to_sql(rows, dialect='duckdb')})"
-        )
+        rows_sql = ibis.to_sql(rows, dialect="duckdb")
+        if tokens is None:
+            source = f"SELECT interaction_id AS id, {row_trigrams_sql()} AS g FROM ({rows_sql})"
+        else:
+            source = (
+                f"SELECT interaction_id AS id, g FROM {_quote(tokens)}"
+                f" SEMI JOIN ({rows_sql}) r USING (interaction_id)"
+            )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {row_view} AS {source}")
         for size in sizes:
-            parts = ", ".join(f"w[p + {i}]" for i in range(size))
-            # The same n-gram hash as the items': hash of the list of word hashes.
-            slice_hash = f"hash(list_value({parts}))"
+            # A row of w words has w - size + 1 n-grams (at least one); w = len(g) + 2.
+            count = f"greatest(len(g) - {size} + 3, 1)"
             found = con.execute(
-                f"WITH g AS (SELECT id, greatest(len(w) - {size} + 1, 1) AS total,"
-                f" unnest(list_transform(generate_series(1, greatest(len(w) - {size} + 1, 1)),"
-                f" lambda p: {slice_hash})) AS h FROM {row_view}),"
+                f"WITH g AS (SELECT id, {count} AS total,"
+                f" unnest(list_transform(generate_series(1, {count}),"
+                f" lambda p: {ngram_hash_sql('g', size, 'p')})) AS h FROM {row_view}),"
                 f" item_sizes AS (SELECT item, count(*) AS m FROM {items}"
                 f"  WHERE n = {size} GROUP BY ALL),"
                 f" shared AS (SELECT g.id, i.item, any_value(g.total) AS total,"
@@ -721,7 +744,7 @@ def contamination_stage(
                 (str(i), f"overlaps eval item {item}: {share:.0%} of {size}-grams")
                 for i, item, share in found
             )
-        con.execute(f"DROP TABLE IF EXISTS {row_view}")
+        con.execute(f"DROP VIEW IF EXISTS {row_view}")
     con.execute(f"DROP TABLE IF EXISTS {items}")
     merged: dict[str, str] = {}
     for row_id, why in drops:
