@@ -220,8 +220,9 @@ def near_duplicate_pairs(
     step = num_perm // bands  # band j starts at bin j * step
     sets, signatures, candidates = (f"{prefix}_{n}" for n in ("sets", "sig", "cand"))
     try:
-        # Each text's distinct shingle hashes, sorted (a number per text: joins and groups on
-        # numbers are cheaper than on its id).
+        # Each text's distinct shingle hashes, sorted; the table's rowid numbers the texts
+        # (joins and groups on numbers are cheaper than on ids, and a window to number them
+        # would run on one thread).
         if shingles_column is not None:
             column = _quote(shingles_column)
             shingle_lists = (
@@ -233,8 +234,9 @@ def near_duplicate_pairs(
                 source_sql, id_column=id_column, text_column=text_column, shingle=shingle, k=k
             )
         con.execute(
-            f"CREATE TEMP TABLE {sets} AS SELECT row_number() OVER () AS id, key,"
-            f" list_filter(s, lambda x, i: i = 1 OR x <> s[i - 1]) AS s FROM ({shingle_lists})"
+            f"CREATE TEMP TABLE {sets} AS SELECT key,"
+            " list_transform([s], lambda s: list_filter(s, lambda x, i: i = 1 OR x <> s[i - 1]))[1]"
+            f" AS s FROM ({shingle_lists})"
         )
 
         # One-permutation MinHash: a hash's top bits pick its bin and the whole hash is
@@ -246,26 +248,21 @@ def near_duplicate_pairs(
         # would agree on it far more often. Each filled bin is the first of the bands that
         # start after the filled bin before it, up to its own bin; the first one also of the
         # bands after the last filled bin.
-        def bin_of(value: str) -> str:
-            return f"(({value}) >> {shift})::BIGINT"
-
-        starts_band = (
-            f"list_concat(range(CASE WHEN i = 1 THEN 0 ELSE {bin_of('m[i - 1]')} // {step} + 1"
-            f" END, least({bin_of('m[i]')} // {step}, {bands - 1}) + 1),"
-            f" CASE WHEN i = 1 THEN range({bin_of('m[-1]')} // {step} + 1, {bands}) ELSE [] END)"
-        )
-        first_of_some = (
-            f"i = 1 OR {bin_of('m[i - 1]')} // {step} < least({bin_of('m[i]')} // {step},"
-            f" {bands - 1})"
+        # ``q``: each filled bin's band (the last band starting at or before it; the leftover
+        # bins after the last band's start count in the last band).
+        firsts = (
+            "list_transform(list_filter(range(1, len(q) + 1), lambda i: i = 1 OR q[i - 1] < q[i]),"
+            " lambda i: {'bands': list_concat(range(CASE WHEN i = 1 THEN 0 ELSE q[i - 1] + 1 END,"
+            f" q[i] + 1), CASE WHEN i = 1 THEN range(q[-1] + 1, {bands}) ELSE [] END),"
+            f" 's': hash(mm[i:i + {rows - 1}])}})"
         )
         con.execute(
             f"CREATE TEMP TABLE {signatures} AS"
-            f" WITH mt AS (SELECT id, list_filter(s, lambda x, i: i = 1"
+            f" WITH mt AS (SELECT rowid AS id, list_filter(s, lambda x, i: i = 1"
             f"  OR (x >> {shift}) <> (s[i - 1] >> {shift})) AS m FROM {sets}),"
-            f" circular AS (SELECT id, m, list_concat(m, m[1:{rows - 1}]) AS mm FROM mt),"
-            f" firsts AS (SELECT id, unnest(list_transform(list_filter(range(1, len(m) + 1),"
-            f"  lambda i: {first_of_some}), lambda i: {{'bands': {starts_band},"
-            f"  's': hash(mm[i:i + {rows - 1}])}})) AS f FROM circular)"
+            f" circular AS (SELECT id, list_transform(m, lambda x: least((x >> {shift})::BIGINT"
+            f"  // {step}, {bands - 1})) AS q, list_concat(m, m[1:{rows - 1}]) AS mm FROM mt),"
+            f" firsts AS (SELECT id, unnest({firsts}) AS f FROM circular)"
             f" SELECT id, unnest(f.bands) AS band, f.s AS s FROM firsts"
         )
         con.execute(
@@ -274,9 +271,10 @@ def near_duplicate_pairs(
             f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
         )
         if verify == "exact":
-            # |A ∪ B| from the two distinct sorted lists; |A ∩ B| = |A| + |B| - |A ∪ B|.
-            union = "len(list_distinct(list_concat(x.s, y.s)))"
-            similarity = f"(len(x.s) + len(y.s) - {union}) / {union}"
+            # |A ∩ B| counted by lookups in the other list (faster here than DuckDB's
+            # list_intersect or list_distinct, which build a hash table a pair).
+            shared = "len(list_filter(x.s, lambda v: list_contains(y.s, v)))"
+            similarity = f"list_transform([{shared}], lambda k: k / (len(x.s) + len(y.s) - k))[1]"
         else:
             # The share of equal bins among those filled in either text.
             mins = "list_filter({0}.s, lambda v, i: i = 1 OR (v >> {1}) <> ({0}.s[i - 1] >> {1}))"
@@ -284,10 +282,9 @@ def near_duplicate_pairs(
             filled = f"len(list_distinct(list_transform({both}, lambda v: v >> {shift})))"
             similarity = f"(2 * {filled} - len(list_distinct({both}))) / {filled}"
         rows_found = con.execute(
-            f"SELECT least(x.key, y.key), greatest(x.key, y.key), j FROM (SELECT c.a, c.b,"
-            f" {similarity} AS j FROM {candidates} c JOIN {sets} x ON x.id = c.a"
-            f" JOIN {sets} y ON y.id = c.b) JOIN {sets} x ON x.id = a JOIN {sets} y ON y.id = b"
-            " WHERE j >= ? ORDER BY j DESC, 1, 2",
+            "SELECT least(ka, kb), greatest(ka, kb), j FROM (SELECT x.key AS ka, y.key AS kb,"
+            f" {similarity} AS j FROM {candidates} c JOIN {sets} x ON x.rowid = c.a"
+            f" JOIN {sets} y ON y.rowid = c.b) WHERE j >= ? ORDER BY j DESC, 1, 2",
             [threshold - 1e-12],
         ).fetchall()
     finally:
