@@ -36,7 +36,9 @@ over the pairs in keep order, as in core.quality) and return to the engine as a 
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
+import operator
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -620,7 +622,7 @@ def near_duplicate_pairs(
 ) -> ir.Table:
     """(a, b, j): the pairs of ``sets`` (id, s: a set of 64-bit hashes) whose exact Jaccard
     similarity is at least ``threshold``, found as core.quality's near_duplicate_pairs finds
-    them: one-permutation MinHash, rotation densification, LSH bands (a candidate shares at
+    them: one-permutation MinHash, LSH bands anchored on filled bins (a candidate shares at
     least two), then the exact check."""
     if num_perm != _NUM_PERM:
         raise ValueError(f"the portable MinHash uses {_NUM_PERM} bins")
@@ -630,41 +632,40 @@ def near_duplicate_pairs(
         v=(flat.h >> _BIN_BITS).min()
     )
 
-    # Densified bands, as core.quality builds them: every filled bin in its own band; a filled
-    # bin after a gap also stands in for the bands whose last bin lies in the gap, and the
-    # first filled bin, circularly, for the bands after the last filled one.
+    # Bands anchored on filled bins, as core.quality builds them: band j starts at bin
+    # j × step and takes the first ``rows`` filled bins from there on, circularly (the first
+    # rows - 1 filled bins again after the last one). A filled bin is the first of the bands
+    # starting after the filled bin before it, up to its own bin; the first filled bin also of
+    # the bands after the last one.
+    step = num_perm // bands
     by_bin = ibis.window(group_by=minhash.id, order_by=minhash.bin)
-    marked = minhash.mutate(
-        prev=minhash.bin.lag().over(by_bin),
-        top=minhash.bin.max().over(ibis.window(group_by=minhash.id)),
+    keyed = minhash.mutate(
+        k=_hash2(dialect, minhash.bin, minhash.v),
+        rank=ibis.row_number().over(by_bin),
+        band=ibis.least(minhash.bin // step, bands - 1).cast("int64"),
     )
-
-    def first_band(after: ir.IntegerValue) -> ir.IntegerValue:  # the first j with L > after
-        return ibis.greatest(after + 1, 0) // rows
-
-    def last_band(before: ir.IntegerValue) -> ir.IntegerValue:  # the last j with L < before
-        under = before - rows
-        return ibis.ifelse(under < 0, -1, ibis.least(under, bands * rows - 1) // rows)
-
-    columns = ("id", "bin", "v")
-    own = marked.filter(marked.bin < bands * rows).select(
-        *columns, band=(marked.bin // rows).cast("int64")
+    again = keyed.filter(keyed.rank < rows - 1).mutate(bin=keyed.bin + num_perm)
+    extended = keyed.union(again)
+    following = ibis.window(group_by=extended.id, order_by=extended.bin)
+    runs = extended.mutate(
+        prev=extended.band.lag().over(following),
+        top=extended.band.max().over(ibis.window(group_by=extended.id)),
+        s=functools.reduce(
+            operator.xor,
+            [extended.k.lead(n).over(following).fill_null(0) for n in range(1, rows)],
+            extended.k,
+        ),
+    ).filter(ibis._.bin < num_perm)
+    own = runs.select(
+        "id",
+        "s",
+        band=ibis.range(runs.prev.fill_null(-1) + 1, runs.band + 1).unnest().cast("int64"),
     )
-    gaps = marked.filter(marked.prev.isnull() | (marked.bin - marked.prev > 1))
-    stand_in = gaps.select(
-        *columns,
-        band=ibis.range(first_band(gaps.prev.fill_null(-1)), last_band(gaps.bin) + 1)
-        .unnest()
-        .cast("int64"),
-    )
-    firsts = gaps.filter(gaps.prev.isnull())
+    firsts = runs.filter(runs.prev.isnull())
     circular = firsts.select(
-        *columns, band=ibis.range(first_band(firsts.top), bands).unnest().cast("int64")
+        "id", "s", band=ibis.range(firsts.top + 1, bands).unnest().cast("int64")
     )
-    banded = own.union(stand_in).union(circular)
-    signatures = banded.group_by(["id", "band"]).aggregate(
-        s=_bit_xor(_hash2(dialect, banded.bin, banded.v))
-    )
+    signatures = own.union(circular)
 
     left, right = signatures, signatures.view()
     shared = left.join(
@@ -740,13 +741,15 @@ def near_duplicate_stage(
 # -- decontamination ------------------------------------------------------------------------------
 
 
-_SEPARATORS = ".,;:!?()[]{}<>\"'`*_=+-/\\|#\t\n\r\f\v"
+_PUNCTUATION = ".,;:!?()[]{}<>\"'`*_=+-/\\|#"
+_SPACES = "[\\t\\n\\f\\r ]+"  # RE2's \s+, spelled so that Java reads it the same
 
 
 def _words(text: ir.StringValue) -> ir.ArrayValue:
     """A text's words, lower-cased, punctuation and whitespace separating them (core.quality's
-    ``words_sql``)."""
-    spaced = text.translate(_SEPARATORS, " " * len(_SEPARATORS))
+    ``words_sql``). Whitespace goes through a regular expression: a control character in a
+    Spark SQL string literal would be read as an escape."""
+    spaced = text.translate(_PUNCTUATION, " " * len(_PUNCTUATION)).re_replace(_SPACES, " ")
     return spaced.lower().split(" ").filter(lambda w: w != "")
 
 

@@ -3,19 +3,21 @@
 The whole pipeline is SQL over temporary tables, so it runs at the query engine's speed and
 never pulls texts into Python:
 
-1. normalise each text (lower case, collapsed whitespace) and cut it into shingles (character
-   k-grams by default, word k-grams on request), hashed to 64 bits;
-2. one-permutation MinHash: each shingle hash falls into one of ``num_perm`` bins and each bin
-   keeps its minimum (one pass over the shingles instead of ``num_perm``);
-3. densification by rotation: an empty bin takes the next filled bin to its right (circularly)
-   at its distance, so two texts agree on any bin with probability close to their Jaccard
-   similarity, however few shingles they have (without it, bins empty in both texts agree for
-   free, and pairs that merely share a prompt become candidates by the thousand);
-4. LSH banding: ``bands`` bands of ``rows`` bins each, a band's signature the XOR of its
-   bins' hashes (order-free, one aggregate); texts sharing at least two band signatures are
-   candidate pairs. ``bands`` and ``rows`` are chosen so that a pair at the threshold is a
-   candidate with probability at least 0.98;
-5. each candidate pair is verified by its exact shingle Jaccard similarity (or, with
+1. cut each text into shingles (character k-grams of its normalised text by default, word
+   k-grams on request; a cycle passes word 3-grams it cut once, ``word_trigrams_sql``), hashed
+   to 64 bits, sorted and made distinct;
+2. one-permutation MinHash: each shingle hash falls into one of ``num_perm`` bins by its top
+   bits and each bin keeps its minimum (one pass over the sorted hashes instead of
+   ``num_perm`` passes over the shingles);
+3. LSH banding anchored on filled bins: band j starts at bin j × step and takes the first
+   ``rows`` filled bins from there on (circularly), its signature the hash of their minima.
+   Two texts agree on a band with probability about J^rows however few bins their shingles
+   fill. (Bands of fixed bins hold fewer distinct values when bins are empty, which made
+   pairs that merely share a prompt candidates by the million on the benchmark log.) Texts
+   sharing at least two band signatures are candidate pairs; ``bands`` and ``rows`` are chosen
+   so that a pair at the threshold is a candidate with probability at least 0.98 (bands
+   overlap when bins are sparse, so the planted-pair tests check the recall that results);
+4. each candidate pair is verified by its exact shingle Jaccard similarity (or, with
    ``verify="estimate"``, by the share of equal MinHash bins) and kept at or above the threshold.
 
 Pairs below the threshold are never returned; pairs well above it are found with probability
@@ -141,8 +143,9 @@ def _shingle_list_sql(
     )
 
 
-_SEPARATORS = ".,;:!?()[]{}<>\"'`*_=+-/\\|#\t\n\r\f\v"
-"""Characters that end a word besides the space: punctuation and other whitespace."""
+_SEPARATORS = ".,;:!?()[]{}<>\"'`*_=+-/\\|#\t\n\r\f"
+"""Characters that end a word besides the space: punctuation and RE2's other whitespace (a
+vertical tab is none, as in the exact-duplicate normalisation)."""
 
 
 def words_sql(text_sql: str) -> str:
