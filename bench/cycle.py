@@ -1,11 +1,13 @@
-"""Cycle benchmark: ``python bench/cycle.py [--rows N] [--pandas-rows N] [--skip-pandas]``.
+"""Cycle benchmark: ``python bench/cycle.py [--rows N] [--pandas-rows N] [--skip-pandas]
+[--repeat N]``.
 
 Prints, measured in the same run:
   ours        a whole cycle (consent, PII check, the starter plan's filters, exact and
               near-duplicates, decontamination, mix, split, version) over the stored log
               (core.cycles.run_cycle), on 1M interactions by default
   exact-only  one DuckDB query doing only the exact-duplicate step over the same rows (the
-              same normalisation; the faster of two formulations)
+              same normalisation of every row; the faster of two formulations)
+  (ours and exact-only alternate, --repeat times each, default 3; the medians are compared)
   pandas      the same stages in pandas + datasketch (MinHash LSH), on a sample of
               --pandas-rows (default 100k) rows, against ours on the same sample
 The log is bench/make_log.py's (written to bench/out/ when missing), loaded once through the
@@ -20,6 +22,7 @@ import ast
 import json
 import re
 import shutil
+import statistics
 import sys
 import time
 import warnings
@@ -147,7 +150,11 @@ def run_ours(base: Path) -> tuple[float, dict[str, Any]]:
 
 
 def run_exact_only(base: Path) -> float:
-    """One query: the exact-duplicate step alone, as fast as we can write it."""
+    """One query: the exact-duplicate step alone, normalising every row as the cycle does.
+
+    (Normalising each distinct text once and joining back is 2.4x faster on this log, which
+    reuses 5,000 prompts and 5,000 responses; the cycle does not lean on that repetition, which
+    real logs lack, so neither does the baseline.)"""
     store = fresh_copy(base, "cycle_exact.duckdb")
     prompt, response = normalised_text_sql("prompt"), normalised_text_sql("response")
     queries = [
@@ -314,14 +321,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--pandas-rows", type=int, default=100_000)
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of ours and of the exact-only query"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     base = base_store(args.rows)
-    ours, result = run_ours(base)
-    exact = run_exact_only(base)
+    # Alternated, median of each: a busy moment of the machine falls on both sides alike.
+    runs, exacts = [], []
+    for _ in range(args.repeat):
+        runs.append(run_ours(base))
+        exacts.append(run_exact_only(base))
+    ours, result = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+    exact = statistics.median(exacts)
     funnel = ", ".join(f"{s['name']} {s['rows_in']:,}→{s['rows_out']:,}" for s in result["stages"])
     slowest = sorted(result["stages"], key=lambda s: -s["seconds"])[:4]
-    print(f"rows stored     : {args.rows:,}")
+    print(f"rows stored     : {args.rows:,} (median of {args.repeat} runs each)")
     print(f"funnel          : {funnel}")
     print("slowest stages  : " + ", ".join(f"{s['name']} {s['seconds']:.2f} s" for s in slowest))
     print(f"ours (cycle)    : {ours:7.2f} s")
