@@ -227,6 +227,45 @@ def test_planted_near_duplicate_pairs_recall_and_false_removals() -> None:
     assert false_removals <= 0.01
 
 
+def test_shared_word_3grams_give_the_verdicts_of_cutting_each_stage_alone() -> None:
+    rng = random.Random(7)
+    vocabulary = [f"w{n}" for n in range(300)]
+    rows = []
+    for n in range(60):
+        words = [rng.choice(vocabulary) for _ in range(40)]
+        rows.append({"interaction_id": f"r{n:02d}", "prompt": " ".join(words), "response": "ok"})
+        if n % 4 == 0:  # a near-duplicate: one word changed, other case and punctuation
+            words[5] = "changed"
+            twin = ", ".join(words).upper() + "!"
+            rows.append({"interaction_id": f"t{n:02d}", "prompt": twin, "response": "ok."})
+    con = _rows_con(rows)
+    # The cycle cuts the 3-grams once, for more rows than a later stage sees.
+    tokens = quality.token_table(con, _table(), "shared_tokens")
+    fewer = _table().filter(_table().interaction_id != "r01")
+    alone = _dropped(con, quality.near_duplicate_stage(con, fewer, threshold=0.8, keep="earliest"))
+    shared = _dropped(
+        con,
+        quality.near_duplicate_stage(con, fewer, threshold=0.8, keep="earliest", tokens=tokens),
+    )
+    assert alone == shared
+    assert set(alone) == {f"t{n:02d}" for n in range(0, 60, 4)}
+    # 37 of the 43 distinct 3-grams shared: one changed word breaks three.
+    for twin, why in alone.items():
+        assert why == f"near-duplicate of r{twin[1:]} (Jaccard 0.86)"
+
+
+def test_words_split_at_punctuation_and_whitespace_in_any_case() -> None:
+    con = duckdb.connect()
+    text = "Sort(a, key=len)\tthen\nPRINT it;  done."
+    (words,) = con.execute(f"SELECT {quality.words_sql('$t')}", {"t": text}).fetchone()
+    assert words == ["sort", "a", "key", "len", "then", "print", "it", "done"]
+    (grams,) = con.execute(
+        f"SELECT {quality.word_trigrams_sql('$t')} = {quality.word_trigrams_sql('$u')}",
+        {"t": text, "u": "sort a key len then print it done"},
+    ).fetchone()
+    assert grams
+
+
 def test_decontamination_removes_a_planted_eval_item(store: Store, tmp_path: Path) -> None:
     build_workspace(store, tmp_path, [interaction(1)], synthetic=0)
     con_rows = [
@@ -373,6 +412,26 @@ def test_pii_is_checked_again_only_for_batches_redacted_by_other_detectors(
     params, prompt = pii_stage()
     assert params == {"rows_checked_again": 9, "texts_redacted_again": 1}
     assert "jo@example.com" not in prompt and "<EMAIL>" in prompt
+
+
+def test_decontamination_may_run_before_near_duplicates(store: Store, tmp_path: Path) -> None:
+    plan = cycle_plan()
+    filters = plan.quality_filters
+    near = next(i for i, f in enumerate(filters) if f.rule == "near_dedup")
+    filters.append(filters.pop(near))  # decontamination, then near-duplicates
+    rows = _workspace_rows()
+    twin = interaction(37, prompt=rows[5]["prompt"] + " thanks", response=rows[5]["response"])
+    plan_id = build_workspace(store, tmp_path, [*rows, twin], plan=plan)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
+    assert [s.name for s in result.stages][-4:-2] == ["decontamination", "near_dedup"]
+    reasons = dict(
+        store.fetch_all(
+            "SELECT interaction_id, stage FROM cycle_removed_rows WHERE run_id = ?",
+            [result.run_id],
+        )
+    )
+    assert reasons["i-032"] == "decontamination"
+    assert reasons["i-037"] == "near_dedup"  # rated alike: the earlier i-005 stays
 
 
 def test_mix_follows_the_ratio_and_the_cap(store: Store, tmp_path: Path) -> None:
