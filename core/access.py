@@ -46,6 +46,8 @@ Permission = Literal[
     "generation.run",
     "eval.run",
     "model.train",
+    "data.retention",
+    "store.backup",
 ]
 
 PERMISSIONS: dict[Permission, frozenset[Role]] = {
@@ -61,6 +63,10 @@ PERMISSIONS: dict[Permission, frozenset[Role]] = {
     # Eval results decide the gates, so only the ML lead produces or imports them.
     "eval.run": frozenset({"ml_lead"}),
     "model.train": frozenset({"ml_lead"}),
+    # Retention deletes interactions for good, as erasure does.
+    "data.retention": frozenset({"privacy_reviewer", "ml_lead"}),
+    # A backup holds every table, raw PII included; a restore replaces the whole store.
+    "store.backup": frozenset({"ml_lead", "eng_lead"}),
 }
 
 ACTIONS: dict[Permission, str] = {
@@ -74,6 +80,8 @@ ACTIONS: dict[Permission, str] = {
     "generation.run": "run synthetic generation",
     "eval.run": "run evals, import eval results or freeze eval sets",
     "model.train": "train models or register a cycle's candidate",
+    "data.retention": "enforce data retention",
+    "store.backup": "back up or restore the store",
 }
 
 

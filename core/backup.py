@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 
 from core import __version__
+from core.access import User, require
 from core.errors import StoreError
 from core.store import Store, forget_migrated, migrations
 
@@ -53,9 +54,11 @@ def _row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {n: int(con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names}  # type: ignore[index]
 
 
-def backup_store(store: Store, directory: str | Path) -> BackupResult:
+def backup_store(store: Store, directory: str | Path, *, user: User) -> BackupResult:
     """Write every table of ``store`` to ``directory`` (new or empty) as Parquet, with a
-    manifest. Raises StoreError when the directory holds files already."""
+    manifest. Raises StoreError when the directory holds files already; AccessError, before
+    anything is written, when ``user`` may not back up the store (a backup holds raw PII)."""
+    require(user, "store.backup")
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
         raise StoreError(f"{target} is not empty; back up into a new or empty directory.")
@@ -105,13 +108,17 @@ def _read_manifest(source: Path) -> dict[str, Any]:
     return manifest
 
 
-def restore_store(source: str | Path, target: str | Path, *, replace: bool = False) -> BackupResult:
+def restore_store(
+    source: str | Path, target: str | Path, *, user: User, replace: bool = False
+) -> BackupResult:
     """Rebuild the store at ``target`` from a backup directory, checking files and row counts,
     then bring its schema up to date. The old file is replaced only once the restore is whole.
 
     Raises StoreError when the backup is damaged, or when ``target`` holds a store and
-    ``replace`` is False.
+    ``replace`` is False; AccessError, before anything is read or written, when ``user`` may
+    not restore a store.
     """
+    require(user, "store.backup")
     backup, destination = Path(source), Path(target)
     manifest = _read_manifest(backup)
     if destination.exists() and not replace:

@@ -53,10 +53,6 @@ class Outcome:
 Handler = Callable[[argparse.Namespace, Store], Outcome]
 
 
-def _actor() -> str:
-    return str(get_setting("actor"))
-
-
 def _user() -> User:
     """Who acts on the command line: the local operator (every role but viewer), named by
     FLYWHEEL_ACTOR in the audit log."""
@@ -784,7 +780,7 @@ def cmd_dataset_compare(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
-    result = backup_store(store, args.directory)
+    result = backup_store(store, args.directory, user=_user())
     total = sum(result.tables.values())
     return Outcome(
         result.to_dict(),
@@ -794,7 +790,7 @@ def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_restore(args: argparse.Namespace, store: Store) -> Outcome:
-    result = restore_store(args.directory, store.path, replace=args.replace)
+    result = restore_store(args.directory, store.path, user=_user(), replace=args.replace)
     total = sum(result.tables.values())
     return Outcome(
         result.to_dict(),
@@ -812,7 +808,7 @@ def cmd_retention(args: argparse.Namespace, store: Store) -> Outcome:
         raise FlywheelError(f"--now {args.now!r} is not an ISO date or date-time.") from None
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    result = enforce_retention(store, plan, actor=_actor(), now=now, dry_run=args.dry_run)
+    result = enforce_retention(store, plan, user=_user(), now=now, dry_run=args.dry_run)
     verb = "Would delete" if args.dry_run else "Deleted"
     return Outcome(
         {"plan_id": plan_id, **result.to_dict()},

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.access import User, require
 from core.audit import record_audit
 from core.plan import Plan
 from core.store import Store
@@ -60,12 +61,17 @@ def enforce_retention(
     store: Store,
     plan: Plan,
     *,
-    actor: str,
+    user: User,
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> RetentionResult:
     """Delete interactions older than the plan's raw-text retention after rolling them up into
-    daily metrics, and clear the raw text of quarantined lines as old; one transaction."""
+    daily metrics, and clear the raw text of quarantined lines as old; one transaction.
+
+    A dry run only counts, for anyone; raises AccessError, before anything is written, when
+    ``user`` may not enforce retention. The audit log names ``user``."""
+    if not dry_run:
+        require(user, "data.retention")
     days = raw_text_retention_days(plan)
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     with store.transaction() as con:
@@ -91,7 +97,7 @@ def enforce_retention(
             )
             record_audit(
                 con,
-                actor=actor,
+                actor=user.name,
                 action="retention.enforce",
                 target=f"before {cutoff.date().isoformat()}",
                 detail={

@@ -34,6 +34,7 @@ from core.access import (
     local_operator,
     refusal,
 )
+from core.backup import backup_store, restore_store
 from core.consent import forget_user
 from core.cycles import run_cycle
 from core.evals import (
@@ -49,6 +50,7 @@ from core.generation import run_batch, run_generation
 from core.ingest import batch_rejects, ingest_bytes, ingest_file, pii_samples
 from core.llm import resolve_endpoint
 from core.plan_versions import save_plan_version
+from core.retention import enforce_retention
 from core.starters import starter_plan
 from core.store import Store
 from core.training import cycle_candidate, follow_training, register_candidate, start_training
@@ -465,6 +467,9 @@ def _without_user(store: Store, tmp_path: Path) -> dict[str, Callable[[], object
         "register_candidate": lambda: register_candidate(  # type: ignore[call-arg]
             store, "p", 1, model="m", endpoint="e"
         ),
+        "enforce_retention": lambda: enforce_retention(store, tiny_plan()),  # type: ignore[call-arg]
+        "backup_store": lambda: backup_store(store, tmp_path / "bk"),  # type: ignore[call-arg]
+        "restore_store": lambda: restore_store(tmp_path / "bk", tmp_path / "r.duckdb"),  # type: ignore[call-arg]
     }
 
 
@@ -488,6 +493,9 @@ ENTRY_POINTS = [
     "start_training",
     "follow_training",
     "register_candidate",
+    "enforce_retention",
+    "backup_store",
+    "restore_store",
 ]
 
 
@@ -531,6 +539,9 @@ def test_every_function_that_takes_the_acting_user_requires_it() -> None:
         "consent.forget_user",
         "gates.record_decision",
         "signoffs.record_decision",
+        "retention.enforce_retention",
+        "backup.backup_store",
+        "backup.restore_store",
     } <= taking
 
 

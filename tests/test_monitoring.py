@@ -116,7 +116,7 @@ def test_actuals_survive_retention(store: Store, tmp_path: Path) -> None:
     stamp = store.stamp()  # what the dashboard's caches are keyed on
     from datetime import UTC, datetime
 
-    enforce_retention(store, plan, actor="cron", now=datetime(2028, 1, 1, tzinfo=UTC))
+    enforce_retention(store, plan, user=local_operator(), now=datetime(2028, 1, 1, tzinfo=UTC))
     assert store.stamp() != stamp
     after = cycle_actuals(store, plan)[0]
     assert (after.interactions, after.accepted, after.teacher_cost_per_1k) == (

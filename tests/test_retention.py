@@ -8,12 +8,16 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from conftest import ROOT
 
+from core.access import AccessError, User
 from core.plan_versions import load_plan
 from core.retention import enforce_retention, raw_text_retention_days
 from core.store import Store
 
+CRON = User("cron", frozenset({"ml_lead"}))
+VIEWER = User("Val", frozenset({"viewer"}))
 TOTALS = (
     "SELECT count(*), count(*) FILTER (WHERE feedback = 'up'), coalesce(sum(cost_usd), 0)"
     " FROM interactions WHERE ts < ?"
@@ -36,11 +40,14 @@ def test_expired_rows_go_and_their_metrics_stay(demo_store: Store) -> None:
     remaining = demo_store.fetch_one("SELECT count(*) FROM interactions WHERE ts >= ?", [cutoff])
     assert before is not None and before[0] > 0
 
-    dry = enforce_retention(demo_store, plan, actor="cron", now=now, dry_run=True)
+    dry = enforce_retention(demo_store, plan, user=VIEWER, now=now, dry_run=True)
     assert dry.interactions_deleted == before[0]
     assert demo_store.fetch_one(TOTALS, [cutoff]) == before  # a dry run deletes nothing
+    with pytest.raises(AccessError, match=r"may not enforce data retention"):
+        enforce_retention(demo_store, plan, user=VIEWER, now=now)
+    assert demo_store.fetch_one(TOTALS, [cutoff]) == before  # nor does a refused run
 
-    result = enforce_retention(demo_store, plan, actor="cron", now=now)
+    result = enforce_retention(demo_store, plan, user=CRON, now=now)
     assert result.interactions_deleted == before[0]
     assert demo_store.fetch_one(TOTALS, [cutoff])[0] == 0  # type: ignore[index]
     assert demo_store.fetch_one("SELECT count(*) FROM interactions") == remaining
@@ -48,7 +55,7 @@ def test_expired_rows_go_and_their_metrics_stay(demo_store: Store) -> None:
     assert kept is not None and kept[0] == before[0] and kept[1] == before[1]
     assert abs(kept[2] - before[2]) < 1e-9
 
-    again = enforce_retention(demo_store, plan, actor="cron", now=now)
+    again = enforce_retention(demo_store, plan, user=CRON, now=now)
     assert again.interactions_deleted == 0
     assert demo_store.fetch_one(KEPT) == kept  # rerunning adds nothing
     audit = demo_store.fetch_all("SELECT actor FROM audit_log WHERE action = 'retention.enforce'")
