@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import date
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -18,6 +21,19 @@ from pydantic.fields import FieldInfo
 from core.plan import FILTER_KINDS
 
 LONG_TEXT = {"prompt_template", "business_goal", "notes", "purpose"}
+
+_READ_ONLY: ContextVar[bool] = ContextVar("plan_form_read_only", default=False)
+
+
+@contextmanager
+def read_only(on: bool) -> Iterator[None]:
+    """Widgets made inside are disabled when ``on`` (a user who may not edit plans reads the
+    plan in the same form). A context variable, not a module flag: sessions run in threads."""
+    token = _READ_ONLY.set(on)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
 
 
 def label_of(name: str) -> str:
@@ -58,7 +74,8 @@ def edit_model(model: type[BaseModel], data: dict[str, Any], key: str) -> dict[s
 
 
 def edit_field(name: str, info: FieldInfo, value: Any, key: str) -> Any:
-    """The widget for one field, by its type."""
+    """The widget for one field, by its type (disabled inside ``read_only(True)``)."""
+    off = _READ_ONLY.get()
     annotation, optional = _strip_optional(info.annotation)
     label, help_text = label_of(name), info.description
     origin = get_origin(annotation)
@@ -71,12 +88,15 @@ def edit_field(name: str, info: FieldInfo, value: Any, key: str) -> Any:
             return edit_rows(item, value or [], key, label=label, help_text=help_text)
         if get_origin(item) is Literal:
             options = list(get_args(item))
-            return st.multiselect(label, options, default=value or [], help=help_text, key=key)
+            return st.multiselect(
+                label, options, default=value or [], help=help_text, key=key, disabled=off
+            )
         text = st.text_input(
             label,
             ", ".join(str(v) for v in value or []),
             help=f"{help_text} Comma-separated." if help_text else "Comma-separated.",
             key=key,
+            disabled=off,
         )
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if item is float:
@@ -88,12 +108,17 @@ def edit_field(name: str, info: FieldInfo, value: Any, key: str) -> Any:
     if origin is Literal:
         options = list(get_args(annotation))
         index = options.index(value) if value in options else 0
-        return st.selectbox(label, options, index=index, help=help_text, key=key)
+        return st.selectbox(label, options, index=index, help=help_text, key=key, disabled=off)
     if annotation is bool:
-        return st.toggle(label, value=bool(value), help=help_text, key=key)
+        return st.toggle(label, value=bool(value), help=help_text, key=key, disabled=off)
     if annotation is int:
         return st.number_input(
-            label, value=None if value is None else int(value), step=1, help=help_text, key=key
+            label,
+            value=None if value is None else int(value),
+            step=1,
+            help=help_text,
+            key=key,
+            disabled=off,
         )
     if annotation is float:
         return st.number_input(
@@ -104,14 +129,15 @@ def edit_field(name: str, info: FieldInfo, value: Any, key: str) -> Any:
             help=help_text,
             key=key,
             placeholder="not set" if optional else None,
+            disabled=off,
         )
     if annotation is date:
         current = date.fromisoformat(value) if isinstance(value, str) and value else value
-        chosen = st.date_input(label, value=current, help=help_text, key=key)
+        chosen = st.date_input(label, value=current, help=help_text, key=key, disabled=off)
         return chosen.isoformat() if isinstance(chosen, date) else None
     if name in LONG_TEXT:
-        return st.text_area(label, value or "", help=help_text, key=key)
-    return st.text_input(label, value or "", help=help_text, key=key)
+        return st.text_area(label, value or "", help=help_text, key=key, disabled=off)
+    return st.text_input(label, value or "", help=help_text, key=key, disabled=off)
 
 
 def _column(name: str, info: FieldInfo) -> Any:
@@ -167,7 +193,8 @@ def edit_rows(
     edited = st.data_editor(
         frame,
         key=key,
-        num_rows="dynamic",
+        disabled=_READ_ONLY.get(),
+        num_rows="fixed" if _READ_ONLY.get() else "dynamic",
         width="stretch",
         hide_index=True,
         column_config={n: _column(n, info) for n, info in fields.items()},
@@ -218,7 +245,8 @@ def edit_filters(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     edited = st.data_editor(
         frame,
         key=key,
-        num_rows="dynamic",
+        disabled=_READ_ONLY.get(),
+        num_rows="fixed" if _READ_ONLY.get() else "dynamic",
         width="stretch",
         hide_index=True,
         column_config=config,

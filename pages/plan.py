@@ -38,7 +38,7 @@ from pages._common import (
     select_plan,
 )
 from pages._documents import plan_document_downloads
-from pages._forms import edit_filters, edit_model, edit_rows
+from pages._forms import edit_filters, edit_model, edit_rows, read_only
 
 SECTIONS = {
     "goal": "1 · Goal",
@@ -115,7 +115,9 @@ token = f"{plan_id}:v{version}:{st.session_state.get('form_generation', 0)}"
 editor, side = st.columns([3, 1.15], gap="large")
 
 # -- the sections ------------------------------------------------------------------------------
-with editor:
+with editor, read_only(edit_refused is not None):
+    if edit_refused:
+        st.caption(f"Read only: {edit_refused}")
     tabs = dict(zip(SECTIONS, st.tabs(list(SECTIONS.values())), strict=True))
     draft: dict[str, Any] = {"schema_version": base["schema_version"]}
     with tabs["goal"]:

@@ -690,3 +690,21 @@ def test_the_permitted_roles_find_the_write_actions_enabled(
     pm = _open(_signed_in("maya@example.com", tmp_path, monkeypatch), "pages/evals.py")
     assert not _disabled(pm)["FormSubmitter:decision-Record decision"]
     assert "Maya (pm) may not override gates (gate.override)" in _captions(pm)
+
+
+def test_a_viewer_reads_the_plan_form_and_a_pm_edits_it(
+    demo_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def plan_fields(at: AppTest) -> dict[str, bool]:
+        """Whether each field of the plan form is disabled, by key (``plan:vN:g.section…``)."""
+        widgets = [*at.text_input, *at.number_input, *at.selectbox, *at.toggle, *at.text_area]
+        return {w.key: w.disabled for w in widgets if w.key and ".goal." in w.key}
+
+    viewer = _open(_signed_in("val@example.com", tmp_path, monkeypatch), "pages/plan.py")
+    fields = plan_fields(viewer)
+    assert len(fields) >= 4 and all(fields.values()), fields
+    assert "Read only: Val (viewer) may not edit plans" in _captions(viewer)
+
+    pm = _open(_signed_in("maya@example.com", tmp_path, monkeypatch), "pages/plan.py")
+    fields = plan_fields(pm)
+    assert len(fields) >= 4 and not any(fields.values()), fields
