@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from core.access import User
 from core.evals import import_eval_set, load_items, record_results
 from core.gates import check_gates, record_decision
-from core.plan import Plan
+from core.plan import Plan, plan_timeline
 from core.store import Store
 
 __all__ = ["load_demo_evals"]
@@ -359,4 +359,12 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
         )
     report = check_gates(store, plan_id, 1)
     if report.verdict == "pass":
-        record_decision(store, report, decision="approved", user=_ML_LEAD)
+        decision_id = record_decision(store, report, decision="approved", user=_ML_LEAD)
+        # Dated on the plan's decision day of cycle 1, after its A/B test, like the rest of the
+        # demo's 2027 history (recording it stamps today's date).
+        decided = next((c.decision for c in plan_timeline(plan) if c.cycle == 1), None)
+        if decided is not None:
+            store.execute(
+                "UPDATE gate_decisions SET decided_at = ? WHERE decision_id = ?",
+                [datetime.combine(decided, time(10, 0), UTC), decision_id],
+            )

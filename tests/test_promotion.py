@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from core.errors import DocumentError
+from core.plan import plan_timeline
+from core.plan_versions import load_plan
 from core.promotion import candidate_promotion, promotion_of
 from core.store import Store
 
@@ -69,3 +71,13 @@ def test_the_demo_promoted_cycle_1_and_cycle_3_has_no_candidate(demo_store: Stor
     assert not candidate_promotion(demo_store, "python-coding-assistant", 2).promoted
     with pytest.raises(DocumentError, match="cycle 3 has no candidate model; register or train"):
         candidate_promotion(demo_store, "python-coding-assistant", 3)
+
+
+def test_the_demo_approves_cycle_1_after_its_candidate_and_its_ab_test(demo_store: Store) -> None:
+    plan, _ = load_plan(demo_store, "python-coding-assistant")
+    cycle_1 = next(c for c in plan_timeline(plan) if c.cycle == 1)
+    registered = demo_store.fetch_one("SELECT registered_at FROM cycle_candidates WHERE cycle = 1")
+    decided = demo_store.fetch_one("SELECT decided_at FROM gate_decisions WHERE cycle = 1")
+    assert registered is not None and decided is not None
+    assert decided[0] > registered[0]
+    assert decided[0].date() >= cycle_1.ab_end  # a model card never approves before the A/B
