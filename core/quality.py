@@ -117,19 +117,20 @@ def _shingle_list_sql(
     shingle: Literal["char", "word"],
     k: int,
 ) -> str:
-    """SQL of (key, s): each text's id and the 32-bit hashes of its shingles of its normalised
-    text, sorted (a shingle that repeats is listed again)."""
-    normalised = (
-        f"SELECT {_quote(id_column)} AS key,"
-        f" {normalised_text_sql(f'CAST({_quote(text_column)} AS VARCHAR)')} AS t"
-        f" FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
-    )
+    """SQL of (key, s): each text's id and the 32-bit hashes of its shingles, sorted (a
+    shingle that repeats is listed again): character k-grams of its normalised text, or word
+    k-grams of its words (``words_sql``)."""
+    column = f"CAST({_quote(text_column)} AS VARCHAR)"
+    texts = f"FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
     if shingle == "char":
         hashes = (
             f"list_transform(generate_series(1, greatest(length(t) - {k} + 1, 1)),"
             f" lambda p: (hash(substr(t, p, {k})) >> 32)::UINTEGER)"
         )
-        return f"SELECT key, list_sort({hashes}) AS s FROM ({normalised})"
+        return (
+            f"SELECT key, list_sort({hashes}) AS s FROM (SELECT {_quote(id_column)} AS key,"
+            f" {normalised_text_sql(column)} AS t {texts})"
+        )
     # Words are hashed once; a shingle hashes its k word hashes (no list slicing, which is slow).
     parts = ", ".join(f"w[p + {i}]" for i in range(k))
     hashes = (
@@ -137,9 +138,8 @@ def _shingle_list_sql(
         f" lambda p: (hash({parts}) >> 32)::UINTEGER)"
     )
     return (
-        f"SELECT key, list_sort({hashes}) AS s"
-        f" FROM (SELECT key, list_transform(string_split(t, ' '), lambda x: hash(x)) AS w"
-        f" FROM ({normalised}))"
+        f"SELECT key, list_sort({hashes}) AS s FROM (SELECT {_quote(id_column)} AS key,"
+        f" list_transform({words_sql(column)}, lambda x: hash(x)) AS w {texts})"
     )
 
 
@@ -204,9 +204,9 @@ def near_duplicate_pairs(
     ``source`` is a table or view name, or a relation of the same connection, with an id column
     and a text column (or, with ``shingles_column``, a column of each text's 32-bit shingle
     hashes, UINTEGER[], cut already, e.g. by ``word_trigrams_sql``; ``shingle`` and ``k`` are
-    then unused). Ids
-    must be comparable (the pair holds the smaller id first). Pairs come sorted by descending
-    similarity, then ids. ``num_perm`` (the MinHash bins) is a power of two from 8 to 1024.
+    then unused). Ids must be comparable (the pair holds the smaller id first). Pairs come
+    sorted by descending similarity, then ids. ``num_perm`` (the MinHash bins) is a power of
+    two from 8 to 1024.
     """
     if not 0 < threshold <= 1:
         raise ValueError("threshold must lie in (0, 1]")
