@@ -727,14 +727,7 @@ def near_duplicate_stage(
                 strict=True,
             )
         )
-        kept: set[str] = set()
-        for _, member in by_rank:
-            twins = [(s, o) for s, o in neighbours[member] if o in kept]
-            if twins:
-                similarity, twin = max(twins, key=lambda t: (t[0], t[1]))
-                drops.append((member, f"near-duplicate of {twin} (Jaccard {similarity:.2f})"))
-            else:
-                kept.add(member)
+        drops = quality.keep_first((member for _, member in by_rank), neighbours)
     return _with_drops(engine, rows, drops)
 
 

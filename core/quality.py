@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -614,6 +615,36 @@ def token_table(con: duckdb.DuckDBPyConnection, rows: ir.Table, name: str) -> st
     return name
 
 
+def _row_trigrams_source(rows: ir.Table, tokens: str | None) -> str:
+    """SQL of (interaction_id, g): the rows' word 3-gram hashes, read from the shared table
+    ``tokens`` when given (it holds at least these rows), else cut here."""
+    rows_sql = ibis.to_sql(rows, dialect="duckdb")
+    if tokens is None:
+        return f"SELECT interaction_id, {row_trigrams_sql()} AS g FROM ({rows_sql})"
+    return (
+        f"SELECT interaction_id, g FROM {_quote(tokens)}"
+        f" SEMI JOIN ({rows_sql}) r USING (interaction_id)"
+    )
+
+
+def keep_first(
+    order: Iterable[str], neighbours: dict[str, list[tuple[float, str]]]
+) -> list[tuple[str, str]]:
+    """(id, why) of each row dropped as a near-duplicate: rows are taken in ``order`` (those
+    with a neighbour, best kept first) and one is dropped when a row already kept is among its
+    ``neighbours`` (similarity, id), naming the most similar such twin."""
+    drops: list[tuple[str, str]] = []
+    kept: set[str] = set()
+    for member in order:
+        twins = [(s, o) for s, o in neighbours[member] if o in kept]
+        if twins:
+            similarity, twin = max(twins, key=lambda t: (t[0], t[1]))
+            drops.append((member, f"near-duplicate of {twin} (Jaccard {similarity:.2f})"))
+        else:
+            kept.add(member)
+    return drops
+
+
 def near_duplicate_stage(
     con: duckdb.DuckDBPyConnection,
     rows: ir.Table,
@@ -630,15 +661,7 @@ def near_duplicate_stage(
     ``token_table`` holding at least these rows, to reuse; without it they are cut here.
     """
     view = f"fw_nd_rows{next(_counter)}"
-    rows_sql = ibis.to_sql(rows, dialect="duckdb")
-    if tokens is None:
-        source = f"SELECT interaction_id, {row_trigrams_sql()} AS g FROM ({rows_sql})"
-    else:
-        source = (
-            f"SELECT interaction_id, g FROM {_quote(tokens)}"
-            f" SEMI JOIN ({rows_sql}) r USING (interaction_id)"
-        )
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {source}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {_row_trigrams_source(rows, tokens)}")
     try:
         pairs = near_duplicate_pairs(
             con,
@@ -659,14 +682,8 @@ def near_duplicate_stage(
         members = ibis.table({"id": "string", "why": "string"}, name="fw_nd_members")
         ranked = rows.semi_join(members, rows.interaction_id == members.id)
         order = ranked.order_by(keep_order(ranked, keep)).select("interaction_id")
-        kept: set[str] = set()
-        for (member,) in con.execute(ibis.to_sql(order, dialect="duckdb")).fetchall():
-            twins = [(s, o) for s, o in neighbours[member] if o in kept]
-            if twins:
-                similarity, twin = max(twins, key=lambda t: (t[0], t[1]))
-                drops.append((member, f"near-duplicate of {twin} (Jaccard {similarity:.2f})"))
-            else:
-                kept.add(member)
+        found = con.execute(ibis.to_sql(order, dialect="duckdb")).fetchall()
+        drops = keep_first((str(member) for (member,) in found), neighbours)
     name = f"fw_nd_drops{next(_counter)}"
     _drops_table(con, name, drops)
     return _with_drops(rows, name)
@@ -717,15 +734,10 @@ def contamination_stage(
     drops: list[tuple[str, str]] = []
     if sizes:
         row_view = f"fw_dc_rows{next(_counter)}"
-        rows_sql = ibis.to_sql(rows, dialect="duckdb")
-        if tokens is None:
-            source = f"SELECT interaction_id AS id, {row_trigrams_sql()} AS g FROM ({rows_sql})"
-        else:
-            source = (
-                f"SELECT interaction_id AS id, g FROM {_quote(tokens)}"
-                f" SEMI JOIN ({rows_sql}) r USING (interaction_id)"
-            )
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {row_view} AS {source}")
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {row_view} AS SELECT interaction_id AS id, g"
+            f" FROM ({_row_trigrams_source(rows, tokens)})"
+        )
         for size in sizes:
             # A row of w words has w - size + 1 n-grams (at least one); w = len(g) + 2.
             count = f"greatest(len(g) - {size} + 3, 1)"
