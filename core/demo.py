@@ -615,7 +615,7 @@ def _demo_cycle_extras(plan: Plan) -> tuple[list[str], list[str], list[str]]:
     base = {
         "user_id": user,
         "variant": "treatment",
-        "model": "ft:gpt-4o-mini:python-assistant",
+        "model": "qwen2.5-coder-1.5b-python-assistant",
         "feedback": "up",
         "accepted": True,
         "topic": "data structures",

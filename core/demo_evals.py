@@ -204,8 +204,11 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
         for cycle, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
             when = start + timedelta(days=31 * (cycle - 1))
             con.execute(
-                "INSERT INTO training_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, ?, ?)",
+                "INSERT INTO training_jobs (job_id, plan_id, cycle, dataset_version, export_path,"
+                " export_sha256, export_rows, training_file_id, base_model, hyperparameters,"
+                " endpoint, status, fine_tuned_model, trained_tokens, cost_usd, error,"
+                " created_at, updated_at, finished_at, actor, backend) VALUES (?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'openai')",
                 _job_rows(
                     plan_id,
                     cycle,
@@ -238,7 +241,9 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
             )
             if status == "succeeded":
                 con.execute(
-                    "INSERT INTO cycle_candidates VALUES (?, ?, ?, ?, 'fine_tune', ?, ?, ?, ?)",
+                    "INSERT INTO cycle_candidates (plan_id, cycle, model, endpoint, source, job_id,"
+                    " dataset_version, registered_at, registered_by) VALUES (?, ?, ?, ?,"
+                    " 'fine_tune', ?, ?, ?, ?)",
                     [
                         plan_id,
                         cycle,

@@ -6,12 +6,17 @@
     ├── IngestError          an input file cannot be read at all
     ├── ConsentError         consent or erasure rules refuse an operation
     ├── CycleError           a cycle cannot run (e.g. privacy review not approved)
+    │   └── TrainingError    a fine-tuning job cannot start, be read, cancelled or resumed
     ├── DatasetError         a dataset version is missing or fails its checks
     ├── GenerationError      synthetic generation cannot start or continue
     ├── EvalError            eval sets, runs or graders fail
+    │   └── SandboxUnavailable   graded code cannot be sandboxed here, so it is not run
     ├── GateError            gates cannot be evaluated
     ├── AnalysisError        an A/B test cannot be analysed or designed as asked
-    └── DocumentError        a document cannot be rendered or written
+    ├── DocumentError        a document cannot be rendered or written
+    ├── OutputPathError      an output path is the store, its WAL or a file Flywheel manages
+    └── UserTemplateError    a user-written template cannot be rendered (core.templating)
+        └── TemplateLimitError   it would exceed a limit: output size, loops, calls
 
 Pages catch ``FlywheelError`` and show ``st.error``; the CLI prints the message on one line
 and exits 2. Messages say what to do, not only what went wrong.
@@ -30,8 +35,13 @@ __all__ = [
     "GateError",
     "GenerationError",
     "IngestError",
+    "OutputPathError",
     "PlanError",
+    "SandboxUnavailable",
     "StoreError",
+    "TemplateLimitError",
+    "TrainingError",
+    "UserTemplateError",
 ]
 
 
@@ -59,6 +69,11 @@ class CycleError(FlywheelError):
     """A cycle cannot run as asked."""
 
 
+class TrainingError(CycleError):
+    """A fine-tuning job cannot start, be read, cancelled or resumed (bad base model, empty
+    dataset, a trainer's refusal): nothing is left running and no candidate is set."""
+
+
 class DatasetError(FlywheelError):
     """A dataset version is missing or fails its checks."""
 
@@ -71,6 +86,11 @@ class EvalError(FlywheelError):
     """Eval sets, runs or graders fail."""
 
 
+class SandboxUnavailable(EvalError):
+    """No OS sandbox can be made here (bubblewrap missing, user namespaces off): graded code is
+    not run, and the grade records this as its error."""
+
+
 class GateError(FlywheelError):
     """Gates cannot be evaluated."""
 
@@ -81,3 +101,16 @@ class AnalysisError(FlywheelError):
 
 class DocumentError(FlywheelError):
     """A document cannot be rendered or written (format, output path, chart drawing)."""
+
+
+class OutputPathError(FlywheelError):
+    """An output path is refused: the store, its WAL or another file Flywheel manages."""
+
+
+class UserTemplateError(FlywheelError):
+    """A user-written template (prompt template, judge rubric) does not parse, names an
+    unknown value or reaches for something the sandbox refuses."""
+
+
+class TemplateLimitError(UserTemplateError):
+    """A user-written template would exceed a limit: output size, loops or calls."""

@@ -14,9 +14,16 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from core.plan import Plan, plan_timeline
+from core.plan import (
+    TRAINING_BACKEND_LABELS,
+    TRAINING_BACKEND_LAST_DAY,
+    Plan,
+    max_grid_cells,
+    plan_timeline,
+)
 from core.plan_files import validation_messages
 from core.stats import ab_duration_days, sample_size_per_arm
+from core.templating import template_problems
 
 __all__ = [
     "CHECKS",
@@ -527,6 +534,102 @@ def _template(plan: Plan) -> Iterator[Finding]:
                 f"The prompt template never mentions '{{{{ {axis.name} }}}}', so every value of "
                 "that axis gets the same prompt.",
             )
+
+
+@check("TEMPLATE_UNSAFE")
+def _template_unsafe(plan: Plan) -> Iterator[Finding]:
+    gen = plan.generation
+    names = [a.name for a in gen.axes if a.name.isidentifier()] + ["cell", "index"]
+    for problem in template_problems(gen.prompt_template, names):
+        yield Finding(
+            "TEMPLATE_UNSAFE",
+            "generation.prompt_template",
+            "error",
+            f"The prompt template {problem}. A template may only use the axis values (by name, "
+            "cell['name'] or index), plain filters, literals, and if / for over them.",
+        )
+
+
+@check("GRID_TOO_LARGE")
+def _grid_too_large(plan: Plan) -> Iterator[Finding]:
+    gen = plan.generation
+    limit = max_grid_cells()
+    if gen.grid_size > limit:
+        counts = " × ".join(str(len(a.values)) for a in gen.axes)
+        yield Finding(
+            "GRID_TOO_LARGE",
+            "generation.axes",
+            "error",
+            f"The grid has {gen.grid_size:,} cells ({counts}), over the limit of {limit:,} "
+            "(FLYWHEEL_MAX_GRID_CELLS); use fewer axis values.",
+        )
+
+
+@check("TRAINING_BACKEND_CLOSED")
+def _training_backend_closed(plan: Plan) -> Iterator[Finding]:
+    backend = plan.training.backend
+    last_day = TRAINING_BACKEND_LAST_DAY.get(backend)
+    if last_day is None:
+        return
+    late = [c for c in plan_timeline(plan) if c.training_done >= last_day]
+    if late:
+        others = ", ".join(b for b in TRAINING_BACKEND_LABELS if b != backend)
+        yield Finding(
+            "TRAINING_BACKEND_CLOSED",
+            "training.backend",
+            "error",
+            f"{TRAINING_BACKEND_LABELS[backend].removeprefix('on ')} takes no new fine-tuning "
+            f"jobs after {last_day.isoformat()}, yet cycle {late[0].cycle} trains on "
+            f"{late[0].training_done.isoformat()}"
+            + (f" ({len(late)} cycles in all)" if len(late) > 1 else "")
+            + f"; choose another backend ({others}).",
+        )
+
+
+@check("TRAINING_BASE_MODEL_MISSING")
+def _training_base_model(plan: Plan) -> Iterator[Finding]:
+    if plan.training.backend == "local" and not plan.training.local.base_model.strip():
+        yield Finding(
+            "TRAINING_BASE_MODEL_MISSING",
+            "training.local.base_model",
+            "error",
+            "Local training needs an open-weights base model: a local directory or a Hugging "
+            "Face model id already in the local cache (e.g. Qwen/Qwen2.5-Coder-1.5B-Instruct).",
+        )
+
+
+# (field, lowest, highest, what it is): LoRA settings outside these train badly or not at all.
+_LORA_RANGES: dict[str, tuple[float, float, str]] = {
+    "lora_rank": (1, 256, "the LoRA rank"),
+    "lora_alpha": (1, 1024, "LoRA alpha"),
+    "lora_dropout": (0.0, 0.5, "LoRA dropout"),
+    "learning_rate": (1e-7, 1e-2, "the learning rate"),
+    "max_seq_length": (32, 131_072, "the longest sequence"),
+}
+
+
+@check("LORA_OUT_OF_RANGE")
+def _lora_ranges(plan: Plan) -> Iterator[Finding]:
+    backend = plan.training.backend
+    if backend not in ("local", "together"):
+        return
+    settings = plan.training.local if backend == "local" else plan.training.together
+    for name, (low, high, what) in _LORA_RANGES.items():
+        value = getattr(settings, name, None)
+        if value is not None and not low <= value <= high:
+            yield Finding(
+                "LORA_OUT_OF_RANGE",
+                f"training.{backend}.{name}",
+                "error",
+                f"{what[:1].upper()}{what[1:]} is {value:g}; keep it between {low:g} and {high:g}.",
+            )
+    if backend == "local" and not [m for m in plan.training.local.target_modules if m.strip()]:
+        yield Finding(
+            "LORA_OUT_OF_RANGE",
+            "training.local.target_modules",
+            "error",
+            "Name the modules that get LoRA adapters (e.g. q_proj, v_proj), or all-linear.",
+        )
 
 
 @check("SAVINGS_BELOW_TARGET")

@@ -16,9 +16,14 @@ import json
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from core.errors import PlanError
+from core.settings import get_setting
 
 __all__ = [
+    "TRAINING_BACKEND_LABELS",
+    "TRAINING_BACKEND_LAST_DAY",
     "ABDesign",
     "Approver",
     "Arm",
@@ -32,15 +37,21 @@ __all__ = [
     "Gate",
     "Generation",
     "Guardrail",
+    "LocalTraining",
     "LoggedField",
     "Logging",
+    "OpenAITraining",
     "Plan",
     "PrivacyReview",
     "QualityFilter",
     "Risk",
     "SignOffs",
+    "TogetherTraining",
     "Training",
+    "TrainingBackend",
+    "check_grid_size",
     "grid_cells",
+    "max_grid_cells",
     "plan_timeline",
 ]
 
@@ -375,8 +386,89 @@ class Cadence(_Section):
     )
 
 
-class Training(_Section):
-    """How the student is fine-tuned in each cycle (defaults suit OpenAI fine-tuning)."""
+TrainingBackend = Literal["local", "together", "openai"]
+
+# The last day each hosted trainer takes new fine-tuning jobs, as data: a date added here is
+# what the TRAINING_BACKEND_CLOSED lint rule and a job's start both read.
+TRAINING_BACKEND_LAST_DAY: dict[str, date] = {"openai": date(2027, 1, 6)}
+
+TRAINING_BACKEND_LABELS: dict[str, str] = {
+    "local": "locally with LoRA (TRL + PEFT)",
+    "together": "on Together AI",
+    "openai": "on OpenAI",
+}
+
+
+class LocalTraining(_Section):
+    """Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA adapter, on this machine's
+    GPU where there is one, else its CPU."""
+
+    base_model: str = Field(
+        "",
+        description="Open-weights base model: a local directory, or a Hugging Face model id "
+        "already in the local cache (nothing is downloaded).",
+    )
+    lora_rank: int = Field(16, description="LoRA rank r, the size of the low-rank update (4–64).")
+    lora_alpha: int = Field(32, description="LoRA alpha; the update is scaled by alpha / rank.")
+    lora_dropout: float = Field(0.05, description="Dropout on the LoRA layers (0–0.5).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Modules that get adapters, e.g. q_proj, v_proj; all-linear = every linear "
+        "layer but the output head.",
+    )
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps; empty = run the epochs."
+    )
+    learning_rate: float = Field(2e-4, description="Peak learning rate of the adapter.")
+    batch_size: int = Field(4, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Steps whose gradients add up before one optimizer step."
+    )
+    max_seq_length: int = Field(
+        2048, description="Longest example in tokens; longer ones are truncated."
+    )
+    merge_adapter: bool = Field(
+        False,
+        description="Also write the base model with the adapter merged in (for servers without "
+        "LoRA support); the candidate is then the merged weights.",
+    )
+    qlora: bool = Field(
+        True,
+        description="Load the base model in 4 bits (QLoRA) where bitsandbytes and a GPU are "
+        "present; full precision elsewhere.",
+    )
+    save_steps: int = Field(
+        50, ge=1, description="Optimizer steps between checkpoints a stopped job resumes from."
+    )
+    chat_template: Literal["tokenizer", "chatml"] = Field(
+        "tokenizer",
+        description="How examples are formatted: the tokenizer's own chat template (a tokenizer "
+        "without one is refused), or ChatML for a tokenizer that has none.",
+    )
+    seed: int = Field(42, description="Random seed of the adapter's initialisation and order.")
+
+
+class TogetherTraining(_Section):
+    """LoRA fine-tuning on Together AI through its together package (key: TOGETHER_API_KEY)."""
+
+    base_model: str = Field(
+        "", description="Together model to fine-tune; empty = the plan's student model."
+    )
+    n_epochs: int = Field(3, ge=1, le=20, description="Epochs.")
+    learning_rate: float = Field(1e-5, gt=0, description="Learning rate.")
+    batch_size: int | None = Field(None, ge=1, description="Batch size; empty = Together's max.")
+    lora_rank: int = Field(16, description="LoRA rank r.")
+    lora_alpha: int = Field(32, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, description="Dropout on the LoRA layers (0–0.5).")
+    suffix: str = Field("", max_length=40, description="Suffix of the output model's name.")
+    price_per_1m_training_tokens: float = Field(
+        0.48, ge=0, description="Training price, $ per 1M trained tokens (cost of each job)."
+    )
+
+
+class OpenAITraining(_Section):
+    """Fine-tuning through OpenAI's /v1/fine_tuning/jobs (or a server offering the same API)."""
 
     base_model: str = Field("", description="Model fine-tuned; empty = the plan's student model.")
     endpoint: str = Field(
@@ -403,6 +495,46 @@ class Training(_Section):
             "learning_rate_multiplier": self.learning_rate_multiplier,
         }
         return {k: v for k, v in values.items() if v is not None}
+
+
+_OPENAI_FLAT_KEYS = frozenset(OpenAITraining.model_fields)
+
+
+class Training(_Section):
+    """How the student is fine-tuned in each cycle: locally with LoRA, on Together AI, or on
+    OpenAI until it stops taking new jobs; each backend keeps its own settings."""
+
+    backend: TrainingBackend = Field(
+        "local",
+        description="Where the student trains: local (LoRA with TRL and PEFT on this machine), "
+        "together (Together AI) or openai (no new jobs after 2027-01-06).",
+    )
+    local: LocalTraining = Field(
+        default_factory=LocalTraining, description="Settings of local LoRA training."
+    )
+    together: TogetherTraining = Field(
+        default_factory=TogetherTraining, description="Settings of Together AI fine-tuning."
+    )
+    openai: OpenAITraining = Field(
+        default_factory=OpenAITraining, description="Settings of OpenAI fine-tuning."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_openai_only_layout(cls, data: Any) -> Any:
+        """Plans saved before the backends existed kept OpenAI's settings at this level."""
+        if isinstance(data, dict) and _OPENAI_FLAT_KEYS & data.keys():
+            flat = {k: v for k, v in data.items() if k in _OPENAI_FLAT_KEYS}
+            rest = {k: v for k, v in data.items() if k not in _OPENAI_FLAT_KEYS}
+            return {"backend": "openai", **rest, "openai": {**flat, **rest.get("openai", {})}}
+        return data
+
+    def base_model(self, student_model: str) -> str:
+        """The model the chosen backend fine-tunes (hosted backends default to the student)."""
+        if self.backend == "local":
+            return self.local.base_model
+        chosen = self.together if self.backend == "together" else self.openai
+        return chosen.base_model or student_model
 
 
 # -- 7. Eval gates -----------------------------------------------------------------------------
@@ -487,6 +619,12 @@ class Economics(_Section):
     student_output_per_1m: float = Field(0.6, ge=0, description="Student price, $ per 1M output.")
     student_training_per_1m: float = Field(
         3.0, ge=0, description="Fine-tuning price of the student, $ per 1M training tokens."
+    )
+    gpu_hour_usd: float = Field(
+        2.5,
+        ge=0,
+        description="Price of one GPU-hour for local training (an hour of the machine's time "
+        "when it trains on CPU); a local job costs its hours × this price.",
     )
     monthly_requests: int = Field(100_000, ge=0, description="Expected requests per month.")
     avg_input_tokens: int = Field(500, ge=0, description="Average input tokens per request.")
@@ -576,7 +714,7 @@ class Plan(BaseModel):
     )
     cadence: Cadence = Field(default_factory=Cadence, description="6. Retraining cadence.")
     training: Training = Field(
-        default_factory=Training, description="6b. Fine-tuning hyperparameters."
+        default_factory=Training, description="6b. How the student is trained."
     )
     gates: list[Gate] = Field(default_factory=list, description="7. Eval gates.")
     ab_test: ABDesign = Field(default_factory=ABDesign, description="8. A/B design.")
@@ -670,10 +808,32 @@ def plan_timeline(plan: Plan) -> list[CycleMilestones]:
     return cycles
 
 
+def max_grid_cells() -> int:
+    """The most cells a generation grid may have (the ``max_grid_cells`` setting)."""
+    return int(get_setting("max_grid_cells"))
+
+
+def check_grid_size(cells: int) -> None:
+    """Refuse a grid of more cells than ``max_grid_cells``, before any cell is listed.
+
+    Raises PlanError saying how large the grid is and what the limit is.
+    """
+    limit = max_grid_cells()
+    if cells > limit:
+        raise PlanError(
+            f"The generation grid has {cells:,} cells, over the limit of {limit:,} "
+            "(FLYWHEEL_MAX_GRID_CELLS); use fewer axis values."
+        )
+
+
 def grid_cells(generation: Generation) -> list[dict[str, str]]:
-    """Every cell of the generation grid: one mapping of axis name to value per cell."""
+    """Every cell of the generation grid: one mapping of axis name to value per cell.
+
+    Raises PlanError when the grid has more cells than ``max_grid_cells`` (checked first).
+    """
     if not generation.axes:
         return []
+    check_grid_size(generation.grid_size)
     names = [axis.name for axis in generation.axes]
     return [
         dict(zip(names, values, strict=True))

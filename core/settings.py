@@ -47,6 +47,12 @@ SETTINGS: dict[str, Setting] = {
             "How long to retry when another process holds the store before reporting it.",
         ),
         Setting(
+            "backup_key",
+            "",
+            "Secret key that signs a backup's manifest (HMAC-SHA256); a restore with it set "
+            "refuses an unsigned or altered backup. Read at run time, never stored.",
+        ),
+        Setting(
             "max_text_bytes",
             1_000_000,
             "Largest prompt, response or system text an ingested row may hold.",
@@ -61,6 +67,18 @@ SETTINGS: dict[str, Setting] = {
             "generation_concurrency",
             16,
             "How many teacher requests synthetic generation keeps in flight at once.",
+        ),
+        Setting(
+            "max_grid_cells",
+            100_000,
+            "Largest generation grid (product of the axes' value counts) a plan may have; a "
+            "larger one is refused before any cell is listed.",
+        ),
+        Setting(
+            "template_max_output_chars",
+            1_000_000,
+            "Most characters one render of a user-written template (prompt template, judge "
+            "rubric) may produce; larger renders are refused.",
         ),
         Setting("request_timeout_s", 60.0, "Timeout of one request to a model endpoint."),
         Setting("max_retries", 5, "Retries of one model request on 429, 5xx or a timeout."),
@@ -109,8 +127,27 @@ SETTINGS: dict[str, Setting] = {
             "",
             "Base URL of the judge's OpenAI-compatible server (else OPENAI_BASE_URL, else OpenAI).",
         ),
-        Setting("sandbox_timeout_s", 10.0, "Seconds a code item's tests may run before a kill."),
-        Setting("sandbox_memory_mb", 512, "Address-space limit of a code item's test process, MB."),
+        Setting(
+            "sandbox_timeout_s",
+            10.0,
+            "Seconds a code item's sandbox may run (start, code and tests) before it is killed.",
+        ),
+        Setting(
+            "sandbox_memory_mb",
+            512,
+            "Address-space limit, MB, of each of a code item's sandboxed processes.",
+        ),
+        Setting(
+            "sandbox_max_processes",
+            32,
+            "Most processes (and threads) a code item's sandbox may hold at once.",
+        ),
+        Setting(
+            "sandbox_disk_mb",
+            64,
+            "Size, MB, of a code item's private scratch directory (the sandbox's only writable "
+            "place).",
+        ),
         Setting(
             "gate_min_items",
             30,
@@ -118,6 +155,19 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("gate_alpha", 0.05, "Significance level of the gates' tests (one-sided where so)."),
         Setting("training_poll_s", 10.0, "Seconds between status checks of a fine-tuning job."),
+        Setting(
+            "training_dir",
+            "",
+            "Folder of local training jobs (their checkpoints, metrics and weights); empty = "
+            "a training/ folder beside the store.",
+        ),
+        Setting(
+            "audit_key",
+            "",
+            "Secret key of the audit log's erasure entries (HMAC-SHA256 of a forgotten user id); "
+            "read at run time, never stored. Empty = a key file beside the store (its path "
+            "plus .audit-key, mode 0600), created at the first erasure.",
+        ),
         Setting("actor", "local user", "Who is recorded as acting when no login is configured."),
         Setting(
             "roles_file",
