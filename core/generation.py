@@ -30,14 +30,13 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
-import jinja2
 import openai
 import tiktoken
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.access import User, require
 from core.audit import record_audit
-from core.errors import GenerationError
+from core.errors import GenerationError, UserTemplateError
 from core.llm import (
     Endpoint,
     RequestAborted,
@@ -54,6 +53,7 @@ from core.plan_versions import load_plan
 from core.quality import near_duplicate_groups, near_duplicate_pairs
 from core.settings import get_setting
 from core.store import Store
+from core.templating import render_user_template
 
 __all__ = [
     "OUTPUT_SCHEMAS",
@@ -260,34 +260,23 @@ class GenerationSpec:
         return spec
 
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-
-
-@lru_cache(maxsize=32)
-def _template(text: str) -> jinja2.Template:
-    try:
-        return _JINJA.from_string(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise GenerationError(
-            f"The prompt template does not parse (line {exc.lineno}): {exc.message}."
-        ) from None
-
-
 def render_prompt(spec: GenerationSpec, cell: dict[str, str], index: int = 0) -> str:
     """The user prompt of one item: the template rendered with the cell's axis values.
 
-    The template sees each axis by its name, ``cell`` (the mapping) and ``index``. Raises
-    GenerationError when it names a value the grid does not have.
+    The template sees each axis by its name, ``cell`` (the mapping) and ``index``, and renders
+    in the sandbox of user templates (core.templating): nothing in it runs as Flywheel.
+    Raises GenerationError when it does not parse, names a value the grid does not have,
+    reaches for something the sandbox refuses or exceeds a limit.
     """
+    values = {k: v for k, v in cell.items() if k.isidentifier()}
     try:
-        text = _template(spec.plan.generation.prompt_template).render(
-            **{k: v for k, v in cell.items() if k.isidentifier()}, cell=cell, index=index
+        text = render_user_template(
+            spec.plan.generation.prompt_template,
+            {**values, "cell": cell, "index": index},
+            what="The prompt template",
         )
-    except jinja2.UndefinedError as exc:
-        raise GenerationError(
-            f"The prompt template uses a value the grid does not define ({exc.message}); "
-            f"axes are: {', '.join(cell)}."
-        ) from None
+    except UserTemplateError as exc:
+        raise GenerationError(f"{exc} Axes are: {', '.join(cell)}.") from exc
     per_cell = spec.plan.generation.examples_per_cell
     return (
         f"{text.strip()}\n\n(Variation {index + 1} of {per_cell} for this case: make it distinct.)"

@@ -42,11 +42,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
 import jsonschema
 
-from core.errors import EvalError
+from core.errors import EvalError, UserTemplateError
 from core.settings import get_setting
+from core.templating import render_user_template
 
 __all__ = [
     "DEFAULT_RUBRIC",
@@ -416,8 +416,6 @@ Rate how correct and helpful the answer is, from {{ scale_min }} (wrong or usele
 {{ scale_max }} (correct and complete). Reply with one line "Score: N" and then one sentence \
 saying why."""
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-
 
 def judge_messages(
     rubric: str,
@@ -426,24 +424,29 @@ def judge_messages(
     *,
     scale: tuple[int, int] = (1, 5),
 ) -> list[dict[str, str]]:
-    """The judge's chat messages: the rubric rendered with the item and the output.
+    """The judge's chat messages: the rubric rendered with the item and the output, in the
+    sandbox of user templates (core.templating).
 
-    Raises EvalError when the rubric template does not parse or names an unknown value.
+    Raises EvalError when the rubric does not parse, names an unknown value, reaches for
+    something the sandbox refuses or exceeds a limit.
     """
     try:
-        text = _JINJA.from_string(rubric).render(
-            prompt=item.get("prompt", ""),
-            reference=item.get("reference") or "",
-            output=output,
-            labels=item.get("labels") or {},
-            scale_min=scale[0],
-            scale_max=scale[1],
+        text = render_user_template(
+            rubric,
+            {
+                "prompt": item.get("prompt", ""),
+                "reference": item.get("reference") or "",
+                "output": output,
+                "labels": item.get("labels") or {},
+                "scale_min": scale[0],
+                "scale_max": scale[1],
+            },
+            what="The judge's rubric",
         )
-    except jinja2.TemplateError as exc:
+    except UserTemplateError as exc:
         raise EvalError(
-            f"The judge's rubric template is broken ({exc}); it may use prompt, reference, "
-            "output, labels, scale_min and scale_max."
-        ) from None
+            f"{exc} A rubric may use prompt, reference, output, labels, scale_min and scale_max."
+        ) from exc
     return [{"role": "user", "content": text}]
 
 

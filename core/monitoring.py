@@ -15,7 +15,6 @@ retention keeps once raw rows expire; no raw row is loaded into Python for a cha
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,7 +22,7 @@ from typing import Any, Literal
 
 from core.consent import consented_since_sql
 from core.errors import AnalysisError, GateError
-from core.plan import Plan, plan_timeline
+from core.plan import Plan, grid_cells, plan_timeline
 from core.store import Store
 
 __all__ = [
@@ -578,10 +577,7 @@ def coverage_gaps(store: Store, plan_id: str, plan: Plan) -> Coverage:
     dataset. Traffic is counted in DuckDB; the dataset's cells come from its composition.
     """
     axes = [a for a in plan.generation.axes if a.values]
-    grid = [
-        dict(zip([a.name for a in axes], values, strict=True))
-        for values in itertools.product(*(a.values for a in axes))
-    ]
+    grid = grid_cells(plan.generation.model_copy(update={"axes": axes})) if axes else [{}]
     row = store.fetch_one(
         "SELECT version_id, cycle, composition FROM dataset_versions WHERE plan_id = ? "
         "ORDER BY created_at DESC, version_id DESC LIMIT 1",

@@ -91,6 +91,15 @@ def _template(p: Plan) -> None:
     p.generation.prompt_template = "Write a Python question about {{ topic }}."
 
 
+def _template_unsafe(p: Plan) -> None:
+    p.generation.prompt_template = "{{ cycler.__init__.__globals__.os.popen('id').read() }}"
+
+
+def _grid_too_large(p: Plan) -> None:
+    p.generation.axes[0].values = [f"topic {i}" for i in range(1000)]
+    p.generation.axes[1].values = [f"level {i}" for i in range(1000)]
+
+
 def _savings(p: Plan) -> None:
     p.economics.student_output_per_1m = 5.0
 
@@ -125,6 +134,8 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "AXIS_VALUES": (_empty_axis, "generation.axes[1].values"),
     "GENERATION_OVER_BUDGET": (_over_budget, "generation.budget_usd"),
     "TEMPLATE_AXES": (_template, "generation.axes[1].name"),
+    "TEMPLATE_UNSAFE": (_template_unsafe, "generation.prompt_template"),
+    "GRID_TOO_LARGE": (_grid_too_large, "generation.axes"),
     "SAVINGS_BELOW_TARGET": (_savings, "economics.student_output_per_1m"),
 }
 
