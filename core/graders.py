@@ -14,38 +14,26 @@ A grader that cannot grade (no reference, no tests, a broken schema) returns an 
 score; the run records it and goes on. A candidate's code that fails, times out or breaks the
 sandbox's rules scores 0: that is the model's failure, not the grader's.
 
-The sandbox of ``python_tests`` runs the code and tests in a fresh temporary directory with a
-timeout, an address-space limit, a file-size limit and no network: inside a new network
-namespace (``unshare -rn``) where the system allows it, and always behind an audit hook that
-refuses sockets, process spawning, native-library loading and writes outside that directory.
-The hook is defence in depth, not a boundary against hostile code; the namespace is.
+``python_tests`` runs the code in an OS sandbox (``core.sandbox``: bubblewrap, no network, no view
+of the store, the project or the environment, limits on processes, memory, CPU, disk and time)
+and takes its verdict only from the sandbox's signed answer. Where no sandbox can be made, the
+grade is an error and the code is not run.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import math
-import os
 import re
-import resource
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jsonschema
 
-from core.errors import EvalError, UserTemplateError
-from core.settings import get_setting
+from core.errors import EvalError, SandboxUnavailable, UserTemplateError
+from core.sandbox import run_python_tests
 from core.templating import render_user_template
 
 __all__ = [
@@ -55,17 +43,14 @@ __all__ = [
     "Grade",
     "GraderSpec",
     "JudgeAgreement",
-    "SandboxResult",
     "cohens_kappa",
     "extract_python",
     "grade_output",
     "grader_for_metric",
     "judge_agreement",
     "judge_messages",
-    "network_namespace_available",
     "normalise_text",
     "parse_judge_score",
-    "run_python_tests",
 ]
 
 
@@ -214,177 +199,7 @@ def _python_parses(output: str, item: Mapping[str, Any]) -> Grade:
     return Grade(1.0)
 
 
-# -- the sandbox -------------------------------------------------------------------------------
-
-_BOOTSTRAP = r"""
-import os, sys
-ROOT = os.path.realpath(os.getcwd())
-NONCE = sys.stdin.readline().strip()
-SOLUTION = open("solution.py", encoding="utf-8").read()
-TESTS = open("tests.py", encoding="utf-8").read()
-
-def _inside(path):
-    if isinstance(path, int):
-        return True
-    try:
-        real = os.path.realpath(os.fsdecode(os.fspath(path)))
-    except Exception:
-        return False
-    return real == ROOT or real.startswith(ROOT + os.sep)
-
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_PATH_EVENTS = {"os.remove", "os.rename", "os.replace", "os.mkdir", "os.rmdir", "os.chmod",
-                "os.chown", "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree",
-                "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move",
-                "os.chflags", "os.setxattr", "os.removexattr", "os.mkfifo", "os.mknod"}
-_NETWORK = {"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
-            "socket.gethostbyname_ex", "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg",
-            "socket.getnameinfo"}
-_SPAWN = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-          "os.forkpty", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym", "os.kill", "os.killpg"}
-
-def _guard(event, args):
-    if event == "open":
-        path, mode, flags = (list(args) + [None, None, 0])[:3]
-        writing = bool(mode) and any(c in str(mode) for c in "wax+")
-        writing = writing or bool((flags or 0) & _WRITE_FLAGS)
-        if writing and path is not None and not _inside(path):
-            raise PermissionError(f"sandbox: writing outside the work directory: {path}")
-    elif event in _PATH_EVENTS:
-        for value in args:
-            if isinstance(value, (str, bytes, os.PathLike)) and not _inside(value):
-                raise PermissionError(f"sandbox: {event} outside the work directory: {value}")
-    elif event in _NETWORK:
-        raise PermissionError("sandbox: network access is not allowed")
-    elif event in _SPAWN:
-        raise PermissionError(f"sandbox: {event} is not allowed")
-
-sys.addaudithook(_guard)
-namespace = {"__name__": "solution"}
-try:
-    exec(compile(SOLUTION, "solution.py", "exec"), namespace)
-except SystemExit as exc:
-    print(f"the code called exit({exc.code}) while loading", file=sys.stderr)
-    sys.exit(3)
-namespace["__name__"] = "tests"
-exec(compile(TESTS, "tests.py", "exec"), namespace)
-for name, value in list(namespace.items()):
-    if name.startswith("test") and callable(value):
-        value()
-print(NONCE)
-"""
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """What running code and tests in the sandbox did."""
-
-    passed: bool
-    timed_out: bool
-    returncode: int | None
-    stderr: str
-    isolated_network: bool
-
-    @property
-    def reason(self) -> str:
-        """One line a reader understands."""
-        if self.passed:
-            return "tests passed"
-        if self.timed_out:
-            return "timed out"
-        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {self.returncode}"
-        if self.returncode == 0:
-            return "the process ended before the tests finished"
-        if self.returncode is not None and self.returncode < 0:
-            last = f"killed by signal {-self.returncode} ({last})"
-        return last[:300]
-
-
-@lru_cache(maxsize=1)
-def network_namespace_available() -> bool:
-    """Whether ``unshare -rn`` can give a subprocess its own, empty network namespace."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return False
-    try:
-        done = subprocess.run([unshare, "-rn", "true"], capture_output=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-def _limits(memory_mb: int, cpu_s: int) -> Callable[[], None]:
-    def apply() -> None:
-        memory = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024 * 1024, 16 * 1024 * 1024))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
-
-
-def run_python_tests(
-    code: str,
-    tests: str,
-    *,
-    timeout_s: float | None = None,
-    memory_mb: int | None = None,
-    network: Literal["auto", "namespace", "hook"] = "auto",
-) -> SandboxResult:
-    """Run ``code`` then ``tests`` (asserts, or ``test_*`` functions) in a sandboxed subprocess.
-
-    The child gets a fresh temporary directory as its only writable place, a timeout (its
-    process group is killed), an address-space limit, no network and no child processes.
-    """
-    timeout = float(get_setting("sandbox_timeout_s")) if timeout_s is None else timeout_s
-    memory = int(get_setting("sandbox_memory_mb")) if memory_mb is None else memory_mb
-    isolate = network == "namespace" or (network == "auto" and network_namespace_available())
-    nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="flywheel-sandbox-") as tmp:
-        work = Path(tmp)
-        (work / "solution.py").write_text(code, encoding="utf-8")
-        (work / "tests.py").write_text(tests, encoding="utf-8")
-        (work / "_sandbox.py").write_text(_BOOTSTRAP, encoding="utf-8")
-        command = [sys.executable, "-I", "-B", "_sandbox.py"]
-        if isolate:
-            command = [shutil.which("unshare") or "unshare", "-rn", *command]
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": tmp,
-            "TMPDIR": tmp,
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-        process = subprocess.Popen(
-            command,
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            preexec_fn=_limits(memory, max(1, math.ceil(timeout)) + 1),
-        )
-        try:
-            stdout, stderr = process.communicate(nonce + "\n", timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with _suppress_lookup():
-                os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return SandboxResult(False, True, None, "", isolate)
-    passed = process.returncode == 0 and stdout.strip().endswith(nonce)
-    return SandboxResult(passed, False, process.returncode, stderr[-4000:], isolate)
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, ProcessLookupError | PermissionError)
+# -- code tests --------------------------------------------------------------------------------
 
 
 def _python_tests(output: str, item: Mapping[str, Any]) -> Grade:
@@ -395,7 +210,10 @@ def _python_tests(output: str, item: Mapping[str, Any]) -> Grade:
     code = extract_python(output)
     if not code.strip():
         return Grade(0.0, detail="no code")
-    result = run_python_tests(code, str(tests))
+    try:
+        result = run_python_tests(code, str(tests))
+    except SandboxUnavailable as exc:
+        return Grade(None, str(exc))
     return Grade(float(result.passed), detail=result.reason)
 
 
