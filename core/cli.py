@@ -29,6 +29,7 @@ from core.evals import ROLES
 from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
 from core.ingest import KINDS, batch_rejects, ingest_file
 from core.lint import LintReport, lint_plan
+from core.paths import check_output_path
 from core.plan_files import dump_plan, plan_format_for, read_plan_file
 from core.plan_versions import list_plans, load_plan, save_plan_version
 from core.privacy import redact_file
@@ -109,10 +110,10 @@ def cmd_plan_import(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_plan_export(args: argparse.Namespace, store: Store) -> Outcome:
+    out = check_output_path(args.out)
     fmt = plan_format_for(args.out)
     plan_id = args.plan or default_plan_id(store)
     plan, version = load_plan(store, plan_id, args.version)
-    out = Path(args.out)
     try:
         out.write_text(dump_plan(plan, fmt), encoding="utf-8")
     except OSError as exc:
@@ -785,7 +786,8 @@ def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
     return Outcome(
         result.to_dict(),
         f"Backed up {store.path} ({len(result.tables)} tables, {total:,} rows, schema "
-        f"{result.schema_version}) to {result.path}.",
+        f"{result.schema_version}) to {result.path}"
+        + (", manifest signed with FLYWHEEL_BACKUP_KEY." if result.signed else "."),
     )
 
 
@@ -795,7 +797,8 @@ def cmd_restore(args: argparse.Namespace, store: Store) -> Outcome:
     return Outcome(
         result.to_dict(),
         f"Restored {total:,} rows in {len(result.tables)} tables from {args.directory} into "
-        f"{result.path} (schema {result.schema_version}).",
+        f"{result.path} (schema {result.schema_version})"
+        + ("; manifest signature verified." if result.signed else "."),
     )
 
 
@@ -960,7 +963,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.set_defaults(handler=cmd_backup)
 
     restore = commands.add_parser(
-        "restore", parents=[common], help="rebuild the store (--db) from a backup directory"
+        "restore",
+        parents=[common],
+        help="rebuild the store (--db) from a backup directory; runs nothing from the backup",
     )
     restore.add_argument("directory", help="a directory written by `backup`")
     restore.add_argument(

@@ -388,8 +388,17 @@ def run_cycle(
     the privacy reviewer's sign-off of this exact version), the cycle is not in the plan, a rule
     cannot be evaluated, or no row would be left; AccessError, before anything is read or
     written, when ``user`` may not run cycles. The run is recorded under ``user``'s name.
+    The whole run holds the store (``Store.hold``): a restore waits for it, or refuses.
     """
     require(user, "cycle.run")
+    with store.hold():
+        return _run_cycle(store, plan_id, cycle, user=user, progress=progress)
+
+
+def _run_cycle(
+    store: Store, plan_id: str, cycle: int, *, user: User, progress: Progress | None
+) -> CycleResult:
+    """The body of ``run_cycle``, run while it holds the store."""
     plan, plan_version = load_plan(store, plan_id)
     _check_can_run(store, plan, plan_id, plan_version, cycle)
     start, end = cycle_window(plan, cycle)

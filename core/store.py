@@ -5,14 +5,20 @@ meanwhile. So every operation opens a connection, works and closes it, and a loc
 another process (the dashboard, a scheduled ``python -m core`` run) is retried with backoff
 before it is reported. Within one process DuckDB shares one database instance per file, so a
 connection per operation (and per Streamlit session thread) is cheap and thread-safe.
+
+A lock file beside the store (``<store>.lock``) keeps a restore from swapping the file under
+anyone: every connection and every long run (``Store.hold``: a cycle) holds it shared, and a
+restore takes it alone (``Store.exclusive``) for the moment it puts the new file in place.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -135,12 +141,84 @@ class Store:
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A migrated connection for one operation; closed on exit."""
-        con = self._open()
+        with self._file_lock(exclusive=False):
+            con = self._open()
+            try:
+                self._ensure_migrated(con)
+                yield con
+            finally:
+                con.close()
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file beside the store (see the module docstring)."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the store's file in place until the block ends: a long run (a cycle) holds it
+        across its separate reads and writes, so that a restore waits for it or refuses."""
+        with self._file_lock(exclusive=False):
+            yield
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store alone, to replace its file: waits, up to the lock timeout, until no
+        connection or held run of any process is left, and keeps new ones waiting meanwhile.
+
+        Raises StoreError when the store stays in use. Within the block this process must not
+        connect to the store either (it would wait for itself).
+        """
+        with self._file_lock(exclusive=True):
+            self._wait_until_closed()
+            yield
+
+    def _wait_until_closed(self) -> None:
+        """Open and close the file once, retrying while another process holds it: one that
+        opened it without the lock file (an older Flywheel, the DuckDB shell). A file DuckDB
+        cannot open at all is left to the caller, who is about to replace it."""
+        if not self.path.exists():
+            return
         try:
-            self._ensure_migrated(con)
-            yield con
+            self._open().close()
+        except StoreError as exc:
+            if "in use by another process" in str(exc):
+                raise
+
+    @contextmanager
+    def _file_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """Take the lock file shared or alone, retrying with backoff as ``_open`` does."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+            deadline = time.monotonic() + self.lock_timeout_s
+            delay = 0.05
+            while True:
+                try:
+                    fcntl.flock(fd, mode)
+                    break
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise StoreError(self._busy_message(exclusive)) from None
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, 1.0)
+            yield
         finally:
-            con.close()
+            os.close(fd)  # releases the lock
+
+    def _busy_message(self, exclusive: bool) -> str:
+        waited = f"{self.lock_timeout_s:g} s"
+        if exclusive:
+            return (
+                f"The store {self.path} stayed in use for {waited} (a cycle run, the dashboard or "
+                "another command holds it); nothing was replaced. Try again when it finishes."
+            )
+        return (
+            f"The store {self.path} is being replaced by a restore and stayed locked for "
+            f"{waited}; try again when the restore finishes."
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -215,8 +293,11 @@ def forget_migrated(path: Path) -> None:
         _migrated.discard(str(path.resolve()))
 
 
-def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:
-    """Apply the migrations this store lacks, in order, each in its own transaction.
+def migrate(
+    con: duckdb.DuckDBPyConnection, path: Path, *, only: Collection[int] | None = None
+) -> list[int]:
+    """Apply the migrations this store lacks, in order, each in its own transaction; with
+    ``only``, just those of its numbers (a restore rebuilds a backup's schema as it was).
 
     A store may lack a lower number than its newest (two branches' migrations landing in
     either order), so the missing ones are applied, not only those above the newest.
@@ -239,7 +320,7 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[int]:
         )
     applied: list[int] = []
     for step in known:
-        if step.version in done:
+        if step.version in done or (only is not None and step.version not in only):
             continue
         con.execute("BEGIN TRANSACTION")
         try:
