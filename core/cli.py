@@ -302,12 +302,24 @@ def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
 def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
     result = forget_user(store, args.user_id, by=_user())
     tables = ", ".join(f"{t} {n}" for t, n in sorted(result.rows_deleted.items()))
-    return Outcome(
-        result.to_dict(),
+    lines = [
         f"Forgot user {result.user_id}: {result.interactions_deleted} interactions, "
-        f"{result.dataset_rows_deleted} dataset rows ({tables}). The audit log holds a salted "
-        "hash only.",
-    )
+        f"{result.dataset_rows_deleted} dataset rows, {result.eval_items_deleted} eval items "
+        f"({tables}); the store file was rewritten in {result.rewrite_seconds:.1f} s, so none "
+        "of their bytes is left in it. The audit log holds a keyed hash only."
+    ]
+    if result.exports or result.backups or result.models:
+        lines.append("Beyond the store's reach (act on these):")
+    lines += [
+        f"  exported file {e['path']} ({e['kind']}, {e['dataset_version']})" for e in result.exports
+    ]
+    lines += [f"  backup {b['target']} ({b['at']})" for b in result.backups]
+    lines += [
+        f"  model {m['fine_tuned_model'] or '(not finished)'} of job {m['job_id']}, trained on "
+        f"{m['dataset_version']} ({m['status']})"
+        for m in result.models
+    ]
+    return Outcome(result.to_dict(), "\n".join(lines))
 
 
 def cmd_pii_redact(args: argparse.Namespace, store: Store) -> Outcome:

@@ -8,13 +8,22 @@ grant at or before the interaction; it is eligible when such a grant exists and 
 has a timestamp at or after that grant. And per user: their interactions are eligible from the
 first grant after their last withdrawal on (``consented_since_sql``), which counts by a plain
 join on the user instead of a lookup per interaction.
+
+Erasure (``forget_user``) deletes the user's rows and everything derived from their text, then
+rewrites the store file so that no freed block still holds their bytes, and reports what lies
+beyond the store's reach (exported files, backups, models trained on their rows).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
+import os
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -24,6 +33,7 @@ import ibis.expr.types as ir
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import ConsentError
+from core.settings import get_setting
 from core.store import Store
 
 __all__ = [
@@ -34,8 +44,9 @@ __all__ = [
     "consented_since_sql",
     "count_eligible",
     "eligible_interactions",
+    "erasure_hash",
+    "erasure_key",
     "forget_user",
-    "salted_hash",
     "user_consent",
 ]
 
@@ -213,34 +224,75 @@ def user_consent(store: Store, user_id: str) -> dict[str, Any]:
 
 # -- erasure --------------------------------------------------------------------------------------
 
+# Eval items whose text contains one of the user's texts of at least this length were built from
+# it (shorter texts, "yes" or "thanks", would match items that merely share a word).
+_MIN_CONTAINED_TEXT = 20
+# Where an eval item names the interaction it was built from (its labels).
+_ITEM_PROVENANCE_KEYS = ("interaction_id", "source_interaction_id")
+
 
 @dataclass
 class ForgetResult:
-    """What ``forget`` erased: rows per table, in one transaction."""
+    """What ``forget`` erased (rows per table, in one transaction, then a rewrite of the file)
+    and what lies beyond the store's reach: files exported and backups made before, and models
+    trained on dataset versions that held the user's rows."""
 
     user_id: str
     interactions_deleted: int
     dataset_rows_deleted: int
+    eval_items_deleted: int = 0
     rows_deleted: dict[str, int] = field(default_factory=dict)
     audit_hash: str = ""
+    rewrite_seconds: float = 0.0
+    dataset_versions: list[str] = field(default_factory=list)
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    backups: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``forget --json`` keys."""
         return asdict(self)
 
 
-def _salt(con: duckdb.DuckDBPyConnection) -> str:
-    row = con.execute("SELECT value FROM workspace WHERE key = 'erasure_salt'").fetchall()
-    if row:
-        return str(row[0][0])
-    salt = secrets.token_hex(16)
-    con.execute("INSERT INTO workspace VALUES ('erasure_salt', ?)", [salt])
-    return salt
+def erasure_key(store: Store) -> bytes:
+    """The secret key of erasure hashes: the ``audit_key`` setting (FLYWHEEL_AUDIT_KEY), else
+    the key file beside the store (``<store>.audit-key``), created with mode 0600 on first use.
+
+    Never inside the store: with a key stored beside the hashes, a forgotten id is found again
+    by hashing candidate ids. Raises ConsentError when the key file cannot be read or made.
+    """
+    configured = str(get_setting("audit_key")).strip()
+    if configured:
+        return configured.encode()
+    path = Path(f"{store.path}.audit-key")
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConsentError(
+            f"Cannot create the audit key file {path} ({exc.strerror}); set FLYWHEEL_AUDIT_KEY."
+        ) from None
+    else:
+        with os.fdopen(handle, "w", encoding="ascii") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConsentError(
+            f"Cannot read the audit key file {path} ({exc.strerror}); set FLYWHEEL_AUDIT_KEY."
+        ) from None
+    if not key:
+        raise ConsentError(
+            f"The audit key file {path} is empty; delete it or set FLYWHEEL_AUDIT_KEY."
+        )
+    return key
 
 
-def salted_hash(salt: str, user_id: str) -> str:
-    """The audit log's stand-in for a user id: sha256 of the workspace salt and the id."""
-    return hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()
+def erasure_hash(key: bytes, user_id: str) -> str:
+    """The audit log's stand-in for a forgotten user id: HMAC-SHA256 of the id under ``key``,
+    so that only a holder of the key can tell whether a given id was forgotten."""
+    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
 
 
 def _tables_referencing(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
@@ -263,31 +315,187 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _collect_user_rows(
+    con: duckdb.DuckDBPyConnection, user: str, tables: dict[str, set[str]]
+) -> None:
+    """Temp tables of the user's interaction ids (from every table that pairs them with the
+    user, so rows retention already took from ``interactions`` count too) and of their texts."""
+    pairs = [t for t, columns in tables.items() if columns == {"user_id", "interaction_id"}]
+    union = " UNION ".join(
+        f"SELECT interaction_id FROM {_quote(t)} WHERE user_id = $user" for t in sorted(pairs)
+    )
+    nothing = "SELECT NULL::VARCHAR AS interaction_id WHERE false"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE fw_forget_ids AS {union or nothing}", {"user": user})
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_forget_texts AS SELECT DISTINCT text FROM ("
+        " SELECT unnest([prompt, response, system, raw_prompt, raw_response, raw_system]) AS text"
+        " FROM interactions WHERE user_id = $user"
+        " UNION ALL SELECT unnest([prompt, response, system]) FROM dataset_rows"
+        " WHERE interaction_id IN (SELECT interaction_id FROM fw_forget_ids))"
+        " WHERE text IS NOT NULL AND trim(text) <> ''",
+        {"user": user},
+    )
+
+
+def _derived_item_condition() -> str:
+    """SQL condition on an eval item (``prompt``, ``reference``, ``labels``) built from the
+    user's text: it names one of their interactions, or holds one of their texts."""
+    named = " OR ".join(
+        f"json_extract_string(labels, '$.{key}') IN (SELECT interaction_id FROM fw_forget_ids)"
+        for key in _ITEM_PROVENANCE_KEYS
+    )
+    return (
+        f"({named} OR prompt IN (SELECT text FROM fw_forget_texts)"
+        " OR reference IN (SELECT text FROM fw_forget_texts)"
+        " OR EXISTS (SELECT 1 FROM fw_forget_texts t"
+        f" WHERE length(t.text) >= {_MIN_CONTAINED_TEXT}"
+        " AND (contains(prompt, t.text) OR contains(coalesce(reference, ''), t.text))))"
+    )
+
+
+def _erase_eval_items(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Delete eval items built from the user's text, with the outputs and scores of runs over
+    them, and correct the item counts of the set versions they leave."""
+    deleted: dict[str, int] = {}
+    condition = _derived_item_condition()
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_forget_items AS SELECT eval_set, version, item_id"
+        f" FROM eval_set_items WHERE {condition}"
+    )
+    runs = (
+        "(run_id, item_id) IN (SELECT r.run_id, i.item_id FROM eval_runs r JOIN fw_forget_items i"
+        " ON i.eval_set = r.eval_set AND i.version = r.set_version)"
+    )
+    steps = [
+        ("eval_scores", runs),
+        ("eval_outputs", runs),
+        (
+            "eval_set_items",
+            "(eval_set, version, item_id) IN (SELECT eval_set, version, item_id"
+            " FROM fw_forget_items)",
+        ),
+        ("eval_items", condition),
+    ]
+    for table, where in steps:
+        (count,) = con.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone() or (0,)
+        if count:
+            con.execute(f"DELETE FROM {table} WHERE {where}")
+            deleted[table] = int(count)
+    if deleted.get("eval_set_items"):
+        con.execute(
+            "UPDATE eval_set_versions v SET items = (SELECT count(*) FROM eval_set_items i"
+            " WHERE i.eval_set = v.eval_set AND i.version = v.version)"
+            " WHERE (eval_set, version) IN (SELECT eval_set, version FROM fw_forget_items)"
+        )
+    con.execute("DROP TABLE fw_forget_items")
+    return deleted
+
+
+def _beyond_the_store(
+    con: duckdb.DuckDBPyConnection, versions: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Exported files of the versions, backups recorded, and models trained on the versions:
+    copies of the user's rows that erasure cannot reach, for the team to act on."""
+    exports: list[dict[str, Any]] = []
+    for ts, actor, target, detail in con.execute(
+        "SELECT ts, actor, target, detail FROM audit_log WHERE action = 'dataset.export'"
+        " ORDER BY ts"
+    ).fetchall():
+        info = json.loads(detail or "{}")
+        version = str(target).removeprefix("dataset:")
+        if version in versions:
+            exports.append(
+                {
+                    "path": info.get("path", ""),
+                    "dataset_version": version,
+                    "exported_at": str(ts),
+                    "by": actor,
+                    "kind": "dataset export",
+                }
+            )
+    models: list[dict[str, Any]] = []
+    if versions:
+        for job_id, version, model, status, path, created in con.execute(
+            "SELECT job_id, dataset_version, fine_tuned_model, status, export_path, created_at"
+            " FROM training_jobs WHERE list_contains($versions, dataset_version)"
+            " ORDER BY created_at",
+            {"versions": versions},
+        ).fetchall():
+            models.append(
+                {
+                    "job_id": job_id,
+                    "dataset_version": version,
+                    "fine_tuned_model": model,
+                    "status": status,
+                }
+            )
+            exports.append(
+                {
+                    "path": path,
+                    "dataset_version": version,
+                    "exported_at": str(created),
+                    "by": "",
+                    "kind": f"training file of {job_id}",
+                }
+            )
+        for model, version, job_id in con.execute(
+            "SELECT model, dataset_version, job_id FROM cycle_candidates"
+            " WHERE list_contains($versions, dataset_version) AND job_id IS NULL",
+            {"versions": versions},
+        ).fetchall():
+            models.append(
+                {
+                    "job_id": job_id,
+                    "dataset_version": version,
+                    "fine_tuned_model": model,
+                    "status": "registered candidate",
+                }
+            )
+    backups = [
+        {"action": action, "at": str(ts), "by": actor, "target": target}
+        for ts, actor, action, target in con.execute(
+            "SELECT ts, actor, action, target FROM audit_log"
+            " WHERE contains(action, 'backup') ORDER BY ts"
+        ).fetchall()
+    ]
+    return exports, backups, models
+
+
 def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
-    """Erase a user's interactions and every copy of them, in one transaction, and audit it
-    under the name of ``by``, who erases.
+    """Erase a user's interactions, every copy of them and everything built from their text,
+    then rewrite the store file so that none of their bytes is left in it; audit it under the
+    name of ``by``, who erases.
 
     Every table with a ``user_id`` or ``interaction_id`` column is covered (found through
     information_schema, so tables added later, such as dataset rows, are too), as are
-    quarantined lines that mention the id. The audit entry holds a salted hash, never the id.
+    quarantined lines that mention the user or their interactions and eval items built from
+    their text (named in the item's labels, or holding one of their texts) with the outputs and
+    scores of runs over those items. The audit entry holds an HMAC of the id under a key kept
+    outside the store (``erasure_key``), never the id. The result lists what the store cannot
+    reach: exported files, backups and models trained on dataset versions that held their rows.
+
     Raises ConsentError when the store holds nothing of that user (unknown or already
-    forgotten); nothing is changed then. AccessError, before anything is read or changed, when
-    ``by`` may not erase users.
+    forgotten; the file is rewritten again then, in case an earlier rewrite failed);
+    AccessError, before anything is read or changed, when ``by`` may not erase users;
+    StoreError when the rewrite fails (the rows are deleted; run forget again).
     """
     require(by, "data.erase")
     user = user_id.strip()
     if not user:
         raise ConsentError("Give the user id to forget.")
+    digest = erasure_hash(erasure_key(store), user)
     with store.transaction() as con:
-        salt = _salt(con)
-        digest = salted_hash(salt, user)
         tables = _tables_referencing(con)
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fw_forget_ids AS "
-            "SELECT interaction_id FROM interactions WHERE user_id = ?",
-            [user],
-        )
-        deleted: dict[str, int] = {}
+        _collect_user_rows(con, user, tables)
+        versions = [
+            str(r[0])
+            for r in con.execute(
+                "SELECT DISTINCT version_id FROM dataset_rows WHERE user_id = ?"
+                " OR interaction_id IN (SELECT interaction_id FROM fw_forget_ids) ORDER BY 1",
+                [user],
+            ).fetchall()
+        ]
+        deleted = _erase_eval_items(con)
         for table, columns in sorted(tables.items(), key=lambda t: t[0] == "interactions"):
             conditions = []
             params: list[Any] = []
@@ -297,40 +505,76 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
             if "interaction_id" in columns:
                 conditions.append("interaction_id IN (SELECT interaction_id FROM fw_forget_ids)")
             if table == "quarantine":
-                # A quarantined line may be too broken to have yielded a user_id column.
-                conditions.append("contains(raw, ?)")
-                params.append(f'"{user}"')
+                # A quarantined line may be too broken to have yielded a user_id column: match
+                # the id, or one of their interaction ids, as a whole token of the raw line.
+                conditions.append(
+                    "EXISTS (SELECT 1 FROM (SELECT ? AS token UNION ALL"
+                    " SELECT interaction_id FROM fw_forget_ids) ids WHERE contains(raw, token)"
+                    " AND regexp_matches(raw, '(^|[^A-Za-z0-9_.@-])'"
+                    " || regexp_escape(token) || '($|[^A-Za-z0-9_.@-])'))"
+                )
+                params.append(user)
             name = _quote(table)
-            count = con.execute(
-                f"SELECT count(*) FROM {name} WHERE {' OR '.join(conditions)}", params
-            ).fetchall()[0][0]
+            where = " OR ".join(conditions)
+            (count,) = con.execute(
+                f"SELECT count(*) FROM {name} WHERE {where}", params
+            ).fetchone() or (0,)
             if count:
-                con.execute(f"DELETE FROM {name} WHERE {' OR '.join(conditions)}", params)
+                con.execute(f"DELETE FROM {name} WHERE {where}", params)
                 deleted[table] = int(count)
         con.execute("DROP TABLE IF EXISTS fw_forget_ids")
+        con.execute("DROP TABLE IF EXISTS fw_forget_texts")
         if not deleted:
             earlier = con.execute(
                 "SELECT ts FROM audit_log WHERE action = 'forget' AND target = ? "
                 "ORDER BY ts LIMIT 1",
                 [f"user:{digest}"],
             ).fetchall()
-            if earlier:
-                raise ConsentError(
-                    f"User {user!r} was already forgotten on {earlier[0][0]:%Y-%m-%d}; "
-                    "nothing of theirs is left in the store."
-                )
-            raise ConsentError(
-                f"The store holds nothing for user {user!r}; check the id (ids are "
-                "case-sensitive). Nothing was changed."
+        else:
+            earlier = []
+            # The salt of earlier versions' hashes sat here, beside them: gone for good now.
+            con.execute("DELETE FROM workspace WHERE key = 'erasure_salt'")
+            exports, backups, models = _beyond_the_store(con, versions)
+            dataset_rows = sum(n for t, n in deleted.items() if "dataset" in t)
+            eval_items = deleted.get("eval_items", 0) + deleted.get("eval_set_items", 0)
+            record_audit(
+                con,
+                actor=by.name,
+                action="forget",
+                target=f"user:{digest}",
+                detail={
+                    "rows_deleted": deleted,
+                    "hmac": digest,
+                    "beyond_store": {
+                        "exports": len(exports),
+                        "backups": len(backups),
+                        "models": len(models),
+                    },
+                },
             )
-        dataset_rows = sum(n for t, n in deleted.items() if "dataset" in t)
-        record_audit(
-            con,
-            actor=by.name,
-            action="forget",
-            target=f"user:{digest}",
-            detail={"rows_deleted": deleted, "salted_hash": digest},
+    if not deleted and not earlier:
+        raise ConsentError(
+            f"The store holds nothing for user {user!r}; check the id (ids are "
+            "case-sensitive). Nothing was changed."
+        )
+    started = time.perf_counter()
+    store.rewrite()
+    seconds = round(time.perf_counter() - started, 3)
+    if not deleted:
+        raise ConsentError(
+            f"User {user!r} was already forgotten on {earlier[0][0]:%Y-%m-%d}; "
+            "nothing of theirs is left in the store."
         )
     return ForgetResult(
-        user, deleted.get("interactions", 0), dataset_rows, deleted, audit_hash=digest
+        user,
+        deleted.get("interactions", 0),
+        dataset_rows,
+        eval_items,
+        deleted,
+        digest,
+        seconds,
+        versions,
+        exports,
+        backups,
+        models,
     )

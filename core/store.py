@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 import duckdb
 
 from core.errors import StoreError
+from core.escaping import sql_identifier, sql_string
 from core.settings import default_db_path, get_setting
 
 __all__ = ["Migration", "Store", "forget_migrated", "migrations"]
@@ -221,13 +223,9 @@ class Store:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection inside one transaction: committed on success, rolled back on error.
-
-        Writers in one process take turns (DuckDB would otherwise abort one of two concurrent
-        transactions that touch the same rows, e.g. two sessions saving the same plan); across
-        processes the file lock does the same.
-        """
+    def write_turn(self) -> Iterator[None]:
+        """Hold this process's turn to write the store (reentrant); raises StoreError when
+        another change keeps it longer than the lock timeout."""
         lock = _write_lock(self.path)
         if not lock.acquire(timeout=self.lock_timeout_s):
             raise StoreError(
@@ -235,16 +233,59 @@ class Store:
                 f"than {self.lock_timeout_s:.0f} s; try again when it finishes."
             )
         try:
-            with self.connect() as con:
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
+            yield
         finally:
             lock.release()
+
+    def rewrite(self) -> None:
+        """Copy the store into a fresh file and put it in place of the old one, so that no byte
+        of a deleted row is left on disk: DuckDB reuses freed blocks but never zeroes them, and
+        a checkpoint does not shrink the file.
+
+        Holds this process's write turn and the store alone (``exclusive``: every connection of
+        any process closed, new ones waiting), so nobody reads or writes the old file meanwhile.
+        The new file replaces the old one atomically; on any error the old one stays as it was.
+        Raises StoreError, also when the store stays in use for longer than the lock timeout.
+        """
+        temp = self.path.with_name(f".{self.path.name}.rewrite-{uuid.uuid4().hex[:8]}")
+        with self.write_turn(), self.exclusive():
+            con = self._open()
+            try:
+                self._ensure_migrated(con)
+                con.execute("CHECKPOINT")
+                wal = Path(f"{self.path}.wal")
+                if wal.exists() and wal.stat().st_size:
+                    raise StoreError(f"{wal} was not folded into the store by a checkpoint.")
+                (catalog,) = con.execute("SELECT current_database()").fetchone() or ("",)
+                con.execute(f"ATTACH {sql_string(str(temp))} AS fw_rewrite")
+                con.execute(f"COPY FROM DATABASE {sql_identifier(catalog)} TO fw_rewrite")
+                con.execute("DETACH fw_rewrite")
+                con.close()
+                os.chmod(temp, self.path.stat().st_mode & 0o777)
+                os.replace(temp, self.path)
+            except (duckdb.Error, OSError) as exc:
+                raise StoreError(f"Rewriting the store {self.path} failed: {exc}") from None
+            finally:
+                con.close()
+                for leftover in (temp, Path(f"{temp}.wal")):
+                    leftover.unlink(missing_ok=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: committed on success, rolled back on error.
+
+        Writers in one process take turns (DuckDB would otherwise abort one of two concurrent
+        transactions that touch the same rows, e.g. two sessions saving the same plan); across
+        processes the file lock does the same.
+        """
+        with self.write_turn(), self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -60,8 +60,11 @@ if user_id:
 st.markdown("#### Forget a user")
 st.caption(
     "Deletes the user's interactions and every copy — dataset rows, quarantined lines, "
-    "consent events, redacted originals — in one transaction. The audit log keeps a salted "
-    "hash only."
+    "consent events, redacted originals, eval items built from their text — in one "
+    "transaction, then rewrites the store file so that none of their bytes is left in it "
+    "(the dashboard waits a moment meanwhile). The audit log keeps a keyed hash only. "
+    "Files exported earlier, backups and models trained on their rows are listed for you "
+    "to act on: the store cannot reach them."
 )
 with st.form("forget"):
     forget_id = st.text_input("User id to erase", key="forget_user")
@@ -82,5 +85,16 @@ if go:
             st.success(
                 f"Forgot {result.user_id}: {result.interactions_deleted} interactions, "
                 f"{result.dataset_rows_deleted} dataset rows, "
-                f"{sum(result.rows_deleted.values())} rows in all."
+                f"{result.eval_items_deleted} eval items, "
+                f"{sum(result.rows_deleted.values())} rows in all; the store file was "
+                f"rewritten in {result.rewrite_seconds:.1f} s."
             )
+            beyond = [
+                ("Exported files holding their rows", result.exports),
+                ("Backups made before the erasure", result.backups),
+                ("Models trained on dataset versions holding their rows", result.models),
+            ]
+            for title, rows in beyond:
+                if rows:
+                    st.warning(f"{title}: the store cannot reach these, act on them.")
+                    st.dataframe(rows, hide_index=True, width="stretch")

@@ -16,8 +16,9 @@ from core.consent import (
     consented_since_sql,
     count_eligible,
     eligible_interactions_sql,
+    erasure_hash,
+    erasure_key,
     forget_user,
-    salted_hash,
     user_consent,
 )
 from core.errors import ConsentError
@@ -148,10 +149,12 @@ def _every_text_value(store: Store) -> list[tuple[str, str, str]]:
     return found
 
 
-def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path: Path) -> None:
-    victim = "user-7f3a9c"
+def _victims_workspace(store: Store, tmp_path: Path, victim: str) -> None:
+    """The victim's interactions (one with a distinctive phrase), a keeper's, a broken line of
+    the victim in the quarantine and an eval item built from the victim's question."""
     rows = [interaction(f"v{n}", victim, "2027-01-10T00:00:00Z") for n in range(3)]
     rows[0]["prompt"] = "mail me at victim@example.com"
+    rows[1]["prompt"] = PHRASE
     rows += [interaction(f"k{n}", "keeper", "2027-01-10T00:00:00Z") for n in range(2)]
     load(
         store, tmp_path, "events.jsonl", [event(victim, "2027-01-01T00:00:00Z", "grant")], "consent"
@@ -161,6 +164,19 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     broken = tmp_path / "broken.jsonl"
     broken.write_text(f'{{"interaction_id": "v9", "user_id": "{victim}", "ts": \n')
     ingest_file(store, broken, user=local_operator())
+    items = [
+        {"item_id": "from-victim", "eval_set": "prod", "prompt": f"Answer this: {PHRASE}"},
+        {"item_id": "kept", "eval_set": "prod", "prompt": "An unrelated question about sorting."},
+    ]
+    load(store, tmp_path, "items.jsonl", items, "eval-items")
+
+
+PHRASE = "my quokka named Bartholomew-Zynx lives in Wollongong"
+
+
+def test_forget_leaves_no_trace_and_audits_a_keyed_hash(store: Store, tmp_path: Path) -> None:
+    victim = "user-7f3a9c"
+    _victims_workspace(store, tmp_path, victim)
     # A table added later (e.g. another copy of dataset rows) is covered without code changes.
     store.execute(
         "CREATE TABLE dataset_rows_later (dataset_version INTEGER, interaction_id VARCHAR,"
@@ -174,21 +190,121 @@ def test_forget_leaves_no_trace_and_audits_a_salted_hash(store: Store, tmp_path:
     result = forget_user(store, victim, by=User("privacy officer", frozenset({"privacy_reviewer"})))
     assert result.interactions_deleted == 3
     assert result.dataset_rows_deleted == 3
+    assert result.eval_items_deleted == 1
     assert result.rows_deleted["quarantine"] == 1
-    leftovers = [t for t in _every_text_value(store) if victim in t[2] or "victim@" in t[2]]
+    leftovers = [
+        t
+        for t in _every_text_value(store)
+        if victim in t[2] or "victim@" in t[2] or "quokka" in t[2]
+    ]
     assert leftovers == []
     assert store.fetch_one("SELECT count(*) FROM interactions") == (2,)
     assert store.fetch_one("SELECT count(*) FROM dataset_rows_later") == (2,)
-    salt = store.fetch_one("SELECT value FROM workspace WHERE key = 'erasure_salt'")
-    assert salt is not None
+    assert store.fetch_all("SELECT item_id FROM eval_items") == [("kept",)]
+    # The hash is keyed by a secret kept outside the store: a key file beside it, 0600.
+    key_file = Path(f"{store.path}.audit-key")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = erasure_key(store)
+    assert key.decode() not in "".join(v for _, _, v in _every_text_value(store))
     audit = store.fetch_one("SELECT target, detail FROM audit_log WHERE action = 'forget'")
-    assert audit is not None and audit[0] == "user:" + salted_hash(str(salt[0]), victim)
+    assert audit is not None and audit[0] == "user:" + erasure_hash(key, victim)
+    assert store.fetch_one("SELECT count(*) FROM workspace WHERE key = 'erasure_salt'") == (0,)
 
     with pytest.raises(ConsentError, match="already forgotten"):
         forget_user(store, victim, by=local_operator())
     with pytest.raises(ConsentError, match="holds nothing"):
         forget_user(store, "never-seen", by=local_operator())
     assert store.fetch_one("SELECT count(*) FROM audit_log WHERE action = 'forget'") == (1,)
+
+
+def _store_bytes(store: Store) -> bytes:
+    wal = Path(f"{store.path}.wal")
+    return store.path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def test_forget_leaves_no_byte_of_the_user_in_the_store_file(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB neither zeroes the blocks of deleted rows nor shrinks the file at a checkpoint:
+    without the rewrite, the id and the text stay readable in the file's bytes."""
+    victim = "user-7f3a9c"
+    monkeypatch.setenv("FLYWHEEL_AUDIT_KEY", "a-key-from-the-secrets-manager")
+    _victims_workspace(store, tmp_path, victim)
+    with store.connect() as con:
+        con.execute("CHECKPOINT")
+    before = _store_bytes(store)
+    assert victim.encode() in before and b"Bartholomew-Zynx" in before
+
+    forget_user(store, victim, by=local_operator())
+    # Later writes and checkpoints do not bring anything back either.
+    load(
+        store,
+        tmp_path,
+        "more.jsonl",
+        [interaction("k9", "keeper", "2027-01-11T00:00:00Z")],
+        "interactions",
+    )
+    with store.connect() as con:
+        con.execute("CHECKPOINT")
+    after = _store_bytes(store)
+    for trace in (victim, "Bartholomew-Zynx", "victim@example.com", "a-key-from-the-secrets"):
+        assert after.find(trace.encode()) == -1, f"{trace!r} is still in the store file"
+    assert not Path(f"{store.path}.audit-key").exists()  # the configured key is used instead
+    assert store.fetch_one("SELECT count(*) FROM interactions") == (3,)
+    assert [p.name for p in store.path.parent.iterdir() if "rewrite" in p.name] == []
+
+
+def test_forget_lists_exports_backups_and_models_beyond_the_store(
+    store: Store, tmp_path: Path
+) -> None:
+    from core.audit import record_audit
+
+    victim = "user-7f3a9c"
+    _victims_workspace(store, tmp_path, victim)
+    store.execute(
+        "INSERT INTO dataset_versions VALUES ('ds-1', 'p', 1, 1, 1, NULL, 'run', 'sha', 1, 1, 0,"
+        " 1, 0, '{}', '{}', 'me', now()), ('ds-2', 'p', 1, 2, 1, NULL, 'run', 'sha', 1, 1, 0,"
+        " 1, 0, '{}', '{}', 'me', now())"
+    )
+    store.execute(
+        "INSERT INTO dataset_rows SELECT 'ds-1', interaction_id, 'production', interaction_id,"
+        " user_id, '{}', 'train', NULL, prompt, response, md5(interaction_id) FROM interactions"
+    )
+    store.execute(
+        "INSERT INTO dataset_rows SELECT 'ds-2', interaction_id, 'production', interaction_id,"
+        " user_id, '{}', 'train', NULL, prompt, response, md5(interaction_id) FROM interactions"
+        " WHERE user_id = 'keeper'"
+    )
+    for job, version, model in [("ftjob-1", "ds-1", "ft:student:1"), ("ftjob-2", "ds-2", "x")]:
+        store.execute(
+            "INSERT INTO training_jobs (job_id, plan_id, cycle, dataset_version, export_path,"
+            " export_sha256, export_rows, training_file_id, base_model, hyperparameters,"
+            " endpoint, status, fine_tuned_model, created_at, updated_at, actor) VALUES (?, 'p',"
+            " 1, ?, ?, 'sha', 3, 'file', 'base', '{}', 'http://h', 'succeeded', ?, now(), now(),"
+            " 'me')",
+            [job, version, f"data/exports/{version}.jsonl", model],
+        )
+    with store.transaction() as con:
+        record_audit(
+            con,
+            actor="me",
+            action="dataset.export",
+            target="dataset:ds-1",
+            detail={"path": "/shared/ds-1-train.jsonl"},
+        )
+        record_audit(con, actor="ops", action="store.backup", target="/backups/monday")
+
+    result = forget_user(store, victim, by=local_operator())
+    assert result.dataset_versions == ["ds-1"]
+    assert [(m["job_id"], m["fine_tuned_model"]) for m in result.models] == [
+        ("ftjob-1", "ft:student:1")
+    ]
+    assert {e["path"] for e in result.exports} == {
+        "/shared/ds-1-train.jsonl",
+        "data/exports/ds-1.jsonl",
+    }
+    assert [b["target"] for b in result.backups] == ["/backups/monday"]
+    assert set(result.to_dict()) >= {"exports", "backups", "models", "dataset_versions"}
 
 
 def test_demo_holds_interactions_consent_and_quarantine(demo_store: Store) -> None:
