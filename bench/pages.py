@@ -272,7 +272,7 @@ def _bulk_evals(store: Store, plan_id: str, cycles: list[int]) -> None:
     for cycle in cycles[1:-1]:
         report = check_gates(store, plan_id, cycle)
         decision = "approved" if report.verdict == "pass" else "rejected"
-        record_decision(store, report, decision=decision, user=OPERATOR, reason="bench")
+        record_decision(store, plan_id, cycle, decision=decision, user=OPERATOR, reason="bench")
 
 
 def build_store(rows: int, *, rebuild: bool = False) -> Path:

@@ -633,22 +633,23 @@ def _num(value: float | None) -> str:
 
 
 def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
-    from core.gates import check_gates, record_decision
+    from core.gates import cycle_decisions, record_decision
 
     plan_id = args.plan or default_plan_id(store)
-    report = check_gates(store, plan_id, args.cycle)
     decision_id = record_decision(
-        store, report, decision=args.decision, user=_user(), reason=args.reason or ""
+        store, plan_id, args.cycle, decision=args.decision, user=_user(), reason=args.reason or ""
     )
+    recorded = next(d for d in cycle_decisions(store, plan_id) if d["decision_id"] == decision_id)
+    verdict, candidate = str(recorded["verdict"]), recorded["candidate_model"]
     return Outcome(
         {
             "decision_id": decision_id,
             "decision": args.decision,
-            "verdict": report.verdict,
-            "candidate": report.candidate,
+            "verdict": verdict,
+            "candidate": candidate,
         },
-        f"Recorded {args.decision} of {report.candidate} for cycle {args.cycle} "
-        f"(gates: {report.verdict.replace('_', ' ')}) as {decision_id}.",
+        f"Recorded {args.decision} of {candidate} for cycle {args.cycle} "
+        f"(gates: {verdict.replace('_', ' ')}) as {decision_id}.",
     )
 
 

@@ -244,7 +244,7 @@ def _demo_generation(store: Store, plan_id: str, rng: random.Random) -> None:
             if row["status"] == "valid":
                 row["payload"] = json.dumps({"question": row["question"], "answer": row["answer"]})
             rows.append(row)
-    write_examples(store, rows)
+    write_examples(store, rows, user=DEMO_PM)
     valid = sum(1 for r in rows if r["status"] == "valid")
     with store.transaction() as con:
         con.execute(

@@ -364,7 +364,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
         )
     report = check_gates(store, plan_id, 1)
     if report.verdict == "pass":
-        decision_id = record_decision(store, report, decision="approved", user=_ML_LEAD)
+        decision_id = record_decision(store, plan_id, 1, decision="approved", user=_ML_LEAD)
         # Dated on the plan's decision day of cycle 1, after its A/B test, like the rest of the
         # demo's 2027 history (recording it stamps today's date).
         decided = next((c.decision for c in plan_timeline(plan) if c.cycle == 1), None)

@@ -692,14 +692,17 @@ def check_gates(
 
 def record_decision(
     store: Store,
-    report: GateReport,
+    plan_id: str,
+    cycle: int,
     *,
     decision: Literal["approved", "overridden", "rejected"],
     user: User,
     reason: str = "",
+    version: int | None = None,
 ) -> str:
-    """Record that ``user`` approved, overrode or rejected a cycle's candidate, with the gate
-    report.
+    """Record that ``user`` approved, overrode or rejected a cycle's candidate, against the
+    gate report computed here and now (``check_gates``), never one a caller hands in: a
+    decision cannot rest on a verdict someone edited.
 
     Approving or rejecting needs the plan.approve permission; shipping against a failing or
     undecided verdict is an override, which needs a written reason and the ml_lead role. Every
@@ -709,6 +712,7 @@ def record_decision(
     if decision not in DECISIONS:
         raise GateError(f"Unknown decision '{decision}'; use approved, overridden or rejected.")
     require(user, DECISION_PERMISSIONS[decision])
+    report = check_gates(store, plan_id, cycle, version=version)
     who = user.name
     text = reason.strip()
     if decision == "approved" and report.verdict != "pass":

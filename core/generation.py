@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
+import duckdb
 import openai
 import tiktoken
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -356,20 +357,59 @@ _EXAMPLE_COLUMNS = (
 _DEFAULTS: dict[str, Any] = {"attempts": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
 
 
-def write_examples(store: Store, rows: Sequence[dict[str, Any]]) -> None:
-    """Store examples (valid or failed), replacing an earlier record of the same item."""
+def write_examples(store: Store, rows: Sequence[dict[str, Any]], *, user: User) -> None:
+    """Store examples (valid or failed) that ``user`` brings in from outside a generation run,
+    replacing an earlier record of the same item, and audit it under their name (how many rows
+    were written and how many earlier ones they replaced).
+
+    Raises AccessError, before anything is written, when ``user`` may not run generation.
+    """
+    require(user, "generation.run")
     if not rows:
         return
-    one = "(" + ", ".join("?" for _ in _EXAMPLE_COLUMNS) + ")"
     with store.transaction() as con:
-        for start in range(0, len(rows), 256):
-            chunk = rows[start : start + 256]
-            # One multi-row statement: far faster in DuckDB than executemany.
-            con.execute(
-                f"INSERT OR REPLACE INTO generated_examples ({', '.join(_EXAMPLE_COLUMNS)})"
-                f" VALUES {', '.join(one for _ in chunk)}",
-                [row.get(c, _DEFAULTS.get(c)) for row in chunk for c in _EXAMPLE_COLUMNS],
-            )
+        (replaced,) = con.execute(
+            "SELECT count(*) FROM generated_examples g JOIN (SELECT unnest($specs) AS s,"
+            " unnest($cells) AS c, unnest($items) AS i) k"
+            " ON g.spec_hash = k.s AND g.cell_key = k.c AND g.item_index = k.i",
+            {
+                "specs": [str(r.get("spec_hash")) for r in rows],
+                "cells": [str(r.get("cell_key")) for r in rows],
+                "items": [int(r.get("item_index", -1)) for r in rows],
+            },
+        ).fetchone() or (0,)
+        _insert_examples(con, rows)
+        record_audit(
+            con,
+            actor=user.name,
+            action="generation.examples_written",
+            target=", ".join(sorted({f"plan:{r.get('plan_id')}" for r in rows})),
+            detail={
+                "rows": len(rows),
+                "valid": sum(1 for r in rows if r.get("status") == "valid"),
+                "replaced": int(replaced),
+            },
+        )
+
+
+def _store_examples(store: Store, rows: Sequence[dict[str, Any]]) -> None:
+    """Store a run's examples; the run itself checked its user's role and audits it."""
+    if not rows:
+        return
+    with store.transaction() as con:
+        _insert_examples(con, rows)
+
+
+def _insert_examples(con: duckdb.DuckDBPyConnection, rows: Sequence[dict[str, Any]]) -> None:
+    one = "(" + ", ".join("?" for _ in _EXAMPLE_COLUMNS) + ")"
+    for start in range(0, len(rows), 256):
+        chunk = rows[start : start + 256]
+        # One multi-row statement: far faster in DuckDB than executemany.
+        con.execute(
+            f"INSERT OR REPLACE INTO generated_examples ({', '.join(_EXAMPLE_COLUMNS)})"
+            f" VALUES {', '.join(one for _ in chunk)}",
+            [row.get(c, _DEFAULTS.get(c)) for row in chunk for c in _EXAMPLE_COLUMNS],
+        )
 
 
 def _stored_status(store: Store, spec_hash: str) -> dict[tuple[str, int], str]:
@@ -630,7 +670,7 @@ class _Runner:
 
     def flush(self) -> None:
         rows, self.buffer = self.buffer, []
-        write_examples(self.store, rows)
+        _store_examples(self.store, rows)
         self.last_flush = time.monotonic()
 
     def _record(self, row: dict[str, Any]) -> None:
@@ -1230,7 +1270,7 @@ async def _ingest_batch(
         for r in rows
         if not (r["status"] == "failed" and stored.get((r["cell_key"], r["item_index"])) == "valid")
     ]
-    write_examples(store, rows)
+    _store_examples(store, rows)
     with store.transaction() as con:
         con.execute(
             "UPDATE generation_batches SET status = ?, ingested_at = ? WHERE batch_id = ?",

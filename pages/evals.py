@@ -216,7 +216,8 @@ with report_tab:
                 decision_id = guarded(
                     lambda: record_decision(
                         store,
-                        report,
+                        plan_id,
+                        cycle,
                         decision=choice,
                         user=user,
                         reason=reason,  # type: ignore[arg-type]

@@ -128,5 +128,5 @@ def build_workspace(
                     "generated_at": WINDOW_DAY,
                 }
             )
-        write_examples(store, examples)
+        write_examples(store, examples, user=local_operator())
     return plan_id

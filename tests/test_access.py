@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cycle_helpers import build_workspace, interaction
@@ -46,7 +47,7 @@ from core.evals import (
     record_results,
     run_eval,
 )
-from core.generation import run_batch, run_generation
+from core.generation import run_batch, run_generation, write_examples
 from core.ingest import batch_rejects, ingest_bytes, ingest_file, pii_samples
 from core.llm import resolve_endpoint
 from core.plan_versions import save_plan_version
@@ -324,6 +325,40 @@ def _gate_report(plan_id: str, verdict: str) -> gates.GateReport:
 _OVERRIDE_REASON = "The slice regression is a labelling error, fixed in the next cycle."
 
 
+def _example_row(plan_id: str) -> dict[str, object]:
+    """A synthetic example as generation stores it, brought in by hand."""
+    return {
+        "spec_hash": "spec",
+        "cell_key": "{}",
+        "item_index": 0,
+        "plan_id": plan_id,
+        "run_id": "by-hand",
+        "cell": "{}",
+        "status": "valid",
+        "question": "q?",
+        "answer": "a.",
+        "teacher_model": "m",
+        "endpoint": "http://127.0.0.1",
+        "template_hash": "t",
+        "temperature": 0.5,
+        "generated_at": "2027-01-10T00:00:00+00:00",
+    }
+
+
+def _decide(w: Workspace, u: User, verdict: str, decision: str, reason: str = "") -> str:
+    """A gate decision on cycle 2 whose gates (computed by core, never passed in) say
+    ``verdict``."""
+    with mock.patch.object(gates, "check_gates", lambda *a, **k: _gate_report(w.plan_id, verdict)):
+        return gates.record_decision(
+            w.store,
+            w.plan_id,
+            2,
+            decision=decision,  # type: ignore[arg-type]
+            user=u,
+            reason=reason,
+        )
+
+
 @dataclass(frozen=True)
 class Gated:
     """One gated entry point: how to call it as ``user``, the permission it needs, who may,
@@ -367,6 +402,12 @@ OLDER_ENTRY_POINTS: dict[str, Gated] = {
     "forget_user": Gated(
         lambda w, u: forget_user(w.store, "u-0", by=u), "data.erase", PRIVACY, "forget"
     ),
+    "write_examples": Gated(
+        lambda w, u: write_examples(w.store, [_example_row(w.plan_id)], user=u),
+        "generation.run",
+        PM,
+        "generation.examples_written",
+    ),
     "batch_rejects(reveal_raw)": Gated(
         lambda w, u: batch_rejects(w.store, w.batch_id, reveal_raw=True, user=u),
         "pii.view_raw",
@@ -380,21 +421,13 @@ OLDER_ENTRY_POINTS: dict[str, Gated] = {
         "view_raw_text",
     ),
     "gates.record_decision(approved)": Gated(
-        lambda w, u: gates.record_decision(
-            w.store, _gate_report(w.plan_id, "pass"), decision="approved", user=u
-        ),
+        lambda w, u: _decide(w, u, "pass", "approved"),
         "plan.approve",
         PRIVACY,
         "gate.approved",
     ),
     "gates.record_decision(overridden)": Gated(
-        lambda w, u: gates.record_decision(
-            w.store,
-            _gate_report(w.plan_id, "fail"),
-            decision="overridden",
-            reason=_OVERRIDE_REASON,
-            user=u,
-        ),
+        lambda w, u: _decide(w, u, "fail", "overridden", _OVERRIDE_REASON),
         "gate.override",
         ML,
         "gate.overridden",
@@ -434,7 +467,6 @@ def test_roles_on_the_older_entry_points() -> None:
 def _without_user(store: Store, tmp_path: Path) -> dict[str, Callable[[], object]]:
     """Each gated entry point called with everything but the acting user."""
     path = tmp_path / "x.jsonl"
-    report = _gate_report("p", "fail")
     return {
         "save_plan_version": lambda: save_plan_version(store, tiny_plan(), note="n"),  # type: ignore[call-arg]
         "signoffs.record_decision": lambda: signoffs.record_decision(  # type: ignore[call-arg]
@@ -444,10 +476,11 @@ def _without_user(store: Store, tmp_path: Path) -> dict[str, Callable[[], object
         "ingest_file": lambda: ingest_file(store, path),  # type: ignore[call-arg]
         "ingest_bytes": lambda: ingest_bytes(store, b"{}", "x.jsonl"),  # type: ignore[call-arg]
         "forget_user": lambda: forget_user(store, "u-0"),  # type: ignore[call-arg]
+        "write_examples": lambda: write_examples(store, [_example_row("p")]),  # type: ignore[call-arg]
         "batch_rejects": lambda: batch_rejects(store, "b", reveal_raw=True),  # type: ignore[call-arg]
         "pii_samples": lambda: pii_samples(store, "EMAIL", reveal_raw=True),  # type: ignore[call-arg]
         "gates.record_decision": lambda: gates.record_decision(  # type: ignore[call-arg]
-            store, report, decision="overridden", reason=_OVERRIDE_REASON
+            store, "p", 2, decision="overridden", reason=_OVERRIDE_REASON
         ),
         "run_generation": lambda: run_generation(store, "p"),  # type: ignore[call-arg]
         "run_batch": lambda: run_batch(store, "p"),  # type: ignore[call-arg]
@@ -480,6 +513,7 @@ ENTRY_POINTS = [
     "ingest_file",
     "ingest_bytes",
     "forget_user",
+    "write_examples",
     "batch_rejects",
     "pii_samples",
     "gates.record_decision",
@@ -537,6 +571,7 @@ def test_every_function_that_takes_the_acting_user_requires_it() -> None:
         "ingest.batch_rejects",
         "ingest.pii_samples",
         "consent.forget_user",
+        "generation.write_examples",
         "gates.record_decision",
         "signoffs.record_decision",
         "retention.enforce_retention",

@@ -348,12 +348,12 @@ def test_cycle_report_shows_funnel_gates_ab_and_decision(demo_store: Store) -> N
 
 
 def test_cycle_report_escapes_user_text_in_html(demo_store: Store) -> None:
-    from core.gates import check_gates, record_decision
+    from core.gates import record_decision
 
-    report = check_gates(demo_store, DEMO_ID, 2)
     record_decision(
         demo_store,
-        report,
+        DEMO_ID,
+        2,
         decision="rejected",
         user=User("<b>Eve</b>", frozenset({"ml_lead"})),
         reason="Async slice <script>alert(1)</script> | regresses",
@@ -449,7 +449,7 @@ def test_model_card_slice_table_holds_the_stored_scores_and_thresholds(demo_stor
 
 
 def test_model_card_says_whether_the_candidate_was_promoted(demo_store: Store) -> None:
-    from core.gates import check_gates, record_decision
+    from core.gates import record_decision
 
     approved = render_document("model-card", "md", generated_at=AT, **_cycle_inputs(demo_store, 1))
     assert "> **Status: promoted.** Approved by Omar Haddad (demo)" in approved.decode("utf-8")
@@ -466,7 +466,8 @@ def test_model_card_says_whether_the_candidate_was_promoted(demo_store: Store) -
 
     record_decision(
         demo_store,
-        check_gates(demo_store, DEMO_ID, 2),
+        DEMO_ID,
+        2,
         decision="overridden",
         user=User("Omar Haddad", frozenset({"ml_lead"})),
         reason="The async tests are flaky upstream; a hotfix is queued.",
@@ -479,7 +480,7 @@ def test_model_card_says_whether_the_candidate_was_promoted(demo_store: Store) -
 
 
 def test_model_card_escapes_user_text(demo_store: Store) -> None:
-    from core.gates import check_gates, record_decision
+    from core.gates import record_decision
     from core.training import register_candidate
 
     register_candidate(
@@ -493,7 +494,8 @@ def test_model_card_escapes_user_text(demo_store: Store) -> None:
     )
     record_decision(
         demo_store,
-        check_gates(demo_store, DEMO_ID, 2),
+        DEMO_ID,
+        2,
         decision="rejected",
         user=User("<b>Eve</b>", frozenset({"ml_lead"})),
         reason="Broken <img src=x onerror=alert(1)> | output",

@@ -350,11 +350,11 @@ def test_gates_read_from_the_store_and_a_decision_is_audited(store: Store, tmp_p
     assert ("topic", "async") in short  # (its losses are all "hard" items, so that slice too)
     assert ("topic", "lists") not in short
     with pytest.raises(GateError, match="cannot be approved"):
-        record_decision(store, report, decision="approved", user=ML)
+        record_decision(store, plan_id, 1, decision="approved", user=ML)
     with pytest.raises(GateError, match="written reason"):
-        record_decision(store, report, decision="overridden", user=ML, reason="ok")
+        record_decision(store, plan_id, 1, decision="overridden", user=ML, reason="ok")
     reason = "Async slice regression is a known flaky test; fix ships in cycle 2."
-    decision_id = record_decision(store, report, decision="overridden", user=ML, reason=reason)
+    decision_id = record_decision(store, plan_id, 1, decision="overridden", user=ML, reason=reason)
     decisions = cycle_decisions(store, plan_id, 1)
     assert decisions[0]["decision_id"] == decision_id and decisions[0]["reason"] == reason
     audit = store.fetch_one("SELECT actor, detail FROM audit_log WHERE action = 'gate.overridden'")
@@ -365,6 +365,24 @@ def test_gates_pass_without_the_regression(store: Store, tmp_path: Path) -> None
     plan_id = _gate_workspace(store, tmp_path, regress_async=False)
     report = check_gates(store, plan_id, 1)
     assert report.verdict == "pass"
-    record_decision(store, report, decision="approved", user=ML)
+    record_decision(store, plan_id, 1, decision="approved", user=ML)
     with pytest.raises(GateError, match="approve instead"):
-        record_decision(store, report, decision="overridden", user=ML, reason="x" * 30)
+        record_decision(store, plan_id, 1, decision="overridden", user=ML, reason="x" * 30)
+
+
+def test_a_decision_rests_on_the_report_core_computes(store: Store, tmp_path: Path) -> None:
+    """A caller cannot pass a report whose verdict it changed: record_decision takes no report
+    and checks the gates itself."""
+    import dataclasses
+    import inspect
+
+    assert "report" not in inspect.signature(record_decision).parameters
+    plan_id = _gate_workspace(store, tmp_path, regress_async=True)
+    computed = check_gates(store, plan_id, 1)
+    assert computed.verdict == "fail"
+    forged = dataclasses.replace(computed, verdict="pass")
+    with pytest.raises(TypeError):
+        record_decision(store, forged, decision="approved", user=ML)  # type: ignore[call-arg]
+    with pytest.raises(GateError, match="cannot be approved"):
+        record_decision(store, plan_id, 1, decision="approved", user=ML)
+    assert store.fetch_one("SELECT count(*) FROM gate_decisions") == (0,)

@@ -11,7 +11,7 @@ import pytest
 import tiktoken
 from gen_helpers import MockTeacher, mock_client, store_plan, tiny_plan
 
-from core.access import User
+from core.access import User, local_operator
 from core.errors import GenerationError
 from core.generation import (
     GenerationSpec,
@@ -272,7 +272,7 @@ def test_thin_cells_are_flagged_and_topped_up(store: Store) -> None:
         "temperature": 0.8,
         "generated_at": first["generated_at"],
     }
-    write_examples(store, [row])
+    write_examples(store, [row], user=local_operator())
     report = {d.cell_key: d for d in cell_diversity(store, spec)}[cell_key(cell)]
     assert (report.valid, report.unique_exact, report.unique, report.shortfall) == (3, 3, 2, 1)
     assert report.under_target and report.length_std >= 0
