@@ -7,8 +7,6 @@ personal data elsewhere and records a salted hash here).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from core.escaping import csv_text
 from core.store import Store
 
 __all__ = ["AuditEntry", "audit_actions", "audit_csv", "audit_entries", "record_audit"]
@@ -96,10 +95,9 @@ def audit_actions(store: Store) -> list[str]:
 
 
 def audit_csv(entries: list[AuditEntry]) -> str:
-    """Entries as CSV with a header row, times in ISO 8601."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["audit_id", "ts", "actor", "action", "target", "detail"])
-    for e in entries:
-        writer.writerow([e.audit_id, e.ts.isoformat(), e.actor, e.action, e.target, e.detail])
-    return out.getvalue()
+    """Entries as CSV with a header row, times in ISO 8601; a cell that starts like a
+    spreadsheet formula (``=``, ``+``, ``-``, ``@``…) gets a leading apostrophe."""
+    return csv_text(
+        ["audit_id", "ts", "actor", "action", "target", "detail"],
+        ([e.audit_id, e.ts.isoformat(), e.actor, e.action, e.target, e.detail] for e in entries),
+    )

@@ -1,13 +1,18 @@
-"""Plotly figure builders: data in, figure out. Pure: no store, no streamlit."""
+"""Plotly figure builders: data in, figure out. Pure: no store, no streamlit.
+
+Plotly reads ``<a href>``, ``<b>`` and ``<br>`` in label, title and hover text as markup, so
+every text that comes from users or models (axis and cell names, slices, gates, metrics, models)
+goes through ``core.escaping.chart_text`` before it reaches a figure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
+from core.escaping import chart_text
 from core.plan import CycleMilestones
 
 if TYPE_CHECKING:  # charts stay pure: no store import at run time
@@ -60,6 +65,11 @@ VERDICT_COLOURS: dict[str, str] = {
 }
 
 _DAY_MS = 86_400_000
+
+
+def _texts(values: Iterable[object]) -> list[str]:
+    """Labels drawn from users' or models' text, escaped so Plotly shows them as written."""
+    return [chart_text(v) for v in values]
 
 
 def _phases(cycle: CycleMilestones) -> list[tuple[str, date, date]]:
@@ -157,7 +167,7 @@ def grid_heatmap_figure(
     target and labelled "count/target". The last axis runs along x; the others, joined by
     " · ", down y. ``counts`` is keyed by the cell's values in axis order."""
     if not axes:
-        return go.Figure(layout={"title": {"text": title, "x": 0}})
+        return go.Figure(layout={"title": {"text": chart_text(title), "x": 0}})
     *row_axes, (x_name, x_values) = axes
     row_values: list[tuple[str, ...]] = [()]
     for _, values in row_axes:
@@ -177,8 +187,8 @@ def grid_heatmap_figure(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=x_values,
-            y=y_labels,
+            x=_texts(x_values),
+            y=_texts(y_labels),
             text=text,
             texttemplate="%{text}",
             zmin=0,
@@ -189,9 +199,9 @@ def grid_heatmap_figure(
         )
     )
     fig.update_layout(
-        title={"text": title, "x": 0},
-        xaxis={"title": x_name, "side": "top"},
-        yaxis={"title": " · ".join(n for n, _ in row_axes), "autorange": "reversed"},
+        title={"text": chart_text(title), "x": 0},
+        xaxis={"title": chart_text(x_name), "side": "top"},
+        yaxis={"title": chart_text(" · ".join(n for n, _ in row_axes)), "autorange": "reversed"},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=120 + 32 * len(row_values),
     )
@@ -203,7 +213,7 @@ def pii_by_type_figure(found: Mapping[str, int]) -> go.Figure:
     ordered = sorted(found.items(), key=lambda item: (-item[1], item[0]))
     fig = go.Figure(
         go.Bar(
-            x=[f"<{t}>" for t, _ in ordered],
+            x=[chart_text(f"<{t}>") for t, _ in ordered],
             y=[n for _, n in ordered],
             marker_color="#6baed6",
             hovertemplate="%{x}: %{y:,} redacted<extra></extra>",
@@ -233,7 +243,7 @@ def consent_rate_figure(rows: Sequence[Mapping[str, Any]], *, scope: str = "trai
         )
     )
     fig.update_layout(
-        title={"text": f"Consent rate over time ({scope})", "x": 0},
+        title={"text": chart_text(f"Consent rate over time ({scope})"), "x": 0},
         yaxis={"title": "users granting", "tickformat": ".0%", "range": [0, 1]},
         xaxis={"type": "date", "title": None},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -363,7 +373,7 @@ def ab_lift_figure(
     fig.add_hline(y=0, line_color="#969696", line_width=1)
     subtitle = f" · N* = {planned_total:,}" if planned_total else ""
     fig.update_layout(
-        title={"text": f"Lift of {metric} over time{subtitle}", "x": 0},
+        title={"text": chart_text(f"Lift of {metric} over time{subtitle}"), "x": 0},
         yaxis={"title": "relative lift (treatment vs control)", "tickformat": "+.0%"},
         xaxis={"type": "date", "title": None},
         legend={"orientation": "h", "y": -0.2},
@@ -384,7 +394,7 @@ def slice_heatmap_figure(
     models = list(means)
     slices = sorted({name for row in means.values() for name in row})
     if not models or not slices:
-        return go.Figure(layout={"title": {"text": title, "x": 0}})
+        return go.Figure(layout={"title": {"text": chart_text(title), "x": 0}})
     z: list[list[float | None]] = []
     text: list[list[str]] = []
     for model in models:
@@ -395,8 +405,8 @@ def slice_heatmap_figure(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=labels,
-            y=models,
+            x=_texts(labels),
+            y=_texts(models),
             text=text,
             texttemplate="%{text}",
             zmin=0,
@@ -407,7 +417,7 @@ def slice_heatmap_figure(
         )
     )
     fig.update_layout(
-        title={"text": title, "x": 0},
+        title={"text": chart_text(title), "x": 0},
         xaxis={"title": None, "side": "top"},
         yaxis={"title": None, "autorange": "reversed"},
         margin={"l": 10, "r": 10, "t": 70, "b": 10},
@@ -418,12 +428,12 @@ def slice_heatmap_figure(
 
 def wins_losses_figure(rows: Sequence[Mapping[str, Any]], *, baseline: str) -> go.Figure:
     """Per slice, the candidate's wins, ties and losses against ``baseline`` as stacked bars."""
-    names = [str(r["slice"]) for r in rows]
+    names = _texts(str(r["slice"]) for r in rows)
     fig = go.Figure()
     for key, label, colour in (
         ("wins", "candidate better", "#74c476"),
         ("ties", "tie", "#bdbdbd"),
-        ("losses", f"{baseline} better", "#fb6a4a"),
+        ("losses", chart_text(f"{baseline} better"), "#fb6a4a"),
     ):
         fig.add_trace(
             go.Bar(
@@ -437,7 +447,7 @@ def wins_losses_figure(rows: Sequence[Mapping[str, Any]], *, baseline: str) -> g
         )
     fig.update_layout(
         barmode="stack",
-        title={"text": f"Paired comparison with {baseline}, per slice", "x": 0},
+        title={"text": chart_text(f"Paired comparison with {baseline}, per slice"), "x": 0},
         xaxis={"title": "items"},
         yaxis={"autorange": "reversed", "title": None},
         legend={"orientation": "h", "y": -0.2},
@@ -468,12 +478,12 @@ def slice_scores_figure(
     than one gate, so equal slice names of different gates never merge.
     """
     if not rows:
-        return go.Figure(layout={"title": {"text": title, "x": 0}})
+        return go.Figure(layout={"title": {"text": chart_text(title), "x": 0}})
     several = len({str(r["gate"]) for r in rows}) > 1
-    labels = [
+    labels = _texts(
         f"{r['gate']}: {r['slice']}" if several and r["slice"] == "all items" else str(r["slice"])
         for r in rows
-    ]
+    )
     positions = list(range(len(rows)))
     fig = go.Figure()
     fig.add_trace(
@@ -487,7 +497,7 @@ def slice_scores_figure(
             textposition="inside",
             insidetextanchor="start",
             customdata=[
-                [str(r["gate"]), label, int(r["n"]), str(r["status"]).replace("_", " ")]
+                [chart_text(r["gate"]), label, int(r["n"]), str(r["status"]).replace("_", " ")]
                 for r, label in zip(rows, labels, strict=True)
             ],
             hovertemplate="%{customdata[0]} · %{customdata[1]}: %{x:.3f} on %{customdata[2]}"
@@ -519,7 +529,7 @@ def slice_scores_figure(
             )
         )
     fig.update_layout(
-        title={"text": title, "x": 0},
+        title={"text": chart_text(title), "x": 0},
         xaxis={"title": "score", "range": [0, 1.02]},
         yaxis={
             "autorange": "reversed",
@@ -542,7 +552,7 @@ def funnel_figure(stages: Sequence[Mapping[str, Any]], *, title: str = "Cycle fu
 
     Each stage is a mapping with ``name``, ``rows_out``, ``removed`` and ``added``.
     """
-    names = [str(s["name"]) for s in stages]
+    names = _texts(str(s["name"]) for s in stages)
     fig = go.Figure(
         go.Funnel(
             y=names,
@@ -555,7 +565,7 @@ def funnel_figure(stages: Sequence[Mapping[str, Any]], *, title: str = "Cycle fu
         )
     )
     fig.update_layout(
-        title={"text": title, "x": 0},
+        title={"text": chart_text(title), "x": 0},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=120 + 34 * max(1, len(stages)),
     )
@@ -576,7 +586,7 @@ def composition_heatmap_figure(
     unlabelled interaction) gets its own row or column.
     """
     if not axes or not cells:
-        return go.Figure(layout={"title": {"text": title, "x": 0}})
+        return go.Figure(layout={"title": {"text": chart_text(title), "x": 0}})
     *row_axes, x_axis = axes
 
     def amount(cell: Mapping[str, Any]) -> int:
@@ -596,8 +606,8 @@ def composition_heatmap_figure(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=xs,
-            y=ys,
+            x=_texts(xs),
+            y=_texts(ys),
             text=[[str(v) for v in row] for row in z],
             texttemplate="%{text}",
             colorscale="Purples",
@@ -606,9 +616,9 @@ def composition_heatmap_figure(
         )
     )
     fig.update_layout(
-        title={"text": title, "x": 0},
-        xaxis={"title": x_axis, "side": "top"},
-        yaxis={"title": " · ".join(row_axes), "autorange": "reversed"},
+        title={"text": chart_text(title), "x": 0},
+        xaxis={"title": chart_text(x_axis), "side": "top"},
+        yaxis={"title": chart_text(" · ".join(row_axes)), "autorange": "reversed"},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=140 + 30 * len(ys),
     )
@@ -622,7 +632,7 @@ def gate_thresholds_figure(
 
     Gates without a value (insufficient data) get no bar but keep their threshold marker.
     """
-    names = [g.name + ("" if g.blocking else " (non-blocking)") for g in gates]
+    names = _texts(g.name + ("" if g.blocking else " (non-blocking)") for g in gates)
     fig = go.Figure()
     fig.add_trace(
         go.Bar(
@@ -631,7 +641,10 @@ def gate_thresholds_figure(
             y=names,
             x=[g.value for g in gates],
             marker_color=[VERDICT_COLOURS.get(g.verdict, "#969696") for g in gates],
-            customdata=[[g.verdict.replace("_", " "), g.comparator, g.metric] for g in gates],
+            customdata=[
+                [g.verdict.replace("_", " "), chart_text(g.comparator), chart_text(g.metric)]
+                for g in gates
+            ],
             hovertemplate="%{y}: %{x:.4g} (%{customdata[0]})<br>%{customdata[1]} on "
             "%{customdata[2]}<extra></extra>",
         )
@@ -647,7 +660,7 @@ def gate_thresholds_figure(
         )
     )
     fig.update_layout(
-        title={"text": title, "x": 0},
+        title={"text": chart_text(title), "x": 0},
         xaxis={"title": "value"},
         yaxis={"autorange": "reversed", "title": None},
         legend={"orientation": "h", "y": -0.25},
@@ -679,7 +692,7 @@ def lift_by_cycle_figure(records: Sequence[CycleRecord]) -> go.Figure:
             },
             marker={"size": 11, "color": [colours.get(ab.verdict, "#636363") for _, ab in tested]},
             customdata=[
-                [ab.verdict.replace("_", " "), ab.method, low, high]
+                [ab.verdict.replace("_", " "), chart_text(ab.method), low, high]
                 for (_, ab), (low, high) in zip(tested, intervals, strict=True)
             ],
             hovertemplate="%{x}: %{y:+.1%} (%{customdata[2]:+.1%} to %{customdata[3]:+.1%})"
@@ -688,7 +701,7 @@ def lift_by_cycle_figure(records: Sequence[CycleRecord]) -> go.Figure:
     )
     fig.add_hline(y=0, line_color="#969696", line_width=1)
     fig.update_layout(
-        title={"text": f"A/B lift of {metric} per cycle, with its interval", "x": 0},
+        title={"text": chart_text(f"A/B lift of {metric} per cycle, with its interval"), "x": 0},
         yaxis={"title": "relative lift", "tickformat": "+.0%"},
         xaxis={"title": None},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},

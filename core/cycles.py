@@ -44,6 +44,7 @@ from core.audit import record_audit
 from core.consent import eligible_interactions
 from core.datasets import canonical_jsonl
 from core.errors import CycleError
+from core.escaping import json_path, sql_identifier, sql_string
 from core.plan import (
     Decontamination,
     ExactDedup,
@@ -325,13 +326,12 @@ def _cell_sql(plan: Plan) -> str:
         return "'{}'"
     parts = []
     for name in axes:
-        label = name.replace("'", "''")
         value = (
-            f'"{name}"'
+            sql_identifier(name)
             if name in ("topic", "difficulty", "variant", "model")
-            else f"json_extract_string(metadata, '$.\"{label}\"')"
+            else f"json_extract_string(metadata, {sql_string(json_path(name))})"
         )
-        parts.append(f"'{label}', coalesce({value}, '(unlabelled)')")
+        parts.append(f"{sql_string(name)}, coalesce({value}, '(unlabelled)')")
     return f"json_object({', '.join(parts)})::VARCHAR"
 
 

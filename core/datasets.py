@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.errors import DatasetError
+from core.paths import check_output_path
 from core.store import Store
 
 __all__ = [
@@ -329,8 +330,10 @@ def export_dataset(
 
     The JSONL is checked as OpenAI checks an upload before anything is written, with total
     tokens and the training cost at the plan's price. Raises DatasetError for an unknown
-    version, format or split, a split with no rows, or a failed check (nothing written then).
+    version, format or split, a split with no rows, or a failed check (nothing written then);
+    OutputPathError when ``out_path`` is the store or another file Flywheel manages.
     """
+    out = check_output_path(out_path)
     fmt = fmt.lower()
     if fmt not in EXPORT_FORMATS:
         raise DatasetError(f"Unknown format {fmt!r}; use --format openai-jsonl or parquet.")
@@ -340,7 +343,6 @@ def export_dataset(
     rows = dataset_rows(store, version_id, split)
     if not rows:
         raise DatasetError(f"Dataset version {version_id} has no {split} rows to export.")
-    out = Path(out_path)
     if fmt == "parquet":
         data = parquet_bytes(rows)
         _write_atomically(out, data)

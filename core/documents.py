@@ -28,7 +28,9 @@ from markupsafe import Markup
 
 from core.charts import timeline_figure
 from core.errors import DocumentError
+from core.escaping import markdown_code, markdown_fenced, markdown_text
 from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_plan
+from core.paths import check_output_path
 from core.plan import Plan, QualityFilter, plan_timeline
 from core.settings import PROJECT_ROOT
 
@@ -133,32 +135,6 @@ def document(
 
 # -- the Jinja environment ---------------------------------------------------------------------
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
-
-
-def _markdown_text(value: object) -> str:
-    """User text safe inside a Markdown paragraph or table cell: one line, specials escaped."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
-
-
-def _markdown_code(value: object) -> str:
-    """An identifier as a Markdown code span that no backtick or pipe in it can break."""
-    text = " ".join(str(value).split()).replace("|", "\\|")
-    if not text:
-        return ""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if longest else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def _markdown_fenced(value: object) -> str:
-    """A multi-line text as a fenced block whose fence is longer than any backtick run in it."""
-    text = str(value).rstrip("\n")
-    longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=2)
-    fence = "`" * (longest + 1)
-    return f"{fence}text\n{text}\n{fence}"
-
 
 def _money(value: float) -> str:
     return f"${value:,.2f}"
@@ -211,9 +187,9 @@ def environment() -> Environment:
             keep_trailing_newline=True,
         )
         env.filters.update(
-            md=_markdown_text,
-            code=_markdown_code,
-            fenced=_markdown_fenced,
+            md=markdown_text,
+            code=markdown_code,
+            fenced=markdown_fenced,
             money=_money,
             percent=_percent,
             number=_number,
@@ -402,9 +378,11 @@ def write_document(
     """Render a document and write it to ``out``; nothing is written when anything fails.
 
     Raises DocumentError for an unknown format, a folder that does not exist or cannot be
-    written, and whatever ``render_documents`` raises.
+    written, OutputPathError when ``out`` is the store or another file Flywheel manages, and
+    whatever ``render_documents`` raises.
     """
     _check_formats([fmt])
+    check_output_path(out)
     folder = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise DocumentError(f"{out} is a folder; give a file name such as {out / ('doc.' + fmt)}.")

@@ -432,10 +432,25 @@ def respelled(expr: ir.Table, dialect: Dialect) -> ir.Table:
                 ops.Literal("", dt.string),
             )
         elif isinstance(current, ops.ScalarUDF) and current.__func_name__ == "json_extract_string":
-            current = _spark_json_field(*current.args).op()
+            document, path = current.args
+            if isinstance(path, ops.Literal) and str(path.value).startswith("/"):
+                path = ops.Literal(_spark_json_path(str(path.value)), dt.string)
+            current = _spark_json_field(document, path).op()
         return current
 
     return expr.op().replace(respell).to_expr()
+
+
+def _spark_json_path(pointer: str) -> str:
+    """A JSON pointer of one member (core.escaping.json_path) as Spark's ``$['name']``.
+
+    Raises ValueError for a name Spark's paths cannot spell (one holding ``'`` or ``]``).
+    """
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer[1:].split("/")]
+    for name in parts:
+        if "'" in name or "]" in name:
+            raise ValueError(f"{name!r}: Spark's JSON paths cannot name a field holding ' or ]")
+    return "$" + "".join(f"['{name}']" for name in parts)
 
 
 def row_rule_stage(rows: ir.Table, rule: Any, dialect: Dialect) -> ir.Table:

@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 
 from core.errors import FlywheelError, IngestError
+from core.paths import check_output_path
 
 __all__ = [
     "DETECTORS",
@@ -311,9 +312,10 @@ def redact_file(in_path: str | Path, out_path: str | Path) -> tuple[int, dict[st
 
     Each output line is the input object with ``text`` redacted and ``pii``, the list of types
     found. Returns the row count and the count of values per type. Raises IngestError when the
-    input cannot be read or a line is not a JSON object; nothing is written then.
+    input cannot be read or a line is not a JSON object; nothing is written then;
+    OutputPathError when ``out_path`` is the store or another file Flywheel manages.
     """
-    source, target = Path(in_path), Path(out_path)
+    source, target = Path(in_path), check_output_path(out_path)
     if not source.is_file():
         raise IngestError(f"{source}: no such file; give the path of a JSONL file with --in.")
     if source.resolve() == target.resolve():

@@ -40,6 +40,8 @@ import ibis
 import ibis.expr.types as ir
 from duckdb.func import SPECIAL
 
+from core.escaping import json_path
+
 __all__ = [
     "NearDuplicatePair",
     "band_parameters",
@@ -521,7 +523,7 @@ def _field_condition(rows: ir.Table, rule: Any) -> ir.Table:
         value = rows[field]
         text = value.cast("string")
     else:
-        text = _json_field(rows.metadata, f"$.{field}")
+        text = _json_field(rows.metadata, json_path(field))
         value = text
     shown = f"{field} {op} {raw}"
     if op in _NUMERIC_OPS:

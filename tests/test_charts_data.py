@@ -22,7 +22,8 @@ from core.monitoring import CycleRecord, DatasetFigures, GateFigure, LiftFigures
 def test_pii_by_type_bars_largest_first() -> None:
     fig = pii_by_type_figure({"EMAIL": 3, "CARD": 7, "IP": 3})
     bar = fig.data[0]
-    assert list(bar.x) == ["<CARD>", "<EMAIL>", "<IP>"]
+    # Entities: Plotly would read a bare <CARD> as a tag and draw nothing.
+    assert list(bar.x) == ["&lt;CARD&gt;", "&lt;EMAIL&gt;", "&lt;IP&gt;"]
     assert list(bar.y) == [7, 3, 3]
 
 
