@@ -25,6 +25,7 @@ import httpx2
 import openai
 
 from core.errors import GenerationError
+from core.secrets import scrub_secrets
 from core.settings import get_setting
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "resolve_endpoint",
     "retry_after_s",
     "run_bounded",
+    "server_message",
 ]
 
 T = TypeVar("T")
@@ -167,6 +169,12 @@ def backoff_delay(
     return delay
 
 
+def server_message(exc: Exception) -> str:
+    """The text of a server's error, scrubbed of keys and tokens (a server may echo the
+    request's Authorization header or key in its error body): safe to print, store or log."""
+    return scrub_secrets(str(getattr(exc, "message", "") or exc))
+
+
 def describe_error(exc: Exception) -> str:
     """A short name of a request failure for a stored reason (never the key)."""
     if isinstance(exc, openai.APITimeoutError):
@@ -208,7 +216,9 @@ async def request_with_retries(
         except openai.BadRequestError as exc:
             if retry_bad_request is not None and retry_bad_request(exc):
                 continue
-            raise RequestGaveUp(f"rejected by the server (HTTP 400): {exc.message}") from None
+            raise RequestGaveUp(
+                f"rejected by the server (HTTP 400): {server_message(exc)}"
+            ) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise RequestAborted(
                 f"The {server_name} refused the key (HTTP {exc.status_code}); check "
@@ -224,7 +234,7 @@ async def request_with_retries(
                 exc.status_code == 429 or exc.status_code >= 500
             )
             if not retryable:
-                raise RequestGaveUp(f"{describe_error(exc)}: {exc}") from None
+                raise RequestGaveUp(f"{describe_error(exc)}: {server_message(exc)}") from None
             if attempt >= max_retries:
                 raise RequestGaveUp(
                     f"{describe_error(exc)} on {attempt + 1} attempt(s); gave up after "

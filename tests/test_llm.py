@@ -51,3 +51,48 @@ def test_heatmap_shows_each_cell_against_its_target() -> None:
     assert list(trace.y) == ["a · x", "a · y", "b · x", "b · y"]
     assert trace.z[0][0] == 1.0 and trace.z[3][2] == pytest.approx(0.4)
     assert trace.text[3][2] == "4/10" and trace.text[1][1] == "0/10"
+
+
+def test_a_server_that_echoes_the_key_never_gets_it_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error text that reaches eval outputs, generation failures and the console is
+    scrubbed of the configured key and of anything shaped like a credential."""
+    import asyncio
+    import random
+
+    import httpx2
+
+    from core.llm import RequestGaveUp, request_with_retries
+
+    key = "sk-echoed-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+
+    def echo(request: httpx2.Request) -> httpx2.Response:
+        auth = request.headers.get("authorization", "")
+        body = {"error": {"message": f"bad request; you sent Authorization: {auth} key={key}"}}
+        return httpx2.Response(400, json=body)
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(echo))
+    client = build_async_client(
+        resolve_endpoint(base_url="http://127.0.0.1:9/v1"), timeout_s=5, http_client=http
+    )
+
+    async def send() -> object:
+        return await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    with pytest.raises(RequestGaveUp) as caught:
+        asyncio.run(
+            request_with_retries(
+                send,
+                model="m",
+                endpoint_display="http://127.0.0.1:9/v1",
+                max_retries=0,
+                backoff_s=0,
+                rng=random.Random(0),
+            )
+        )
+    assert "HTTP 400" in str(caught.value) and "[redacted]" in str(caught.value)
+    assert key not in str(caught.value) and "echoed" not in str(caught.value)
