@@ -30,6 +30,7 @@ import duckdb
 
 from core import __version__
 from core.access import User, require
+from core.audit import record_audit
 from core.errors import StoreError
 from core.escaping import sql_identifier
 from core.settings import get_setting
@@ -100,7 +101,7 @@ def _row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 def backup_store(store: Store, directory: str | Path, *, user: User) -> BackupResult:
     """Write every table of ``store`` to ``directory`` (new or empty) as Parquet, with a
-    manifest (signed when ``FLYWHEEL_BACKUP_KEY`` is set).
+    manifest (signed when ``FLYWHEEL_BACKUP_KEY`` is set); audited as ``store.backup``.
 
     Raises StoreError when the directory holds files already; AccessError, before anything is
     written, when ``user`` may not back up the store (a backup holds raw PII).
@@ -129,6 +130,14 @@ def backup_store(store: Store, directory: str | Path, *, user: User) -> BackupRe
     if key is not None:
         manifest["signature"] = _signature(manifest, key)
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), "utf-8")
+    with store.transaction() as con:  # erasure lists the backups made before it from here
+        record_audit(
+            con,
+            actor=user.name,
+            action="store.backup",
+            target=str(target.resolve()),
+            detail={"schema_version": version, "rows": sum(counts.values()), "signed": bool(key)},
+        )
     return BackupResult(str(target), version, counts, signed=key is not None)
 
 
@@ -341,7 +350,8 @@ def restore_store(
 ) -> BackupResult:
     """Rebuild the store at ``target`` from a backup directory (see the module docstring), then
     bring its schema up to date. The old file is replaced only once the restore is whole, while
-    no connection or cycle run of any process holds it.
+    no connection or cycle run of any process holds it; the new store's audit log records the
+    restore (``store.restore``).
 
     Raises StoreError, with the target untouched, when the backup is damaged, altered,
     unsigned while FLYWHEEL_BACKUP_KEY is set, holds anything but the tables Flywheel's
@@ -370,5 +380,13 @@ def restore_store(
             Path(f"{destination}.wal").unlink(missing_ok=True)
             os.replace(staging, destination)
             forget_migrated(destination)
+    with store.transaction() as con:
+        record_audit(
+            con,
+            actor=user.name,
+            action="store.restore",
+            target=str(backup.resolve()),
+            detail={"schema_version": manifest["schema_version"], "signed": bool(key)},
+        )
     version = store.schema_version()
     return BackupResult(str(destination), version, dict(manifest["tables"]), signed=key is not None)

@@ -5,12 +5,13 @@ Pages stay thin: widgets in, ``core`` calls, charts and tables out. No business 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import streamlit as st
 
-from core.access import User, local_operator, user_from_identity
+from core.access import User, dashboard_user, login_providers
 from core.demo import is_demo_workspace, load_demo
 from core.errors import FlywheelError
 from core.plan_versions import PlanSummary, list_plans
@@ -86,35 +87,49 @@ def bootstrap_workspace() -> None:
     _bootstrap(str(get_store().path))
 
 
-def _login_configured() -> bool:
+def _secrets() -> tuple[Mapping[str, Any] | None, str | None]:
+    """The secrets Streamlit reads and, when a secrets file exists but cannot be read, why."""
     try:
-        return "auth" in st.secrets
-    except FileNotFoundError:
-        return False
-    except Exception:  # a malformed secrets file is reported by Streamlit itself
-        return False
+        return st.secrets.to_dict(), None
+    except Exception as exc:  # Streamlit raises a FileNotFoundError subclass for both cases
+        files = st.get_option("secrets.files") or []
+        if any(Path(str(f)).exists() for f in files):
+            return None, str(exc)
+        return None, None
 
 
 def current_user() -> User:
-    """Who is using the dashboard: the OIDC user with their roles, else the local operator.
+    """Who is using the dashboard (core.access.dashboard_user decides).
 
-    With login configured and nobody signed in, shows the sign-in button and stops the page.
+    With login configured and nobody signed in, shows the sign-in button and stops the page;
+    when sign-in is misconfigured or the identity refused, says why and stops it.
     """
-    if not _login_configured():
-        return local_operator()
-    if not st.user.is_logged_in:
-        st.info("Sign in to use Flywheel.", icon=":material/login:")
-        st.button("Sign in", on_click=st.login, type="primary")
+    secrets, problem = _secrets()
+    try:
+        providers = login_providers(secrets, secrets_error=problem)
+        user = dashboard_user(
+            secrets, st.user.to_dict() if providers else {}, secrets_error=problem
+        )
+    except FlywheelError as exc:
+        st.error(str(exc), icon=":material/lock:")
+        if st.user.get("is_logged_in"):
+            st.button("Sign out", on_click=st.logout)
         st.stop()
-    email = str(st.user.get("email") or "")
-    return user_from_identity(email, str(st.user.get("name") or email))
+    if user is None:
+        st.info("Sign in to use Flywheel.", icon=":material/login:")
+        for provider in providers:
+            label = "Sign in" if provider == "default" else f"Sign in with {provider}"
+            st.button(label, on_click=st.login, args=(provider,), type="primary", key=provider)
+        st.stop()
+    return user
 
 
 def identity_caption(user: User) -> None:
     """The sidebar's line on who is acting, with the roles they hold."""
     roles = ", ".join(sorted(user.roles)) or "no role"
     if user.authenticated:
-        st.caption(f":material/person: {user.name} · {roles}")
+        shown = f"{user.display_name} ({user.name})" if user.display_name else user.name
+        st.caption(f":material/person: {shown} · {roles}")
         st.button("Sign out", on_click=st.logout)
     else:
         st.caption(

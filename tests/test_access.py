@@ -31,9 +31,13 @@ from core.access import (
     ROLES,
     AccessError,
     Permission,
+    SignInError,
     User,
+    dashboard_user,
     local_operator,
+    login_providers,
     refusal,
+    signed_in_user,
 )
 from core.backup import backup_store, restore_store
 from core.consent import forget_user
@@ -583,6 +587,15 @@ def test_every_function_that_takes_the_acting_user_requires_it() -> None:
 # -- pages ---------------------------------------------------------------------------------------
 
 
+AUTH = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "test-cookie-secret",
+    "client_id": "flywheel",
+    "client_secret": "test-client-secret",
+    "server_metadata_url": "https://id.example.com/.well-known/openid-configuration",
+}
+
+
 def _signed_in(email: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The app with OIDC login configured and ``email`` signed in; the roles file makes
     omar@ an ML lead, maya@ a PM and priya@ a privacy reviewer, anyone else a viewer."""
@@ -594,11 +607,13 @@ def _signed_in(email: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     )
     monkeypatch.setenv("FLYWHEEL_ROLES_FILE", str(roles))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.secrets["auth"] = {
-        "redirect_uri": "http://localhost:8501/oauth2callback",
-        "cookie_secret": "test-cookie-secret",
+    at.secrets["auth"] = dict(AUTH)
+    at.user = {
+        "is_logged_in": True,
+        "email": email,
+        "email_verified": True,
+        "name": email.split("@")[0].title(),
     }
-    at.user = {"is_logged_in": True, "email": email, "name": email.split("@")[0].title()}
     return at.run()
 
 
@@ -615,7 +630,7 @@ def test_a_viewer_sees_generation_disabled_and_says_which_role_is_needed(
     at.switch_page("pages/generation.py").run()
     assert not at.exception, at.exception
     assert at.button(key="gen_run").disabled and at.button(key="gen_top_up").disabled
-    assert "Val (viewer) may not run synthetic generation" in _captions(at)
+    assert "val@example.com (viewer) may not run synthetic generation" in _captions(at)
     assert "needs the ml_lead or pm role" in _captions(at)
     assert server.chat_calls == 0
 
@@ -645,7 +660,9 @@ def test_a_viewer_sees_eval_and_training_actions_disabled(
     assert not at.exception, at.exception
     assert actions(at) == dict.fromkeys(gated, True)
     captions = _captions(at)
-    assert "Val (viewer) may not train models or register a cycle's candidate" in captions
+    assert (
+        "val@example.com (viewer) may not train models or register a cycle's candidate" in captions
+    )
     assert "may not run evals, import eval results or freeze eval sets" in captions
     assert "needs the ml_lead role" in captions
     assert "may not ingest data" in captions
@@ -691,17 +708,18 @@ def test_a_viewer_sees_every_write_action_disabled_with_the_role_needed(
     demo_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at = _signed_in("val@example.com", tmp_path, monkeypatch)
+    val = User("val@example.com", frozenset({"viewer"}))  # signed in: named by their email
     before = _rows_per_table(demo_store)
     for page in dict.fromkeys(p for p, _, _ in PAGE_ACTIONS):
         _open(at, page)
         disabled, captions = _disabled(at), _captions(at)
         for _, action, permission in (a for a in PAGE_ACTIONS if a[0] == page):
             assert disabled[action], (page, action)
-            assert refusal(VIEWER, permission) in captions, (page, permission)
+            assert refusal(val, permission) in captions, (page, permission)
         if page == "pages/evals.py":
             # Approving, rejecting and overriding a candidate each say which role they need.
-            assert "Val (viewer) may not approve plans" in captions
-            assert "Val (viewer) may not override gates (gate.override)" in captions
+            assert "val@example.com (viewer) may not approve plans" in captions
+            assert "val@example.com (viewer) may not override gates (gate.override)" in captions
     assert _rows_per_table(demo_store) == before
 
 
@@ -724,7 +742,7 @@ def test_the_permitted_roles_find_the_write_actions_enabled(
     assert disabled["FormSubmitter:upload-Load"]
     pm = _open(_signed_in("maya@example.com", tmp_path, monkeypatch), "pages/evals.py")
     assert not _disabled(pm)["FormSubmitter:decision-Record decision"]
-    assert "Maya (pm) may not override gates (gate.override)" in _captions(pm)
+    assert "maya@example.com (pm) may not override gates (gate.override)" in _captions(pm)
 
 
 def test_a_viewer_reads_the_plan_form_and_a_pm_edits_it(
@@ -738,8 +756,124 @@ def test_a_viewer_reads_the_plan_form_and_a_pm_edits_it(
     viewer = _open(_signed_in("val@example.com", tmp_path, monkeypatch), "pages/plan.py")
     fields = plan_fields(viewer)
     assert len(fields) >= 4 and all(fields.values()), fields
-    assert "Read only: Val (viewer) may not edit plans" in _captions(viewer)
+    assert "Read only: val@example.com (viewer) may not edit plans" in _captions(viewer)
 
     pm = _open(_signed_in("maya@example.com", tmp_path, monkeypatch), "pages/plan.py")
     fields = plan_fields(pm)
     assert len(fields) >= 4 and not any(fields.values()), fields
+
+
+# -- sign-in fails closed --------------------------------------------------------------------
+
+
+def _without(key: str) -> dict[str, object]:
+    return {k: v for k, v in AUTH.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("auth", "missing"),
+    [
+        (_without("redirect_uri"), "[auth] lacks redirect_uri"),
+        (_without("cookie_secret"), "[auth] lacks cookie_secret"),
+        (_without("client_id"), "[auth] lacks client_id"),
+        (_without("client_secret"), "[auth] lacks client_secret"),
+        ({**_without("server_metadata_url")}, "[auth] lacks server_metadata_url"),
+        ({**_without("client_secret"), "client_secret": "  "}, "[auth] lacks client_secret"),
+        (
+            {
+                "redirect_uri": AUTH["redirect_uri"],
+                "cookie_secret": "s",
+                "google": {"client_id": "x", "server_metadata_url": "https://g/x"},
+            },
+            "[auth.google] lacks client_secret",
+        ),
+        ({"redirect_uri": AUTH["redirect_uri"], "cookie_secret": "s"}, "[auth] names no provider"),
+        ({**AUTH, "my_idp": {**AUTH}}, "may not contain an underscore"),
+    ],
+)
+def test_an_incomplete_auth_section_refuses_everyone(auth: dict[str, object], missing: str) -> None:
+    with pytest.raises(SignInError, match=re.escape(missing)):
+        login_providers({"auth": auth})
+    with pytest.raises(SignInError, match="incomplete"):
+        dashboard_user({"auth": auth}, {"is_logged_in": True, "email": "a@b.c"})
+
+
+def test_unreadable_secrets_refuse_everyone() -> None:
+    with pytest.raises(SignInError, match=r"could not be read .*Invalid statement"):
+        dashboard_user(None, {}, secrets_error="Invalid statement (at line 1, column 6)")
+
+
+def test_providers_and_the_local_operator() -> None:
+    assert login_providers(None) == ()
+    assert login_providers({"openai_api_key": "sk-x"}) == ()
+    assert login_providers({"auth": AUTH}) == ("default",)
+    named = {"redirect_uri": "u", "cookie_secret": "s", "okta": {**AUTH}, "client_kwargs": {}}
+    assert login_providers({"auth": named}) == ("okta",)
+    assert dashboard_user(None, {}) == local_operator()
+    assert dashboard_user({"auth": AUTH}, {"is_logged_in": False}) is None
+    assert dashboard_user({"auth": AUTH}, {}) is None
+
+
+@pytest.mark.parametrize("verified", [False, None, "false", "yes", 1])
+def test_an_unverified_email_is_refused(verified: object) -> None:
+    claims = {"is_logged_in": True, "email": "omar@example.com", "name": "Omar"}
+    if verified is not None:
+        claims["email_verified"] = verified  # type: ignore[assignment]
+    with pytest.raises(SignInError, match=re.escape("has not verified omar@example.com")):
+        dashboard_user({"auth": AUTH}, claims)
+    with pytest.raises(SignInError, match="no email"):
+        signed_in_user({"is_logged_in": True, "email_verified": True, "name": "Omar"})
+
+
+def test_the_verified_email_is_the_identity_never_the_display_name(
+    store: Store, tmp_path: Path
+) -> None:
+    roles = tmp_path / "roles.yaml"
+    roles.write_text("users:\n  priya@example.com: [privacy_reviewer]\n", encoding="utf-8")
+    claims = {
+        "is_logged_in": True,
+        "email": "Priya@Example.com",
+        "email_verified": "true",
+        "name": "Omar (ML lead)",  # users choose their display name
+    }
+    user = dashboard_user({"auth": AUTH}, claims, path=roles)
+    assert user is not None
+    assert (user.name, user.email, user.display_name) == (
+        "priya@example.com",
+        "priya@example.com",
+        "Omar (ML lead)",
+    )
+    assert user.roles == {"privacy_reviewer"} and user.authenticated
+    plan_id, version = save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="v1", user=local_operator()
+    )
+    signoffs.record_decision(
+        store, plan_id, version, role="privacy_reviewer", user=user, decision="reject", note="no"
+    )
+    approvers = store.fetch_all("SELECT approver FROM plan_approvals")
+    assert approvers == [("priya@example.com",)]
+    assert _audit_actors(store, "plan.reject") == ["priya@example.com"]
+
+
+def test_a_signed_in_page_shows_the_display_name_beside_the_email(
+    demo_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _signed_in("omar@example.com", tmp_path, monkeypatch)
+    assert not at.exception and not at.error
+    assert "Omar (omar@example.com) · ml_lead" in _captions(at)
+
+
+def test_an_unverified_sign_in_stops_the_app(
+    demo_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.secrets["auth"] = dict(AUTH)
+    at.user = {"is_logged_in": True, "email": "omar@example.com", "email_verified": False}
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Your identity provider has not verified omar@example.com; verify the address with "
+        "it, sign out and sign in again."
+    ]
+    assert not at.title  # no page ran
+    assert "every role" not in _captions(at)

@@ -29,13 +29,18 @@ OPERATOR = local_operator()
 
 
 def _dump(store: Store) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, but the audit entries of the backup and restore themselves."""
     tables = [
         r[0]
         for r in store.fetch_all(
             "SELECT table_name FROM duckdb_tables() WHERE NOT internal ORDER BY 1"
         )
     ]
-    return {t: sorted(map(repr, store.fetch_all(f'SELECT * FROM "{t}"'))) for t in tables}  # type: ignore[misc]
+    dump = {t: sorted(map(repr, store.fetch_all(f'SELECT * FROM "{t}"'))) for t in tables}  # type: ignore[misc]
+    dump["audit_log"] = sorted(
+        map(repr, store.fetch_all("SELECT * FROM audit_log WHERE action NOT LIKE 'store.%'"))
+    )
+    return dump
 
 
 def _seed(store: Store) -> None:
@@ -95,6 +100,10 @@ def test_round_trip_restores_every_row(demo_store: Store, tmp_path: Path) -> Non
     assert result.tables["plan_versions"] == 3
     assert not result.signed
     assert not list((tmp_path / "bk").glob("*.sql"))  # a backup holds data, never SQL
+    (made,) = demo_store.fetch_all(
+        "SELECT actor, target FROM audit_log WHERE action = 'store.backup'"
+    )
+    assert made == (OPERATOR.name, str((tmp_path / "bk").resolve()))
     restored = restore_store(tmp_path / "bk", tmp_path / "restored.duckdb", user=OPERATOR)
     assert restored.tables == result.tables
     again = Store(tmp_path / "restored.duckdb")
@@ -118,12 +127,15 @@ def test_restore_replaces_a_store_and_continues_its_sequences(store: Store, back
     assert store.fetch_all("SELECT * FROM workspace") == [("owner", "flywheel team")]
     with store.transaction() as con:
         record_audit(con, actor="ana@example.com", action="test", target="t", detail={})
-    assert [r[0] for r in store.fetch_all("SELECT audit_id FROM audit_log ORDER BY 1")] == [
-        1,
-        2,
-        3,
-        4,
+    entries = store.fetch_all("SELECT audit_id, action, actor FROM audit_log ORDER BY 1")
+    assert [(i, a) for i, a, _ in entries] == [
+        (1, "test"),
+        (2, "test"),
+        (3, "test"),
+        (4, "store.restore"),
+        (5, "test"),
     ]
+    assert entries[3][2] == OPERATOR.name
     leftovers = [p.name for p in store.path.parent.iterdir() if "restoring" in p.name]
     assert leftovers == []
 

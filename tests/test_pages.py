@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -106,3 +107,49 @@ def test_sign_off_from_the_plan_page(demo_store: Store) -> None:
     status = approval_status(demo_store, "python-coding-assistant", 3)
     assert status.decisions["privacy_reviewer"].decision == "approve"
     assert status.decisions["privacy_reviewer"].approver == "local user"
+
+
+def _stopped_by_sign_in(at: AppTest) -> str:
+    """The app stopped before any page, with one error saying why; no local user took over."""
+    assert not at.exception, at.exception
+    assert len(at.error) == 1, [e.value for e in at.error]
+    assert not at.title  # no page ran
+    assert not any("every role" in str(c.value) for c in at.caption)
+    return str(at.error[0].value)
+
+
+def test_a_secrets_file_that_cannot_be_parsed_stops_the_app(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "secrets.toml").write_text(
+        '[auth\nredirect_uri = "http://localhost:8501/oauth2callback"\n', encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)  # Streamlit reads ./.streamlit/secrets.toml
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    message = _stopped_by_sign_in(at)
+    assert message.startswith("The secrets file could not be read (Error parsing secrets file")
+
+
+def test_an_incomplete_auth_section_stops_the_app(store: Store) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "a secret",
+    }
+    message = _stopped_by_sign_in(at.run())
+    assert "[auth] names no provider" in message
+
+
+def test_login_configured_asks_to_sign_in(store: Store) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "a secret",
+        "client_id": "flywheel",
+        "client_secret": "client secret",
+        "server_metadata_url": "https://id.example.com/.well-known/openid-configuration",
+    }
+    at.run()
+    assert not at.exception and not at.error and not at.title
+    assert [b.label for b in at.button] == ["Sign in"]
