@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import openai
@@ -56,6 +56,9 @@ from core.llm import (
 )
 from core.settings import get_setting
 from core.store import Store
+
+if TYPE_CHECKING:
+    from core.training.inference import LocalModel, LocalWeights
 
 __all__ = [
     "ROLES",
@@ -534,11 +537,16 @@ def run_eval(
     max_retries: int | None = None,
     backoff_s: float | None = None,
     on_progress: ProgressCallback | None = None,
+    local_weights: LocalWeights | None = None,
     user: User,
 ) -> EvalRunReport:
     """Run ``model`` on an eval set version and grade its outputs (the llm_judge grader calls
     the judge model); resume a run of the same request (same set version, model, endpoint,
-    role, cycle, samples, temperature).
+    role, cycle, samples, temperature, weights).
+
+    With ``local_weights`` the model answers in-process (``transformers``, batched greedy
+    generation) instead of through an endpoint. Every run records the weights it evaluated:
+    those, or for a candidate served by an endpoint the weights registered with it.
 
     Raises EvalError when the set is missing, a grader is unknown, the judge is missing for
     llm_judge, or the server refuses the key or does not serve the model; AccessError, before
@@ -557,17 +565,22 @@ def run_eval(
     if not items:
         raise EvalError(f"Eval set '{eval_set}' v{number} has no items.")
     endpoint = endpoint or eval_endpoint()
+    shown_endpoint = IN_PROCESS if local_weights else endpoint.display_url
+    weights_sha = local_weights.sha256 if local_weights else None
+    if weights_sha is None and role == "candidate" and plan_id and cycle is not None:
+        weights_sha = _registered_weights(store, plan_id, cycle, model)
     who = user.name
     key = _run_key(
         eval_set=eval_set,
         version=number,
         model=model,
-        endpoint=endpoint.display_url,
+        endpoint=shown_endpoint,
         role=role,
         cycle=cycle,
         plan_id=plan_id,
         samples=samples,
         temperature=temperature,
+        **({"weights": local_weights.sha256} if local_weights else {}),
     )
     existing = store.fetch_one("SELECT run_id FROM eval_runs WHERE run_key = ?", [key])
     if existing is not None:
@@ -580,8 +593,8 @@ def run_eval(
         run_id = f"eval-{_now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
         store.execute(
             "INSERT INTO eval_runs (run_id, run_key, plan_id, cycle, role, model, endpoint,"
-            " eval_set, set_version, source, samples, temperature, status, started_at, actor)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'run', ?, ?, 'running', ?, ?)",
+            " eval_set, set_version, source, samples, temperature, status, started_at, actor,"
+            " weights_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'run', ?, ?, 'running', ?, ?, ?)",
             [
                 run_id,
                 key,
@@ -589,13 +602,14 @@ def run_eval(
                 cycle,
                 role,
                 model,
-                endpoint.display_url,
+                shown_endpoint,
                 eval_set,
                 number,
                 samples,
                 temperature,
                 _now(),
                 who,
+                weights_sha,
             ],
         )
     freeze_used_version(store, eval_set, number, actor=who, reason=f"results of run {run_id}")
@@ -627,7 +641,11 @@ def run_eval(
         nonlocal active, active_judge
         owned: list[openai.AsyncOpenAI] = []
         try:
-            if pending:
+            if pending and local_weights is not None:
+                from core.training.inference import LocalModel
+
+                runner.ask_local(LocalModel(local_weights), pending, batch_size=width)
+            elif pending:
                 if active is None:
                     active = build_async_client(endpoint, timeout_s=runner.timeout_s)
                     owned.append(active)
@@ -729,6 +747,28 @@ def _grading_work(
     ]
 
 
+IN_PROCESS = "in-process (transformers)"
+
+
+def _item_messages(item: EvalItem) -> list[dict[str, str]]:
+    """The chat an eval item asks: its system text (a label) and its prompt."""
+    messages = [{"role": "user", "content": item.prompt}]
+    system = item.labels.get("system")
+    if isinstance(system, str) and system:
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _registered_weights(store: Store, plan_id: str, cycle: int, model: str) -> str | None:
+    """The sha256 of the weights registered with the cycle's candidate, when ``model`` is it."""
+    row = store.fetch_one(
+        "SELECT weights_sha256 FROM cycle_candidates WHERE plan_id = ? AND cycle = ?"
+        " AND model = ?",
+        [plan_id, cycle, model],
+    )
+    return str(row[0]) if row and row[0] else None
+
+
 @dataclass
 class _EvalRunner:
     store: Store
@@ -772,10 +812,7 @@ class _EvalRunner:
 
         async def handle(work: tuple[EvalItem, int]) -> None:
             item, sample = work
-            messages = [{"role": "user", "content": item.prompt}]
-            system = item.labels.get("system")
-            if isinstance(system, str) and system:
-                messages.insert(0, {"role": "system", "content": system})
+            messages = _item_messages(item)
             started = time.perf_counter()
             try:
                 reply = await request_with_retries(
@@ -827,6 +864,22 @@ class _EvalRunner:
         await run_bounded(
             pending, handle, concurrency=width, stopped=lambda: bool(self.stop_reason)
         )
+        self.flush()
+
+    def ask_local(
+        self, model: LocalModel, pending: Sequence[tuple[EvalItem, int]], *, batch_size: int
+    ) -> None:
+        """Answer the pending items with in-process weights, a batch at a time."""
+        self.total += len(pending)
+        for start in range(0, len(pending), max(1, batch_size)):
+            chunk = pending[start : start + max(1, batch_size)]
+            started = time.perf_counter()
+            answers = model.answer([_item_messages(item) for item, _ in chunk])
+            latency = (time.perf_counter() - started) * 1000 / len(chunk)
+            for (item, sample), (text, tokens_in, tokens_out) in zip(chunk, answers, strict=True):
+                row = [self.run_id, item.item_id, sample, text, None, latency]
+                self.outputs.append([*row, tokens_in, tokens_out, _now()])
+                self._tick()
         self.flush()
 
     async def grade_all(

@@ -570,18 +570,26 @@ def check_gates(
     alpha: float | None = None,
     min_items: int | None = None,
     freeze: bool = True,
+    verify_weights: bool = True,
 ) -> GateReport:
     """Evaluate every gate of the plan on the cycle's candidate (its registered model, else its
     newest candidate run) against production and the teacher; freezes the set versions read
     (``freeze=False`` for a look that changes nothing, e.g. the Overview's).
 
-    Raises GateError when the plan has no gates.
+    Raises GateError when the plan has no gates, or (with ``verify_weights``) when the
+    candidate's weights are not the ones its eval runs judged.
     """
     plan, number = load_plan(store, plan_id, version)
     if not plan.gates:
         raise GateError(
             f"Plan '{plan_id}' has no gates; add them on the Plan page (7 · Eval gates)."
         )
+    if verify_weights:
+        from core.training.jobs import weights_problem
+
+        problem = weights_problem(store, plan_id, cycle)
+        if problem:
+            raise GateError(problem)
     registered = _candidate_model(store, plan_id, cycle)
     # Gates share runs: look each run up, read its scores, usage and each set's items once.
     run_cache: dict[tuple[Any, ...], dict[str, Any] | None] = {}
@@ -707,7 +715,7 @@ def record_decision(
     Approving or rejecting needs the plan.approve permission; shipping against a failing or
     undecided verdict is an override, which needs a written reason and the ml_lead role. Every
     decision is audited under ``user``'s name. Raises GateError, or AccessError (before
-    anything is written) when ``user`` may not take this decision.
+    anything is read or written) when ``user`` may not take this decision.
     """
     if decision not in DECISIONS:
         raise GateError(f"Unknown decision '{decision}'; use approved, overridden or rejected.")
