@@ -22,6 +22,7 @@ from core.plan import (
     plan_timeline,
 )
 from core.plan_files import validation_messages
+from core.secrets import url_credentials, urls_in
 from core.stats import ab_duration_days, sample_size_per_arm
 from core.templating import template_problems
 
@@ -644,3 +645,35 @@ def _savings(plan: Plan) -> Iterator[Finding]:
             f"At these prices the student is {factor:.1f}x cheaper than the teacher, short of "
             f"the {target:g}x target.",
         )
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every text in plan data with its path (``generation.endpoint``, ``gates[1].name``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+
+
+@check("ENDPOINT_CREDENTIALS")
+def _endpoint_credentials(plan: Plan) -> Iterator[Finding]:
+    for path, text in _strings(plan.to_data(), ""):
+        for url in urls_in(text):
+            found = url_credentials(url)
+            if found:
+                yield Finding(
+                    "ENDPOINT_CREDENTIALS",
+                    path,
+                    "error",
+                    f"This URL carries {' and '.join(found)}; a plan is shared, versioned and "
+                    "exported, so keys never belong in it (they are removed when it is saved). "
+                    "Put the key in OPENAI_API_KEY, FLYWHEEL_TEACHER_API_KEY or "
+                    "TOGETHER_API_KEY, or the dashboard's secrets.",
+                )

@@ -1,4 +1,9 @@
-"""Plans in the store: immutable numbered versions, history and field-by-field diffs."""
+"""Plans in the store: immutable numbered versions, history and field-by-field diffs.
+
+A plan is stored without credentials: a URL in it (an endpoint) loses its user info and key or
+token parameters when a version is saved, so the stored plan, its exports and its documents
+never hold a key (lint's ENDPOINT_CREDENTIALS tells the author where the key belongs).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from core.audit import record_audit
 from core.errors import PlanError
 from core.lint import lint_plan
 from core.plan import Plan
+from core.secrets import strip_urls_credentials
 from core.store import Store
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "list_plans",
     "list_versions",
     "load_plan",
+    "plan_without_credentials",
     "save_plan_version",
 ]
 
@@ -70,6 +77,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "plan"
 
 
+def _without_credentials(value: Any, path: str, removed: list[str]) -> Any:
+    """Plan data with every URL stripped of its credentials; ``removed`` gets their paths."""
+    if isinstance(value, str):
+        cleaned = strip_urls_credentials(value)
+        if cleaned != value:
+            removed.append(path)
+        return cleaned
+    if isinstance(value, dict):
+        return {
+            key: _without_credentials(item, f"{path}.{key}" if path else str(key), removed)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _without_credentials(item, f"{path}[{index}]", removed)
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def plan_without_credentials(plan: Plan) -> tuple[Plan, list[str]]:
+    """``plan`` with credentials removed from every URL in it, and the paths that held them."""
+    removed: list[str] = []
+    data = _without_credentials(plan.to_data(), "", removed)
+    return (Plan.model_validate(data) if removed else plan), removed
+
+
 def save_plan_version(
     store: Store,
     plan: Plan,
@@ -83,11 +117,15 @@ def save_plan_version(
     ``user``.
 
     Returns (plan_id, version). Lint errors do not stop a save: the version is kept as a draft
-    that is not ready. Raises PlanError when ``plan_id`` names no stored plan; AccessError,
-    before anything is written, when ``user`` may not edit plans.
+    that is not ready. Credentials in a URL of the plan (``https://user:pass@…``, ``?api_key=``)
+    are never stored: the saved version holds the URL without them. Raises PlanError when
+    ``plan_id`` names no stored plan; AccessError, before anything is written, when ``user``
+    may not edit plans.
     """
     require(user, "plan.edit")
     author = user.name
+    plan, credentials_removed = plan_without_credentials(plan)
+    note = strip_urls_credentials(note)
     report = lint_plan(plan)
     now = datetime.now(UTC)
     with store.transaction() as con:
@@ -132,7 +170,12 @@ def save_plan_version(
             actor=author,
             action="plan.save",
             target=f"{plan_id}@v{version}",
-            detail={"note": note, "sha256": plan.fingerprint(), "lint_errors": len(report.errors)},
+            detail={
+                "note": note,
+                "sha256": plan.fingerprint(),
+                "lint_errors": len(report.errors),
+                **({"credentials_removed": credentials_removed} if credentials_removed else {}),
+            },
         )
     return plan_id, version
 

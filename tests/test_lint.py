@@ -100,6 +100,22 @@ def _grid_too_large(p: Plan) -> None:
     p.generation.axes[1].values = [f"level {i}" for i in range(1000)]
 
 
+def _backend_closed(p: Plan) -> None:
+    p.training.backend = "openai"  # cycle 1 trains on 2027-01-10, after OpenAI's last day
+
+
+def _no_base_model(p: Plan) -> None:
+    p.training.local.base_model = " "
+
+
+def _lora_rank(p: Plan) -> None:
+    p.training.local.lora_rank = 0
+
+
+def _endpoint_credentials(p: Plan) -> None:
+    p.generation.endpoint = "https://user:hunter22@teacher.example/v1?api_key=sk-live-0123456789"
+
+
 def _savings(p: Plan) -> None:
     p.economics.student_output_per_1m = 5.0
 
@@ -136,6 +152,10 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "TEMPLATE_AXES": (_template, "generation.axes[1].name"),
     "TEMPLATE_UNSAFE": (_template_unsafe, "generation.prompt_template"),
     "GRID_TOO_LARGE": (_grid_too_large, "generation.axes"),
+    "TRAINING_BACKEND_CLOSED": (_backend_closed, "training.backend"),
+    "TRAINING_BASE_MODEL_MISSING": (_no_base_model, "training.local.base_model"),
+    "LORA_OUT_OF_RANGE": (_lora_rank, "training.local.lora_rank"),
+    "ENDPOINT_CREDENTIALS": (_endpoint_credentials, "generation.endpoint"),
     "SAVINGS_BELOW_TARGET": (_savings, "economics.student_output_per_1m"),
 }
 
@@ -222,3 +242,26 @@ def test_lint_data_on_a_valid_plan_returns_it() -> None:
     plan, report = lint_data(original.to_data())
     assert plan == original
     assert report.ready
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:hunter22@teacher.example/v1",
+        "https://teacher.example/v1?key=AIzaSyD-0123456789",
+        "https://teacher.example/v1?api_key=0123456789abcdef",
+        "https://teacher.example/v1?api-version=2024-06-01&access_token=0123456789abcdef",
+    ],
+)
+def test_credentials_in_an_endpoint_are_an_error_naming_the_field(url: str) -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.training.openai.endpoint = url
+    hits = [f for f in lint_plan(plan).errors if f.code == "ENDPOINT_CREDENTIALS"]
+    assert [f.path for f in hits] == ["training.openai.endpoint"]
+    assert not any(secret in hits[0].message for secret in ("hunter22", "0123456789"))
+
+
+def test_an_endpoint_without_credentials_is_fine() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.generation.endpoint = "http://127.0.0.1:8000/v1?api-version=2024-06-01"
+    assert not [f for f in lint_plan(plan).findings if f.code == "ENDPOINT_CREDENTIALS"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.access import User, local_operator
 from core.demo import is_demo_workspace, load_demo
 from core.errors import PlanError
+from core.lint import lint_plan
 from core.plan_versions import diff_plans, list_plans, list_versions, load_plan, save_plan_version
 from core.starters import starter_plan
 from core.store import Store
@@ -110,3 +113,37 @@ def test_demo_with_same_seed_gives_same_plans(tmp_path: object) -> None:
         load_demo(s, seed=11)
     digests = [[v.sha256 for v in list_versions(s, "python-coding-assistant")] for s in stores]
     assert digests[0] == digests[1]
+
+
+def test_credentials_in_plan_urls_are_never_stored_exported_or_rendered(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan file whose endpoints carry a password and keys is imported without them: the
+    stored body, the audit log, the exported file and the rendered document hold none."""
+    from core.cli import main
+    from core.plan_files import dump_plan
+
+    plan = starter_plan("python_coding_assistant")
+    plan.generation.endpoint = "https://bob:hunter2-secret@teacher.example:8443/v1?api-version=7"
+    plan.training.openai.endpoint = "https://ft.example/v1?api_key=sk-live-plan0123456789"
+    plan.goal.business_goal += " Staging: https://stage.example/v1?token=tok-plan-0123456789."
+    source = tmp_path / "plan.json"
+    source.write_text(dump_plan(plan, "json"), encoding="utf-8")
+    secrets = ("hunter2", "bob:", "sk-live-plan", "tok-plan")
+
+    db = ["--db", str(store.path)]
+    assert main(["plan", "lint", str(source)]) == 1
+    assert "ENDPOINT_CREDENTIALS" in capsys.readouterr().out
+    assert main(["plan", "import", str(source), *db]) == 0
+    stored, _ = load_plan(store, list_plans(store)[0].plan_id)
+    assert stored.generation.endpoint == "https://teacher.example:8443/v1?api-version=7"
+    assert stored.training.openai.endpoint == "https://ft.example/v1"
+    assert not [f for f in lint_plan(stored).findings if f.code == "ENDPOINT_CREDENTIALS"]
+    exported, rendered = tmp_path / "out.yaml", tmp_path / "plan.md"
+    assert main(["plan", "export", "--out", str(exported), *db]) == 0
+    assert main(["plan", "render", "--format", "md", "--out", str(rendered), *db]) == 0
+    bodies = " ".join(str(r) for r in store.fetch_all("SELECT body FROM plan_versions"))
+    audit = " ".join(str(r) for r in store.fetch_all("SELECT * FROM audit_log"))
+    assert "credentials_removed" in audit and "generation.endpoint" in audit
+    texts = [bodies, audit, exported.read_text(), rendered.read_text(), capsys.readouterr().out]
+    assert not [s for s in secrets for text in texts if s in text]
