@@ -37,6 +37,7 @@ __all__ = [
     "slice_heatmap_figure",
     "slice_scores_figure",
     "timeline_figure",
+    "training_loss_figure",
     "wins_losses_figure",
 ]
 
@@ -736,5 +737,35 @@ def dataset_sizes_figure(records: Sequence[CycleRecord]) -> go.Figure:
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=320,
+    )
+    return fig
+
+
+def training_loss_figure(metrics: Sequence[Mapping[str, Any]], *, title: str) -> go.Figure:
+    """A training job's loss per optimizer step, with the eval loss where it was measured."""
+    fig = go.Figure()
+    for key, name, colour in (
+        ("loss", "training loss", "#3182bd"),
+        ("eval_loss", "eval loss", "#e6550d"),
+    ):
+        points = [(int(m["step"]), float(m[key])) for m in metrics if m.get(key) is not None]
+        if points:
+            fig.add_trace(
+                go.Scatter(
+                    name=name,
+                    x=[step for step, _ in points],
+                    y=[value for _, value in points],
+                    mode="lines+markers" if len(points) < 40 else "lines",
+                    line={"color": colour},
+                    hovertemplate="step %{x}: %{y:.4f}<extra>" + name + "</extra>",
+                )
+            )
+    fig.update_layout(
+        title={"text": chart_text(title), "x": 0},
+        xaxis={"title": "step"},
+        yaxis={"title": "loss"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=300,
     )
     return fig

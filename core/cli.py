@@ -525,6 +525,7 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
 
     model, base_url = args.model, args.base_url
     plan_id = args.plan
+    local_weights = None
     if args.role == "candidate" and args.cycle is None:
         raise EvalError("A candidate run needs --cycle N.")
     if model is None:
@@ -539,6 +540,15 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
             )
         model = str(candidate["model"])
         base_url = base_url or (str(candidate["endpoint"]) or None)
+        if base_url is None and candidate["weights_path"]:
+            from core.training import weights_sha256
+            from core.training.inference import LocalWeights
+
+            local_weights = LocalWeights(
+                str(candidate["weights_path"]),
+                str(candidate["base_model"] or ""),
+                weights_sha256(str(candidate["weights_path"])),
+            )
     if args.role == "candidate" and plan_id is None:
         plan_id = default_plan_id(store)
     graders = _graders(args.graders)
@@ -562,6 +572,7 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
         temperature=args.temperature,
         judge=judge,
         concurrency=args.concurrency,
+        local_weights=local_weights,
         user=_user(),
     )
     summary = run_summary(store, report.run_id)
@@ -653,6 +664,16 @@ def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
     )
 
 
+def _training_progress(job: Any) -> None:
+    """One line on stderr per change while a job is followed (stdout stays for the result)."""
+    loss = next((m["loss"] for m in reversed(job.metrics) if m["loss"] is not None), None)
+    step = f"step {job.step}/{job.total_steps}" if job.total_steps else "starting"
+    print(
+        f"{job.job_id}: {job.status}, {step}" + (f", loss {loss:.4f}" if loss is not None else ""),
+        file=sys.stderr,
+    )
+
+
 def cmd_train_start(args: argparse.Namespace, store: Store) -> Outcome:
     from core.evals import eval_endpoint
     from core.training import start_training
@@ -664,6 +685,9 @@ def cmd_train_start(args: argparse.Namespace, store: Store) -> Outcome:
         args.cycle,
         dataset_version=args.dataset_version,
         export_path=args.export,
+        backend=args.backend,
+        base_model=args.base_model,
+        max_steps=args.max_steps,
         endpoint=eval_endpoint(args.base_url) if args.base_url else None,
         wait=not args.no_wait,
         poll_s=args.poll,
@@ -673,12 +697,18 @@ def cmd_train_start(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def _job_outcome(job: dict[str, Any]) -> Outcome:
+    from core.secrets import scrub_secrets
+
+    error = scrub_secrets(str(job["error"])) if job["error"] else None
+    job = {**job, "error": error}
     text = (
-        f"Training job {job['job_id']} on {job['dataset_version']}: {job['status']}"
+        f"Training job {job['job_id']} ({job['backend']}) on {job['dataset_version']}: "
+        f"{job['status']}"
         + (f", model {job['fine_tuned_model']}" if job["fine_tuned_model"] else "")
+        + (f", weights sha256 {job['weights_sha256'][:12]}…" if job["weights_sha256"] else "")
         + (f", {job['trained_tokens']:,} tokens" if job["trained_tokens"] else "")
         + (f", ${job['cost_usd']:.2f}" if job["cost_usd"] is not None else "")
-        + (f". Error: {job['error']}" if job["error"] else ".")
+        + (f". Error: {error}" if error else ".")
     )
     return Outcome(job, text, exit_code=1 if job["status"] in {"failed", "cancelled"} else 0)
 
@@ -691,6 +721,34 @@ def cmd_train_follow(args: argparse.Namespace, store: Store) -> Outcome:
         store,
         args.job_id,
         endpoint=eval_endpoint(args.base_url) if args.base_url else None,
+        poll_s=args.poll,
+        on_update=None if args.json else _training_progress,
+        user=_user(),
+    )
+    return _job_outcome(job.to_dict())
+
+
+def cmd_train_cancel(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.evals import eval_endpoint
+    from core.training import cancel_training
+
+    job = cancel_training(
+        store,
+        args.job_id,
+        endpoint=eval_endpoint(args.base_url) if args.base_url else None,
+        user=_user(),
+    )
+    outcome = _job_outcome(job.to_dict())
+    return Outcome(outcome.data, outcome.text, exit_code=0)
+
+
+def cmd_train_resume(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.training import resume_training
+
+    job = resume_training(
+        store,
+        args.job_id,
+        wait=not args.no_wait,
         poll_s=args.poll,
         user=_user(),
     )
@@ -708,6 +766,7 @@ def cmd_train_register(args: argparse.Namespace, store: Store) -> Outcome:
         model=args.model,
         endpoint=args.endpoint or "",
         dataset_version=args.dataset_version,
+        weights=args.weights,
         user=_user(),
     )
     return Outcome(
@@ -724,8 +783,8 @@ def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
     plan_id = args.plan or default_plan_id(store)
     jobs = training_jobs(store, plan_id, args.cycle)
     text = "\n".join(
-        f"cycle {j['cycle']}  {j['job_id']}  {j['status']}  {j['dataset_version']}  "
-        f"{j['fine_tuned_model'] or ''}"
+        f"cycle {j['cycle']}  {j['job_id']}  {j['backend']}  {j['status']}  "
+        f"{j['dataset_version']}  {j['fine_tuned_model'] or ''}"
         for j in jobs
     )
     return Outcome({"plan_id": plan_id, "jobs": jobs}, text or "No training jobs yet.")
@@ -1139,7 +1198,8 @@ def _eval_parsers(
         help="run a model on an eval set and grade it",
         description="Ask an OpenAI-compatible endpoint (--base-url, else OPENAI_BASE_URL, else "
         "OpenAI; key from FLYWHEEL_EVAL_API_KEY or OPENAI_API_KEY, never stored) for each item, "
-        "then grade. Running the same request again resumes it.",
+        "then grade; a cycle's candidate trained locally answers in-process (transformers) "
+        "unless --base-url names a server for it. Running the same request again resumes it.",
     )
     run.add_argument("--set", required=True, help="eval set name")
     run.add_argument("--version", type=int, help="set version (default: the newest)")
@@ -1206,12 +1266,38 @@ def _eval_parsers(
     )
     start.add_argument("--cycle", type=int, required=True, help="cycle number")
     start.add_argument("--dataset-version", required=True, help="dataset version id")
+    start.add_argument(
+        "--backend",
+        choices=["local", "together", "openai"],
+        help="where to train (default: the plan's training.backend)",
+    )
+    start.add_argument(
+        "--base-model",
+        help="model to fine-tune: a local directory or cached Hugging Face id for local, a "
+        "provider's model name otherwise (default: the plan's)",
+    )
+    start.add_argument("--max-steps", type=int, help="stop a local job after N optimizer steps")
     start.add_argument("--export", help="its OpenAI chat JSONL export (written when missing)")
     start.add_argument("--plan", help="plan id (default: the newest plan)")
-    start.add_argument("--base-url", help="fine-tuning server (default: plan, OPENAI_BASE_URL)")
-    start.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    start.add_argument("--base-url", help="hosted trainer's server (default: plan, environment)")
+    start.add_argument("--no-wait", action="store_true", help="return once the job is started")
     start.add_argument("--poll", type=float, help="seconds between checks (training_poll_s)")
     start.set_defaults(handler=cmd_train_start)
+
+    cancel = train_actions.add_parser(
+        "cancel", parents=[common], help="stop a queued or running job (no candidate is set)"
+    )
+    cancel.add_argument("job_id", help="the job id printed by train start")
+    cancel.add_argument("--base-url", help="hosted trainer's server")
+    cancel.set_defaults(handler=cmd_train_cancel)
+
+    resume = train_actions.add_parser(
+        "resume", parents=[common], help="restart a stopped local job from its last checkpoint"
+    )
+    resume.add_argument("job_id", help="the job id printed by train start")
+    resume.add_argument("--no-wait", action="store_true", help="return once it is running")
+    resume.add_argument("--poll", type=float, help="seconds between checks")
+    resume.set_defaults(handler=cmd_train_resume)
 
     follow = train_actions.add_parser(
         "follow", parents=[common], help="follow a training job to its end"
@@ -1228,6 +1314,9 @@ def _eval_parsers(
     register.add_argument("--model", required=True, help="model name on its server")
     register.add_argument("--endpoint", help="base URL of its OpenAI-compatible server")
     register.add_argument("--dataset-version", help="dataset version it was trained on")
+    register.add_argument(
+        "--weights", help="the adapter or weights it serves (their sha256 is recorded)"
+    )
     register.add_argument("--plan", help="plan id (default: the newest plan)")
     register.set_defaults(handler=cmd_train_register)
 

@@ -8,7 +8,9 @@ still running. Scores are constructed (seeded), not graded live, so loading stay
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
 import tempfile
 from datetime import UTC, datetime, time, timedelta
@@ -25,14 +27,17 @@ __all__ = ["load_demo_evals"]
 
 EVAL_SET = "python-core"
 TEACHER = "gpt-4o"
-BASE_STUDENT = "gpt-4o-mini"
+BASE_STUDENT = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+# The demo serves each cycle's LoRA adapter with vLLM (--enable-lora --lora-modules NAME=PATH).
+SERVED_AT = "http://localhost:8000/v1"
+TOTAL_STEPS = 300
 PER_CELL = 10
 _ACTOR = "Omar Haddad (demo)"
 _ML_LEAD = User(_ACTOR, frozenset({"ml_lead"}))
 
 
 def _model(cycle: int) -> str:
-    return f"ft:gpt-4o-mini:python-assistant:c{cycle}"
+    return f"pyassist-lora-c{cycle}"
 
 
 def _items(plan: Plan) -> list[dict[str, Any]]:
@@ -148,6 +153,7 @@ def _train_rows(store: Store, version_id: str) -> int | None:
 
 
 def _job_rows(
+    plan: Plan,
     plan_id: str,
     cycle: int,
     status: str,
@@ -155,29 +161,60 @@ def _job_rows(
     dataset_version: str,
     export_rows: int | None,
 ) -> list[Any]:
-    tokens = 1_840_000 + 90_000 * cycle if status == "succeeded" else None
+    """A local LoRA job as the store keeps it: 300 steps on one GPU, or 120 so far."""
+    done = status == "succeeded"
+    step = TOTAL_STEPS if done else 120
+    hours = 1.6 + 0.3 * cycle
+    job_dir = f"data/training/local-demo-c{cycle}"
     return [
-        f"ftjob-demo-c{cycle}",
+        f"local-demo-c{cycle}",
         plan_id,
         cycle,
         dataset_version,
-        f"data/exports/demo-c{cycle}.jsonl",
-        f"{cycle:02d}" * 32,
+        f"{job_dir}/train.jsonl",
+        hashlib.sha256(f"demo export of {dataset_version}".encode()).hexdigest(),
         export_rows if export_rows is not None else 2_400 + 700 * cycle,
-        f"file-demo-c{cycle}",
+        "",
         BASE_STUDENT,
-        json.dumps({"n_epochs": 3}),
-        "https://api.openai.com/v1",
+        json.dumps(plan.training.local.model_dump(mode="json")),
+        "local",
         status,
-        _model(cycle) if status == "succeeded" else None,
-        tokens,
-        tokens * 3.0 / 1e6 if tokens else None,
+        _model(cycle) if done else None,
+        (1_840_000 + 90_000 * cycle) * step // TOTAL_STEPS,
+        round(hours * step / TOTAL_STEPS * plan.economics.gpu_hour_usd, 2),
         None,
         when,
-        when + timedelta(hours=5),
-        when + timedelta(hours=5) if status == "succeeded" else None,
+        when + timedelta(hours=hours),
+        when + timedelta(hours=hours) if done else None,
         _ACTOR,
+        job_dir,
+        f"{job_dir}/adapter" if done else None,
+        hashlib.sha256(f"demo adapter of cycle {cycle}".encode()).hexdigest() if done else None,
+        "NVIDIA L4",
+        round(hours * step / TOTAL_STEPS, 3),
+        step,
+        TOTAL_STEPS,
     ]
+
+
+def _loss_curve(cycle: int, steps: int, rng: random.Random) -> list[list[Any]]:
+    """Training and eval loss every 10 steps, falling as LoRA fine-tuning does."""
+    rows = []
+    for step in range(10, steps + 1, 10):
+        loss = 0.34 + (1.25 - 0.05 * cycle) * math.exp(-step / 70) + rng.gauss(0, 0.015)
+        evals = 0.39 + (1.2 - 0.05 * cycle) * math.exp(-step / 75) if step % 50 == 0 else None
+        rows.append(
+            [
+                f"local-demo-c{cycle}",
+                step,
+                round(3 * step / TOTAL_STEPS, 3),
+                round(loss, 4),
+                2e-4 * (1 - step / TOTAL_STEPS),
+                (1_840_000 + 90_000 * cycle) * step // TOTAL_STEPS,
+                round(evals, 4) if evals is not None else None,
+            ]
+        )
+    return rows
 
 
 def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) -> None:
@@ -207,9 +244,11 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
                 "INSERT INTO training_jobs (job_id, plan_id, cycle, dataset_version, export_path,"
                 " export_sha256, export_rows, training_file_id, base_model, hyperparameters,"
                 " endpoint, status, fine_tuned_model, trained_tokens, cost_usd, error,"
-                " created_at, updated_at, finished_at, actor, backend) VALUES (?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'openai')",
+                " created_at, updated_at, finished_at, actor, job_dir, weights_path,"
+                " weights_sha256, device, gpu_hours, step, total_steps, backend) VALUES (?, ?, ?,"
+                " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'local')",
                 _job_rows(
+                    plan,
                     plan_id,
                     cycle,
                     status,
@@ -218,41 +257,49 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
                     exported[cycle],
                 ),
             )
-            steps = [
-                "Created fine-tuning job",
-                "Validating training file: done",
-                "Fine-tuning job started",
+            steps = TOTAL_STEPS if status == "succeeded" else 120
+            con.executemany(
+                "INSERT INTO training_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [*row, when + timedelta(minutes=row[1] // 3)]
+                    for row in _loss_curve(cycle, steps, random.Random(1000 + cycle))
+                ],
+            )
+            events = [
+                "Started.",
+                f"Loading {BASE_STUDENT}.",
+                "Training on NVIDIA L4 (the version's train split).",
+                *(f"Checkpoint at step {n}." for n in range(50, steps + 1, 50)),
             ]
             if status == "succeeded":
-                steps += ["Step 300/300: training loss=0.34", "The job has successfully completed"]
-            else:
-                steps += ["Step 120/300: training loss=0.52"]
+                events.append(f"Done: {TOTAL_STEPS} steps; weights in adapter/.")
             con.executemany(
                 "INSERT INTO training_events VALUES (?, ?, ?, 'info', ?)",
                 [
                     [
-                        f"ftjob-demo-c{cycle}",
-                        f"ev-{cycle}-{n}",
-                        when + timedelta(minutes=20 * n),
+                        f"local-demo-c{cycle}",
+                        f"{n:06d}",
+                        when + timedelta(minutes=12 * n),
                         text,
                     ]
-                    for n, text in enumerate(steps)
+                    for n, text in enumerate(events)
                 ],
             )
             if status == "succeeded":
                 con.execute(
                     "INSERT INTO cycle_candidates (plan_id, cycle, model, endpoint, source, job_id,"
-                    " dataset_version, registered_at, registered_by) VALUES (?, ?, ?, ?,"
-                    " 'fine_tune', ?, ?, ?, ?)",
+                    " dataset_version, registered_at, registered_by, base_model) VALUES (?, ?, ?,"
+                    " ?, 'fine_tune', ?, ?, ?, ?, ?)",
                     [
                         plan_id,
                         cycle,
                         _model(cycle),
-                        "https://api.openai.com/v1",
-                        f"ftjob-demo-c{cycle}",
+                        SERVED_AT,
+                        f"local-demo-c{cycle}",
                         versions[cycle],
                         when + timedelta(hours=5),
                         _ACTOR,
+                        BASE_STUDENT,
                     ],
                 )
 

@@ -31,7 +31,7 @@ from core.errors import DocumentError
 from core.escaping import markdown_code, markdown_fenced, markdown_text
 from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_plan
 from core.paths import check_output_path
-from core.plan import Plan, QualityFilter, plan_timeline
+from core.plan import TRAINING_BACKEND_LABELS, Plan, QualityFilter, plan_timeline
 from core.settings import PROJECT_ROOT
 
 __all__ = [
@@ -725,8 +725,31 @@ def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentConte
         "ab": _ab_values(analysis) if analysis is not None else None,
         "decisions": decisions,
         "approvers": plan.sign_offs.approvers,
+        "training": _cycle_training(store, plan_id, cycle),
     }
     return DocumentContext(values, figures)
+
+
+def _cycle_training(store: Any, plan_id: str, cycle: int) -> list[dict[str, Any]]:
+    """The cycle's training jobs as the report lists them: backend, status and cost."""
+    from core.training import training_jobs
+
+    return [
+        {
+            "job_id": job["job_id"],
+            "backend": TRAINING_BACKEND_LABELS.get(str(job["backend"]), str(job["backend"])),
+            "status": job["status"],
+            "cost_usd": job["cost_usd"],
+            "basis": (
+                f"{_number(job['gpu_hours'])} GPU-hours"
+                if job["backend"] == "local" and job["gpu_hours"] is not None
+                else f"{_number(job['trained_tokens'])} trained tokens"
+                if job["trained_tokens"] is not None
+                else None
+            ),
+        }
+        for job in training_jobs(store, plan_id, cycle)
+    ]
 
 
 @document("datasheet", "Datasheet", "dataset")
@@ -925,15 +948,31 @@ def _training_job(store: Any, job_id: str | None) -> dict[str, Any] | None:
         return None
     rows = store.fetch_dicts(
         "SELECT job_id, base_model, status, hyperparameters, export_rows, export_sha256,"
-        " trained_tokens, cost_usd, created_at, finished_at, actor FROM training_jobs"
-        " WHERE job_id = ?",
+        " trained_tokens, cost_usd, created_at, finished_at, actor,"
+        " coalesce(backend, 'openai') AS backend, gpu_hours, device, weights_sha256"
+        " FROM training_jobs WHERE job_id = ?",
         [job_id],
     )
     if not rows:
         return None
     job: dict[str, Any] = rows[0]
-    job["hyperparameters"] = json.loads(job["hyperparameters"] or "{}")
+    job["hyperparameters"] = {
+        name: _setting_text(value)
+        for name, value in json.loads(job["hyperparameters"] or "{}").items()
+        if value is not None and name != "base_model"
+    }
     return job
+
+
+def _setting_text(value: Any) -> str:
+    """A training setting as a reader sees it: numbers formatted, lists joined."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return _number(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _intended_use(plan: Plan) -> dict[str, Any]:
@@ -1188,7 +1227,7 @@ def build_model_card(*, store: Any, plan_id: str, cycle: int) -> DocumentContext
         },
         "base_model": job["base_model"]
         if job
-        else plan.training.base_model or plan.goal.student_model,
+        else candidate.get("base_model") or plan.training.base_model(plan.goal.student_model),
         "base_model_recorded": job is not None,
         "job": job,
         "dataset": _version_values(dataset) if dataset is not None else None,
@@ -1214,7 +1253,15 @@ def build_model_card(*, store: Any, plan_id: str, cycle: int) -> DocumentContext
         "findings": _findings(findings),
         "privacy_codes": sorted(PRIVACY_LINT_CODES),
         "risks": plan.sign_offs.risks,
-        "training_price": plan.training.price_per_1m_training_tokens,
+        "training_price": (
+            plan.training.together.price_per_1m_training_tokens
+            if job and job["backend"] == "together"
+            else plan.training.openai.price_per_1m_training_tokens
+        ),
+        "backend_label": TRAINING_BACKEND_LABELS.get(
+            str(job["backend"]) if job else "", "elsewhere"
+        ),
+        "weights_sha256": candidate.get("weights_sha256"),
         "economics": plan.economics,
         "approvals": _approvals(approval_status(store, plan_id, version)),
         "approvers": plan.sign_offs.approvers,

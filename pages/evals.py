@@ -11,7 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from core.access import refusal
-from core.charts import slice_heatmap_figure, wins_losses_figure
+from core.charts import slice_heatmap_figure, training_loss_figure, wins_losses_figure
+from core.datasets import list_versions
 from core.evals import (
     ROLES,
     JudgeConfig,
@@ -38,10 +39,23 @@ from core.gates import (
     record_decision,
 )
 from core.graders import GRADERS, grader_for_metric
-from core.plan import plan_timeline
+from core.plan import TRAINING_BACKEND_LABELS, plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
-from core.training import cycle_candidate, job_events, register_candidate, training_jobs
+from core.training import (
+    TERMINAL_STATUSES,
+    cancel_training,
+    cycle_candidate,
+    follow_training,
+    job_events,
+    job_metrics,
+    missing_training_stack,
+    register_candidate,
+    resume_training,
+    start_training,
+    training_jobs,
+    training_summary,
+)
 from pages._common import (
     cached_read,
     current_user,
@@ -96,6 +110,11 @@ with cols[0]:
                 else ""
             )
             + (f" · {candidate['endpoint']}" if candidate["endpoint"] else "")
+            + (
+                f" · weights sha256 `{str(candidate['weights_sha256'])[:16]}…`"
+                if candidate["weights_sha256"]
+                else ""
+            )
         )
     else:
         st.info(
@@ -126,15 +145,128 @@ with cols[0]:
                 st.rerun()
 with cols[1]:
     st.subheader("Training")
-    if jobs:
-        st.dataframe(pd.DataFrame(jobs), hide_index=True, width="stretch")
-        with st.expander(f"Events of {jobs[0]['job_id']}"):
-            for event in job_events(store, str(jobs[0]["job_id"])):
-                st.text(
-                    f"{event['created_at']:%Y-%m-%d %H:%M}  {event['level']}  {event['message']}"
+    backend = plan.training.backend
+    st.caption(
+        f"The plan trains the student **{TRAINING_BACKEND_LABELS[backend]}** "
+        f"({training_summary(plan)}); change it on the Plan page, 6b."
+    )
+    missing = missing_training_stack() if backend == "local" else []
+    if missing:
+        st.info(
+            f"Local training needs {', '.join(missing)} on the dashboard's machine: "
+            "`pip install -r requirements-train.txt` (GPU users: install their CUDA build of "
+            "torch first), then restart the dashboard.",
+            icon=":material/info:",
+        )
+    versions = [v.version_id for v in cached_read(list_versions, plan_id)]
+    with st.expander("Start training", expanded=not jobs), st.form("train_start"):
+        version = st.selectbox(
+            "Dataset version",
+            versions or ["(none)"],
+            help="The version whose training split the student learns from.",
+        )
+        chosen_backend = st.selectbox(
+            "Where to train",
+            list(TRAINING_BACKEND_LABELS),
+            index=list(TRAINING_BACKEND_LABELS).index(backend),
+            format_func=TRAINING_BACKEND_LABELS.__getitem__,
+        )
+        max_steps = st.number_input(
+            "Stop after steps (local; 0 = the plan's epochs)", min_value=0, value=0, step=10
+        )
+        if train_refused:
+            st.caption(train_refused)
+        if st.form_submit_button(
+            "Start training", disabled=not versions or train_refused is not None
+        ):
+            started = guarded(
+                lambda: start_training(
+                    store,
+                    plan_id,
+                    cycle,
+                    dataset_version=version,
+                    backend=chosen_backend,
+                    max_steps=int(max_steps) or None,
+                    wait=False,
+                    user=user,
                 )
-    else:
-        st.caption("No fine-tuning job for this cycle.")
+            )
+            if started:
+                st.success(f"Started {started.job_id}; its progress shows below.")
+                st.rerun()
+
+    def training_panel() -> None:
+        """The cycle's newest job (or the one picked): status, loss curve, events, actions."""
+        listed = training_jobs(store, plan_id, cycle)
+        if not listed:
+            st.caption("No training job for this cycle yet.")
+            return
+        picked = st.selectbox(
+            "Job",
+            [str(j["job_id"]) for j in listed],
+            format_func=lambda job_id: next(
+                f"{j['job_id']} · {j['backend']} · {j['status']}"
+                for j in listed
+                if j["job_id"] == job_id
+            ),
+            key="training_job",
+        )
+        job = next(j for j in listed if j["job_id"] == picked)
+        if job["status"] not in TERMINAL_STATUSES and train_refused is None:
+            followed = guarded(lambda: follow_training(store, picked, max_polls=1, user=user))
+            if followed is not None:
+                job = next(j for j in training_jobs(store, plan_id, cycle) if j["job_id"] == picked)
+        status = str(job["status"])
+        if job["total_steps"]:
+            done_share = min(1.0, (job["step"] or 0) / max(1, int(job["total_steps"])))
+            st.progress(
+                done_share, text=f"{status}: step {job['step'] or 0} of {job['total_steps']}"
+            )
+        else:
+            st.markdown(f"Status: **{status}**")
+        if job["error"]:
+            st.error(str(job["error"]), icon=":material/error:")
+        metrics = job_metrics(store, picked)
+        if any(m["loss"] is not None for m in metrics):
+            st.plotly_chart(
+                training_loss_figure(metrics, title=f"Loss of {picked}"), width="stretch"
+            )
+        facts = {
+            "Trained tokens": f"{job['trained_tokens']:,}" if job["trained_tokens"] else "—",
+            "Cost": f"${job['cost_usd']:,.2f}" if job["cost_usd"] is not None else "—",
+            "Model": job["fine_tuned_model"] or "—",
+            "Weights sha256": job["weights_sha256"] or "—",
+        }
+        st.markdown("  \n".join(f"**{k}:** `{v}`" for k, v in facts.items()))
+        actions = st.columns(2)
+        if (
+            status not in TERMINAL_STATUSES
+            and actions[0].button(
+                "Cancel job", disabled=train_refused is not None, key="training_cancel"
+            )
+            and guarded(lambda: cancel_training(store, picked, user=user))
+        ):
+            st.rerun()
+        if (
+            job["backend"] == "local"
+            and status in ("failed", "cancelled")
+            and actions[1].button(
+                "Resume from last checkpoint",
+                disabled=train_refused is not None,
+                key="training_resume",
+            )
+            and guarded(lambda: resume_training(store, picked, wait=False, user=user))
+        ):
+            st.rerun()
+        with st.expander("Events"):
+            for event in job_events(store, picked):
+                st.text(
+                    f"{event['created_at']:%Y-%m-%d %H:%M:%S}  {event['level']}  {event['message']}"
+                )
+
+    active = any(j["status"] not in TERMINAL_STATUSES for j in jobs)
+    # While a job runs, the panel reads it every few seconds (the rest of the page stays put).
+    st.fragment(training_panel, run_every=3 if active else None)()
 
 st.divider()
 # Remembered until the store changes; the first check freezes the set versions it reads.

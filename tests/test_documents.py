@@ -54,7 +54,7 @@ def _cycle_inputs(store: Store, cycle: int) -> dict[str, object]:
     return {"store": store, "plan_id": DEMO_ID, "cycle": cycle}
 
 
-PROMOTED_MODEL = "ft:gpt-4o-mini:python-assistant:c1"  # the demo's approved candidate of cycle 1
+PROMOTED_MODEL = "pyassist-lora-c1"  # the demo's approved candidate of cycle 1
 
 # Per document: its demo inputs, a text its heading and PDF hold, and the charts it embeds.
 DEMO_DOCUMENTS: dict[str, tuple[Callable[[Store], dict[str, object]], str, tuple[str, ...]]] = {
@@ -163,7 +163,7 @@ def test_plan_document_holds_every_section_and_the_sign_off_table(demo_store: St
     users, days = ab_requirement(plan)
     assert f"**Sample size:** {users:,} users per arm" in markdown
     assert f"**Duration:** {days} days" in markdown
-    assert "$7,755.00 a month" in markdown  # (2.5·800 + 10·350 − 0.15·800 − 0.6·350) × 1.5M / 1M
+    assert "$8,085.00 a month" in markdown  # (2.5·800 + 10·350 − 0.05·800 − 0.2·350) × 1.5M / 1M
     for approver in plan.sign_offs.approvers:
         assert f"| {approver.role.replace('_', ' ')} | {approver.name} | | |" in markdown
 
@@ -333,11 +333,11 @@ def test_cycle_report_shows_funnel_gates_ab_and_decision(demo_store: Store) -> N
         assert f"| {stage.position} | `{stage.name}` |" in text
         assert f"| {stage.rows_in:,} | {stage.rows_out:,} | {stage.removed:,} |" in text
     assert "`ds-python-coding-assistant-c1-v1`" in text
-    assert "Overall verdict: **pass** for `ft:gpt-4o-mini:python-assistant:c1`" in text
+    assert "Overall verdict: **pass** for `pyassist-lora-c1`" in text
     assert "as recorded with the approved decision" in text
     assert "| Code parses | `parse_rate` | python-core | yes | **pass** | 0.9905 | 0.95 |" in text
     assert "- **Decision:** **ship**" in text
-    assert "| **approved** | pass | `ft:gpt-4o-mini:python-assistant:c1` | Omar Haddad" in text
+    assert "| **approved** | pass | `pyassist-lora-c1` | Omar Haddad" in text
     assert "| ml lead | Omar Haddad | | |" in text
 
     failing = render_document("cycle", "md", generated_at=AT, **_cycle_inputs(demo_store, 2))
@@ -443,9 +443,9 @@ def test_model_card_slice_table_holds_the_stored_scores_and_thresholds(demo_stor
         )
         assert row in markdown, row
     assert f"- **Model:** `{PROMOTED_MODEL}`" in markdown
-    assert "- **Base model:** `gpt-4o-mini`" in markdown
+    assert "- **Base model:** `Qwen/Qwen2.5-Coder-1.5B-Instruct`" in markdown
     assert "- **SHA-256:** `" in markdown and "`ds-python-coding-assistant-c1-v1`" in markdown
-    assert "$5.79 for 1,930,000 trained tokens" in markdown
+    assert "$4.75 for 1.9 GPU-hours at $2.50 per GPU-hour, 1,930,000 tokens trained" in markdown
 
 
 def test_model_card_says_whether_the_candidate_was_promoted(demo_store: Store) -> None:

@@ -67,7 +67,7 @@ def test_an_ab_ship_promotes_a_candidate_without_gate_decision() -> None:
 
 def test_the_demo_promoted_cycle_1_and_cycle_3_has_no_candidate(demo_store: Store) -> None:
     promoted = candidate_promotion(demo_store, "python-coding-assistant", 1)
-    assert (promoted.model, promoted.promoted) == ("ft:gpt-4o-mini:python-assistant:c1", True)
+    assert (promoted.model, promoted.promoted) == ("pyassist-lora-c1", True)
     assert not candidate_promotion(demo_store, "python-coding-assistant", 2).promoted
     with pytest.raises(DocumentError, match="cycle 3 has no candidate model; register or train"):
         candidate_promotion(demo_store, "python-coding-assistant", 3)

@@ -23,6 +23,7 @@ from .jobs import (
     start_training,
     training_jobs,
     training_root,
+    training_summary,
     weights_problem,
 )
 from .local import missing_training_stack, weights_sha256
@@ -47,6 +48,7 @@ __all__ = [
     "start_training",
     "training_jobs",
     "training_root",
+    "training_summary",
     "weights_problem",
     "weights_sha256",
 ]

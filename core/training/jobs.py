@@ -45,6 +45,7 @@ __all__ = [
     "start_training",
     "training_jobs",
     "training_root",
+    "training_summary",
     "weights_problem",
 ]
 
@@ -63,6 +64,29 @@ def training_root(store: Store) -> Path:
     store."""
     configured = str(get_setting("training_dir"))
     return Path(configured) if configured else store.path.parent / "training"
+
+
+def training_summary(plan: Plan) -> str:
+    """The plan's training settings in one line, for pages and documents."""
+    training = plan.training
+    if training.backend == "local":
+        local = training.local
+        length = f"{local.max_steps} steps" if local.max_steps else f"{local.epochs:g} epochs"
+        return (
+            f"base model {local.base_model or 'not set'}, LoRA rank {local.lora_rank} alpha "
+            f"{local.lora_alpha}, {length}, learning rate {local.learning_rate:g}"
+            + (", adapter merged" if local.merge_adapter else "")
+        )
+    if training.backend == "together":
+        together = training.together
+        return (
+            f"model {together.base_model or plan.goal.student_model}, LoRA rank "
+            f"{together.lora_rank}, {together.n_epochs} epochs, learning rate "
+            f"{together.learning_rate:g}"
+        )
+    hyper = training.openai.hyperparameters()
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in hyper.items()) or "auto"
+    return f"model {training.openai.base_model or plan.goal.student_model}, {shown}"
 
 
 def export_dataset_version(
