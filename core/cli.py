@@ -1342,7 +1342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = handler(args, store)
     except FlywheelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from core.secrets import scrub_secrets
+
+        # The last line of defence: a message may quote a server's text.
+        print(f"error: {scrub_secrets(str(exc))}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(outcome.data, default=str))

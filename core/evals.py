@@ -54,6 +54,7 @@ from core.llm import (
     resolve_endpoint,
     run_bounded,
 )
+from core.secrets import remove_key_values
 from core.settings import get_setting
 from core.store import Store
 
@@ -762,8 +763,7 @@ def _item_messages(item: EvalItem) -> list[dict[str, str]]:
 def _registered_weights(store: Store, plan_id: str, cycle: int, model: str) -> str | None:
     """The sha256 of the weights registered with the cycle's candidate, when ``model`` is it."""
     row = store.fetch_one(
-        "SELECT weights_sha256 FROM cycle_candidates WHERE plan_id = ? AND cycle = ?"
-        " AND model = ?",
+        "SELECT weights_sha256 FROM cycle_candidates WHERE plan_id = ? AND cycle = ? AND model = ?",
         [plan_id, cycle, model],
     )
     return str(row[0]) if row and row[0] else None
@@ -843,7 +843,8 @@ class _EvalRunner:
             content: str | None = None
             error: str | None = None
             try:
-                content = reply.choices[0].message.content or ""
+                # A server may echo the request's key into its reply: never store it.
+                content = remove_key_values(reply.choices[0].message.content or "")
             except (AttributeError, IndexError, TypeError):
                 error = "the reply is not a chat completion"
             self.outputs.append(
@@ -931,7 +932,7 @@ class _EvalRunner:
         except (RequestGaveUp, RequestAborted) as exc:
             return None, f"judge request failed: {exc}", ""
         try:
-            text = reply.choices[0].message.content or ""
+            text = remove_key_values(reply.choices[0].message.content or "")
         except (AttributeError, IndexError, TypeError):
             return None, "the judge's reply is not a chat completion", ""
         score = parse_judge_score(text, scale=judge.scale)

@@ -48,10 +48,12 @@ from core.llm import (
     request_with_retries,
     resolve_endpoint,
     run_bounded,
+    server_message,
 )
 from core.plan import Plan, grid_cells
 from core.plan_versions import load_plan
 from core.quality import near_duplicate_groups, near_duplicate_pairs
+from core.secrets import remove_key_values, scrub_secrets
 from core.settings import get_setting
 from core.store import Store
 from core.templating import render_user_template
@@ -645,6 +647,11 @@ class _GiveUp(Exception):
 _describe = describe_error
 
 
+def _without_keys(content: Any) -> Any:
+    """A reply's text without this process's key values (a server may echo them into it)."""
+    return remove_key_values(content) if isinstance(content, str) else content
+
+
 @dataclass
 class _Runner:
     """The state of one online run, shared by its workers."""
@@ -787,7 +794,8 @@ class _Runner:
                 if choice.finish_reason == "length":
                     raise ReplyInvalid("the reply was cut off at the token limit")
                 parsed = parse_reply(
-                    choice.message.content, self.spec.plan.generation.output_schema
+                    _without_keys(choice.message.content),
+                    self.spec.plan.generation.output_schema,
                 )
             except ReplyInvalid as exc:
                 reason = f"invalid reply: {exc}"
@@ -819,7 +827,9 @@ class _Runner:
                 self.stop_reason = str(exc)
             except Exception as exc:
                 row = self._row(item, "failed", 1, (0, 0), 0.0)
-                row["failure_reason"] = f"unexpected error: {type(exc).__name__}: {exc}"
+                row["failure_reason"] = scrub_secrets(
+                    f"unexpected error: {type(exc).__name__}: {exc}"
+                )
                 self._record(row)
 
         try:
@@ -1127,7 +1137,7 @@ async def _submit_batch(
                 spec.spec_hash,
                 uploaded.id,
                 endpoint_display,
-                batch.status,
+                scrub_secrets(str(batch.status)),
                 datetime.now(UTC),
             ],
         )
@@ -1158,6 +1168,8 @@ async def _ingest_batch(
         if batch.status in _BATCH_DONE:
             break
         await asyncio.sleep(poll_s)
+    # The status is the server's text: it reaches the store, a run's message and the console.
+    status = scrub_secrets(str(batch.status))
     mapping = {
         str(r[0]): (str(r[1]), int(r[2]))
         for r in store.fetch_all(
@@ -1220,10 +1232,12 @@ async def _ingest_batch(
                 error = record.get("error") or body.get("error") or {}
                 message = error.get("message") if isinstance(error, dict) else str(error)
                 raise ReplyInvalid(
-                    f"the batch request failed (HTTP {response.get('status_code')}): {message}"
+                    scrub_secrets(
+                        f"the batch request failed (HTTP {response.get('status_code')}): {message}"
+                    )
                 )
             choice = body["choices"][0]
-            parsed = parse_reply(choice["message"]["content"], gen.output_schema)
+            parsed = parse_reply(_without_keys(choice["message"]["content"]), gen.output_schema)
         except ReplyInvalid as exc:
             row.update(status="failed", failure_reason=str(exc))
         except (KeyError, IndexError, TypeError):
@@ -1252,7 +1266,7 @@ async def _ingest_batch(
                 "run_id": run_id,
                 "cell": key,
                 "status": "failed",
-                "failure_reason": f"no result in batch {batch_id} (status {batch.status})",
+                "failure_reason": f"no result in batch {batch_id} (status {status})",
                 "attempts": 1,
                 "teacher_model": spec.teacher_model,
                 "endpoint": endpoint_display,
@@ -1274,11 +1288,11 @@ async def _ingest_batch(
     with store.transaction() as con:
         con.execute(
             "UPDATE generation_batches SET status = ?, ingested_at = ? WHERE batch_id = ?",
-            [batch.status, datetime.now(UTC), batch_id],
+            [status, datetime.now(UTC), batch_id],
         )
     if on_progress is not None:
         on_progress(progress)
-    return str(batch.status)
+    return status
 
 
 def run_batch(
@@ -1376,7 +1390,8 @@ def run_batch(
         run_id, batch_status = asyncio.run(main())
     except openai.OpenAIError as exc:
         raise GenerationError(
-            f"The batch job could not be submitted or read ({_describe(exc)}): {exc}. "
+            f"The batch job could not be submitted or read ({_describe(exc)}): "
+            f"{server_message(exc)}. "
             "Batch mode needs OpenAI or a server with /v1/files and /v1/batches."
         ) from None
     return _finish_run(

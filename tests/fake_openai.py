@@ -6,6 +6,10 @@ It serves ``/v1/chat/completions`` (``response_format`` json_schema and json_obj
 validating_files, queued, running to succeeded; base model ``fail-model`` fails); it injects faults:
 latency, 429 with ``Retry-After``, 500, timeouts (a reply slower than the client waits),
 malformed JSON and schema-invalid JSON — at a random rate or from a script of the next replies.
+With ``Faults(echo_credentials=True)`` it behaves like a careless proxy: every error body (400,
+401, 404, 429, 500, a batch's failed lines) echoes the request's ``Authorization`` header and key,
+and the faults ``bad_body`` (a 200 that is no chat completion) and ``echo`` (a 200 whose reply
+text is the echo) put them in successful responses too.
 Replies are valid ``coding_qa`` (so also ``qa`` and ``support_qa``) and distinct from each other,
 unless a ``responder`` gives the reply's text for a request (eval runs and judges use one).
 """
@@ -24,8 +28,20 @@ from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
-FAULTS = ("429", "500", "timeout", "malformed", "invalid", "no_code")
+FAULTS = (
+    "400",
+    "401",
+    "429",
+    "500",
+    "timeout",
+    "malformed",
+    "invalid",
+    "no_code",
+    "bad_body",
+    "echo",
+)
 
 _VOCABULARY = (
     "alpha bravo cedar delta ember falcon garnet harbor iris juniper kettle lantern meadow "
@@ -47,6 +63,8 @@ class Faults:
     timeout_sleep_s: float = 2.0
     json_schema_supported: bool = True
     seed: int = 0
+    echo_credentials: bool = False
+    batches_supported: bool = True
 
 
 @dataclass
@@ -137,6 +155,23 @@ class FakeOpenAI:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(raw)
 
+            def _echo(self, message: str) -> str:
+                """``message``, plus the request's credentials when the server echoes them."""
+                if not state.faults.echo_credentials:
+                    return message
+                auth = self.headers.get("Authorization", "")
+                key = auth.split(" ", 1)[-1]
+                return (
+                    f"{message}; you sent Authorization: {auth} (api_key={key}, "
+                    f"url {self.path}?key={quote(key, safe='')}, "
+                    f'headers {{"authorization": "{auth}"}})'
+                )
+
+            def _error(
+                self, status: int, message: str, headers: dict[str, str] | None = None
+            ) -> None:
+                self._send(status, {"error": {"message": self._echo(message)}}, headers)
+
             def _body(self) -> bytes:
                 length = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(length) if length else b""
@@ -153,18 +188,18 @@ class FakeOpenAI:
                 elif len(parts) == 5 and parts[1:3] == ["fine_tuning", "jobs"]:
                     events = state.job_events.get(parts[3])
                     if events is None:
-                        self._send(404, {"error": {"message": "no such job"}})
+                        self._error(404, "no such job")
                     else:
                         data = list(reversed(events))
                         self._send(200, {"object": "list", "data": data, "has_more": False})
                 elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
                     data = state.files.get(parts[2])
                     if data is None:
-                        self._send(404, {"error": {"message": "no such file"}})
+                        self._error(404, "no such file")
                     else:
                         self._send(200, data)
                 else:
-                    self._send(404, {"error": {"message": f"no route {path}"}})
+                    self._error(404, f"no route {path}")
 
             def do_POST(self) -> None:
                 path = self.path.split("?")[0]
@@ -172,8 +207,11 @@ class FakeOpenAI:
                 with state.lock:
                     state.calls[f"POST {path}"] += 1
                     state.authorizations.append(self.headers.get("Authorization", ""))
+                batch_route = path in ("/v1/files", "/v1/batches")
                 if path == "/v1/chat/completions":
                     self._chat(json.loads(body))
+                elif batch_route and not state.faults.batches_supported:
+                    self._error(404, f"no route {path}: this server has no batch API")
                 elif path == "/v1/files":
                     self._upload(body)
                 elif path == "/v1/fine_tuning/jobs":
@@ -181,7 +219,7 @@ class FakeOpenAI:
                 elif path == "/v1/batches":
                     request = json.loads(body)
                     with state.lock:
-                        batch_id = f"batch_{len(state.batches) + 1}"
+                        batch_id = f"batch_{id(state):x}_{len(state.batches) + 1}"
                         state.batches[batch_id] = {
                             "id": batch_id,
                             "object": "batch",
@@ -193,7 +231,7 @@ class FakeOpenAI:
                         }
                     self._send(200, state.batches[batch_id])
                 else:
-                    self._send(404, {"error": {"message": f"no route {path}"}})
+                    self._error(404, f"no route {path}")
 
             def _upload(self, body: bytes) -> None:
                 ctype = self.headers.get("Content-Type", "")
@@ -237,7 +275,7 @@ class FakeOpenAI:
                 with state.lock:
                     state.job_requests.append(request)
                     if request.get("training_file") not in state.files:
-                        self._send(400, {"error": {"message": "training_file not found"}})
+                        self._error(400, "training_file not found")
                         return
                     job_id = f"ftjob-{len(state.jobs) + 1}"
                     method = request.get("method") or {}
@@ -271,7 +309,7 @@ class FakeOpenAI:
             def _job_status(self, job_id: str) -> None:
                 job = state.jobs.get(job_id)
                 if job is None:
-                    self._send(404, {"error": {"message": "no such job"}})
+                    self._error(404, "no such job")
                     return
                 with state.lock:
                     if job["status"] == "validating_files":
@@ -308,7 +346,7 @@ class FakeOpenAI:
             def _batch_status(self, batch_id: str) -> None:
                 batch = state.batches.get(batch_id)
                 if batch is None:
-                    self._send(404, {"error": {"message": "no such batch"}})
+                    self._error(404, "no such batch")
                     return
                 with state.lock:
                     if batch["status"] == "validating":
@@ -325,10 +363,23 @@ class FakeOpenAI:
                     fault = state.script.popleft() if state.script else ""
                     state.counter += 1
                     body = request["body"]
-                    if fault == "500":
+                    error = None
+                    if fault in ("400", "429", "500"):
                         result = {
-                            "status_code": 500,
-                            "body": {"error": {"message": "server error"}},
+                            "status_code": int(fault),
+                            "body": {"error": {"message": self._echo("server error")}},
+                        }
+                    elif fault == "401":
+                        result = None
+                        error = {"code": "invalid_api_key", "message": self._echo("bad key")}
+                    elif fault == "bad_body":
+                        result = {"status_code": 200, "body": {"detail": self._echo("oops")}}
+                    elif fault == "echo":
+                        chars = sum(len(m["content"]) for m in body["messages"])
+                        content = self._echo("I was asked")
+                        result = {
+                            "status_code": 200,
+                            "body": completion_body(body["model"], content, chars),
                         }
                     else:
                         content = _content_for(fault, state.counter, state.rng)
@@ -342,7 +393,7 @@ class FakeOpenAI:
                             "id": f"r{state.counter}",
                             "custom_id": request["custom_id"],
                             "response": result,
-                            "error": None,
+                            "error": error,
                         }
                     )
                 file_id = f"file-{len(state.files) + 1}"
@@ -355,18 +406,10 @@ class FakeOpenAI:
                     time.sleep(faults.latency_s)
                 fmt = request.get("response_format") or {}
                 if fmt.get("type") == "json_schema" and not faults.json_schema_supported:
-                    self._send(
-                        400,
-                        {
-                            "error": {
-                                "message": "response_format json_schema is not supported",
-                                "type": "invalid_request_error",
-                            }
-                        },
-                    )
+                    self._error(400, "response_format json_schema is not supported")
                     return
                 if request.get("model") == "missing-model":
-                    self._send(404, {"error": {"message": "model not found"}})
+                    self._error(404, "model not found")
                     return
                 with state.lock:
                     state.chat_calls += 1
@@ -379,14 +422,18 @@ class FakeOpenAI:
                     else:
                         fault = ""
                 if fault == "429":
-                    self._send(
-                        429,
-                        {"error": {"message": "rate limited", "type": "rate_limit"}},
-                        {"Retry-After": str(faults.retry_after_s)},
-                    )
+                    self._error(429, "rate limited", {"Retry-After": str(faults.retry_after_s)})
                     return
-                if fault == "500":
-                    self._send(500, {"error": {"message": "internal error"}})
+                if fault in ("400", "401", "500"):
+                    self._error(int(fault), f"request refused ({fault})")
+                    return
+                if fault == "bad_body":
+                    self._send(200, {"object": "error", "detail": self._echo("upstream failed")})
+                    return
+                if fault == "echo":
+                    chars = sum(len(str(m.get("content", ""))) for m in request["messages"])
+                    content = self._echo("I was asked")
+                    self._send(200, completion_body(request["model"], content, chars))
                     return
                 if fault == "timeout":
                     time.sleep(faults.timeout_sleep_s)
@@ -433,7 +480,7 @@ class FakeOpenAI:
 
 def _content_for(fault: str, n: int, rng: random.Random) -> str:
     if fault == "malformed":
-        return ('{"question": "How do I',)
+        return '{"question": "How do I'
     if fault == "invalid":
         return json.dumps({"question": "Missing its answer?"})
     if fault == "no_code":
