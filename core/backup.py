@@ -33,6 +33,7 @@ from core.access import User, require
 from core.audit import record_audit
 from core.errors import StoreError
 from core.escaping import sql_identifier
+from core.paths import check_output_path
 from core.settings import get_setting
 from core.store import Store, forget_migrated, migrate, migrations
 
@@ -103,12 +104,13 @@ def backup_store(store: Store, directory: str | Path, *, user: User) -> BackupRe
     """Write every table of ``store`` to ``directory`` (new or empty) as Parquet, with a
     manifest (signed when ``FLYWHEEL_BACKUP_KEY`` is set); audited as ``store.backup``.
 
-    Raises StoreError when the directory holds files already; AccessError, before anything is
+    Raises StoreError when the directory holds files already; OutputPathError when it is the
+    store, a file beside it or another place Flywheel manages; AccessError, before anything is
     written, when ``user`` may not back up the store (a backup holds raw PII).
     """
     require(user, "store.backup")
     key = _backup_key()
-    target = Path(directory)
+    target = check_output_path(directory)
     if target.exists() and any(target.iterdir()):
         raise StoreError(f"{target} is not empty; back up into a new or empty directory.")
     target.mkdir(parents=True, exist_ok=True)

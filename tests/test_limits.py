@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.access import local_operator
+from core.backup import backup_store
 from core.cli import main
 from core.datasets import export_dataset
 from core.documents import write_document
@@ -17,10 +19,12 @@ from core.generation import GenerationSpec
 from core.lint import lint_plan
 from core.paths import check_output_path
 from core.plan import Axis, Generation, grid_cells
+from core.plan_versions import save_plan_version
 from core.privacy import redact_file
 from core.settings import PROJECT_ROOT
 from core.starters import starter_plan
 from core.store import Store
+from core.training import start_training
 
 AT_ONCE_S = 2.0
 
@@ -82,6 +86,31 @@ def test_every_writer_refuses_the_store(store: Store, tmp_path: Path) -> None:
     assert store.path.read_bytes() == before
 
 
+def test_backups_and_training_exports_refuse_managed_paths(store: Store, tmp_path: Path) -> None:
+    """A backup folder and the export a training job writes are output paths like any other."""
+    operator = local_operator()
+    for folder in (Path(f"{store.path}.backup"), PROJECT_ROOT / "core" / "backup-here"):
+        with pytest.raises(OutputPathError, match="refusing to write over it"):
+            backup_store(store, folder, user=operator)
+        assert not folder.exists()
+    plan_id, _ = save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="t", user=operator
+    )
+    beside = Path(f"{store.path}.train.jsonl")
+    for target in (beside, PROJECT_ROOT / "templates" / "exports" / "train.jsonl"):
+        with pytest.raises(OutputPathError, match="refusing to write over it"):
+            start_training(
+                store,
+                plan_id,
+                1,
+                dataset_version="any",
+                export_path=target,
+                backend="together",
+                user=operator,
+            )
+    assert not (PROJECT_ROOT / "templates" / "exports").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -91,6 +120,7 @@ def test_every_writer_refuses_the_store(store: Store, tmp_path: Path) -> None:
         ["report", "privacy", "--format", "html", "--out", "{db}"],
         ["dataset", "export", "any-version", "--out", "{db}"],
         ["pii", "redact", "--in", "{src}", "--out", "{db}"],
+        ["backup", "{db}.bk"],
     ],
 )
 def test_the_command_line_refuses_with_one_line_and_exit_2(

@@ -23,6 +23,7 @@ from core.access import User, require
 from core.audit import record_audit
 from core.errors import DatasetError, TrainingError
 from core.llm import Endpoint, redact_url
+from core.paths import check_output_path
 from core.plan import TRAINING_BACKEND_LABELS, TRAINING_BACKEND_LAST_DAY, Plan
 from core.plan_versions import load_plan
 from core.settings import PROJECT_ROOT, get_setting
@@ -277,6 +278,7 @@ def start_training(
             if job_dir
             else PROJECT_ROOT / "data" / "exports" / f"{plan_id}-c{cycle}-{dataset_version}.jsonl"
         )
+        check_output_path(target)  # before its folder is made: never the store or a managed file
         target.parent.mkdir(parents=True, exist_ok=True)
         path, _, _ = export_dataset_version(store, dataset_version, target)
     rows, sha256 = _check_export(path)
