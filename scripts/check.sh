@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLYWHEEL_WITH_SPARK=1 bash scripts/install-system.sh
-python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -r requirements-spark.txt
+python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -r requirements-spark.txt \
+  -r requirements-train.txt
 python -m ruff format --check .
 python -m ruff check .
 python -m mypy core

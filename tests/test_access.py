@@ -13,6 +13,7 @@ import pkgutil
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from unittest import mock
 
@@ -216,6 +217,9 @@ def _training_plan(store: Store, tmp_path: Path) -> tuple[str, Path]:
     return plan_id, export
 
 
+BEFORE_OPENAI_CLOSES = date(2026, 12, 1)  # OpenAI takes new fine-tuning jobs until 2027-01-06
+
+
 def test_only_an_ml_lead_starts_or_follows_training(
     store: Store, tmp_path: Path, server: FakeOpenAI
 ) -> None:
@@ -231,6 +235,8 @@ def test_only_an_ml_lead_starts_or_follows_training(
                 export_path=export,
                 endpoint=endpoint,
                 poll_s=0.0,
+                backend="openai",
+                today=BEFORE_OPENAI_CLOSES,
                 user=user,
             )
     assert sum(server.state.calls.values()) == 0
@@ -244,6 +250,8 @@ def test_only_an_ml_lead_starts_or_follows_training(
         export_path=export,
         endpoint=endpoint,
         wait=False,
+        backend="openai",
+        today=BEFORE_OPENAI_CLOSES,
         user=ML,
     )
     calls = sum(server.state.calls.values())
@@ -646,6 +654,7 @@ def test_a_viewer_sees_eval_and_training_actions_disabled(
 ) -> None:
     gated = {
         "FormSubmitter:register_candidate-Register as candidate",
+        "FormSubmitter:train_start-Start training",
         "FormSubmitter:eval_run-Run eval",
         "Import results",
         "Import eval set",
@@ -673,6 +682,7 @@ def test_a_viewer_sees_eval_and_training_actions_disabled(
     enabled = actions(lead)
     # Without an uploaded file the import buttons stay disabled for anyone.
     assert not enabled["FormSubmitter:register_candidate-Register as candidate"]
+    assert not enabled["FormSubmitter:train_start-Start training"]
     assert not enabled["FormSubmitter:eval_run-Run eval"]
     assert "may not" not in _captions(lead)
 

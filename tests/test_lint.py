@@ -7,8 +7,8 @@ from datetime import date
 
 import pytest
 
-from core.lint import CHECKS, lint_data, lint_plan
-from core.plan import Gate, LengthBounds, Plan
+from core.lint import CHECKS, LintReport, lint_data, lint_plan
+from core.plan import TRAINING_BACKEND_LAST_DAY, Gate, LengthBounds, Plan, plan_timeline
 from core.starters import STARTERS, starter_plan
 
 Mutation = Callable[[Plan], None]
@@ -265,3 +265,41 @@ def test_an_endpoint_without_credentials_is_fine() -> None:
     plan = starter_plan("python_coding_assistant")
     plan.generation.endpoint = "http://127.0.0.1:8000/v1?api-version=2024-06-01"
     assert not [f for f in lint_plan(plan).findings if f.code == "ENDPOINT_CREDENTIALS"]
+
+
+def _openai_plan(start_month: str, cadence_weeks: int | None = None) -> Plan:
+    plan = starter_plan("python_coding_assistant")
+    plan.goal = plan.goal.model_copy(update={"start_month": start_month})
+    plan.training = plan.training.model_copy(update={"backend": "openai"})
+    return plan
+
+
+def test_openai_training_is_an_error_on_and_after_its_last_day_only() -> None:
+    # 2026-07 monthly: the sixth cycle trains on 2026-12-10, before 2027-01-06.
+    before = _openai_plan("2026-07")
+    assert max(c.training_done for c in plan_timeline(before)) < date(2027, 1, 6)
+    assert "TRAINING_BACKEND_CLOSED" not in _codes(lint_plan(before))
+    # One month later the last cycle trains on 2027-01-10: an error naming the date and the
+    # other backends.
+    after = _openai_plan("2026-08")
+    late = [c for c in plan_timeline(after) if c.training_done >= date(2027, 1, 6)]
+    assert [c.cycle for c in late] == [6]
+    finding = next(f for f in lint_plan(after).errors if f.code == "TRAINING_BACKEND_CLOSED")
+    assert "2027-01-06" in finding.message and "cycle 6" in finding.message
+    assert "local" in finding.message and "together" in finding.message
+    # The same plan trained locally or on Together is fine.
+    for backend in ("local", "together"):
+        after.training = after.training.model_copy(update={"backend": backend})
+        assert "TRAINING_BACKEND_CLOSED" not in _codes(lint_plan(after))
+
+
+def test_a_new_last_day_is_data_not_a_new_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = _openai_plan("2026-07")
+    plan.training = plan.training.model_copy(update={"backend": "together"})
+    monkeypatch.setitem(TRAINING_BACKEND_LAST_DAY, "together", date(2026, 9, 1))
+    finding = next(f for f in lint_plan(plan).errors if f.code == "TRAINING_BACKEND_CLOSED")
+    assert "2026-09-01" in finding.message
+
+
+def _codes(report: LintReport) -> set[str]:
+    return {f.code for f in report.findings}

@@ -153,3 +153,47 @@ def test_login_configured_asks_to_sign_in(store: Store) -> None:
     at.run()
     assert not at.exception and not at.error and not at.title
     assert [b.label for b in at.button] == ["Sign in"]
+
+
+def test_evals_page_shows_the_cycles_training_job_and_its_loss_curve(demo_store: Store) -> None:
+    at = open_page("pages/evals.py")
+    assert not at.exception, at.exception
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "locally with LoRA (TRL + PEFT)" in captions
+    assert "base model Qwen/Qwen2.5-Coder-1.5B-Instruct, LoRA rank 16" in captions
+    job = next(s for s in at.selectbox if s.key == "training_job")
+    assert job.value == "local-demo-c2"
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Loss of local-demo-c2" in spec and "eval loss" in spec for spec in charts)
+    facts = " ".join(str(m.value) for m in at.markdown)
+    assert "**Model:** `pyassist-lora-c2`" in facts and "**Weights sha256:**" in facts
+
+
+def test_a_stopped_local_job_shows_why_and_offers_resume(demo_store: Store, tmp_path: Path) -> None:
+    import json
+
+    job_dir = tmp_path / "local-stopped"
+    job_dir.mkdir()
+    # The worker wrote a running state, then died (no such pid): the page reads it as failed.
+    (job_dir / "state.json").write_text(json.dumps({"status": "running", "pid": 0, "step": 7}))
+    (job_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": n, "loss": 2.0 - n / 10}) + "\n" for n in range(1, 8))
+    )
+    demo_store.execute(
+        "INSERT INTO training_jobs (job_id, plan_id, cycle, dataset_version, export_path,"
+        " export_sha256, export_rows, training_file_id, base_model, hyperparameters, endpoint,"
+        " status, created_at, updated_at, actor, backend, job_dir) VALUES ('local-stopped',"
+        " 'python-coding-assistant', 2, 'ds-python-coding-assistant-c2-v1', 'x.jsonl', 'x', 1,"
+        " '', 'tiny', '{}', 'local', 'running', TIMESTAMPTZ '2027-12-01 00:00:00+00',"
+        " TIMESTAMPTZ '2027-12-01 00:00:00+00', 'Omar', 'local', ?)",
+        [str(job_dir)],
+    )
+    at = open_page("pages/evals.py")
+    assert not at.exception, at.exception
+    assert next(s for s in at.selectbox if s.key == "training_job").value == "local-stopped"
+    assert any("stopped unexpectedly at step 7" in str(e.value) for e in at.error)
+    assert any(b.key == "training_resume" for b in at.button)
+    stored = demo_store.fetch_one(
+        "SELECT status, step FROM training_jobs WHERE job_id = 'local-stopped'"
+    )
+    assert stored == ("failed", 7)

@@ -4,9 +4,6 @@ hyperparameters, status and events, the candidate kept with the cycle; failures;
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from core.access import User, local_operator
-from core.errors import CycleError, DatasetError
+from core.errors import CycleError, DatasetError, TrainingError
 from core.evals import eval_endpoint
 from core.plan_versions import save_plan_version
 from core.starters import starter_plan
@@ -168,15 +165,20 @@ def test_a_model_trained_elsewhere_is_registered_without_credentials(store: Stor
         register_candidate(store, plan_id, 3, model="m", endpoint="gpu-box:8000", user=ML)
 
 
-def test_train_start_from_the_command_line(store: Store, tmp_path: Path) -> None:
+def test_train_start_from_the_command_line(
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from core.cli import main
+
     _plan(store)
     export = _export(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with FakeOpenAI() as server:
-        done = subprocess.run(
+        code = main(
             [
-                sys.executable,
-                "-m",
-                "core",
                 "train",
                 "start",
                 "--cycle",
@@ -190,14 +192,30 @@ def test_train_start_from_the_command_line(store: Store, tmp_path: Path) -> None
                 "--poll",
                 "0",
                 "--json",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "OPENAI_API_KEY": SECRET},
-            check=False,
+            ]
         )
-    assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = json.loads(out.out)
     assert data["status"] == "succeeded" and data["fine_tuned_model"].startswith("ft:")
-    assert SECRET not in done.stdout
+    assert data["backend"] == "openai" and data["weights_sha256"] is None
+    assert SECRET not in out.out + out.err
+
+
+def test_openai_refuses_new_jobs_after_its_last_day(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan_id = _plan(store)
+    monkeypatch.setattr("core.training.jobs._today", lambda: date(2027, 1, 7))
+    with FakeOpenAI() as server, pytest.raises(TrainingError, match="after 2027-01-06"):
+        start_training(
+            store,
+            plan_id,
+            1,
+            dataset_version="ds-7",
+            export_path=_export(tmp_path),
+            endpoint=eval_endpoint(server.url),
+            user=ML,
+        )
+    assert sum(server.state.calls.values()) == 0
+    assert store.fetch_one("SELECT count(*) FROM training_jobs") == (0,)

@@ -312,3 +312,67 @@ def test_an_export_written_for_the_job_is_its_train_split(
     path, rows, sha = export_dataset_version(store, version, tmp_path / "train.jsonl")
     assert rows == len(dataset_rows(store, version, "train")) and len(sha) == 64
     assert path.read_text().count("\n") == rows
+
+
+def test_the_command_line_starts_lists_cancels_and_resumes_a_local_job(
+    workspace: tuple[Store, str, str, Path],
+    trained: TrainingJob,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from core.cli import main
+
+    store, plan_id, version, model = workspace
+    db = ["--db", str(store.path)]
+    started = main(
+        [
+            "train",
+            "start",
+            "--cycle",
+            "6",
+            "--dataset-version",
+            version,
+            "--backend",
+            "local",
+            "--base-model",
+            str(model),
+            "--max-steps",
+            "5000",
+            "--no-wait",
+            "--json",
+            *db,
+        ]
+    )
+    job = json.loads(capsys.readouterr().out)
+    assert started == 0 and job["status"] == "queued" and job["backend"] == "local"
+    assert main(["train", "list", "--cycle", "6", "--json", *db]) == 0
+    listed = json.loads(capsys.readouterr().out)["jobs"]
+    assert [j["job_id"] for j in listed] == [job["job_id"]]
+    local = _job_dir(store, job["job_id"])
+    _wait_for(lambda: (local.state().get("step") or 0) > 0)
+    assert main(["train", "cancel", job["job_id"], "--json", *db]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "cancelled"
+    assert main(["train", "resume", job["job_id"], "--no-wait", "--json", *db]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "queued"
+    _wait_for(lambda: local.process_alive() or local.state().get("status") != "queued", 60)
+    assert main(["train", "cancel", job["job_id"], *db]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert cycle_candidate(store, plan_id, 6) is None
+
+    refused = main(
+        [
+            "train",
+            "start",
+            "--cycle",
+            "6",
+            "--dataset-version",
+            version,
+            "--backend",
+            "local",
+            "--base-model",
+            "/nowhere/model",
+            *db,
+        ]
+    )
+    out = capsys.readouterr()
+    assert refused == 2 and out.out == ""
+    assert out.err.strip().count("\n") == 0 and "does not exist" in out.err
