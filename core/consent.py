@@ -33,6 +33,7 @@ import ibis.expr.types as ir
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import ConsentError
+from core.escaping import sql_identifier
 from core.settings import get_setting
 from core.store import Store
 
@@ -311,10 +312,6 @@ def _tables_referencing(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     return found
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _collect_user_rows(
     con: duckdb.DuckDBPyConnection, user: str, tables: dict[str, set[str]]
 ) -> None:
@@ -322,7 +319,8 @@ def _collect_user_rows(
     user, so rows retention already took from ``interactions`` count too) and of their texts."""
     pairs = [t for t, columns in tables.items() if columns == {"user_id", "interaction_id"}]
     union = " UNION ".join(
-        f"SELECT interaction_id FROM {_quote(t)} WHERE user_id = $user" for t in sorted(pairs)
+        f"SELECT interaction_id FROM {sql_identifier(t)} WHERE user_id = $user"
+        for t in sorted(pairs)
     )
     nothing = "SELECT NULL::VARCHAR AS interaction_id WHERE false"
     con.execute(f"CREATE OR REPLACE TEMP TABLE fw_forget_ids AS {union or nothing}", {"user": user})
@@ -514,7 +512,7 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
                     " || regexp_escape(token) || '($|[^A-Za-z0-9_.@-])'))"
                 )
                 params.append(user)
-            name = _quote(table)
+            name = sql_identifier(table)
             where = " OR ".join(conditions)
             (count,) = con.execute(
                 f"SELECT count(*) FROM {name} WHERE {where}", params

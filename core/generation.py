@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import GenerationError, UserTemplateError
+from core.escaping import sql_identifier
 from core.llm import (
     Endpoint,
     RequestAborted,
@@ -1590,8 +1591,8 @@ def production_vs_training(
             total_next,
             [],
         )
-    select = ", ".join(f'"{a.name}"' for a in axes)
-    where = " AND ".join(f'"{a.name}" IN (SELECT unnest(?::VARCHAR[]))' for a in axes)
+    select = ", ".join(sql_identifier(a.name) for a in axes)
+    where = " AND ".join(f"{sql_identifier(a.name)} IN (SELECT unnest(?::VARCHAR[]))" for a in axes)
     counted = store.fetch_all(
         f"SELECT {select}, count(*) FROM interactions WHERE {where} GROUP BY ALL",
         [a.values for a in axes],

@@ -49,6 +49,7 @@ import ibis.expr.types as ir
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import IngestError
+from core.escaping import sql_identifier, sql_string
 from core.privacy import DETECTORS_FINGERPRINT, PII_TYPES, REDACTION_STEPS, install_pii_macros
 from core.settings import get_setting
 from core.store import Store
@@ -410,7 +411,7 @@ def _has_bom(path: Path) -> bool:
 
 
 def _struct(fields: tuple[FieldSpec, ...], kind: str) -> str:
-    return "{" + ", ".join(f"'{f.name}': '{kind}'" for f in fields) + "}"
+    return "{" + ", ".join(f"{sql_string(f.name)}: {sql_string(kind)}" for f in fields) + "}"
 
 
 def _define_lines_source(
@@ -450,7 +451,9 @@ def _prepare_source(
 ) -> str:
     """Create the temp view ``fw_source`` (VARCHAR fields + line); return how it reads."""
     names = [f.name for f in fields]
-    literal = _sql_string(str(path))
+    # DuckDB views cannot hold bound parameters, so the file path of a temporary view is the
+    # one value formatted into SQL, as a string literal.
+    literal = sql_string(str(path))
     if fast:
         # No line numbers here: numbering the rows would hold DuckDB's parallel reader to one
         # thread. The rows keep the file's order instead (see _fast_rejects).
@@ -497,7 +500,7 @@ def _prepare_source(
             ).fetchall()
         ]
         present = ", ".join(
-            (_quote_ident(n) if n in header else "NULL::VARCHAR") + f" AS {n}" for n in names
+            (sql_identifier(n) if n in header else "NULL::VARCHAR") + f" AS {n}" for n in names
         )
         con.execute(
             "CREATE OR REPLACE TEMP TABLE fw_csv AS SELECT ordinality + 1 AS line, * FROM "
@@ -516,7 +519,7 @@ def _prepare_source(
         ).fetchall()
     ]
     present = ", ".join(
-        (f"CAST({_quote_ident(n)} AS VARCHAR)" if n in columns else "NULL::VARCHAR") + f" AS {n}"
+        (f"CAST({sql_identifier(n)} AS VARCHAR)" if n in columns else "NULL::VARCHAR") + f" AS {n}"
         for n in names
     )
     con.execute(
@@ -527,19 +530,9 @@ def _prepare_source(
     return "parquet"
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _max_line_bytes() -> int:
     """Longest JSONL line the readers take: room for three texts at the size limit."""
     return max(16 << 20, 4 * int(get_setting("max_text_bytes")) + (1 << 20))
-
-
-def _sql_string(text: str) -> str:
-    """A SQL string literal. DuckDB views cannot hold bound parameters, so the file path of a
-    temporary view is quoted here: the only value ever formatted into SQL, escaped as SQL does."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _physical_lines(path: Path, wanted: list[int]) -> dict[int, bytes]:

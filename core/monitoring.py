@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from core.consent import consented_since_sql
 from core.errors import AnalysisError, GateError
+from core.escaping import sql_identifier
 from core.plan import Plan, grid_cells, plan_timeline
 from core.store import Store
 
@@ -622,14 +623,17 @@ def coverage_gaps(store: Store, plan_id: str, plan: Plan) -> Coverage:
         if a.name in columns
         and (
             store.fetch_one(
-                f'SELECT EXISTS (SELECT 1 FROM interactions WHERE "{a.name}" IS NOT NULL)'
+                f"SELECT EXISTS (SELECT 1 FROM interactions WHERE {sql_identifier(a.name)}"
+                " IS NOT NULL)"
             )
             or [False]
         )[0]
     ]
     if labelled and total:
-        select = ", ".join(f'"{a.name}"' for a in labelled)
-        where = " AND ".join(f'"{a.name}" IN (SELECT unnest(?::VARCHAR[]))' for a in labelled)
+        select = ", ".join(sql_identifier(a.name) for a in labelled)
+        where = " AND ".join(
+            f"{sql_identifier(a.name)} IN (SELECT unnest(?::VARCHAR[]))" for a in labelled
+        )
         traffic = {
             tuple(str(v) for v in r[:-1]): int(r[-1])
             for r in store.fetch_all(

@@ -51,6 +51,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from core import quality
+from core.escaping import sql_identifier
 from core.privacy import DETECTORS, Detector, placeholder
 
 __all__ = [
@@ -533,7 +534,7 @@ class DuckDBEngine(Engine):
     def table(self, name: str) -> ir.Table:
         if not _IDENTIFIER.match(name):
             raise ValueError(f"{name!r} is not a plain table or view name")
-        arrow = self.con.sql(f'SELECT * FROM "{name}" LIMIT 0').to_arrow_table()
+        arrow = self.con.sql(f"SELECT * FROM {sql_identifier(name)} LIMIT 0").to_arrow_table()
         return ibis.table(ibis.Schema.from_pyarrow(arrow.schema), name=name)
 
     def fetch(self, expr: ir.Table) -> pa.Table:

@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 
 from core.errors import FlywheelError, IngestError
+from core.escaping import sql_string
 from core.paths import check_output_path
 
 __all__ = [
@@ -133,11 +134,6 @@ def placeholder(pii_type: str) -> str:
     return f"<{pii_type}>"
 
 
-def _lit(text: str) -> str:
-    """A SQL string literal of a constant we own (patterns, placeholders), never user input."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 _ANY_PII = "|".join(f"(?:{d.pattern})" for d in DETECTORS)
 
 # Macros of one detector's step each, in order, for a plain text column; a text that
@@ -184,10 +180,12 @@ nothing)."""
 
 def _step_sql(detector: Detector, text: str) -> str:
     """SQL redacting one detector's values in the SQL expression ``text``."""
-    mark = _lit(placeholder(detector.pii_type))
-    pattern = _lit(detector.pattern)
+    mark = sql_string(placeholder(detector.pii_type))
+    pattern = sql_string(detector.pattern)
     if detector.validator is None:
-        replacement = _lit("\\1" + placeholder(detector.pii_type)) if detector.keep_prefix else mark
+        replacement = (
+            sql_string("\\1" + placeholder(detector.pii_type)) if detector.keep_prefix else mark
+        )
         return f"regexp_replace({text}, {pattern}, {replacement}, 'g')"
     found = (
         f"list_filter(regexp_extract_all({text}, {pattern}, {detector.group}),"
@@ -203,11 +201,11 @@ def _install(con: duckdb.DuckDBPyConnection) -> None:
     # n times is expanded n times, and ten nested steps would otherwise grow exponentially.
     previous = "t"
     for index, detector in enumerate(DETECTORS):
-        guards = [f"contains(x, {_lit(h)})" for h in detector.hints]
+        guards = [f"contains(x, {sql_string(h)})" for h in detector.hints]
         guard = f"({' OR '.join(guards)})" if guards else "true"
         if detector.validator is not None:
             # Skip the candidate lists where the pattern does not occur at all.
-            guard += f" AND regexp_matches(x, {_lit(detector.pattern)})"
+            guard += f" AND regexp_matches(x, {sql_string(detector.pattern)})"
         body = (
             f"list_transform([t], lambda x: CASE WHEN {guard} THEN {_step_sql(detector, 'x')} "
             "ELSE x END)[1]"
@@ -223,14 +221,14 @@ def _install(con: duckdb.DuckDBPyConnection) -> None:
         previous = f"{name}({previous})"
     con.execute(
         "CREATE OR REPLACE TEMP MACRO fw_pii_candidate(t) AS "
-        f"t IS NOT NULL AND regexp_matches(t, {_lit(_ANY_PII)})"
+        f"t IS NOT NULL AND regexp_matches(t, {sql_string(_ANY_PII)})"
     )
     con.execute(
         "CREATE OR REPLACE TEMP MACRO fw_redact(t) AS "
-        f"CASE WHEN t IS NULL OR NOT regexp_matches(t, {_lit(_ANY_PII)}) THEN t "
+        f"CASE WHEN t IS NULL OR NOT regexp_matches(t, {sql_string(_ANY_PII)}) THEN t "
         f"ELSE {previous} END"
     )
-    types = "[" + ", ".join(_lit(t) for t in PII_TYPES) + "]"
+    types = "[" + ", ".join(sql_string(t) for t in PII_TYPES) + "]"
     con.execute(
         "CREATE OR REPLACE TEMP MACRO fw_pii_types(t) AS "
         f"CASE WHEN t IS NULL OR NOT contains(t, '<') THEN []::VARCHAR[] "
@@ -295,7 +293,9 @@ def redact_texts(
             ).fetchall()
             counts = connection.execute(
                 "SELECT "
-                + ", ".join(f"coalesce(sum(fw_pii_count(r, {_lit(t)})), 0)" for t in PII_TYPES)
+                + ", ".join(
+                    f"coalesce(sum(fw_pii_count(r, {sql_string(t)})), 0)" for t in PII_TYPES
+                )
                 + " FROM (SELECT fw_redact(t) AS r FROM fw_texts_in)"
             ).fetchall()[0]
         finally:

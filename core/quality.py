@@ -40,7 +40,7 @@ import ibis
 import ibis.expr.types as ir
 from duckdb.func import SPECIAL
 
-from core.escaping import json_path
+from core.escaping import json_path, sql_identifier, sql_string
 
 __all__ = [
     "NearDuplicatePair",
@@ -50,7 +50,6 @@ __all__ = [
     "near_duplicate_pairs",
 ]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _counter = itertools.count()
 
 
@@ -94,12 +93,6 @@ def band_parameters(
     return best
 
 
-def _quote(name: str) -> str:
-    if not _IDENTIFIER.match(name):
-        raise ValueError(f"{name!r} is not a plain table or column name")
-    return ".".join(f'"{part}"' for part in name.split("."))
-
-
 def normalised_text_sql(text_sql: str) -> str:
     """SQL of a text lower-cased with its whitespace collapsed and trimmed.
 
@@ -123,15 +116,15 @@ def _shingle_list_sql(
     """SQL of (key, s): each text's id and the 32-bit hashes of its shingles, sorted (a
     shingle that repeats is listed again): character k-grams of its normalised text, or word
     k-grams of its words (``words_sql``)."""
-    column = f"CAST({_quote(text_column)} AS VARCHAR)"
-    texts = f"FROM {source} WHERE {_quote(text_column)} IS NOT NULL"
+    column = f"CAST({sql_identifier(text_column)} AS VARCHAR)"
+    texts = f"FROM {source} WHERE {sql_identifier(text_column)} IS NOT NULL"
     if shingle == "char":
         hashes = (
             f"list_transform(generate_series(1, greatest(length(t) - {k} + 1, 1)),"
             f" lambda p: (hash(substr(t, p, {k})) >> 32)::UINTEGER)"
         )
         return (
-            f"SELECT key, list_sort({hashes}) AS s FROM (SELECT {_quote(id_column)} AS key,"
+            f"SELECT key, list_sort({hashes}) AS s FROM (SELECT {sql_identifier(id_column)} AS key,"
             f" {normalised_text_sql(column)} AS t {texts})"
         )
     # Words are hashed once; a shingle hashes its k word hashes (no list slicing, which is slow).
@@ -141,7 +134,7 @@ def _shingle_list_sql(
         f" lambda p: (hash({parts}) >> 32)::UINTEGER)"
     )
     return (
-        f"SELECT key, list_sort({hashes}) AS s FROM (SELECT {_quote(id_column)} AS key,"
+        f"SELECT key, list_sort({hashes}) AS s FROM (SELECT {sql_identifier(id_column)} AS key,"
         f" list_transform({words_sql(column)}, lambda x: hash(x)) AS w {texts})"
     )
 
@@ -224,7 +217,7 @@ def near_duplicate_pairs(
         source.create_view(view, replace=True)
         source_sql = view
     else:
-        source_sql = _quote(source)
+        source_sql = sql_identifier(source)
     bands, rows = band_parameters(threshold, num_perm)
     shift = 32 - (num_perm.bit_length() - 1)  # a shingle hash's bin: its top bits
     step = num_perm // bands  # band j starts at bin j * step
@@ -234,9 +227,9 @@ def near_duplicate_pairs(
         # (joins and groups on numbers are cheaper than on ids, and a window to number them
         # would run on one thread).
         if shingles_column is not None:
-            column = _quote(shingles_column)
+            column = sql_identifier(shingles_column)
             shingle_lists = (
-                f"SELECT {_quote(id_column)} AS key, list_sort({column}) AS s"
+                f"SELECT {sql_identifier(id_column)} AS key, list_sort({column}) AS s"
                 f" FROM {source_sql} WHERE {column} IS NOT NULL"
             )
         else:
@@ -427,9 +420,9 @@ def install_stage_functions(con: duckdb.DuckDBPyConnection) -> None:
     install_pii_macros(con)
     counts = []
     for _code, words in LANGUAGES.items():
-        listed = ", ".join("'" + w.replace("'", "''") + "'" for w in words)
+        listed = ", ".join(sql_string(w) for w in words)
         counts.append(f"len(list_filter(w, lambda x: x IN ({listed})))")
-    codes = ", ".join(f"'{code}'" for code in LANGUAGES)
+    codes = ", ".join(sql_string(code) for code in LANGUAGES)
     con.execute(
         "CREATE OR REPLACE TEMP MACRO fw_language(t) AS (SELECT CASE WHEN list_max(c) < 2 "
         f"THEN 'und' ELSE [{codes}][list_position(c, list_max(c))] END FROM (SELECT "
@@ -611,7 +604,7 @@ def token_table(con: duckdb.DuckDBPyConnection, rows: ir.Table, name: str) -> st
     """Create temp table ``name`` of (interaction_id, g): each row's word 3-gram hashes, for
     the near-duplicate and decontamination stages to share. Returns ``name``."""
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_quote(name)} AS SELECT interaction_id,"
+        f"CREATE OR REPLACE TEMP TABLE {sql_identifier(name)} AS SELECT interaction_id,"
         f" {row_trigrams_sql()} AS g FROM ({ibis.to_sql(rows, dialect='duckdb')})"
     )
     return name
@@ -624,7 +617,7 @@ def _row_trigrams_source(rows: ir.Table, tokens: str | None) -> str:
     if tokens is None:
         return f"SELECT interaction_id, {row_trigrams_sql()} AS g FROM ({rows_sql})"
     return (
-        f"SELECT interaction_id, g FROM {_quote(tokens)}"
+        f"SELECT interaction_id, g FROM {sql_identifier(tokens)}"
         f" SEMI JOIN ({rows_sql}) r USING (interaction_id)"
     )
 

@@ -111,3 +111,27 @@ def test_an_axis_name_with_quotes_runs_a_cycle_and_stays_text_in_the_datasheet(
     assert header.count("<") == header.count("\\<")  # no tag, only escaped text
     assert header.count(" | ") == 2  # three columns, none added by the name's pipe
     assert markdown_text(AXIS) in header
+
+
+_HAND_QUOTING = (
+    """.replace('"', '""')""",
+    """.replace("'", "''")""",
+    """f'"{""",  # a double-quoted identifier built by hand
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for folder in ("core", "pages")
+        for p in (Path(__file__).resolve().parent.parent / folder).rglob("*.py")
+        if p.name != "escaping.py"
+    ),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_identifiers_and_literals_are_quoted_by_one_helper(path: Path) -> None:
+    """Quoting lives in core.escaping only: a second, hand-rolled quoter is how one call site
+    ends up forgetting a quote or a NUL check."""
+    source = path.read_text(encoding="utf-8")
+    assert [q for q in _HAND_QUOTING if q in source] == []

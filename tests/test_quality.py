@@ -114,6 +114,20 @@ def test_groups_join_chains_under_the_smallest_id() -> None:
     assert near_duplicate_groups(pairs) == {1: 1, 3: 1, 5: 1, 7: 7, 8: 7}
 
 
-def test_bad_names_are_refused(con: duckdb.DuckDBPyConnection) -> None:
-    with pytest.raises(ValueError, match="plain table"):
+def test_names_are_quoted_not_run(con: duckdb.DuckDBPyConnection) -> None:
+    """A table or column name is one quoted identifier (core.escaping): SQL in it is a name
+    that does not exist, and a name holding a quote works."""
+    con.execute("CREATE TABLE x (id INTEGER)")
+    texts = ["the quick brown fox jumps over the lazy dog"] * 2 + ["something else entirely"]
+    con.execute(
+        "CREATE TABLE docs AS SELECT * FROM (VALUES (1, ?), (2, ?), (3, ?)) t(id, text)", texts
+    )
+    with pytest.raises(duckdb.CatalogException):
         near_duplicate_pairs(con, "docs; DROP TABLE x")
+    with pytest.raises(duckdb.BinderException):
+        near_duplicate_pairs(con, "docs", text_column='text" IS NOT NULL OR "1')
+    assert con.execute("SELECT count(*) FROM x").fetchone() == (0,)
+    con.execute('CREATE TABLE "we""ird" AS SELECT id AS "i""d", text FROM docs')
+    pairs = near_duplicate_pairs(con, 'we"ird', id_column='i"d', threshold=0.8)
+    assert [(p.id_a, p.id_b) for p in pairs] == [(1, 2)]
+    assert pairs == near_duplicate_pairs(con, "docs", threshold=0.8)
