@@ -13,6 +13,7 @@ from fake_together import FAILURE, REFUSAL, STEPS, FakeTogether
 
 from core.errors import TrainingError
 from core.plan import TogetherTraining
+from core.store import Store
 from core.training.backends import TERMINAL_STATUSES, HostedTrainer, JobState
 from core.training.together import TogetherTrainer, job_status
 
@@ -278,3 +279,44 @@ def test_a_missing_key_says_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
     with pytest.raises(TrainingError, match="set TOGETHER_API_KEY"):
         TogetherTrainer(TogetherTraining())
+
+
+def test_a_together_job_is_kept_with_its_cycle_and_sets_the_candidate(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.access import User, local_operator
+    from core.evals import eval_endpoint
+    from core.plan_versions import save_plan_version
+    from core.starters import starter_plan
+    from core.training import cycle_candidate, job_events, job_metrics, start_training
+
+    plan = starter_plan("python_coding_assistant")
+    plan.training = plan.training.model_copy(
+        update={
+            "backend": "together",
+            "together": plan.training.together.model_copy(update={"base_model": MODEL}),
+        }
+    )
+    plan_id, _ = save_plan_version(store, plan, note="together", user=local_operator())
+    monkeypatch.setenv("TOGETHER_API_KEY", KEY)
+    ml = User("ml@example.com", frozenset({"ml_lead"}))
+    with FakeTogether() as server:
+        job = start_training(
+            store,
+            plan_id,
+            2,
+            dataset_version="ds-3",
+            export_path=_export(tmp_path),
+            endpoint=eval_endpoint(server.url),
+            poll_s=0.0,
+            user=ml,
+        )
+    assert (job.backend, job.status) == ("together", "succeeded")
+    assert job.fine_tuned_model and job.trained_tokens
+    assert job.cost_usd == pytest.approx(job.trained_tokens * 0.48 / 1e6)
+    assert job_events(store, job.job_id) and job_metrics(store, job.job_id)
+    candidate = cycle_candidate(store, plan_id, 2)
+    assert candidate is not None and candidate["model"] == job.fine_tuned_model
+    assert candidate["weights_sha256"] is None  # a hosted model: no local weights to hash
+    dumped = json.dumps(store.fetch_all("SELECT * FROM training_jobs"), default=str)
+    assert KEY not in dumped

@@ -200,9 +200,9 @@ def _hosted(plan: Plan, backend: str, endpoint: Endpoint | None) -> HostedTraine
     if backend == "together":
         from .together import TogetherTrainer
 
+        # Together's key is TOGETHER_API_KEY (read by the trainer), never an OpenAI key.
         return TogetherTrainer(
             plan.training.together,
-            api_key=endpoint.api_key if endpoint and endpoint.has_key else None,
             base_url=endpoint.base_url if endpoint else None,
             timeout_s=timeout,
         )
