@@ -2,7 +2,8 @@
 
 Only ``record_audit`` writes it, always inside the transaction of the change it records, so an
 entry exists exactly when the change does. Nothing updates or deletes entries (erasure removes
-personal data elsewhere and records a salted hash here).
+personal data elsewhere and records here only an HMAC-SHA256 of the user id, under a key kept
+outside the store: ``FLYWHEEL_AUDIT_KEY``, else a 0600 key file beside it).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ page_header("Audit")
 store = get_store()
 st.caption(
     "Append-only: every plan version, approval, ingest, cycle, erasure, gate override and view of "
-    "raw PII is written here in the same transaction as the change. Erasures hold a salted hash, "
-    "never the user's id."
+    "raw PII is written here in the same transaction as the change. Erasures hold a keyed hash "
+    "(HMAC under a key kept outside the store), never the user's id."
 )
 
 actions = guarded(lambda: audit_actions(store)) or []

@@ -190,7 +190,7 @@ def test_privacy_packet_lists_the_pii_types_and_where_redaction_runs() -> None:
     for placeholder in ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "SECRET"):
         assert f"`[{placeholder}]`" in text
     assert "Luhn" in text and "IPv6" in text and "credentials" in text
-    assert "salted hash" in text
+    assert "keyed hash" in text and "salted" not in text
 
     plan.quality_filters = []
     text = render_document(
