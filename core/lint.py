@@ -23,6 +23,7 @@ from core.plan import (
 )
 from core.plan_files import validation_messages
 from core.secrets import url_credentials, urls_in
+from core.settings import get_setting
 from core.stats import ab_duration_days, sample_size_per_arm
 from core.templating import template_problems
 
@@ -34,6 +35,7 @@ __all__ = [
     "generation_estimate_usd",
     "lint_data",
     "lint_plan",
+    "student_system_max_tokens",
 ]
 
 Severity = Literal["error", "warning"]
@@ -563,6 +565,62 @@ def _grid_too_large(plan: Plan) -> Iterator[Finding]:
             "error",
             f"The grid has {gen.grid_size:,} cells ({counts}), over the limit of {limit:,} "
             "(FLYWHEEL_MAX_GRID_CELLS); use fewer axis values.",
+        )
+
+
+# -- the student's system message ---------------------------------------------------------------
+
+# Output schemas whose examples the teacher writes in a specialised assistant's voice: the
+# student learns those answers for the role a system message sets ("qa" assumes none).
+_ROLE_SCHEMAS = {"coding_qa": "a coding assistant", "support_qa": "a support assistant"}
+
+
+def _system_assumed_by(plan: Plan) -> str | None:
+    """Why the plan's examples assume a system message, or None when nothing does."""
+    gen = plan.generation
+    role = _ROLE_SCHEMAS.get(gen.output_schema)
+    if role and gen.axes and gen.prompt_template.strip():
+        return f"the teacher writes its {gen.output_schema} examples as {role}"
+    if any(f.name == "system" for f in plan.logging.fields):
+        return "production logs a system prompt (logging.fields has 'system')"
+    return None
+
+
+def student_system_max_tokens() -> int:
+    """The token budget of the student's system message (``student_system_max_tokens``)."""
+    return int(get_setting("student_system_max_tokens"))
+
+
+@check("STUDENT_SYSTEM_MISSING")
+def _student_system_missing(plan: Plan) -> Iterator[Finding]:
+    reason = _system_assumed_by(plan)
+    if plan.goal.system_message is None and reason:
+        yield Finding(
+            "STUDENT_SYSTEM_MISSING",
+            "goal.student_system_message",
+            "warning",
+            f"The student has no system message, yet {reason}: it would learn those answers "
+            "under no prompt and be served under another. Write the system message it is "
+            "served with (e.g. 'You are a Python expert.').",
+        )
+
+
+@check("STUDENT_SYSTEM_TOO_LONG")
+def _student_system_too_long(plan: Plan) -> Iterator[Finding]:
+    message = plan.goal.system_message
+    if message is None:
+        return
+    from core.tokens import text_tokens  # tiktoken only when there is a message to count
+
+    tokens, budget = text_tokens(message), student_system_max_tokens()
+    if tokens > budget:
+        yield Finding(
+            "STUDENT_SYSTEM_TOO_LONG",
+            "goal.student_system_message",
+            "warning",
+            f"The student's system message is about {tokens:,} tokens, over the budget of "
+            f"{budget:,} (FLYWHEEL_STUDENT_SYSTEM_MAX_TOKENS): it rides in every training "
+            "example and every served request. Shorten it.",
         )
 
 

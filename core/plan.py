@@ -53,6 +53,7 @@ __all__ = [
     "grid_cells",
     "max_grid_cells",
     "plan_timeline",
+    "system_message_hash",
 ]
 
 PiiClass = Literal["none", "pseudonymous", "direct_identifier", "free_text"]
@@ -85,6 +86,18 @@ class FeatureGoal(_Section):
     student_model: str = Field(
         min_length=1, description="The small model that is fine-tuned (e.g. gpt-4o-mini)."
     )
+    student_system_message: str = Field(
+        "",
+        description="The system message the student is trained, evaluated and served with: "
+        "every exported example and every eval run of a candidate carries it, so the "
+        "student learns under the prompt it will be served with. Empty = no system message.",
+    )
+    production_system: Literal["plan", "logged"] = Field(
+        "plan",
+        description="The system text of production rows in a dataset: plan = the student's "
+        "system message above, so every example trains under one prompt; logged = the text "
+        "each interaction logged (none where it logged none).",
+    )
     business_goal: str = Field("", description="The business outcome the feature should move.")
     target_quality_retention: float = Field(
         0.95,
@@ -95,6 +108,11 @@ class FeatureGoal(_Section):
     target_cost_reduction: float = Field(
         10.0, ge=1, description="How many times cheaper the student should be than the teacher."
     )
+
+    @property
+    def system_message(self) -> str | None:
+        """The student's system message, or None when the plan sets none."""
+        return self.student_system_message.strip() or None
 
     @property
     def start_date(self) -> date:
@@ -839,3 +857,11 @@ def grid_cells(generation: Generation) -> list[dict[str, str]]:
         dict(zip(names, values, strict=True))
         for values in itertools.product(*(axis.values for axis in generation.axes))
     ]
+
+
+def system_message_hash(text: str | None) -> str | None:
+    """The first 12 hex digits of a system message's sha256 (None for no message): short
+    enough to read in a table, the same as DuckDB's ``left(sha256(text), 12)``."""
+    if not text:
+        return None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

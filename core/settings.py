@@ -80,6 +80,13 @@ SETTINGS: dict[str, Setting] = {
             "Most characters one render of a user-written template (prompt template, judge "
             "rubric) may produce; larger renders are refused.",
         ),
+        Setting(
+            "student_system_max_tokens",
+            400,
+            "Token budget of the student's system message (goal.student_system_message): it "
+            "rides in every training example and every served request, so a longer one is a "
+            "lint warning (cl100k_base count, an estimate for other tokenizers).",
+        ),
         Setting("request_timeout_s", 60.0, "Timeout of one request to a model endpoint."),
         Setting("max_retries", 5, "Retries of one model request on 429, 5xx or a timeout."),
         Setting(

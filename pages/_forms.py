@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 
 from core.plan import FILTER_KINDS
 
-LONG_TEXT = {"prompt_template", "business_goal", "notes", "purpose"}
+LONG_TEXT = {"prompt_template", "business_goal", "notes", "purpose", "student_system_message"}
 
 _READ_ONLY: ContextVar[bool] = ContextVar("plan_form_read_only", default=False)
 

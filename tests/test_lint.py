@@ -116,6 +116,14 @@ def _endpoint_credentials(p: Plan) -> None:
     p.generation.endpoint = "https://user:hunter22@teacher.example/v1?api_key=sk-live-0123456789"
 
 
+def _no_student_system(p: Plan) -> None:
+    p.goal.student_system_message = "  "  # the teacher writes coding_qa examples
+
+
+def _long_student_system(p: Plan) -> None:
+    p.goal.student_system_message = "You are a Python expert. " * 100  # ~600 tokens > 400
+
+
 def _savings(p: Plan) -> None:
     p.economics.student_output_per_1m = 5.0
 
@@ -156,6 +164,8 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "TRAINING_BASE_MODEL_MISSING": (_no_base_model, "training.local.base_model"),
     "LORA_OUT_OF_RANGE": (_lora_rank, "training.local.lora_rank"),
     "ENDPOINT_CREDENTIALS": (_endpoint_credentials, "generation.endpoint"),
+    "STUDENT_SYSTEM_MISSING": (_no_student_system, "goal.student_system_message"),
+    "STUDENT_SYSTEM_TOO_LONG": (_long_student_system, "goal.student_system_message"),
     "SAVINGS_BELOW_TARGET": (_savings, "economics.student_output_per_1m"),
 }
 
@@ -303,3 +313,24 @@ def test_a_new_last_day_is_data_not_a_new_rule(monkeypatch: pytest.MonkeyPatch) 
 
 def _codes(report: LintReport) -> set[str]:
     return {f.code for f in report.findings}
+
+
+def _student_system_codes(plan: Plan) -> list[str]:
+    return [f.code for f in lint_plan(plan).findings if f.code.startswith("STUDENT_SYSTEM")]
+
+
+def test_an_empty_student_system_message_is_fine_where_nothing_assumes_one() -> None:
+    plan = starter_plan("python_coding_assistant")
+    plan.goal.student_system_message = ""
+    plan.generation.output_schema = "qa"  # plain question and answer: no assistant's role
+    assert _student_system_codes(plan) == []
+    plan.logging.fields.append(plan.logging.fields[-1].model_copy(update={"name": "system"}))
+    assert _student_system_codes(plan) == ["STUDENT_SYSTEM_MISSING"]  # production logs one
+
+
+def test_the_system_message_budget_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = starter_plan("python_coding_assistant")  # "You are a Python expert.": 6 tokens
+    assert _student_system_codes(plan) == []
+    monkeypatch.setenv("FLYWHEEL_STUDENT_SYSTEM_MAX_TOKENS", "5")
+    finding = next(f for f in lint_plan(plan).findings if f.code == "STUDENT_SYSTEM_TOO_LONG")
+    assert finding.severity == "warning" and "over the budget of 5" in finding.message
