@@ -394,7 +394,17 @@ def _read(
 
 
 def _sync(store: Store, job: TrainingJob, plan: Plan, state: JobState) -> None:
-    """Write what the trainer says now: status, events, metrics, cost."""
+    """Write what the trainer says now: status, events, metrics, cost (nothing when nothing
+    changed, so a page watching a job does not invalidate every cached read each refresh)."""
+    stored = store.fetch_one(
+        "SELECT status, step, error, (SELECT count(*) FROM training_events e WHERE e.job_id ="
+        " j.job_id), (SELECT count(*) FROM training_metrics m WHERE m.job_id = j.job_id)"
+        " FROM training_jobs j WHERE job_id = ?",
+        [job.job_id],
+    )
+    now = (state.status, state.step, state.error, len(state.events), len(state.metrics))
+    if stored == now and state.status not in TERMINAL_STATUSES:
+        return
     weights_path = weights_sha = device = None
     gpu_hours: float | None = None
     if job.backend == "local":
@@ -722,6 +732,8 @@ def _current_sha(path: str) -> str | None:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     key = (path, tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if key not in _HASHES:
+        if len(_HASHES) > 64:
+            _HASHES.clear()
         _HASHES[key] = _weights_sha256(root)
     return _HASHES[key]
 
