@@ -814,8 +814,9 @@ def cmd_dataset_export(args: argparse.Namespace, store: Store) -> Outcome:
     text += f"(sha256 {result.sha256[:12]}…)."
     if result.total_tokens is not None:
         text += (
-            f" Format check passed: {result.total_tokens:,} tokens ({result.tokenizer}), "
-            f"largest example {result.max_example_tokens:,} of {result.token_limit:,}; "
+            f" Format check passed: {result.total_tokens:,} tokens ({result.tokenizer}; "
+            f"{result.system_tokens or 0:,} of them system messages), largest example "
+            f"{result.max_example_tokens:,} of {result.token_limit:,}; "
             f"~${result.estimated_training_cost_usd:,.2f} to train for {result.epochs} epochs."
         )
     return Outcome(result.to_dict(), text)

@@ -14,6 +14,8 @@ stage, the rule and why):
    (marked ``default``);
 5. ``mix``: the plan's original synthetic data at ``original_to_new_ratio`` synthetic rows per
    production row, capped at ``max_dataset_size`` (production rows cut by the cap are recorded);
+   every row takes the student's system message (``goal.student_system_message``), a
+   production row the text it logged instead when ``goal.production_system`` says so;
 6. ``split``: train and validation, stratified by cell of the generation grid;
 7. a new immutable dataset version (core.datasets), unless the same plan version and cycle
    already built one with the same bytes.
@@ -52,6 +54,7 @@ from core.plan import (
     PiiRedacted,
     Plan,
     plan_timeline,
+    system_message_hash,
 )
 from core.plan_versions import load_plan
 from core.privacy import DETECTORS_FINGERPRINT
@@ -778,14 +781,22 @@ def _mix(
     picked = spread.mutate(
         fw_pick=ibis.row_number().over(ibis.window(order_by=[spread.fw_rank, spread.fw_sort]))
     ).filter(ibis._.fw_pick < synthetic)
+    # Every synthetic row trains under the student's system message; a production row under
+    # it too, or under the text it logged (goal.production_system), which is kept apart as
+    # logged_system so that the version can say how many rows logged another.
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {_DATASET} AS "
         "SELECT interaction_id AS row_key, 'production' AS source, interaction_id, user_id,"
-        f" batch_id, cell_key, system, prompt, response FROM {_ROWS}"
+        " batch_id, cell_key, CASE WHEN $replace THEN $system::VARCHAR ELSE system END AS system,"
+        f" prompt, response, system AS logged_system FROM {_ROWS}"
         " WHERE interaction_id IN (SELECT interaction_id FROM fw_cycle_mix WHERE fw_pick < $keep)"
-        " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, NULL, question,"
-        f" answer FROM ({_sql(picked)})",
-        {"keep": keep_production},
+        " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
+        f" question, answer, NULL FROM ({_sql(picked)})",
+        {
+            "keep": keep_production,
+            "system": plan.goal.system_message,
+            "replace": plan.goal.production_system == "plan",
+        },
     )
     con.execute("DROP TABLE IF EXISTS fw_cycle_mix")
     cut = production - keep_production
@@ -894,6 +905,7 @@ def _write_version(
         ).fetchall()
     ]
     lineage = {
+        "system_message": _system_lineage(con, plan),
         "plan_id": plan_id,
         "plan_version": plan_version,
         "plan_sha256": plan.fingerprint(),
@@ -942,6 +954,34 @@ def _write_version(
         [version_id],
     )
     return version_id, sha, True
+
+
+def _system_lineage(con: duckdb.DuckDBPyConnection, plan: Plan) -> dict[str, Any]:
+    """The system message the version trains under, the production rows' policy, how many
+    production rows logged none or another text, and the rows carrying each message."""
+    message = plan.goal.system_message
+    none, other = con.execute(
+        "SELECT count(*) FILTER (WHERE coalesce(logged_system, '') = ''),"
+        " count(*) FILTER (WHERE coalesce(logged_system, '') NOT IN ('', $message))"
+        f" FROM {_DATASET} WHERE source = 'production'",
+        {"message": message or ""},
+    ).fetchall()[0]
+    carried = con.execute(
+        f"SELECT nullif(system, '') AS s, count(*) FROM {_DATASET} GROUP BY s"
+        " ORDER BY count(*) DESC, s NULLS FIRST"
+    ).fetchall()
+    return {
+        "text": message,
+        "hash": system_message_hash(message),
+        "production_rows": plan.goal.production_system,
+        "logged_none": int(none),
+        "logged_other": int(other),
+        # Rows that logged something else than the message (no text counts when there is one).
+        "logged_different": int(other) + (int(none) if message else 0),
+        "carried": [
+            {"hash": system_message_hash(text), "rows": int(rows)} for text, rows in carried
+        ],
+    }
 
 
 # -- reading runs back ----------------------------------------------------------------------------

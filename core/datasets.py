@@ -46,6 +46,7 @@ __all__ = [
     "get_version",
     "list_versions",
     "openai_example",
+    "version_system_message",
 ]
 
 ExportFormat = Literal["openai-jsonl", "parquet"]
@@ -186,6 +187,18 @@ def openai_example(system: str | None, prompt: str, response: str) -> dict[str, 
     return {"messages": messages}
 
 
+def version_system_message(store: Store, version_id: str) -> str | None:
+    """The system message a version trains under: the one most of its train rows carry (None
+    when most carry none). Raises DatasetError for an unknown version."""
+    get_version(store, version_id)
+    row = store.fetch_one(
+        "SELECT nullif(system, '') AS s FROM dataset_rows WHERE version_id = ? AND split = 'train'"
+        " GROUP BY s ORDER BY count(*) DESC, s NULLS FIRST LIMIT 1",
+        [version_id],
+    )
+    return str(row[0]) if row and row[0] is not None else None
+
+
 def canonical_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
     """The OpenAI JSONL bytes of rows (system, prompt, response), one example a line."""
     lines = [
@@ -204,6 +217,8 @@ class FormatReport:
     max_example_tokens: int
     token_limit: int
     errors: list[dict[str, Any]] = field(default_factory=list)
+    system_tokens: int = 0
+    """Of ``total_tokens``, those of the system messages (with their framing)."""
 
     @property
     def ok(self) -> bool:
@@ -239,8 +254,9 @@ def _message_errors(example: Any) -> list[str]:
 def check_openai_jsonl(data: bytes, *, model: str) -> FormatReport:
     """Check JSONL bytes the way OpenAI checks a chat fine-tuning upload: every line a JSON
     object with a messages list, known roles, non-empty content, an assistant message, and
-    at most the model's tokens per example (cl100k_base: an estimate for other tokenizers)."""
-    from core.generation import estimate_tokens
+    at most the model's tokens per example (cl100k_base: an estimate for other tokenizers).
+    The counts take in every message, the system message included."""
+    from core.tokens import MESSAGE_OVERHEAD, estimate_tokens, text_tokens
 
     limit = example_token_limit(model)
     report = FormatReport(0, 0, 0, limit)
@@ -259,6 +275,11 @@ def check_openai_jsonl(data: bytes, *, model: str) -> FormatReport:
             {"content": str(m["content"])} for m in example["messages"] if isinstance(m, dict)
         )
         report.total_tokens += tokens
+        report.system_tokens += sum(
+            MESSAGE_OVERHEAD + text_tokens(str(m["content"]))
+            for m in example["messages"]
+            if isinstance(m, dict) and m.get("role") == "system"
+        )
         report.max_example_tokens = max(report.max_example_tokens, tokens)
         if tokens > limit:
             report.errors.append(
@@ -286,6 +307,8 @@ class ExportResult:
     epochs: int | None = None
     estimated_training_cost_usd: float | None = None
     tokenizer: str = "cl100k_base (estimate)"
+    system_tokens: int | None = None
+    """Of ``total_tokens``, those of the system messages: they are trained on every epoch too."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -376,6 +399,7 @@ def export_dataset(
         token_limit=report.token_limit,
         epochs=epochs,
         estimated_training_cost_usd=round(cost, 4),
+        system_tokens=report.system_tokens,
     )
 
 

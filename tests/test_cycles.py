@@ -559,3 +559,66 @@ def test_production_cycle_needs_the_privacy_reviewers_sign_off(
     with pytest.raises(CycleError, match=f"approve this exact plan version \\(v{version}\\)"):
         run_cycle(store, plan_id, 2, user=local_operator())
     assert store.fetch_one("SELECT count(*) FROM dataset_versions") == (0,)
+
+
+# -- the student's system message -----------------------------------------------------------------
+
+TERSE = "You are a terse Python assistant."
+
+
+def _system_by_row(store: Store, version_id: str) -> dict[str, tuple[str, str | None]]:
+    rows = store.fetch_all(
+        "SELECT row_key, source, system FROM dataset_rows WHERE version_id = ?", [version_id]
+    )
+    return {str(k): (str(source), s) for k, source, s in rows}
+
+
+@pytest.mark.parametrize("policy", ["plan", "logged"])
+def test_production_rows_take_the_plans_system_message_or_keep_the_logged_one(
+    store: Store, tmp_path: Path, policy: str
+) -> None:
+    plan = cycle_plan()
+    plan.goal.production_system = policy  # type: ignore[assignment]
+    rows = [interaction(n) for n in range(12)]
+    rows += [interaction(20, system=TERSE), interaction(21, system="You are a Python expert.")]
+    plan_id = build_workspace(store, tmp_path, rows, plan=plan)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
+    by_row = _system_by_row(store, result.dataset_version)
+    expert = "You are a Python expert."
+    assert {s for source, s in by_row.values() if source == "synthetic"} == {expert}
+    production = {k: s for k, (source, s) in by_row.items() if source == "production"}
+    assert {"i-020", "i-021"} <= set(production)
+    if policy == "plan":
+        assert set(production.values()) == {expert}
+    else:
+        assert production["i-020"] == TERSE and production["i-021"] == expert
+        assert {s for k, s in production.items() if k not in ("i-020", "i-021")} == {None}
+    lineage = get_version(store, result.dataset_version).lineage["system_message"]
+    others = len(production) - 2
+    assert lineage["text"] == expert and lineage["production_rows"] == policy
+    # Whatever the policy, the version says how many production rows logged something else:
+    # one another text, the rest none.
+    assert (lineage["logged_other"], lineage["logged_none"]) == (1, others)
+    assert lineage["logged_different"] == 1 + others
+    assert sum(c["rows"] for c in lineage["carried"]) == len(by_row)
+
+
+def test_a_plan_without_a_system_message_trains_without_one(store: Store, tmp_path: Path) -> None:
+    plan = cycle_plan()
+    plan.goal.student_system_message = ""
+    plan_id = build_workspace(store, tmp_path, [*map(interaction, range(12))], plan=plan)
+    result = run_cycle(store, plan_id, 2, user=local_operator())
+    assert set(s for _, s in _system_by_row(store, result.dataset_version).values()) == {None}
+    lineage = get_version(store, result.dataset_version).lineage["system_message"]
+    assert lineage["text"] is None and lineage["logged_different"] == 0
+
+
+def test_a_new_system_message_makes_a_new_version(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path)
+    first = run_cycle(store, plan_id, 1, user=local_operator())  # synthetic rows only
+    plan, _ = load_plan(store, plan_id)
+    plan.goal.student_system_message = "You are a senior Python reviewer."
+    save_plan_version(store, plan, note="new prompt", user=local_operator(), plan_id=plan_id)
+    second = run_cycle(store, plan_id, 1, user=local_operator())
+    assert second.new_version and second.sha256 != first.sha256
+    assert _system_by_row(store, second.dataset_version).popitem()[1][1] == plan.goal.system_message

@@ -185,3 +185,31 @@ def test_cli_refuses_bad_input_with_one_line(store: Store, tmp_path: Path) -> No
     assert bad.stderr.count("\n") == 1 and "cycle 42" in bad.stderr
     missing = _cli("dataset", "export", "ds-x", "--out", str(tmp_path / "o.jsonl"))
     assert missing.returncode == 2 and "No dataset version" in missing.stderr
+
+
+def test_every_exported_example_carries_the_plans_system_message(
+    store: Store, version: str, tmp_path: Path
+) -> None:
+    from core.datasets import version_system_message
+    from core.tokens import estimate_tokens
+
+    result = export_dataset(store, version, tmp_path / "t.jsonl", split="all")
+    data = Path(result.path).read_bytes()
+    examples = [json.loads(line) for line in data.decode().splitlines()]
+    # The starter's message, on synthetic rows and on production rows alike (the one that
+    # logged "You are a terse Python assistant." too: the plan's policy replaces it).
+    assert {json.dumps(e["messages"][0]) for e in examples} == {
+        json.dumps({"role": "system", "content": "You are a Python expert."})
+    }
+    assert [m["role"] for m in examples[0]["messages"]] == ["system", "user", "assistant"]
+    assert check_openai_jsonl(data, model="gpt-4o-mini").ok
+    assert version_system_message(store, version) == "You are a Python expert."
+    # Token counts and the training cost take the system message in: per example, its text
+    # and the message's framing.
+    without = sum(estimate_tokens(e["messages"][1:]) for e in examples)
+    per_example = estimate_tokens([{"content": "You are a Python expert."}]) - 3
+    assert result.total_tokens == without + len(examples) * per_example
+    assert result.system_tokens == len(examples) * per_example
+    assert result.estimated_training_cost_usd == pytest.approx(
+        result.total_tokens * result.epochs * 3.0 / 1e6, abs=1e-4
+    )
