@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from tiny_lm import build_tiny_lm
 
-from core.access import User
+from core.access import User, local_operator
 from core.datasets import dataset_rows, list_versions
 from core.errors import DatasetError, GateError, TrainingError
 from core.evals import import_eval_set, run_eval
-from core.gates import check_gates
+from core.gates import check_gates, cycle_decisions, record_decision
 from core.store import Store
 from core.training import (
     cancel_training,
@@ -186,12 +186,16 @@ def test_an_in_process_eval_grades_the_candidate_and_a_changed_adapter_is_refuse
     assert recorded == (job.weights_sha256, "in-process (transformers)")
     check_gates(store, plan_id, 1)  # the candidate is what was judged: no refusal
 
+    decided = cycle_decisions(store, plan_id, 1)
     adapter_file = Path(job.weights_path) / "adapter_model.safetensors"
     original = adapter_file.read_bytes()
     try:
         adapter_file.write_bytes(original[:-8] + b"\x00" * 8)
         with pytest.raises(GateError, match="changed after they were recorded"):
             check_gates(store, plan_id, 1)
+        with pytest.raises(GateError, match="changed after they were recorded"):
+            record_decision(store, plan_id, 1, decision="rejected", user=local_operator())
+        assert cycle_decisions(store, plan_id, 1) == decided
     finally:
         adapter_file.write_bytes(original)
     check_gates(store, plan_id, 1)
