@@ -410,6 +410,88 @@ def _has_bom(path: Path) -> bool:
         return handle.read(3) == b"\xef\xbb\xbf"
 
 
+_RAW_SHOWN = 1 << 16  # bytes of a refused line kept in the quarantine
+_SNIFF = 1 << 16  # bytes of (decompressed) content looked at to tell text from binary
+
+
+def _open_content(path: Path, gz: bool) -> BinaryIO:
+    """The file's content as bytes: through gzip when its name says it is compressed."""
+    return gzip.open(path, "rb") if gz else path.open("rb")  # type: ignore[return-value]
+
+
+def _check_content(path: Path, name: str, fmt: str, gz: bool) -> None:
+    """Refuse a file that is not what its name says, before anything is read into the store.
+
+    Raises IngestError for an empty file, a ``.gz`` that is not gzip, a ``.parquet`` without
+    Parquet's magic bytes, and JSONL or CSV whose first bytes hold NUL (binary data).
+    """
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise IngestError(f"{name}: the file is empty; there are no rows to load.")
+    if fmt == "parquet":
+        if head != b"PAR1":
+            raise IngestError(
+                f"{name}: cannot be read as PARQUET (no Parquet header); "
+                "check that the file is what its name says."
+            )
+        return
+    if gz and head[:2] != b"\x1f\x8b":
+        raise IngestError(
+            f"{name}: cannot be read as {fmt.upper()} (gzip): it is not gzip-compressed; "
+            "check that the file is what its name says."
+        )
+    try:
+        with _open_content(path, gz) as content:
+            sample = content.read(_SNIFF)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise IngestError(
+            f"{name}: cannot be read as {fmt.upper()} (gzip): {exc}; "
+            "check that the file is what its name says."
+        ) from None
+    if b"\x00" in sample:
+        raise IngestError(
+            f"{name}: cannot be read as {fmt.upper()}{' (gzip)' if gz else ''}: it holds binary "
+            "data (NUL bytes); check that the file is what its name says."
+        )
+    if not sample.strip(b" \t\r\n\x0b\x0c\xef\xbb\xbf"):
+        raise IngestError(f"{name}: the file holds no rows (only blank lines); nothing to load.")
+
+
+def _long_lines(path: Path, gz: bool, limit: int) -> list[tuple[int, bool]]:
+    """The lines longer than ``limit`` bytes (a trailing CR excluded): (1-based number,
+    whether it ends in CR).
+
+    DuckDB's line reader reports most such lines in its rejects table, but drops some silently
+    (a 300 MB line inside a gzip); this count is the one the quarantine trusts. Reading in
+    chunks no longer than ``limit`` means only a line that spans a chunk boundary can be too
+    long, so the scan counts newlines at memchr speed and never walks the lines in Python.
+    """
+    found: list[tuple[int, bool]] = []
+    lines = 0
+    current = 0  # bytes of the line being read so far
+    ends_cr = False
+    chunk_size = min(_CHUNK, limit)
+    with _open_content(path, gz) as content:
+        while chunk := content.read(chunk_size):
+            first = chunk.find(b"\n")
+            if first < 0:
+                current += len(chunk)
+                ends_cr = chunk.endswith(b"\r")
+                continue
+            current += first
+            ends_cr = chunk[:first].endswith(b"\r") if first else ends_cr
+            if current - ends_cr > limit:
+                found.append((lines + 1, ends_cr))
+            lines += chunk.count(b"\n")
+            last = chunk.rfind(b"\n")
+            current = len(chunk) - last - 1
+            ends_cr = chunk.endswith(b"\r")
+    if current - ends_cr > limit:
+        found.append((lines + 1, ends_cr))
+    return found
+
+
 def _struct(fields: tuple[FieldSpec, ...], kind: str) -> str:
     return "{" + ", ".join(f"{sql_string(f.name)}: {sql_string(kind)}" for f in fields) + "}"
 
@@ -448,8 +530,12 @@ def _prepare_source(
     fmt: str,
     fast: bool,
     fields: tuple[FieldSpec, ...],
+    long_lines: Future[list[tuple[int, bool]]] | None = None,
 ) -> str:
-    """Create the temp view ``fw_source`` (VARCHAR fields + line); return how it reads."""
+    """Create the temp view ``fw_source`` (VARCHAR fields + line); return how it reads.
+
+    ``long_lines``: the lines over the read limit found by ``_long_lines`` (JSONL, exact path).
+    """
     names = [f.name for f in fields]
     # DuckDB views cannot hold bound parameters, so the file path of a temporary view is the
     # one value formatted into SQL, as a string literal.
@@ -476,18 +562,24 @@ def _prepare_source(
             f"max_line_size={_max_line_bytes()}, store_rejects=true, "
             f"rejects_table='{rejects}_errors', rejects_scan='{rejects}_scans') WITH ORDINALITY"
         )
+        # Over-long lines are taken from our own scan (_long_lines): DuckDB drops some without
+        # a reject, and after one that ends in CRLF it yields an extra empty row.
         bad = con.execute(
-            f"SELECT line, bool_or(error_type = 'INVALID ENCODING') FROM {rejects}_errors "
-            "GROUP BY line ORDER BY line"
+            f"SELECT DISTINCT line FROM {rejects}_errors WHERE error_type = 'INVALID ENCODING'"
         ).fetchall()
         con.execute(
             "CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)"
         )
         too_long = f"line is over the {_max_line_bytes()}-byte read limit"
+        reasons = {int(b): "invalid UTF-8" for (b,) in bad}
+        long = long_lines.result() if long_lines is not None else []
+        for line, _ in long:
+            reasons[line] = too_long
+        _drop_rows_after_crlf(con, [line for line, crlf in long if crlf], sorted(reasons))
         _insert_many(
             con,
             "fw_bad_lines",
-            [[b, i + 1, "invalid UTF-8" if utf8 else too_long] for i, (b, utf8) in enumerate(bad)],
+            [[b, i + 1, reasons[b]] for i, b in enumerate(sorted(reasons))],
         )
         _define_lines_source(con, fields, mapped=True)
         return "lines"
@@ -530,40 +622,66 @@ def _prepare_source(
     return "parquet"
 
 
+def _drop_rows_after_crlf(
+    con: duckdb.DuckDBPyConnection, crlf_lines: list[int], bad: list[int]
+) -> None:
+    """Remove from ``fw_lines`` the empty row DuckDB's line reader yields for the CR of each
+    over-long line it skipped, and number the rows again, so ``k`` maps to physical lines."""
+    spurious: list[int] = []
+    for line in crlf_lines:
+        # Rows before this line: the lines before it not refused, plus extra rows found so far.
+        ordinal = line - bisect.bisect_left(bad, line) + len(spurious)
+        row = con.execute("SELECT raw FROM fw_lines WHERE k = ?", [ordinal]).fetchall()
+        if row and row[0][0] is None:
+            spurious.append(ordinal)
+    if spurious:
+        con.execute("DELETE FROM fw_lines WHERE k IN (SELECT unnest(?))", [spurious])
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fw_lines AS "
+            "SELECT row_number() OVER (ORDER BY k) AS k, raw FROM fw_lines"
+        )
+
+
 def _max_line_bytes() -> int:
     """Longest JSONL line the readers take: room for three texts at the size limit."""
     return max(16 << 20, 4 * int(get_setting("max_text_bytes")) + (1 << 20))
 
 
-def _physical_lines(path: Path, wanted: list[int]) -> dict[int, bytes]:
-    """The raw bytes of the given 1-based lines, found by counting newlines (memchr speed)."""
+def _physical_lines(
+    content: BinaryIO, wanted: list[int], cap: int | None = None
+) -> dict[int, bytes]:
+    """The raw bytes of the given 1-based lines (without CR), found by counting newlines at
+    memchr speed; with ``cap``, at most ``cap`` bytes of each (a 300 MB line is not held)."""
     result: dict[int, bytes] = {}
     targets = sorted(set(wanted))
-    index, line, carry = 0, 1, b""
-    with path.open("rb") as handle:
-        while index < len(targets) and (chunk := handle.read(1 << 24)):
-            data = carry + chunk
-            start = 0
-            while index < len(targets):
+    index, line = 0, 1
+    taking: bytearray | None = None  # the wanted line being read, across chunks
+    while index < len(targets) and (chunk := content.read(1 << 24)):
+        start = 0
+        while index < len(targets):
+            if taking is None:
                 gap = targets[index] - line
                 if gap > 0:
-                    if data.count(b"\n", start) <= gap:
-                        line += data.count(b"\n", start)
-                        start = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
+                    if chunk.count(b"\n", start) < gap:
+                        line += chunk.count(b"\n", start)
                         break
                     for _ in range(gap):
-                        start = data.find(b"\n", start) + 1
+                        start = chunk.find(b"\n", start) + 1
                     line += gap
-                end = data.find(b"\n", start)
-                if end < 0:
-                    break
-                result[line] = data[start:end].rstrip(b"\r")
-                index += 1
-                start = end + 1
-                line += 1
-            carry = data[start:]
-    if index < len(targets) and carry and line == targets[index]:
-        result[line] = carry.rstrip(b"\r")
+                taking = bytearray()
+            end = chunk.find(b"\n", start)
+            piece = chunk[start : len(chunk) if end < 0 else end]
+            if cap is None or len(taking) < cap + 1:
+                taking += piece if cap is None else piece[: cap + 1 - len(taking)]
+            if end < 0:
+                break
+            result[line] = bytes(taking).rstrip(b"\r")
+            taking = None
+            index += 1
+            start = end + 1
+            line += 1
+    if taking is not None and taking:
+        result[line] = bytes(taking).rstrip(b"\r")
     return result
 
 
@@ -637,72 +755,91 @@ def ingest_file(
     who = user.name
     # JSONL of interactions without a BOM takes the fast path (see _load); gzip, a BOM, CSV
     # and Parquet the exact one.
+    _check_content(source, name, fmt, gz)
     fast = fmt == "jsonl" and not gz and kind == "interactions" and not _has_bom(source)
     # The sha256 (and the line count) runs in a thread while DuckDB loads; a file that turns
-    # out to be loaded already is rolled back.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # out to be loaded already is rolled back. The exact JSONL path also counts its over-long
+    # lines in a second thread (through gzip where the file is compressed).
+    with ThreadPoolExecutor(max_workers=2) as pool:
         scan = pool.submit(_scan, source, count_lines=fast)
+        long_lines = (
+            pool.submit(_long_lines, source, gz, _max_line_bytes())
+            if fmt == "jsonl" and not fast
+            else None
+        )
         batch_id = started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        try:
-            with store.transaction() as con:
-                result = _load(con, source, fmt, fast, scan, kind, batch_id, cycle)
-                sha256 = scan.result().sha256
-                earlier = con.execute(
-                    "SELECT batch_id, rows_read, cycle FROM ingest_batches "
-                    "WHERE sha256 = ? AND kind = ?",
-                    [sha256, kind],
-                ).fetchall()
-                if earlier:
-                    raise _AlreadyLoaded(earlier[0])
-                con.execute(
-                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        batch_id,
-                        kind,
-                        name,
-                        sha256,
-                        cycle,
-                        result["rows_read"],
-                        result["accepted"],
-                        result["rejected"],
-                        result["duplicates"],
-                        started,
-                        _now(),
-                        who,
-                        DETECTORS_FINGERPRINT if kind == "interactions" else None,
-                    ],
+        while True:
+            try:
+                with store.transaction() as con:
+                    result = _load(
+                        con, source, (fmt, gz), fast, scan, long_lines, kind, batch_id, cycle
+                    )
+                    if not result["rows_read"]:
+                        raise IngestError(f"{name}: the file holds no rows; nothing to load.")
+                    sha256 = scan.result().sha256
+                    earlier = con.execute(
+                        "SELECT batch_id, rows_read, cycle FROM ingest_batches "
+                        "WHERE sha256 = ? AND kind = ?",
+                        [sha256, kind],
+                    ).fetchall()
+                    if earlier:
+                        raise _AlreadyLoaded(earlier[0])
+                    con.execute(
+                        "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            batch_id,
+                            kind,
+                            name,
+                            sha256,
+                            cycle,
+                            result["rows_read"],
+                            result["accepted"],
+                            result["rejected"],
+                            result["duplicates"],
+                            started,
+                            _now(),
+                            who,
+                            DETECTORS_FINGERPRINT if kind == "interactions" else None,
+                        ],
+                    )
+                    record_audit(
+                        con,
+                        actor=who,
+                        action="ingest",
+                        target=batch_id,
+                        detail={
+                            "kind": kind,
+                            "file_name": name,
+                            "sha256": sha256,
+                            **{k: v for k, v in result.items() if k != "pii_found"},
+                        },
+                    )
+            except _AlreadyLoaded as done:
+                rows = int(done.row[1])
+                return IngestResult(
+                    str(done.row[0]),
+                    kind,
+                    name,
+                    scan.result().sha256,
+                    rows,
+                    0,
+                    0,
+                    rows,
+                    True,
+                    done.row[2],
                 )
-                record_audit(
-                    con,
-                    actor=who,
-                    action="ingest",
-                    target=batch_id,
-                    detail={
-                        "kind": kind,
-                        "file_name": name,
-                        "sha256": sha256,
-                        **{k: v for k, v in result.items() if k != "pii_found"},
-                    },
-                )
-        except _AlreadyLoaded as done:
-            rows = int(done.row[1])
-            return IngestResult(
-                str(done.row[0]),
-                kind,
-                name,
-                scan.result().sha256,
-                rows,
-                0,
-                0,
-                rows,
-                True,
-                done.row[2],
-            )
-        except duckdb.Error as exc:
-            raise IngestError(
-                f"{name}: cannot be read as {fmt.upper()}{' (gzip)' if gz else ''} ({exc}); "
-                "check that the file is what its name says."
-            ) from None
+            except duckdb.Error as exc:
+                if fast:
+                    # The parallel reader gives up on some files it cannot split (a line
+                    # over its object limit): they load on the exact path instead.
+                    fast = False
+                    long_lines = pool.submit(_long_lines, source, gz, _max_line_bytes())
+                    continue
+                raise IngestError(
+                    f"{name}: cannot be read as {fmt.upper()}{' (gzip)' if gz else ''} "
+                    f"({_first_line(exc)}); check that the file is what its name says."
+                ) from None
+            break
     return IngestResult(
         batch_id,
         kind,
@@ -721,9 +858,10 @@ def ingest_file(
 def _load(
     con: duckdb.DuckDBPyConnection,
     path: Path,
-    fmt: str,
+    form: tuple[str, bool],
     fast: bool,
     scan: Future[_Scan],
+    long_lines: Future[list[tuple[int, bool]]] | None,
     kind: Kind,
     batch_id: str,
     cycle: int | None,
@@ -753,7 +891,8 @@ def _load(
     stage = interaction_stage(kind, max_text_bytes=int(get_setting("max_text_bytes")))
     table, key = _TARGETS[kind]
     params = {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id}
-    how = _prepare_source(con, path, fmt, fast, fields)
+    fmt, gz = form
+    how = _prepare_source(con, path, fmt, fast, fields, long_lines)
     con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
     rejected: list[tuple[int, str, str | None]] = []
     raw: dict[int, str] = {}
@@ -762,7 +901,9 @@ def _load(
         found = _fast_rejects(con, path, batch_id, scan.result())
         if found is None:
             con.execute("DELETE FROM interactions WHERE batch_id = ?", [batch_id])
-            how = _prepare_source(con, path, fmt, False, fields)
+            long_lines = Future()
+            long_lines.set_result(_long_lines(path, gz, _max_line_bytes()))
+            how = _prepare_source(con, path, fmt, False, fields, long_lines)
             con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
         else:
             rows_read, rejected, raw = found
@@ -895,6 +1036,7 @@ def _fast_rejects(
         texts = []
         bad: list[list[Any]] = []
         raw_of: dict[int, str] = {}
+        limit = _max_line_bytes()
         expected: list[tuple[int, int, int]] = []  # (first line, last line, lines not stored)
         blank = 0
         for (line_a, rank_a, _, end_a), (line_b, rank_b, start_b, _) in itertools.pairwise(points):
@@ -916,7 +1058,12 @@ def _fast_rejects(
                 if not piece.strip():
                     empty += 1
                     continue
-                raw_of[line] = piece.decode("utf-8", errors="replace")
+                raw_of[line] = piece[:_RAW_SHOWN].decode("utf-8", errors="replace") + (
+                    " … [cut]" if len(piece) > _RAW_SHOWN else ""
+                )
+                if len(piece) > limit:
+                    bad.append([line, 0, f"line is over the {limit}-byte read limit"])
+                    continue
                 try:
                     texts.append([line, piece.decode("utf-8")])
                 except UnicodeDecodeError:
@@ -1018,10 +1165,12 @@ def _raw_of_rejects(
         missing = [n for n in lines if n not in found]
         if missing:
             # Lines DuckDB refused (invalid UTF-8) are read as bytes, shown with U+FFFD.
+            # An over-long line is kept as its first _RAW_SHOWN bytes, marked as cut.
             found.update(
                 {
-                    n: b.decode("utf-8", errors="replace")
-                    for n, b in _physical_lines_any(path, missing).items()
+                    n: b[:_RAW_SHOWN].decode("utf-8", errors="replace")
+                    + (" … [cut]" if len(b) > _RAW_SHOWN else "")
+                    for n, b in _physical_lines_any(path, missing, _RAW_SHOWN).items()
                 }
             )
         return found
@@ -1033,20 +1182,19 @@ def _raw_of_rejects(
     return {int(r[0]): r[1] for r in rows}
 
 
-def _physical_lines_any(path: Path, lines: list[int]) -> dict[int, bytes]:
-    """Like _physical_lines, through gzip when the file is compressed, without a BOM."""
-    if _is_gzip(path):
-        with tempfile.TemporaryDirectory() as tmp:
-            plain = Path(tmp) / "plain"
-            with gzip.open(path, "rb") as src, plain.open("wb") as dst:
-                while chunk := src.read(1 << 24):
-                    dst.write(chunk)
-            found = _physical_lines(plain, lines)
-    else:
-        found = _physical_lines(path, lines)
+def _physical_lines_any(path: Path, lines: list[int], cap: int | None = None) -> dict[int, bytes]:
+    """Like _physical_lines over a file, through gzip when it is compressed, without a BOM."""
+    with _open_content(path, _is_gzip(path)) as content:
+        found = _physical_lines(content, lines, cap)
     if 1 in found and found[1].startswith(b"\xef\xbb\xbf"):
         found[1] = found[1][3:]
     return found
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (DuckDB's run to many)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_gzip(path: Path) -> bool:

@@ -364,3 +364,72 @@ def test_fast_path_finds_each_reject_line_as_the_exact_path_does(
     assert reasons(store, fast) == reasons(store, exact)
     assert list(reasons(store, fast)) == [1, 91, 151, 152, 153, 400]
     assert answers == [True]  # the fast path found them itself, without falling back
+
+
+def write_gzip(path: Path, parts: list[bytes]) -> Path:
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        for part in parts:
+            out.write(part)
+    return path
+
+
+@pytest.mark.parametrize(
+    "megabytes",
+    [17, pytest.param(300, marks=pytest.mark.slow, id="300MB-dropped-silently-by-duckdb")],
+)
+@pytest.mark.parametrize("name", ["log.jsonl.gz", "log.jsonl"])
+def test_a_line_over_the_read_limit_is_quarantined_in_every_format(
+    store: Store, tmp_path: Path, name: str, megabytes: int
+) -> None:
+    huge = b'{"interaction_id": "big", "prompt": "' + b"a" * (megabytes << 20) + b'"}'
+    parts = [json.dumps(record(1)).encode(), b"\n", huge, b"\r\n", json.dumps(record(2)).encode()]
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        write_gzip(path, parts)
+    else:
+        path.write_bytes(b"".join(parts))
+    result = ingest_file(store, path, user=local_operator())
+    assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
+    assert reconciles(result)
+    assert reasons(store, result) == {2: "line is over the 16777216-byte read limit"}
+    raw = batch_rejects(store, result.batch_id, reveal_raw=True, user=local_operator())[0]["raw"]
+    assert raw.startswith('{"interaction_id": "big"') and len(raw) < 1 << 17  # kept cut
+    assert store.fetch_all("SELECT line FROM interactions ORDER BY 1") in (
+        [(1,), (3,)],
+        [(None,)] * 2,
+    )
+
+
+def test_long_lines_are_found_across_chunks(tmp_path: Path) -> None:
+    limit = 10
+    body = b"a" * 10 + b"\n" + b"b" * 11 + b"\r\n" + b"c" * 10 + b"\r\n\n" + b"d" * 25
+    path = write_gzip(tmp_path / "x.jsonl.gz", [body])
+    plain = tmp_path / "x.jsonl"
+    plain.write_bytes(body)
+    assert core.ingest._long_lines(path, True, limit) == [(2, True), (5, False)]
+    assert core.ingest._long_lines(plain, False, limit) == [(2, True), (5, False)]
+
+
+NOT_WHAT_THEY_SAY: list[tuple[str, bytes, str]] = [
+    ("empty.jsonl", b"", "empty"),
+    ("blank.jsonl", b"\n \r\n\n", "no rows"),
+    ("empty.jsonl.gz", gzip.compress(b""), "no rows"),
+    ("nul.jsonl.gz", gzip.compress(b"\x00" * 4096), "binary data"),
+    ("plain.jsonl.gz", json.dumps(record(1)).encode() + b"\n", "not gzip-compressed"),
+    ("fake.parquet", b"not parquet at all", "cannot be read as PARQUET"),
+    ("binary.csv", bytes(range(256)) * 8, "binary data"),
+    ("header.csv", b"interaction_id,ts,user_id\n", "no rows"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "message"), NOT_WHAT_THEY_SAY)
+def test_inputs_with_no_rows_or_not_what_their_name_says_are_refused(
+    store: Store, tmp_path: Path, name: str, data: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(IngestError, match=message) as refused:
+        ingest_file(store, path, user=local_operator())
+    assert "\n" not in str(refused.value)
+    assert list_batches(store) == []
+    assert store.fetch_all("SELECT count(*) FROM quarantine") == [(0,)]
