@@ -573,6 +573,7 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
         judge=judge,
         concurrency=args.concurrency,
         local_weights=local_weights,
+        system_message=args.system_message,
         user=_user(),
     )
     summary = run_summary(store, report.run_id)
@@ -588,6 +589,8 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
             [
                 f"Run {report.run_id}: {model} on {args.set} v{report.set_version}. "
                 f"{report.message}",
+                "  system message: "
+                + (f"{report.system_message!r}" if report.system_message else "none"),
                 *lines,
             ]
         ),
@@ -606,6 +609,7 @@ def cmd_eval_import_results(args: argparse.Namespace, store: Store) -> Outcome:
         cycle=args.cycle,
         plan_id=args.plan,
         user=_user(),
+        system_message=args.system_message,
     )
     lines = [f"line {r['line']}: {r['reason']}" for r in result.rejected[:20]]
     return Outcome(
@@ -632,6 +636,7 @@ def cmd_gate_check(args: argparse.Namespace, store: Store) -> Outcome:
         f"  value {_num(g.value)}  threshold {_num(g.threshold)}"
         for g in report.gates
     ]
+    lines += [f"warning: {w}" for w in report.warnings]
     head = (
         f"Plan '{plan_id}' cycle {args.cycle}, candidate {report.candidate or '(none)'}: "
         f"{report.verdict.replace('_', ' ').upper()}"
@@ -1220,6 +1225,11 @@ def _eval_parsers(
     run.add_argument("--judge-model", help="judge of llm_judge (default: judge_model setting)")
     run.add_argument("--judge-base-url", help="judge's server (default: judge_base_url)")
     run.add_argument("--concurrency", type=int, help="requests in flight (eval_concurrency)")
+    run.add_argument(
+        "--system-message",
+        help="system message of every request ('' = none; default for a candidate: the one "
+        "it was trained under, else none)",
+    )
     run.set_defaults(handler=cmd_eval_run)
 
     results = actions.add_parser(
@@ -1233,6 +1243,10 @@ def _eval_parsers(
     results.add_argument("--role", choices=ROLES, required=True, help="what the model is")
     results.add_argument("--cycle", type=int, help="cycle number")
     results.add_argument("--plan", help="plan id")
+    results.add_argument(
+        "--system-message",
+        help="system message the results were asked under ('' = none; default: not known)",
+    )
     results.set_defaults(handler=cmd_eval_import_results)
 
     gate = commands.add_parser("gate", help="release gates and decisions")

@@ -408,6 +408,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
             plan_id=plan_id,
             user=_ML_LEAD,
             source="demo",
+            system_message=plan.goal.system_message or "",  # asked as the student is served
         )
     report = check_gates(store, plan_id, 1)
     if report.verdict == "pass":

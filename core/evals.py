@@ -34,7 +34,7 @@ import openai
 
 from core.access import User, require
 from core.audit import record_audit
-from core.errors import EvalError
+from core.errors import EvalError, PlanError
 from core.graders import (
     DEFAULT_RUBRIC,
     GRADERS,
@@ -68,6 +68,7 @@ __all__ = [
     "EvalSetImport",
     "JudgeConfig",
     "ResultsImport",
+    "candidate_system_message",
     "eval_endpoint",
     "eval_sets",
     "freeze_set_version",
@@ -469,6 +470,8 @@ class EvalRunReport:
     grader_errors: int
     api_calls: int
     message: str
+    system_message: str = ""
+    """The system message the run sent ('' = none)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures."""
@@ -539,6 +542,7 @@ def run_eval(
     backoff_s: float | None = None,
     on_progress: ProgressCallback | None = None,
     local_weights: LocalWeights | None = None,
+    system_message: str | None = None,
     user: User,
 ) -> EvalRunReport:
     """Run ``model`` on an eval set version and grade its outputs (the llm_judge grader calls
@@ -548,6 +552,11 @@ def run_eval(
     With ``local_weights`` the model answers in-process (``transformers``, batched greedy
     generation) instead of through an endpoint. Every run records the weights it evaluated:
     those, or for a candidate served by an endpoint the weights registered with it.
+
+    Every request opens with ``system_message`` ('' = none; an item's own ``system`` label
+    then applies). Left at None, a candidate of a plan's cycle gets the system message it was
+    trained under (``candidate_system_message``) and other roles none. The run records the
+    message it sent, and a run with another message is another run.
 
     Raises EvalError when the set is missing, a grader is unknown, the judge is missing for
     llm_judge, or the server refuses the key or does not serve the model; AccessError, before
@@ -571,6 +580,9 @@ def run_eval(
     if weights_sha is None and role == "candidate" and plan_id and cycle is not None:
         weights_sha = _registered_weights(store, plan_id, cycle, model)
     who = user.name
+    if system_message is None and role == "candidate" and plan_id and cycle is not None:
+        system_message = candidate_system_message(store, plan_id, cycle)[0]
+    sent = (system_message or "").strip()
     key = _run_key(
         eval_set=eval_set,
         version=number,
@@ -582,6 +594,7 @@ def run_eval(
         samples=samples,
         temperature=temperature,
         **({"weights": local_weights.sha256} if local_weights else {}),
+        **({"system": sent} if sent else {}),
     )
     existing = store.fetch_one("SELECT run_id FROM eval_runs WHERE run_key = ?", [key])
     if existing is not None:
@@ -595,7 +608,8 @@ def run_eval(
         store.execute(
             "INSERT INTO eval_runs (run_id, run_key, plan_id, cycle, role, model, endpoint,"
             " eval_set, set_version, source, samples, temperature, status, started_at, actor,"
-            " weights_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'run', ?, ?, 'running', ?, ?, ?)",
+            " weights_sha256, system_message)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'run', ?, ?, 'running', ?, ?, ?, ?)",
             [
                 run_id,
                 key,
@@ -611,6 +625,7 @@ def run_eval(
                 _now(),
                 who,
                 weights_sha,
+                sent,
             ],
         )
     freeze_used_version(store, eval_set, number, actor=who, reason=f"results of run {run_id}")
@@ -633,6 +648,7 @@ def run_eval(
         backoff_s=float(get_setting("retry_backoff_s")) if backoff_s is None else backoff_s,
         judge=judge,
         on_progress=on_progress,
+        system_message=sent,
     )
     width = int(get_setting("eval_concurrency")) if concurrency is None else concurrency
     active = client
@@ -702,6 +718,7 @@ def run_eval(
         grader_errors=int(graded[1]),
         api_calls=runner.api_calls,
         message=message,
+        system_message=sent,
     )
 
 
@@ -751,13 +768,42 @@ def _grading_work(
 IN_PROCESS = "in-process (transformers)"
 
 
-def _item_messages(item: EvalItem) -> list[dict[str, str]]:
-    """The chat an eval item asks: its system text (a label) and its prompt."""
+def _item_messages(item: EvalItem, system_message: str = "") -> list[dict[str, str]]:
+    """The chat an eval item asks: the run's system message (else the item's own ``system``
+    label, when it has one) and its prompt."""
     messages = [{"role": "user", "content": item.prompt}]
-    system = item.labels.get("system")
-    if isinstance(system, str) and system:
+    label = item.labels.get("system")
+    system = system_message or (label if isinstance(label, str) else "")
+    if system:
         messages.insert(0, {"role": "system", "content": system})
     return messages
+
+
+def candidate_system_message(store: Store, plan_id: str, cycle: int) -> tuple[str | None, str]:
+    """The system message a cycle's candidate was trained under, and where that comes from:
+    its dataset version (the one registered with the candidate, else the cycle's newest),
+    else the plan's ``goal.student_system_message`` when the cycle has built no dataset (none
+    when the plan is not stored either)."""
+    from core.datasets import version_system_message
+    from core.plan_versions import load_plan
+
+    row = store.fetch_one(
+        "SELECT dataset_version FROM cycle_candidates WHERE plan_id = ? AND cycle = ?"
+        " AND dataset_version IN (SELECT version_id FROM dataset_versions)",
+        [plan_id, cycle],
+    ) or store.fetch_one(
+        "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle = ?"
+        " ORDER BY number DESC LIMIT 1",
+        [plan_id, cycle],
+    )
+    if row is not None:
+        version_id = str(row[0])
+        return version_system_message(store, version_id), f"its training data ({version_id})"
+    try:
+        plan, number = load_plan(store, plan_id)
+    except PlanError:
+        return None, f"nothing: plan '{plan_id}' is not stored and cycle {cycle} built no dataset"
+    return plan.goal.system_message, f"the plan's student system message (v{number})"
 
 
 def _registered_weights(store: Store, plan_id: str, cycle: int, model: str) -> str | None:
@@ -781,6 +827,7 @@ class _EvalRunner:
     backoff_s: float
     judge: JudgeConfig | None
     on_progress: ProgressCallback | None
+    system_message: str = ""
     rng: random.Random = field(default_factory=random.Random)
     outputs: list[list[Any]] = field(default_factory=list)
     scores: list[list[Any]] = field(default_factory=list)
@@ -812,7 +859,7 @@ class _EvalRunner:
 
         async def handle(work: tuple[EvalItem, int]) -> None:
             item, sample = work
-            messages = _item_messages(item)
+            messages = _item_messages(item, self.system_message)
             started = time.perf_counter()
             try:
                 reply = await request_with_retries(
@@ -875,7 +922,7 @@ class _EvalRunner:
         for start in range(0, len(pending), max(1, batch_size)):
             chunk = pending[start : start + max(1, batch_size)]
             started = time.perf_counter()
-            answers = model.answer([_item_messages(item) for item, _ in chunk])
+            answers = model.answer([_item_messages(item, self.system_message) for item, _ in chunk])
             latency = (time.perf_counter() - started) * 1000 / len(chunk)
             for (item, sample), (text, tokens_in, tokens_out) in zip(chunk, answers, strict=True):
                 row = [self.run_id, item.item_id, sample, text, None, latency]
@@ -972,9 +1019,12 @@ def import_results(
     plan_id: str | None = None,
     user: User,
     source: str = "import",
+    system_message: str | None = None,
 ) -> ResultsImport:
     """Store results produced elsewhere: one row per (run_id, item_id, model, output, score,
     grader), optionally ``sample``, ``latency_ms``, ``input_tokens``, ``output_tokens``.
+    ``system_message`` is the one the runs were asked under ('' = none; None = not known, which
+    the gates point out for a candidate).
 
     A row with an unknown item, a score outside 0..1, or a model that differs from its run's is
     refused with its line and reason; the others are stored and the set version is frozen.
@@ -996,6 +1046,7 @@ def import_results(
         plan_id=plan_id,
         user=user,
         source=source,
+        system_message=system_message,
     )
 
 
@@ -1010,6 +1061,7 @@ def record_results(
     plan_id: str | None = None,
     user: User,
     source: str = "import",
+    system_message: str | None = None,
 ) -> ResultsImport:
     """Store (line, record) results as ``import_results`` does (the demo uses it directly).
 
@@ -1110,7 +1162,8 @@ def record_results(
                 con.execute(
                     "INSERT INTO eval_runs (run_id, plan_id, cycle, role, model, eval_set,"
                     " set_version, source, samples, status, started_at, finished_at, actor,"
-                    " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'done', ?, ?, ?, ?)",
+                    " message, system_message)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?)",
                     [
                         run_id,
                         plan_id,
@@ -1125,6 +1178,7 @@ def record_results(
                         now,
                         who,
                         "imported",
+                        None if system_message is None else system_message.strip(),
                     ],
                 )
         _insert_rows(con, "eval_outputs", list(outputs.values()))
@@ -1157,7 +1211,8 @@ def list_runs(
     """Eval runs (of a plan and cycle when given), newest first."""
     sql = (
         "SELECT run_id, plan_id, cycle, role, model, endpoint, eval_set, set_version, source,"
-        " samples, status, started_at, finished_at, api_calls, message FROM eval_runs WHERE 1=1"
+        " samples, status, started_at, finished_at, api_calls, message, system_message"
+        " FROM eval_runs WHERE 1=1"
     )
     params: list[Any] = []
     if plan_id is not None:

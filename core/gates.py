@@ -36,9 +36,9 @@ from scipy import stats as sps
 from core.access import Permission, User, require
 from core.audit import record_audit
 from core.errors import GateError
-from core.evals import freeze_used_version, load_items, run_usage
+from core.evals import candidate_system_message, freeze_used_version, load_items, run_usage
 from core.graders import GRADERS, grader_for_metric
-from core.plan import Economics, Gate, Plan
+from core.plan import Economics, Gate, Plan, system_message_hash
 from core.plan_versions import load_plan
 from core.settings import get_setting
 from core.stats import gate_verdict as interval_verdict
@@ -484,6 +484,9 @@ class GateReport:
     gates: list[GateResult]
     runs: dict[str, dict[str, str]]
     checked_at: str
+    warnings: list[str] = field(default_factory=list)
+    """What a reviewer should know that no gate measures (they never change the verdict): a
+    candidate evaluated under another system message than the one it was trained under."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: verdict and gates (name, verdict, value, threshold, evidence, …)."""
@@ -695,7 +698,43 @@ def check_gates(
         results,
         used,
         datetime.now(UTC).isoformat(timespec="seconds"),
+        _system_skew(store, plan_id, cycle, [r["candidate"] for r in used.values()]),
     )
+
+
+def _described(message: str | None) -> str:
+    if not message:
+        return "no system message"
+    shown = message if len(message) <= 60 else message[:57] + "…"
+    return f"the system message {shown!r} ({system_message_hash(message)})"
+
+
+def _system_skew(store: Store, plan_id: str, cycle: int, run_ids: Sequence[str]) -> list[str]:
+    """A warning for each candidate run the gates read that sent another system message than
+    the one the candidate was trained under (runs that did not record theirs are named too)."""
+    if not run_ids:
+        return []
+    trained, source = candidate_system_message(store, plan_id, cycle)
+    warnings: list[str] = []
+    for run_id, sent in store.fetch_all(
+        "SELECT run_id, system_message FROM eval_runs WHERE list_contains(?, run_id)"
+        " ORDER BY run_id",
+        [sorted(set(run_ids))],
+    ):
+        if sent is None:
+            warnings.append(
+                f"Candidate run {run_id} did not record the system message it sent (imported or "
+                f"older results), so it cannot be checked against the one the candidate was "
+                f"trained under ({_described(trained)}, from {source})."
+            )
+        elif (sent or None) != trained:
+            warnings.append(
+                f"Train/eval skew: candidate run {run_id} sent {_described(sent)}, but the "
+                f"candidate was trained under {_described(trained)}, from {source}. Its scores "
+                "may not show how it will be served; run the eval again (a candidate run sends "
+                "its training message by default)."
+            )
+    return warnings
 
 
 def record_decision(

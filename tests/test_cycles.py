@@ -622,3 +622,20 @@ def test_a_new_system_message_makes_a_new_version(store: Store, tmp_path: Path) 
     second = run_cycle(store, plan_id, 1, user=local_operator())
     assert second.new_version and second.sha256 != first.sha256
     assert _system_by_row(store, second.dataset_version).popitem()[1][1] == plan.goal.system_message
+
+
+def test_a_candidate_is_evaluated_under_its_training_data_not_a_newer_plan(
+    store: Store, tmp_path: Path
+) -> None:
+    from core.evals import candidate_system_message
+
+    plan_id = build_workspace(store, tmp_path)
+    built = run_cycle(store, plan_id, 1, user=local_operator())
+    plan, _ = load_plan(store, plan_id)
+    plan.goal.student_system_message = "You are a senior Python reviewer."
+    save_plan_version(store, plan, note="new prompt", user=local_operator(), plan_id=plan_id)
+    assert candidate_system_message(store, plan_id, 1) == (
+        "You are a Python expert.",
+        f"its training data ({built.dataset_version})",
+    )
+    assert candidate_system_message(store, plan_id, 3)[0] == "You are a senior Python reviewer."

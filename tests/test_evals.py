@@ -299,7 +299,9 @@ def test_judge_agreement_with_human_labels(store: Store, tmp_path: Path) -> None
     assert agreement.n == 12 and agreement.kappa == pytest.approx(sm_kappa(table).kappa)
 
 
-def _gate_workspace(store: Store, tmp_path: Path, *, regress_async: bool) -> str:
+def _gate_workspace(
+    store: Store, tmp_path: Path, *, regress_async: bool, candidate_system: str | None = None
+) -> str:
     plan = starter_plan("python_coding_assistant")
     for gate in plan.gates:
         if gate.eval_set:
@@ -327,6 +329,7 @@ def _gate_workspace(store: Store, tmp_path: Path, *, regress_async: bool) -> str
             cycle=1,
             plan_id=plan_id,
             user=ML,
+            system_message=candidate_system if role == "candidate" else None,
         )  # type: ignore[arg-type]
     extra = _results("c-tests", "ft:student", cand_j, "llm_judge")
     extra += _results("c-tests", "ft:student", {i: [1.0] for i in ids}, "python_parses")
@@ -386,3 +389,82 @@ def test_a_decision_rests_on_the_report_core_computes(store: Store, tmp_path: Pa
     with pytest.raises(GateError, match="cannot be approved"):
         record_decision(store, plan_id, 1, decision="approved", user=ML)
     assert store.fetch_one("SELECT count(*) FROM gate_decisions") == (0,)
+
+
+# -- the student's system message --------------------------------------------------------------
+
+EXPERT = "You are a Python expert."  # the coding-assistant starter's student system message
+
+
+def test_a_candidate_run_sends_and_records_the_system_message_it_was_trained_under(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id, _ = save_plan_version(
+        store, starter_plan("python_coding_assistant"), note="t", user=local_operator()
+    )
+    _import(store, tmp_path, code_items(1), "a.jsonl")
+    asked: list[tuple[str, list[dict[str, str]]]] = []
+
+    def recording(request: dict[str, object]) -> str | None:
+        asked.append((str(request["model"]), list(request["messages"])))  # type: ignore[call-overload]
+        return responder(request)
+
+    def run(role: str, **extra: object) -> str:
+        report = run_eval(
+            store,
+            eval_set="py-mini",
+            model="student",
+            role=role,  # type: ignore[arg-type]
+            cycle=1,
+            plan_id=plan_id,
+            endpoint=eval_endpoint(srv.url, api_key="k"),
+            graders=["python_parses"],
+            user=ML,
+            **extra,  # type: ignore[arg-type]
+        )
+        stored = store.fetch_one(
+            "SELECT system_message FROM eval_runs WHERE run_id = ?", [report.run_id]
+        )
+        assert stored == (report.system_message,)
+        return report.system_message
+
+    with FakeOpenAI(responder=recording) as srv:
+        # A candidate is asked under the message it trained under: with no dataset built
+        # yet, the plan's; every request opens with it, and the run records it.
+        assert run("candidate") == EXPERT
+        assert asked and all(m[0] == {"role": "system", "content": EXPERT} for _, m in asked)
+        asked.clear()
+        # '' sends none (another run, not a resume of the first); other roles send none.
+        assert run("candidate", system_message="") == ""
+        assert run("production") == ""
+        assert asked and all(m[0]["role"] == "user" for _, m in asked)
+    runs = store.fetch_all("SELECT DISTINCT run_id FROM eval_runs")
+    assert len(runs) == 3
+
+
+def test_gates_do_not_warn_when_the_candidate_was_evaluated_under_its_training_message(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id = _gate_workspace(store, tmp_path, regress_async=False, candidate_system=EXPERT)
+    same = check_gates(store, plan_id, 1)
+    assert same.verdict == "pass" and same.warnings == []
+
+
+def test_a_train_eval_system_message_skew_is_a_warning_not_a_failure(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id = _gate_workspace(store, tmp_path, regress_async=False, candidate_system="")
+    report = check_gates(store, plan_id, 1)
+    assert report.verdict == "pass"  # the skew never changes the verdict
+    (warning,) = report.warnings
+    assert warning.startswith("Train/eval skew: candidate run c-tests sent no system message")
+    assert f"{EXPERT!r} (6193d3b3204c), from the plan's student system message" in warning
+    assert report.to_dict()["warnings"] == [warning]
+
+
+def test_gates_say_when_a_candidate_run_did_not_record_its_system_message(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id = _gate_workspace(store, tmp_path, regress_async=False)  # imported, message unknown
+    (warning,) = check_gates(store, plan_id, 1).warnings
+    assert "c-tests did not record the system message it sent" in warning
