@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -960,33 +961,49 @@ class _EvalRunner:
         if judge is None or client is None:
             return None, "no judge model configured", ""
         messages = judge_messages(judge.rubric, item.as_mapping(), output, scale=judge.scale)
-        try:
-            reply = await request_with_retries(
-                lambda: client.chat.completions.create(
+        low, high = judge.scale
+        error = ""
+        text = ""
+        # A reply without a score is asked again with the error appended, so the judge can
+        # correct it (bounded like generation's invalid replies).
+        for _ in range(int(get_setting("generation_invalid_retries")) + 1):
+            try:
+                reply = await request_with_retries(
+                    partial(
+                        client.chat.completions.create,
+                        model=judge.model,
+                        messages=messages,
+                        temperature=0.0,
+                        timeout=self.timeout_s,
+                    ),
                     model=judge.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=0.0,
-                    timeout=self.timeout_s,
-                ),
-                model=judge.model,
-                endpoint_display=judge.endpoint.display_url,
-                max_retries=self.max_retries,
-                backoff_s=self.backoff_s,
-                rng=self.rng,
-                before_attempt=self._count,
-                server_name="judge's server",
-            )
-        except (RequestGaveUp, RequestAborted) as exc:
-            return None, f"judge request failed: {exc}", ""
-        try:
-            text = remove_key_values(reply.choices[0].message.content or "")
-        except (AttributeError, IndexError, TypeError):
-            return None, "the judge's reply is not a chat completion", ""
-        score = parse_judge_score(text, scale=judge.scale)
-        if score is None:
-            low, high = judge.scale
-            return None, f"no score on {low}..{high} in the judge's reply: {text[:120]!r}", text
-        return score, None, text[:500]
+                    endpoint_display=judge.endpoint.display_url,
+                    max_retries=self.max_retries,
+                    backoff_s=self.backoff_s,
+                    rng=self.rng,
+                    before_attempt=self._count,
+                    server_name="judge's server",
+                )
+            except (RequestGaveUp, RequestAborted) as exc:
+                return None, f"judge request failed: {exc}", ""
+            try:
+                text = remove_key_values(reply.choices[0].message.content or "")
+            except (AttributeError, IndexError, TypeError):
+                return None, "the judge's reply is not a chat completion", ""
+            score = parse_judge_score(text, scale=judge.scale)
+            if score is not None:
+                return score, None, text[:500]
+            error = f"no score on {low}..{high} in the judge's reply: {text[:120]!r}"
+            messages = [
+                *messages,
+                {"role": "assistant", "content": text},
+                {
+                    "role": "user",
+                    "content": f"That reply was refused: it gives no score on {low}..{high}. "
+                    "Answer again, ending with the score.",
+                },
+            ]
+        return None, error, text
 
 
 # -- imported results --------------------------------------------------------------------------

@@ -75,6 +75,7 @@ __all__ = [
     "backoff_delay",
     "cell_diversity",
     "cell_key",
+    "correction_messages",
     "dry_run",
     "estimate_tokens",
     "list_examples",
@@ -300,6 +301,19 @@ def messages_for(spec: GenerationSpec, cell: dict[str, str], index: int) -> list
     return [
         {"role": "system", "content": system_prompt(spec.plan.generation.output_schema)},
         {"role": "user", "content": render_prompt(spec, cell, index)},
+    ]
+
+
+def correction_messages(reply: str | None, error: str) -> list[dict[str, str]]:
+    """The turns appended after a reply the output schema refused: the reply (keys removed)
+    and a user message naming the error, so the next attempt can correct it."""
+    return [
+        {"role": "assistant", "content": _without_keys(reply) or ""},
+        {
+            "role": "user",
+            "content": f"That reply was refused: {error}. Answer again with the whole JSON "
+            "object, corrected.",
+        },
     ]
 
 
@@ -786,6 +800,8 @@ class _Runner:
                 )
             except ReplyInvalid as exc:
                 reason = f"invalid reply: {exc}"
+                # Asked again with the error in the conversation, so the teacher can fix it.
+                messages = [*messages, *correction_messages(choice.message.content, str(exc))]
                 continue
             except (AttributeError, IndexError, TypeError):
                 reason = "invalid reply: not a chat completion"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "RequestGaveUp",
     "backoff_delay",
     "build_async_client",
+    "chat_reply_problem",
     "describe_error",
     "redact_url",
     "request_with_retries",
@@ -186,6 +188,31 @@ def describe_error(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def chat_reply_problem(reply: object) -> str | None:
+    """Why a 200 reply is not a usable chat completion (no choices, no message), or None."""
+    choices = getattr(reply, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return "the reply is not a chat completion (no choices)"
+    message = getattr(choices[0], "message", None)
+    if message is None or not hasattr(message, "content"):
+        return "the reply is not a chat completion (no message)"
+    return None
+
+
+class _UnusableReply(Exception):
+    """A 200 whose body cannot be used: retried like a 5xx."""
+
+
+# A body cut off or not JSON surfaces as one of these from the client.
+_UNUSABLE_BODY = (
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+    openai.APIResponseValidationError,
+    httpx2.DecodingError,
+    httpx2.RemoteProtocolError,
+)
+
+
 async def request_with_retries(
     send: Callable[[], Awaitable[T]],
     *,
@@ -198,9 +225,11 @@ async def request_with_retries(
     before_attempt: Callable[[], None] | None = None,
     retry_bad_request: Callable[[openai.BadRequestError], bool] | None = None,
     server_name: str = "teacher's server",
+    reply_problem: Callable[[T], str | None] | None = chat_reply_problem,
 ) -> T:
-    """Send one request, retrying 429, 5xx, timeouts and connection failures with backoff
-    that honours Retry-After.
+    """Send one request, retrying 429, 5xx, timeouts, connection failures and unusable 200s
+    (a body that is cut off, not JSON, or for which ``reply_problem`` names a problem) with
+    backoff that honours Retry-After.
 
     ``before_attempt`` runs before every attempt (count calls, stop at a budget by raising).
     ``retry_bad_request`` may adapt the request after an HTTP 400 and ask for a new attempt.
@@ -212,7 +241,23 @@ async def request_with_retries(
         if before_attempt is not None:
             before_attempt()
         try:
-            return await send()
+            try:
+                reply = await send()
+            except _UNUSABLE_BODY as exc:
+                raise _UnusableReply(
+                    f"the reply's body is not valid JSON ({type(exc).__name__})"
+                ) from None
+            problem = reply_problem(reply) if reply_problem is not None else None
+            if problem is None:
+                return reply
+            raise _UnusableReply(problem)
+        except _UnusableReply as exc:
+            if attempt >= max_retries:
+                raise RequestGaveUp(
+                    f"{exc} on {attempt + 1} attempt(s); gave up after {max_retries} retries"
+                ) from None
+            await sleep(backoff_delay(attempt, backoff_s, None, rng))
+            attempt += 1
         except openai.BadRequestError as exc:
             if retry_bad_request is not None and retry_bad_request(exc):
                 continue

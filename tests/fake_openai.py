@@ -9,7 +9,9 @@ malformed JSON and schema-invalid JSON — at a random rate or from a script of 
 With ``Faults(echo_credentials=True)`` it behaves like a careless proxy: every error body (400,
 401, 404, 429, 500, a batch's failed lines) echoes the request's ``Authorization`` header and key,
 and the faults ``bad_body`` (a 200 that is no chat completion) and ``echo`` (a 200 whose reply
-text is the echo) put them in successful responses too.
+text is the echo) put them in successful responses too. ``truncated`` is a 200 whose JSON body
+is cut off halfway (a flaky proxy); ``leadin`` answers with a one-line lead-in before the code,
+which ``coding_qa`` refuses, until the conversation names the error ("one paragraph").
 Replies are valid ``coding_qa`` (so also ``qa`` and ``support_qa``) and distinct from each other,
 unless a ``responder`` gives the reply's text for a request (eval runs and judges use one).
 """
@@ -41,6 +43,8 @@ FAULTS = (
     "no_code",
     "bad_body",
     "echo",
+    "truncated",
+    "leadin",
 )
 
 _VOCABULARY = (
@@ -141,11 +145,20 @@ class FakeOpenAI:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self,
+                status: int,
+                body: Any,
+                headers: dict[str, str] | None = None,
+                *,
+                json_type: bool = False,
+            ) -> None:
                 raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 ctype = (
-                    "application/octet-stream" if isinstance(body, bytes) else "application/json"
+                    "application/octet-stream"
+                    if isinstance(body, bytes) and not json_type
+                    else "application/json"
                 )
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(raw)))
@@ -435,6 +448,17 @@ class FakeOpenAI:
                     content = self._echo("I was asked")
                     self._send(200, completion_body(request["model"], content, chars))
                     return
+                if fault == "truncated":
+                    chars = sum(len(str(m.get("content", ""))) for m in request["messages"])
+                    whole = json.dumps(completion_body(request["model"], "x" * 200, chars))
+                    self._send(200, whole[: len(whole) // 2].encode(), json_type=True)
+                    return
+                if fault == "leadin" and any(
+                    "one paragraph" in str(m.get("content", ""))
+                    for m in request["messages"]
+                    if m.get("role") == "user"
+                ):
+                    fault = ""  # told why: the teacher corrects its answer
                 if fault == "timeout":
                     time.sleep(faults.timeout_sleep_s)
                 content = _content_for(fault, n, state.rng)
@@ -483,6 +507,10 @@ def _content_for(fault: str, n: int, rng: random.Random) -> str:
         return '{"question": "How do I'
     if fault == "invalid":
         return json.dumps({"question": "Missing its answer?"})
+    if fault == "leadin":
+        body = json.loads(reply_content(n, rng))
+        body["answer"] = "Here is a solution:\n" + body["answer"]
+        return json.dumps(body)
     if fault == "no_code":
         return json.dumps({"question": "How do I sort a list?", "answer": "Use sorted()."})
     return reply_content(n, rng)

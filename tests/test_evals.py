@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eval_helpers import code_items, responder, write_jsonl
@@ -108,6 +109,48 @@ def test_an_eval_run_against_the_local_server_with_faults_and_the_judge(
     assert store.fetch_one(
         "SELECT frozen_at IS NOT NULL FROM eval_set_versions WHERE eval_set = 'py-mini'"
     ) == (True,)
+
+
+def test_cut_bodies_are_retried_and_a_judge_told_why_gives_its_score(
+    store: Store, tmp_path: Path
+) -> None:
+    _import(store, tmp_path, code_items(), "a.jsonl")
+    judge_requests: list[int] = []
+
+    def forgetful_judge(request: dict[str, Any]) -> str | None:
+        if request.get("model") != "judge":
+            return responder(request)
+        judge_requests.append(len(request["messages"]))
+        told = "no score" in str(request["messages"][-1]["content"])
+        return "Score: 4\nMostly right." if told else "Looks mostly right to me."
+
+    script = ["truncated", "bad_body", "truncated"]
+    with FakeOpenAI(Faults(), script=script, responder=forgetful_judge) as srv:
+        endpoint = eval_endpoint(srv.url, api_key="sk-eval-SECRET")
+        report = run_eval(
+            store,
+            eval_set="py-mini",
+            model="student",
+            role="candidate",
+            cycle=1,
+            plan_id="p",
+            endpoint=endpoint,
+            graders=["llm_judge"],
+            judge=JudgeConfig(model="judge", endpoint=endpoint),
+            backoff_s=0.01,
+            concurrency=1,
+            user=ML,
+        )
+    assert (report.outputs, report.output_errors, report.graded, report.grader_errors) == (
+        12,
+        0,
+        12,
+        0,
+    )
+    assert {g["grader"]: g["mean"] for g in run_summary(store, report.run_id)} == {
+        "llm_judge": 0.75
+    }
+    assert sorted(set(judge_requests)) == [1, 3]  # asked, then asked again with the error
 
 
 def test_a_rerun_resumes_failed_requests_and_adds_graders(store: Store, tmp_path: Path) -> None:

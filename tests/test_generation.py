@@ -168,6 +168,33 @@ def test_invalid_replies_are_asked_again_then_recorded_as_failed(store: Store) -
     assert "malformed JSON" in failure["failure_reason"] and failure["attempts"] == 3
 
 
+def test_a_refused_reply_goes_back_to_the_teacher_with_its_error(store: Store) -> None:
+    plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=1))
+    teacher = MockTeacher(["invalid", "malformed", "malformed"])
+    report = run_generation(
+        store,
+        plan_id,
+        user=PM,
+        client=mock_client(teacher),
+        concurrency=1,
+        invalid_retries=2,
+        **FAST,
+    )
+    assert (report.generated, report.failed, teacher.calls) == (0, 1, 3)
+    first, second, third = (r["messages"] for r in teacher.requests)
+    assert isinstance(first, list) and isinstance(second, list) and isinstance(third, list)
+    assert len(second) == len(first) + 2 and len(third) == len(first) + 4
+    assert second[-2] == {
+        "role": "assistant",
+        "content": json.dumps({"question": "Where is the answer?"}),
+    }
+    assert second[-1]["role"] == "user" and "answer: Field required" in second[-1]["content"]
+    assert "malformed JSON" in third[-1]["content"]
+    # The reason recorded is the last validation error.
+    failure = list_failures(store, GenerationSpec.load(store, plan_id))[0]
+    assert failure["failure_reason"].startswith("invalid reply: malformed JSON")
+
+
 def test_servers_without_json_schema_fall_back_to_json_mode(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan())
     teacher = MockTeacher(["schema_400"])

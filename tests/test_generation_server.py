@@ -29,7 +29,10 @@ def _endpoint(server: FakeOpenAI):  # type: ignore[no-untyped-def]
     return resolve_endpoint(base_url=server.url, api_key=SECRET)
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "timeout", "malformed", "invalid", "no_code"])
+@pytest.mark.parametrize(
+    "fault",
+    ["429", "500", "timeout", "malformed", "invalid", "no_code", "truncated", "bad_body", "leadin"],
+)
 def test_each_fault_is_survived_and_every_item_ends_valid(store: Store, fault: str) -> None:
     plan_id = store_plan(store, tiny_plan())
     faults = Faults(latency_s=0.01, retry_after_s=0.05, timeout_sleep_s=1.0)
@@ -45,6 +48,28 @@ def test_each_fault_is_survived_and_every_item_ends_valid(store: Store, fault: s
         )
     assert (report.generated, report.failed) == (8, 0)
     assert report.api_calls == 10
+
+
+def test_a_teacher_told_why_its_reply_was_refused_corrects_it(store: Store) -> None:
+    plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=3))
+    # Every first answer opens with a lead-in line, which coding_qa refuses; the teacher
+    # fixes it only when the conversation names the error.
+    with FakeOpenAI(Faults(rate=1.0, kinds=("leadin",))) as server:
+        report = run_generation(
+            store, plan_id, user=PM, endpoint=_endpoint(server), invalid_retries=1, backoff_s=0.01
+        )
+    assert (report.generated, report.failed, report.api_calls) == (3, 0, 6)
+
+
+def test_truncated_bodies_are_retried_then_given_up_with_a_reason(store: Store) -> None:
+    plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=1))
+    with FakeOpenAI(Faults(rate=1.0, kinds=("truncated",))) as server:
+        report = run_generation(
+            store, plan_id, user=PM, endpoint=_endpoint(server), max_retries=2, backoff_s=0.01
+        )
+    assert (report.generated, report.failed, report.api_calls) == (0, 1, 3)
+    reason = list_failures(store, GenerationSpec.load(store, plan_id))[0]["failure_reason"]
+    assert "not valid JSON" in reason and "unexpected error" not in reason
 
 
 def test_a_server_without_json_schema_gets_json_mode(store: Store) -> None:
