@@ -10,7 +10,8 @@ times each (default 2), in fresh processes:
          settings
 and prints the median wall time of each (process start to exit, imports included), the
 training throughput (trained tokens per second), the ratio ours / bare (target ≤ 1.10x) and
-the peak RSS of each process. On a machine with a GPU both use it.
+the peak RSS of each process, and the CPU-time ratio (steadier than wall time on a shared
+machine). On a machine with a GPU both use it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from core.plan import LocalTraining  # noqa: E402
 from core.training.local import LocalJob, _worker_env  # noqa: E402
 
 
-def _run(command: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in MB, and stdout of one process."""
+def _run(command: list[str]) -> tuple[float, float, int, str]:
+    """Wall seconds, CPU seconds, peak RSS in MB, and stdout of one process."""
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, env=_worker_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -46,7 +47,7 @@ def _run(command: list[str]) -> tuple[float, int, str]:
     wall = time.perf_counter() - started
     if status != 0:
         raise SystemExit(f"{command} failed with status {status}")
-    return wall, int(usage.ru_maxrss / 1024), out
+    return wall, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss / 1024), out
 
 
 def main() -> None:
@@ -87,32 +88,37 @@ def main() -> None:
         )
         return job.path
 
-    ours: list[tuple[float, int, int]] = []
-    bare: list[tuple[float, int, int]] = []
+    ours: list[tuple[float, float, int, int]] = []
+    bare: list[tuple[float, float, int, int]] = []
     for n in range(args.repeat):
         folder = job_spec(f"ours-{n}")
-        wall, rss, _ = _run([sys.executable, "-m", "core.training.worker", str(folder)])
+        wall, cpu, rss, _ = _run([sys.executable, "-m", "core.training.worker", str(folder)])
         state = LocalJob(folder).state()
         assert state["status"] == "succeeded", state
-        ours.append((wall, rss, int(state["trained_tokens"])))
+        ours.append((wall, cpu, rss, int(state["trained_tokens"])))
         folder = job_spec(f"bare-{n}")
-        wall, rss, out = _run([sys.executable, "bench/bare_sft.py", str(folder / "spec.json")])
-        bare.append((wall, rss, int(out.strip().splitlines()[-1])))
+        wall, cpu, rss, out = _run([sys.executable, "bench/bare_sft.py", str(folder / "spec.json")])
+        bare.append((wall, cpu, rss, int(out.strip().splitlines()[-1])))
 
-    def line(name: str, runs: list[tuple[float, int, int]]) -> float:
+    def line(name: str, runs: list[tuple[float, float, int, int]]) -> tuple[float, float]:
         wall = statistics.median(r[0] for r in runs)
-        tokens = runs[0][2]
+        cpu = statistics.median(r[1] for r in runs)
+        tokens = runs[0][3]
         print(
-            f"{name:<6}: {wall:7.2f} s wall (median of {len(runs)}), {tokens:,} tokens, "
-            f"{tokens / wall:8.1f} tokens/s, peak RSS {max(r[1] for r in runs):,} MB"
+            f"{name:<6}: {wall:7.2f} s wall, {cpu:7.2f} s CPU (medians of {len(runs)}), "
+            f"{tokens:,} tokens, {tokens / wall:8.1f} tokens/s, "
+            f"peak RSS {max(r[2] for r in runs):,} MB"
         )
-        return wall
+        return wall, cpu
 
     device = "cuda" if _cuda() else "cpu"
     print(f"tiny Llama, {args.rows:,}-row export, 1 epoch of batch 8, on {device}")
-    ours_wall = line("ours", ours)
-    bare_wall = line("bare", bare)
-    print(f"ours / bare: {ours_wall / bare_wall:.3f}x wall time (target ≤ 1.10x)")
+    ours_wall, ours_cpu = line("ours", ours)
+    bare_wall, bare_cpu = line("bare", bare)
+    print(
+        f"ours / bare: {ours_wall / bare_wall:.3f}x wall time (target ≤ 1.10x), "
+        f"{ours_cpu / bare_cpu:.3f}x CPU time"
+    )
     print(f"this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
 
 
