@@ -73,7 +73,8 @@ def _load(spec: dict[str, Any]) -> tuple[Any, Any, str, int]:
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if cuda:
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 where the GPU has it; else full precision (fp16 weights cannot train unscaled).
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         if settings["qlora"]:
             try:
                 import bitsandbytes  # noqa: F401
@@ -87,6 +88,7 @@ def _load(spec: dict[str, Any]) -> tuple[Any, Any, str, int]:
                     bnb_4bit_compute_dtype=kwargs["dtype"],
                     bnb_4bit_use_double_quant=True,
                 )
+                kwargs["device_map"] = {"": 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:
