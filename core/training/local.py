@@ -329,6 +329,15 @@ def _hf_cached(model_id: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def _causal_lm_types() -> frozenset[str]:
+    """Model types transformers loads as causal LMs (a config may name no architecture)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return frozenset()
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
 def base_model_problem(base_model: str, *, chat_template: str = "tokenizer") -> str | None:
     """Why ``base_model`` cannot be fine-tuned here, in one sentence; None when it can.
 
@@ -363,11 +372,18 @@ def base_model_problem(base_model: str, *, chat_template: str = "tokenizer") -> 
     if not config:
         return f"'{name}' has no readable config.json, so it is not a Hugging Face model."
     architectures = [str(a) for a in config.get("architectures") or []]
-    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+    causal = (
+        any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        if architectures
+        else str(config.get("model_type")) in _causal_lm_types()
+    )
+    if not causal:
         kind = ", ".join(architectures) or config.get("model_type") or "unknown"
         return f"'{name}' is not a causal language model (its architecture is {kind})."
+    legacy_template = folder / "chat_template.json" if folder.is_dir() else None
     has_template = bool(
         (template_file and template_file.exists())
+        or (legacy_template and legacy_template.exists())
         or (
             tokenizer_config
             and tokenizer_config.exists()
