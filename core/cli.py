@@ -1349,19 +1349,74 @@ def _document_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, help="version (default: the newest)")
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """The command as typed, e.g. ``plan lint``."""
+    return " ".join(
+        str(v) for k, v in vars(args).items() if (k == "command" or k.endswith("_command")) and v
+    )
+
+
+def _one_line(text: str, limit: int = 2) -> str:
+    """A message cut to its first ``limit`` non-empty lines, joined (DuckDB's run to 28)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[:limit]) if lines else ""
+
+
+def _log_unexpected(command: str) -> Path:
+    """Write the current exception's traceback (keys scrubbed) to a log file; return it."""
+    import tempfile
+    import traceback
+
+    from core.secrets import scrub_secrets
+
+    folder = Path(tempfile.gettempdir()) / "flywheel-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    path = folder / f"{stamp}-{command.replace(' ', '-') or 'cli'}.log"
+    path.write_text(f"python -m core {command}\n{scrub_secrets(traceback.format_exc())}")
+    return path
+
+
+def _fail(message: str, code: int) -> int:
+    from core.secrets import scrub_secrets
+
+    # The last line of defence: a message may quote a server's text.
+    print(f"error: {scrub_secrets(message)}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit status."""
+    """Run one command; return its exit status: 0 done, 1 a check failed, 2 bad input, usage
+    or an environment problem (one line on stderr), 3 an unexpected error (one line naming the
+    command and the log file that holds the traceback)."""
+    import duckdb
+
     args = build_parser().parse_args(argv)
-    store = Store(args.db)
+    command = _command_name(args)
     handler: Handler = args.handler
     try:
+        store = Store(args.db)
         outcome = handler(args, store)
     except FlywheelError as exc:
-        from core.secrets import scrub_secrets
-
-        # The last line of defence: a message may quote a server's text.
-        print(f"error: {scrub_secrets(str(exc))}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except RecursionError:
+        return _fail(
+            f"{command}: the input is nested too deeply (beyond {sys.getrecursionlimit()} "
+            "levels); flatten it.",
+            2,
+        )
+    except duckdb.Error as exc:
+        return _fail(
+            f"{command}: the store {args.db or default_db_path()} cannot be used: "
+            f"{_one_line(str(exc))}",
+            2,
+        )
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(f"{command}: cannot use{where}: {exc.strerror or _one_line(str(exc))}", 2)
+    except Exception:
+        log = _log_unexpected(command)
+        return _fail(f"{command}: unexpected error; the traceback is in {log}", 3)
     if args.json:
         print(json.dumps(outcome.data, default=str))
     elif outcome.text:

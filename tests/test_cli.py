@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
+import core.cli
+from core.cli import main
 from core.plan_files import dump_plan
 from core.plan_versions import list_plans
 from core.starters import starter_plan
@@ -111,3 +114,76 @@ def test_unknown_extension_is_bad_input(store: Store, tmp_path: Path) -> None:
 
 def test_usage_error_exits_2(store: Store) -> None:
     assert run("plan", "frobnicate", db=store.path).returncode == 2
+
+
+def _truncated_store(tmp_path: Path) -> Path:
+    whole = tmp_path / "whole.duckdb"
+    Store(whole).schema_version()
+    # A copy under another name: this process never opened it, so nothing of it is cached.
+    path = tmp_path / "cut.duckdb"
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["plan", "list"], ["dataset", "list"], ["forget", "user-1"], ["backup", "BACKUP"]],
+)
+def test_a_truncated_or_unreadable_store_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    for db in (_truncated_store(tmp_path), tmp_path / "garbage.duckdb"):
+        if db.name == "garbage.duckdb":
+            db.write_bytes(b"not a store " * 1000)
+        argv = [str(tmp_path / "bk") if a == "BACKUP" else a for a in command]
+        assert main([*argv, "--db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+@pytest.mark.parametrize("command", [["plan", "lint"], ["plan", "import"]])
+def test_nesting_beyond_the_depth_limit_is_bad_input(
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    suffix: str,
+    command: list[str],
+) -> None:
+    deep = tmp_path / f"deep{suffix}"
+    nested = "[" * 50_000 + "]" * 50_000
+    deep.write_text(nested if suffix == ".json" else f"name: {nested}\n")
+    assert main([*command, str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and err.count("\n") == 1
+
+
+def test_an_unwritable_output_is_one_line_and_exit_2(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["backup", str(blocker / "backup")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_an_unexpected_error_names_the_command_and_a_log_with_the_traceback(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(core.cli, "cmd_plan_list", broken)
+    assert main(["plan", "list"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan list" in err
+    log = Path(err.rsplit(" ", 1)[1].strip())
+    assert "ZeroDivisionError: boom" in log.read_text() and "Traceback" in log.read_text()
+
+
+def test_the_entry_point_turns_a_truncated_store_into_exit_2(tmp_path: Path) -> None:
+    done = run("dataset", "list", db=_truncated_store(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
