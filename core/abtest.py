@@ -9,7 +9,8 @@ not independent.
     design            ABDesignResult, design_ab_test, plan_design (the lint's own functions)
     metrics           METRICS, MetricDef, resolve_metric
     analysis          analyse_cycle → ABAnalysis (arms, SRM, primary, CUPED, secondaries,
-                      guardrails, lift over time, decision)
+                      guardrails, lift over time, decision, the system message the
+                      student's arm logged)
 
 Statistics errors (``ValueError`` from ``core.stats``) surface as ``AnalysisError``.
 """
@@ -25,7 +26,7 @@ from typing import Any, Literal
 from core import stats
 from core.errors import AnalysisError
 from core.lint import ab_requirement
-from core.plan import ABDesign, Plan, plan_timeline
+from core.plan import ABDesign, Plan, plan_timeline, system_message_hash
 from core.settings import get_setting
 from core.store import Store
 
@@ -39,6 +40,7 @@ __all__ = [
     "LiftPoint",
     "MetricDef",
     "MetricRow",
+    "StudentSystemSummary",
     "ab_window",
     "analyse_cycle",
     "analyse_cycles",
@@ -328,6 +330,23 @@ class LiftPoint:
 
 
 @dataclass(frozen=True)
+class StudentSystemSummary:
+    """The system messages the student's arm logged, by hash (first 12 hex digits of sha256),
+    most logged first, against the plan's student system message."""
+
+    arm: str
+    interactions: int
+    logged: int
+    hashes: tuple[tuple[str, int], ...]
+    plan_hash: str | None
+
+    @property
+    def matches_plan(self) -> bool:
+        """Whether every logged system message is the plan's."""
+        return [h for h, _ in self.hashes] == [self.plan_hash]
+
+
+@dataclass(frozen=True)
 class ABAnalysis:
     """A cycle's A/B test analysed: what the page and ``ab report`` show."""
 
@@ -353,6 +372,7 @@ class ABAnalysis:
     decision: stats.ABDecision
     observed_daily_users: float | None
     warnings: tuple[str, ...] = field(default=())
+    student_system: StudentSystemSummary | None = None
 
     @property
     def primary(self) -> stats.ABResult:
@@ -395,6 +415,11 @@ class ABAnalysis:
             "reasons": list(self.decision.reasons),
             "days_remaining": self.decision.days_remaining,
             "warnings": list(self.warnings),
+            "student_system": (
+                {**asdict(self.student_system), "matches_plan": self.student_system.matches_plan}
+                if self.student_system
+                else None
+            ),
         }
 
 
@@ -839,6 +864,15 @@ def _analyse(
     ]
     guardrails = tuple(row for row, _ in checked)
     cuped = _cuped(store, params, primary_def, window[0], preperiod_days, alpha) if detail else None
+    student_system = _student_system(store, plan, params, arms[1]) if detail else None
+    if student_system is not None and not student_system.matches_plan:
+        logged = ", ".join(f"{h} ×{n}" for h, n in student_system.hashes)
+        warnings.append(
+            f"Train/serve skew: the {treatment} arm logged system message(s) {logged} on "
+            f"{student_system.logged} of {student_system.interactions} interactions, not the "
+            f"plan's student system message ({student_system.plan_hash or 'none'}) that the "
+            "student trains under."
+        )
     lift_points = (
         _lift_over_time(store, params, primary_def, control, treatment, alpha, design)
         if detail
@@ -886,6 +920,29 @@ def _analyse(
         decision=decision,
         observed_daily_users=observed_daily,
         warnings=tuple(warnings),
+        student_system=student_system,
+    )
+
+
+def _student_system(
+    store: Store, plan: Plan, params: dict[str, Any], arm: ArmSummaryRow
+) -> StudentSystemSummary | None:
+    """The system messages the student's (treatment) arm logged; None when it logged none."""
+    sql = f"""
+    WITH {_TEST_CTE}
+    SELECT left(sha256(system), 12) AS hash, count(*) AS n FROM clean
+    WHERE variant = $treatment AND coalesce(system, '') <> ''
+    GROUP BY hash ORDER BY n DESC, hash
+    """
+    rows = store.fetch_all(sql, {**params, "treatment": arm.arm})
+    if not rows:
+        return None
+    return StudentSystemSummary(
+        arm=arm.arm,
+        interactions=arm.interactions,
+        logged=sum(int(n) for _, n in rows),
+        hashes=tuple((str(h), int(n)) for h, n in rows),
+        plan_hash=system_message_hash(plan.goal.system_message),
     )
 
 

@@ -469,6 +469,13 @@ def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
     verdict = analysis.decision.verdict.replace("_", " ")
     lines.append(f"Decision: {verdict}.")
     lines += [f"  - {reason}" for reason in analysis.decision.reasons]
+    served = analysis.student_system
+    if served is not None:
+        lines.append(
+            f"System message the {served.arm} arm logged: "
+            + ", ".join(f"{h} on {n:,}" for h, n in served.hashes)
+            + f" of {served.interactions:,} interactions (plan: {served.plan_hash or 'none'})."
+        )
     lines += [f"warning: {w}" for w in analysis.warnings]
     failed = analysis.decision.verdict in ("roll_back", "invalid_srm")
     return Outcome(data, "\n".join(lines), exit_code=1 if failed else 0)

@@ -752,6 +752,45 @@ def _cycle_training(store: Any, plan_id: str, cycle: int) -> list[dict[str, Any]
     ]
 
 
+def _system_values(lineage: Mapping[str, Any], production: int) -> dict[str, Any] | None:
+    """What the datasheet says of the version's system message and its production rows' logged
+    ones; None for a version built before versions recorded it."""
+    recorded = lineage.get("system_message")
+    if recorded is None:
+        return None
+    policy_name = str(recorded["production_rows"])
+    different, other, none = (
+        int(recorded["logged_different"]),
+        int(recorded["logged_other"]),
+        int(recorded["logged_none"]),
+    )
+    if recorded["text"]:
+        differ = (
+            f"{different:,} of {production:,} logged a different one "
+            f"({other:,} another text, {none:,} none)"
+        )
+    else:
+        differ = f"{different:,} of {production:,} logged one"
+    if not production:
+        policy = f"The version holds no production rows (production_system {policy_name})."
+    elif policy_name == "plan":
+        policy = (
+            f"Production rows train {'under it' if recorded['text'] else 'without one'} too, "
+            f"whatever they logged (production_system plan): {differ}, replaced here."
+        )
+    else:
+        policy = (
+            "Production rows keep the system text they logged (production_system logged): "
+            f"{differ}, and train under it."
+        )
+    return {
+        "text": recorded["text"],
+        "hash": recorded["hash"],
+        "policy": policy,
+        "messages": len(recorded.get("carried", [])),
+    }
+
+
 @document("datasheet", "Datasheet", "dataset")
 def build_datasheet(*, store: Any, version_id: str) -> DocumentContext:
     """A dataset version: lineage, composition per cell, filters with parameters, known limits."""
@@ -774,8 +813,15 @@ def build_datasheet(*, store: Any, version_id: str) -> DocumentContext:
         limits.append(
             f"{version.synthetic_rows} row(s) are synthetic: written by the teacher, not by users."
         )
+    system = _system_values(lineage, version.production_rows)
+    if system is not None and system["messages"] > 1:
+        limits.append(
+            f"The rows carry {system['messages']} different system messages (or none): the "
+            "student learns under more than the one prompt it is served with."
+        )
     values = {
         "dataset": _version_values(version),
+        "system": system,
         "plan_id": version.plan_id,
         "window": lineage.get("window"),
         "batches": list(lineage.get("batches", [])),

@@ -133,6 +133,15 @@ def results(analysis: ABAnalysis) -> None:
         hide_index=True,
         width="stretch",
     )
+    served = analysis.student_system
+    if served is not None:
+        st.caption(
+            f"System message the {served.arm} arm logged (sha256, first 12 digits): "
+            + ", ".join(f"`{h}` on {n:,}" for h, n in served.hashes)
+            + f" of {served.interactions:,} interactions; the plan's student system message: "
+            + (f"`{served.plan_hash}`" if served.plan_hash else "none")
+            + (" ✓" if served.matches_plan else " — not the one the student trains under.")
+        )
     srm = analysis.srm
     st.caption(
         f"Sample ratio check: {srm.status.replace('_', ' ')}"

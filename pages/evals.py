@@ -16,6 +16,7 @@ from core.datasets import list_versions
 from core.evals import (
     ROLES,
     JudgeConfig,
+    candidate_system_message,
     eval_endpoint,
     eval_sets,
     import_eval_set,
@@ -289,6 +290,8 @@ with report_tab:
             st.markdown(f":red-background[{message}]")
         else:
             {"pass": st.success}.get(report.verdict, st.warning)(message)
+        for warning in report.warnings:
+            st.warning(warning, icon=":material/warning:")
         st.dataframe(
             pd.DataFrame(
                 [
@@ -483,6 +486,14 @@ with run_tab:
             "Graders", list(GRADERS), default=["python_parses", "python_tests"]
         )
         samples = st.number_input("Samples per item", min_value=1, max_value=20, value=1)
+        trained, trained_from = cached_read(candidate_system_message, plan_id, cycle)
+        system_text = st.text_area(
+            "System message",
+            value=trained or "",
+            help=f"Sent at the start of every request of this run. Prefilled with the one the "
+            f"cycle's candidate was trained under ({trained_from}), so that it is evaluated as "
+            "it will be served; clear it to send none.",
+        )
         if eval_refused:
             st.caption(eval_refused)
         if st.form_submit_button("Run eval", disabled=not sets or eval_refused is not None):
@@ -504,6 +515,7 @@ with run_tab:
                     graders=chosen_graders,
                     samples=int(samples),
                     judge=judge,
+                    system_message=system_text,
                     user=user,
                     on_progress=lambda done, total: bar.progress(
                         min(1.0, done / max(1, total)), text=f"{done}/{total}"

@@ -55,8 +55,10 @@ def write_test(
     preperiod: bool = False,
     seed: int = 1,
     cycle: int = 1,
+    system: dict[str, str] | None = None,
 ) -> str:
-    """Store the plan and a seeded A/B test of ``users`` users in the cycle's window."""
+    """Store the plan and a seeded A/B test of ``users`` users in the cycle's window (each
+    arm's interactions logging ``system[arm]`` as their system text, when given)."""
     plan_id, _ = save_plan_version(store, plan, note="test", user=local_operator())
     rng = np.random.default_rng(seed)
     first, last = ab_window(plan, cycle)
@@ -94,6 +96,7 @@ def write_test(
                             rng.lognormal(np.log(latency[variant == "treatment"]), 0.3)
                         ),
                         "cost_usd": float(rng.uniform(0.001, 0.003)),
+                        **({"system": system[variant]} if system and variant in system else {}),
                     }
                 )
             )
@@ -140,6 +143,41 @@ def test_a_clear_win_ships(store: Store, tmp_path: Path) -> None:
     assert result.primary.always_valid and result.primary.ci is not None
     assert result.primary.ci[0] > 0
     assert any("significant improvement" in r for r in result.decision.reasons)
+
+
+def test_the_analysis_shows_the_system_message_the_student_arm_logged(
+    store: Store, tmp_path: Path
+) -> None:
+    plan = demo_plan()  # its student system message: "You are a Python expert."
+    served = {"control": "You are a helpful assistant.", "treatment": "You are a Python expert."}
+    plan_id = write_test(store, plan, tmp_path, users=400, system=served)
+    result = analyse_cycle(store, plan, 1, plan_id=plan_id)
+    assert result is not None and result.student_system is not None
+    treatment = next(a for a in result.arms if a.arm == "treatment")
+    assert result.student_system.hashes == (("6193d3b3204c", treatment.interactions),)
+    assert result.student_system.matches_plan
+    assert result.to_dict()["student_system"]["plan_hash"] == "6193d3b3204c"
+    assert not [w for w in result.warnings if "skew" in w]
+
+
+def test_a_student_arm_served_under_another_system_message_is_a_skew_warning(
+    store: Store, tmp_path: Path
+) -> None:
+    plan = demo_plan()
+    plan_id = write_test(store, plan, tmp_path, users=400, system={"treatment": "Be brief."})
+    result = analyse_cycle(store, plan, 1, plan_id=plan_id)
+    assert result is not None and result.student_system is not None
+    assert not result.student_system.matches_plan
+    (skew,) = [w for w in result.warnings if w.startswith("Train/serve skew")]
+    assert "not the plan's student system message (6193d3b3204c)" in skew
+
+
+def test_no_system_summary_where_the_logs_carry_none(store: Store, tmp_path: Path) -> None:
+    plan = demo_plan()
+    plan_id = write_test(store, plan, tmp_path, users=200)
+    result = analyse_cycle(store, plan, 1, plan_id=plan_id)
+    assert result is not None and result.student_system is None
+    assert result.to_dict()["student_system"] is None
 
 
 def test_a_guardrail_breach_rolls_back_even_when_the_primary_wins(

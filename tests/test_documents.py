@@ -396,6 +396,12 @@ def test_datasheet_shows_lineage_composition_and_limits_and_cli_writes_it(
     text = render_document("datasheet", "md", generated_at=AT, **inputs).decode("utf-8")
     assert "- **Parent version:** `ds-python-coding-assistant-c1-v1`" in text
     assert "105 rows (91 train, 14 validation): 75 production, 30 synthetic." in text
+    # Every row trains under the plan's system message; the demo's logs carry none.
+    assert (
+        "**System message:** You are a Python expert. (sha256 `6193d3b3204c`…). Production rows "
+        "train under it too, whatever they logged (production\\_system plan): 75 of 75 logged "
+        "a different one (0 another text, 75 none), replaced here."
+    ) in text
     assert "| `near_dedup` | near\\_dedup(threshold=0.8, keep=best\\_rated) | plan |" in text
     assert "fewer than the plan's min\\_new\\_examples" in text  # a known limit
     out = tmp_path / "sheet.md"
