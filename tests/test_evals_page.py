@@ -23,7 +23,7 @@ def test_cycle_2_fails_its_slice_gate_and_an_override_needs_a_reason(demo_store:
     assert not at.exception, at.exception
     assert at.selectbox(key="evals_cycle").value == 2
     assert not at.error
-    assert any("fail" in m.value and "python-assistant:c2" in m.value for m in at.markdown)
+    assert any("fail" in m.value and "pyassist-lora-c2" in m.value for m in at.markdown)
     evidence = " ".join(m.value for m in at.markdown)
     assert "slice topic=async and concurrency" in evidence
     heat = at.get("plotly_chart")
