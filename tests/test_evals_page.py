@@ -27,7 +27,7 @@ def test_cycle_2_fails_its_slice_gate_and_an_override_needs_a_reason(demo_store:
     evidence = " ".join(m.value for m in at.markdown)
     assert "slice topic=async and concurrency" in evidence
     heat = at.get("plotly_chart")
-    assert len(heat) == 2  # the slice heatmap and the wins/losses bars
+    assert len(heat) == 3  # the training job's loss curve, the slice heatmap, wins/losses bars
 
     # Overriding the failed gates needs a written reason, and is recorded and audited.
     at.radio[0].set_value("overridden")

@@ -143,24 +143,21 @@ def test_a_version_with_lint_errors_cannot_be_approved(store: Store) -> None:
         record_decision(store, pid, 1, role="pm", user=PM, decision="approve")
 
 
-def test_gate_override_needs_the_ml_lead_role(store: Store) -> None:
-    from core.gates import GateReport, record_decision
+def test_gate_override_needs_the_ml_lead_role(demo_store: Store) -> None:
+    from core.gates import check_gates, record_decision
 
-    report = GateReport(
-        plan_id="p",
-        plan_version=1,
-        cycle=2,
-        candidate="ft:student",
-        verdict="fail",
-        gates=[],
-        runs={},
-        checked_at="2027-01-01T00:00:00+00:00",
-    )
+    plan_id, cycle = "python-coding-assistant", 2  # the demo's cycle 2 fails a slice gate
+    assert check_gates(demo_store, plan_id, cycle).verdict == "fail"
     reason = "Slice regression is a known labelling issue, fixed next cycle."
     with pytest.raises(AccessError, match="may not override gates"):
-        record_decision(store, report, decision="overridden", reason=reason, user=PM)
-    decision_id = record_decision(store, report, decision="overridden", reason=reason, user=ML)
-    row = store.fetch_one("SELECT actor FROM audit_log WHERE action = 'gate.overridden'")
+        record_decision(demo_store, plan_id, cycle, decision="overridden", reason=reason, user=PM)
+    decision_id = record_decision(
+        demo_store, plan_id, cycle, decision="overridden", reason=reason, user=ML
+    )
+    row = demo_store.fetch_one(
+        "SELECT actor FROM audit_log WHERE action = 'gate.overridden'"
+        " ORDER BY audit_id DESC LIMIT 1"
+    )
     assert decision_id and row == ("Omar",)
 
 
