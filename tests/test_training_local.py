@@ -32,6 +32,7 @@ from core.training import (
     resume_training,
     start_training,
     training_jobs,
+    training_root,
     weights_sha256,
 )
 from core.training.inference import LocalWeights
@@ -290,6 +291,7 @@ def test_bad_base_models_are_refused_before_anything_runs(
     with pytest.raises(DatasetError):
         _start(workspace, dataset_version="ds-no-such-version")
     assert len(training_jobs(store, plan_id)) == before
+    assert all((d / "spec.json").exists() for d in training_root(store).glob("local-*"))
     assert model.exists() and version
 
 
@@ -297,14 +299,14 @@ def test_missing_target_modules_fail_the_job_in_one_sentence(
     workspace: tuple[Store, str, str, Path], trained: TrainingJob
 ) -> None:
     store, plan_id, _, _ = workspace
+    before = {j["job_id"] for j in training_jobs(store, plan_id, 1)}
     _set_local_settings(store, plan_id, target_modules=["query_key_value"])
     try:
         with pytest.raises(TrainingError, match="no module named query_key_value"):
             _start(workspace, max_steps=4)
     finally:
         _set_local_settings(store, plan_id, target_modules=["all-linear"])
-    local_jobs = [j for j in training_jobs(store, plan_id, 1) if j["backend"] == "local"]
-    newest = max(local_jobs, key=lambda j: str(j["job_id"]))
+    (newest,) = [j for j in training_jobs(store, plan_id, 1) if j["job_id"] not in before]
     assert newest["status"] == "failed" and "\n" not in str(newest["error"])
     assert cycle_candidate(store, plan_id, 1) is not None  # cycle 1 keeps its earlier candidate
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -280,7 +281,12 @@ def start_training(
         )
         check_output_path(target)  # before its folder is made: never the store or a managed file
         target.parent.mkdir(parents=True, exist_ok=True)
-        path, _, _ = export_dataset_version(store, dataset_version, target)
+        try:
+            path, _, _ = export_dataset_version(store, dataset_version, target)
+        except DatasetError:
+            if job_dir is not None:
+                shutil.rmtree(job_dir, ignore_errors=True)  # no job: leave no folder behind
+            raise
     rows, sha256 = _check_export(path)
     if job_dir is not None:
         job_id = job_dir.name
