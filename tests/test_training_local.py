@@ -69,7 +69,10 @@ def workspace(
     patch.undo()
 
 
-def _start(workspace: tuple[Store, str, str, Path], **options: object) -> TrainingJob:
+def _start(
+    workspace: tuple[Store, str, str, Path], *, cycle: int = 1, **options: object
+) -> TrainingJob:
+    """A local job of ``cycle`` on the tiny model and the demo's cycle 1 version."""
     store, plan_id, version, model = workspace
     settings: dict[str, object] = {
         "max_steps": 24,
@@ -81,7 +84,7 @@ def _start(workspace: tuple[Store, str, str, Path], **options: object) -> Traini
     return start_training(
         store,
         plan_id,
-        1,
+        cycle,
         backend="local",
         user=ML,
         **settings,  # type: ignore[arg-type]
@@ -214,17 +217,7 @@ def test_cancel_leaves_the_job_cancelled_and_sets_no_candidate(
     workspace: tuple[Store, str, str, Path], trained: TrainingJob
 ) -> None:
     store, plan_id, _, _ = workspace
-    job = start_training(
-        store,
-        plan_id,
-        4,
-        dataset_version=workspace[2],
-        backend="local",
-        base_model=str(workspace[3]),
-        max_steps=5000,
-        wait=False,
-        user=ML,
-    )
+    job = _start(workspace, cycle=4, max_steps=5000, wait=False)
     assert job.status == "queued"
     local = _job_dir(store, job.job_id)
     _wait_for(lambda: (local.state().get("step") or 0) > 0)
@@ -240,17 +233,7 @@ def test_a_job_killed_halfway_resumes_from_its_checkpoint(
     workspace: tuple[Store, str, str, Path], trained: TrainingJob
 ) -> None:
     store, plan_id, _, _ = workspace
-    job = start_training(
-        store,
-        plan_id,
-        5,
-        dataset_version=workspace[2],
-        backend="local",
-        base_model=str(workspace[3]),
-        max_steps=24,
-        wait=False,
-        user=ML,
-    )
+    job = _start(workspace, cycle=5, wait=False)
     local = _job_dir(store, job.job_id)
     _wait_for(lambda: local.last_checkpoint() is not None)
     os.killpg(int(local.state()["pid"]), signal.SIGKILL)
