@@ -7,7 +7,14 @@ from datetime import UTC, datetime, time, timedelta
 import pandas as pd
 import streamlit as st
 
-from core.audit import audit_actions, audit_csv, audit_entries
+from core.audit import (
+    ACTION_FAMILIES,
+    action_choices,
+    audit_actions,
+    audit_csv,
+    audit_entries,
+    audit_span,
+)
 from pages._common import get_store, guarded, page_header
 
 page_header("Audit")
@@ -23,13 +30,30 @@ if not actions:
     st.info("Nothing has been recorded yet: save a plan or load data to see entries here.")
     st.stop()
 
-families = sorted({a.split(".")[0] + "." for a in actions})
+
+def _choice_label(choice: str) -> str:
+    if choice == "(all)":
+        return "every action"
+    if choice in ACTION_FAMILIES:
+        return f"{choice} (and its sub-actions): {ACTION_FAMILIES[choice]}"
+    return choice
+
+
 left, middle, right = st.columns([1.2, 1, 1.4])
-action = left.selectbox("Action", ["(all)", *families, *actions])
+action = left.selectbox(
+    "Action",
+    ["(all)", *action_choices(actions)],
+    format_func=_choice_label,
+    help="A family such as ingest or plan matches the action and every sub-action of it.",
+)
 actor = middle.text_input("Actor", placeholder="anyone")
 target = right.text_input("Target contains", placeholder="plan id, batch id, cycle …")
 today = datetime.now(UTC).date()
-window = st.date_input("Between", (today - timedelta(days=90), today))
+span = guarded(lambda: audit_span(store))
+# From the first entry to the last (or today): no entry is hidden by the default window.
+first = span[0].date() if span else today - timedelta(days=90)
+last = max(today, span[1].date()) if span else today
+window = st.date_input("Between", (first, last))
 start, end = window if isinstance(window, tuple) and len(window) == 2 else (None, None)
 
 entries = (

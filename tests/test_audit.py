@@ -51,3 +51,62 @@ def test_no_code_path_rewrites_the_audit_log() -> None:
         )
     ]
     assert offenders == []
+
+
+def _written_actions() -> list[str]:
+    """Every action a ``record_audit`` call in core writes, read from the code; an f-string's
+    variable part becomes ``sub`` (``gate.{decision}`` → ``gate.sub``)."""
+    import re
+
+    from conftest import ROOT
+
+    found: list[str] = []
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for call in re.finditer(r"record_audit\(", text):
+            if text[: call.start()].rstrip().endswith("def"):
+                continue  # the definition itself
+            body = text[call.end() : call.end() + 400]
+            literal = re.search(r"action=f?\"([^\"]+)\"", body)
+            assert literal, f"{path.name}: a record_audit call whose action is not a literal"
+            found.append(re.sub(r"\{[^}]*\}", "sub", literal.group(1)))
+    return found
+
+
+def test_every_action_the_code_writes_has_a_filter_choice_that_finds_it(store: Store) -> None:
+    from core.audit import ACTION_FAMILIES, action_choices, record_audit
+
+    written = sorted(set(_written_actions()))
+    assert {"plan.save", "ingest", "view_raw_text", "forget", "cycle_run", "gate.sub"} <= set(
+        written
+    )
+    offered = action_choices([])
+    for action in written:
+        assert action.split(".")[0] in ACTION_FAMILIES, f"no filter choice for '{action}'"
+        assert action.split(".")[0] in offered
+    with store.transaction() as con:
+        for n, action in enumerate(written):
+            record_audit(con, actor="tester", action=action, target=f"t{n}")
+    for family in ACTION_FAMILIES:
+        expected = sorted(a for a in written if a == family or a.startswith(family + "."))
+        for choice in (family, family + "."):
+            got = sorted(e.action for e in audit_entries(store, action=choice))
+            assert got == expected, f"filter '{choice}'"
+    # The choices the page offers on this log: each family, then the exact sub-actions.
+    choices = action_choices(sorted(written))
+    for action in written:
+        assert action in choices
+        assert [e.action for e in audit_entries(store, action=action)] == [action]
+
+
+def test_family_filter_does_not_match_a_longer_family(store: Store) -> None:
+    from core.audit import record_audit
+
+    with store.transaction() as con:
+        record_audit(con, actor="a", action="eval.run", target="r1")
+        record_audit(con, actor="a", action="eval_set.freeze", target="s1")
+        record_audit(con, actor="a", action="view_raw_text", target="b1")
+        record_audit(con, actor="a", action="view_raw_text", target="b2")
+    assert [e.target for e in audit_entries(store, action="eval")] == ["r1"]
+    assert [e.target for e in audit_entries(store, action="eval_set.")] == ["s1"]
+    assert [e.target for e in audit_entries(store, action="view_raw_text.")] == ["b2", "b1"]
