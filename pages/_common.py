@@ -5,15 +5,17 @@ Pages stay thin: widgets in, ``core`` calls, charts and tables out. No business 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 import streamlit as st
 
 from core.access import User, dashboard_user, login_providers
 from core.demo import is_demo_workspace, load_demo
 from core.errors import FlywheelError
+from core.labels import MISSING, label, show
 from core.plan_versions import PlanSummary, list_plans
 from core.settings import get_setting
 from core.store import Store
@@ -207,3 +209,44 @@ def plan_selector() -> str | None:
         "Plan", ids, format_func=names.__getitem__, key="plan_picker", on_change=_follow_picker
     )
     return str(st.session_state["plan_id"])
+
+
+def readable_frame(
+    data: pd.DataFrame | Sequence[Mapping[str, Any]], *, codes: Iterable[str] = ()
+) -> pd.DataFrame:
+    """A table's cells as a person reads them: text cells through core.labels.show (JSON as
+    key-value text, lists comma-separated, missing as "—"), the ``codes`` columns (stages,
+    decisions, states) by their labels; numbers, booleans and times stay typed for sorting."""
+    frame = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+    coded = set(codes)
+    for column in frame.columns:
+        if column in coded:
+            frame[column] = frame[column].map(lambda v: MISSING if v is None else label(v))
+        elif frame[column].dtype == object:
+            frame[column] = frame[column].map(show)
+    return frame
+
+
+def table(
+    data: pd.DataFrame | Sequence[Mapping[str, Any]],
+    *,
+    codes: Iterable[str] = (),
+    pinned: Iterable[str] = (),
+    column_config: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Any:
+    """``st.dataframe`` with human column labels (core.labels), readable cells (see
+    ``readable_frame``), "—" for missing values, and the ``pinned`` columns kept in view when
+    the table scrolls sideways."""
+    frame = readable_frame(data, codes=codes)
+    config: dict[str, Any] = dict(column_config or {})
+    keep_in_view = set(pinned)
+    for column in frame.columns:
+        if column not in config:
+            config[column] = st.column_config.Column(
+                label(column), pinned=column in keep_in_view or None
+            )
+    options.setdefault("hide_index", True)
+    options.setdefault("width", "stretch")
+    options.setdefault("placeholder", MISSING)
+    return st.dataframe(frame, column_config=config, **options)

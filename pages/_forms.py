@@ -18,6 +18,7 @@ import streamlit as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from core.labels import label
 from core.plan import FILTER_KINDS
 
 LONG_TEXT = {"prompt_template", "business_goal", "notes", "purpose", "student_system_message"}
@@ -37,9 +38,8 @@ def read_only(on: bool) -> Iterator[None]:
 
 
 def label_of(name: str) -> str:
-    """A field name as a label: ``retention_days`` → ``Retention days``."""
-    text = name.replace("_", " ")
-    return text[:1].upper() + text[1:]
+    """A field's human label from core.labels: ``mde`` → ``Minimum detectable effect``."""
+    return label(name)
 
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:
@@ -89,7 +89,13 @@ def edit_field(name: str, info: FieldInfo, value: Any, key: str) -> Any:
         if get_origin(item) is Literal:
             options = list(get_args(item))
             return st.multiselect(
-                label, options, default=value or [], help=help_text, key=key, disabled=off
+                label,
+                options,
+                default=value or [],
+                format_func=label_of,
+                help=help_text,
+                key=key,
+                disabled=off,
             )
         text = st.text_input(
             label,
@@ -108,7 +114,15 @@ def edit_field(name: str, info: FieldInfo, value: Any, key: str) -> Any:
     if origin is Literal:
         options = list(get_args(annotation))
         index = options.index(value) if value in options else 0
-        return st.selectbox(label, options, index=index, help=help_text, key=key, disabled=off)
+        return st.selectbox(
+            label,
+            options,
+            index=index,
+            format_func=label_of,
+            help=help_text,
+            key=key,
+            disabled=off,
+        )
     if annotation is bool:
         return st.toggle(label, value=bool(value), help=help_text, key=key, disabled=off)
     if annotation is int:
@@ -145,7 +159,11 @@ def _column(name: str, info: FieldInfo) -> Any:
     label, help_text = label_of(name), info.description
     if get_origin(annotation) is Literal:
         return st.column_config.SelectboxColumn(
-            label, options=list(get_args(annotation)), help=help_text, required=True
+            label,
+            options=list(get_args(annotation)),
+            format_func=label_of,
+            help=help_text,
+            required=True,
         )
     if annotation is bool:
         return st.column_config.CheckboxColumn(label, help=help_text)
@@ -232,16 +250,25 @@ def edit_filters(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     )
     config: dict[str, Any] = {n: _column(n, info) for n, info in columns.items()}
     config["order"] = st.column_config.NumberColumn(
-        "Order", help="Position in the pipeline; change it to move a rule.", step=1
+        label("position"), help="Position in the pipeline; change it to move a rule.", step=1
     )
     config["rule"] = st.column_config.SelectboxColumn(
-        "Rule", options=list(FILTER_KINDS), required=True, help="The kind of filter."
+        label("rule"),
+        options=list(FILTER_KINDS),
+        format_func=label_of,
+        required=True,
+        help="The kind of filter.",
     )
     config["op"] = st.column_config.SelectboxColumn(
-        "Op", options=list(get_args(FILTER_KINDS["field_condition"].model_fields["op"].annotation))
+        label("op"),
+        options=list(get_args(FILTER_KINDS["field_condition"].model_fields["op"].annotation)),
     )
-    config["language"] = st.column_config.SelectboxColumn("Language", options=["python"])
-    config["keep"] = st.column_config.SelectboxColumn("Keep", options=["earliest", "best_rated"])
+    config["language"] = st.column_config.SelectboxColumn(
+        label("language"), options=["python"], format_func=label_of
+    )
+    config["keep"] = st.column_config.SelectboxColumn(
+        label("keep"), options=["earliest", "best_rated"], format_func=label_of
+    )
     edited = st.data_editor(
         frame,
         key=key,
