@@ -55,7 +55,7 @@ from core.llm import (
     resolve_endpoint,
     run_bounded,
 )
-from core.secrets import remove_key_values
+from core.secrets import remove_key_values, scrub_secrets
 from core.settings import get_setting
 from core.store import Store
 
@@ -681,11 +681,15 @@ def run_eval(
 
     try:
         asyncio.run(main())
-    except BaseException:
+    except Exception as exc:  # it failed (no key, server gone): say so, with why
+        reason = scrub_secrets(str(exc)) or type(exc).__name__
+        _finish(store, run_id, "failed", runner, f"Failed: {reason}", who)
+        raise
+    except BaseException:  # stopped from outside (Ctrl-C, a closed session): resumable
         _finish(store, run_id, "interrupted", runner, "Interrupted; run again to resume.", who)
         raise
     if runner.stop_reason:
-        _finish(store, run_id, "aborted", runner, runner.stop_reason, who)
+        _finish(store, run_id, "failed", runner, f"Failed: {runner.stop_reason}", who)
         raise EvalError(runner.stop_reason)
     counts = store.fetch_one(
         "SELECT count(*) FILTER (WHERE error IS NULL), count(*) FILTER (WHERE error IS NOT NULL)"

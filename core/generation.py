@@ -1030,7 +1030,20 @@ def run_generation(
     status, message = "done", ""
     try:
         asyncio.run(main())
-    except BaseException:
+    except Exception as exc:  # it failed (a server gone, a bug): say so, with why
+        _finish_run(
+            store,
+            spec,
+            run_id,
+            status="failed",
+            progress=progress,
+            estimate=estimate,
+            message=f"Failed: {scrub_secrets(str(exc)) or type(exc).__name__}",
+            batch=False,
+            actor=user.name,
+        )
+        raise
+    except BaseException:  # stopped from outside (Ctrl-C, a closed session): resumable
         _finish_run(
             store,
             spec,

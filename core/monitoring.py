@@ -40,6 +40,7 @@ __all__ = [
     "coverage_gaps",
     "cycle_actuals",
     "cycle_monitoring",
+    "cycle_status",
     "plan_vs_actual",
     "realised_monthly_savings",
 ]
@@ -312,6 +313,32 @@ CycleStatus = Literal[
 ]
 
 
+def cycle_status(
+    *,
+    decision: str | None,
+    ab_verdict: str | None,
+    evaluated: bool,
+    dataset_built: bool,
+    traffic: bool,
+) -> CycleStatus:
+    """How far a cycle got, from what happened: rejected (by a recorded decision or an A/B
+    roll-back), shipped (approved or overridden, and the A/B test says ship), approved,
+    evaluated (eval results are stored for its candidate: a registered candidate, a failed
+    run or a gate report on no results is not an evaluation), dataset built, traffic logged,
+    or only planned."""
+    if decision == "rejected" or ab_verdict == "roll_back":
+        return "rejected"
+    if decision in ("approved", "overridden"):
+        return "shipped" if ab_verdict == "ship" else "approved"
+    if evaluated:
+        return "evaluated"
+    if dataset_built:
+        return "dataset built"
+    if traffic:
+        return "traffic logged"
+    return "planned"
+
+
 @dataclass(frozen=True)
 class CycleRecord:
     """Everything the Overview shows for one planned cycle; parts are None until they exist."""
@@ -326,25 +353,19 @@ class CycleRecord:
     gates: GateFigures | None = None
     ab: LiftFigures | None = None
     ab_error: str | None = None
+    evaluated: bool = False
+    """Whether eval results are stored for the cycle's candidate (a finished run with scores)."""
 
     @property
     def status(self) -> CycleStatus:
-        """How far the cycle got: rejected (by decision or an A/B roll-back), shipped (approved
-        and the A/B test says ship), approved, evaluated, dataset built, traffic logged, or
-        only planned."""
-        decision = self.gates.decision if self.gates else None
-        verdict = self.ab.verdict if self.ab else None
-        if decision == "rejected" or verdict == "roll_back":
-            return "rejected"
-        if decision in ("approved", "overridden"):
-            return "shipped" if verdict == "ship" else "approved"
-        if self.gates is not None:
-            return "evaluated"
-        if self.run_id is not None:
-            return "dataset built"
-        if self.actuals is not None:
-            return "traffic logged"
-        return "planned"
+        """How far the cycle got (``cycle_status``)."""
+        return cycle_status(
+            decision=self.gates.decision if self.gates else None,
+            ab_verdict=self.ab.verdict if self.ab else None,
+            evaluated=self.evaluated,
+            dataset_built=self.run_id is not None,
+            traffic=self.actuals is not None,
+        )
 
     @property
     def deviations(self) -> list[str]:
@@ -425,9 +446,30 @@ def _gate_figure(gate: dict[str, Any]) -> GateFigure:
     )
 
 
-def _gates(store: Store, plan_id: str, cycles: list[int]) -> dict[int, GateFigures]:
-    """The newest decision's report per cycle; for an undecided cycle that has a candidate or
-    candidate results, the gates checked now (without freezing anything)."""
+def _evaluated(store: Store, plan_id: str) -> set[int]:
+    """The cycles whose candidate has stored eval results: a finished candidate run of the
+    cycle (of its registered model, when one is registered) with at least one score."""
+    rows = store.fetch_all(
+        """
+        SELECT DISTINCT r.cycle FROM eval_runs r
+        LEFT JOIN cycle_candidates c ON c.plan_id = $plan AND c.cycle = r.cycle
+        WHERE r.role = 'candidate' AND r.status = 'done' AND r.cycle IS NOT NULL
+            AND (r.plan_id = $plan OR r.plan_id IS NULL)
+            AND (c.model IS NULL OR c.model = r.model)
+            AND EXISTS (
+                SELECT 1 FROM eval_scores s WHERE s.run_id = r.run_id AND s.score IS NOT NULL
+            )
+        """,
+        {"plan": plan_id},
+    )
+    return {int(r[0]) for r in rows}
+
+
+def _gates(
+    store: Store, plan_id: str, cycles: list[int], evaluated: set[int]
+) -> dict[int, GateFigures]:
+    """The newest decision's report per cycle; for an undecided cycle whose candidate has
+    eval results, the gates checked now (without freezing anything)."""
     from core.gates import check_gates  # the statistics stack, only when there is a plan
 
     out: dict[int, GateFigures] = {}
@@ -444,14 +486,8 @@ def _gates(store: Store, plan_id: str, cycles: list[int]) -> dict[int, GateFigur
             decision=str(decision),
             gates=tuple(_gate_figure(g) for g in body["gates"]),
         )
-    pending = store.fetch_all(
-        "SELECT DISTINCT cycle FROM eval_runs WHERE role = 'candidate' AND status = 'done'"
-        " AND (plan_id = $plan OR plan_id IS NULL) AND cycle IS NOT NULL"
-        " UNION SELECT cycle FROM cycle_candidates WHERE plan_id = $plan",
-        {"plan": plan_id},
-    )
-    for (cycle,) in pending:
-        if int(cycle) in out or int(cycle) not in cycles:
+    for cycle in sorted(evaluated):
+        if cycle in out or cycle not in cycles:
             continue
         try:
             report = check_gates(store, plan_id, int(cycle), freeze=False, verify_weights=False)
@@ -514,7 +550,8 @@ def cycle_monitoring(store: Store, plan_id: str, plan: Plan) -> list[CycleRecord
     actuals = {a.cycle: a for a in cycle_actuals(store, plan)}
     funnels = _funnels(store, plan_id)
     datasets = _datasets(store, plan_id)
-    gates = _gates(store, plan_id, cycles) if plan.gates else {}
+    evaluated = _evaluated(store, plan_id)
+    gates = _gates(store, plan_id, cycles, evaluated) if plan.gates else {}
     lifts, lift_errors = _lifts(store, plan_id, plan, cycles)
     records: list[CycleRecord] = []
     for milestone in timeline:
@@ -531,6 +568,7 @@ def cycle_monitoring(store: Store, plan_id: str, plan: Plan) -> list[CycleRecord
                 gates=gates.get(milestone.cycle),
                 ab=lifts.get(milestone.cycle),
                 ab_error=lift_errors.get(milestone.cycle),
+                evaluated=milestone.cycle in evaluated,
             )
         )
     return records
