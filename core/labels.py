@@ -120,6 +120,7 @@ _PLAN_FIELDS: dict[str, str] = {
     "original_to_new_ratio": "Synthetic rows per new production row",
     "max_dataset_size": "Maximum dataset size (rows)",
     "validation_share": "Validation share",
+    "retirement": "Retirement policy at the maximum size",
     # training
     "backend": "Backend",
     "local": "Local (LoRA)",
@@ -249,6 +250,7 @@ _CODES: dict[str, str] = {
     "granted": "Granted",
     "not_granted": "Not granted",
     "grant": "Grant",
+    "withdrawn": "Withdrawn",
     "withdraw": "Withdraw",
     "pm": "PM",
     "privacy_reviewer": "Privacy reviewer",
@@ -262,6 +264,9 @@ _CODES: dict[str, str] = {
     "coding_qa": "Coding Q&A",
     "support_qa": "Support Q&A",
     "qa": "Q&A",
+    "oldest_first": "Oldest first",
+    "lowest_rated_first": "Lowest rated first",
+    "cell_balance": "Balance the grid's cells",
     "earliest": "Earliest",
     "best_rated": "Best rated",
     "plan": "The plan's system message",
@@ -281,6 +286,9 @@ _CODES: dict[str, str] = {
     "cancelled": "Cancelled",
     "interrupted": "Interrupted",
     "completed": "Completed",
+    "done": "Done",
+    "online": "Online",
+    "batch": "Batch API",
 }
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -364,6 +372,7 @@ _COLUMNS: dict[str, str] = {
     "cell": "Cell",
     "cell_key": "Grid cell",
     "kept": "Kept",
+    "erased_rows": "Erased since",
     "lineage": "Lineage",
     "composition": "Composition",
     # generation
@@ -381,6 +390,15 @@ _COLUMNS: dict[str, str] = {
     "unique": "Unique",
     "shortfall": "Short by",
     "share": "Share",
+    "valid": "Valid",
+    "exact_unique_rate": "Unique (exact)",
+    "unique_rate": "Unique (near-duplicates)",
+    "answer_length": "Answer length (characters)",
+    "production_share": "Share of production",
+    "training_share": "Share of training data",
+    "suggested": "Suggested next round",
+    "spec_hash": "Spec",
+    "input_file_id": "Input file",
     # plans, versions and sign-offs
     "plan_id": "Plan",
     "version": "Version",
@@ -404,6 +422,12 @@ _COLUMNS: dict[str, str] = {
     "trained": "Trained",
     "evaluated": "Evaluated",
     "decided": "Decided",
+    "data_freeze": "Data freeze",
+    "training_done": "Trained by",
+    "eval_done": "Evaluated by",
+    "ab_start": "A/B test starts",
+    "ab_end": "A/B test ends",
+    "uses_production_data": "Uses production data",
     # evals, gates and the A/B test
     "run": "Run",
     "item_id": "Item",

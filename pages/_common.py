@@ -250,3 +250,27 @@ def table(
     options.setdefault("width", "stretch")
     options.setdefault("placeholder", MISSING)
     return st.dataframe(frame, column_config=config, **options)
+
+
+def key_value_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A JSON object as "field / value" rows a person reads: keys by their labels, values
+    through core.labels.show, a list of objects one row per item (``Filters 2``)."""
+    rows: list[dict[str, str]] = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for index, item in enumerate(value, start=1):
+                rows.append({"field": f"{label(key)} {index}", "value": show(item)})
+        else:
+            rows.append({"field": label(key), "value": show(value)})
+    return rows
+
+
+def key_values(data: Mapping[str, Any]) -> Any:
+    """A JSON object (lineage, audit detail) as a two-column table instead of a JSON blob."""
+    return table(
+        key_value_rows(data),
+        column_config={
+            "field": st.column_config.TextColumn(label("field"), width="medium"),
+            "value": st.column_config.TextColumn(label("value"), width="large"),
+        },
+    )

@@ -15,7 +15,8 @@ from core.consent import (
     forget_user,
     user_consent,
 )
-from pages._common import cached_read, current_user, get_store, guarded, page_header
+from core.labels import label
+from pages._common import cached_read, current_user, get_store, guarded, page_header, table
 
 page_header("Consent")
 user = current_user()
@@ -35,7 +36,7 @@ else:
     if eligible is not None:
         st.metric("Interactions eligible for training", f"{eligible:,}")
     st.markdown("#### Events per scope and policy version")
-    st.dataframe(counts, hide_index=True, width="stretch")
+    table(counts, codes=("scope", "action"))
     scope = st.selectbox("Scope", SCOPES, key="consent_scope")
     rate = guarded(lambda: cached_read(consent_rate_over_time, scope)) or []
     if rate:
@@ -50,10 +51,17 @@ if user_id:
     if found is not None:
         cols = st.columns(len(SCOPES) + 1)
         for col, scope_name in zip(cols, SCOPES, strict=False):
-            col.metric(scope_name, found["state"][scope_name])
+            state = found["state"][scope_name]
+            # A tile holds a word or two; the long "no record (no consent)" goes to the help.
+            recorded = state in ("granted", "withdrawn")
+            col.metric(
+                label(scope_name),
+                label(state) if recorded else "No record",
+                help=None if recorded else "No consent event for this scope: no consent.",
+            )
         cols[-1].metric("Stored interactions", found["interactions"])
         if found["events"]:
-            st.dataframe(found["events"], hide_index=True, width="stretch")
+            table(found["events"], codes=("scope", "action"))
         else:
             st.caption("No consent events for this user: no consent.")
 
@@ -97,4 +105,4 @@ if go:
             for title, rows in beyond:
                 if rows:
                     st.warning(f"{title}: the store cannot reach these, act on them.")
-                    st.dataframe(rows, hide_index=True, width="stretch")
+                    table(rows)

@@ -31,8 +31,10 @@ from pages._common import (
     current_user,
     get_store,
     guarded,
+    key_values,
     page_header,
     plan_id_or_stop,
+    table,
 )
 from pages._documents import document_downloads
 
@@ -115,22 +117,22 @@ run_id = st.selectbox(
 )
 stages = cached_read(run_stages, run_id)
 st.plotly_chart(funnel_figure([s.to_dict() for s in stages]), width="stretch")
-st.dataframe(
+table(
     [
         {
             "stage": s.name,
             "rule": s.rule,
             "origin": s.origin,
-            "rows in": s.rows_in,
+            "rows_in": s.rows_in,
             "removed": s.removed,
             "added": s.added,
-            "rows out": s.rows_out,
+            "rows_out": s.rows_out,
             "seconds": round(s.seconds, 3),
         }
         for s in stages
     ],
-    hide_index=True,
-    width="stretch",
+    codes=("stage", "rule"),
+    pinned=("stage",),
 )
 
 picked_cycle = next(int(r["cycle"]) for r in runs if r["run_id"] == run_id)
@@ -156,9 +158,7 @@ else:
         format_func=lambda o: f"{o} ({counts[o]:,} rows)",
         key="removed_pick",
     )
-    st.dataframe(
-        cached_read(removed_rows, run_id, stage=options[picked]), hide_index=True, width="stretch"
-    )
+    table(cached_read(removed_rows, run_id, stage=options[picked]), codes=("stage", "rule"))
 asked = st.text_input("Why was this interaction dropped?", key="why_id", placeholder="demo-00042")
 if asked.strip():
     answers = guarded(lambda: why_dropped(store, asked.strip(), plan_id=plan_id))
@@ -168,26 +168,25 @@ if asked.strip():
 # -- dataset versions ----------------------------------------------------------------------------
 st.markdown("#### Dataset versions")
 versions = cached_read(list_versions, plan_id)
-st.dataframe(
+table(
     [
         {
-            "version": v.version_id,
+            "version_id": v.version_id,
             "cycle": v.cycle,
             "rows": v.rows_now,
-            "train": v.train_rows,
-            "validation": v.validation_rows,
-            "production": v.production_rows,
-            "synthetic": v.synthetic_rows,
-            "parent": v.parent_version or "—",
+            "train_rows": v.train_rows,
+            "validation_rows": v.validation_rows,
+            "production_rows": v.production_rows,
+            "synthetic_rows": v.synthetic_rows,
+            "parent_version": v.parent_version,
             "sha256": v.sha256[:12],
-            "erased since": v.erased_rows,
-            "created": v.created_at,
-            "by": v.created_by,
+            "erased_rows": v.erased_rows,
+            "created_at": v.created_at,
+            "created_by": v.created_by,
         }
         for v in versions
     ],
-    hide_index=True,
-    width="stretch",
+    pinned=("version_id",),
 )
 by_id = {v.version_id: v for v in versions}
 chosen = st.selectbox("Version", list(by_id), key="version_pick")
@@ -201,7 +200,7 @@ document_downloads(
 lineage_col, heat_col = st.columns([2, 3])
 with lineage_col:
     st.markdown("**Lineage**")
-    st.json(current.lineage, expanded=1)
+    key_values(current.lineage)
 with heat_col:
     source = st.radio(
         "Rows", ["total", "production", "synthetic"], horizontal=True, key="composition_source"
@@ -216,13 +215,11 @@ if current.parent_version and current.parent_version in by_id:
     st.markdown(
         f"**Against {diff.old}:** +{diff.added} rows, −{diff.removed} rows, {diff.kept} kept."
     )
-    st.dataframe(
+    table(
         [
-            {"cell": c.cell_key, "added": c.added, "removed": c.removed, "kept": c.kept}
+            {"cell_key": c.cell_key, "added": c.added, "removed": c.removed, "kept": c.kept}
             for c in diff.cells
-        ],
-        hide_index=True,
-        width="stretch",
+        ]
     )
 
 st.markdown("**Download**")

@@ -7,8 +7,15 @@ import streamlit as st
 from core.access import refusal
 from core.charts import pii_by_type_figure
 from core.ingest import KINDS, batch_rejects, ingest_bytes, list_batches, pii_samples, pii_summary
+from core.log_contract import SAMPLE_FILES, contract_markdown, example_line, load_outcome
 from core.privacy import PII_TYPES
-from pages._common import current_user, get_store, guarded, page_header
+from pages._common import current_user, get_store, guarded, page_header, table
+
+OUTCOME_ICONS = {
+    "success": ":material/check:",
+    "warning": ":material/warning:",
+    "info": ":material/info:",
+}
 
 page_header("Data")
 user = current_user()
@@ -17,6 +24,25 @@ raw_refused = refusal(user, "pii.view_raw")
 store = get_store()
 
 st.markdown("#### Load a file")
+with st.expander("Which columns a file needs", icon=":material/table_chart:"):
+    contract_kind = st.radio(
+        "Contract of",
+        KINDS,
+        horizontal=True,
+        format_func=lambda k: {"eval-items": "eval items"}.get(k, k),
+        key="contract_kind",
+    )
+    st.markdown(contract_markdown(contract_kind))
+    sample = SAMPLE_FILES.get(contract_kind)
+    if sample is not None:
+        st.markdown("An example line (JSONL; CSV and Parquet take the same columns):")
+        st.code(example_line(contract_kind), language="json", wrap_lines=True)
+        st.caption(
+            f"A sample file to try: `data/{sample.name}` "
+            f"(`python -m core ingest data/{sample.name}"
+            + (" --kind consent" if contract_kind == "consent" else "")
+            + "`)."
+        )
 with st.form("upload", clear_on_submit=True):
     upload = st.file_uploader(
         "Interaction log, consent events or eval items",
@@ -46,9 +72,12 @@ if submitted and upload is not None:
             user=user,
         )
     )
-    progress.progress(1.0, text="Done.")
+    progress.empty()
     if result is not None:
-        (st.info if result.already_loaded else st.success)(result.summary)
+        outcome, message = load_outcome(result)
+        {"success": st.success, "warning": st.warning, "info": st.info}[outcome](
+            message, icon=OUTCOME_ICONS[outcome]
+        )
 elif submitted:
     st.warning("Choose a file first.")
 
@@ -63,10 +92,9 @@ if not batches:
 
 st.markdown("#### Batches")
 st.caption("Every load is a batch; rows read = accepted + rejected + duplicates.")
-st.dataframe(
+table(
     [{k: v for k, v in b.items() if k != "sha256"} | {"sha256": b["sha256"][:12]} for b in batches],
-    hide_index=True,
-    width="stretch",
+    pinned=("batch_id",),
 )
 
 st.markdown("#### Quarantine")
@@ -84,7 +112,7 @@ else:
         st.caption(raw_refused)
     rows = guarded(lambda: batch_rejects(store, batch_id, reveal_raw=show_raw_lines, user=user))
     if rows is not None:
-        st.dataframe(rows, hide_index=True, width="stretch")
+        table(rows)
 
 st.markdown("#### PII redacted")
 found = guarded(lambda: pii_summary(store)) or {}

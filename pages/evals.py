@@ -40,6 +40,7 @@ from core.gates import (
     record_decision,
 )
 from core.graders import GRADERS, grader_for_metric
+from core.labels import label
 from core.plan import TRAINING_BACKEND_LABELS, plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
@@ -93,7 +94,8 @@ cycle = st.selectbox(
     help="The cycle whose candidate is evaluated.",
 )
 
-VERDICT_ICON = {"pass": "✅ pass", "fail": "❌ fail", "insufficient_data": "⚠️ insufficient data"}
+# Plain words, not emoji: Debian's Chromium has no emoji font and would draw empty boxes.
+VERDICT_ICON = {v: label(v) for v in ("pass", "fail", "insufficient_data")}
 
 # -- the candidate -----------------------------------------------------------------------------
 candidate = cycle_candidate(store, plan_id, cycle)

@@ -34,6 +34,7 @@ from pages._common import (
     guarded,
     page_header,
     plan_id_or_stop,
+    table,
 )
 
 page_header("Synthetic data")
@@ -213,14 +214,14 @@ if diversity is not None:
             **d.cell,
             "valid": d.valid,
             "failed": d.failed,
-            "unique (exact)": f"{d.exact_unique_rate:.0%}",
-            "unique (near-dup)": f"{d.unique_rate:.0%}",
-            "answer length": f"{d.length_mean:.0f} ± {d.length_std:.0f}",
-            "under target": "⚠ " + str(d.shortfall) if d.under_target else "",
+            "exact_unique_rate": f"{d.exact_unique_rate:.0%}",
+            "unique_rate": f"{d.unique_rate:.0%}",
+            "answer_length": f"{d.length_mean:.0f} ± {d.length_std:.0f}",
+            "shortfall": d.shortfall if d.under_target else None,
         }
         for d in diversity
     ]
-    st.dataframe(rows, hide_index=True, width="stretch")
+    table(rows)
     thin = [d for d in diversity if d.under_target]
     if not any(d.valid for d in diversity):
         st.info("No examples yet: run the generation above.", icon=":material/info:")
@@ -245,18 +246,16 @@ if diversity is not None:
 failures = guarded(lambda: cached_read(list_failures, spec))
 st.markdown("#### Failures")
 if failures:
-    st.dataframe(
+    table(
         [
             {
                 **json.loads(f["cell_key"]),
-                "index": f["item_index"],
-                "reason": f["failure_reason"],
+                "item_index": f["item_index"],
+                "failure_reason": f["failure_reason"],
                 "attempts": f["attempts"],
             }
             for f in failures
-        ],
-        hide_index=True,
-        width="stretch",
+        ]
     )
 else:
     st.caption("No failed items.")
@@ -287,21 +286,19 @@ if loop is not None:
         st.info(loop.message, icon=":material/info:")
     else:
         st.caption(loop.message)
-        st.dataframe(
+        table(
             [
                 {
                     **c.cell,
-                    "production share": f"{c.production_share:.1%}",
-                    "training share": f"{c.training_share:.1%}",
-                    "suggested next round": c.suggested,
+                    "production_share": f"{c.production_share:.1%}",
+                    "training_share": f"{c.training_share:.1%}",
+                    "suggested": c.suggested,
                 }
                 for c in loop.cells
-            ],
-            hide_index=True,
-            width="stretch",
+            ]
         )
 
 history = guarded(lambda: cached_read(runs, plan_id))
 if history:
     st.markdown("#### Runs")
-    st.dataframe(history, hide_index=True, width="stretch")
+    table(history, codes=("status", "mode"), pinned=("run_id",))

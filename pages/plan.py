@@ -11,6 +11,7 @@ import streamlit as st
 from core.access import refusal
 from core.charts import timeline_figure
 from core.errors import FlywheelError
+from core.labels import label, label_path, show
 from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_data
 from core.plan import (
     ABDesign,
@@ -36,6 +37,7 @@ from pages._common import (
     guarded,
     page_header,
     select_plan,
+    table,
 )
 from pages._documents import plan_document_downloads
 from pages._forms import edit_filters, edit_model, edit_rows, read_only
@@ -59,6 +61,12 @@ user = current_user()
 edit_refused = refusal(user, "plan.edit")
 
 page_header("Plan")
+# Eleven section tabs do not fit one row at 1366 px: let the tab row wrap instead of hiding
+# the last sections behind a scroll.
+st.markdown(
+    "<style>.stTabs [data-baseweb='tab-list'] { flex-wrap: wrap; row-gap: 0.25rem; }</style>",
+    unsafe_allow_html=True,
+)
 if flash := st.session_state.pop("plan_flash", None):
     st.success(flash, icon=":material/save:")
 
@@ -191,11 +199,7 @@ with editor:
             cycles = plan_timeline(plan)
             if cycles:
                 st.plotly_chart(timeline_figure(cycles), width="stretch")
-                st.dataframe(
-                    pd.DataFrame([c.model_dump() for c in cycles]),
-                    hide_index=True,
-                    width="stretch",
-                )
+                table(pd.DataFrame([c.model_dump() for c in cycles]))
             else:
                 st.warning("No full cycle fits in the horizon.")
 
@@ -253,7 +257,7 @@ history, compare, signoff, files, documents = st.tabs(
     ["History", "Compare versions", "Sign-off", "Import / export", "Documents"]
 )
 with history:
-    st.dataframe(
+    table(
         pd.DataFrame(
             [
                 {
@@ -267,9 +271,7 @@ with history:
                 }
                 for v in versions
             ]
-        ),
-        hide_index=True,
-        width="stretch",
+        )
     )
 
 with compare:
@@ -288,15 +290,22 @@ with compare:
                 st.success(f"v{old} and v{new} are identical.")
             else:
                 st.caption(f"{len(changes)} field(s) differ.")
-                st.dataframe(
+                table(
                     pd.DataFrame(
                         [
-                            {"field": c.path, f"v{old}": str(c.before), f"v{new}": str(c.after)}
+                            {
+                                "field": label_path(c.path),
+                                f"v{old}": show(c.before),
+                                f"v{new}": show(c.after),
+                            }
                             for c in changes
                         ]
                     ),
-                    hide_index=True,
-                    width="stretch",
+                    column_config={
+                        "field": st.column_config.TextColumn(label("field"), pinned=True),
+                        f"v{old}": st.column_config.TextColumn(f"v{old}"),
+                        f"v{new}": st.column_config.TextColumn(f"v{new}"),
+                    },
                 )
 
 with files:
@@ -361,35 +370,34 @@ with signoff:
                 f"v{version} is approved by every required role.", icon=":material/verified:"
             )
         else:
-            waiting = ", ".join(r.replace("_", " ") for r in status.missing)
+            waiting = ", ".join(label(r) for r in status.missing)
             st.warning(f"v{version} waits for: {waiting}.", icon=":material/pending:")
-        st.dataframe(
+        table(
             pd.DataFrame(
                 [
                     {
                         "role": role,
                         "decision": d.decision if d else "pending",
-                        "by": d.approver if d else "",
-                        "when": d.decided_at if d else None,
-                        "note": d.note if d else "",
+                        "approver": d.approver if d else None,
+                        "decided_at": d.decided_at if d else None,
+                        "note": d.note if d else None,
                     }
                     for role in status.required
                     for d in [status.decisions.get(role)]
                 ]
             ),
-            hide_index=True,
-            width="stretch",
+            codes=("role", "decision"),
         )
         mine = [r for r in status.required if r in user.roles]
         if mine:
-            decide_as = st.selectbox("Decide as", mine, key=f"{token}.decide_as")
+            decide_as = st.selectbox("Decide as", mine, format_func=label, key=f"{token}.decide_as")
             reason = st.text_area("Note (required to reject)", key=f"{token}.decision_note")
             approve_col, reject_col = st.columns(2)
-            for column, decision, label in (
+            for column, decision, caption in (
                 (approve_col, "approve", "Approve this version"),
                 (reject_col, "reject", "Reject this version"),
             ):
-                if column.button(label, key=f"{token}.{decision}"):
+                if column.button(caption, key=f"{token}.{decision}"):
                     done = guarded(
                         lambda decision=decision: record_decision(
                             store,
