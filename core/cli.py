@@ -640,7 +640,7 @@ def cmd_gate_check(args: argparse.Namespace, store: Store) -> Outcome:
     data = report.to_dict()
     lines = [
         f"{'BLOCKING' if g.blocking else 'warning '}  {g.verdict:<17}  {g.name}"
-        f"  value {_num(g.value)}  threshold {_num(g.threshold)}"
+        f"  value {_num(g.value)}  threshold {_num(g.threshold)}\n    {g.explanation}"
         for g in report.gates
     ]
     lines += [f"warning: {w}" for w in report.warnings]

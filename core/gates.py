@@ -62,8 +62,10 @@ __all__ = [
     "SliceResult",
     "Usage",
     "check_gates",
+    "current_decision",
     "cycle_decisions",
     "evaluate_gate",
+    "explain_gate",
     "overall_verdict",
     "record_decision",
 ]
@@ -110,10 +112,25 @@ class GateResult:
     threshold: float | None
     evidence: list[str]
     slices: list[SliceResult] = field(default_factory=list)
+    interval: tuple[float, float] | None = None
+    """The interval the verdict read, in the value's units (None: none was computed)."""
+    items: int | None = None
+    """How many (paired) items the verdict read; None for the cost and latency gates."""
+    min_items: int | None = None
+    why: str = ""
+    """Why there is no value to judge, in plain words (no results, no reference run)."""
+
+    @property
+    def explanation(self) -> str:
+        """The verdict and its reason in one plain sentence (``explain_gate``)."""
+        return explain_gate(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (the keys DESIGN.md names: name, verdict, value, threshold; and more)."""
-        return asdict(self)
+        """JSON-ready (the keys DESIGN.md names: name, verdict, value, threshold; and more,
+        ``explanation`` included)."""
+        out = asdict(self)
+        out["explanation"] = explain_gate(out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -268,7 +285,14 @@ def _cost_gate(gate: Gate, plan: Plan, inputs: GateInputs) -> GateResult:
         evidence.append(f"teacher ${teacher:.4f} per 1k requests measured in its eval run")
     if student is None:
         evidence.append("no measured tokens for the candidate: run it on an eval set first")
-        return _result(gate, "insufficient_data", None, factor, evidence)
+        return _result(
+            gate,
+            "insufficient_data",
+            None,
+            factor,
+            evidence,
+            why="no tokens were measured for the candidate, so its cost is not known",
+        )
     ratio = student / teacher if teacher > 0 else math.inf
     evidence.append(
         f"candidate ${student:.4f} per 1k requests at the plan's student prices "
@@ -287,10 +311,25 @@ def _latency_gate(gate: Gate, inputs: GateInputs, min_items: int) -> GateResult:
     evidence = list(inputs.notes)
     if candidate is None or candidate.latency_p95_ms is None or candidate.with_latency < min_items:
         evidence.append(f"fewer than {min_items} candidate requests with a measured latency")
-        return _result(gate, "insufficient_data", None, factor, evidence)
+        return _result(
+            gate,
+            "insufficient_data",
+            None,
+            factor,
+            evidence,
+            why=f"fewer than {min_items} of the candidate's requests have a measured latency",
+        )
     if reference is None or reference.latency_p95_ms is None or reference.with_latency < min_items:
         evidence.append(f"no reference run with {min_items}+ measured latencies")
-        return _result(gate, "insufficient_data", None, factor, evidence)
+        return _result(
+            gate,
+            "insufficient_data",
+            None,
+            factor,
+            evidence,
+            why=f"no production or teacher run has {min_items} or more measured latencies to "
+            "compare with",
+        )
     ratio = candidate.latency_p95_ms / reference.latency_p95_ms
     evidence.append(
         f"p95 latency {candidate.latency_p95_ms:.0f} ms against {name}'s "
@@ -306,6 +345,11 @@ def _result(
     threshold: float | None,
     evidence: list[str],
     slices: list[SliceResult] | None = None,
+    *,
+    interval: tuple[float, float] | None = None,
+    items: int | None = None,
+    min_items: int | None = None,
+    why: str = "",
 ) -> GateResult:
     return GateResult(
         gate.name,
@@ -318,6 +362,10 @@ def _result(
         threshold,
         evidence,
         slices or [],
+        interval=None if interval is None else (float(interval[0]), float(interval[1])),
+        items=items,
+        min_items=min_items,
+        why=why,
     )
 
 
@@ -340,7 +388,14 @@ def evaluate_gate(
     evidence = list(inputs.notes)
     if not inputs.candidate:
         evidence.append("no scores for the candidate on this eval set and metric")
-        return _result(gate, "insufficient_data", None, gate.threshold, evidence)
+        return _result(
+            gate,
+            "insufficient_data",
+            None,
+            gate.threshold,
+            evidence,
+            why=f"the candidate has no {gate.metric} scores on this eval set",
+        )
     values = list(inputs.candidate.values())
     binary = _is_binary(values, inputs.binary)
     if gate.comparator == "absolute":
@@ -363,13 +418,29 @@ def evaluate_gate(
         )
         slices, notes = _slice_checks(gate, plan, inputs, None, binary, alpha)
         return _with_slices(
-            gate, verdict.verdict, mean, threshold, [*evidence, *verdict.evidence], slices, notes
+            gate,
+            verdict.verdict,
+            mean,
+            threshold,
+            [*evidence, *verdict.evidence],
+            slices,
+            notes,
+            interval=interval,
+            items=n,
+            min_items=minimum,
         )
     reference = inputs.production if gate.comparator == "no_regression" else inputs.teacher
     who = "production" if gate.comparator == "no_regression" else "teacher"
     if not reference:
         evidence.append(f"no {who} scores on the same eval set version: run the {who} model")
-        return _result(gate, "insufficient_data", None, _threshold(gate, plan), evidence)
+        return _result(
+            gate,
+            "insufficient_data",
+            None,
+            _threshold(gate, plan),
+            evidence,
+            why=f"there are no {who} scores on the same eval set version to compare with",
+        )
     ids, c, r = _paired(inputs.candidate, reference)
     binary = binary and _is_binary(list(r), inputs.binary)
     if gate.comparator == "no_regression":
@@ -411,17 +482,36 @@ def evaluate_gate(
             outcome = "fail"
         slices, notes = _slice_checks(gate, plan, inputs, reference, binary, alpha)
         return _with_slices(
-            gate, outcome, diff, -margin, [*evidence, *verdict.evidence], slices, notes
+            gate,
+            outcome,
+            diff,
+            -margin,
+            [*evidence, *verdict.evidence],
+            slices,
+            notes,
+            interval=interval,
+            items=len(ids),
+            min_items=minimum,
         )
     ratio = float(gate.ratio or plan.goal.target_quality_retention)
     gv = non_inferiority_gate(c, r, ratio=ratio, alpha=alpha, min_items=minimum, gate=gate.name)
-    estimate = non_inferiority_paired(c, r, ratio=ratio, alpha=alpha).ratio_estimate
+    paired = non_inferiority_paired(c, r, ratio=ratio, alpha=alpha)
+    estimate = paired.ratio_estimate
     slices, notes = _slice_checks(gate, plan, inputs, reference, binary, alpha)
     head = (
         f"{len(ids)} paired items against the teacher; Fieller's lower bound must reach {ratio:g}"
     )
     return _with_slices(
-        gate, gv.verdict, estimate, ratio, [*evidence, head, *gv.evidence], slices, notes
+        gate,
+        gv.verdict,
+        estimate,
+        ratio,
+        [*evidence, head, *gv.evidence],
+        slices,
+        notes,
+        interval=paired.ratio_bounds,
+        items=len(ids),
+        min_items=minimum,
     )
 
 
@@ -441,6 +531,10 @@ def _with_slices(
     evidence: list[str],
     slices: list[SliceResult],
     notes: list[str],
+    *,
+    interval: tuple[float, float] | None,
+    items: int,
+    min_items: int,
 ) -> GateResult:
     evidence = [*evidence, *notes]
     short = [s for s in slices if s.short]
@@ -455,7 +549,17 @@ def _with_slices(
         )
     if short:
         verdict = "fail"
-    return _result(gate, verdict, value, threshold, evidence, slices)
+    return _result(
+        gate,
+        verdict,
+        value,
+        threshold,
+        evidence,
+        slices,
+        interval=interval,
+        items=items,
+        min_items=min_items,
+    )
 
 
 def overall_verdict(results: Sequence[GateResult]) -> Verdict:
@@ -467,6 +571,174 @@ def overall_verdict(results: Sequence[GateResult]) -> Verdict:
     if blocking and all(r.verdict == "pass" for r in blocking):
         return "pass"
     return "insufficient_data"
+
+
+# -- verdicts in plain words -------------------------------------------------------------------
+
+
+def _points(difference: float) -> str:
+    """A difference of 0..1 scores in percentage points: 0.038 → "3.8"."""
+    return f"{abs(difference) * 100:.1f}".removesuffix(".0")
+
+
+def _share(ratio: float) -> str:
+    return "an unbounded share" if not math.isfinite(ratio) else f"{ratio:.0%}"
+
+
+def _slice_sentence(gate: Mapping[str, Any], short: Sequence[Mapping[str, Any]]) -> str:
+    """Why a gate failed on its slices: the worst slice by name, with its numbers."""
+    worst = min(short, key=lambda s: float(s["candidate"]) - float(s["reference"] or 0.0))
+    comparator = str(gate["comparator"])
+    if comparator == "no_regression":
+        against = f"production's {float(worst['reference']):.2f}"
+    elif comparator == "non_inferiority":
+        against = f"the teacher's {float(worst['reference']):.2f}"
+    else:
+        against = f"the required {float(gate['threshold'] or 0.0):.2f}"
+    tested = len(gate.get("slices", []))
+    others = len(short) - 1
+    more = f" (and {others} other slice{'s' if others > 1 else ''})" if others else ""
+    return (
+        f"fails: on {worst['dimension']} = {worst['value']}{more} the candidate scores "
+        f"{float(worst['candidate']):.2f} against {against} over {worst['items']} items, short "
+        f"by more than the gate allows even after correcting for the {tested} slices tested "
+        "(Holm)"
+    )
+
+
+def _no_regression_sentence(verdict: str, gate: Mapping[str, Any]) -> str:
+    margin = -float(gate["threshold"] or 0.0)
+    allowed = f"the {_points(margin)}-point margin"
+    interval = gate.get("interval")
+    value = gate["value"]
+    if interval is None:
+        # A report recorded before intervals were kept: the point estimate only.
+        diff = float(value)
+        side = "worse" if diff < 0 else "better"
+        if verdict == "insufficient_data":
+            return (
+                f"undecided: the candidate scores {_points(diff)} points {side} than "
+                f"production on average, but no interval could be computed to compare with "
+                f"{allowed}"
+            )
+        return (
+            f"{'passes' if verdict == 'pass' else 'fails'}: the candidate scores "
+            f"{_points(diff)} points {side} than production on average, against {allowed}"
+        )
+    low, high = float(interval[0]), float(interval[1])
+    worst = f"{_points(low)} points {'worse' if low < 0 else 'better'}"
+    if verdict == "pass":
+        return (
+            f"passes: at worst the candidate is {worst} than production, within {allowed}"
+            if low < 0
+            else f"passes: the candidate scores at least as well as production ({worst} at "
+            f"worst), within {allowed}"
+        )
+    if verdict == "fail" and high < -margin:
+        return (
+            f"fails: the candidate is at least {_points(high)} points worse than production, "
+            f"more than {allowed} allows"
+        )
+    if verdict == "fail":  # McNemar's test on the items each model alone passes
+        return (
+            f"fails: the candidate may be up to {_points(low)} points worse than production, "
+            f"more than {allowed} allows, and it loses significantly more items than it wins "
+            "(McNemar's test)"
+        )
+    best = f"{_points(high)} points {'better' if high > 0 else 'worse'}"
+    return (
+        f"undecided: the candidate may be anywhere from {worst} to {best} than production; "
+        f"{allowed} lies inside that range, so more items are needed to decide"
+    )
+
+
+def _bounded_sentence(verdict: str, gate: Mapping[str, Any]) -> str:
+    """absolute (a score against a threshold) and non_inferiority (a share of the teacher)."""
+    threshold = float(gate["threshold"] or 0.0)
+    interval = gate.get("interval")
+    ratio = gate["comparator"] == "non_inferiority"
+
+    def shown(x: float) -> str:
+        return _share(x) if ratio else f"{x:.2f}"
+
+    what = "of the teacher's quality" if ratio else f"on {gate['metric']}"
+    keeps = "keeps" if ratio else "scores"
+    required = f"the {shown(threshold)} required"
+    if interval is None:
+        value = float(gate["value"])
+        if verdict == "insufficient_data":
+            return (
+                f"undecided: the candidate {keeps} {shown(value)} {what}, but no interval "
+                f"could be computed to compare with {required}"
+            )
+        side = "at least" if verdict == "pass" else "only"
+        return (
+            f"{'passes' if verdict == 'pass' else 'fails'}: the candidate {keeps} {side} "
+            f"{shown(value)} {what}, against {required}"
+        )
+    low, high = float(interval[0]), float(interval[1])
+    if verdict == "pass":
+        return f"passes: the candidate {keeps} at least {shown(low)} {what}, above {required}"
+    if verdict == "fail":
+        return f"fails: the candidate {keeps} at most {shown(high)} {what}, below {required}"
+    return (
+        f"undecided: the candidate {keeps} between {shown(low)} and {shown(high)} {what}, a "
+        f"range that includes {required}, so more items are needed to decide"
+    )
+
+
+def explain_gate(gate: Mapping[str, Any]) -> str:
+    """A gate's verdict and its reason in one plain sentence, for a reader without statistics:
+    "fails: the candidate may be up to 3.8 points worse than production, more than the
+    2-point margin allows".
+
+    Takes ``GateResult.to_dict()`` or a gate as stored with a decision (older reports hold no
+    interval: their sentence quotes the value).
+    """
+    verdict = str(gate["verdict"])
+    comparator = str(gate["comparator"])
+    tail = "" if gate.get("blocking", True) else " (this gate does not block the release)"
+    short = [s for s in gate.get("slices", []) if s.get("short")]
+    items, minimum = gate.get("items"), gate.get("min_items")
+    if verdict == "insufficient_data" and gate.get("value") is None:
+        why = str(gate.get("why") or "") or "there are no results to judge it on"
+        return f"undecided: {why}{tail}."
+    if verdict == "insufficient_data" and items is not None and minimum and items < minimum:
+        return (
+            f"undecided: only {items} paired items, fewer than the {minimum} needed to decide"
+            f"{tail}."
+        )
+    if verdict == "fail" and short:
+        overall = gate.get("interval")
+        clears = overall is not None and float(overall[0]) > float(gate["threshold"] or 0.0)
+        sentence = _slice_sentence(gate, short)
+        if clears:
+            sentence += ", although over all items it clears the threshold"
+        return sentence + tail + "."
+    value, threshold = gate.get("value"), float(gate["threshold"] or 0.0)
+    if comparator == "no_regression":
+        return _no_regression_sentence(verdict, gate) + tail + "."
+    if comparator in ("absolute", "non_inferiority"):
+        return _bounded_sentence(verdict, gate) + tail + "."
+    ratio = float(value) if value is not None else math.nan
+    if comparator == "cost":
+        cheaper = f"{1 / threshold:.1f}".removesuffix(".0") if threshold > 0 else "∞"
+        if verdict == "pass":
+            return (
+                f"passes: the candidate costs {_share(ratio)} of the teacher per request, "
+                f"within the {_share(threshold)} allowed (at least {cheaper}x cheaper){tail}."
+            )
+        return (
+            f"fails: the candidate costs {_share(ratio)} of the teacher per request, more "
+            f"than the {_share(threshold)} allowed (at least {cheaper}x cheaper){tail}."
+        )
+    if comparator == "latency":
+        side = "within" if verdict == "pass" else "more than"
+        return (
+            f"{'passes' if verdict == 'pass' else 'fails'}: the candidate's p95 latency is "
+            f"{ratio:.2f}x the reference's, {side} the {threshold:g}x allowed{tail}."
+        )
+    return f"{verdict.replace('_', ' ')}: value {value} against threshold {threshold:g}{tail}."
 
 
 # -- the store side ----------------------------------------------------------------------------
@@ -489,8 +761,11 @@ class GateReport:
     candidate evaluated under another system message than the one it was trained under."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: verdict and gates (name, verdict, value, threshold, evidence, …)."""
-        return asdict(self)
+        """JSON-ready: verdict and gates (name, verdict, value, threshold, evidence,
+        explanation, …)."""
+        out = asdict(self)
+        out["gates"] = [g.to_dict() for g in self.gates]
+        return out
 
 
 def _usage(store: Store, run_id: str | None) -> Usage | None:
@@ -637,7 +912,16 @@ def check_gates(
         if candidate is None:
             where = f" on eval set '{gate.eval_set}'" if gate.eval_set else ""
             notes.append(f"no candidate run for cycle {cycle}{where}")
-            results.append(_result(gate, "insufficient_data", None, _threshold(gate, plan), notes))
+            results.append(
+                _result(
+                    gate,
+                    "insufficient_data",
+                    None,
+                    _threshold(gate, plan),
+                    notes,
+                    why=f"the candidate has no finished eval run for cycle {cycle}{where}",
+                )
+            )
             continue
         eval_set, set_version = str(candidate["eval_set"]), int(candidate["set_version"])
         if freeze and gate.eval_set and (eval_set, set_version) not in frozen:
@@ -777,6 +1061,17 @@ def record_decision(
             )
     if report.candidate is None:
         raise GateError(f"Cycle {report.cycle} has no candidate to decide on.")
+    current = current_decision(store, plan_id, cycle)
+    if (
+        current is not None
+        and current["decision"] == decision
+        and current["candidate_model"] == report.candidate
+    ):
+        raise GateError(
+            f"Cycle {cycle}'s candidate {report.candidate} is already {decision} (by "
+            f"{current['actor']}, {current['decided_at'].astimezone(UTC):%Y-%m-%d %H:%M} UTC); "
+            "the same decision is not recorded twice in a row."
+        )
     decision_id = f"dec-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     failing = [g.name for g in report.gates if g.verdict != "pass" and g.blocking]
     with store.transaction() as con:
@@ -823,3 +1118,9 @@ def cycle_decisions(store: Store, plan_id: str, cycle: int | None = None) -> lis
         sql += " AND cycle = ?"
         params.append(cycle)
     return store.fetch_dicts(sql + " ORDER BY decided_at DESC", params)
+
+
+def current_decision(store: Store, plan_id: str, cycle: int) -> dict[str, Any] | None:
+    """The newest decision recorded for a cycle (``cycle_decisions``' keys), None if none."""
+    found = cycle_decisions(store, plan_id, cycle)
+    return found[0] if found else None

@@ -248,3 +248,146 @@ def test_overall_verdict_needs_every_blocking_gate_to_pass() -> None:
     assert overall_verdict([_result("pass"), _result("insufficient_data")]) == "insufficient_data"
     assert overall_verdict([_result("fail"), _result("insufficient_data")]) == "fail"
     assert overall_verdict([]) == "insufficient_data"
+
+
+# -- every verdict explains itself in one plain sentence -------------------------------------
+
+
+def _pts(x: float) -> str:
+    return f"{abs(x) * 100:.1f}".removesuffix(".0")
+
+
+def _one_sentence(text: str) -> str:
+    assert text.endswith(".") and text.count(". ") == 0 and "\n" not in text, text
+    assert "_" not in text.split(":")[0], text  # no snake_case verdict
+    return text
+
+
+def test_no_regression_explanations_quote_the_interval_against_the_margin(plan: Plan) -> None:
+    gate = NO_REGRESSION.model_copy(update={"slices": []})
+    passed = evaluate_gate(gate, plan, GateInputs(*_paired_binary(300, 30, 2, 200)))
+    low = passed.interval[0] if passed.interval else None
+    assert low is not None and passed.explanation == _one_sentence(
+        "passes: the candidate scores at least as well as production "
+        f"({_pts(low)} points better at worst), within the 2-point margin."
+        if low >= 0
+        else f"passes: at worst the candidate is {_pts(low)} points worse than "
+        "production, within the 2-point margin."
+    )
+    failed = evaluate_gate(gate, plan, GateInputs(*_paired_binary(300, 3, 40, 150)))
+    assert failed.verdict == "fail" and failed.interval is not None
+    high = failed.interval[1]
+    assert high < -0.02
+    assert failed.explanation == (
+        f"fails: the candidate is at least {_pts(high)} points worse than production, "
+        "more than the 2-point margin allows."
+    )
+    even = evaluate_gate(gate, plan, GateInputs(*_paired_binary(200, 10, 10, 150)))
+    assert even.verdict == "insufficient_data"
+    assert _one_sentence(even.explanation).startswith("undecided: the candidate may be anywhere")
+    assert "2-point margin lies inside that range" in even.explanation
+    few = evaluate_gate(gate, plan, GateInputs(*_paired_binary(12, 1, 0, 10)))
+    assert few.explanation == "undecided: only 12 paired items, fewer than the 30 needed to decide."
+    missing = evaluate_gate(gate, plan, GateInputs(_binary(50, 45), None))
+    assert missing.explanation == (
+        "undecided: there are no production scores on the same eval set version to compare with."
+    )
+
+
+def test_a_slice_failure_names_the_slice_and_holm(plan: Plan) -> None:
+    topics = ["async", "files", "strings", "tests"]
+    cand: dict[str, float] = {}
+    prod: dict[str, float] = {}
+    labels: dict[str, dict[str, str]] = {}
+    for t_index, topic in enumerate(topics):
+        for k in range(60):
+            key = f"{topic}-{k:02d}"
+            labels[key] = {"topic": topic}
+            if topic == "async":
+                cand[key], prod[key] = (0.0, 1.0) if k < 16 else (1.0, 1.0) if k < 50 else (0, 0)
+            else:
+                cand[key], prod[key] = (
+                    (1.0, 0.0) if k < 12 + t_index else (1.0, 1.0) if k < 50 else (0.0, 0.0)
+                )
+    result = evaluate_gate(NO_REGRESSION, plan, GateInputs(cand, prod, labels=labels))
+    assert result.verdict == "fail"
+    assert result.explanation == _one_sentence(
+        "fails: on topic = async the candidate scores 0.57 against production's 0.83 over 60 "
+        "items, short by more than the gate allows even after correcting for the 4 slices "
+        "tested (Holm), although over all items it clears the threshold."
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "passed", "start"),
+    [
+        (200, 196, "passes: the candidate scores at least {low:.2f} on parse_rate, above the 0.90"),
+        (200, 150, "fails: the candidate scores at most {high:.2f} on parse_rate, below the 0.90"),
+        (200, 181, "undecided: the candidate scores between {low:.2f} and {high:.2f} on parse"),
+        (10, 10, "undecided: only 10 paired items, fewer than the 30 needed"),
+    ],
+)
+def test_absolute_explanations(plan: Plan, n: int, passed: int, start: str) -> None:
+    result = evaluate_gate(ABSOLUTE, plan, GateInputs(candidate=_binary(n, passed)))
+    low, high = proportion_confint(passed, n, alpha=0.05, method="wilson")
+    expected = start.format(low=low, high=high)
+    assert _one_sentence(result.explanation).startswith(expected), result.explanation
+
+
+def test_non_inferiority_cost_and_latency_explanations(plan: Plan) -> None:
+    rng = np.random.default_rng(2)
+    teacher = rng.uniform(0.6, 1.0, 200)
+    for factor, start in ((1.0, "passes: the candidate keeps at least 9"), (0.8, "fails: ")):
+        student = np.clip(teacher * factor + rng.normal(0, 0.03, 200), 0, 1)
+        result = evaluate_gate(
+            NON_INFERIORITY,
+            plan,
+            GateInputs(
+                {f"i{k}": float(v) for k, v in enumerate(student)},
+                teacher={f"i{k}": float(v) for k, v in enumerate(teacher)},
+            ),
+        )
+        assert _one_sentence(result.explanation).startswith(start)
+        assert "of the teacher's quality" in result.explanation
+        assert "95% required" in result.explanation
+
+    student = Usage(100, 800.0, 350.0, None, 0)
+    cheap = evaluate_gate(
+        COST, plan, GateInputs({}, candidate_usage=student, teacher_usage=student)
+    )
+    assert cheap.value is not None
+    assert cheap.explanation == (
+        f"passes: the candidate costs {cheap.value:.0%} of the teacher per request, within the "
+        "20% allowed (at least 5x cheaper) (this gate does not block the release)."
+    )
+    unknown = evaluate_gate(COST, plan, GateInputs({}))
+    assert unknown.explanation.startswith("undecided: no tokens were measured")
+
+    gate = Gate(name="Latency", metric="latency_p95_ms", comparator="latency", threshold=1.2)
+    slow = Usage(100, None, None, 1500.0, 100)
+    reference = Usage(100, None, None, 1000.0, 100)
+    result = evaluate_gate(
+        gate, plan, GateInputs({}, candidate_usage=slow, production_usage=reference)
+    )
+    assert result.explanation == (
+        "fails: the candidate's p95 latency is 1.50x the reference's, more than the 1.2x allowed."
+    )
+
+
+def test_a_stored_report_without_an_interval_still_explains_itself() -> None:
+    from core.gates import explain_gate
+
+    stored = {
+        "name": "No regression vs production",
+        "comparator": "no_regression",
+        "metric": "tests_pass_rate",
+        "blocking": True,
+        "verdict": "fail",
+        "value": -0.0381,
+        "threshold": -0.02,
+        "slices": [],
+    }
+    assert explain_gate(stored) == (
+        "fails: the candidate scores 3.8 points worse than production on average, against the "
+        "2-point margin."
+    )
