@@ -175,7 +175,7 @@ def _bulk_interactions(store: Store, plan: Plan, rows: int) -> None:
         ).fetchone()
         con.execute(
             "INSERT INTO ingest_batches VALUES (?, 'interactions', 'bench bulk insert (SQL)', ?,"
-            " NULL, ?, ?, 0, 0, ?, ?, ?, NULL)",
+            " NULL, ?, ?, 0, 0, ?, ?, ?, NULL, NULL)",
             [batch, "0" * 64, rows, rows, started, datetime.now(UTC), ACTOR],
         )
         con.execute(
@@ -217,7 +217,7 @@ def _bulk_consent(store: Store, plan: Plan) -> None:
         ).fetchone()
         con.execute(
             "INSERT INTO ingest_batches VALUES (?, 'consent', 'bench bulk consent (SQL)', ?,"
-            " NULL, ?, ?, 0, 0, ?, ?, ?, NULL)",
+            " NULL, ?, ?, 0, 0, ?, ?, ?, NULL, NULL)",
             [batch, "1" * 64, n[0], n[0], datetime.now(UTC), datetime.now(UTC), ACTOR],
         )
         record_audit(con, actor=ACTOR, action="ingest", target=batch, detail={"rows": n[0]})

@@ -6,23 +6,28 @@ reconcile. A file whose sha256 is already stored for the same kind adds nothing.
 
 How a file becomes rows (all inside DuckDB):
 
-* JSONL of interactions, the fast path: ``read_json`` with every field as VARCHAR and
-  ``ignore_errors``, parsed in parallel with no row numbering (numbering held the reader to one
-  thread); a malformed line becomes an all-NULL row, so every non-blank line is one row. The
-  accepted rows are inserted in file order with ``line`` NULL. The rejected lines are found
-  afterwards: a thread that hashes the file also indexes its newlines, lines sampled from that
-  index and judged by the same stage pin down where rows are missing, and only those stretches
-  are read again and judged line by line, which gives each reject its exact line and reason.
-  Counts that do not agree send the file to the exact path.
-* JSONL, the exact path (gzip, BOM, consent and eval items): ``read_csv`` reading each line
-  whole as one VARCHAR, ``json_extract_string`` per field; lines DuckDB refuses as invalid
-  UTF-8 come back from its rejects table with their line numbers, and only they are
-  quarantined.
+* JSONL of interactions, the parallel path (``read_path`` "parallel"; a BOM and CRLF
+  included): ``read_json`` with every field as VARCHAR and ``ignore_errors``, parsed in
+  parallel with no row numbering (numbering held the reader to one thread). The reader makes
+  one row of each line that is not blank, an all-NULL row of a line it cannot read (invalid
+  JSON or UTF-8, the BOM's line). Every row is inserted in file order: an accepted one with
+  ``line`` NULL, a rejected one as a placeholder with ``line = 0``. A placeholder's rank among
+  the rows, plus the blank lines before it, is its line number; the placeholders are deleted,
+  their lines read again (a thread that hashes the file also indexes its newlines) and judged
+  one by one by the same stage as on the exact path, which gives each reject its reason from
+  the line's own text. A BOM's first line is judged and stored before the reader's rows. Counts
+  that do not agree, or a reader that gives up (a very long line), send the file to the exact
+  path.
+* JSONL, the exact path (``read_path`` "exact": gzip, consent and eval items, the fallback):
+  ``read_csv`` reading each line whole as one VARCHAR, numbered ``WITH ORDINALITY`` (one
+  thread), ``json_extract_string`` per field; lines DuckDB refuses as invalid UTF-8 come back
+  from its rejects table with their line numbers, and only they are quarantined.
 * CSV (quoted newlines included) and Parquet: DuckDB's readers, every column cast to VARCHAR.
 
 Validation, coercion and PII redaction are Ibis expressions over that VARCHAR relation
 (``interaction_stage``), compiled to one DuckDB query; they run unchanged on other Ibis
-backends once the PII macros exist there.
+backends once the PII macros exist there. A rejected row's reason names every problem it has,
+joined by "; " (a line that is not a JSON object has only that one).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from __future__ import annotations
 import bisect
 import gzip
 import hashlib
-import itertools
 import json
+import mmap
 import os
+import re
 import tempfile
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,6 +81,9 @@ Kind = Literal["interactions", "consent", "eval-items"]
 KINDS: tuple[Kind, ...] = ("interactions", "consent", "eval-items")
 
 FieldType = Literal["id", "text", "timestamp", "bool", "int", "number", "object", "enum"]
+
+# How a load read its file (module docstring): JSONL in parallel or line by line, CSV, Parquet.
+ReadPath = Literal["parallel", "exact", "csv", "parquet"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,9 @@ class IngestResult:
     already_loaded: bool = False
     cycle: int | None = None
     pii_found: dict[str, int] = field(default_factory=dict)
+    # How the file was read; for a file loaded before, how that load read it (None: a batch
+    # stored before this was recorded).
+    read_path: ReadPath | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data (the ``ingest --json`` keys)."""
@@ -291,11 +303,19 @@ def interaction_stage(kind: Kind = "interactions", *, max_text_bytes: int) -> ir
     def typed_of(spec: FieldSpec) -> Any:
         return source["fw_typed_" + spec.name] if "fw_typed_" + spec.name in parsed else None
 
-    cases: list[tuple[Any, Any]] = [(source.fw_pre_reason.notnull(), source.fw_pre_reason)]
+    checks: list[tuple[Any, Any]] = []
     for spec in fields:
-        cases.extend(_check(spec, source[spec.name], typed_of(spec), max_text_bytes))
-    reason = ibis.cases(*cases, else_=ibis.null("string"))
+        checks.extend(_check(spec, source[spec.name], typed_of(spec), max_text_bytes))
+    # Every problem of the row, in the fields' order; a line that is no JSON object has only
+    # that one (its fields are all missing).
+    problems = ibis.literal("; ").join(
+        [ibis.ifelse(condition, problem, ibis.null("string")) for condition, problem in checks]
+    )
+    reason = ibis.cases(
+        (source.fw_pre_reason.notnull(), source.fw_pre_reason), else_=problems.nullif("")
+    )
     # The same checks as one boolean: cheaper than building the reason for every row.
+    cases = [(source.fw_pre_reason.notnull(), source.fw_pre_reason), *checks]
     ok = ~ibis.or_(*(condition.fill_null(True) for condition, _ in cases))
     out: dict[str, Any] = {"line": source.line, "reason": reason, "ok": ok}
     for spec in fields:
@@ -364,7 +384,7 @@ def _file_format(name: str) -> tuple[str, bool]:
 
 
 _CHUNK = 1 << 24  # bytes read at a time by the scans of the file
-_BLOCK = 1 << 18  # the line index's granularity: one sampled line per block
+_BLOCK = 1 << 15  # the newline index's granularity: bytes a block
 
 
 @dataclass
@@ -727,6 +747,21 @@ _INSERTS: dict[Kind, str] = {
 }
 
 
+# The parallel path stores every row of the reader in file order: a rejected one as a
+# placeholder (``line = 0``, required columns filled, texts empty) whose place numbers its line.
+_FAST_INSERT = (
+    "INSERT INTO interactions SELECT CASE WHEN ok THEN interaction_id ELSE '' END, $batch, "
+    "$cycle, CASE WHEN ok THEN NULL ELSE 0 END, CASE WHEN ok THEN ts ELSE 'epoch' END, "
+    "CASE WHEN ok THEN user_id ELSE '' END, CASE WHEN ok THEN variant ELSE '' END, "
+    "CASE WHEN ok THEN model ELSE '' END, CASE WHEN ok THEN prompt ELSE '' END, "
+    "CASE WHEN ok THEN response ELSE '' END, CASE WHEN ok THEN system END, feedback, accepted, "
+    "latency_ms, input_tokens, output_tokens, cost_usd, topic, difficulty, "
+    "CASE WHEN ok THEN metadata::JSON END, CASE WHEN ok THEN pii ELSE [] END, "
+    "CASE WHEN ok THEN raw_prompt END, CASE WHEN ok THEN raw_response END, "
+    "CASE WHEN ok THEN raw_system END FROM fw_stage"
+)
+
+
 def ingest_file(
     store: Store,
     path: str | Path,
@@ -753,10 +788,10 @@ def ingest_file(
     fmt, gz = _file_format(name)
     started = _now()
     who = user.name
-    # JSONL of interactions without a BOM takes the fast path (see _load); gzip, a BOM, CSV
-    # and Parquet the exact one.
+    # JSONL of interactions takes the parallel path (see _load); gzip, consent, eval items,
+    # CSV and Parquet the exact one.
     _check_content(source, name, fmt, gz)
-    fast = fmt == "jsonl" and not gz and kind == "interactions" and not _has_bom(source)
+    fast = fmt == "jsonl" and not gz and kind == "interactions"
     # The sha256 (and the line count) runs in a thread while DuckDB loads; a file that turns
     # out to be loaded already is rolled back. The exact JSONL path also counts its over-long
     # lines in a second thread (through gzip where the file is compressed).
@@ -778,14 +813,17 @@ def ingest_file(
                         raise IngestError(f"{name}: the file holds no rows; nothing to load.")
                     sha256 = scan.result().sha256
                     earlier = con.execute(
-                        "SELECT batch_id, rows_read, cycle FROM ingest_batches "
+                        "SELECT batch_id, rows_read, cycle, read_path FROM ingest_batches "
                         "WHERE sha256 = ? AND kind = ?",
                         [sha256, kind],
                     ).fetchall()
                     if earlier:
                         raise _AlreadyLoaded(earlier[0])
                     con.execute(
-                        "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO ingest_batches (batch_id, kind, file_name, sha256, cycle, "
+                        "rows_read, accepted, rejected, duplicates, started_at, finished_at, "
+                        "actor, pii_detectors, read_path) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             batch_id,
                             kind,
@@ -800,6 +838,7 @@ def ingest_file(
                             _now(),
                             who,
                             DETECTORS_FINGERPRINT if kind == "interactions" else None,
+                            result["read_path"],
                         ],
                     )
                     record_audit(
@@ -827,6 +866,7 @@ def ingest_file(
                     rows,
                     True,
                     done.row[2],
+                    read_path=done.row[3],
                 )
             except duckdb.Error as exc:
                 if fast:
@@ -852,6 +892,7 @@ def ingest_file(
         False,
         cycle,
         result["pii_found"],
+        result["read_path"],
     )
 
 
@@ -869,12 +910,12 @@ def _load(
     """Validate, redact and store one file's rows in one pass; then sort out duplicates and
     quarantine the rest. Returns the counts.
 
-    The fast path (JSONL of interactions) lets DuckDB's reader parse in parallel and numbers
-    no rows. Every line, accepted or not, is inserted in file order (DuckDB keeps insertion
-    order), a rejected one as a placeholder row with ``line = 0``; the placeholders' places
-    give the rejected lines' numbers, and they are deleted before the transaction commits.
-    Accepted rows keep ``line`` NULL. When the reader's rows do not line up with the file's
-    lines, the load falls back to the exact path.
+    The parallel path (JSONL of interactions) lets DuckDB's reader parse in parallel and
+    numbers no rows. Every row the reader makes, accepted or not, is inserted in file order
+    (DuckDB keeps insertion order), a rejected one as a placeholder row with ``line = 0``; the
+    placeholders' places give the rejected lines' numbers, and they are deleted before the
+    transaction commits (``_fast_rejects``). Accepted rows keep ``line`` NULL. When the
+    reader's rows do not line up with the file's lines, the load falls back to the exact path.
     """
     con.execute("SET TimeZone = 'UTC'")
     # Row order is what numbers the rejected lines of the fast path: DuckDB's default, kept.
@@ -892,19 +933,25 @@ def _load(
     table, key = _TARGETS[kind]
     params = {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id}
     fmt, gz = form
+    stage_sql = ibis.to_sql(stage, "duckdb")
+    bom = fast and _has_bom(path)
+    # The reader cannot parse a BOM's line: it is judged and stored first, in its place.
+    stored_first = _store_first_line(con, path, stage_sql, params) if bom else 0
     how = _prepare_source(con, path, fmt, fast, fields, long_lines)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
     rejected: list[tuple[int, str, str | None]] = []
     raw: dict[int, str] = {}
     if how == "fast":
-        con.execute(_INSERTS[kind], params)
-        found = _fast_rejects(con, path, batch_id, scan.result())
+        con.execute(_FAST_INSERT, params)
+        found = _fast_rejects(
+            con, path, batch_id, scan.result(), bom=bom, stored_first=stored_first
+        )
         if found is None:
             con.execute("DELETE FROM interactions WHERE batch_id = ?", [batch_id])
             long_lines = Future()
             long_lines.set_result(_long_lines(path, gz, _max_line_bytes()))
             how = _prepare_source(con, path, fmt, False, fields, long_lines)
-            con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {ibis.to_sql(stage, 'duckdb')}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
         else:
             rows_read, rejected, raw = found
     if how != "fast":
@@ -952,7 +999,16 @@ def _load(
         "rejected": len(rejected),
         "duplicates": duplicates,
         "pii_found": pii_found,
+        "read_path": _READ_PATHS[how],
     }
+
+
+_READ_PATHS: dict[str, ReadPath] = {
+    "fast": "parallel",
+    "lines": "exact",
+    "csv": "csv",
+    "parquet": "parquet",
+}
 
 
 def _drop_duplicates(
@@ -982,110 +1038,186 @@ def _drop_duplicates(
 
 
 def _fast_rejects(
-    con: duckdb.DuckDBPyConnection, path: Path, batch_id: str, scan: _Scan
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    batch_id: str,
+    scan: _Scan,
+    *,
+    bom: bool,
+    stored_first: int,
 ) -> tuple[int, list[tuple[int, str, str | None]], dict[int, str]] | None:
-    """Fast path: rows read, the rejected lines (line, reason, user id) and their raw text.
+    """Parallel path: rows read, the rejected lines (line, reason, user id) and their raw text.
 
-    The stored rows are in file order, so a sampled line whose id is stored once has as many
-    rejected or blank lines before it as its line number exceeds its row's rank. Only the
-    stretches between samples where that number grows are read again, through the same stage
-    over single lines, which gives each reject its exact line and reason. None when the counts
-    do not agree (the caller then loads the file on the exact path).
+    The reader's rows were inserted in file order (after ``stored_first`` rows: the BOM's first
+    line, stored before them), a rejected one as a placeholder with ``line = 0``. The k-th row
+    comes from the k-th line that is not blank, so a placeholder's rank gives its line. Each
+    rejected line is read again and judged alone by the stage (its reason from its own text),
+    and the placeholders are deleted. None when anything does not add up (the caller then
+    loads the file on the exact path).
     """
-    stored, first, last = con.execute(
+    count, first, last = con.execute(
         "SELECT count(*), min(rowid), max(rowid) FROM interactions WHERE batch_id = ?",
         [batch_id],
     ).fetchall()[0]
-    if stored == scan.lines:
-        return stored, [], {}
-    if stored and last - first + 1 != stored:
+    if not count or last - first + 1 != count:
         return None
-    with path.open("rb") as handle:
-        samples = _sample_lines(handle, scan)
-        # Only samples the stage accepts, so that a rejected line repeating a stored id is
-        # never taken for that row.
-        texts = []
-        for line, _, _, raw in samples:
-            try:
-                texts.append([line, raw.rstrip(b"\r").decode("utf-8")])
-            except UnicodeDecodeError:
-                continue
-        judged = _judge_lines(con, texts, [])
-        ids: dict[str, tuple[int, int, int]] = {}
-        for line, start, end, raw in samples:
-            if line not in judged or judged[line][0] is not None:
-                continue
-            value = json.loads(raw)
-            key = value.get("interaction_id") if isinstance(value, dict) else None
-            if isinstance(key, str):
-                ids[key] = (line, start, end)
-        ranks = {
-            str(r[0]): int(r[1])
-            for r in con.execute(
-                "SELECT interaction_id, min(rowid) - $first + 1 FROM interactions "
-                "WHERE batch_id = $batch AND interaction_id IN (SELECT unnest($ids)) "
-                "GROUP BY interaction_id HAVING count(*) = 1",
-                {"first": first or 0, "batch": batch_id, "ids": list(ids)},
-            ).fetchall()
-        }
-        size = path.stat().st_size
-        # (line, rank, start offset, end offset) of lines known to be stored, with sentinels.
-        points = [(0, 0, 0, -1)]
-        points += sorted((ids[k][0], rank, ids[k][1], ids[k][2]) for k, rank in ranks.items())
-        points.append((scan.lines + 1, stored + 1, size, size))
-        texts = []
-        bad: list[list[Any]] = []
-        raw_of: dict[int, str] = {}
-        limit = _max_line_bytes()
-        expected: list[tuple[int, int, int]] = []  # (first line, last line, lines not stored)
-        blank = 0
-        for (line_a, rank_a, _, end_a), (line_b, rank_b, start_b, _) in itertools.pairwise(points):
-            gap = (line_b - rank_b) - (line_a - rank_a)
-            if gap < 0 or rank_b <= rank_a:
-                return None
-            if gap == 0:
-                continue
-            handle.seek(end_a + 1)
-            data = handle.read(start_b - end_a - 1)
-            pieces = data.split(b"\n")
-            if data.endswith(b"\n") or not data:
-                pieces.pop()
-            if len(pieces) != line_b - line_a - 1:
-                return None
-            empty = 0
-            for line, piece in enumerate(pieces, start=line_a + 1):
-                piece = piece.rstrip(b"\r")
-                if not piece.strip():
-                    empty += 1
-                    continue
-                raw_of[line] = piece[:_RAW_SHOWN].decode("utf-8", errors="replace") + (
-                    " … [cut]" if len(piece) > _RAW_SHOWN else ""
-                )
-                if len(piece) > limit:
-                    bad.append([line, 0, f"line is over the {limit}-byte read limit"])
-                    continue
-                try:
-                    texts.append([line, piece.decode("utf-8")])
-                except UnicodeDecodeError:
-                    bad.append([line, 0, "invalid UTF-8"])
-            blank += empty
-            expected.append((line_a + 1, line_b - 1, gap - empty))
-    rejected = [
-        (line, reason, user)
-        for line, (reason, user) in sorted(_judge_lines(con, texts, bad).items())
-        if reason is not None
+    rows = count - stored_first  # the reader's rows: one per line that is not blank
+    blanks = [] if rows == scan.lines else _blank_lines(path, scan.lines - rows)
+    if rows != scan.lines - len(blanks):
+        return None
+    limit = _max_line_bytes()
+    over = _lines_over(path, scan, limit)
+    if over:
+        # The reader may have parsed a line over the read limit: it is rejected all the same,
+        # as the exact path does.
+        con.execute(
+            "UPDATE interactions SET line = 0 WHERE batch_id = $batch AND rowid IN "
+            "(SELECT unnest($ranks) + $base)",
+            {
+                "batch": batch_id,
+                "ranks": [n - bisect.bisect_left(blanks, n) for n in over],
+                "base": first + stored_first - 1,
+            },
+        )
+    ranks = [
+        int(r[0])
+        for r in con.execute(
+            "SELECT rowid - $base FROM interactions WHERE batch_id = $batch AND line = 0 "
+            "ORDER BY rowid",
+            {"batch": batch_id, "base": first + stored_first - 1},
+        ).fetchall()
     ]
-    found = [line for line, _, _ in rejected]
-    for low, high, count in expected:
-        if bisect.bisect_right(found, high) - bisect.bisect_left(found, low) != count:
-            return None
-    return scan.lines - blank, rejected, {line: raw_of[line] for line in found}
+    con.execute("DELETE FROM interactions WHERE batch_id = ? AND line = 0", [batch_id])
+    lines = _lines_of_ranks(ranks, blanks)
+    if bom and lines[:1] != [1]:
+        return None  # the reader read the BOM's line after all: the stage never judged it
+    texts: list[list[Any]] = []
+    bad: list[list[Any]] = []
+    raw_of: dict[int, str] = {}
+    for line, (data, length) in _lines_at(path, lines, scan.newlines_before, limit).items():
+        if line == 1 and bom:
+            data = data[3:]
+        raw_of[line] = data[:_RAW_SHOWN].decode("utf-8", errors="replace") + (
+            " … [cut]" if length > _RAW_SHOWN else ""
+        )
+        if length > limit:
+            bad.append([line, 0, f"line is over the {limit}-byte read limit"])
+        elif not data.strip(_BLANK):
+            return None  # a row made of a blank line: the ranks cannot be trusted
+        else:
+            try:
+                texts.append([line, data.decode("utf-8")])
+            except UnicodeDecodeError:
+                bad.append([line, 0, "invalid UTF-8"])
+    judged = _judge_lines(con, texts, bad)
+    rejected: list[tuple[int, str, str | None]] = []
+    for line in lines:
+        reason, user = judged.get(line, (None, None))
+        if reason is not None:
+            rejected.append((line, reason, user))
+        elif not (line == 1 and stored_first):
+            return None  # the reader refused a line the stage accepts
+    return rows, rejected, {line: raw_of[line] for line, _, _ in rejected}
+
+
+_BLANK = b" \t\r\x0b\x0c"  # what a blank line holds, besides its newline (JSON's whitespace)
+_BLANK_LINE = re.compile(rb"\n(?=[ \t\r\x0b\x0c]*\n)")
+
+
+def _blank_lines(path: Path, expected: int) -> list[int]:
+    """The numbers of the blank (whitespace-only) lines, which the reader makes no row of; the
+    scan stops once it has found ``expected`` of them."""
+    found: list[int] = []
+    line = 1  # the number of the line that starts the text searched
+    carry = b"\n"  # the text searched starts after a newline: line 1 may be blank too
+    with path.open("rb") as handle:
+        while len(found) < expected:
+            chunk = handle.read(_CHUNK)
+            if not chunk and carry == b"\n":
+                break  # the file ends with a newline: no line after it
+            text = carry + (chunk if chunk else b"\n")
+            cut = text.rfind(b"\n")
+            at, counted = 0, line
+            for match in _BLANK_LINE.finditer(text, 0, cut + 1):
+                counted += text.count(b"\n", at, match.start())
+                at = match.start()
+                found.append(counted)
+            line += text.count(b"\n", 0, cut)
+            carry = text[cut:]
+            if not chunk:
+                break
+    return found[:expected]
+
+
+def _lines_of_ranks(ranks: list[int], blanks: list[int]) -> list[int]:
+    """The line numbers of the reader's rows of the given ranks (both sorted), the blank
+    lines being skipped."""
+    lines: list[int] = []
+    skipped = 0
+    for rank in ranks:
+        while skipped < len(blanks) and blanks[skipped] <= rank + skipped:
+            skipped += 1
+        lines.append(rank + skipped)
+    return lines
+
+
+def _lines_over(path: Path, scan: _Scan, limit: int) -> list[int]:
+    """The plain file's lines over ``limit`` bytes, read again only where the newline index
+    shows a stretch of blocks long enough to hold one."""
+    span = max(limit // _BLOCK - 1, 1)
+    marks = scan.newlines_before
+    if not any(marks[i] == marks[i + span] for i in range(len(marks) - span)):
+        return []
+    return [line for line, _ in _long_lines(path, False, limit)]
+
+
+def _lines_at(
+    path: Path, wanted: list[int], newlines_before: list[int], limit: int
+) -> dict[int, tuple[bytes, int]]:
+    """Given sorted 1-based line numbers, each line's bytes without its CR (only the first
+    ``_RAW_SHOWN + 1`` of a line over ``limit``) and its length, found through the newline
+    index: a seek to the block the line starts in, then a few newlines counted."""
+    found: dict[int, tuple[bytes, int]] = {}
+    if not wanted:
+        return found
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        size = len(view)
+        at, line = 0, 1  # ``at`` is where ``line`` starts
+        for target in wanted:
+            block = bisect.bisect_left(newlines_before, target - 1) - 1
+            if block >= 0 and newlines_before[block] + 2 > line:
+                at = view.find(b"\n", block * _BLOCK) + 1
+                line = newlines_before[block] + 2
+            while line < target:
+                at = view.find(b"\n", at) + 1
+                line += 1
+            end = view.find(b"\n", at)
+            end = size if end < 0 else end
+            stop = end - 1 if end > at and view[end - 1] == 13 else end
+            length = stop - at
+            found[target] = (
+                view[at : at + (length if length <= limit else _RAW_SHOWN + 1)],
+                length,
+            )
+            at, line = end + 1, line + 1
+    return found
 
 
 def _judge_lines(
     con: duckdb.DuckDBPyConnection, texts: list[list[Any]], bad: list[list[Any]]
 ) -> dict[int, tuple[str | None, str | None]]:
     """The stage over single interaction lines: line -> (reason or None, user id)."""
+    _lines_table(con, texts, bad)
+    return {
+        int(r[0]): (r[1], r[2])
+        for r in con.execute("SELECT line, reason, user_id FROM fw_stage").fetchall()
+    }
+
+
+def _lines_table(
+    con: duckdb.DuckDBPyConnection, texts: list[list[Any]], bad: list[list[Any]]
+) -> None:
+    """``fw_source`` over the given (line, text) pairs and refused (line, 0, reason) lines."""
     # Thousands of lines: bound as two lists, one statement (executemany runs one per row).
     con.execute(
         "CREATE OR REPLACE TEMP TABLE fw_lines AS SELECT unnest($k)::BIGINT AS k, "
@@ -1095,37 +1227,30 @@ def _judge_lines(
     con.execute("CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)")
     _insert_many(con, "fw_bad_lines", bad)
     _define_lines_source(con, INTERACTION_FIELDS, mapped=False)
-    return {
-        int(r[0]): (r[1], r[2])
-        for r in con.execute("SELECT line, reason, user_id FROM fw_stage").fetchall()
-    }
 
 
-def _sample_lines(handle: BinaryIO, scan: _Scan) -> list[tuple[int, int, int, bytes]]:
-    """The first whole line after each block boundary: (line, start, end offset, bytes)."""
-    samples: dict[int, tuple[int, int, int, bytes]] = {}
-    for block in range(1, len(scan.newlines_before)):
-        offset = block * _BLOCK
-        handle.seek(offset - 1)
-        data = handle.read(1 << 16)
-        newline = data.find(b"\n")
-        while newline < 0 and (more := handle.read(1 << 20)):
-            data += more
-            newline = data.find(b"\n")
-        if newline < 0:
-            break
-        line = scan.newlines_before[block] + (1 if newline == 0 else 2)
-        if line in samples:
-            continue
-        end = data.find(b"\n", newline + 1)
-        while end < 0 and (more := handle.read(1 << 20)):
-            data += more
-            end = data.find(b"\n", newline + 1)
-        if end < 0:
-            break  # the last line: the end sentinel covers it
-        start = offset - 1 + newline + 1
-        samples[line] = (line, start, offset - 1 + end, data[newline + 1 : end])
-    return list(samples.values())
+def _store_first_line(
+    con: duckdb.DuckDBPyConnection, path: Path, stage_sql: str, params: dict[str, Any]
+) -> int:
+    """Store the first line of a file that starts with a BOM (the reader cannot parse that
+    line) when the stage accepts it; return the rows stored (0 or 1)."""
+    limit = _max_line_bytes()
+    with path.open("rb") as handle:
+        first = handle.readline(limit + 2)
+    if len(first.rstrip(b"\r\n")) > limit:
+        return 0
+    try:
+        text = first[3:].rstrip(b"\r\n").decode("utf-8")
+    except UnicodeDecodeError:
+        return 0
+    _lines_table(con, [[1, text]], [])
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
+    con.execute(_INSERTS["interactions"], params)
+    return int(
+        con.execute(
+            "SELECT count(*) FROM interactions WHERE batch_id = ?", [params["batch"]]
+        ).fetchall()[0][0]
+    )
 
 
 def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
@@ -1236,7 +1361,8 @@ def list_batches(store: Store) -> list[dict[str, Any]]:
     """Every batch, newest first."""
     return store.fetch_dicts(
         "SELECT batch_id, kind, file_name, sha256, cycle, rows_read, accepted, rejected, "
-        "duplicates, started_at, finished_at FROM ingest_batches ORDER BY started_at DESC"
+        "duplicates, read_path, started_at, finished_at FROM ingest_batches "
+        "ORDER BY started_at DESC"
     )
 
 

@@ -321,38 +321,92 @@ def test_whitespace_only_lines_keep_line_numbers(store: Store, tmp_path: Path) -
     assert reasons(store, result) == {5: "invalid JSON"}
 
 
-def test_fast_path_finds_each_reject_line_as_the_exact_path_does(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Small blocks make the fast path sample many lines, as it does in a large file.
-    monkeypatch.setattr("core.ingest._BLOCK", 512)
-    answers: list[bool] = []
-    find = core.ingest._fast_rejects
+def stored_rows(store: Store, batch_id: str) -> list[tuple[Any, ...]]:
+    """A batch's stored interactions, every column but the batch and the source line (which
+    only the exact path keeps), in id order."""
+    cur = store.fetch_all(
+        "SELECT * EXCLUDE (batch_id, line) FROM interactions WHERE batch_id = ? "
+        "ORDER BY interaction_id",
+        [batch_id],
+    )
+    return [tuple(row) for row in cur]
 
-    def spy(*args: Any) -> Any:
-        found = find(*args)
-        answers.append(found is not None)
-        return found
 
-    monkeypatch.setattr("core.ingest._fast_rejects", spy)
+def quarantined(store: Store, batch_id: str) -> list[tuple[Any, ...]]:
+    return store.fetch_all(
+        "SELECT line, reason, user_id, raw IS NOT NULL FROM quarantine WHERE batch_id = ? "
+        "ORDER BY line",
+        [batch_id],
+    )
+
+
+def dirty_log() -> tuple[bytes, dict[int, str]]:
+    """A log with a BOM, CRLF and LF endings, blank lines and every kind of bad line; the
+    expected reason (its start) of each rejected line."""
     lines: list[bytes] = [json.dumps(record(n, prompt="x" * (n % 97))).encode() for n in range(400)]
-    lines[0] = b"{broken"
-    lines[37] = b""
-    lines[38] = b"  \t"
-    lines[90] = json.dumps(record(90, ts="yesterday")).encode()
-    lines[91] = json.dumps(record(90)).encode()  # the id of a rejected line, stored once
-    lines[150] = b'{"interaction_id": "i-150", "prompt": "caf\xe9"}'
-    lines[151] = b"[1, 2]"
-    lines[152] = b"{}"
-    lines[200] = json.dumps(record(7)).encode()  # repeats line 8's id: a duplicate
-    lines[399] = b'{"interaction_id": "i-399", "ts": '
-    body = b"\r\n".join(lines[:300]) + b"\n" + b"\n".join(lines[300:])  # no final newline
-    plain = tmp_path / "fast.jsonl"
+    expected: dict[int, str] = {}
+
+    def bad(index: int, line: Any, reason: str) -> None:
+        lines[index] = line if isinstance(line, bytes) else json.dumps(line).encode()
+        expected[index + 1] = reason
+
+    bad(3, record(3, user_id=...), "missing required field: user_id")
+    bad(4, record(4, model=" \t "), "missing required field: model")
+    bad(20, record(20, prompt=None), "missing required field: prompt")
+    bad(37, b"", "")
+    bad(38, b"  \t\x0b", "")
+    bad(60, record(60, latency_ms="fast"), "latency_ms is not a whole number")
+    bad(61, record(61, accepted="maybe"), "accepted is not true/false")
+    bad(62, record(62, metadata="plain"), "metadata is not a JSON object")
+    bad(
+        63,
+        record(63, cost_usd="cheap", feedback="meh"),
+        "feedback is not one of up / down: meh; cost_usd is not a number: cheap",
+    )
+    bad(90, record(90, ts="yesterday"), "ts is not a timestamp: yesterday")
+    bad(91, json.dumps(record(90)).encode(), "")  # the id of a rejected line, stored once
+    bad(92, record(92, ts=1700000000), "ts is not a timestamp: 1700000000")
+    bad(120, b'{"interaction_id": "i-120", "ts": "2027-01-0', "invalid JSON")
+    bad(121, b"{broken", "invalid JSON")
+    bad(150, b'{"interaction_id": "i-150", "prompt": "caf\xe9"}', "invalid UTF-8")
+    bad(151, b"[1, 2]", "not a JSON object")
+    bad(152, b"{}", "missing required field: interaction_id")
+    bad(170, record(170, response="r" * 1200), "response is over the 1000-byte limit")
+    bad(200, json.dumps(record(7)).encode(), "")  # repeats line 8's id: a duplicate
+    bad(201, json.dumps(record(201, prompt="call +44 20 7946 0958")).encode(), "")  # PII
+    bad(
+        250,
+        record(250, user_id=..., ts="soon", accepted="maybe"),
+        "ts is not a timestamp: soon; missing required field: user_id; "
+        "accepted is not true/false: maybe",
+    )
+    bad(399, b'{"interaction_id": "i-399", "ts": ', "invalid JSON")
+    for line in (38, 39, 92, 201, 202):
+        expected.pop(line)
+    # A BOM, CRLF for the first 300 lines, LF after, no final newline.
+    body = b"\xef\xbb\xbf" + b"\r\n".join(lines[:300]) + b"\n" + b"\n".join(lines[300:])
+    return body, expected
+
+
+@pytest.mark.parametrize("first_line", ["accepted", "rejected"])
+def test_the_parallel_path_stores_and_rejects_exactly_as_the_exact_path_on_a_dirty_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_line: str
+) -> None:
+    # Small blocks make the newline index as coarse, relative to the lines, as in a big file.
+    monkeypatch.setattr("core.ingest._BLOCK", 512)
+    monkeypatch.setenv("FLYWHEEL_MAX_TEXT_BYTES", "1000")
+    body, expected = dirty_log()
+    if first_line == "rejected":  # the BOM's line itself is bad
+        body = body.replace(b'"user_id": "user-0", ', b"", 1)
+        expected[1] = "missing required field: user_id"
+    plain = tmp_path / "dirty.jsonl"
     plain.write_bytes(body)
-    packed = tmp_path / "exact.jsonl.gz"  # gzip takes the exact path: the reference
-    packed.write_bytes(gzip.compress(body.replace(b'"i-', b'"g-')))
-    fast = ingest_file(store, plain, user=local_operator())
-    exact = ingest_file(store, packed, user=local_operator())
+    packed = tmp_path / "dirty.jsonl.gz"  # gzip takes the exact path: the reference
+    packed.write_bytes(gzip.compress(body))
+    fast_store, exact_store = Store(tmp_path / "fast.duckdb"), Store(tmp_path / "exact.duckdb")
+    fast = ingest_file(fast_store, plain, user=local_operator())
+    exact = ingest_file(exact_store, packed, user=local_operator())
+    assert (fast.read_path, exact.read_path) == ("parallel", "exact")
     assert reconciles(fast) and reconciles(exact)
     assert (fast.rows_read, fast.accepted, fast.rejected, fast.duplicates) == (
         exact.rows_read,
@@ -360,10 +414,40 @@ def test_fast_path_finds_each_reject_line_as_the_exact_path_does(
         exact.rejected,
         exact.duplicates,
     )
-    assert (fast.rows_read, fast.rejected, fast.duplicates) == (398, 6, 1)
-    assert reasons(store, fast) == reasons(store, exact)
-    assert list(reasons(store, fast)) == [1, 91, 151, 152, 153, 400]
-    assert answers == [True]  # the fast path found them itself, without falling back
+    assert (fast.rows_read, fast.rejected, fast.duplicates) == (398, len(expected), 1)
+    assert fast.pii_found == exact.pii_found == {"PHONE": 1}
+    assert stored_rows(fast_store, fast.batch_id) == stored_rows(exact_store, exact.batch_id)
+    assert quarantined(fast_store, fast.batch_id) == quarantined(exact_store, exact.batch_id)
+    found = reasons(fast_store, fast)
+    assert list(found) == sorted(expected)
+    for line, reason in expected.items():
+        assert found[line].startswith(reason), (line, found[line])
+    assert list_batches(fast_store)[0]["read_path"] == "parallel"
+
+
+def test_a_file_the_parallel_reader_cannot_line_up_loads_on_the_exact_path(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A blank line the reader reads as a row (were it ever to) breaks the line count: the
+    # load must then fall back, and still number every line.
+    monkeypatch.setattr("core.ingest._blank_lines", lambda path, expected: [])
+    path = write_jsonl(tmp_path / "log.jsonl", [record(1), "", "{oops", record(2)])
+    result = ingest_file(store, path, user=local_operator())
+    assert result.read_path == "exact"
+    assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
+    assert reasons(store, result) == {3: "invalid JSON"}
+
+
+def test_blank_lines_are_found_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("core.ingest._CHUNK", 7)
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b' \r\n{}\n\n{}\r\n \t\x0c\n{"a": 1}\n\r\n  ')
+    assert core.ingest._blank_lines(path, 10) == [1, 3, 5, 7, 8]
+    assert core.ingest._blank_lines(path, 2) == [1, 3]
+    path.write_bytes(b"{}\n\n{}\n")
+    assert core.ingest._blank_lines(path, 10) == [2]
 
 
 def write_gzip(path: Path, parts: list[bytes]) -> Path:
