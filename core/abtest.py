@@ -71,11 +71,6 @@ class ABDesignResult:
     mde_relative: bool
 
 
-def _planned_total(n_per_arm: int, shares: Sequence[float]) -> int:
-    """Total users when the smallest arm holds n_per_arm: the N* of the confidence sequence."""
-    return math.ceil(round(n_per_arm * sum(shares) / min(shares), 6))
-
-
 def design_ab_test(
     baseline: float,
     mde: float,
@@ -112,7 +107,7 @@ def design_ab_test(
         raise AnalysisError(f"Cannot size the A/B test: {exc}.") from None
     return ABDesignResult(
         n_per_arm=n,
-        total=_planned_total(n, traffic_shares),
+        total=stats.planned_total(n, traffic_shares),
         days=days,
         daily_traffic=daily_traffic,
         traffic_shares=tuple(traffic_shares),

@@ -2,6 +2,10 @@
 
 Exit status: 0 done; 1 a check failed (lint errors, a failed gate); 2 bad input or usage,
 with one line on stderr and nothing written.
+
+Each command imports the core modules it calls inside its handler: between them they load
+DuckDB, pandas, Ibis, Plotly, scipy, openai and the training stack, seconds of imports that
+``--help`` and ``stats sample-size`` do not need (tests/test_cli_startup.py, bench/cli.py).
 """
 
 from __future__ import annotations
@@ -13,30 +17,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import stats
-from core.abtest import analyse_cycle, design_ab_test
-from core.access import User, local_operator
-from core.backup import backup_store, restore_store
-from core.consent import forget_user
-from core.cycles import run_cycle, run_summary, why_dropped
-from core.datasets import EXPORT_FORMATS, SPLITS, compare_versions, export_dataset, list_versions
-from core.demo import load_demo
-from core.documents import DOCUMENTS, FORMATS, generated_at_now, write_document
 from core.errors import AnalysisError, DocumentError, EvalError, FlywheelError, PlanError
-from core.evals import ROLES
-from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
-from core.ingest import KINDS, batch_rejects, ingest_file
-from core.lint import LintReport, lint_plan
-from core.paths import check_output_path
-from core.plan_files import dump_plan, plan_format_for, read_plan_file
-from core.plan_versions import list_plans, load_plan, save_plan_version
-from core.privacy import redact_file
-from core.promotion import require_candidate
-from core.retention import enforce_retention
 from core.settings import default_db_path, get_setting
-from core.store import Store
+
+if TYPE_CHECKING:
+    from core.access import User
+    from core.lint import LintReport
+    from core.store import Store
 
 __all__ = ["build_parser", "main"]
 
@@ -51,17 +41,31 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
 
 
-Handler = Callable[[argparse.Namespace, Store], Outcome]
+Handler = Callable[[argparse.Namespace, "Store"], Outcome]
+# The commands marked store_free in the parser (statistics from counts, plan lint) get no store:
+# it would import DuckDB for nothing.
+StoreFreeHandler = Callable[[argparse.Namespace], Outcome]
+
+# Choices of a few flags, written out so that building the parser imports none of the modules
+# that define them; tests/test_cli_startup.py checks each against its source.
+INGEST_KINDS = ("interactions", "consent", "eval-items")  # core.ingest.KINDS
+EXPORT_FORMATS = ("openai-jsonl", "parquet")  # core.datasets.EXPORT_FORMATS
+EXPORT_SPLITS = ("train", "validation", "all")  # core.datasets.SPLITS
+EVAL_ROLES = ("candidate", "production", "teacher", "other")  # core.evals.ROLES
 
 
 def _user() -> User:
     """Who acts on the command line: the local operator (every role but viewer), named by
     FLYWHEEL_ACTOR in the audit log."""
+    from core.access import local_operator
+
     return local_operator()
 
 
 def default_plan_id(store: Store) -> str:
     """The plan a command acts on when --plan is not given: the newest non-demo plan first."""
+    from core.plan_versions import list_plans
+
     plans = list_plans(store)
     if not plans:
         raise PlanError(
@@ -78,6 +82,8 @@ def _lint_lines(report: LintReport) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.demo import load_demo
+
     summary = load_demo(store, seed=args.seed)
     verb = "Loaded" if summary.created else "Already loaded:"
     return Outcome(
@@ -87,7 +93,10 @@ def cmd_demo(args: argparse.Namespace, store: Store) -> Outcome:
     )
 
 
-def cmd_plan_lint(args: argparse.Namespace, store: Store) -> Outcome:
+def cmd_plan_lint(args: argparse.Namespace) -> Outcome:
+    from core.lint import lint_plan
+    from core.plan_files import read_plan_file
+
     report = lint_plan(read_plan_file(args.file))
     summary = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
     return Outcome(
@@ -98,6 +107,10 @@ def cmd_plan_lint(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_plan_import(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.lint import lint_plan
+    from core.plan_files import read_plan_file
+    from core.plan_versions import save_plan_version
+
     plan = read_plan_file(args.file)
     note = args.note or f"Imported from {Path(args.file).name}"
     plan_id, version = save_plan_version(store, plan, note=note, user=_user(), plan_id=args.plan)
@@ -110,6 +123,10 @@ def cmd_plan_import(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_plan_export(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.paths import check_output_path
+    from core.plan_files import dump_plan, plan_format_for
+    from core.plan_versions import load_plan
+
     out = check_output_path(args.out)
     fmt = plan_format_for(args.out)
     plan_id = args.plan or default_plan_id(store)
@@ -126,6 +143,8 @@ def cmd_plan_export(args: argparse.Namespace, store: Store) -> Outcome:
 
 def _document_format(args: argparse.Namespace) -> str:
     """--format, else the extension of --out; one of md, html, pdf."""
+    from core.documents import FORMATS
+
     fmt = (args.format or Path(args.out).suffix.lstrip(".")).lower()
     if fmt == "markdown":
         fmt = "md"
@@ -137,6 +156,9 @@ def _document_format(args: argparse.Namespace) -> str:
 
 
 def _render_plan_document(name: str, args: argparse.Namespace, store: Store) -> Outcome:
+    from core.documents import DOCUMENTS, generated_at_now, write_document
+    from core.plan_versions import load_plan
+
     fmt = _document_format(args)
     plan_id = args.plan or default_plan_id(store)
     plan, version = load_plan(store, plan_id, args.version)
@@ -148,6 +170,7 @@ def _render_plan_document(name: str, args: argparse.Namespace, store: Store) -> 
         plan=plan,
         plan_id=plan_id,
         version=version,
+        store=store,
     )
     title = DOCUMENTS[name].title
     return Outcome(
@@ -165,6 +188,8 @@ def cmd_report_privacy(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_report_cycle(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.documents import generated_at_now, write_document
+
     fmt = _document_format(args)
     plan_id = args.plan or default_plan_id(store)
     out = write_document(
@@ -183,6 +208,9 @@ def cmd_report_cycle(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_report_model_card(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.documents import generated_at_now, write_document
+    from core.promotion import require_candidate
+
     fmt = _document_format(args)
     plan_id = args.plan or default_plan_id(store)
     model = str(require_candidate(store, plan_id, args.cycle)["model"])
@@ -202,6 +230,8 @@ def cmd_report_model_card(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_report_datasheet(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.documents import generated_at_now, write_document
+
     fmt = _document_format(args)
     out = write_document(
         "datasheet",
@@ -218,6 +248,8 @@ def cmd_report_datasheet(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.plan_versions import list_plans
+
     plans = list_plans(store)
     rows = [
         {
@@ -238,6 +270,8 @@ def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_generate(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.generation import GenerationSpec, dry_run, run_batch, run_generation, stored_counts
+
     plan_id = args.plan or default_plan_id(store)
     if args.dry_run:
         estimate = dry_run(store, plan_id, batch=args.batch, top_up=args.top_up)
@@ -284,11 +318,15 @@ def cmd_generate(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_ingest(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.ingest import ingest_file
+
     result = ingest_file(store, args.file, user=_user(), kind=args.kind, cycle=args.cycle)
     return Outcome(result.to_dict(), result.summary)
 
 
 def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.ingest import batch_rejects
+
     rows = batch_rejects(store, args.batch, user=_user(), reveal_raw=args.raw)
     text = "\n".join(
         f"line {r['line']}: {r['reason']}" + (f"\n    {r['raw']}" if args.raw else "") for r in rows
@@ -300,6 +338,8 @@ def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.consent import forget_user
+
     result = forget_user(store, args.user_id, by=_user())
     tables = ", ".join(f"{t} {n}" for t, n in sorted(result.rows_deleted.items()))
     lines = [
@@ -323,6 +363,8 @@ def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_pii_redact(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.privacy import redact_file
+
     rows, found = redact_file(args.input, args.output)
     summary = ", ".join(f"{n} {t}" for t, n in sorted(found.items())) or "no PII found"
     return Outcome(
@@ -339,7 +381,7 @@ def _interval(ci: tuple[float, float] | None) -> str:
     return "n/a" if ci is None else f"({ci[0]:+.2%}, {ci[1]:+.2%})"
 
 
-def cmd_stats_ab(args: argparse.Namespace, store: Store) -> Outcome:
+def cmd_stats_ab(args: argparse.Namespace) -> Outcome:
     try:
         control = stats.proportion_arm(args.control_n, args.control_x)
         treatment = stats.proportion_arm(args.treatment_n, args.treatment_x)
@@ -391,7 +433,7 @@ def _numbers(text: str, flag: str, kind: type[float] | type[int]) -> list[Any]:
         ) from None
 
 
-def cmd_stats_srm(args: argparse.Namespace, store: Store) -> Outcome:
+def cmd_stats_srm(args: argparse.Namespace) -> Outcome:
     counts = _numbers(args.counts, "--counts", int)
     weights = _numbers(args.weights, "--weights", float) if args.weights else None
     try:
@@ -415,34 +457,38 @@ def cmd_stats_srm(args: argparse.Namespace, store: Store) -> Outcome:
     return Outcome(data, text, exit_code=1 if result.mismatch else 0)
 
 
-def cmd_stats_sample_size(args: argparse.Namespace, store: Store) -> Outcome:
+def cmd_stats_sample_size(args: argparse.Namespace) -> Outcome:
+    # The functions core.abtest.design_ab_test sizes with, called here so that the answer
+    # needs neither the plan models nor the store (test_cli_startup compares the two).
     shares = _numbers(args.shares, "--shares", float)
-    design = design_ab_test(
-        args.baseline,
-        args.mde,
-        relative=args.relative,
-        alpha=args.alpha,
-        power=args.power,
-        daily_traffic=args.daily_traffic or 1.0,
-        traffic_shares=shares,
-    )
+    try:
+        n_per_arm = stats.sample_size_per_arm(
+            args.baseline, args.mde, relative=args.relative, alpha=args.alpha, power=args.power
+        )
+        days = stats.ab_duration_days(n_per_arm, args.daily_traffic or 1.0, shares)
+    except ValueError as exc:
+        raise AnalysisError(f"Cannot size the A/B test: {exc}.") from None
+    total = stats.planned_total(n_per_arm, shares)
     data: dict[str, Any] = {
-        "n_per_arm": design.n_per_arm,
-        "total": design.total,
+        "n_per_arm": n_per_arm,
+        "total": total,
         "baseline": args.baseline,
         "mde": args.mde,
         "relative": args.relative,
         "alpha": args.alpha,
         "power": args.power,
-        "days": design.days if args.daily_traffic else None,
+        "days": days if args.daily_traffic else None,
     }
-    text = f"{design.n_per_arm:,} users per arm ({design.total:,} in total)"
+    text = f"{n_per_arm:,} users per arm ({total:,} in total)"
     if args.daily_traffic:
-        text += f"; {design.days} day(s) at {args.daily_traffic:,g} users a day"
+        text += f"; {days} day(s) at {args.daily_traffic:,g} users a day"
     return Outcome(data, text + ".")
 
 
 def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.abtest import analyse_cycle
+    from core.plan_versions import load_plan
+
     plan_id = args.plan or default_plan_id(store)
     plan, _ = load_plan(store, plan_id)
     analysis = analyse_cycle(store, plan, args.cycle, plan_id=plan_id, correction=args.correction)
@@ -806,12 +852,21 @@ def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_cycle_run(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.cycles import run_cycle, run_summary
+    from core.errors import ThinCycleError
+
     plan_id = args.plan or default_plan_id(store)
-    result = run_cycle(store, plan_id, args.cycle, user=_user())
+    try:
+        result = run_cycle(store, plan_id, args.cycle, user=_user(), force=args.force)
+    except ThinCycleError as exc:
+        data = {"plan_id": plan_id, "cycle": args.cycle, "built": False, "reason": str(exc)}
+        return Outcome(data, str(exc), exit_code=1)
     return Outcome(result.to_dict(), run_summary(result))
 
 
 def cmd_cycle_why(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.cycles import why_dropped
+
     answers = why_dropped(store, args.interaction_id, plan_id=args.plan)
     text = "\n".join(f"cycle {a['cycle']} ({a['run_id']}): {a['why']}" for a in answers)
     return Outcome(
@@ -821,6 +876,8 @@ def cmd_cycle_why(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_dataset_export(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.datasets import export_dataset
+
     result = export_dataset(store, args.version, args.out, fmt=args.format, split=args.split)
     text = f"Wrote {result.rows} {args.split} rows of {args.version} to {result.path} "
     text += f"(sha256 {result.sha256[:12]}…)."
@@ -835,6 +892,8 @@ def cmd_dataset_export(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_dataset_list(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.datasets import list_versions
+
     versions = list_versions(store, args.plan)
     rows = [
         {
@@ -859,13 +918,24 @@ def cmd_dataset_list(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_dataset_compare(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.datasets import compare_versions
+
     diff = compare_versions(store, args.old, args.new)
-    lines = [f"{c.cell_key}: +{c.added} −{c.removed} ={c.kept}" for c in diff.cells]
-    lines.append(f"{diff.old} → {diff.new}: +{diff.added} −{diff.removed}, {diff.kept} kept.")
+    lines = [
+        f"{c.cell_key}: {c.kept} carried, +{c.added} added, −{c.removed} removed"
+        f" ({c.retired} retired, {c.rechecked} on recheck)"
+        for c in diff.cells
+    ]
+    lines.append(
+        f"{diff.old} → {diff.new}: {diff.kept} carried, +{diff.added} added, −{diff.removed}"
+        f" removed ({diff.retired} retired under the cap, {diff.rechecked} failed the recheck)."
+    )
     return Outcome(diff.to_dict(), "\n".join(lines))
 
 
 def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.backup import backup_store
+
     result = backup_store(store, args.directory, user=_user())
     total = sum(result.tables.values())
     return Outcome(
@@ -877,6 +947,8 @@ def cmd_backup(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_restore(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.backup import restore_store
+
     result = restore_store(args.directory, store.path, user=_user(), replace=args.replace)
     total = sum(result.tables.values())
     return Outcome(
@@ -888,6 +960,9 @@ def cmd_restore(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_retention(args: argparse.Namespace, store: Store) -> Outcome:
+    from core.plan_versions import load_plan
+    from core.retention import enforce_retention
+
     plan_id = args.plan or default_plan_id(store)
     plan, _ = load_plan(store, plan_id)
     try:
@@ -932,7 +1007,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lint = plan_commands.add_parser("lint", parents=[common], help="check a plan file")
     lint.add_argument("file", help="plan file (.json, .yaml or .yml)")
-    lint.set_defaults(handler=cmd_plan_lint)
+    lint.set_defaults(handler=cmd_plan_lint, store_free=True)
 
     imp = plan_commands.add_parser("import", parents=[common], help="store a plan file")
     imp.add_argument("file", help="plan file (.json, .yaml or .yml)")
@@ -976,7 +1051,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest", parents=[common], help="load interactions, consent events or eval items"
     )
     ingest.add_argument("file", help="JSONL, CSV or Parquet file (JSONL and CSV may be .gz)")
-    ingest.add_argument("--kind", choices=KINDS, default="interactions", help="what the file holds")
+    ingest.add_argument(
+        "--kind", choices=INGEST_KINDS, default="interactions", help="what the file holds"
+    )
     ingest.add_argument("--cycle", type=int, help="tag the batch with this cycle number")
     ingest.set_defaults(handler=cmd_ingest)
 
@@ -1080,12 +1157,20 @@ def _cycle_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "run",
         parents=[common],
         help="run the cycle's pipeline and build a dataset version",
-        description="Consented interactions of the cycle's window, PII check, the plan's "
-        "filters, exact and near-duplicates, decontamination, the synthetic mix and the split, "
-        "in one transaction. Refuses unless the plan's privacy review is approved.",
+        description="The parent version's rows checked again and carried, then the "
+        "consented interactions of the cycle's window, PII check, the plan's filters, exact "
+        "and near-duplicates (against the carried rows too), decontamination, the synthetic "
+        "mix with the cap's retirement policy and the split, in one transaction. Refuses "
+        "unless the plan's privacy review is approved. Exit 1, building nothing, when the "
+        "cycle has fewer new rows than the plan's min_new_examples (see --force).",
     )
     run.add_argument("--cycle", type=int, required=True, help="cycle number (1 = first)")
     run.add_argument("--plan", help="plan id (default: the newest plan)")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="build a version even with fewer new rows than the plan's min_new_examples",
+    )
     run.set_defaults(handler=cmd_cycle_run)
     why = cycle_commands.add_parser(
         "why", parents=[common], help="what each cycle did with one interaction, and why"
@@ -1110,7 +1195,7 @@ def _cycle_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--format", choices=EXPORT_FORMATS, default="openai-jsonl", help="file format"
     )
-    export.add_argument("--split", choices=SPLITS, default="train", help="which rows")
+    export.add_argument("--split", choices=EXPORT_SPLITS, default="train", help="which rows")
     export.set_defaults(handler=cmd_dataset_export)
     dlist = dataset_commands.add_parser("list", parents=[common], help="list dataset versions")
     dlist.add_argument("--plan", help="only this plan's versions")
@@ -1142,12 +1227,12 @@ def _stats_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         default=stats.DEFAULT_N_STAR,
         help=f"planned total sample the sequence is tuned for ({stats.DEFAULT_N_STAR})",
     )
-    ab.set_defaults(handler=cmd_stats_ab)
+    ab.set_defaults(handler=cmd_stats_ab, store_free=True)
 
     srm = st_commands.add_parser("srm", parents=[common], help="sample-ratio-mismatch check")
     srm.add_argument("--counts", required=True, help="units per arm, e.g. 5000,5200")
     srm.add_argument("--weights", help="planned shares per arm, e.g. 1,1 (default equal)")
-    srm.set_defaults(handler=cmd_stats_srm)
+    srm.set_defaults(handler=cmd_stats_srm, store_free=True)
 
     size = st_commands.add_parser("sample-size", parents=[common], help="per-arm sample size")
     size.add_argument("--baseline", type=float, required=True, help="control rate, e.g. 0.10")
@@ -1159,7 +1244,7 @@ def _stats_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "--daily-traffic", type=float, help="users a day, all arms: also print the days needed"
     )
     size.add_argument("--shares", default="0.5,0.5", help="traffic share per arm (0.5,0.5)")
-    size.set_defaults(handler=cmd_stats_sample_size)
+    size.set_defaults(handler=cmd_stats_sample_size, store_free=True)
 
     ab_group = commands.add_parser("ab", help="analyse a cycle's A/B test")
     ab_commands = ab_group.add_subparsers(dest="ab_command", required=True, metavar="ACTION")
@@ -1217,7 +1302,9 @@ def _eval_parsers(
     run.add_argument("--set", required=True, help="eval set name")
     run.add_argument("--version", type=int, help="set version (default: the newest)")
     run.add_argument("--model", help="model name (default for --role candidate: the cycle's)")
-    run.add_argument("--role", choices=ROLES, required=True, help="what the model is to the gates")
+    run.add_argument(
+        "--role", choices=EVAL_ROLES, required=True, help="what the model is to the gates"
+    )
     run.add_argument("--cycle", type=int, help="cycle number (required for a candidate)")
     run.add_argument("--plan", help="plan id (default: the newest plan)")
     run.add_argument("--base-url", help="base URL of the model's OpenAI-compatible server")
@@ -1247,7 +1334,7 @@ def _eval_parsers(
     results.add_argument("file", help="JSONL or CSV of results")
     results.add_argument("--set", required=True, help="eval set the items belong to")
     results.add_argument("--version", type=int, help="set version (default: the newest)")
-    results.add_argument("--role", choices=ROLES, required=True, help="what the model is")
+    results.add_argument("--role", choices=EVAL_ROLES, required=True, help="what the model is")
     results.add_argument("--cycle", type=int, help="cycle number")
     results.add_argument("--plan", help="plan id")
     results.add_argument(
@@ -1392,18 +1479,32 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+class _NoDuckDBError(Exception):
+    """Stands in for duckdb.Error while DuckDB is not imported: then none can have been raised."""
+
+
+def _duckdb_error() -> type[Exception]:
+    """duckdb.Error once a command has imported DuckDB (an except clause evaluates this only
+    when an exception reaches it, so the commands that never touch DuckDB never import it)."""
+    duckdb = sys.modules.get("duckdb")
+    return _NoDuckDBError if duckdb is None else duckdb.Error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status: 0 done, 1 a check failed, 2 bad input, usage
     or an environment problem (one line on stderr), 3 an unexpected error (one line naming the
     command and the log file that holds the traceback)."""
-    import duckdb
-
     args = build_parser().parse_args(argv)
     command = _command_name(args)
-    handler: Handler = args.handler
     try:
-        store = Store(args.db)
-        outcome = handler(args, store)
+        if getattr(args, "store_free", False):
+            pure: StoreFreeHandler = args.handler
+            outcome = pure(args)
+        else:
+            from core.store import Store
+
+            handler: Handler = args.handler
+            outcome = handler(args, Store(args.db))
     except FlywheelError as exc:
         return _fail(str(exc), 2)
     except RecursionError:
@@ -1412,7 +1513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "levels); flatten it.",
             2,
         )
-    except duckdb.Error as exc:
+    except _duckdb_error() as exc:
         return _fail(
             f"{command}: the store {args.db or default_db_path()} cannot be used: "
             f"{_one_line(str(exc))}",

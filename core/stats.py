@@ -8,7 +8,8 @@ Pure functions over per-arm sums or per-item scores; no I/O. Families, in file o
     sequential A/B       sequential_test, guardrail_check (asymptotic confidence sequences)
     CUPED                cuped_test
     multiplicity         holm_adjusted, bh_adjusted
-    power and duration   sample_size_per_arm, ab_duration_days, mde_for_duration, plan_ab_test
+    power and duration   sample_size_per_arm, ab_duration_days, planned_total, mde_for_duration,
+                         plan_ab_test
     eval gates           mcnemar_exact, paired_t_test, paired_bootstrap(_per_item), item_means,
                          wilson_interval, non_inferiority_paired, non_inferiority_unpaired,
                          gate_verdict, non_inferiority_gate, regressed_slices
@@ -26,11 +27,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from statistics import NormalDist
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-import numpy as np
-import numpy.typing as npt
-from scipy import optimize, stats
+# numpy and scipy load inside the functions that use them: together they take over a second
+# to import, and the command line's sample size and the plan lint need neither.
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "ABDecision",
@@ -70,6 +73,7 @@ __all__ = [
     "paired_bootstrap_per_item",
     "paired_t_test",
     "plan_ab_test",
+    "planned_total",
     "proportion_arm",
     "ratio_metric_arm",
     "regressed_slices",
@@ -105,6 +109,8 @@ def _sf(x: float, df: float | None) -> float:
     # calls this thousands of times).
     if df is None:
         return 0.5 * math.erfc(x / math.sqrt(2.0))
+    from scipy import stats
+
     return float(stats.t.sf(x, df))
 
 
@@ -112,6 +118,8 @@ def _ppf(q: float, df: float | None) -> float:
     """Quantile of Student t(df), or of the standard normal when df is None."""
     if df is None:
         return _STANDARD_NORMAL.inv_cdf(q)
+    from scipy import stats
+
     return float(stats.t.ppf(q, df))
 
 
@@ -188,6 +196,8 @@ def proportion_arm(n: int, x: int) -> ArmStats:
 
 def arm_from_values(values: npt.ArrayLike) -> ArmStats:
     """A mean-metric arm summarised from per-unit values."""
+    import numpy as np
+
     y = np.asarray(values, dtype=float).ravel()
     return ArmStats(n=int(y.size), sum=float(y.sum()), sum_sq=float(np.dot(y, y)))
 
@@ -253,6 +263,8 @@ class CupedArmStats:
 
 def cuped_arm_from_values(y: npt.ArrayLike, x: npt.ArrayLike) -> CupedArmStats:
     """A CUPED arm summarised from per-unit metric values y and pre-period values x."""
+    import numpy as np
+
     ys = np.asarray(y, dtype=float).ravel()
     xs = np.asarray(x, dtype=float).ravel()
     if ys.shape != xs.shape:
@@ -560,6 +572,8 @@ def srm_test(
             reason=f"an arm expects fewer than {min_units} units; too early to judge the split",
         )
     statistic = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
+    from scipy import stats
+
     p_value = float(stats.chi2.sf(statistic, k - 1))
     return SRMResult(
         status="mismatch" if p_value < threshold else "ok",
@@ -874,6 +888,8 @@ def _cuped_relative(
 
 
 def _p_array(p_values: Sequence[float]) -> npt.NDArray[np.float64]:
+    import numpy as np
+
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise ValueError("p-values must be a flat list of numbers between 0 and 1")
@@ -882,6 +898,8 @@ def _p_array(p_values: Sequence[float]) -> npt.NDArray[np.float64]:
 
 def holm_adjusted(p_values: Sequence[float]) -> tuple[float, ...]:
     """Holm step-down adjusted p-values, in input order (statsmodels' ``holm``)."""
+    import numpy as np
+
     p = _p_array(p_values)
     m = p.size
     order = np.argsort(p, kind="stable")
@@ -893,6 +911,8 @@ def holm_adjusted(p_values: Sequence[float]) -> tuple[float, ...]:
 
 def bh_adjusted(p_values: Sequence[float]) -> tuple[float, ...]:
     """Benjamini–Hochberg step-up adjusted p-values, in input order (statsmodels' ``fdr_bh``)."""
+    import numpy as np
+
     p = _p_array(p_values)
     m = p.size
     order = np.argsort(p, kind="stable")[::-1]
@@ -947,6 +967,8 @@ def sample_size_per_arm(
             shift = h * math.sqrt(n_arm / 2.0)
             return _sf(z_alpha - shift, None) + _sf(z_alpha + shift, None) - power
 
+        from scipy import optimize
+
         one_tail = 2.0 * (z_sum / h) ** 2
         n = float(optimize.brentq(power_gap, one_tail * 0.5, one_tail, xtol=1e-10, rtol=1e-14))
     # Round away float noise before the ceiling so 14748.9999999 and 14749.0 agree.
@@ -971,6 +993,11 @@ def ab_duration_days(n_per_arm: int, daily_units: float, traffic_shares: Sequenc
         raise ValueError(f"n_per_arm cannot be negative, got {n_per_arm}")
     smallest = _check_traffic(daily_units, traffic_shares)
     return math.ceil(round(n_per_arm / (daily_units * smallest), 9))
+
+
+def planned_total(n_per_arm: int, traffic_shares: Sequence[float]) -> int:
+    """Units in all arms when the smallest holds n_per_arm: the N* of the confidence sequence."""
+    return math.ceil(round(n_per_arm * sum(traffic_shares) / min(traffic_shares), 6))
 
 
 def mde_for_duration(
@@ -1056,12 +1083,16 @@ def mcnemar_exact(n01: int, n10: int) -> McNemarResult:
     discordant = n01 + n10
     if discordant == 0:
         return McNemarResult(n01, n10, 1.0)
+    from scipy import stats
+
     p_value = min(1.0, 2.0 * float(stats.binom.cdf(min(n01, n10), discordant, 0.5)))
     return McNemarResult(n01, n10, p_value)
 
 
 def _paired(candidate: npt.ArrayLike, baseline: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Per-item differences candidate − baseline; raises ValueError if items do not line up."""
+    import numpy as np
+
     c = np.asarray(candidate, dtype=np.float64).ravel()
     b = np.asarray(baseline, dtype=np.float64).ravel()
     if c.shape != b.shape:
@@ -1117,6 +1148,8 @@ def paired_t_test(
 
 def item_means(samples_per_item: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:
     """One score per item: the mean of that item's samples (raises ValueError on an empty item)."""
+    import numpy as np
+
     if any(len(samples) == 0 for samples in samples_per_item):
         raise ValueError("every item needs at least one scored sample")
     return np.array([float(np.mean(samples)) for samples in samples_per_item], dtype=np.float64)
@@ -1145,6 +1178,8 @@ def paired_bootstrap(
 
     Draws indices as scipy.stats.bootstrap(paired=True) does, so equal seeds give equal CIs.
     """
+    import numpy as np
+
     _check_alpha(alpha)
     if n_resamples < 1:
         raise ValueError("n_resamples must be at least 1")
@@ -1261,6 +1296,8 @@ def non_inferiority_paired(
     alpha: float = 0.05,
 ) -> NonInferiorityResult:
     """Paired one-sided t-test on d_i = s_i − r₀·t_i, with Fieller's bounds at one-sided alpha."""
+    import numpy as np
+
     _check_alpha(alpha)
     s = np.asarray(student, dtype=np.float64).ravel()
     t = np.asarray(teacher, dtype=np.float64).ravel()
@@ -1283,7 +1320,7 @@ def non_inferiority_paired(
     se = sd / math.sqrt(n)
     statistic, p_value, _ = _inference(estimate, se, n - 1, alpha, "greater")
     covariance = np.cov(s, t, ddof=1)
-    q = float(stats.t.ppf(1.0 - alpha, n - 1))
+    q = _ppf(1.0 - alpha, n - 1)
     bounds = _fieller(
         float(s.mean()),
         mean_t,

@@ -1,0 +1,229 @@
+"""The command line answers at once: `--help` and the pure statistics import no heavy library.
+
+Each test starts a fresh interpreter, as a user's shell does, and reads what it imported; the
+wall time itself is bench/cli.py's to measure, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+import core.cli
+from core.abtest import design_ab_test
+from core.cli import main
+
+# Each takes from a tenth of a second (pydantic, duckdb, jinja2 with their dependants) to
+# seconds (scipy.stats, openai, the training stack) to import on the machines this runs on.
+HEAVY = frozenset(
+    [
+        "ibis",
+        "pandas",
+        "pyarrow",
+        "plotly",
+        "openai",
+        "httpx2",
+        "weasyprint",
+        "kaleido",
+        "scipy",
+        "numpy",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "datasets",
+        "tokenizers",
+        "jinja2",
+        "pydantic",
+        "duckdb",
+        "sqlglot",
+        "streamlit",
+    ]
+)
+SAMPLE_SIZE = ["stats", "sample-size", "--baseline", "0.1", "--mde", "0.01"]
+
+
+def _python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+# `python -m core ARGS` with the names of the loaded modules written to a file at the end.
+_RUN_AND_LIST = """
+import json, runpy, sys
+listing = sys.argv.pop(1)
+try:
+    runpy.run_module("core", run_name="__main__", alter_sys=True)
+finally:
+    with open(listing, "w") as out:
+        json.dump(sorted(sys.modules), out)
+"""
+
+
+def _top_level(names: list[str]) -> set[str]:
+    return {name.partition(".")[0] for name in names}
+
+
+def test_importing_the_cli_loads_no_heavy_library() -> None:
+    done = _python("-c", "import core.cli, sys; print('\\n'.join(sys.modules))")
+    assert done.returncode == 0, done.stderr
+    loaded = _top_level(done.stdout.split())
+    assert "core" in loaded
+    assert loaded & HEAVY == set()
+
+
+@pytest.mark.parametrize(
+    ("argv", "answer"),
+    [(["--help"], "Flywheel: plan, check and run"), (SAMPLE_SIZE, "14,749 users per arm")],
+)
+def test_help_and_sample_size_need_only_the_standard_library_and_no_store(
+    tmp_path: Path, argv: list[str], answer: str
+) -> None:
+    bare = _python("-c", "import sys; print('\\n'.join(sys.modules))")
+    db = tmp_path / "absent" / "flywheel.duckdb"
+    listing = tmp_path / "modules.json"
+    done = _python("-c", _RUN_AND_LIST, str(listing), *argv, env={"FLYWHEEL_DB": str(db)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert answer in done.stdout
+    loaded = _top_level(json.loads(listing.read_text()))
+    beyond = loaded - _top_level(bare.stdout.split()) - {"core"}
+    assert beyond - set(sys.stdlib_module_names) == set()
+    assert not db.parent.exists()  # the store was never opened
+
+
+def test_no_commands_help_loads_a_heavy_library() -> None:
+    script = """
+import contextlib, io, json, sys
+from core.cli import build_parser, main
+
+def leaves(parser, prefix):
+    found = []
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                found += leaves(sub, [*prefix, name]) or [[*prefix, name]]
+    return found
+
+commands = leaves(build_parser(), [])
+for command in commands:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*command, "--help"])
+print(json.dumps({"commands": len(commands), "modules": sorted(sys.modules)}))
+"""
+    done = _python("-c", script)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["commands"] > 30
+    assert _top_level(result["modules"]) & HEAVY == set()
+
+
+def test_the_parsers_choices_are_the_cores() -> None:
+    from core.datasets import EXPORT_FORMATS, SPLITS
+    from core.evals import ROLES
+    from core.ingest import KINDS
+
+    assert core.cli.INGEST_KINDS == KINDS
+    assert core.cli.EXPORT_FORMATS == EXPORT_FORMATS
+    assert core.cli.EXPORT_SPLITS == SPLITS
+    assert core.cli.EVAL_ROLES == ROLES
+
+
+@pytest.mark.parametrize(
+    ("baseline", "mde", "relative", "alpha", "power", "daily", "shares"),
+    [
+        (0.1, 0.01, False, 0.05, 0.8, None, (0.5, 0.5)),
+        (0.1, 0.1, True, 0.05, 0.8, 1000.0, (0.5, 0.5)),
+        (0.03, 0.005, False, 0.01, 0.9, None, (0.5, 0.5)),
+        (0.2, 0.02, False, 0.05, 0.8, 777.0, (0.2, 0.8)),
+        (0.5, 0.01, False, 0.05, 0.8, 5e4, (0.1, 0.1, 0.1)),
+    ],
+)
+def test_sample_size_answers_as_the_ab_design_calculator(
+    capsys: pytest.CaptureFixture[str],
+    baseline: float,
+    mde: float,
+    relative: bool,
+    alpha: float,
+    power: float,
+    daily: float | None,
+    shares: tuple[float, ...],
+) -> None:
+    flags = ["--baseline", str(baseline), "--mde", str(mde), "--alpha", str(alpha)]
+    flags += ["--power", str(power), "--shares", ",".join(map(str, shares))]
+    flags += ["--relative"] if relative else []
+    flags += ["--daily-traffic", str(daily)] if daily else []
+    assert main(["stats", "sample-size", *flags, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    design = design_ab_test(
+        baseline,
+        mde,
+        relative=relative,
+        alpha=alpha,
+        power=power,
+        daily_traffic=daily or 1.0,
+        traffic_shares=shares,
+    )
+    assert (answer["n_per_arm"], answer["total"]) == (design.n_per_arm, design.total)
+    assert answer["days"] == (design.days if daily else None)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--baseline", "0.9", "--mde", "0.5"],
+        ["--baseline", "0.1", "--mde", "0"],
+        ["--baseline", "1.5", "--mde", "0.01"],
+        ["--baseline", "0.1", "--mde", "0.01", "--shares", "0.9,0.9"],
+        ["--baseline", "0.1", "--mde", "0.01", "--daily-traffic", "-5"],
+    ],
+)
+def test_an_impossible_sample_size_is_one_line_and_exit_2_as_the_calculator_says(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", "sample-size", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: Cannot size the A/B test: ")
+
+
+def test_store_free_commands_never_read_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.duckdb"
+    garbage.write_bytes(b"not a store " * 1000)
+    counts = ["--counts", "5000,5200", "--db", str(garbage)]
+    assert main(["stats", "srm", *counts, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mismatch"] is False
+    assert (
+        main(["stats", "sample-size", "--baseline", "0.1", "--mde", "0.01", "--db", str(garbage)])
+        == 0
+    )
+    assert "14,749" in capsys.readouterr().out
+    assert garbage.read_bytes() == b"not a store " * 1000
+
+
+def test_an_unexpected_error_in_a_store_free_command_is_exit_3_with_a_log(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(core.cli, "cmd_stats_sample_size", broken)
+    assert main(SAMPLE_SIZE) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stats sample-size" in err
+    log = Path(err.rsplit(" ", 1)[1].strip())
+    assert "ZeroDivisionError: boom" in log.read_text()
