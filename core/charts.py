@@ -627,46 +627,129 @@ def composition_heatmap_figure(
 
 
 def gate_thresholds_figure(
-    gates: Sequence[GateFigure], *, title: str = "Gates: value against threshold"
+    gates: Sequence[GateFigure], *, title: str = "Gates: the interval against the threshold"
 ) -> go.Figure:
-    """One bar per gate at its value, coloured by verdict, with the threshold as a marker.
+    """One row per gate, each on its own scale: the interval the verdict read as a line
+    coloured by the verdict, the estimate as a dot on it, and the threshold (a no-regression
+    gate's margin below production) as a dashed black tick. A gate passes when its whole
+    interval lies on the good side of the tick, fails when it lies wholly on the other.
 
-    Gates without a value (insufficient data) get no bar but keep their threshold marker.
+    No-regression differences are drawn in points (0.02 of a 0..1 score = 2 points); shares of
+    the teacher, cost and latency ratios as written. An interval that runs off without end
+    (Fieller's bound) is cut at the row's edge with an arrow; a gate with no value says so.
     """
-    names = _texts(g.name + ("" if g.blocking else " (non-blocking)") for g in gates)
-    fig = go.Figure()
-    fig.add_trace(
-        go.Bar(
-            name="value",
-            orientation="h",
-            y=names,
-            x=[g.value for g in gates],
-            marker_color=[VERDICT_COLOURS.get(g.verdict, "#969696") for g in gates],
-            customdata=[
-                [g.verdict.replace("_", " "), chart_text(g.comparator), chart_text(g.metric)]
-                for g in gates
-            ],
-            hovertemplate="%{y}: %{x:.4g} (%{customdata[0]})<br>%{customdata[1]} on "
-            "%{customdata[2]}<extra></extra>",
+    from plotly.subplots import make_subplots
+
+    rows = max(1, len(gates))
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=False, vertical_spacing=0.5 / rows)
+    for row, gate in enumerate(gates, start=1):
+        scale = 100.0 if gate.comparator == "no_regression" else 1.0
+        colour = VERDICT_COLOURS.get(gate.verdict, "#969696")
+        name = chart_text(gate.name + ("" if gate.blocking else " (non-blocking)"))
+        low, high = gate.interval if gate.interval is not None else (None, None)
+        points = [
+            v * scale
+            for v in (gate.value, gate.threshold, low, high)
+            if v is not None and abs(v) != float("inf")
+        ]
+        span = (max(points) - min(points)) if points else 1.0
+        pad = span * 0.15 or max(abs(points[0]) * 0.1, 0.01) if points else 1.0
+        left = min(points) - pad if points else -1.0
+        right = max(points) + pad if points else 1.0
+        hover = chart_text(gate.explanation or gate.verdict.replace("_", " "))
+        if low is not None and high is not None:
+            shown_low = max(low * scale, left)
+            shown_high = min(high * scale, right)
+            fig.add_trace(
+                go.Scatter(
+                    x=[shown_low, shown_high],
+                    y=[name, name],
+                    mode="lines+markers",
+                    line={"color": colour, "width": 6},
+                    marker={
+                        "symbol": [
+                            "triangle-left" if low * scale < left else "line-ns",
+                            "triangle-right" if high * scale > right else "line-ns",
+                        ],
+                        "size": 14,
+                        "color": colour,
+                        "line": {"width": 3, "color": colour},
+                    },
+                    name="interval",
+                    legendgroup="interval",
+                    showlegend=row == 1,
+                    hovertemplate=f"{name}: %{{x:.3g}}<br>{hover}<extra>interval</extra>",
+                ),
+                row=row,
+                col=1,
+            )
+        if gate.value is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[gate.value * scale],
+                    y=[name],
+                    mode="markers",
+                    marker={"size": 11, "color": "white", "line": {"width": 2, "color": colour}},
+                    name="estimate",
+                    legendgroup="estimate",
+                    showlegend=row == 1,
+                    hovertemplate=f"{name}: %{{x:.4g}} "
+                    f"({gate.verdict.replace('_', ' ')})<br>{hover}<extra>estimate</extra>",
+                ),
+                row=row,
+                col=1,
+            )
+        else:
+            fig.add_annotation(
+                text="no value: " + gate.verdict.replace("_", " "),
+                x=0.01,
+                xanchor="left",
+                xref="x domain" if row == 1 else f"x{row} domain",
+                y=name,
+                yref="y" if row == 1 else f"y{row}",
+                showarrow=False,
+                font={"color": "#636363"},
+            )
+        if gate.threshold is not None:
+            label = "margin" if gate.comparator == "no_regression" else "threshold"
+            fig.add_trace(
+                go.Scatter(
+                    x=[gate.threshold * scale],
+                    y=[name],
+                    mode="markers",
+                    marker={
+                        "symbol": "line-ns",
+                        "size": 30,
+                        "line": {"width": 3, "color": "#1f2933"},
+                    },
+                    name="threshold (margin)",
+                    legendgroup="threshold",
+                    showlegend=row == 1,
+                    hovertemplate=f"{label} %{{x:.4g}}<extra>{name}</extra>",
+                ),
+                row=row,
+                col=1,
+            )
+        axis_title = {
+            "no_regression": "difference from production (points)",
+            "non_inferiority": "share of the teacher's score",
+            "cost": "cost per request vs the teacher",
+            "latency": "p95 latency vs the reference",
+        }.get(gate.comparator, chart_text(gate.metric))
+        fig.update_xaxes(
+            range=[left, right],
+            title={"text": axis_title, "standoff": 2, "font": {"size": 11}},
+            tickformat=".0%" if gate.comparator in ("non_inferiority", "cost") else None,
+            zeroline=gate.comparator == "no_regression",
+            row=row,
+            col=1,
         )
-    )
-    fig.add_trace(
-        go.Scatter(
-            name="threshold",
-            mode="markers",
-            y=names,
-            x=[g.threshold for g in gates],
-            marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#252525"}},
-            hovertemplate="%{y}: threshold %{x:.4g}<extra></extra>",
-        )
-    )
+        fig.update_yaxes(automargin=True, row=row, col=1)
     fig.update_layout(
         title={"text": chart_text(title), "x": 0},
-        xaxis={"title": "value"},
-        yaxis={"autorange": "reversed", "title": None},
-        legend={"orientation": "h", "y": -0.25},
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        height=140 + 40 * max(1, len(gates)),
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        height=90 + 95 * rows,
     )
     return fig
 

@@ -548,7 +548,10 @@ def _cycle_run(store: Any, plan_id: str, cycle: int) -> dict[str, Any]:
 
 
 def _gate_values(report: Mapping[str, Any]) -> dict[str, Any]:
-    """A gate report (GateReport.to_dict(), live or stored with a decision) for the templates."""
+    """A gate report (GateReport.to_dict(), live or stored with a decision) for the templates;
+    each gate's ``explanation`` is its verdict in one plain sentence (core.gates.explain_gate)."""
+    from core.gates import explain_gate
+
     return {
         "verdict": str(report["verdict"]),
         "candidate": report.get("candidate"),
@@ -563,6 +566,7 @@ def _gate_values(report: Mapping[str, Any]) -> dict[str, Any]:
                 "verdict": g["verdict"],
                 "value": g["value"],
                 "threshold": g["threshold"],
+                "explanation": explain_gate(g),
                 "evidence": list(g["evidence"]),
                 "slices": [
                     {
@@ -926,7 +930,16 @@ def _overall_row(
         "threshold": _slice_threshold(comparator, gate["threshold"], reference_mean),
         "reference": reference_mean,
         "reference_role": role if reference_mean is not None else None,
-        "status": str(gate["verdict"]),
+        # Over all items: a gate that fails only on a slice clears its threshold here (its
+        # slices' rows show where it fails), so the bar is not drawn red past its tick.
+        "status": (
+            "pass"
+            if gate["verdict"] == "fail"
+            and any(s["short"] for s in gate.get("slices", []))
+            and gate.get("interval") is not None
+            and float(gate["interval"][0]) > float(gate["threshold"] or 0.0)
+            else str(gate["verdict"])
+        ),
         "p_holm": None,
     }
 
@@ -1313,4 +1326,9 @@ def build_model_card(*, store: Any, plan_id: str, cycle: int) -> DocumentContext
         "approvers": plan.sign_offs.approvers,
     }
     figures = {"slices": slice_scores_figure(slices)} if slices else {}
+    if report is not None and report["gates"]:
+        from core.charts import gate_thresholds_figure
+        from core.monitoring import gate_figure
+
+        figures["gates"] = gate_thresholds_figure([gate_figure(g) for g in report["gates"]])
     return DocumentContext(values, figures)

@@ -16,6 +16,7 @@ retention keeps once raw rows expire; no raw row is loaded into Python for a cha
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
@@ -41,6 +42,7 @@ __all__ = [
     "cycle_actuals",
     "cycle_monitoring",
     "cycle_status",
+    "gate_figure",
     "plan_vs_actual",
     "realised_monthly_savings",
 ]
@@ -265,6 +267,8 @@ class GateFigure:
     verdict: str  # pass | fail | insufficient_data
     value: float | None
     threshold: float | None
+    interval: tuple[float, float] | None = None
+    explanation: str = ""
 
 
 @dataclass(frozen=True)
@@ -434,7 +438,12 @@ def _datasets(store: Store, plan_id: str) -> dict[int, DatasetFigures]:
     }
 
 
-def _gate_figure(gate: dict[str, Any]) -> GateFigure:
+def gate_figure(gate: Mapping[str, Any]) -> GateFigure:
+    """One gate of a report (``GateResult.to_dict()``, live or as stored with a decision) as
+    the charts draw it: value, interval and threshold, and the verdict in a sentence."""
+    from core.gates import explain_gate
+
+    interval = gate.get("interval")
     return GateFigure(
         name=str(gate["name"]),
         comparator=str(gate["comparator"]),
@@ -443,6 +452,8 @@ def _gate_figure(gate: dict[str, Any]) -> GateFigure:
         verdict=str(gate["verdict"]),
         value=None if gate["value"] is None else float(gate["value"]),
         threshold=None if gate["threshold"] is None else float(gate["threshold"]),
+        interval=None if interval is None else (float(interval[0]), float(interval[1])),
+        explanation=explain_gate(gate),
     )
 
 
@@ -484,7 +495,7 @@ def _gates(
             verdict=str(body["verdict"]),
             candidate=body.get("candidate"),
             decision=str(decision),
-            gates=tuple(_gate_figure(g) for g in body["gates"]),
+            gates=tuple(gate_figure(g) for g in body["gates"]),
         )
     for cycle in sorted(evaluated):
         if cycle in out or cycle not in cycles:
@@ -497,7 +508,7 @@ def _gates(
             verdict=report.verdict,
             candidate=report.candidate,
             decision=None,
-            gates=tuple(_gate_figure(g.to_dict()) for g in report.gates),
+            gates=tuple(gate_figure(g.to_dict()) for g in report.gates),
         )
     return out
 

@@ -11,7 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from core.access import refusal
-from core.charts import slice_heatmap_figure, training_loss_figure, wins_losses_figure
+from core.charts import (
+    gate_thresholds_figure,
+    slice_heatmap_figure,
+    training_loss_figure,
+    wins_losses_figure,
+)
 from core.datasets import list_versions
 from core.evals import (
     ROLES,
@@ -41,6 +46,7 @@ from core.gates import (
 )
 from core.graders import GRADERS, grader_for_metric
 from core.labels import label
+from core.monitoring import gate_figure
 from core.plan import TRAINING_BACKEND_LABELS, plan_timeline
 from core.plan_versions import load_plan
 from core.settings import get_setting
@@ -65,6 +71,7 @@ from pages._common import (
     guarded,
     page_header,
     plan_id_or_stop,
+    table,
 )
 from pages._documents import document_downloads
 
@@ -96,6 +103,11 @@ cycle = st.selectbox(
 
 # Plain words, not emoji: Debian's Chromium has no emoji font and would draw empty boxes.
 VERDICT_ICON = {v: label(v) for v in ("pass", "fail", "insufficient_data")}
+VERDICT_SYMBOL = {
+    "pass": ":material/check_circle:",
+    "fail": ":material/cancel:",
+    "insufficient_data": ":material/help:",
+}
 
 # -- the candidate -----------------------------------------------------------------------------
 candidate = cycle_candidate(store, plan_id, cycle)
@@ -279,6 +291,95 @@ report_tab, scores_tab, slices_tab, run_tab, sets_tab = st.tabs(
 )
 
 # -- gate report and decision ------------------------------------------------------------------
+DECISION_CHOICES = {
+    "approved": "Approve (every blocking gate passes)",
+    "overridden": "Override the gates (needs a written reason)",
+    "rejected": "Reject the candidate",
+}
+DECISION_WORDS = {"approved": "Approve", "overridden": "Override the gates", "rejected": "Reject"}
+
+
+def decision_panel(report: GateReport) -> None:
+    """The current decision first, then a form whose choice is explicit and a confirmation
+    step naming the cycle, candidate and verdict; the result stays on screen after rerun."""
+    st.subheader("Decision")
+    shown = st.session_state.pop(f"decision_message_{cycle}", None)
+    if shown is not None:
+        kind, text = shown
+        (st.success if kind == "ok" else st.error)(text, icon=":material/gavel:")
+    decided = cycle_decisions(store, plan_id, cycle)
+    current = decided[0] if decided else None
+    if current is None:
+        st.markdown("**Current decision:** none recorded for this cycle yet.")
+    else:
+        st.markdown(
+            f"**Current decision:** {current['decision']} of `{current['candidate_model']}` by "
+            f"{current['actor']} on {current['decided_at']:%d %b %Y %H:%M} "
+            f"(gates then: {VERDICT_ICON.get(str(current['verdict']), current['verdict'])})"
+            + (f" — “{current['reason']}”" if current["reason"] else "")
+        )
+        with st.expander(f"All {len(decided)} decision(s) for cycle {cycle}"):
+            table(decided, codes=("decision", "verdict"), pinned=("decided_at", "decision"))
+    pending_key = f"decision_pending_{cycle}"
+    decision_refusals = {
+        permission: refusal(user, permission)
+        for permission in sorted(set(DECISION_PERMISSIONS.values()))
+    }
+    may_decide = None in decision_refusals.values()
+    pending = st.session_state.get(pending_key)
+    if pending is None:
+        with st.form("decision"):
+            choice = st.radio(
+                "Decision",
+                list(DECISION_CHOICES),
+                index=None,
+                format_func=DECISION_CHOICES.__getitem__,
+                horizontal=True,
+            )
+            st.caption(f"Recorded as **{user.name}**.")
+            reason = st.text_area("Reason", help="Required for an override; kept in the audit log.")
+            for refused_decision in decision_refusals.values():
+                if refused_decision:
+                    st.caption(refused_decision)
+            if st.form_submit_button("Record decision…", disabled=not may_decide):
+                if choice is None:
+                    st.warning("Choose a decision first.", icon=":material/touch_app:")
+                else:
+                    st.session_state[pending_key] = {"decision": choice, "reason": reason}
+                    st.rerun()
+        return
+    choice, reason = str(pending["decision"]), str(pending["reason"])
+    st.warning(
+        f"Record **{DECISION_WORDS[choice]}** for cycle {cycle}'s candidate "
+        f"**{report.candidate or 'none'}**, whose gates' verdict is "
+        f"**{VERDICT_ICON[report.verdict]}**?"
+        + (f" Reason: “{reason.strip()}”." if reason.strip() else ""),
+        icon=":material/help:",
+    )
+    confirm, cancel = st.columns(2)
+    if confirm.button("Confirm", type="primary", key="decision_confirm"):
+        del st.session_state[pending_key]
+        decision_id = guarded(
+            lambda: record_decision(
+                store,
+                plan_id,
+                cycle,
+                decision=choice,  # type: ignore[arg-type]
+                user=user,
+                reason=reason,
+            )
+        )
+        if decision_id:
+            st.session_state[f"decision_message_{cycle}"] = (
+                "ok",
+                f"Recorded {choice} of {report.candidate} for cycle {cycle} as {decision_id}.",
+            )
+            st.rerun()
+    if cancel.button("Cancel", key="decision_cancel"):
+        del st.session_state[pending_key]
+        st.rerun()
+
+
 with report_tab:
     if report is None:
         st.info("Add gates to the plan (7 · Eval gates) to get a report.", icon=":material/info:")
@@ -289,29 +390,40 @@ with report_tab:
         )
         if report.verdict == "fail":
             # Not st.error: a failing gate is a finding on the page, not a failure of it.
-            st.markdown(f":red-background[{message}]")
+            st.markdown(f":material/cancel: :red-background[{message}]")
         else:
-            {"pass": st.success}.get(report.verdict, st.warning)(message)
+            {"pass": st.success}.get(report.verdict, st.warning)(
+                message, icon=VERDICT_SYMBOL[report.verdict]
+            )
         for warning in report.warnings:
             st.warning(warning, icon=":material/warning:")
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "gate": g.name,
-                        "blocking": g.blocking,
-                        "verdict": VERDICT_ICON[g.verdict],
-                        "value": g.value,
-                        "threshold": g.threshold,
-                        "comparator": g.comparator,
-                        "metric": g.metric,
-                        "eval set": g.eval_set,
-                    }
-                    for g in report.gates
-                ]
-            ),
-            hide_index=True,
+        # Each verdict with its reason in one plain sentence, then the figures and evidence.
+        for g in report.gates:
+            st.markdown(
+                f"{VERDICT_SYMBOL[g.verdict]} **{g.name}**"
+                + ("" if g.blocking else " (non-blocking)")
+                + f" — {g.explanation}"
+            )
+        st.plotly_chart(
+            gate_thresholds_figure([gate_figure(g.to_dict()) for g in report.gates]),
             width="stretch",
+        )
+        table(
+            [
+                {
+                    "gate": g.name,
+                    "blocking": g.blocking,
+                    "verdict": VERDICT_ICON[g.verdict],
+                    "value": g.value,
+                    "threshold": g.threshold,
+                    "comparator": g.comparator,
+                    "metric": g.metric,
+                    "eval set": g.eval_set,
+                }
+                for g in report.gates
+            ],
+            codes=("comparator",),
+            pinned=("gate",),
         )
         for g in report.gates:
             with st.expander(f"{VERDICT_ICON[g.verdict]} · {g.name} — evidence"):
@@ -321,48 +433,7 @@ with report_tab:
                     st.dataframe(
                         pd.DataFrame([vars(s) for s in g.slices]), hide_index=True, width="stretch"
                     )
-
-        st.subheader("Decision")
-        decided = cycle_decisions(store, plan_id, cycle)
-        if decided:
-            st.dataframe(pd.DataFrame(decided), hide_index=True, width="stretch")
-        else:
-            st.caption("No decision recorded for this cycle yet.")
-        with st.form("decision"):
-            choice = st.radio(
-                "Decision",
-                ["approved", "overridden", "rejected"],
-                format_func={
-                    "approved": "Approve (every blocking gate passes)",
-                    "overridden": "Override the gates (needs a written reason)",
-                    "rejected": "Reject the candidate",
-                }.__getitem__,
-                horizontal=True,
-            )
-            st.caption(f"Recorded as **{user.name}**.")
-            reason = st.text_area("Reason", help="Required for an override; kept in the audit log.")
-            decision_refusals = {
-                permission: refusal(user, permission)
-                for permission in sorted(set(DECISION_PERMISSIONS.values()))
-            }
-            for refused_decision in decision_refusals.values():
-                if refused_decision:
-                    st.caption(refused_decision)
-            may_decide = None in decision_refusals.values()
-            if st.form_submit_button("Record decision", disabled=not may_decide):
-                decision_id = guarded(
-                    lambda: record_decision(
-                        store,
-                        plan_id,
-                        cycle,
-                        decision=choice,
-                        user=user,
-                        reason=reason,  # type: ignore[arg-type]
-                    )
-                )
-                if decision_id:
-                    st.success(f"Recorded {choice} as {decision_id}.")
-                    st.rerun()
+        decision_panel(report)
 
     st.subheader("Model card")
     if candidate is None:

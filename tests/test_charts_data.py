@@ -151,23 +151,38 @@ def _lift(lift: float, ci: tuple[float, float], verdict: str) -> LiftFigures:
     )
 
 
-def test_gate_thresholds_bars_values_and_marks_thresholds() -> None:
+def test_gate_chart_draws_each_interval_against_its_threshold() -> None:
+    inf = float("inf")
     gates = [
-        GateFigure("Code parses", "absolute", "parse_rate", True, "pass", 0.99, 0.95),
-        GateFigure("No regression", "no_regression", "tests", True, "fail", -0.05, -0.02),
+        GateFigure("Code parses", "absolute", "parse_rate", True, "pass", 0.99, 0.95, (0.97, 1.0)),
+        GateFigure(
+            "No regression", "no_regression", "tests", True, "fail", 0.0143, -0.02, (-0.038, 0.06)
+        ),
+        GateFigure("Keeps 95%", "non_inferiority", "judge", True, "pass", 0.99, 0.95, (0.96, inf)),
         GateFigure("Cost", "cost", "cost_per_1k", False, "insufficient_data", None, 0.2),
     ]
     fig = gate_thresholds_figure(gates)
-    bars, thresholds = fig.data
-    assert list(bars.y) == ["Code parses", "No regression", "Cost (non-blocking)"]
-    assert list(bars.x) == [0.99, -0.05, None]
-    assert list(bars.marker.color) == [
-        VERDICT_COLOURS["pass"],
-        VERDICT_COLOURS["fail"],
-        VERDICT_COLOURS["insufficient_data"],
-    ]
-    assert list(thresholds.x) == [0.95, -0.02, 0.2]
-    assert list(thresholds.y) == list(bars.y)
+    by_name: dict[str, dict[str, object]] = {}
+    for trace in fig.data:
+        by_name.setdefault(str(trace.name), {})[str(trace.y[0])] = trace
+    intervals, estimates = by_name["interval"], by_name["estimate"]
+    thresholds = by_name["threshold (margin)"]
+    assert list(intervals) == ["Code parses", "No regression", "Keeps 95%"]
+    # The regression gate is drawn in points: its interval runs from 3.8 points worse to
+    # 6 better, across the 2-point margin, in the fail colour; the estimate sits on it.
+    regression = intervals["No regression"]
+    assert list(regression.x) == pytest.approx([-3.8, 6.0])  # type: ignore[attr-defined]
+    assert regression.line.color == VERDICT_COLOURS["fail"]  # type: ignore[attr-defined]
+    assert list(thresholds["No regression"].x) == pytest.approx([-2.0])  # type: ignore[attr-defined]
+    assert list(estimates["No regression"].x) == pytest.approx([1.43])  # type: ignore[attr-defined]
+    # An unbounded end is cut at the row's edge and drawn as an arrow.
+    ratio = intervals["Keeps 95%"]
+    assert ratio.x[1] < inf and ratio.marker.symbol[1] == "triangle-right"  # type: ignore[attr-defined]
+    assert intervals["Code parses"].line.color == VERDICT_COLOURS["pass"]  # type: ignore[attr-defined]
+    # A gate with no value keeps its threshold and says it has none; each row has its scale.
+    assert "Cost (non-blocking)" in thresholds and "Cost (non-blocking)" not in estimates
+    assert any("no value" in a.text for a in fig.layout.annotations)
+    assert fig.layout.xaxis2.range[0] < -3.8 and fig.layout.xaxis.range[0] > 0.9
 
 
 def test_lift_by_cycle_points_with_asymmetric_intervals() -> None:
