@@ -15,9 +15,9 @@ How a file becomes rows (all inside DuckDB):
   the rows, plus the blank lines before it, is its line number; the placeholders are deleted,
   their lines read again (a thread that hashes the file also indexes its newlines) and judged
   one by one by the same stage as on the exact path, which gives each reject its reason from
-  the line's own text. A BOM's first line is judged and stored before the reader's rows. Counts
-  that do not agree, or a reader that gives up (a very long line), send the file to the exact
-  path.
+  the line's own text (a BOM's first line, which the reader cannot parse, is stored from there
+  when the stage accepts it). Counts that do not agree, or a reader that gives up (a very long
+  line), send the file to the exact path.
 * JSONL, the exact path (``read_path`` "exact": gzip, consent and eval items, the fallback):
   ``read_csv`` reading each line whole as one VARCHAR, numbered ``WITH ORDINALITY`` (one
   thread), ``json_extract_string`` per field; lines DuckDB refuses as invalid UTF-8 come back
@@ -33,6 +33,7 @@ joined by "; " (a line that is not a JSON object has only that one).
 from __future__ import annotations
 
 import bisect
+import functools
 import gzip
 import hashlib
 import json
@@ -51,6 +52,7 @@ import duckdb
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
+import numpy as np
 
 from core.access import User, require
 from core.audit import record_audit
@@ -389,20 +391,34 @@ _BLOCK = 1 << 15  # the newline index's granularity: bytes a block
 
 @dataclass
 class _Scan:
-    """One read of the file's bytes: its sha256 and, for the fast JSONL path, its line count
-    and the number of newlines before each ``_BLOCK`` boundary (to find a line by seeking)."""
+    """One read of the file's bytes: its sha256 and, for the parallel JSONL path, its line
+    count, the number of newlines before each ``_BLOCK`` boundary (to find a line by seeking)
+    and the numbers of its blank (whitespace-only) lines, of which the reader makes no row."""
 
     sha256: str
     lines: int
     newlines_before: list[int]
+    blank_lines: list[int] = field(default_factory=list)
+
+
+_BLANK = b" \t\r\x0b\x0c"  # what a blank line holds besides its newline (JSON's whitespace)
+_BLANK_RUN = re.compile(rb"[ \t\r\x0b\x0c]*")
+
+
+def _all_blank(data: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether ``data[start:end]`` is whitespace only (without copying it)."""
+    run = _BLANK_RUN.match(data, start, end)
+    return run is not None and run.end() == end
 
 
 def _scan(path: Path, *, count_lines: bool) -> _Scan:
-    """sha256 (and the line index) in one pass; hashlib releases the GIL, so this runs in a
-    thread beside DuckDB. A last line without a newline counts."""
+    """sha256 (and the line index) in one pass; hashlib and numpy release the GIL, so this runs
+    in a thread beside DuckDB. A last line without a newline counts."""
     digest = hashlib.sha256()
     lines = 0
     newlines_before = [0]
+    blank_lines: list[int] = []
+    pending = True  # the line not yet ended holds only whitespace so far
     last = b""
     offset = 0
     buffer = bytearray(_CHUNK)
@@ -411,18 +427,30 @@ def _scan(path: Path, *, count_lines: bool) -> _Scan:
         while size := handle.readinto(buffer):
             digest.update(view[:size])
             if count_lines:
-                at = 0
-                while at < size:
-                    stop = min(size, (offset + at) // _BLOCK * _BLOCK + _BLOCK - offset)
-                    lines += buffer.count(b"\n", at, stop)
-                    at = stop
-                    if (offset + at) % _BLOCK == 0:
-                        newlines_before.append(lines)
+                chunk = np.frombuffer(buffer, np.uint8, count=size)
+                newlines = np.flatnonzero(chunk == 10)
+                bounds = np.arange((offset // _BLOCK + 1) * _BLOCK, offset + size + 1, _BLOCK)
+                newlines_before += (lines + np.searchsorted(newlines, bounds - offset)).tolist()
+                if pending:
+                    pending = _all_blank(buffer, 0, int(newlines[0]) if len(newlines) else size)
+                if len(newlines):
+                    if pending:
+                        blank_lines.append(lines + 1)
+                    # A blank line starts with whitespace or is empty: only those are looked at.
+                    starts = newlines[:-1] + 1
+                    first = chunk[starts]
+                    for i in np.flatnonzero((first == 32) | ((first >= 9) & (first <= 13))):
+                        if _all_blank(buffer, int(starts[i]), int(newlines[i + 1])):
+                            blank_lines.append(lines + int(i) + 2)
+                    pending = _all_blank(buffer, int(newlines[-1]) + 1, size)
+                    lines += len(newlines)
                 last = bytes(buffer[size - 1 : size])
             offset += size
     if last and last != b"\n":
         lines += 1
-    return _Scan(digest.hexdigest(), lines, newlines_before)
+        if pending:
+            blank_lines.append(lines)
+    return _Scan(digest.hexdigest(), lines, newlines_before, blank_lines)
 
 
 def _has_bom(path: Path) -> bool:
@@ -929,23 +957,17 @@ def _load(
         "coalesce(try(json_type(v)) = 'OBJECT', false)"
     )
     fields = _FIELDS[kind]
-    stage = interaction_stage(kind, max_text_bytes=int(get_setting("max_text_bytes")))
+    stage_sql = _stage_sql(kind, int(get_setting("max_text_bytes")))
     table, key = _TARGETS[kind]
     params = {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id}
     fmt, gz = form
-    stage_sql = ibis.to_sql(stage, "duckdb")
-    bom = fast and _has_bom(path)
-    # The reader cannot parse a BOM's line: it is judged and stored first, in its place.
-    stored_first = _store_first_line(con, path, stage_sql, params) if bom else 0
     how = _prepare_source(con, path, fmt, fast, fields, long_lines)
     con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
     rejected: list[tuple[int, str, str | None]] = []
     raw: dict[int, str] = {}
     if how == "fast":
         con.execute(_FAST_INSERT, params)
-        found = _fast_rejects(
-            con, path, batch_id, scan.result(), bom=bom, stored_first=stored_first
-        )
+        found = _fast_rejects(con, path, batch_id, scan.result(), params)
         if found is None:
             con.execute("DELETE FROM interactions WHERE batch_id = ?", [batch_id])
             long_lines = Future()
@@ -1011,6 +1033,12 @@ _READ_PATHS: dict[str, ReadPath] = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _stage_sql(kind: Kind, max_text_bytes: int) -> str:
+    """The stage compiled to DuckDB SQL (compiling takes longer than many a load)."""
+    return str(ibis.to_sql(interaction_stage(kind, max_text_bytes=max_text_bytes), "duckdb"))
+
+
 def _drop_duplicates(
     con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], batch_id: str
 ) -> int:
@@ -1042,18 +1070,17 @@ def _fast_rejects(
     path: Path,
     batch_id: str,
     scan: _Scan,
-    *,
-    bom: bool,
-    stored_first: int,
+    params: dict[str, Any],
 ) -> tuple[int, list[tuple[int, str, str | None]], dict[int, str]] | None:
     """Parallel path: rows read, the rejected lines (line, reason, user id) and their raw text.
 
-    The reader's rows were inserted in file order (after ``stored_first`` rows: the BOM's first
-    line, stored before them), a rejected one as a placeholder with ``line = 0``. The k-th row
-    comes from the k-th line that is not blank, so a placeholder's rank gives its line. Each
-    rejected line is read again and judged alone by the stage (its reason from its own text),
-    and the placeholders are deleted. None when anything does not add up (the caller then
-    loads the file on the exact path).
+    The reader's rows were inserted in file order, a rejected one as a placeholder with
+    ``line = 0``. The k-th row comes from the k-th line that is not blank, so a placeholder's
+    rank gives its line. Each rejected line is read again and judged alone by the stage (its
+    reason from its own text), and the placeholders are deleted. The reader cannot parse the
+    line of a BOM: when the stage accepts it, it is stored here with its line number, which
+    keeps it first among the batch's rows for the duplicate rule. None when anything does not
+    add up (the caller then loads the file on the exact path).
     """
     count, first, last = con.execute(
         "SELECT count(*), min(rowid), max(rowid) FROM interactions WHERE batch_id = ?",
@@ -1061,8 +1088,8 @@ def _fast_rejects(
     ).fetchall()[0]
     if not count or last - first + 1 != count:
         return None
-    rows = count - stored_first  # the reader's rows: one per line that is not blank
-    blanks = [] if rows == scan.lines else _blank_lines(path, scan.lines - rows)
+    rows = count  # the reader's rows: one per line that is not blank
+    blanks = scan.blank_lines
     if rows != scan.lines - len(blanks):
         return None
     limit = _max_line_bytes()
@@ -1076,7 +1103,7 @@ def _fast_rejects(
             {
                 "batch": batch_id,
                 "ranks": [n - bisect.bisect_left(blanks, n) for n in over],
-                "base": first + stored_first - 1,
+                "base": first - 1,
             },
         )
     ranks = [
@@ -1084,11 +1111,12 @@ def _fast_rejects(
         for r in con.execute(
             "SELECT rowid - $base FROM interactions WHERE batch_id = $batch AND line = 0 "
             "ORDER BY rowid",
-            {"batch": batch_id, "base": first + stored_first - 1},
+            {"batch": batch_id, "base": first - 1},
         ).fetchall()
     ]
     con.execute("DELETE FROM interactions WHERE batch_id = ? AND line = 0", [batch_id])
     lines = _lines_of_ranks(ranks, blanks)
+    bom = _has_bom(path)
     if bom and lines[:1] != [1]:
         return None  # the reader read the BOM's line after all: the stage never judged it
     texts: list[list[Any]] = []
@@ -1115,38 +1143,11 @@ def _fast_rejects(
         reason, user = judged.get(line, (None, None))
         if reason is not None:
             rejected.append((line, reason, user))
-        elif not (line == 1 and stored_first):
+        elif line == 1 and bom:
+            con.execute(_INSERTS["interactions"], params)  # fw_stage: the judged lines
+        else:
             return None  # the reader refused a line the stage accepts
     return rows, rejected, {line: raw_of[line] for line, _, _ in rejected}
-
-
-_BLANK = b" \t\r\x0b\x0c"  # what a blank line holds, besides its newline (JSON's whitespace)
-_BLANK_LINE = re.compile(rb"\n(?=[ \t\r\x0b\x0c]*\n)")
-
-
-def _blank_lines(path: Path, expected: int) -> list[int]:
-    """The numbers of the blank (whitespace-only) lines, which the reader makes no row of; the
-    scan stops once it has found ``expected`` of them."""
-    found: list[int] = []
-    line = 1  # the number of the line that starts the text searched
-    carry = b"\n"  # the text searched starts after a newline: line 1 may be blank too
-    with path.open("rb") as handle:
-        while len(found) < expected:
-            chunk = handle.read(_CHUNK)
-            if not chunk and carry == b"\n":
-                break  # the file ends with a newline: no line after it
-            text = carry + (chunk if chunk else b"\n")
-            cut = text.rfind(b"\n")
-            at, counted = 0, line
-            for match in _BLANK_LINE.finditer(text, 0, cut + 1):
-                counted += text.count(b"\n", at, match.start())
-                at = match.start()
-                found.append(counted)
-            line += text.count(b"\n", 0, cut)
-            carry = text[cut:]
-            if not chunk:
-                break
-    return found[:expected]
 
 
 def _lines_of_ranks(ranks: list[int], blanks: list[int]) -> list[int]:
@@ -1224,33 +1225,12 @@ def _lines_table(
         "unnest($raw)::VARCHAR AS raw",
         {"k": [t[0] for t in texts], "raw": [t[1] for t in texts]},
     )
-    con.execute("CREATE OR REPLACE TEMP TABLE fw_bad_lines (line BIGINT, j BIGINT, reason VARCHAR)")
-    _insert_many(con, "fw_bad_lines", bad)
-    _define_lines_source(con, INTERACTION_FIELDS, mapped=False)
-
-
-def _store_first_line(
-    con: duckdb.DuckDBPyConnection, path: Path, stage_sql: str, params: dict[str, Any]
-) -> int:
-    """Store the first line of a file that starts with a BOM (the reader cannot parse that
-    line) when the stage accepts it; return the rows stored (0 or 1)."""
-    limit = _max_line_bytes()
-    with path.open("rb") as handle:
-        first = handle.readline(limit + 2)
-    if len(first.rstrip(b"\r\n")) > limit:
-        return 0
-    try:
-        text = first[3:].rstrip(b"\r\n").decode("utf-8")
-    except UnicodeDecodeError:
-        return 0
-    _lines_table(con, [[1, text]], [])
-    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
-    con.execute(_INSERTS["interactions"], params)
-    return int(
-        con.execute(
-            "SELECT count(*) FROM interactions WHERE batch_id = ?", [params["batch"]]
-        ).fetchall()[0][0]
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_bad_lines AS SELECT unnest($line)::BIGINT AS line, "
+        "unnest($j)::BIGINT AS j, unnest($reason)::VARCHAR AS reason",
+        {"line": [b[0] for b in bad], "j": [b[1] for b in bad], "reason": [b[2] for b in bad]},
     )
+    _define_lines_source(con, INTERACTION_FIELDS, mapped=False)
 
 
 def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:

@@ -374,6 +374,7 @@ def dirty_log() -> tuple[bytes, dict[int, str]]:
     bad(170, record(170, response="r" * 1200), "response is over the 1000-byte limit")
     bad(200, json.dumps(record(7)).encode(), "")  # repeats line 8's id: a duplicate
     bad(201, json.dumps(record(201, prompt="call +44 20 7946 0958")).encode(), "")  # PII
+    bad(202, json.dumps(record(0, prompt="a later copy")).encode(), "")  # the BOM line's id
     bad(
         250,
         record(250, user_id=..., ts="soon", accepted="maybe"),
@@ -381,7 +382,7 @@ def dirty_log() -> tuple[bytes, dict[int, str]]:
         "accepted is not true/false: maybe",
     )
     bad(399, b'{"interaction_id": "i-399", "ts": ', "invalid JSON")
-    for line in (38, 39, 92, 201, 202):
+    for line in (38, 39, 92, 201, 202, 203):
         expected.pop(line)
     # A BOM, CRLF for the first 300 lines, LF after, no final newline.
     body = b"\xef\xbb\xbf" + b"\r\n".join(lines[:300]) + b"\n" + b"\n".join(lines[300:])
@@ -396,9 +397,11 @@ def test_the_parallel_path_stores_and_rejects_exactly_as_the_exact_path_on_a_dir
     monkeypatch.setattr("core.ingest._BLOCK", 512)
     monkeypatch.setenv("FLYWHEEL_MAX_TEXT_BYTES", "1000")
     body, expected = dirty_log()
-    if first_line == "rejected":  # the BOM's line itself is bad
+    duplicates = 2  # line 201 repeats line 8, line 203 the BOM's line 1
+    if first_line == "rejected":  # the BOM's line itself is bad: line 203 is stored
         body = body.replace(b'"user_id": "user-0", ', b"", 1)
         expected[1] = "missing required field: user_id"
+        duplicates = 1
     plain = tmp_path / "dirty.jsonl"
     plain.write_bytes(body)
     packed = tmp_path / "dirty.jsonl.gz"  # gzip takes the exact path: the reference
@@ -414,7 +417,7 @@ def test_the_parallel_path_stores_and_rejects_exactly_as_the_exact_path_on_a_dir
         exact.rejected,
         exact.duplicates,
     )
-    assert (fast.rows_read, fast.rejected, fast.duplicates) == (398, len(expected), 1)
+    assert (fast.rows_read, fast.rejected, fast.duplicates) == (398, len(expected), duplicates)
     assert fast.pii_found == exact.pii_found == {"PHONE": 1}
     assert stored_rows(fast_store, fast.batch_id) == stored_rows(exact_store, exact.batch_id)
     assert quarantined(fast_store, fast.batch_id) == quarantined(exact_store, exact.batch_id)
@@ -428,9 +431,16 @@ def test_the_parallel_path_stores_and_rejects_exactly_as_the_exact_path_on_a_dir
 def test_a_file_the_parallel_reader_cannot_line_up_loads_on_the_exact_path(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A blank line the reader reads as a row (were it ever to) breaks the line count: the
+    # A blank line the reader read as a row (were it ever to) would break the line count: the
     # load must then fall back, and still number every line.
-    monkeypatch.setattr("core.ingest._blank_lines", lambda path, expected: [])
+    scan = core.ingest._scan
+
+    def no_blank_lines(path: Path, *, count_lines: bool) -> Any:
+        found = scan(path, count_lines=count_lines)
+        found.blank_lines = []
+        return found
+
+    monkeypatch.setattr("core.ingest._scan", no_blank_lines)
     path = write_jsonl(tmp_path / "log.jsonl", [record(1), "", "{oops", record(2)])
     result = ingest_file(store, path, user=local_operator())
     assert result.read_path == "exact"
@@ -438,16 +448,22 @@ def test_a_file_the_parallel_reader_cannot_line_up_loads_on_the_exact_path(
     assert reasons(store, result) == {3: "invalid JSON"}
 
 
-def test_blank_lines_are_found_across_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 20])
+def test_the_scan_finds_blank_lines_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr("core.ingest._CHUNK", 7)
+    monkeypatch.setattr("core.ingest._CHUNK", chunk)
     path = tmp_path / "x.jsonl"
-    path.write_bytes(b' \r\n{}\n\n{}\r\n \t\x0c\n{"a": 1}\n\r\n  ')
-    assert core.ingest._blank_lines(path, 10) == [1, 3, 5, 7, 8]
-    assert core.ingest._blank_lines(path, 2) == [1, 3]
-    path.write_bytes(b"{}\n\n{}\n")
-    assert core.ingest._blank_lines(path, 10) == [2]
+    cases = [
+        (b' \r\n{}\n\n{}\r\n \t\x0c\n{"a": 1}\n\r\n  ', 8, [1, 3, 5, 7, 8]),
+        (b"{}\n\n{}\n", 3, [2]),
+        (b"\n", 1, [1]),
+        (b"{}\n" + b" " * 20 + b"x\n\t\t", 3, [3]),
+    ]
+    for body, lines, blanks in cases:
+        path.write_bytes(body)
+        found = core.ingest._scan(path, count_lines=True)
+        assert (found.lines, found.blank_lines) == (lines, blanks), body
 
 
 def write_gzip(path: Path, parts: list[bytes]) -> Path:
@@ -465,7 +481,9 @@ def write_gzip(path: Path, parts: list[bytes]) -> Path:
 def test_a_line_over_the_read_limit_is_quarantined_in_every_format(
     store: Store, tmp_path: Path, name: str, megabytes: int
 ) -> None:
-    huge = b'{"interaction_id": "big", "prompt": "' + b"a" * (megabytes << 20) + b'"}'
+    # Otherwise a valid row: only its length (a large metadata object) is wrong.
+    valid = json.dumps(record(0, interaction_id="big")).encode()[:-1]
+    huge = valid + b', "metadata": {"blob": "' + b"a" * (megabytes << 20) + b'"}}'
     parts = [json.dumps(record(1)).encode(), b"\n", huge, b"\r\n", json.dumps(record(2)).encode()]
     path = tmp_path / name
     if name.endswith(".gz"):
@@ -476,6 +494,8 @@ def test_a_line_over_the_read_limit_is_quarantined_in_every_format(
     assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
     assert reconciles(result)
     assert reasons(store, result) == {2: "line is over the 16777216-byte read limit"}
+    if megabytes == 17:  # DuckDB's parallel reader takes such a line; the load stays on it
+        assert result.read_path == ("exact" if name.endswith(".gz") else "parallel")
     raw = batch_rejects(store, result.batch_id, reveal_raw=True, user=local_operator())[0]["raw"]
     assert raw.startswith('{"interaction_id": "big"') and len(raw) < 1 << 17  # kept cut
     assert store.fetch_all("SELECT line FROM interactions ORDER BY 1") in (
