@@ -45,6 +45,7 @@ __all__ = [
     "analyse_cycle",
     "analyse_cycles",
     "design_ab_test",
+    "guardrail_quantile",
     "plan_design",
     "resolve_metric",
 ]
@@ -230,7 +231,8 @@ _ALIASES = {
 
 
 def resolve_metric(name: str) -> MetricDef:
-    """The metric a plan's name stands for (``latency_p95_ms`` is tested on the mean latency).
+    """The metric a plan's name stands for (a ``latency_p95_ms`` guardrail is tested on the
+    p95 itself: ``guardrail_quantile``; as a primary or secondary metric, on the mean).
 
     Raises AnalysisError for a name the analysis cannot compute from interactions.
     """
@@ -854,7 +856,11 @@ def _analyse(
 
     metrics = _metric_rows(rows, control, treatment, primary_def, primary_fixed, alpha, correction)
     checked = [
-        _guardrail(rows, control, treatment, g.max_relative_increase, g.metric, d, ab, design)
+        _quantile_guardrail(
+            store, params, control, treatment, g.max_relative_increase, g.metric, q, ab
+        )
+        if (q := guardrail_quantile(g.metric)) is not None
+        else _guardrail(rows, control, treatment, g.max_relative_increase, g.metric, d, ab, design)
         for g, d in guardrail_defs
     ]
     guardrails = tuple(row for row, _ in checked)
@@ -1023,7 +1029,7 @@ def _guardrail(
     direction: Literal["increase", "decrease"] = (
         "decrease" if metric.higher_is_better else "increase"
     )
-    tested_as = metric.description + (" (p95 shown per arm)" if "p95" in name else "")
+    tested_as = metric.description
     c_arm = _ratio_arm(rows.get(control), metric)
     t_arm = _ratio_arm(rows.get(treatment), metric)
     if c_arm is None or t_arm is None:
@@ -1056,6 +1062,82 @@ def _guardrail(
         interval = (bound, math.inf) if direction == "increase" else (-math.inf, bound)
     shown = replace(result, estimate=lift, ci=interval)
     return row, replace(check, result=shown)
+
+
+_QUANTILE_NAMES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def guardrail_quantile(name: str) -> float | None:
+    """The quantile a latency guardrail names (``latency_p95_ms`` → 0.95); None for a mean."""
+    key = name.strip().lower()
+    if not key.startswith("latency"):
+        return None
+    return next((q for part, q in _QUANTILE_NAMES.items() if part in key), None)
+
+
+def _quantile_arms(
+    store: Store, params: dict[str, Any], q: float, alpha: float
+) -> dict[str, stats.QuantileArmStats]:
+    """Per arm, the latency quantile and the two order statistics that bound it, read in
+    DuckDB (the ranks come from the arm's count; no latency reaches Python)."""
+    counts = store.fetch_all(
+        f"WITH {_TEST_CTE} SELECT variant, count(latency_ms), quantile_cont(latency_ms, $q)"
+        " FROM clean WHERE latency_ms IS NOT NULL GROUP BY variant",
+        {**params, "q": q},
+    )
+    out: dict[str, stats.QuantileArmStats] = {}
+    for variant, n, quantile in counts:
+        ranks = stats.quantile_ranks(int(n), q, alpha=alpha)
+        if ranks is None:
+            continue
+        low, high, coverage = ranks
+        bounds = store.fetch_one(
+            f"WITH {_TEST_CTE} SELECT list_extract(xs, $low), list_extract(xs, $high) FROM"
+            " (SELECT list_sort(list(latency_ms)) AS xs FROM clean"
+            "  WHERE variant = $variant AND latency_ms IS NOT NULL)",
+            {**params, "low": low, "high": high, "variant": variant},
+        )
+        assert bounds is not None
+        out[str(variant)] = stats.QuantileArmStats(
+            int(n), q, float(quantile), float(bounds[0]), float(bounds[1]), coverage
+        )
+    return out
+
+
+def _quantile_guardrail(
+    store: Store,
+    params: dict[str, Any],
+    control: str,
+    treatment: str,
+    tolerance: float,
+    name: str,
+    q: float,
+    ab: ABDesign,
+) -> tuple[GuardrailRow, stats.GuardrailResult | None]:
+    """A latency quantile guardrail (p95) tested on the quantile itself: one-sided, that the
+    treatment's quantile exceeds the control's by more than the tolerance (Price–Bonett
+    standard errors of each arm's quantile; fixed-horizon, over requests)."""
+    tested_as = (
+        f"p{round(q * 100)} latency per request: quantile difference (Price–Bonett), fixed-horizon"
+    )
+    arms = _quantile_arms(store, params, q, ab.alpha)
+    if control not in arms or treatment not in arms:
+        row = GuardrailRow(name, tested_as, tolerance, "increase", None, None, None, False)
+        return replace(row, note="too few requests with a latency in an arm for the quantile"), None
+    factor = 1.0 + tolerance
+    tested = stats.quantile_difference(
+        arms[control], arms[treatment], alpha=ab.alpha, alternative="greater", ratio=factor
+    )
+    if tested.estimate is None:
+        row = GuardrailRow(name, tested_as, tolerance, "increase", None, None, None, False)
+        return replace(row, note=tested.reason), None
+    bound = tested.ci[0] if tested.ci else None
+    check = stats.GuardrailResult(name=name, harmful_direction="increase", result=tested)
+    row = GuardrailRow(
+        name, tested_as, tolerance, "increase", tested.estimate, bound, tested.p_value,
+        check.breached,
+    )  # fmt: skip
+    return row, check
 
 
 def _cuped(

@@ -322,15 +322,28 @@ def ab_lift_figure(
 
     ``points`` carry ``day``, ``lift``, ``ci`` and ``cs`` (core.abtest.LiftPoint); days
     whose lift is not computable yet are left out. The band is safe to read at every look;
-    the dotted fixed-horizon interval only at the planned sample.
+    the dotted fixed-horizon interval only at the planned sample. The y-axis fits every
+    estimate and the latest day's intervals: the first days' much wider intervals are cut at
+    the edge, each cut marked with a triangle, so that they do not flatten the estimate.
     """
     shown = [p for p in points if p.lift is not None and p.cs is not None and p.ci is not None]
     days = [p.day.isoformat() for p in shown]
     fig = go.Figure()
+    low = high = 0.0
+    if shown:
+        latest = shown[-1]
+        values = [p.lift for p in shown] + [*latest.cs, *latest.ci, 0.0]
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.1 or 0.01
+        low, high = low - pad, high + pad
+
+    def clip(value: float) -> float:
+        return min(high, max(low, value))
+
     fig.add_trace(
         go.Scatter(
             x=days + days[::-1],
-            y=[p.cs[1] for p in shown] + [p.cs[0] for p in shown][::-1],
+            y=[clip(p.cs[1]) for p in shown] + [clip(p.cs[0]) for p in shown][::-1],
             fill="toself",
             fillcolor="rgba(116, 196, 118, 0.25)",
             line={"width": 0},
@@ -338,27 +351,18 @@ def ab_lift_figure(
             hoverinfo="skip",
         )
     )
-    fig.add_trace(
-        go.Scatter(
-            x=days,
-            y=[p.ci[0] for p in shown],
-            mode="lines",
-            line={"dash": "dot", "color": "#636363", "width": 1},
-            name="fixed-horizon CI",
-            legendgroup="fixed",
+    for index, name in ((0, "fixed-horizon CI"), (1, "fixed-horizon CI (upper)")):
+        fig.add_trace(
+            go.Scatter(
+                x=days,
+                y=[clip(p.ci[index]) for p in shown],
+                mode="lines",
+                line={"dash": "dot", "color": "#636363", "width": 1},
+                name=name,
+                legendgroup="fixed",
+                showlegend=index == 0,
+            )
         )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=days,
-            y=[p.ci[1] for p in shown],
-            mode="lines",
-            line={"dash": "dot", "color": "#636363", "width": 1},
-            name="fixed-horizon CI (upper)",
-            legendgroup="fixed",
-            showlegend=False,
-        )
-    )
     fig.add_trace(
         go.Scatter(
             x=days,
@@ -371,11 +375,37 @@ def ab_lift_figure(
             "<br>%{customdata[0]:,} control · %{customdata[1]:,} treatment users<extra></extra>",
         )
     )
+    cut = [
+        (day, edge, bound)
+        for day, p in zip(days, shown, strict=True)
+        for edge, bound in ((high, max(p.cs[1], p.ci[1])), (low, min(p.cs[0], p.ci[0])))
+        if (bound > high if edge == high else bound < low)
+    ]
+    if cut:
+        fig.add_trace(
+            go.Scatter(
+                x=[day for day, _, _ in cut],
+                y=[edge for _, edge, _ in cut],
+                mode="markers",
+                marker={
+                    "symbol": ["triangle-up" if e == high else "triangle-down" for _, e, _ in cut],
+                    "size": 9,
+                    "color": "#636363",
+                },
+                name="interval runs off the chart",
+                customdata=[bound for _, _, bound in cut],
+                hovertemplate="%{x}: the interval reaches %{customdata:+.1%}<extra></extra>",
+            )
+        )
     fig.add_hline(y=0, line_color="#969696", line_width=1)
     subtitle = f" · N* = {planned_total:,}" if planned_total else ""
     fig.update_layout(
         title={"text": chart_text(f"Lift of {metric} over time{subtitle}"), "x": 0},
-        yaxis={"title": "relative lift (treatment vs control)", "tickformat": "+.0%"},
+        yaxis={
+            "title": "relative lift (treatment vs control)",
+            "tickformat": "+.0%",
+            **({"range": [low, high]} if shown else {}),
+        },
         xaxis={"type": "date", "title": None},
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},

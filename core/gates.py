@@ -41,8 +41,8 @@ from core.graders import GRADERS, grader_for_metric
 from core.plan import Economics, Gate, Plan, system_message_hash
 from core.plan_versions import load_plan
 from core.settings import get_setting
-from core.stats import gate_verdict as interval_verdict
 from core.stats import (
+    format_p_value,
     holm_adjusted,
     mcnemar_exact,
     non_inferiority_gate,
@@ -51,6 +51,7 @@ from core.stats import (
     paired_t_test,
     wilson_interval,
 )
+from core.stats import gate_verdict as interval_verdict
 from core.store import Store
 
 __all__ = [
@@ -465,7 +466,7 @@ def evaluate_gate(
             test = mcnemar_exact(wins, losses)
             evidence.append(
                 f"McNemar exact: {wins} items only the candidate passes, {losses} only "
-                f"production; p = {test.p_value:.4g}"
+                f"production; p = {format_p_value(test.p_value)}"
             )
             mcnemar_fail = (
                 test.p_value < alpha and diff is not None and diff < -margin and losses > wins
@@ -545,7 +546,7 @@ def _with_slices(
     for s in short:
         evidence.append(
             f"slice {s.dimension}={s.value}: candidate {s.candidate:.3f} vs "
-            f"{_fmt(s.reference, 3)} on {s.items} items, Holm p = {_fmt(s.p_holm)}"
+            f"{_fmt(s.reference, 3)} on {s.items} items, Holm p = {format_p_value(s.p_holm)}"
         )
     if short:
         verdict = "fail"

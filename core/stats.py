@@ -1509,7 +1509,7 @@ def ab_decision(
         return ABDecision(
             "invalid_srm",
             (
-                f"sample ratio mismatch: p = {_fmt(srm.p_value)} < {srm.threshold:g}; "
+                f"sample ratio mismatch: p = {format_p_value(srm.p_value)} < {srm.threshold:g}; "
                 "assignment or logging is broken, so no metric can be trusted",
             ),
         )
@@ -1522,7 +1522,7 @@ def ab_decision(
             "roll_back",
             tuple(
                 f"guardrail '{g.name}' moved the harmful way ({g.harmful_direction}): "
-                f"p = {_fmt(g.result.p_value)}, interval {_fmt_interval(g.result.ci)}"
+                f"p = {format_p_value(g.result.p_value)}, interval {_fmt_interval(g.result.ci)}"
                 for g in breached
             )
             + tuple(notes),
@@ -1553,7 +1553,8 @@ def ab_decision(
         return keep_running("primary metric has no estimate")
     summary = (
         f"primary {primary.effect} effect {primary.estimate:.4g}, "
-        f"interval ({primary.ci[0]:.4g}, {primary.ci[1]:.4g}), p = {_fmt(primary.p_value)}"
+        f"interval ({primary.ci[0]:.4g}, {primary.ci[1]:.4g}), "
+        f"p = {format_p_value(primary.p_value)}"
     )
     if primary.significant:
         improved = (primary.estimate > 0) == higher_is_better
@@ -1575,3 +1576,130 @@ def ab_decision(
             "stop_no_effect", (summary + ": no significant effect at the planned sample", *notes)
         )
     return keep_running(summary + f": not significant yet, {days} day(s) to the planned sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantiles (a p95 guardrail) and how p-values are written
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantileArmStats:
+    """One arm's sample quantile with the order statistics that bound it: ``lower`` = x_(l)
+    and ``upper`` = x_(u) of ``quantile_ranks``, which cover the true quantile with
+    probability ``coverage`` exactly (distribution-free)."""
+
+    n: int
+    q: float
+    quantile: float
+    lower: float
+    upper: float
+    coverage: float
+
+    @property
+    def se(self) -> float:
+        """Price–Bonett standard error: the order-statistic interval's width over twice the
+        normal quantile of its exact coverage."""
+        z = NormalDist().inv_cdf((1.0 + self.coverage) / 2.0)
+        return (self.upper - self.lower) / (2.0 * z)
+
+
+def quantile_ranks(n: int, q: float, *, alpha: float = 0.05) -> tuple[int, int, float] | None:
+    """The 1-based ranks (l, u) of the order statistics that bound the q-quantile of n values
+    with at least 1 − alpha coverage (those of scipy's ``quantile_test(...).confidence_interval``),
+    and their exact coverage P(l ≤ B < u), B ~ Binomial(n, q); None when n is too small for
+    both ranks to exist (a p95 needs about 60 values)."""
+    from scipy.stats import binom
+
+    _check_alpha(alpha)
+    if n < 2 or not 0.0 < q < 1.0:
+        return None
+    low = int(binom.ppf(alpha / 2.0, n, q))
+    high = int(binom.ppf(1.0 - alpha / 2.0, n, q)) + 1
+    if low < 1 or high > n:
+        return None
+    coverage = float(binom.cdf(high - 1, n, q) - binom.cdf(low - 1, n, q))
+    return low, high, coverage
+
+
+def quantile_arm_from_values(
+    values: npt.ArrayLike, *, q: float = 0.95, alpha: float = 0.05
+) -> QuantileArmStats | None:
+    """``QuantileArmStats`` of raw values (the quantile interpolated as DuckDB's
+    ``quantile_cont`` does); None when there are too few values."""
+    import numpy as np
+
+    x = np.sort(np.asarray(values, dtype=float))
+    ranks = quantile_ranks(int(x.size), q, alpha=alpha)
+    if ranks is None:
+        return None
+    low, high, coverage = ranks
+    return QuantileArmStats(
+        int(x.size), q, float(np.quantile(x, q)), float(x[low - 1]), float(x[high - 1]), coverage
+    )
+
+
+def quantile_difference(
+    control: QuantileArmStats,
+    treatment: QuantileArmStats,
+    *,
+    alpha: float = 0.05,
+    alternative: Alternative = "two-sided",
+    ratio: float = 1.0,
+) -> ABResult:
+    """The relative change of a quantile (treatment / control − 1), e.g. of p95 latency.
+
+    Each arm's standard error is Price–Bonett's (``QuantileArmStats.se``); the test of
+    H0: Q_t = ratio · Q_c uses z = (Q_t − ratio·Q_c) / √(se_t² + ratio²·se_c²), so a guardrail
+    with tolerance τ tests ratio = 1 + τ. The interval on the relative change is the delta
+    method's: Var = se_t²/Q_c² + Q_t²·se_c²/Q_c⁴, two-sided or one-sided as ``alternative``.
+    """
+    _check_alpha(alpha)
+    method = f"quantile difference (q = {control.q:g}, Price–Bonett)"
+
+    def not_computable(reason: str) -> ABResult:
+        return ABResult(
+            method, "relative", control.n, treatment.n, control.quantile, treatment.quantile,
+            None, None, None, None, None, None, alpha, alternative, reason=reason,
+        )  # fmt: skip
+
+    if control.quantile <= 0:
+        return not_computable("the control arm's quantile is not positive")
+    qc, qt = control.quantile, treatment.quantile
+    se_c, se_t = control.se, treatment.se
+    spread = math.sqrt(se_t**2 + ratio**2 * se_c**2)
+    if spread <= 0:
+        return not_computable("both arms' order statistics are tied: no spread to test on")
+    z = (qt - ratio * qc) / spread
+    normal = NormalDist()
+    if alternative == "two-sided":
+        p = 2.0 * (1.0 - normal.cdf(abs(z)))
+    elif alternative == "greater":
+        p = 1.0 - normal.cdf(z)
+    else:
+        p = normal.cdf(z)
+    estimate = qt / qc - 1.0
+    se = math.sqrt(se_t**2 / qc**2 + qt**2 * se_c**2 / qc**4)
+    if alternative == "two-sided":
+        half = normal.inv_cdf(1.0 - alpha / 2.0) * se
+        ci = (estimate - half, estimate + half)
+    elif alternative == "greater":
+        ci = (estimate - normal.inv_cdf(1.0 - alpha) * se, math.inf)
+    else:
+        ci = (-math.inf, estimate + normal.inv_cdf(1.0 - alpha) * se)
+    return ABResult(
+        method, "relative", control.n, treatment.n, qc, qt, estimate, se, ci,
+        min(1.0, max(0.0, p)), z, None, alpha, alternative,
+    )  # fmt: skip
+
+
+def format_p_value(p: float | None) -> str:
+    """A p-value as people read it: "< 0.0001" below 1e-4 (never "0" or "8.13e-310"), else
+    up to two significant figures ("0.021", "0.0005"); "—" when there is none."""
+    if p is None or math.isnan(p):
+        return "—"
+    if p < 1e-4:
+        return "< 0.0001"
+    if p >= 0.9995:
+        return "1"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}".rstrip("0").rstrip(".")

@@ -11,6 +11,7 @@ from core.charts import ab_lift_figure
 from core.errors import FlywheelError
 from core.plan import Plan, plan_timeline
 from core.plan_versions import load_plan
+from core.stats import format_p_value
 from pages._common import cached_read, current_plan_id, guarded, page_header
 
 page_header("A/B test")
@@ -96,7 +97,7 @@ def results(analysis: ABAnalysis) -> None:
         observed = ", ".join(f"{c:,}" for c in analysis.srm.counts)
         expected = ", ".join(f"{e:,.0f}" for e in analysis.srm.expected)
         st.error(
-            f"**Sample ratio mismatch** (p = {analysis.srm.p_value:.2g} < "
+            f"**Sample ratio mismatch** (p = {format_p_value(analysis.srm.p_value)} < "
             f"{analysis.srm.threshold:g}): the arms hold {observed} users where the plan "
             f"expects {expected}. "
             "Assignment or logging is broken, so no metric of this test can be trusted.",
@@ -145,11 +146,33 @@ def results(analysis: ABAnalysis) -> None:
     srm = analysis.srm
     st.caption(
         f"Sample ratio check: {srm.status.replace('_', ' ')}"
-        + (f", χ² = {srm.statistic:.2f}, p = {srm.p_value:.3g}" if srm.p_value is not None else "")
+        + (
+            f", χ² = {srm.statistic:.2f}, p = {format_p_value(srm.p_value)}"
+            if srm.p_value is not None
+            else ""
+        )
         + ". The unit of randomisation is the user; every rate is per interaction, so it is a "
         "ratio metric whose variance comes from the delta method over users."
     )
 
+    if analysis.srm.mismatch:
+        # A broken split: the lift and every "significant" would mislead, so they wait
+        # behind the warning, for whoever needs to debug the assignment.
+        with st.expander(
+            "Lift, guardrails and metrics of this test (not trustworthy: the split is broken)",
+            icon=":material/report:",
+        ):
+            st.caption(
+                "Shown for debugging the assignment only: with a sample ratio mismatch, no "
+                "difference between the arms can be attributed to the treatment."
+            )
+            effects(analysis)
+    else:
+        effects(analysis)
+
+
+def effects(analysis: ABAnalysis) -> None:
+    """The primary lift over time, CUPED, guardrails and every metric's lift."""
     st.markdown(f"#### Primary metric: {analysis.primary_metric}")
     fixed, seq = analysis.primary_fixed, analysis.primary_sequential
     cols = st.columns(3)
@@ -163,8 +186,8 @@ def results(analysis: ABAnalysis) -> None:
         help=f"Valid at every look (N* = {analysis.design.total:,}, the planned total sample).",
     )
     st.caption(
-        f"Fixed-horizon p = {_num(fixed.p_value, '.3g')}; always-valid p = "
-        f"{_num(seq.p_value, '.3g')}. The decision reads the "
+        f"Fixed-horizon p = {format_p_value(fixed.p_value)}; always-valid p = "
+        f"{format_p_value(seq.p_value)}. The decision reads the "
         f"{'confidence sequence' if analysis.sequential else 'fixed-horizon test'}, "
         f"as the plan's design says. Planned sample: {analysis.design.n_per_arm:,} users per arm."
         + (f" Not computable: {fixed.reason}." if fixed.reason else "")
@@ -200,7 +223,7 @@ def results(analysis: ABAnalysis) -> None:
                     "tolerance": _pct(g.tolerance),
                     "lift": _pct(g.lift),
                     "one-sided bound": _pct(g.bound),
-                    "p (vs tolerance)": _num(g.p_value, ".3g"),
+                    "p (vs tolerance)": format_p_value(g.p_value),
                     "note": g.note or "",
                 }
                 for g in analysis.guardrails
@@ -223,8 +246,8 @@ def results(analysis: ABAnalysis) -> None:
                 "treatment": _num(m.treatment),
                 "lift": _pct(m.lift),
                 "95% CI": _interval(m.ci),
-                "p": _num(m.p_value, ".3g"),
-                f"p ({analysis.correction})": _num(m.adjusted_p, ".3g"),
+                "p": format_p_value(m.p_value),
+                f"p ({analysis.correction})": format_p_value(m.adjusted_p),
                 "significant": m.significant,
                 "note": m.note or "",
             }

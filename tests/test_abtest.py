@@ -4,6 +4,7 @@ per-user data; the decision on constructed tests; the design calculator; chart, 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ def write_test(
     treatment_share: float = 0.5,
     accept: tuple[float, float] = (0.3, 0.3),
     latency: tuple[float, float] = (1000.0, 1000.0),
+    latency_sigma: tuple[float, float] = (0.3, 0.3),
     preperiod: bool = False,
     seed: int = 1,
     cycle: int = 1,
@@ -93,7 +95,10 @@ def write_test(
                         "feedback": ["up", "down", None][int(rng.choice(3, p=[0.2, 0.1, 0.7]))],
                         "accepted": bool(rng.random() < propensity),
                         "latency_ms": int(
-                            rng.lognormal(np.log(latency[variant == "treatment"]), 0.3)
+                            rng.lognormal(
+                                np.log(latency[variant == "treatment"]),
+                                latency_sigma[variant == "treatment"],
+                            )
                         ),
                         "cost_usd": float(rng.uniform(0.001, 0.003)),
                         **({"system": system[variant]} if system and variant in system else {}),
@@ -200,6 +205,27 @@ def test_an_increase_within_the_tolerance_is_no_breach(store: Store, tmp_path: P
     latency = next(g for g in result.guardrails if g.metric == "latency_p95_ms")
     assert latency.lift is not None and latency.lift > 0.0
     assert not latency.breached
+
+
+def test_a_p95_guardrail_is_tested_on_the_p95_not_the_mean(store: Store, tmp_path: Path) -> None:
+    """The treatment's median is lower and its tail much longer: the mean moves ~3% (inside
+    the +10% tolerance), the p95 ~45%. The guardrail reads the p95 and is breached."""
+    plan = demo_plan()
+    plan_id = write_test(
+        store, plan, tmp_path, users=3000, latency=(1000, 900), latency_sigma=(0.3, 0.6)
+    )
+    result = analyse_cycle(store, plan, 1, plan_id=plan_id)
+    assert result is not None
+    latency = next(g for g in result.guardrails if g.metric == "latency_p95_ms")
+    rows = raw_rows(store, plan)
+    clean = rows.groupby("user_id").filter(lambda g: g["variant"].nunique() == 1)
+    p95 = clean.groupby("variant")["latency_ms"].quantile(0.95)
+    mean = clean.groupby("variant")["latency_ms"].mean()
+    assert mean["treatment"] / mean["control"] - 1 < 0.1  # the mean alone would pass
+    assert latency.lift == pytest.approx(p95["treatment"] / p95["control"] - 1, rel=1e-9)
+    assert "Price–Bonett" in latency.tested_as
+    assert latency.breached and latency.bound is not None and latency.bound > 0.1
+    assert result.decision.verdict == "roll_back"
 
 
 def test_a_sample_ratio_mismatch_invalidates_the_test(store: Store, tmp_path: Path) -> None:
@@ -448,18 +474,28 @@ def test_the_design_calculator_is_the_lint_sizing() -> None:
 # -- chart ---------------------------------------------------------------------------------------
 
 
-def test_lift_chart_draws_the_band_and_the_lift(store: Store, tmp_path: Path) -> None:
+def test_lift_chart_fits_the_estimate_and_the_latest_interval(store: Store, tmp_path: Path) -> None:
     plan = demo_plan()
     plan_id = write_test(store, plan, tmp_path, users=800)
     result = analyse_cycle(store, plan, 1, plan_id=plan_id)
     assert result is not None
-    points = [p for p in result.lift_over_time if p.lift is not None]
+    points = [p for p in result.lift_over_time if p.lift is not None and p.cs and p.ci]
     fig = ab_lift_figure(result.lift_over_time, metric="acceptance_rate", planned_total=29706)
-    band, low, _high, lift = fig.data
+    band, low, _high, lift, cut = fig.data
+    y_low, y_high = fig.layout.yaxis.range
+    latest = points[-1]
+    # The axis holds every estimate and the latest day's intervals ...
+    assert y_low <= min(p.lift for p in points) and y_high >= max(p.lift for p in points)
+    assert y_low <= min(*latest.cs, *latest.ci) and y_high >= max(*latest.cs, *latest.ci)
+    # ... and the first day's wider sequence is cut at its edge, with a marker there.
+    first = points[0]
+    assert first.cs is not None and (first.cs[1] > y_high or first.cs[0] < y_low)
     assert band.fill == "toself" and len(band.x) == 2 * len(points)
-    assert list(band.y[: len(points)]) == [p.cs[1] for p in points if p.cs]
+    assert list(band.y[: len(points)]) == [min(y_high, max(y_low, p.cs[1])) for p in points]
     assert list(lift.y) == [p.lift for p in points]
-    assert list(low.y) == [p.ci[0] for p in points if p.ci]
+    assert list(low.y) == [min(y_high, max(y_low, p.ci[0])) for p in points]
+    assert first.day.isoformat() in list(cut.x) and cut.name == "interval runs off the chart"
+    assert set(cut.y) <= {y_low, y_high}
     assert "29,706" in fig.layout.title.text
 
 
@@ -523,6 +559,30 @@ def test_page_shows_decision_srm_banner_and_guardrails_on_the_demo(demo_db: Stor
     assert "Sample ratio mismatch" in at.error[0].value
     at.selectbox(key="ab_cycle").set_value(5).run()
     assert any("no A/B data yet" in i.value for i in at.info)
+
+
+def test_a_broken_split_hides_the_lift_behind_the_warning(store: Store, tmp_path: Path) -> None:
+    write_test(store, demo_plan(), tmp_path, treatment_share=0.42, accept=(0.3, 0.42))
+    at = open_abtest()
+    assert not at.exception, at.exception
+    assert "Sample ratio mismatch" in at.error[0].value
+    hidden = at.expander[0]
+    assert "not trustworthy" in hidden.label
+    # The lift, its chart and the tables with "significant" sit only inside the expander.
+    assert [m.label for m in at.metric if m.label == "Relative lift"] == ["Relative lift"]
+    assert [m.label for m in hidden.metric if m.label == "Relative lift"] == ["Relative lift"]
+    assert len(hidden.get("plotly_chart")) == len(at.get("plotly_chart")) == 1
+    assert len(hidden.dataframe) == len(at.dataframe) - 1  # all but the arms
+    shown = " ".join(c.value for c in at.caption) + " ".join(e.value for e in at.error)
+    assert not re.search(r"\d[eE]-\d|p = 0(?![.\d])", shown), shown
+
+
+def test_p_values_below_1e_4_print_as_less_than(store: Store, tmp_path: Path) -> None:
+    write_test(store, demo_plan(), tmp_path, users=4000, accept=(0.3, 0.6))
+    at = open_abtest()
+    assert not at.exception, at.exception
+    texts = [c.value for c in at.caption]
+    assert any("Fixed-horizon p = < 0.0001" in t for t in texts), texts
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

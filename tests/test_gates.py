@@ -12,6 +12,7 @@ from statsmodels.stats.proportion import proportion_confint
 from core.gates import GateInputs, GateResult, Usage, evaluate_gate, overall_verdict
 from core.plan import Gate, Plan
 from core.starters import starter_plan
+from core.stats import format_p_value
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_no_regression_passes_when_the_candidate_is_clearly_not_worse(plan: Plan
     assert result.value == pytest.approx(28 / 300)
     assert result.threshold == -0.02
     p = sps.binomtest(2, 32, 0.5).pvalue  # McNemar exact = two-sided binomial on discordant pairs
-    assert f"p = {p:.4g}" in " ".join(result.evidence)
+    assert f"p = {format_p_value(p)}" in " ".join(result.evidence)
 
 
 def test_no_regression_fails_on_a_significant_drop_beyond_the_margin(plan: Plan) -> None:
