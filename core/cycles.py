@@ -45,7 +45,7 @@ from core.access import User, require
 from core.audit import record_audit
 from core.consent import eligible_interactions
 from core.datasets import canonical_jsonl
-from core.errors import CycleError
+from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
 from core.plan import (
     Decontamination,
@@ -58,6 +58,7 @@ from core.plan import (
 )
 from core.plan_versions import load_plan
 from core.privacy import DETECTORS_FINGERPRINT
+from core.retention import raw_text_retention_days
 from core.signoffs import privacy_approved
 from core.store import Store
 
@@ -223,6 +224,8 @@ class _Context:
     keep: str
     warnings: list[str]
     tokens: str | None = None
+    reference: str | None = None  # the carried rows' sketches, when there is a parent
+    reference_label: str = ""
 
     def tokens_of(self, rows: ir.Table) -> str:
         """The table of word 3-grams that near-duplicates and decontamination share: cut
@@ -237,12 +240,26 @@ def _row_rule(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
 
 
 def _exact(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
-    return quality.exact_duplicate_stage(rows, ctx.keep)  # type: ignore[arg-type]
+    reference = None
+    if ctx.reference is not None:
+        reference = ibis.table({"key": "string", "exact_key": "string"}, name=ctx.reference)
+    return quality.exact_duplicate_stage(
+        rows,
+        ctx.keep,  # type: ignore[arg-type]
+        reference=reference,
+        reference_label=ctx.reference_label,
+    )
 
 
 def _near(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
     return quality.near_duplicate_stage(
-        ctx.con, rows, threshold=rule.threshold, keep=rule.keep, tokens=ctx.tokens_of(rows)
+        ctx.con,
+        rows,
+        threshold=rule.threshold,
+        keep=rule.keep,
+        tokens=ctx.tokens_of(rows),
+        reference=ctx.reference,
+        reference_label=ctx.reference_label,
     )
 
 
@@ -356,6 +373,298 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str, params: Any = ()) -> int:
     return int(con.execute(sql, params).fetchall()[0][0])
 
 
+# -- carrying the parent version forward ------------------------------------------------------
+
+_CARRIED = "fw_cycle_carried"
+_REFERENCE = "fw_cycle_reference"
+_CARRY_ROWS = "fw_cycle_carry_rows"
+_POOL = "fw_cycle_pool"
+
+RETIREMENT_LABELS: dict[str, str] = {
+    "oldest_first": "oldest first",
+    "lowest_rated_first": "lowest rated first",
+    "cell_balance": "keeping each cell of the grid balanced",
+}
+
+
+@dataclass(frozen=True)
+class ParentVersion:
+    """The version a cycle's dataset starts from: the newest of the plan's previous cycle."""
+
+    version_id: str
+    cycle: int
+    rows: int
+    filters: list[dict[str, Any]]
+    eval_items: str | None
+
+
+def _parent_version(
+    con: duckdb.DuckDBPyConnection, plan_id: str, cycle: int
+) -> ParentVersion | None:
+    found = con.execute(
+        "SELECT version_id, cycle, rows, lineage FROM dataset_versions"
+        " WHERE plan_id = ? AND cycle < ? ORDER BY cycle DESC, number DESC LIMIT 1",
+        [plan_id, cycle],
+    ).fetchone()
+    if found is None:
+        return None
+    lineage = json.loads(found[3])
+    return ParentVersion(
+        str(found[0]),
+        int(found[1]),
+        int(found[2]),
+        list(lineage.get("filters", [])),
+        lineage.get("eval_items"),
+    )
+
+
+def fresh_batches(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Batches today's PII detectors redacted at ingest: their texts need no second look."""
+    return [
+        str(r[0])
+        for r in con.execute(
+            "SELECT batch_id FROM ingest_batches WHERE pii_detectors = ? ORDER BY batch_id",
+            [DETECTORS_FINGERPRINT],
+        ).fetchall()
+    ]
+
+
+def _eval_items_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """md5 of the stored eval items' texts: decontamination of carried rows runs again when
+    it changes."""
+    found = con.execute(
+        "SELECT md5(coalesce(string_agg(md5(eval_set || chr(31) || prompt || chr(31)"
+        " || coalesce(reference, '')), ',' ORDER BY eval_set, prompt, reference), ''))"
+        " FROM eval_items"
+    ).fetchone()
+    return str(found[0]) if found else ""
+
+
+def _row_columns(plan: Plan) -> str:
+    """The select list of a cycle row (CYCLE_ROW_SCHEMA) over the interactions' columns."""
+    return ", ".join(
+        f"{_cell_sql(plan)} AS cell_key"
+        if c == "cell_key"
+        else ("metadata::VARCHAR AS metadata" if c == "metadata" else c)
+        for c in _COLUMNS
+    )
+
+
+def _events() -> ir.Table:
+    return ibis.table(
+        {"user_id": "string", "ts": "timestamp('UTC')", "scope": "string", "action": "string"},
+        name="consent_events",
+    )
+
+
+_CARRY_EXTRA = {"fw_origin_cycle": "int64", "fw_origin_version": "string", "fw_split": "string"}
+
+
+def _rule_key(name: str, params: dict[str, Any]) -> str:
+    return json.dumps([name, params], sort_keys=True, default=str)
+
+
+def _carry(
+    con: duckdb.DuckDBPyConnection,
+    plan: Plan,
+    plan_id: str,
+    rules: list[tuple[Any, str]],
+    parent: ParentVersion | None,
+    freeze: datetime,
+    keep: str,
+    fresh: list[str],
+) -> StageRecord:
+    """Stage 0: the parent version's rows that may still be used, into ``_CARRIED``.
+
+    Each is checked again: its interaction is still stored (erasure and retention delete
+    them), its user's training consent (a withdrawal since removes it), the plan's raw-text
+    retention at this cycle's data freeze, every row rule, duplicate rule or decontamination
+    that is not the one the parent ran (a rule the PM tightened applies to old rows too), and
+    for a synthetic row that its item is still valid. PII is checked again as for new rows.
+    Removed rows go to ``_REMOVED`` at position 0 with their reason."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_REMOVED} (interaction_id VARCHAR, user_id VARCHAR,"
+        " position INTEGER, stage VARCHAR, rule VARCHAR, detail VARCHAR)"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_CARRIED} (row_key VARCHAR, source VARCHAR,"
+        " interaction_id VARCHAR, user_id VARCHAR, batch_id VARCHAR, cell_key VARCHAR,"
+        " system VARCHAR, prompt VARCHAR, response VARCHAR, ts TIMESTAMPTZ, rating INTEGER,"
+        " origin_cycle INTEGER, origin_version VARCHAR, split VARCHAR)"
+    )
+    _pool(con, plan_id)
+    if parent is None:
+        return StageRecord(
+            0, "carried", "no parent version", {"parent_version": None}, "pipeline", 0, 0, 0
+        )
+    label = parent.version_id
+    stored = _count(con, "SELECT count(*) FROM dataset_rows WHERE version_id = ?", [label])
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_CARRY_ROWS} AS SELECT {_row_columns(plan)},"
+        " fw_origin_cycle, fw_origin_version, fw_split FROM (SELECT i.*,"
+        " d.origin_cycle AS fw_origin_cycle, d.origin_version AS fw_origin_version,"
+        " d.split AS fw_split FROM interactions i JOIN (SELECT interaction_id AS fw_id,"
+        " origin_cycle, origin_version, split FROM dataset_rows WHERE version_id = $v"
+        " AND source = 'production') d ON i.interaction_id = d.fw_id)",
+        {"v": label},
+    )
+
+    def remove(sql: str, rule: str, params: Any = ()) -> None:
+        """Record the rows ``sql`` yields (interaction_id, user_id, why) as removed."""
+        con.execute(
+            f"INSERT INTO {_REMOVED} SELECT r.interaction_id, coalesce(r.user_id, ''), 0,"
+            f" 'carried', {sql_string(rule)}, {sql_string(f'carried from {label}: ')}"
+            f" || r.fw_why FROM ({sql}) r",
+            params,
+        )
+
+    remove(
+        "SELECT interaction_id, user_id, 'the interaction is no longer stored (deleted at"
+        " retention)' AS fw_why FROM dataset_rows WHERE version_id = $v AND source ="
+        " 'production' AND interaction_id NOT IN (SELECT interaction_id FROM interactions)",
+        "stored",
+        {"v": label},
+    )
+    schema = ibis.schema({**dict(quality.CYCLE_ROW_SCHEMA.items()), **_CARRY_EXTRA})
+    rows = ibis.table(schema, name=_CARRY_ROWS)
+    removed = ibis.table({"interaction_id": "string"}, name=_REMOVED)
+
+    def alive() -> ir.Table:
+        return rows.anti_join(removed, "interaction_id")
+
+    verdict = consent_stage(alive(), _events())
+    remove(
+        f"SELECT interaction_id, user_id, fw_drop AS fw_why FROM ({_sql(verdict)})"
+        " WHERE fw_drop IS NOT NULL",
+        "consent",
+    )
+    days = raw_text_retention_days(plan)
+    remove(
+        f"SELECT interaction_id, user_id, 'older than the plan''s raw-text retention ({days}"
+        f" days) at the data freeze' AS fw_why FROM {_CARRY_ROWS}"
+        " WHERE ts < $freeze - to_days($days) AND interaction_id NOT IN"
+        f" (SELECT interaction_id FROM {_REMOVED})",
+        "retention",
+        {"freeze": freeze, "days": days},
+    )
+    ran = {_rule_key(f["name"], f["params"]) for f in parent.filters}
+    eval_items = _eval_items_fingerprint(con)
+    for rule, _origin in rules[1:]:
+        params = rule.model_dump(mode="json")
+        changed = _rule_key(rule.rule, params) not in ran
+        if rule.rule == "decontamination":
+            changed = changed or eval_items != parent.eval_items
+        if not changed:
+            continue
+        try:
+            if rule.rule in {"exact_dedup", "near_dedup", "decontamination"}:
+                ctx = _Context(con, plan, keep, [])
+                verdict = STAGE_RUNNERS[rule.rule](ctx, alive(), rule)
+            else:
+                verdict = quality.rule_stage(alive(), rule)
+        except ValueError as exc:
+            raise CycleError(f"The plan's {rule.rule} filter cannot run: {exc}.") from None
+        remove(
+            "SELECT interaction_id, user_id, fw_drop || ' (the rule is not the one the parent"
+            f" version ran)' AS fw_why FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
+            rule.rule,
+        )
+        con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
+    checked = _pii_stage(alive(), fresh)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE fw_cycle_carry_pii AS {_sql(checked)}",
+    )
+    redacted_again = _count(con, "SELECT count(*) FROM fw_cycle_carry_pii WHERE fw_changed")
+    con.execute(
+        f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
+        " batch_id, cell_key, system, prompt, response, ts, (coalesce(feedback = 'up', false))"
+        "::INTEGER * 4 + coalesce(accepted, false)::INTEGER * 2"
+        " - coalesce(feedback = 'down', false)::INTEGER, fw_origin_cycle, fw_origin_version,"
+        " fw_split FROM fw_cycle_carry_pii"
+    )
+    con.execute("DROP TABLE fw_cycle_carry_pii")
+    # Synthetic rows: carried while their item is still a valid example of the plan.
+    remove(
+        "SELECT row_key AS interaction_id, NULL AS user_id, 'its synthetic item is no longer"
+        " a valid example (deleted or regenerated)' AS fw_why FROM dataset_rows"
+        f" WHERE version_id = $v AND source = 'synthetic' AND row_key NOT IN"
+        f" (SELECT row_key FROM {_POOL})",
+        "synthetic item",
+        {"v": label},
+    )
+    con.execute(
+        f"INSERT INTO {_CARRIED} SELECT d.row_key, 'synthetic', NULL, NULL, NULL, p.cell_key,"
+        " NULL, p.prompt, p.response, NULL, NULL, d.origin_cycle, d.origin_version, d.split"
+        f" FROM dataset_rows d JOIN {_POOL} p USING (row_key) WHERE d.version_id = $v"
+        " AND d.source = 'synthetic'",
+        {"v": label},
+    )
+    con.execute(f"DROP TABLE IF EXISTS {_CARRY_ROWS}")
+    by_rule = {
+        str(rule): int(n)
+        for rule, n in con.execute(
+            f"SELECT rule, count(*) FROM {_REMOVED} WHERE position = 0 GROUP BY rule ORDER BY rule"
+        ).fetchall()
+    }
+    kept_production, kept_synthetic = con.execute(
+        f"SELECT count(*) FILTER (WHERE source = 'production'),"
+        f" count(*) FILTER (WHERE source = 'synthetic') FROM {_CARRIED}"
+    ).fetchone() or (0, 0)
+    erased = max(0, parent.rows - stored)
+    out = int(kept_production) + int(kept_synthetic)
+    return StageRecord(
+        0,
+        "carried",
+        f"from {label}",
+        {
+            "parent_version": label,
+            "parent_rows": parent.rows,
+            "production": int(kept_production),
+            "synthetic": int(kept_synthetic),
+            "erased": erased,
+            "removed_by_rule": by_rule,
+            "texts_redacted_again": redacted_again,
+        },
+        "pipeline",
+        parent.rows,
+        out,
+        parent.rows - out,
+    )
+
+
+def _pool(con: duckdb.DuckDBPyConnection, plan_id: str) -> None:
+    """``_POOL``: the plan's valid synthetic examples, keyed as dataset rows key them."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_POOL} AS SELECT 'syn:' || spec_hash || ':'"
+        " || md5(cell_key)[1:8] || ':' || item_index::VARCHAR AS row_key, cell_key,"
+        " question AS prompt, answer AS response FROM generated_examples"
+        " WHERE plan_id = ? AND status = 'valid' AND coalesce(question, '') <> ''"
+        " AND coalesce(answer, '') <> ''",
+        [plan_id],
+    )
+
+
+def _reference_sketches(con: duckdb.DuckDBPyConnection) -> None:
+    """``_REFERENCE`` (key, s, exact_key): the carried rows' sketches, read from the store;
+    a carried row without one under this engine (its text was redacted again, or it was
+    written before sketches) is sketched now and kept with the new version."""
+    texts = f"SELECT *, md5(prompt || chr(31) || response) AS text_md5 FROM {_CARRIED}"
+    missing = (
+        f"SELECT * FROM ({texts}) c WHERE NOT EXISTS (SELECT 1 FROM dataset_row_sketches k"
+        " WHERE k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine)"
+    )
+    con.execute(
+        f"INSERT INTO dataset_row_sketches {quality.sketch_sql(missing)}",
+        {"engine": quality.SKETCH_ENGINE},
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_REFERENCE} AS SELECT c.row_key AS key,"
+        " k.shingles AS s, k.exact_key FROM (" + texts + ") c JOIN dataset_row_sketches k"
+        " ON k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine",
+        {"engine": quality.SKETCH_ENGINE},
+    )
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -383,9 +692,16 @@ def run_cycle(
     *,
     user: User,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> CycleResult:
     """Run a cycle of the plan's newest version and build its dataset version, in one
     transaction (a failing stage leaves the store as it was).
+
+    The dataset starts from the parent version (the newest of the plan's previous cycle): its
+    rows are checked again and carried, this cycle's new rows are deduplicated against them,
+    and the plan's cap retires rows by its retirement policy. A cycle on production data with
+    fewer new rows than ``cadence.min_new_examples`` builds no version (ThinCycleError) unless
+    ``force``.
 
     Raises CycleError when the privacy review is not approved (for a cycle on production data:
     the privacy reviewer's sign-off of this exact version), the cycle is not in the plan, a rule
@@ -395,11 +711,17 @@ def run_cycle(
     """
     require(user, "cycle.run")
     with store.hold():
-        return _run_cycle(store, plan_id, cycle, user=user, progress=progress)
+        return _run_cycle(store, plan_id, cycle, user=user, progress=progress, force=force)
 
 
 def _run_cycle(
-    store: Store, plan_id: str, cycle: int, *, user: User, progress: Progress | None
+    store: Store,
+    plan_id: str,
+    cycle: int,
+    *,
+    user: User,
+    progress: Progress | None,
+    force: bool,
 ) -> CycleResult:
     """The body of ``run_cycle``, run while it holds the store."""
     plan, plan_version = load_plan(store, plan_id)
@@ -408,7 +730,7 @@ def _run_cycle(
     who = user.name
     report = progress or (lambda fraction, message: None)
     rules = pipeline_rules(plan)
-    total_steps = len(rules) + 5
+    total_steps = len(rules) + 6
     near = next((r for r, _ in rules if r.rule == "near_dedup"), None)
     keep = near.keep if near is not None else "earliest"
     run_id = datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -421,15 +743,25 @@ def _run_cycle(
         quality.install_stage_functions(con)
         ctx = _Context(con, plan, keep, warnings)
 
-        # 1. the window
-        report(0.0, "Collecting the cycle's window…")
+        # 0. the parent version's rows, checked again
+        report(0.0, "Checking the rows carried from the parent version…")
         clock = time.perf_counter()
-        columns = ", ".join(
-            f"{_cell_sql(plan)} AS cell_key"
-            if c == "cell_key"
-            else ("metadata::VARCHAR AS metadata" if c == "metadata" else c)
-            for c in _COLUMNS
+        parent = _parent_version(con, plan_id, cycle)
+        freeze = end or datetime.combine(
+            plan_timeline(plan)[cycle - 1].data_freeze, day_time(0), UTC
         )
+        carried = _carry(con, plan, plan_id, rules, parent, freeze, keep, fresh_batches(con))
+        carried.seconds = time.perf_counter() - clock
+        stages.append(carried)
+        if parent is not None:
+            ctx.reference = _REFERENCE
+            ctx.reference_label = parent.version_id
+            _reference_sketches(con)
+
+        # 1. the window
+        report(1 / total_steps, "Collecting the cycle's window…")
+        clock = time.perf_counter()
+        columns = _row_columns(plan)
         # A view, not a copy: consent and the PII check read the window once each, and a
         # copy of every column of the window cost more than both reads.
         bounds = (
@@ -444,7 +776,7 @@ def _run_cycle(
         in_window = _count(con, "SELECT count(*) FROM fw_cycle_window")
         stages.append(
             StageRecord(
-                0,
+                1,
                 "window",
                 f"{start:%Y-%m-%d} ≤ ts < {end:%Y-%m-%d}" if start and end else "synthetic only",
                 {
@@ -460,23 +792,19 @@ def _run_cycle(
         )
 
         # 2. consent, and 3. PII redaction checked again on what consent lets through
-        report(1 / total_steps, "Applying the consent ledger…")
+        report(2 / total_steps, "Applying the consent ledger…")
         clock = time.perf_counter()
         window = ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window")
-        events = ibis.table(
-            {"user_id": "string", "ts": "timestamp('UTC')", "scope": "string", "action": "string"},
-            name="consent_events",
-        )
-        verdict = consent_stage(window, events)
+        verdict = consent_stage(window, _events())
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_REMOVED} AS SELECT interaction_id, user_id,"
-            " 1 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
+            f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id,"
+            " 2 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
             f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL"
         )
-        removed = _count(con, f"SELECT count(*) FROM {_REMOVED}")
+        removed = _count(con, f"SELECT count(*) FROM {_REMOVED} WHERE position = 2")
         stages.append(
             StageRecord(
-                1,
+                2,
                 "consent",
                 "training consent",
                 {"scope": "training"},
@@ -487,18 +815,12 @@ def _run_cycle(
                 seconds=time.perf_counter() - clock,
             )
         )
-        report(2 / total_steps, "Checking PII redaction…")
+        report(3 / total_steps, "Checking PII redaction…")
         clock = time.perf_counter()
         kept = window.anti_join(
             ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
         )
-        fresh = [
-            str(r[0])
-            for r in con.execute(
-                "SELECT batch_id FROM ingest_batches WHERE pii_detectors = ? ORDER BY batch_id",
-                [DETECTORS_FINGERPRINT],
-            ).fetchall()
-        ]
+        fresh = fresh_batches(con)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, fresh))}")
         rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
         checked = _count(
@@ -510,7 +832,7 @@ def _run_cycle(
         _pii_rule, pii_origin = rules[0]
         stages.append(
             StageRecord(
-                2,
+                3,
                 "pii_redacted",
                 "pii_redacted",
                 {"rows_checked_again": checked, "texts_redacted_again": rechecked},
@@ -521,6 +843,7 @@ def _run_cycle(
                 seconds=time.perf_counter() - clock,
             )
         )
+        rechecked += int(carried.params.get("texts_redacted_again", 0))
         if rechecked:
             warnings.append(
                 f"PII check: {rechecked} row(s) held PII today's detectors find and ingest's "
@@ -528,7 +851,7 @@ def _run_cycle(
             )
 
         # 4. the plan's filters
-        for offset, (rule, origin) in enumerate(rules[1:], start=3):
+        for offset, (rule, origin) in enumerate(rules[1:], start=4):
             report(offset / total_steps, f"{rule.rule}…")
             clock = time.perf_counter()
             runner = STAGE_RUNNERS[rule.rule]
@@ -559,11 +882,36 @@ def _run_cycle(
             )
             alive_count -= dropped
 
+        new_rows = alive_count if start is not None else 0
+        if start is not None and new_rows < plan.cadence.min_new_examples:
+            message = (
+                f"Cycle {cycle} of plan '{plan_id}' has {new_rows} new production row(s) after "
+                f"its filters, fewer than the plan's min_new_examples "
+                f"({plan.cadence.min_new_examples}): the plan does not count this as enough new "
+                "data to retrain."
+            )
+            if not force:
+                raise ThinCycleError(
+                    message + " No version was built; run it again with --force (the Cycles "
+                    "page: 'Build anyway') to build one regardless."
+                )
+            warnings.append(message + " Built anyway (forced).")
+
         # 5. the mix, 6. the split
-        position = len(rules) + 2
+        position = len(rules) + 3
         report(position / total_steps, "Mixing with the synthetic data…")
         clock = time.perf_counter()
-        mix = _mix(con, plan, plan_id, cycle, alive_count, start is not None, position, warnings)
+        mix = _mix(
+            con,
+            plan,
+            plan_id,
+            cycle,
+            new_rows,
+            carried,
+            start is not None,
+            position,
+            warnings,
+        )
         mix.seconds = time.perf_counter() - clock
         stages.append(mix)
         total = mix.rows_out
@@ -589,17 +937,11 @@ def _run_cycle(
                 seconds=time.perf_counter() - clock,
             )
         )
-        if start is not None and mix.params["production_rows"] < plan.cadence.min_new_examples:
-            warnings.append(
-                f"Only {mix.params['production_rows']} new production rows, fewer than the "
-                f"plan's min_new_examples ({plan.cadence.min_new_examples}): the plan does not "
-                "count this as enough new data to justify retraining."
-            )
 
         # 7. the version
         report((position + 2) / total_steps, "Writing the dataset version…")
         version_id, sha, created = _write_version(
-            con, plan, plan_id, plan_version, cycle, run_id, who, stages, start, end
+            con, plan, plan_id, plan_version, cycle, run_id, who, stages, start, end, parent
         )
         finished = datetime.now(UTC)
         con.execute(
@@ -655,7 +997,7 @@ def _run_cycle(
                 "stages": {s.name: [s.rows_in, s.rows_out] for s in stages},
             },
         )
-        for temp in (_ROWS, _REMOVED, _DATASET, _TOKENS):
+        for temp in (_ROWS, _REMOVED, _DATASET, _TOKENS, _CARRIED, _REFERENCE, _POOL):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
         con.execute("DROP VIEW IF EXISTS fw_cycle_window")
     report(1.0, f"Built {version_id}.")
@@ -693,139 +1035,204 @@ def _proportional_order(rows: ir.Table, key: ir.StringValue) -> ir.Table:
     return ordered
 
 
+_NEWEST = "origin_cycle DESC, ts DESC NULLS LAST, md5(row_key), row_key"
+
+
+def _retire_order(policy: str) -> str:
+    """SQL ORDER BY that puts the rows to keep first under the retirement ``policy``: the
+    rows past the cap at the end are retired. Reads ``fw_cell_rank`` (``_ranked``)."""
+    if policy == "lowest_rated_first":
+        return f"coalesce(rating, 0) DESC, {_NEWEST}"
+    if policy == "cell_balance":
+        return "fw_cell_rank, md5(row_key), row_key"
+    return _NEWEST
+
+
+def _ranked(source: str) -> str:
+    """``source`` plus ``fw_cell_rank``: each row's rank in its cell, newest first (so that
+    keeping rows by rank takes the cells in turn)."""
+    return (
+        f"SELECT *, row_number() OVER (PARTITION BY cell_key ORDER BY {_NEWEST})"
+        f" AS fw_cell_rank FROM ({source})"
+    )
+
+
 def _mix(
     con: duckdb.DuckDBPyConnection,
     plan: Plan,
     plan_id: str,
     cycle: int,
     production: int,
+    carried: StageRecord,
     uses_production: bool,
     position: int,
     warnings: list[str],
 ) -> StageRecord:
-    """Production rows plus synthetic ones at the plan's ratio, capped at the maximum size."""
+    """The carried rows plus the new production rows, with synthetic rows topped up to the
+    plan's ratio; past the cap, rows retire by the plan's retirement policy.
+
+    Carried synthetic rows stay however many production rows there are; new ones are added
+    while the dataset holds fewer than ``original_to_new_ratio`` per production row. When the
+    dataset would exceed ``max_dataset_size``, it keeps ``cap / (1 + ratio)`` production rows
+    and fills the rest with synthetic ones, and the rows past those retire (production and
+    synthetic apart) oldest first, lowest rated first, or keeping each cell balanced; each
+    retired row is recorded with its reason."""
     cadence = plan.cadence
-    ratio, cap = cadence.original_to_new_ratio, cadence.max_dataset_size
-    pool = _count(
-        con,
-        "SELECT count(*) FROM generated_examples WHERE plan_id = ? AND status = 'valid'"
-        " AND coalesce(question, '') <> '' AND coalesce(answer, '') <> ''",
-        [plan_id],
+    ratio, cap, policy = cadence.original_to_new_ratio, cadence.max_dataset_size, cadence.retirement
+    carried_production = int(carried.params.get("production", 0))
+    carried_synthetic = int(carried.params.get("synthetic", 0))
+    pool = _count(con, f"SELECT count(*) FROM {_POOL}")
+    # Production candidates: the carried rows and this cycle's new ones, in one table.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_cycle_candidates AS"
+        f" SELECT * EXCLUDE (split), split AS fw_split FROM {_CARRIED} WHERE source = 'production'"
+        " UNION ALL BY NAME SELECT interaction_id AS row_key, 'production' AS source,"
+        " interaction_id, user_id, batch_id, cell_key, system, prompt, response, ts,"
+        " (coalesce(feedback = 'up', false))::INTEGER * 4 + coalesce(accepted, false)::INTEGER"
+        " * 2 - coalesce(feedback = 'down', false)::INTEGER AS rating,"
+        f" {int(cycle)} AS origin_cycle, NULL::VARCHAR AS origin_version, NULL::VARCHAR AS fw_split"
+        f" FROM ({_sql(_alive())})"
     )
+    total_production = carried_production + production
     if uses_production:
-        keep_production = production
-        if production + round(ratio * production) > cap:
-            keep_production = min(production, int(cap // (1 + ratio)))
-        wanted = min(round(ratio * keep_production), cap - keep_production)
+        keep_production = total_production
+        if total_production + round(ratio * total_production) > cap:
+            keep_production = min(total_production, int(cap // (1 + ratio)))
+        wanted = min(max(carried_synthetic, round(ratio * keep_production)), cap - keep_production)
     else:
         keep_production, wanted = 0, cap
     synthetic = min(wanted, pool)
-    if uses_production and synthetic < wanted:
+    if uses_production and synthetic < round(ratio * keep_production):
         warnings.append(
             f"Only {pool} synthetic examples are stored; the plan's ratio "
-            f"({ratio:g} per production row) asks for {wanted}. Generate more on the "
-            "Synthetic data page."
+            f"({ratio:g} per production row) asks for {round(ratio * keep_production)}. "
+            "Generate more on the Synthetic data page."
         )
     if not uses_production and pool == 0:
         warnings.append(
             f"Cycle {cycle} trains on synthetic data only and none is stored: run `generate`."
         )
-    # The order is taken over the ids alone; only the rows kept are read in full.
-    alive = _alive()
-    narrow = alive.select("interaction_id", "user_id", "cell_key")
-    ordered = _proportional_order(narrow, narrow.interaction_id)
-    chosen = ordered.select(
-        "interaction_id",
-        "user_id",
-        fw_pick=ibis.row_number().over(ibis.window(order_by=[ordered.fw_rank, ordered.fw_sort])),
+    order = _retire_order(policy)
+    shown = RETIREMENT_LABELS.get(policy, policy)
+    why_cap = (
+        f"retired {shown}: past max_dataset_size={cap} at {ratio:g} synthetic per production row"
     )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE fw_cycle_mix AS {_sql(chosen)}")
     con.execute(
-        f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id, ?, 'mix', ?, ? FROM fw_cycle_mix"
-        " WHERE fw_pick >= ?",
-        [
-            position,
-            f"max_dataset_size={cap}",
-            f"cut by the size cap: {cap} rows at {ratio:g} synthetic per production row",
-            keep_production,
-        ],
+        "CREATE OR REPLACE TEMP TABLE fw_cycle_keep AS SELECT row_key,"
+        f" row_number() OVER (ORDER BY {order}) AS fw_pick"
+        f" FROM ({_ranked('SELECT * FROM fw_cycle_candidates')})"
     )
-    examples = ibis.table(
+    why_off = "this cycle of the plan does not train on production data"
+    con.execute(
+        f"INSERT INTO {_REMOVED} SELECT c.row_key, c.user_id, $position, 'mix', $rule,"
+        " CASE WHEN $uses THEN $why ELSE $off END FROM fw_cycle_candidates c JOIN fw_cycle_keep k"
+        " USING (row_key) WHERE k.fw_pick > $keep",
         {
-            "spec_hash": "string",
-            "cell_key": "string",
-            "item_index": "int64",
-            "plan_id": "string",
-            "status": "string",
-            "question": "string",
-            "answer": "string",
+            "rule": f"max_dataset_size={cap}",
+            "position": position,
+            "uses": uses_production,
+            "why": why_cap,
+            "off": why_off,
+            "keep": keep_production,
         },
-        name="generated_examples",
     )
-    valid = examples.filter(
-        (examples.plan_id == plan_id)
-        & (examples.status == "valid")
-        & (examples.question.fill_null("") != "")
-        & (examples.answer.fill_null("") != "")
-    )
-    keyed = valid.mutate(
-        row_key=ibis.literal("syn:").concat(
-            valid.spec_hash,
-            ":",
-            _md5(valid.cell_key).substr(0, 8),
-            ":",
-            valid.item_index.cast("string"),
+    # Synthetic rows: the carried ones (retired past the cap by the same policy), then new
+    # items of the pool in a stratified order, so that each cell keeps its share.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_cycle_synthetic AS SELECT * EXCLUDE (fw_cell_rank),"
+        f" row_number() OVER (ORDER BY {order}) AS fw_pick FROM ("
+        + _ranked(
+            f"SELECT * EXCLUDE (split), split AS fw_split FROM {_CARRIED}"
+            " WHERE source = 'synthetic'"
         )
+        + ")"
     )
-    spread = _proportional_order(keyed, keyed.row_key)
+    con.execute(
+        f"INSERT INTO {_REMOVED} SELECT row_key, '', $position, 'mix', $rule, $why"
+        " FROM fw_cycle_synthetic WHERE fw_pick > $keep",
+        {
+            "rule": f"max_dataset_size={cap}",
+            "position": position,
+            "why": why_cap,
+            "keep": synthetic,
+        },
+    )
+    retired_synthetic = max(0, carried_synthetic - synthetic)
+    added = max(0, synthetic - carried_synthetic)
+    pool_table = ibis.table(
+        {"row_key": "string", "cell_key": "string", "prompt": "string", "response": "string"},
+        name=_POOL,
+    )
+    fresh = pool_table.anti_join(ibis.table({"row_key": "string"}, name=_CARRIED), "row_key")
+    spread = _proportional_order(fresh, fresh.row_key)
     picked = spread.mutate(
         fw_pick=ibis.row_number().over(ibis.window(order_by=[spread.fw_rank, spread.fw_sort]))
-    ).filter(ibis._.fw_pick < synthetic)
+    ).filter(ibis._.fw_pick < added)
     # Every synthetic row trains under the student's system message; a production row under
     # it too, or under the text it logged (goal.production_system), which is kept apart as
     # logged_system so that the version can say how many rows logged another.
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {_DATASET} AS "
-        "SELECT interaction_id AS row_key, 'production' AS source, interaction_id, user_id,"
-        " batch_id, cell_key, CASE WHEN $replace THEN $system::VARCHAR ELSE system END AS system,"
-        f" prompt, response, system AS logged_system FROM {_ROWS}"
-        " WHERE interaction_id IN (SELECT interaction_id FROM fw_cycle_mix WHERE fw_pick < $keep)"
+        "SELECT row_key, 'production' AS source, interaction_id, user_id, batch_id, cell_key,"
+        " CASE WHEN $replace THEN $system::VARCHAR ELSE system END AS system, prompt, response,"
+        " system AS logged_system, origin_cycle, origin_version, fw_split"
+        " FROM fw_cycle_candidates WHERE row_key IN"
+        " (SELECT row_key FROM fw_cycle_keep WHERE fw_pick <= $keep)"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
-        f" question, answer, NULL FROM ({_sql(picked)})",
+        " prompt, response, NULL, origin_cycle, origin_version, fw_split"
+        " FROM fw_cycle_synthetic WHERE fw_pick <= $synthetic"
+        " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
+        f" prompt, response, NULL, $cycle, NULL, NULL FROM ({_sql(picked)})",
         {
             "keep": keep_production,
+            "synthetic": synthetic,
+            "cycle": cycle,
             "system": plan.goal.system_message,
             "replace": plan.goal.production_system == "plan",
         },
     )
-    con.execute("DROP TABLE IF EXISTS fw_cycle_mix")
-    cut = production - keep_production
+    for temp in ("fw_cycle_candidates", "fw_cycle_keep", "fw_cycle_synthetic"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
+    retired = total_production - keep_production + retired_synthetic
+    rows_in = production + carried.rows_out
     return StageRecord(
         position,
         "mix",
-        f"original_to_new_ratio={ratio:g}, max_dataset_size={cap}",
+        f"original_to_new_ratio={ratio:g}, max_dataset_size={cap}, retirement={policy}",
         {
             "original_to_new_ratio": ratio,
             "max_dataset_size": cap,
+            "retirement": policy,
             "production_rows": keep_production,
+            "new_production_rows": production,
+            "carried_production_rows": carried_production,
+            "carried_synthetic_rows": carried_synthetic,
             "synthetic_rows": synthetic,
+            "synthetic_added": added,
             "synthetic_stored": pool,
+            "retired": retired,
         },
         "plan",
-        production,
+        rows_in,
         keep_production + synthetic,
-        cut,
-        synthetic,
+        retired,
+        added,
     )
 
 
 def _split(con: duckdb.DuckDBPyConnection, share: float) -> int:
-    """Mark each cell's first round(n × share) rows (by md5 of the key) as validation."""
+    """Carried rows keep their split; each cell's new rows (by md5 of the key) go to
+    validation until the cell holds round(n × share) validation rows. (A row never moves
+    between train and validation from one version to the next.)"""
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE fw_cycle_split AS SELECT *, md5(row_key) AS sort_key,"
-        " CASE WHEN row_number() OVER (PARTITION BY cell_key ORDER BY md5(row_key), row_key)"
-        "  <= floor(count(*) OVER (PARTITION BY cell_key) * $share + 0.5)"
-        f" THEN 'validation' ELSE 'train' END AS split FROM {_DATASET}",
+        "CREATE OR REPLACE TEMP TABLE fw_cycle_split AS WITH c AS (SELECT *, md5(row_key)"
+        f" AS sort_key FROM {_DATASET}), cells AS (SELECT cell_key,"
+        " floor(count(*) * $share + 0.5) - count(*) FILTER (WHERE fw_split = 'validation')"
+        " AS wanted FROM c GROUP BY cell_key)"
+        " SELECT c.* EXCLUDE (fw_split), CASE WHEN c.fw_split IS NOT NULL THEN c.fw_split"
+        " WHEN row_number() OVER (PARTITION BY c.cell_key, c.fw_split IS NULL"
+        " ORDER BY c.sort_key, c.row_key) <= cells.wanted THEN 'validation' ELSE 'train' END"
+        " AS split FROM c JOIN cells USING (cell_key)",
         {"share": share},
     )
     con.execute(f"DROP TABLE {_DATASET}")
@@ -844,8 +1251,10 @@ def _write_version(
     stages: list[StageRecord],
     start: datetime | None,
     end: datetime | None,
+    parent: ParentVersion | None,
 ) -> tuple[str, str, bool]:
-    """Store the dataset as a new version, or find the identical one; (id, sha256, new)."""
+    """Store the dataset as a new version, or find the identical one; (id, sha256, new).
+    Rows new in this version are sketched for the cycles that carry them."""
     cur = con.execute(f"SELECT system, prompt, response FROM {_DATASET} ORDER BY sort_key, row_key")
     rows = [{"system": s, "prompt": p, "response": r} for s, p, r in cur.fetchall()]
     sha = hashlib.sha256(canonical_jsonl(rows)).hexdigest()
@@ -865,11 +1274,6 @@ def _write_version(
         + 1
     )
     version_id = f"ds-{plan_id}-c{cycle}-v{number}"
-    parent = con.execute(
-        "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle <= ?"
-        " ORDER BY cycle DESC, number DESC LIMIT 1",
-        [plan_id, cycle],
-    ).fetchall()
     counts = con.execute(
         "SELECT cell_key, count(*) FILTER (WHERE source = 'production'),"
         " count(*) FILTER (WHERE source = 'synthetic'), count(*) FILTER (WHERE split = 'train'),"
@@ -916,7 +1320,8 @@ def _write_version(
         "filters": [
             {"name": s.name, "rule": s.rule, "origin": s.origin, "params": s.params} for s in stages
         ],
-        "parent_version": parent[0][0] if parent else None,
+        "parent_version": parent.version_id if parent else None,
+        "eval_items": _eval_items_fingerprint(con),
         "run_id": run_id,
     }
     composition = {
@@ -925,6 +1330,14 @@ def _write_version(
         "train": train,
         "validation": validation,
         "cells": cells,
+        "by_origin": [
+            {"source": str(source), "origin_cycle": int(origin), "rows": int(n)}
+            for source, origin, n in con.execute(
+                f"SELECT source, coalesce(origin_cycle, $cycle) AS o, count(*) FROM {_DATASET}"
+                " GROUP BY ALL ORDER BY source, o",
+                {"cycle": cycle},
+            ).fetchall()
+        ],
     }
     con.execute(
         "INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -949,9 +1362,21 @@ def _write_version(
         ],
     )
     con.execute(
-        "INSERT INTO dataset_rows SELECT ?, row_key, source, interaction_id, user_id, cell_key,"
-        f" split, system, prompt, response, sort_key FROM {_DATASET}",
-        [version_id],
+        "INSERT INTO dataset_rows BY NAME SELECT $v AS version_id, row_key, source,"
+        " interaction_id, user_id, cell_key, split, system, prompt, response, sort_key,"
+        " coalesce(origin_cycle, $cycle) AS origin_cycle, coalesce(origin_version, $v)"
+        " AS origin_version, md5(prompt || chr(31) || response) AS text_md5"
+        f" FROM {_DATASET}",
+        {"v": version_id, "cycle": cycle},
+    )
+    texts = (
+        "SELECT * FROM dataset_rows d WHERE version_id = $v AND NOT EXISTS (SELECT 1 FROM"
+        " dataset_row_sketches k WHERE k.row_key = d.row_key AND k.text_md5 = d.text_md5"
+        " AND k.engine = $engine)"
+    )
+    con.execute(
+        f"INSERT INTO dataset_row_sketches {quality.sketch_sql(texts)}",
+        {"v": version_id, "engine": quality.SKETCH_ENGINE},
     )
     return version_id, sha, True
 
@@ -1064,7 +1489,7 @@ def why_dropped(
         )
     rows = store.fetch_dicts(
         "SELECT c.run_id, c.plan_id, c.cycle, c.dataset_version, c.started_at, c.window_start,"
-        " c.window_end, r.stage, r.rule, r.detail, d.split"
+        " c.window_end, r.stage, r.rule, r.detail, d.split, d.origin_version, d.origin_cycle"
         " FROM cycle_runs c"
         " LEFT JOIN cycle_removed_rows r ON r.run_id = c.run_id AND r.interaction_id = $id"
         " LEFT JOIN dataset_rows d ON d.version_id = c.dataset_version AND d.interaction_id = $id"
@@ -1080,6 +1505,10 @@ def why_dropped(
         elif row["split"] is not None:
             outcome = "kept"
             why = f"kept in {row['dataset_version']} ({row['split']})"
+            if row["origin_version"] not in (None, row["dataset_version"]):
+                why += (
+                    f", carried from {row['origin_version']} (added by cycle {row['origin_cycle']})"
+                )
         elif row["window_start"] is None:
             outcome = "outside window"
             why = f"cycle {row['cycle']} trains on synthetic data only"
@@ -1102,6 +1531,7 @@ def why_dropped(
                 "stage": row["stage"],
                 "rule": row["rule"],
                 "detail": row["detail"],
+                "origin_version": row["origin_version"],
                 "why": why,
             }
         )

@@ -421,13 +421,19 @@ def export_bytes(store: Store, version_id: str, *, fmt: str, split: str) -> tupl
 
 @dataclass(frozen=True)
 class CellChange:
-    """One cell's rows in two versions: added in the newer, removed from the older, kept."""
+    """One cell's rows in two versions: added in the newer, removed from the older, kept
+    (carried). Of the removed, ``retired`` left under the cap's retirement policy and
+    ``rechecked`` failed the newer run's check of carried rows (consent, retention, a
+    changed rule, an item no longer valid); the rest left for other reasons (another plan
+    version, a cut that was not a carry)."""
 
     cell_key: str
     cell: dict[str, str]
     added: int
     removed: int
     kept: int
+    retired: int = 0
+    rechecked: int = 0
 
 
 @dataclass(frozen=True)
@@ -440,6 +446,8 @@ class VersionDiff:
     removed: int
     kept: int
     cells: list[CellChange]
+    retired: int = 0
+    rechecked: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -447,21 +455,30 @@ class VersionDiff:
 
 
 def compare_versions(store: Store, old: str, new: str) -> VersionDiff:
-    """Rows (by key: interaction id or synthetic item) added and removed per cell."""
+    """Rows (by key: interaction id or synthetic item) added, removed and kept per cell, the
+    removed split by why the newer version's run let them go."""
     get_version(store, old)
     get_version(store, new)
     rows = store.fetch_all(
         "WITH a AS (SELECT row_key, cell_key FROM dataset_rows WHERE version_id = $old), "
-        "b AS (SELECT row_key, cell_key FROM dataset_rows WHERE version_id = $new) "
+        "b AS (SELECT row_key, cell_key FROM dataset_rows WHERE version_id = $new), "
+        "r AS (SELECT interaction_id AS row_key, any_value(stage) AS stage"
+        " FROM cycle_removed_rows WHERE run_id = (SELECT run_id FROM dataset_versions"
+        " WHERE version_id = $new) GROUP BY 1) "
         "SELECT coalesce(b.cell_key, a.cell_key) AS cell, "
         "count(*) FILTER (WHERE a.row_key IS NULL), count(*) FILTER (WHERE b.row_key IS NULL), "
-        "count(*) FILTER (WHERE a.row_key IS NOT NULL AND b.row_key IS NOT NULL) "
-        "FROM a FULL JOIN b ON a.row_key = b.row_key GROUP BY cell ORDER BY cell",
+        "count(*) FILTER (WHERE a.row_key IS NOT NULL AND b.row_key IS NOT NULL), "
+        "count(*) FILTER (WHERE b.row_key IS NULL AND r.stage = 'mix'), "
+        "count(*) FILTER (WHERE b.row_key IS NULL AND r.stage = 'carried') "
+        "FROM a FULL JOIN b ON a.row_key = b.row_key LEFT JOIN r ON r.row_key = a.row_key"
+        " GROUP BY cell ORDER BY cell",
         {"old": old, "new": new},
     )
     cells = [
-        CellChange(str(c), json.loads(c), int(added), int(removed), int(kept))
-        for c, added, removed, kept in rows
+        CellChange(
+            str(c), json.loads(c), int(added), int(removed), int(kept), int(retired), int(recheck)
+        )
+        for c, added, removed, kept, retired, recheck in rows
     ]
     return VersionDiff(
         old,
@@ -470,4 +487,6 @@ def compare_versions(store: Store, old: str, new: str) -> VersionDiff:
         sum(c.removed for c in cells),
         sum(c.kept for c in cells),
         cells,
+        sum(c.retired for c in cells),
+        sum(c.rechecked for c in cells),
     )

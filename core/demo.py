@@ -74,6 +74,12 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
 
     # Version 1: the PM's first draft, with the contradictions a first draft has.
     final = starter_plan("python_coding_assistant")
+    # The demo's reviewer approved the plan before its first cycle (a starter plan's review
+    # starts pending), and its months of traffic are a small team's: cycles retrain on 50 new
+    # rows, so that each demo cycle adds its window to the dataset it carries forward.
+    final.consent.privacy_review.status = "approved"
+    final.consent.privacy_review.decided_on = date(2026, 12, 15)
+    final.cadence.min_new_examples = 50
     draft = final.model_copy(deep=True)
     draft.consent.privacy_review.status = "in_review"
     draft.consent.privacy_review.decided_on = None

@@ -6,6 +6,7 @@
     ├── IngestError          an input file cannot be read at all
     ├── ConsentError         consent or erasure rules refuse an operation
     ├── CycleError           a cycle cannot run (e.g. privacy review not approved)
+    │   ├── ThinCycleError   fewer new rows than min_new_examples: no version unless forced
     │   └── TrainingError    a fine-tuning job cannot start, be read, cancelled or resumed
     ├── DatasetError         a dataset version is missing or fails its checks
     ├── GenerationError      synthetic generation cannot start or continue
@@ -40,6 +41,7 @@ __all__ = [
     "SandboxUnavailable",
     "StoreError",
     "TemplateLimitError",
+    "ThinCycleError",
     "TrainingError",
     "UserTemplateError",
 ]
@@ -67,6 +69,11 @@ class ConsentError(FlywheelError):
 
 class CycleError(FlywheelError):
     """A cycle cannot run as asked."""
+
+
+class ThinCycleError(CycleError):
+    """A cycle on production data has fewer new rows than the plan's ``min_new_examples``:
+    it builds no version unless forced (a check that failed, not bad input)."""
 
 
 class TrainingError(CycleError):

@@ -393,12 +393,40 @@ class Cadence(_Section):
     eval_days: int = Field(2, ge=0, description="Days to evaluate the candidate against gates.")
     decision_days: int = Field(1, ge=0, description="Days at the cycle's end to decide and ship.")
     min_new_examples: int = Field(
-        500, ge=0, description="Fewest new production examples that justify retraining."
+        500,
+        ge=0,
+        description=(
+            "Fewest new production rows (after the filters) that justify retraining: a cycle "
+            "with fewer says so and builds no dataset version unless forced. 0: the plan "
+            "never trains on production data."
+        ),
     )
     original_to_new_ratio: float = Field(
-        1.0, ge=0, description="Original (synthetic) rows per new production row in the mix."
+        1.0,
+        ge=0,
+        description=(
+            "The share of original (synthetic) data: at least this many synthetic rows per "
+            "production row. Each cycle carries its parent's rows forward; synthetic rows are "
+            "added while the dataset holds fewer than this ratio."
+        ),
     )
-    max_dataset_size: int = Field(20_000, ge=1, description="Largest fine-tuning dataset, in rows.")
+    max_dataset_size: int = Field(
+        20_000,
+        ge=1,
+        description=(
+            "Largest fine-tuning dataset, in rows. Past it the dataset keeps "
+            "max / (1 + ratio) production rows and retires the rest by the retirement policy."
+        ),
+    )
+    retirement: Literal["oldest_first", "lowest_rated_first", "cell_balance"] = Field(
+        "oldest_first",
+        description=(
+            "Which rows leave when the dataset reaches its maximum size: oldest_first (by the "
+            "cycle that added them, then time), lowest_rated_first (thumbs-down and unrated "
+            "before accepted and thumbs-up), or cell_balance (from the fullest cells of the "
+            "grid first). Each retired row is recorded with its reason."
+        ),
+    )
     validation_share: float = Field(
         0.1, gt=0, lt=0.5, description="Share of each dataset held out for validation."
     )

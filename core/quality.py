@@ -220,7 +220,6 @@ def near_duplicate_pairs(
         source_sql = sql_identifier(source)
     bands, rows = band_parameters(threshold, num_perm)
     shift = 32 - (num_perm.bit_length() - 1)  # a shingle hash's bin: its top bits
-    step = num_perm // bands  # band j starts at bin j * step
     sets, signatures, candidates = (f"{prefix}_{n}" for n in ("sets", "sig", "cand"))
     try:
         # Each text's distinct shingle hashes, sorted; the table's rowid numbers the texts
@@ -242,48 +241,13 @@ def near_duplicate_pairs(
             f" AS s FROM ({shingle_lists})"
         )
 
-        # One-permutation MinHash: a hash's top bits pick its bin and the whole hash is
-        # minimised, so in the sorted list the first hash of each run of one bin is that bin's
-        # minimum: ``m``, the filled bins in bin order. Band j takes the first ``rows`` filled
-        # bins at or after its start bin (circularly), so that two texts agree on a band with
-        # probability about J^rows however few bins their shingles fill: a band of fixed bins
-        # would hold fewer values when bins are empty, and pairs that merely share a prompt
-        # would agree on it far more often. Each filled bin is the first of the bands that
-        # start after the filled bin before it, up to its own bin; the first one also of the
-        # bands after the last filled bin.
-        # ``q``: each filled bin's band (the last band starting at or before it; the leftover
-        # bins after the last band's start count in the last band).
-        firsts = (
-            "list_transform(list_filter(range(1, len(q) + 1), lambda i: i = 1 OR q[i - 1] < q[i]),"
-            " lambda i: {'bands': list_concat(range(CASE WHEN i = 1 THEN 0 ELSE q[i - 1] + 1 END,"
-            f" q[i] + 1), CASE WHEN i = 1 THEN range(q[-1] + 1, {bands}) ELSE [] END),"
-            f" 's': hash(mm[i:i + {rows - 1}])}})"
-        )
-        con.execute(
-            f"CREATE TEMP TABLE {signatures} AS"
-            f" WITH mt AS (SELECT rowid AS id, list_filter(s, lambda x, i: i = 1"
-            f"  OR (x >> {shift}) <> (s[i - 1] >> {shift})) AS m FROM {sets}),"
-            f" circular AS (SELECT id, list_transform(m, lambda x: least((x >> {shift})::BIGINT"
-            f"  // {step}, {bands - 1})) AS q, list_concat(m, m[1:{rows - 1}]) AS mm FROM mt),"
-            f" firsts AS (SELECT id, unnest({firsts}) AS f FROM circular)"
-            f" SELECT id, unnest(f.bands) AS band, f.s AS s FROM firsts"
-        )
+        _band_signatures(con, sets, signatures, num_perm=num_perm, bands=bands, rows=rows)
         con.execute(
             f"CREATE TEMP TABLE {candidates} AS SELECT a.id AS a, b.id AS b FROM {signatures} a"
             f" JOIN {signatures} b ON a.band = b.band AND a.s = b.s AND a.id < b.id"
             f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
         )
-        if verify == "exact":
-            # |A ∩ B| counted by lookups in the other list (faster here than DuckDB's
-            # list_intersect or list_distinct, which build a hash table a pair).
-            shared = "len(list_filter(x.s, lambda v: list_contains(y.s, v)))"
-            similarity = f"list_transform([{shared}], lambda k: k / (len(x.s) + len(y.s) - k))[1]"
-        else:
-            # The share of equal bins among those filled in either text.
-            mins = "list_filter({0}.s, lambda v, i: i = 1 OR (v >> {1}) <> ({0}.s[i - 1] >> {1}))"
-            both = f"list_concat({mins.format('x', shift)}, {mins.format('y', shift)})"
-            filled = f"len(list_distinct(list_transform({both}, lambda v: v >> {shift})))"
-            similarity = f"(2 * {filled} - len(list_distinct({both}))) / {filled}"
+        similarity = _similarity_sql(verify, shift)
         rows_found = con.execute(
             "SELECT least(ka, kb), greatest(ka, kb), j FROM (SELECT x.key AS ka, y.key AS kb,"
             f" {similarity} AS j FROM {candidates} c JOIN {sets} x ON x.rowid = c.a"
@@ -296,6 +260,110 @@ def near_duplicate_pairs(
         if view is not None:
             con.execute(f"DROP VIEW IF EXISTS {view}")
     return [NearDuplicatePair(a, b, float(j)) for a, b, j in rows_found]
+
+
+def _similarity_sql(verify: Literal["exact", "estimate"], shift: int) -> str:
+    """SQL of the similarity of sets ``x`` and ``y`` (columns ``s``: sorted distinct hashes)."""
+    if verify == "exact":
+        # |A ∩ B| counted by lookups in the other list (faster here than DuckDB's
+        # list_intersect or list_distinct, which build a hash table a pair).
+        shared = "len(list_filter(x.s, lambda v: list_contains(y.s, v)))"
+        return f"list_transform([{shared}], lambda k: k / (len(x.s) + len(y.s) - k))[1]"
+    # The share of equal bins among those filled in either text.
+    mins = "list_filter({0}.s, lambda v, i: i = 1 OR (v >> {1}) <> ({0}.s[i - 1] >> {1}))"
+    both = f"list_concat({mins.format('x', shift)}, {mins.format('y', shift)})"
+    filled = f"len(list_distinct(list_transform({both}, lambda v: v >> {shift})))"
+    return f"(2 * {filled} - len(list_distinct({both}))) / {filled}"
+
+
+def near_duplicates_in_reference(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    reference: str,
+    *,
+    threshold: float,
+    num_perm: int = 128,
+) -> list[NearDuplicatePair]:
+    """Every pair of a text of ``source`` and one of ``reference`` whose Jaccard similarity is
+    at least ``threshold``: ``id_a`` is the source's ``key``, ``id_b`` the reference's.
+
+    Both are table or view names with columns ``key`` and ``s`` (a text's shingle hashes,
+    UINTEGER[], as ``word_trigrams_sql`` cuts them; the reference's sorted and distinct, as
+    stored sketches keep them). The same bands, candidates and verification as
+    ``near_duplicate_pairs``, so a new text and a kept one are paired exactly when the two
+    would be in one table; pairs within either side are not looked for.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError("threshold must lie in (0, 1]")
+    prefix = f"__ndr{next(_counter)}"
+    bands, rows = band_parameters(threshold, num_perm)
+    shift = 32 - (num_perm.bit_length() - 1)
+    new_sets, ref_sets, new_sig, ref_sig, candidates = (
+        f"{prefix}_{n}" for n in ("nsets", "rsets", "nsig", "rsig", "cand")
+    )
+    try:
+        con.execute(
+            f"CREATE TEMP TABLE {new_sets} AS SELECT key, list_transform([list_sort(s)],"
+            " lambda s: list_filter(s, lambda x, i: i = 1 OR x <> s[i - 1]))[1] AS s"
+            f" FROM {sql_identifier(source)} WHERE s IS NOT NULL"
+        )
+        con.execute(
+            f"CREATE TEMP TABLE {ref_sets} AS SELECT key, s FROM {sql_identifier(reference)}"
+            " WHERE s IS NOT NULL"
+        )
+        _band_signatures(con, new_sets, new_sig, num_perm=num_perm, bands=bands, rows=rows)
+        _band_signatures(con, ref_sets, ref_sig, num_perm=num_perm, bands=bands, rows=rows)
+        con.execute(
+            f"CREATE TEMP TABLE {candidates} AS SELECT a.id AS a, b.id AS b FROM {new_sig} a"
+            f" JOIN {ref_sig} b ON a.band = b.band AND a.s = b.s"
+            f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
+        )
+        found = con.execute(
+            "SELECT ka, kb, j FROM (SELECT x.key AS ka, y.key AS kb,"
+            f" {_similarity_sql('exact', shift)} AS j FROM {candidates} c"
+            f" JOIN {new_sets} x ON x.rowid = c.a JOIN {ref_sets} y ON y.rowid = c.b)"
+            " WHERE j >= ? ORDER BY j DESC, 1, 2",
+            [threshold - 1e-12],
+        ).fetchall()
+    finally:
+        for table in (candidates, ref_sig, new_sig, ref_sets, new_sets):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    return [NearDuplicatePair(a, b, float(j)) for a, b, j in found]
+
+
+def _band_signatures(
+    con: duckdb.DuckDBPyConnection, sets: str, out: str, *, num_perm: int, bands: int, rows: int
+) -> None:
+    """Create temp table ``out`` of (id, band, s): the LSH band signatures of each text of
+    ``sets`` (key, s: sorted distinct shingle hashes), ``id`` its rowid there."""
+    shift = 32 - (num_perm.bit_length() - 1)  # a shingle hash's bin: its top bits
+    step = num_perm // bands  # band j starts at bin j * step
+    # One-permutation MinHash: a hash's top bits pick its bin and the whole hash is
+    # minimised, so in the sorted list the first hash of each run of one bin is that bin's
+    # minimum: ``m``, the filled bins in bin order. Band j takes the first ``rows`` filled
+    # bins at or after its start bin (circularly), so that two texts agree on a band with
+    # probability about J^rows however few bins their shingles fill: a band of fixed bins
+    # would hold fewer values when bins are empty, and pairs that merely share a prompt
+    # would agree on it far more often. Each filled bin is the first of the bands that
+    # start after the filled bin before it, up to its own bin; the first one also of the
+    # bands after the last filled bin.
+    # ``q``: each filled bin's band (the last band starting at or before it; the leftover
+    # bins after the last band's start count in the last band).
+    firsts = (
+        "list_transform(list_filter(range(1, len(q) + 1), lambda i: i = 1 OR q[i - 1] < q[i]),"
+        " lambda i: {'bands': list_concat(range(CASE WHEN i = 1 THEN 0 ELSE q[i - 1] + 1 END,"
+        f" q[i] + 1), CASE WHEN i = 1 THEN range(q[-1] + 1, {bands}) ELSE [] END),"
+        f" 's': hash(mm[i:i + {rows - 1}])}})"
+    )
+    con.execute(
+        f"CREATE TEMP TABLE {out} AS"
+        f" WITH mt AS (SELECT rowid AS id, list_filter(s, lambda x, i: i = 1"
+        f"  OR (x >> {shift}) <> (s[i - 1] >> {shift})) AS m FROM {sets}),"
+        f" circular AS (SELECT id, list_transform(m, lambda x: least((x >> {shift})::BIGINT"
+        f"  // {step}, {bands - 1})) AS q, list_concat(m, m[1:{rows - 1}]) AS mm FROM mt),"
+        f" firsts AS (SELECT id, unnest({firsts}) AS f FROM circular)"
+        f" SELECT id, unnest(f.bands) AS band, f.s AS s FROM firsts"
+    )
 
 
 def near_duplicate_groups(pairs: list[NearDuplicatePair]) -> dict[Any, Any]:
@@ -371,6 +439,13 @@ LANGUAGES: dict[str, tuple[str, ...]] = {
 """Languages the ``language`` rule tells apart, by their most frequent short words."""
 
 
+@ibis.udf.scalar.builtin(name="fw_exact_key")  # type: ignore[untyped-decorator]
+def exact_key(prompt: str, response: str) -> str:  # type: ignore[empty-body]
+    """The key two rows share exactly when their normalised prompts and responses are equal
+    (the ``fw_exact_key`` macro of ``install_stage_functions``): what the exact-duplicate stage
+    compares, and what a dataset row's sketch keeps for later cycles."""
+
+
 @ibis.udf.scalar.builtin(name="fw_redact")  # type: ignore[untyped-decorator]
 def redacted(text: str) -> str:  # type: ignore[empty-body]
     """DuckDB macro of core.privacy: the text with PII replaced by placeholders."""
@@ -423,6 +498,10 @@ def install_stage_functions(con: duckdb.DuckDBPyConnection) -> None:
         listed = ", ".join(sql_string(w) for w in words)
         counts.append(f"len(list_filter(w, lambda x: x IN ({listed})))")
     codes = ", ".join(sql_string(code) for code in LANGUAGES)
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO fw_exact_key(p, r) AS"
+        f" md5({normalised_text_sql('p')}) || md5({normalised_text_sql('r')})"
+    )
     con.execute(
         "CREATE OR REPLACE TEMP MACRO fw_language(t) AS (SELECT CASE WHEN list_max(c) < 2 "
         f"THEN 'und' ELSE [{codes}][list_position(c, list_max(c))] END FROM (SELECT "
@@ -545,10 +624,18 @@ def _field_condition(rows: ir.Table, rule: Any) -> ir.Table:
 
 
 def exact_duplicate_stage(
-    rows: ir.Table, keep: Literal["earliest", "best_rated"] = "earliest"
+    rows: ir.Table,
+    keep: Literal["earliest", "best_rated"] = "earliest",
+    *,
+    reference: ir.Table | None = None,
+    reference_label: str = "",
 ) -> ir.Table:
     """Rows whose normalised prompt and response repeat an earlier kept row's are dropped;
     of each group the first by ``keep`` stays.
+
+    ``reference`` (columns ``key`` and ``exact_key``: rows kept already, e.g. those a cycle
+    carries from its parent version) goes first: a row repeating one of them is dropped naming
+    it ("exact duplicate of <reference_label> row <key>").
 
     Only the rows of repeated keys are ranked: most rows are unique, and a window sorted
     within every group cost twice as much as counting the groups first."""
@@ -576,6 +663,13 @@ def exact_duplicate_stage(
         fw_id=ranked.interaction_id,
         fw_why=ibis.literal("exact duplicate of ").concat(ranked.fw_first),
     )
+    if reference is not None:
+        kept = reference.group_by(fw_ek=reference.exact_key).aggregate(fw_ref=reference.key.min())
+        own = base.select(fw_id=base.interaction_id, fw_ek=exact_key(base.prompt, base.response))
+        matched = own.join(kept, "fw_ek")
+        label = ibis.literal(f"exact duplicate of {reference_label} row ")
+        again = matched.select("fw_id", fw_why=label.concat(matched.fw_ref))
+        drops = again.union(drops.anti_join(again, "fw_id"))
     joined = rows.left_join(drops, rows.interaction_id == drops.fw_id)
     return joined.mutate(**{_DROP: joined.fw_why}).drop("fw_id", "fw_why")
 
@@ -593,6 +687,25 @@ def _with_drops(rows: ir.Table, name: str) -> ir.Table:
     drops = ibis.table({"id": "string", "why": "string"}, name=name)
     joined = rows.left_join(drops, rows.interaction_id == drops.id)
     return joined.mutate(**{_DROP: joined.why}).drop("id", "why")
+
+
+def sketch_sql(source: str) -> str:
+    """SQL of the sketch of each row of ``source`` (a query or table with row_key, text_md5,
+    interaction_id, user_id, prompt and response): those columns, its ``exact_key``, its
+    ``shingles`` (word 3-gram hashes, sorted and distinct: what the near-duplicate stage
+    compares) and the ``engine`` that hashed them (DuckDB's ``hash`` may differ between
+    versions, so a sketch counts only under the version that made it). Needs the macros of
+    ``install_stage_functions``."""
+    return (
+        "SELECT row_key, text_md5, interaction_id, user_id, fw_exact_key(prompt, response)"
+        f" AS exact_key, list_transform([list_sort({row_trigrams_sql()})], lambda s:"
+        " list_filter(s, lambda x, i: i = 1 OR x <> s[i - 1]))[1] AS shingles,"
+        f" {sql_string(SKETCH_ENGINE)} AS engine FROM ({source})"
+    )
+
+
+SKETCH_ENGINE = f"duckdb {duckdb.__version__}"
+"""What hashed a stored sketch: sketches of another engine are made again, not compared."""
 
 
 def row_trigrams_sql() -> str:
@@ -623,18 +736,23 @@ def _row_trigrams_source(rows: ir.Table, tokens: str | None) -> str:
 
 
 def keep_first(
-    order: Iterable[str], neighbours: dict[str, list[tuple[float, str]]]
+    order: Iterable[str],
+    neighbours: dict[str, list[tuple[float, str]]],
+    kept_already: dict[str, str] | None = None,
 ) -> list[tuple[str, str]]:
     """(id, why) of each row dropped as a near-duplicate: rows are taken in ``order`` (those
     with a neighbour, best kept first) and one is dropped when a row already kept is among its
-    ``neighbours`` (similarity, id), naming the most similar such twin."""
+    ``neighbours`` (similarity, id), naming the most similar such twin. ``kept_already`` maps
+    the ids of rows kept before any of these (a parent version's) to how a reason names them."""
+    named = kept_already or {}
     drops: list[tuple[str, str]] = []
-    kept: set[str] = set()
+    kept: set[str] = set(named)
     for member in order:
         twins = [(s, o) for s, o in neighbours[member] if o in kept]
         if twins:
             similarity, twin = max(twins, key=lambda t: (t[0], t[1]))
-            drops.append((member, f"near-duplicate of {twin} (Jaccard {similarity:.2f})"))
+            shown = named.get(twin, twin)
+            drops.append((member, f"near-duplicate of {shown} (Jaccard {similarity:.2f})"))
         else:
             kept.add(member)
     return drops
@@ -647,6 +765,8 @@ def near_duplicate_stage(
     threshold: float,
     keep: Literal["earliest", "best_rated"],
     tokens: str | None = None,
+    reference: str | None = None,
+    reference_label: str = "",
 ) -> ir.Table:
     """Near-duplicates (Jaccard of word 3-grams ≥ ``threshold``, MinHash + LSH in the engine).
 
@@ -654,8 +774,12 @@ def near_duplicate_stage(
     already kept; so every dropped row names a kept twin, and no two kept rows are near-
     duplicates of each other. ``tokens`` names a table of (interaction_id, g) from
     ``token_table`` holding at least these rows, to reuse; without it they are cut here.
+    ``reference`` names a table of rows kept already (``key``, ``s``: their sorted distinct
+    3-gram hashes, as stored sketches hold them): they count as kept before any of ``rows``,
+    and a row near one of them is dropped naming it ("<reference_label> row <key>").
     """
     view = f"fw_nd_rows{next(_counter)}"
+    keyed = f"fw_nd_keyed{next(_counter)}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {_row_trigrams_source(rows, tokens)}")
     try:
         pairs = near_duplicate_pairs(
@@ -665,12 +789,26 @@ def near_duplicate_stage(
             id_column="interaction_id",
             shingles_column="g",
         )
+        outside: list[NearDuplicatePair] = []
+        if reference is not None:
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {keyed} AS SELECT interaction_id AS key, g AS s"
+                f" FROM {view}"
+            )
+            outside = near_duplicates_in_reference(con, keyed, reference, threshold=threshold)
     finally:
+        con.execute(f"DROP VIEW IF EXISTS {keyed}")
         con.execute(f"DROP VIEW IF EXISTS {view}")
     neighbours: dict[str, list[tuple[float, str]]] = {}
     for pair in pairs:
         neighbours.setdefault(pair.id_a, []).append((pair.similarity, pair.id_b))
         neighbours.setdefault(pair.id_b, []).append((pair.similarity, pair.id_a))
+    # A reference key is marked so that it cannot equal a row's id.
+    named: dict[str, str] = {}
+    for pair in outside:
+        marked = f"\x00{pair.id_b}"
+        named[marked] = f"{reference_label} row {pair.id_b}"
+        neighbours.setdefault(pair.id_a, []).append((pair.similarity, marked))
     drops: list[tuple[str, str]] = []
     if neighbours:
         _drops_table(con, "fw_nd_members", [(i, "") for i in neighbours])
@@ -678,7 +816,7 @@ def near_duplicate_stage(
         ranked = rows.semi_join(members, rows.interaction_id == members.id)
         order = ranked.order_by(keep_order(ranked, keep)).select("interaction_id")
         found = con.execute(ibis.to_sql(order, dialect="duckdb")).fetchall()
-        drops = keep_first((str(member) for (member,) in found), neighbours)
+        drops = keep_first((str(member) for (member,) in found), neighbours, named)
     name = f"fw_nd_drops{next(_counter)}"
     _drops_table(con, name, drops)
     return _with_drops(rows, name)

@@ -15,7 +15,14 @@ from cycle_helpers import EVAL_QUESTION, build_workspace, cycle_plan, interactio
 from core import cycles, quality
 from core.access import local_operator
 from core.consent import forget_user
-from core.cycles import cycle_window, pipeline_rules, run_cycle, run_stages, why_dropped
+from core.cycles import (
+    StageRecord,
+    cycle_window,
+    pipeline_rules,
+    run_cycle,
+    run_stages,
+    why_dropped,
+)
 from core.datasets import get_version
 from core.errors import CycleError
 from core.plan import (
@@ -338,14 +345,27 @@ def _workspace_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def assert_funnel_reconciles(stages: list[StageRecord]) -> None:
+    """Two inputs: the carried rows (stage 0) and the window's, whose stages chain up to the
+    mix; the mix takes both."""
+    carried, chain = stages[0], stages[1:]
+    assert carried.name == "carried"
+    mix = next(i for i, s in enumerate(chain) if s.name == "mix")
+    for before, after in itertools.pairwise(chain[:mix]):
+        assert after.rows_in == before.rows_out
+    assert chain[mix].rows_in == chain[mix - 1].rows_out + carried.rows_out
+    for before, after in itertools.pairwise(chain[mix:]):
+        assert after.rows_in == before.rows_out
+
+
 def test_cycle_end_to_end_funnel_reconciles(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, _workspace_rows())
     result = run_cycle(store, plan_id, 2, user=local_operator())
     stages = result.stages
-    assert [s.name for s in stages][:3] == ["window", "consent", "pii_redacted"]
-    assert stages[0].rows_in == 35  # every row but the one after the freeze
-    for before, after in itertools.pairwise(stages):
-        assert after.rows_in == before.rows_out
+    assert [s.name for s in stages][:4] == ["carried", "window", "consent", "pii_redacted"]
+    assert stages[0].rows_in == stages[0].rows_out == 0  # no earlier version to carry
+    assert stages[1].rows_in == 35  # every row but the one after the freeze
+    assert_funnel_reconciles(stages)
     removed = dict(
         store.fetch_all(
             "SELECT position, count(*) FROM cycle_removed_rows WHERE run_id = ? GROUP BY 1",

@@ -140,7 +140,9 @@ def test_compare_counts_rows_added_and_removed_per_cell(store: Store, tmp_path: 
     # i-050..053: u-2, u-3, u-0, u-1 → three consented; i-000 gone.
     assert (diff.added, diff.removed) == (3, 1)
     assert sum(c.added for c in diff.cells) == 3
-    assert get_version(store, new.dataset_version).parent_version == old
+    # A version's parent is what it carries: the previous cycle's newest version (none here),
+    # not an earlier build of the same cycle.
+    assert get_version(store, new.dataset_version).parent_version is None
 
 
 def test_unknown_version_and_empty_split_are_refused(store: Store, tmp_path: Path) -> None:
