@@ -79,7 +79,7 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
     # rows, so that each demo cycle adds its window to the dataset it carries forward.
     final.consent.privacy_review.status = "approved"
     final.consent.privacy_review.decided_on = date(2026, 12, 15)
-    final.cadence.min_new_examples = 50
+    final.cadence.min_new_examples = 20
     draft = final.model_copy(deep=True)
     draft.consent.privacy_review.status = "in_review"
     draft.consent.privacy_review.decided_on = None
