@@ -533,7 +533,10 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
             # The salt of earlier versions' hashes sat here, beside them: gone for good now.
             con.execute("DELETE FROM workspace WHERE key = 'erasure_salt'")
             exports, backups, models = _beyond_the_store(con, versions)
-            dataset_rows = deleted.get("dataset_rows", 0)
+            # Rows of dataset tables; their sketches (hashes kept for deduplication) are not rows.
+            dataset_rows = sum(
+                n for t, n in deleted.items() if "dataset" in t and t != "dataset_row_sketches"
+            )
             eval_items = deleted.get("eval_items", 0) + deleted.get("eval_set_items", 0)
             record_audit(
                 con,

@@ -63,17 +63,22 @@ from core.signoffs import privacy_approved
 from core.store import Store
 
 __all__ = [
+    "RETIREMENT_LABELS",
     "STAGE_RUNNERS",
     "CycleResult",
+    "ParentVersion",
     "StageRecord",
     "consent_stage",
     "cycle_runs",
     "cycle_window",
+    "fresh_batches",
     "pipeline_rules",
     "removal_summary",
     "removed_rows",
+    "rule_key",
     "run_cycle",
     "run_stages",
+    "sketch_version",
     "why_dropped",
 ]
 
@@ -460,7 +465,9 @@ def _events() -> ir.Table:
 _CARRY_EXTRA = {"fw_origin_cycle": "int64", "fw_origin_version": "string", "fw_split": "string"}
 
 
-def _rule_key(name: str, params: dict[str, Any]) -> str:
+def rule_key(name: str, params: dict[str, Any]) -> str:
+    """What identifies a filter a version ran (its name and parameters): carried rows are
+    checked again by every rule whose key the parent's lineage does not hold."""
     return json.dumps([name, params], sort_keys=True, default=str)
 
 
@@ -547,11 +554,11 @@ def _carry(
         "retention",
         {"freeze": freeze, "days": days},
     )
-    ran = {_rule_key(f["name"], f["params"]) for f in parent.filters}
+    ran = {rule_key(f["name"], f["params"]) for f in parent.filters}
     eval_items = _eval_items_fingerprint(con)
     for rule, _origin in rules[1:]:
         params = rule.model_dump(mode="json")
-        changed = _rule_key(rule.rule, params) not in ran
+        changed = rule_key(rule.rule, params) not in ran
         if rule.rule == "decontamination":
             changed = changed or eval_items != parent.eval_items
         if not changed:
@@ -1369,6 +1376,15 @@ def _write_version(
         f" FROM {_DATASET}",
         {"v": version_id, "cycle": cycle},
     )
+    sketch_version(con, version_id)
+    return version_id, sha, True
+
+
+def sketch_version(con: duckdb.DuckDBPyConnection, version_id: str) -> None:
+    """Store the sketch of each row of a version that has none yet (under this engine): the
+    exact-duplicate key and word 3-gram hashes that later cycles, which carry these rows,
+    compare their new rows against instead of cutting the rows' texts again. Needs the
+    macros of ``quality.install_stage_functions``."""
     texts = (
         "SELECT * FROM dataset_rows d WHERE version_id = $v AND NOT EXISTS (SELECT 1 FROM"
         " dataset_row_sketches k WHERE k.row_key = d.row_key AND k.text_md5 = d.text_md5"
@@ -1378,7 +1394,6 @@ def _write_version(
         f"INSERT INTO dataset_row_sketches {quality.sketch_sql(texts)}",
         {"v": version_id, "engine": quality.SKETCH_ENGINE},
     )
-    return version_id, sha, True
 
 
 def _system_lineage(con: duckdb.DuckDBPyConnection, plan: Plan) -> dict[str, Any]:

@@ -372,6 +372,8 @@ _COLUMNS: dict[str, str] = {
     "cell": "Cell",
     "cell_key": "Grid cell",
     "kept": "Kept",
+    "retired": "Retired (size cap)",
+    "removed_on_recheck": "Removed on recheck",
     "erased_rows": "Erased since",
     "lineage": "Lineage",
     "composition": "Composition",

@@ -72,6 +72,14 @@ right.write("")
 run_refused = refusal(user, "cycle.run")
 if run_refused:
     st.caption(run_refused)
+force = right.checkbox(
+    "Build anyway",
+    key="cycle_force",
+    help=(
+        "Build a dataset version even when the cycle has fewer new production rows than the "
+        f"plan's minimum ({plan.cadence.min_new_examples}, Plan page: Retraining cadence)."
+    ),
+)
 if right.button(
     "Run cycle",
     icon=":material/play_arrow:",
@@ -87,6 +95,7 @@ if right.button(
             int(cycle),
             user=user,
             progress=lambda f, m: bar.progress(min(1.0, f), text=m),
+            force=force,
         )
     )
     if result is not None:
@@ -213,11 +222,20 @@ with heat_col:
 if current.parent_version and current.parent_version in by_id:
     diff = cached_read(compare_versions, current.parent_version, current.version_id)
     st.markdown(
-        f"**Against {diff.old}:** +{diff.added} rows, −{diff.removed} rows, {diff.kept} kept."
+        f"**Against its parent {diff.old}:** {diff.kept:,} rows carried, +{diff.added:,} added, "
+        f"−{diff.removed:,} removed ({diff.retired:,} retired under the size cap, "
+        f"{diff.rechecked:,} failed the check of carried rows)."
     )
     table(
         [
-            {"cell_key": c.cell_key, "added": c.added, "removed": c.removed, "kept": c.kept}
+            {
+                "cell_key": c.cell_key,
+                "carried": c.kept,
+                "added": c.added,
+                "retired": c.retired,
+                "removed_on_recheck": c.rechecked,
+                "removed": c.removed,
+            }
             for c in diff.cells
         ]
     )

@@ -177,7 +177,7 @@ def test_cli_runs_a_cycle_explains_a_row_and_exports(store: Store, tmp_path: Pat
     listed = json.loads(_cli("dataset", "list", "--json").stdout)
     assert [v["version_id"] for v in listed["versions"]] == [data["dataset_version"]]
     compared = _cli("dataset", "compare", data["dataset_version"], data["dataset_version"])
-    assert "+0 −0" in compared.stdout
+    assert "+0 added, −0 removed" in compared.stdout
 
 
 def test_cli_refuses_bad_input_with_one_line(store: Store, tmp_path: Path) -> None:
