@@ -6,6 +6,7 @@ goes through ``core.escaping.chart_text`` before it reaches a figure."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go
 
 from core.escaping import chart_text
+from core.labels import label as human_label
 from core.plan import CycleMilestones
 
 if TYPE_CHECKING:  # charts stay pure: no store import at run time
@@ -39,6 +41,7 @@ __all__ = [
     "timeline_figure",
     "training_loss_figure",
     "wins_losses_figure",
+    "wrap_label",
 ]
 
 PHASE_COLOURS: dict[str, str] = {
@@ -67,10 +70,60 @@ VERDICT_COLOURS: dict[str, str] = {
 
 _DAY_MS = 86_400_000
 
+# Tick labels are 12 px. Margins are sized for DejaVu Sans's average advance (about 0.62 em),
+# wider than Open Sans, so a label fits whichever of Plotly's fonts the reader's browser or
+# WeasyPrint ends up using; automargin may still widen them, never narrow them.
+_TICK_PX = 12
+_EM_PER_CHAR = 0.62
+_WRAP_AT = 24  # characters per line of a long category label before it wraps
+
 
 def _texts(values: Iterable[object]) -> list[str]:
     """Labels drawn from users' or models' text, escaped so Plotly shows them as written."""
     return [chart_text(v) for v in values]
+
+
+def wrap_label(text: str, width: int = _WRAP_AT) -> str:
+    """A chart label (already escaped) on lines of at most ``width`` characters, broken
+    between words with Plotly's ``<br>``, so a long label is shown whole, not cut."""
+    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+    return "<br>".join(lines) or text
+
+
+def _label_px(labels: Iterable[str]) -> int:
+    """The width in pixels the longest line of ``labels`` needs at the tick font size."""
+    longest = max((len(line) for text in labels for line in text.split("<br>")), default=0)
+    return int(longest * _TICK_PX * _EM_PER_CHAR) + 1
+
+
+def _lines(labels: Iterable[str]) -> int:
+    return max((text.count("<br>") + 1 for text in labels), default=1)
+
+
+def _fit_category_labels(
+    fig: go.Figure,
+    *,
+    y_labels: Sequence[str] = (),
+    x_labels: Sequence[str] = (),
+    y_title: bool = False,
+    x_title: bool = False,
+    top: int = 40,
+) -> None:
+    """Margins sized to the category labels (left for y, bottom for x) and axis titles, so
+    no label is cut at the figure's edge; automargin stays on to widen them further."""
+    left = 10 + (_label_px(y_labels) + 8 if y_labels else 0) + (22 if y_title else 0)
+    bottom = 10 + (_TICK_PX + 6) * _lines(x_labels) * bool(x_labels) + (24 if x_title else 0)
+    margin = fig.layout.margin
+    fig.update_layout(
+        margin={
+            "l": max(left, margin.l or 0),
+            "r": margin.r if margin.r is not None else 10,
+            "t": max(top, margin.t or 0),
+            "b": max(bottom, margin.b or 0),
+        }
+    )
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
 
 
 def _phases(cycle: CycleMilestones) -> list[tuple[str, date, date]]:
@@ -152,6 +205,7 @@ def timeline_figure(
         height=90 + 40 * max(1, len(cycles)),
         title={"text": "Six-month timeline", "x": 0},
     )
+    _fit_category_labels(fig, y_labels=labels, top=30)
     if today is not None:
         fig.add_vline(x=today.isoformat(), line_dash="dot", line_color="#636363")
     return fig
@@ -199,12 +253,20 @@ def grid_heatmap_figure(
             hovertemplate="%{y} · %{x}: %{text}<extra></extra>",
         )
     )
+    # The x labels sit below the squares: at the top they collided with the title.
     fig.update_layout(
         title={"text": chart_text(title), "x": 0},
-        xaxis={"title": chart_text(x_name), "side": "top"},
+        xaxis={"title": chart_text(x_name), "side": "bottom"},
         yaxis={"title": chart_text(" · ".join(n for n, _ in row_axes)), "autorange": "reversed"},
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        height=120 + 32 * len(row_values),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=150 + 32 * len(row_values),
+    )
+    _fit_category_labels(
+        fig,
+        y_labels=_texts(y_labels),
+        x_labels=_texts(x_values),
+        y_title=bool(row_axes),
+        x_title=True,
     )
     return fig
 
@@ -447,13 +509,15 @@ def slice_heatmap_figure(
             hovertemplate="%{y} · %{x}: %{text}<extra></extra>",
         )
     )
+    # The slice names sit below the squares: at the top they collided with the title.
     fig.update_layout(
         title={"text": chart_text(title), "x": 0},
-        xaxis={"title": None, "side": "top"},
+        xaxis={"title": None, "side": "bottom"},
         yaxis={"title": None, "autorange": "reversed"},
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
-        height=140 + 45 * len(models),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=150 + 45 * len(models),
     )
+    _fit_category_labels(fig, y_labels=_texts(models), x_labels=_texts(labels))
     return fig
 
 
@@ -485,6 +549,7 @@ def wins_losses_figure(rows: Sequence[Mapping[str, Any]], *, baseline: str) -> g
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=120 + 28 * max(1, len(rows)),
     )
+    _fit_category_labels(fig, y_labels=names)
     return fig
 
 
@@ -575,6 +640,7 @@ def slice_scores_figure(
         showlegend=True,
         height=150 + 28 * len(rows),
     )
+    _fit_category_labels(fig, y_labels=labels)
     return fig
 
 
@@ -583,13 +649,22 @@ def funnel_figure(stages: Sequence[Mapping[str, Any]], *, title: str = "Cycle fu
 
     Each stage is a mapping with ``name``, ``rows_out``, ``removed`` and ``added``.
     """
-    names = _texts(str(s["name"]) for s in stages)
+    names = [wrap_label(chart_text(human_label(s["name"]))) for s in stages]
     fig = go.Figure(
         go.Funnel(
             y=names,
             x=[int(s["rows_out"]) for s in stages],
             textinfo="value",
-            marker={"color": ["#9e9ac8" if s.get("added") else "#6baed6" for s in stages]},
+            # Two inputs: the rows carried from the parent version (orange) and the window's,
+            # which the stages narrow down; the mix adds synthetic rows (purple).
+            marker={
+                "color": [
+                    "#fd8d3c"
+                    if s["name"] == "carried"
+                    else ("#9e9ac8" if s.get("added") else "#6baed6")
+                    for s in stages
+                ]
+            },
             customdata=[[int(s.get("removed", 0)), int(s.get("added", 0))] for s in stages],
             hovertemplate="%{y}: %{x:,} rows left<br>removed %{customdata[0]:,}"
             " · added %{customdata[1]:,}<extra></extra>",
@@ -598,8 +673,9 @@ def funnel_figure(stages: Sequence[Mapping[str, Any]], *, title: str = "Cycle fu
     fig.update_layout(
         title={"text": chart_text(title), "x": 0},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        height=120 + 34 * max(1, len(stages)),
+        height=120 + 34 * max(1, len(stages)) + 14 * sum("<br>" in n for n in names),
     )
+    _fit_category_labels(fig, y_labels=names)
     return fig
 
 
@@ -646,12 +722,16 @@ def composition_heatmap_figure(
             hovertemplate="%{y} · %{x}: %{z:,} rows<extra></extra>",
         )
     )
+    # The x labels sit below the squares: at the top they collided with the title.
     fig.update_layout(
         title={"text": chart_text(title), "x": 0},
-        xaxis={"title": chart_text(x_axis), "side": "top"},
+        xaxis={"title": chart_text(x_axis), "side": "bottom"},
         yaxis={"title": chart_text(" · ".join(row_axes)), "autorange": "reversed"},
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        height=140 + 30 * len(ys),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=170 + 30 * len(ys),
+    )
+    _fit_category_labels(
+        fig, y_labels=_texts(ys), x_labels=_texts(xs), y_title=bool(row_axes), x_title=True
     )
     return fig
 
@@ -781,6 +861,11 @@ def gate_thresholds_figure(
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=90 + 95 * rows,
     )
+    _fit_category_labels(
+        fig,
+        y_labels=[chart_text(g.name + ("" if g.blocking else " (non-blocking)")) for g in gates],
+        top=60,
+    )
     return fig
 
 
@@ -825,32 +910,49 @@ def lift_by_cycle_figure(records: Sequence[CycleRecord]) -> go.Figure:
 
 
 def dataset_sizes_figure(records: Sequence[CycleRecord]) -> go.Figure:
-    """Rows of each cycle's dataset version, production and synthetic stacked."""
+    """How each cycle's dataset grew: its rows stacked by where they came from, synthetic
+    first, then production rows by the cycle that added them (a cycle carries its parent's
+    rows forward, so each bar holds the earlier cycles' rows that are still used)."""
     built = [r for r in records if r.dataset is not None]
     cycles = [f"Cycle {r.cycle}" for r in built]
-    fig = go.Figure(
-        [
+    sources: dict[tuple[str, int], dict[str, int]] = {}
+    for record in built:
+        dataset = record.dataset
+        if dataset is None:
+            continue
+        origins = dataset.by_origin or (
+            ("synthetic", record.cycle, dataset.synthetic),
+            ("production", record.cycle, dataset.production),
+        )
+        for source, origin, rows in origins:
+            key = ("synthetic", 0) if source == "synthetic" else ("production", origin)
+            per = sources.setdefault(key, {})
+            per[f"Cycle {record.cycle}"] = per.get(f"Cycle {record.cycle}", 0) + rows
+    blues = ["#08519c", "#3182bd", "#6baed6", "#9ecae1", "#c6dbef"]
+    traces = []
+    for index, key in enumerate(sorted(sources)):
+        source, origin = key
+        name = "Synthetic" if source == "synthetic" else f"Production · added by cycle {origin}"
+        traces.append(
             go.Bar(
                 name=name,
                 x=cycles,
-                y=[getattr(r.dataset, source) for r in built],
-                marker_color=colour,
-                hovertemplate="%{x}: %{y:,} " + name.lower() + " rows<extra></extra>",
+                y=[sources[key].get(c, 0) for c in cycles],
+                marker_color="#9e9ac8" if source == "synthetic" else blues[index % len(blues)],
+                hovertemplate="%{x}: %{y:,} rows · " + name.lower() + "<extra></extra>",
             )
-            for name, source, colour in (
-                ("Production", "production", "#6baed6"),
-                ("Synthetic", "synthetic", "#9e9ac8"),
-            )
-        ]
-    )
+        )
+    fig = go.Figure(traces)
     fig.update_layout(
         barmode="stack",
-        title={"text": "Dataset size and composition per cycle", "x": 0},
+        title={"text": "Dataset growth per cycle, by where the rows came from", "x": 0},
         yaxis={"title": "rows"},
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        height=320,
+        height=340,
     )
+    tallest = max((sum(per.get(c, 0) for per in sources.values()) for c in cycles), default=0)
+    _fit_category_labels(fig, y_labels=[f"{tallest:,}0"], y_title=True)  # one digit to spare
     return fig
 
 

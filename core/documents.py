@@ -11,7 +11,6 @@ bytes in Markdown and HTML. A later document (cycle report, datasheet, model car
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import re
 import threading
@@ -29,16 +28,18 @@ from markupsafe import Markup
 from core.charts import timeline_figure
 from core.errors import DocumentError
 from core.escaping import markdown_code, markdown_fenced, markdown_text
+from core.labels import label
 from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_plan
 from core.paths import check_output_path
 from core.plan import TRAINING_BACKEND_LABELS, Plan, QualityFilter, plan_timeline
+from core.privacy import PII_TYPES, placeholder
 from core.settings import PROJECT_ROOT
 
 __all__ = [
     "DOCUMENTS",
     "FORMATS",
     "MEDIA_TYPES",
-    "PII_TYPES_REDACTED",
+    "PII_DESCRIPTIONS",
     "PRIVACY_LINT_CODES",
     "TEMPLATES_DIR",
     "DocumentContext",
@@ -47,6 +48,7 @@ __all__ = [
     "document_file_name",
     "environment",
     "generated_at_now",
+    "pii_placeholders",
     "render_document",
     "render_documents",
     "write_document",
@@ -63,17 +65,27 @@ MEDIA_TYPES: dict[str, str] = {
 }
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 
-# What the redaction step detects, in the order the privacy packet lists them.
-PII_TYPES_REDACTED: tuple[tuple[str, str], ...] = (
-    ("EMAIL", "email addresses"),
-    ("PHONE", "phone numbers"),
-    ("CARD", "payment card numbers, confirmed by the Luhn checksum"),
-    ("IBAN", "IBANs, confirmed by their check digits"),
-    ("IP", "IPv4 and IPv6 addresses"),
-    ("SSN", "US social security numbers"),
-    ("SECRET", "secrets: API keys, access tokens, private keys"),
-    ("URL_CREDENTIALS", "URLs with credentials (user:password@host)"),
-)
+# What each PII type the redaction detects (core.privacy.DETECTORS) is, in words.
+PII_DESCRIPTIONS: dict[str, str] = {
+    "EMAIL": "email addresses",
+    "PHONE": "phone numbers",
+    "CARD": "payment card numbers, confirmed by the Luhn checksum",
+    "IBAN": "IBANs, confirmed by their check digits",
+    "IP": "IPv4 and IPv6 addresses",
+    "SSN": "US social security numbers",
+    "SECRET": "secrets: API keys, access tokens, private keys",
+    "URL_CREDENTIALS": "URLs with credentials (user:password@host)",
+}
+
+
+def pii_placeholders() -> list[tuple[str, str]]:
+    """Each placeholder the redaction writes (core.privacy.placeholder, e.g. ``<EMAIL>``)
+    with what it stands for, in the order the detectors run: the packet shows what is used."""
+    return [
+        (placeholder(pii_type), PII_DESCRIPTIONS.get(pii_type, pii_type.lower()))
+        for pii_type in PII_TYPES
+    ]
+
 
 # Lint codes that concern personal data, consent and the privacy review.
 PRIVACY_LINT_CODES: frozenset[str] = frozenset(
@@ -90,7 +102,6 @@ PRIVACY_LINT_CODES: frozenset[str] = frozenset(
 )
 
 _CHART_WIDTH = 900
-_PDF_SCALE = 2
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -149,8 +160,9 @@ def _number(value: float) -> str:
 
 
 def _label(value: object) -> str:
-    """A code value as words: ``direct_identifier`` → ``direct identifier``."""
-    return str(value).replace("_", " ")
+    """A code value by its human label (core.labels): ``direct_identifier`` → "Direct
+    identifier"; a missing one as "—"."""
+    return "—" if value is None else label(value)
 
 
 def _public_url(value: object) -> str:
@@ -248,7 +260,7 @@ def _static_images(
                 "format": image_format,
                 "width": _CHART_WIDTH,
                 "height": figures[name].layout.height or 450,
-                "scale": 1 if image_format == "svg" else _PDF_SCALE,
+                "scale": 1,
             },
         )
         for name, image_format in keys
@@ -279,13 +291,11 @@ def _chart_markup(images: Mapping[tuple[str, str], bytes], fmt: Format) -> dict[
     """Each chart as HTML: inline SVG for the HTML document, a PNG image for the PDF."""
     charts: dict[str, Markup] = {}
     for (name, image_format), data in images.items():
-        if fmt == "html" and image_format == "svg":
+        if image_format == "svg":
+            # Vector in both formats: the PDF keeps every label as text a reader can select
+            # and search (and a test can read), at any zoom.
             svg = _normalised_svg(data.decode("utf-8"), name)
             charts[name] = Markup('<figure class="chart">' + svg + "</figure>")
-        elif fmt == "pdf" and image_format == "png":
-            charts[name] = Markup(
-                '<figure class="chart"><img alt="{}" src="data:image/png;base64,{}"></figure>'
-            ).format(name, base64.b64encode(data).decode("ascii"))
     return charts
 
 
@@ -347,7 +357,7 @@ def render_documents(
         "document_title": kind.title,
         "generated_at": generated_at,
     }
-    image_formats = [image for fmt, image in (("html", "svg"), ("pdf", "png")) if fmt in wanted]
+    image_formats = ["svg"] if {"html", "pdf"} & set(wanted) else []
     images = _static_images(context.figures, image_formats) if image_formats else {}
     rendered: dict[str, bytes] = {}
     try:
@@ -506,23 +516,65 @@ def _plan_values(plan: Plan, plan_id: str, version: int) -> dict[str, Any]:
     }
 
 
+def _signoff_values(store: Any, plan: Plan, plan_id: str, version: int) -> dict[str, Any]:
+    """The sign-offs recorded for this exact version (who, role, decision, when) and the
+    privacy review's real state; without a store, ``signoffs`` is None and the document says
+    that no record was read rather than leave blank cells that look unsigned."""
+    review = plan.consent.privacy_review
+    if store is None:
+        privacy = {"read": False, "recorded": None, "row": None, "disagrees": False}
+        return {"signoffs": None, "privacy": privacy}
+    from core.signoffs import approval_status
+
+    status = approval_status(store, plan_id, version)
+    names = {a.role: a.name for a in plan.sign_offs.approvers}
+    rows = [{**row, "named": names.get(row["role"])} for row in _approvals(status)]
+    privacy_row = next((r for r in rows if r["role"] == "privacy_reviewer"), None)
+    recorded = privacy_row["decision"] if privacy_row else None
+    return {
+        "signoffs": {
+            "rows": rows,
+            "approved": status.approved,
+            "missing": list(status.missing),
+            "rejected": list(status.rejected),
+        },
+        "privacy": {
+            "read": True,
+            "recorded": recorded,
+            "row": privacy_row,
+            # The plan's own field is what the PM wrote; only a recorded sign-off approves.
+            "disagrees": (review.status == "approved") != (recorded == "approve"),
+        },
+    }
+
+
 @document("plan", "Six-month flywheel plan", "plan")
-def build_plan_document(*, plan: Plan, plan_id: str, version: int) -> DocumentContext:
-    """Every section of the plan, its readiness, timeline, economics, A/B sizing and sign-offs."""
+def build_plan_document(
+    *, plan: Plan, plan_id: str, version: int, store: Any = None
+) -> DocumentContext:
+    """Every section of the plan, its readiness, timeline, economics, A/B sizing and the
+    sign-offs recorded for this version (read from ``store`` when given)."""
     timeline = plan_timeline(plan)
     figures = {"timeline": timeline_figure(timeline)} if timeline else {}
-    return DocumentContext(_plan_values(plan, plan_id, version), figures)
+    values = _plan_values(plan, plan_id, version)
+    values.update(_signoff_values(store, plan, plan_id, version))
+    return DocumentContext(values, figures)
 
 
 @document("privacy", "Privacy review packet", "plan")
-def build_privacy_packet(*, plan: Plan, plan_id: str, version: int) -> DocumentContext:
-    """What is logged, consent flows, redaction, erasure, the review, open risks, privacy lint."""
+def build_privacy_packet(
+    *, plan: Plan, plan_id: str, version: int, store: Any = None
+) -> DocumentContext:
+    """What is logged, consent flows, redaction (the placeholders it writes), erasure, the
+    review with the sign-offs recorded for this version, open risks, privacy lint."""
     values = _plan_values(plan, plan_id, version)
+    values.update(_signoff_values(store, plan, plan_id, version))
     rules = [f.rule for f in plan.quality_filters]
     position = rules.index("pii_redacted") + 1 if "pii_redacted" in rules else None
     privacy = [f for f in lint_plan(plan).findings if f.code in PRIVACY_LINT_CODES]
     values.update(
-        pii_types=PII_TYPES_REDACTED,
+        pii_types=pii_placeholders(),
+        example_placeholder=placeholder("EMAIL"),
         redaction_position=position,
         filters_before_redaction=rules[: position - 1] if position else [],
         free_text_fields=[f.name for f in plan.logging.fields if f.pii_class == "free_text"],
@@ -678,14 +730,35 @@ def _version_values(version: Any) -> dict[str, Any]:
 def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentContext:
     """A cycle: its funnel, dataset version, gates with evidence, A/B result and decisions."""
     from core.abtest import analyse_cycle
-    from core.charts import ab_lift_figure, funnel_figure
+    from core.charts import ab_lift_figure, dataset_sizes_figure, funnel_figure
     from core.cycles import run_stages
     from core.datasets import get_version
     from core.gates import cycle_decisions
+    from core.monitoring import CycleRecord, cycle_datasets
+    from core.plan import plan_timeline
     from core.plan_versions import load_plan
 
     run = _cycle_run(store, plan_id, cycle)
     plan, version = load_plan(store, plan_id, int(run["plan_version"]))
+    records = run_stages(store, str(run["run_id"]))
+    by_name = {s.name: s for s in records}
+    carried, mix = by_name.get("carried"), by_name.get("mix")
+    growth = {
+        "parent": carried.params.get("parent_version") if carried else None,
+        "parent_rows": carried.rows_in if carried else 0,
+        "carried": carried.rows_out if carried else 0,
+        "rechecked": carried.removed if carried else 0,
+        "new": int(mix.params.get("new_production_rows", 0)) if mix else 0,
+        "synthetic_added": mix.added if mix else 0,
+        "retired": int(mix.params.get("retired", mix.removed)) if mix else 0,
+        "retirement": mix.params.get("retirement") if mix else None,
+    }
+    milestones = {m.cycle: m for m in plan_timeline(plan)}
+    built = [
+        CycleRecord(c, milestones[c].start, milestones[c].end, dataset=figures_of)
+        for c, figures_of in sorted(cycle_datasets(store, plan_id).items())
+        if c <= cycle and c in milestones
+    ]
     stages = [
         {
             "position": s.position,
@@ -697,13 +770,15 @@ def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentConte
             "removed": s.removed,
             "added": s.added,
         }
-        for s in run_stages(store, str(run["run_id"]))
+        for s in records
     ]
     decisions = cycle_decisions(store, plan_id, cycle)
     analysis = analyse_cycle(store, plan, cycle, plan_id=plan_id)
     figures: dict[str, go.Figure] = {}
     if stages:
         figures["funnel"] = funnel_figure(stages, title=f"Cycle {cycle} funnel")
+    if built:
+        figures["growth"] = dataset_sizes_figure(built)
     if analysis is not None and analysis.lift_over_time:
         figures["ab_lift"] = ab_lift_figure(
             analysis.lift_over_time,
@@ -724,6 +799,7 @@ def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentConte
             "warnings": run["warnings"],
         },
         "stages": stages,
+        "growth": growth,
         "dataset": _version_values(get_version(store, str(run["dataset_version"]))),
         "gates": _cycle_gates(store, plan_id, cycle, decisions),
         "ab": _ab_values(analysis) if analysis is not None else None,

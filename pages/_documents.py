@@ -19,7 +19,7 @@ from core.documents import (
     render_documents,
 )
 from core.plan import Plan
-from pages._common import guarded
+from pages._common import get_store, guarded
 
 _PREPARED = "prepared_documents"
 _KEEP = 8
@@ -52,9 +52,11 @@ def plan_document_downloads(plan: Plan, plan_id: str, version: int) -> None:
         f"Documents of the saved v{version}. Save your edits as a new version to include them."
     )
     subject = f"{plan_id}-v{version}"
-    inputs: dict[str, Any] = {"plan": plan, "plan_id": plan_id, "version": version}
+    store = get_store()
+    inputs: dict[str, Any] = {"plan": plan, "plan_id": plan_id, "version": version, "store": store}
     for kind in (k for k in DOCUMENTS.values() if k.subject == "plan"):
-        key = f"{kind.name}:{subject}:{plan.fingerprint()}"
+        # The store's stamp: a sign-off recorded since makes the prepared copy stale.
+        key = f"{kind.name}:{subject}:{plan.fingerprint()}:{store.stamp()}"
         with st.container(border=True):
             st.markdown(f"**{kind.title}**")
             cols = st.columns(3)

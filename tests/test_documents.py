@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,12 @@ from streamlit.testing.v1 import AppTest
 from core.access import User, local_operator
 from core.documents import DOCUMENTS, TEMPLATES_DIR, render_document, render_documents
 from core.errors import DocumentError
+from core.labels import label
 from core.lint import ab_requirement
 from core.plan import FILTER_KINDS, Plan
 from core.plan_versions import load_plan, save_plan_version
+from core.privacy import PII_TYPES, placeholder
+from core.signoffs import approval_status
 from core.starters import starter_plan
 from core.store import Store
 
@@ -31,12 +35,82 @@ DEMO_ID = "python-coding-assistant"
 
 def _inputs(store: Store, version: int | None = None) -> dict[str, object]:
     plan, number = load_plan(store, DEMO_ID, version)
-    return {"plan": plan, "plan_id": DEMO_ID, "version": number}
+    return {"plan": plan, "plan_id": DEMO_ID, "version": number, "store": store}
 
 
 def _pdf_text(data: bytes) -> tuple[int, str]:
     reader = PdfReader(io.BytesIO(data))
     return len(reader.pages), "\n".join(page.extract_text() for page in reader.pages)
+
+
+def _plain(fragment: str) -> str:
+    """An HTML fragment's text: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def _chart_labels(html: str) -> list[str]:
+    """Every text a chart draws (titles, tick labels, legend entries), one per line."""
+    found: list[str] = []
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        for text in re.findall(r"<text[^>]*>(.*?)</text>", svg, re.S):
+            lines = re.findall(r"<tspan[^>]*>(.*?)</tspan>", text, re.S) or [text]
+            found += [line for line in (_plain(t) for t in lines) if line]
+    return found
+
+
+def _table_labels(html: str) -> list[str]:
+    """Every table's column headers and the first cell of each row: what names its data."""
+    found = [_plain(th) for th in re.findall(r"<th[^>]*>(.*?)</th>", html, re.S)]
+    for row in re.findall(r"<tr>(.*?)</tr>", html, re.S):
+        first = re.search(r"<td[^>]*>(.*?)</td>", row, re.S)
+        if first:
+            found.append(_plain(first.group(1)))
+    return [label for label in found if label and label != "—"]
+
+
+def _labels_missing_from_the_pdf(html: str, pdf_text: str) -> list[str]:
+    """Labels that the PDF's text does not hold whole (cut, or broken inside a word).
+
+    A table cell's lines are joined with a space, so a word broken across lines fails; a
+    chart's text is compared without spaces, which the PDF may drop between SVG words."""
+    lines = " ".join(pdf_text.split())
+    squeezed = "".join(pdf_text.split())
+    missing = [t for t in _table_labels(html) if t not in lines]
+    missing += [c for c in _chart_labels(html) if "".join(c.split()) not in squeezed]
+    return missing
+
+
+def _text_past_the_page(html: str) -> list[str]:
+    """Text that WeasyPrint lays out beyond the right edge of the A4 page's content box."""
+    import weasyprint
+    from weasyprint.formatting_structure import boxes
+
+    document = weasyprint.HTML(string=html, base_url=str(TEMPLATES_DIR)).render()
+    past: list[str] = []
+    for number, page in enumerate(document.pages, start=1):
+        root = page._page_box
+        right = root.content_box_x() + root.width
+        for box in root.descendants():
+            if isinstance(box, boxes.TextBox) and box.position_x + box.width > right + 0.5:
+                past.append(f"page {number}: {box.text!r}")
+    return past
+
+
+def _chart_labels_cut(html: str) -> list[str]:
+    """Tick labels drawn right-aligned at x (Plotly's y axes) that need more than x pixels in
+    DejaVu Sans, the font WeasyPrint and Debian's browsers fall back to: cut at the edge."""
+    from PIL import ImageFont
+
+    font = ImageFont.truetype("DejaVuSans.ttf", 12)
+    cut: list[str] = []
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        for x, body in re.findall(r'<text text-anchor="end" x="([-\d.]+)"[^>]*>(.*?)</text>', svg):
+            lines = re.findall(r"<tspan[^>]*>(.*?)</tspan>", body) or [body]
+            for line in lines:
+                text = _plain(line)
+                if text and font.getlength(text) > float(x) + 1:
+                    cut.append(f"{text!r} needs {font.getlength(text):.0f} px, has {x}")
+    return cut
 
 
 def test_plan_and_privacy_documents_are_registered() -> None:
@@ -60,13 +134,17 @@ PROMOTED_MODEL = "pyassist-lora-c1"  # the demo's approved candidate of cycle 1
 DEMO_DOCUMENTS: dict[str, tuple[Callable[[Store], dict[str, object]], str, tuple[str, ...]]] = {
     "plan": (_inputs, "Python coding assistant", ("timeline",)),
     "privacy": (_inputs, "Python coding assistant", ()),
-    "cycle": (lambda s: _cycle_inputs(s, 1), "Python coding assistant", ("funnel", "ab_lift")),
+    "cycle": (
+        lambda s: _cycle_inputs(s, 1),
+        "Python coding assistant",
+        ("funnel", "growth", "ab_lift"),
+    ),
     "datasheet": (
         lambda s: {"store": s, "version_id": "ds-python-coding-assistant-c2-v1"},
         "ds-python-coding-assistant-c2-v1",
         ("composition",),
     ),
-    "model-card": (lambda s: _cycle_inputs(s, 1), PROMOTED_MODEL, ("slices",)),
+    "model-card": (lambda s: _cycle_inputs(s, 1), PROMOTED_MODEL, ("slices", "gates")),
 }
 
 
@@ -106,6 +184,13 @@ def test_every_document_renders_for_the_demo_in_every_format_and_repeats(
     assert pages >= 1
     assert needle in text
 
+    # What a reviewer reads on paper is whole: every chart's and table's labels are in the
+    # PDF's own text, no table runs past the A4 page, no chart label past its chart's edge.
+    # (The PDF is drawn from this same HTML.)
+    assert _labels_missing_from_the_pdf(html, text) == []
+    assert _text_past_the_page(html) == []
+    assert _chart_labels_cut(html) == []
+
 
 @pytest.mark.parametrize("name", PLAN_DOCUMENTS)
 def test_the_generation_time_is_the_only_moving_part(demo_store: Store, name: str) -> None:
@@ -138,7 +223,9 @@ def test_markdown_escapes_user_text_and_keeps_tables_intact() -> None:
     markdown = render_document(
         "privacy", "md", generated_at=AT, plan=_hostile_plan(), plan_id="p", version=1
     ).decode("utf-8")
-    assert re.search(r"(?<!\\)[<>]", markdown) is None  # every angle bracket escaped
+    # every angle bracket escaped, but inside code spans (the placeholders), which are literal
+    outside_code = re.sub(r"`[^`]*`", "", markdown)
+    assert re.search(r"(?<!\\)[<>]", outside_code) is None
     assert "\\<script\\>" in markdown
     assert "Fine \\<img src=x onerror=alert(1)\\> \\| pipes" in markdown
 
@@ -164,16 +251,22 @@ def test_plan_document_holds_every_section_and_the_sign_off_table(demo_store: St
     assert f"**Sample size:** {users:,} users per arm" in markdown
     assert f"**Duration:** {days} days" in markdown
     assert "$8,085.00 a month" in markdown  # (2.5·800 + 10·350 − 0.05·800 − 0.2·350) × 1.5M / 1M
-    for approver in plan.sign_offs.approvers:
-        assert f"| {approver.role.replace('_', ' ')} | {approver.name} | | |" in markdown
+    # The sign-offs recorded for this version: who, role, decision, when.
+    status = approval_status(demo_store, DEMO_ID, int(inputs["version"]))  # type: ignore[call-overload]
+    assert status.decisions
+    for role, decided in status.decisions.items():
+        named = next(a.name for a in plan.sign_offs.approvers if a.role == role)
+        when = decided.decided_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        assert f"| {label(role)} | {named} | Approved | {decided.approver} | {when} |" in markdown
+    assert "**Approved** by every required role" in markdown
 
 
 def test_privacy_packet_of_the_first_draft_shows_its_problems(demo_store: Store) -> None:
     draft = render_document("privacy", "md", generated_at=AT, **_inputs(demo_store, 1))
     text = draft.decode("utf-8")
-    assert "| `prompt` | Training input | free text | 365 days | **over the limit** |" in text
+    assert "| `prompt` | Training input | Free text | 365 days | **over the limit** |" in text
     assert "RETENTION_EXCEEDS_CONSENT" in text and "PRIVACY_REVIEW_LATE" in text
-    assert "- **Review:** in review" in text
+    assert "- **Review:** pending: no privacy reviewer has signed version 1" in text
     assert "NO_REGRESSION_GATE" not in text  # not a privacy finding
 
     final = render_document("privacy", "md", generated_at=AT, **_inputs(demo_store, 3))
@@ -187,8 +280,10 @@ def test_privacy_packet_lists_the_pii_types_and_where_redaction_runs() -> None:
         "privacy", "md", generated_at=AT, plan=plan, plan_id="p", version=1
     ).decode("utf-8")
     assert "**filter 3 of 3**, after positive\\_or\\_accepted, length\\_bounds" in text
-    for placeholder in ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "SECRET"):
-        assert f"`[{placeholder}]`" in text
+    # The placeholders the redaction writes, taken from its detectors, never "[EMAIL]".
+    for pii_type in PII_TYPES:
+        assert f"| `{placeholder(pii_type)}` |" in text
+    assert "`<EMAIL>`" in text and "[EMAIL]" not in text
     assert "Luhn" in text and "IPv6" in text and "credentials" in text
     assert "keyed hash" in text and "salted" not in text
 
@@ -330,19 +425,19 @@ def test_cycle_report_shows_funnel_gates_ab_and_decision(demo_store: Store) -> N
     text = approved.decode("utf-8")
     run = next(r for r in cycle_runs(demo_store, DEMO_ID) if r["cycle"] == 1)
     for stage in run_stages(demo_store, run["run_id"]):
-        assert f"| {stage.position} | `{stage.name}` |" in text
+        assert f"| {stage.position} | {label(stage.name)} |" in text
         assert f"| {stage.rows_in:,} | {stage.rows_out:,} | {stage.removed:,} |" in text
     assert "`ds-python-coding-assistant-c1-v1`" in text
-    assert "Overall verdict: **pass** for `pyassist-lora-c1`" in text
+    assert "Overall verdict: **Pass** for `pyassist-lora-c1`" in text
     assert "as recorded with the approved decision" in text
-    assert "| Code parses | `parse_rate` | python-core | yes | **pass** | 0.9905 | 0.95 |" in text
-    assert "- **Decision:** **ship**" in text
-    assert "| **approved** | pass | `pyassist-lora-c1` | Omar Haddad" in text
-    assert "| ml lead | Omar Haddad | | |" in text
+    assert "| Code parses | `parse_rate` | python-core | yes | **Pass** | 0.9905 | 0.95 |" in text
+    assert "- **Decision:** **Ship the treatment**" in text
+    assert "| **Approved** | Pass | `pyassist-lora-c1` | Omar Haddad" in text
+    assert "| ML lead | Omar Haddad | | |" in text
 
     failing = render_document("cycle", "md", generated_at=AT, **_cycle_inputs(demo_store, 2))
     text = failing.decode("utf-8")
-    assert "Overall verdict: **fail**" in text and "no decision is recorded yet" in text
+    assert "Overall verdict: **Fail**" in text and "no decision is recorded yet" in text
     assert "topic = async and concurrency: 30 items" in text and "**(falls short)**" in text
     assert "No decision is recorded for this cycle yet." in text
 
@@ -465,7 +560,7 @@ def test_model_card_says_whether_the_candidate_was_promoted(demo_store: Store) -
     assert "> **Status: not promoted.** No gate decision is recorded about this candidate" in text
     assert "the A/B test's verdict is roll back" in text
     assert "| No regression vs production | topic = async and concurrency | 30 |" in text
-    assert "| **fail** |" in text and "| **below** |" in text
+    assert "| **Fail** |" in text and "| **Below** |" in text
     assert "Slice topic = async and concurrency of “No regression vs production” falls short" in (
         text
     )
