@@ -17,7 +17,9 @@ How a file becomes rows (all inside DuckDB):
   one by one by the same stage as on the exact path, which gives each reject its reason from
   the line's own text (a BOM's first line, which the reader cannot parse, is stored from there
   when the stage accepts it). Counts that do not agree, or a reader that gives up (a very long
-  line), send the file to the exact path.
+  line), send the file to the exact path. The rows are committed before the placeholders and
+  duplicates are deleted (``_load_parallel``): DuckDB rewrites a whole bulk insert at commit
+  when its own transaction deleted any of its rows.
 * JSONL, the exact path (``read_path`` "exact": gzip, consent and eval items, the fallback):
   ``read_csv`` reading each line whole as one VARCHAR, numbered ``WITH ORDINALITY`` (one
   thread), ``json_extract_string`` per field; lines DuckDB refuses as invalid UTF-8 come back
@@ -44,7 +46,7 @@ import tempfile
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -54,6 +56,7 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import numpy as np
 
+from core import clock
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import IngestError
@@ -745,7 +748,7 @@ class _AlreadyLoaded(Exception):
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 _TARGETS: dict[Kind, tuple[str, tuple[str, ...]]] = {
@@ -815,9 +818,8 @@ def ingest_file(
         raise IngestError(f"{source}: no such file; give the path of a JSONL, CSV or Parquet file.")
     fmt, gz = _file_format(name)
     started = _now()
-    who = user.name
-    # JSONL of interactions takes the parallel path (see _load); gzip, consent, eval items,
-    # CSV and Parquet the exact one.
+    # JSONL of interactions takes the parallel path (_load_parallel); gzip, consent, eval
+    # items, CSV and Parquet the exact one (_load).
     _check_content(source, name, fmt, gz)
     fast = fmt == "jsonl" and not gz and kind == "interactions"
     # The sha256 (and the line count) runs in a thread while DuckDB loads; a file that turns
@@ -830,57 +832,29 @@ def ingest_file(
             if fmt == "jsonl" and not fast
             else None
         )
-        batch_id = started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        batch = _Batch(
+            started.strftime("b%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
+            kind,
+            name,
+            cycle,
+            started,
+            user.name,
+        )
         while True:
             try:
-                with store.transaction() as con:
-                    result = _load(
-                        con, source, (fmt, gz), fast, scan, long_lines, kind, batch_id, cycle
-                    )
-                    if not result["rows_read"]:
-                        raise IngestError(f"{name}: the file holds no rows; nothing to load.")
-                    sha256 = scan.result().sha256
-                    earlier = con.execute(
-                        "SELECT batch_id, rows_read, cycle, read_path FROM ingest_batches "
-                        "WHERE sha256 = ? AND kind = ?",
-                        [sha256, kind],
-                    ).fetchall()
-                    if earlier:
-                        raise _AlreadyLoaded(earlier[0])
-                    con.execute(
-                        "INSERT INTO ingest_batches (batch_id, kind, file_name, sha256, cycle, "
-                        "rows_read, accepted, rejected, duplicates, started_at, finished_at, "
-                        "actor, pii_detectors, read_path) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            batch_id,
-                            kind,
-                            name,
-                            sha256,
-                            cycle,
-                            result["rows_read"],
-                            result["accepted"],
-                            result["rejected"],
-                            result["duplicates"],
-                            started,
-                            _now(),
-                            who,
-                            DETECTORS_FINGERPRINT if kind == "interactions" else None,
-                            result["read_path"],
-                        ],
-                    )
-                    record_audit(
-                        con,
-                        actor=who,
-                        action="ingest",
-                        target=batch_id,
-                        detail={
-                            "kind": kind,
-                            "file_name": name,
-                            "sha256": sha256,
-                            **{k: v for k, v in result.items() if k != "pii_found"},
-                        },
-                    )
+                if fast:
+                    parallel = _load_parallel(store, source, scan, batch)
+                    if parallel is None:  # the reader's rows did not line up with the lines
+                        fast = False
+                        long_lines = pool.submit(_long_lines, source, gz, _max_line_bytes())
+                        continue
+                    result = parallel
+                else:
+                    with store.transaction() as con:
+                        result = _load(
+                            con, source, (fmt, gz), long_lines, kind, batch.batch_id, cycle
+                        )
+                        _record_batch(con, batch, scan.result().sha256, result)
             except _AlreadyLoaded as done:
                 rows = int(done.row[1])
                 return IngestResult(
@@ -909,10 +883,10 @@ def ingest_file(
                 ) from None
             break
     return IngestResult(
-        batch_id,
+        batch.batch_id,
         kind,
         name,
-        sha256,
+        scan.result().sha256,
         result["rows_read"],
         result["accepted"],
         result["rejected"],
@@ -924,29 +898,79 @@ def ingest_file(
     )
 
 
-def _load(
-    con: duckdb.DuckDBPyConnection,
-    path: Path,
-    form: tuple[str, bool],
-    fast: bool,
-    scan: Future[_Scan],
-    long_lines: Future[list[tuple[int, bool]]] | None,
-    kind: Kind,
-    batch_id: str,
-    cycle: int | None,
-) -> dict[str, Any]:
-    """Validate, redact and store one file's rows in one pass; then sort out duplicates and
-    quarantine the rest. Returns the counts.
+@dataclass(frozen=True)
+class _Batch:
+    """What a load records about its batch besides the counts."""
 
-    The parallel path (JSONL of interactions) lets DuckDB's reader parse in parallel and
-    numbers no rows. Every row the reader makes, accepted or not, is inserted in file order
-    (DuckDB keeps insertion order), a rejected one as a placeholder row with ``line = 0``; the
-    placeholders' places give the rejected lines' numbers, and they are deleted before the
-    transaction commits (``_fast_rejects``). Accepted rows keep ``line`` NULL. When the
-    reader's rows do not line up with the file's lines, the load falls back to the exact path.
+    batch_id: str
+    kind: Kind
+    file_name: str
+    cycle: int | None
+    started: datetime
+    actor: str
+
+
+def _check_not_loaded(con: duckdb.DuckDBPyConnection, kind: Kind, sha256: str) -> None:
+    """Raises _AlreadyLoaded when a file with this sha256 is stored for the kind."""
+    earlier = con.execute(
+        "SELECT batch_id, rows_read, cycle, read_path FROM ingest_batches "
+        "WHERE sha256 = ? AND kind = ?",
+        [sha256, kind],
+    ).fetchall()
+    if earlier:
+        raise _AlreadyLoaded(earlier[0])
+
+
+def _record_batch(
+    con: duckdb.DuckDBPyConnection, batch: _Batch, sha256: str, result: dict[str, Any]
+) -> None:
+    """The batch row and its audit entry, in the load's transaction.
+
+    Raises IngestError when the file held no rows; _AlreadyLoaded (to roll back) when it was
+    loaded before.
     """
+    if not result["rows_read"]:
+        raise IngestError(f"{batch.file_name}: the file holds no rows; nothing to load.")
+    _check_not_loaded(con, batch.kind, sha256)
+    con.execute(
+        "INSERT INTO ingest_batches (batch_id, kind, file_name, sha256, cycle, rows_read, "
+        "accepted, rejected, duplicates, started_at, finished_at, actor, pii_detectors, "
+        "read_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            batch.batch_id,
+            batch.kind,
+            batch.file_name,
+            sha256,
+            batch.cycle,
+            result["rows_read"],
+            result["accepted"],
+            result["rejected"],
+            result["duplicates"],
+            batch.started,
+            _now(),
+            batch.actor,
+            DETECTORS_FINGERPRINT if batch.kind == "interactions" else None,
+            result["read_path"],
+        ],
+    )
+    record_audit(
+        con,
+        actor=batch.actor,
+        action="ingest",
+        target=batch.batch_id,
+        detail={
+            "kind": batch.kind,
+            "file_name": batch.file_name,
+            "sha256": sha256,
+            **{k: v for k, v in result.items() if k != "pii_found"},
+        },
+    )
+
+
+def _prepare_connection(con: duckdb.DuckDBPyConnection, kind: Kind) -> str:
+    """Session settings and the macros the stage calls; returns the stage's SQL."""
     con.execute("SET TimeZone = 'UTC'")
-    # Row order is what numbers the rejected lines of the fast path: DuckDB's default, kept.
+    # Row order is what numbers the rejected lines of the parallel path: DuckDB's default, kept.
     con.execute("SET preserve_insertion_order = true")
     limit = str(get_setting("ingest_memory_limit"))
     if limit:
@@ -956,40 +980,104 @@ def _load(
         "CREATE OR REPLACE TEMP MACRO fw_is_json_object(v) AS "
         "coalesce(try(json_type(v)) = 'OBJECT', false)"
     )
-    fields = _FIELDS[kind]
-    stage_sql = _stage_sql(kind, int(get_setting("max_text_bytes")))
-    table, key = _TARGETS[kind]
-    params = {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id}
-    fmt, gz = form
-    how = _prepare_source(con, path, fmt, fast, fields, long_lines)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
-    rejected: list[tuple[int, str, str | None]] = []
-    raw: dict[int, str] = {}
-    if how == "fast":
-        con.execute(_FAST_INSERT, params)
-        found = _fast_rejects(con, path, batch_id, scan.result(), params)
-        if found is None:
-            con.execute("DELETE FROM interactions WHERE batch_id = ?", [batch_id])
-            long_lines = Future()
-            long_lines.set_result(_long_lines(path, gz, _max_line_bytes()))
-            how = _prepare_source(con, path, fmt, False, fields, long_lines)
+    return _stage_sql(kind, int(get_setting("max_text_bytes")))
+
+
+def _load_parallel(
+    store: Store, path: Path, scan: Future[_Scan], batch: _Batch
+) -> dict[str, Any] | None:
+    """The parallel path, in two transactions; returns the counts, or None when the reader's
+    rows do not line up with the file's lines (nothing is left stored then).
+
+    The first transaction inserts every row the reader makes in file order, a rejected one as
+    a placeholder with ``line = 0`` (accepted rows keep ``line`` NULL), and commits: DuckDB
+    moves a bulk insert into the file as it stands only when the transaction deleted none of
+    its rows, and rewrites it all otherwise. The second numbers and judges the rejected lines
+    (``_fast_rejects``), deletes the placeholders and duplicates (cheap on stored rows) and
+    records the batch; should it fail, the batch's rows are deleted again. Between the two
+    the rows are stored without a batch row; this process's other writers wait their turn.
+    """
+    params = {"batch": batch.batch_id, "cycle": batch.cycle}
+    with store.write_turn():
+        with store.transaction() as con:
+            stage_sql = _prepare_connection(con, "interactions")
+            _prepare_source(con, path, "jsonl", True, INTERACTION_FIELDS)
             con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
-        else:
-            rows_read, rejected, raw = found
-    if how != "fast":
-        con.execute(_INSERTS[kind], params)
-        rows_read = int(con.execute("SELECT count(*) FROM fw_source").fetchall()[0][0])
-        rejected = [
-            (int(r[0]), str(r[1]), r[2])
-            for r in con.execute(
-                "SELECT line, reason, "
-                + ("user_id" if kind != "eval-items" else "NULL")
-                + " FROM fw_stage WHERE reason IS NOT NULL ORDER BY line"
-            ).fetchall()
-        ]
+            con.execute(_FAST_INSERT, params)
+            _check_not_loaded(con, "interactions", scan.result().sha256)
+        try:
+            with store.transaction() as con:
+                stage_sql = _prepare_connection(con, "interactions")
+                _lines_table(con, [], [])
+                con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
+                found = _fast_rejects(con, path, batch.batch_id, scan.result(), params)
+                if found is None:
+                    raise _LinesDoNotAgree
+                rows_read, rejected, raw = found
+                result = _settle(con, "interactions", batch.batch_id, rows_read, rejected, raw)
+                result["read_path"] = "parallel"
+                _record_batch(con, batch, scan.result().sha256, result)
+        except BaseException as exc:
+            with store.transaction() as con:
+                con.execute("DELETE FROM interactions WHERE batch_id = ?", [batch.batch_id])
+            if isinstance(exc, _LinesDoNotAgree):
+                return None
+            raise
+    return result
+
+
+class _LinesDoNotAgree(Exception):
+    """Raised inside the parallel path's second transaction to fall back to the exact path."""
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    form: tuple[str, bool],
+    long_lines: Future[list[tuple[int, bool]]] | None,
+    kind: Kind,
+    batch_id: str,
+    cycle: int | None,
+) -> dict[str, Any]:
+    """The exact path and CSV and Parquet: validate, redact and store one file's rows in one
+    pass, numbered; then sort out duplicates and quarantine the rest. Returns the counts."""
+    stage_sql = _prepare_connection(con, kind)
+    fields = _FIELDS[kind]
+    params = {"batch": batch_id, "cycle": cycle} if kind == "interactions" else {"batch": batch_id}
+    fmt, _ = form
+    how = _prepare_source(con, path, fmt, False, fields, long_lines)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fw_stage AS {stage_sql}")
+    con.execute(_INSERTS[kind], params)
+    rows_read = int(con.execute("SELECT count(*) FROM fw_source").fetchall()[0][0])
+    rejected = [
+        (int(r[0]), str(r[1]), r[2])
+        for r in con.execute(
+            "SELECT line, reason, "
+            + ("user_id" if kind != "eval-items" else "NULL")
+            + " FROM fw_stage WHERE reason IS NOT NULL ORDER BY line"
+        ).fetchall()
+    ]
+    result = _settle(con, kind, batch_id, rows_read, rejected, None, (path, how))
+    result["read_path"] = _READ_PATHS[how]
+    return result
+
+
+def _settle(
+    con: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    batch_id: str,
+    rows_read: int,
+    rejected: list[tuple[int, str, str | None]],
+    raw: dict[int, str] | None,
+    source: tuple[Path, str] | None = None,
+) -> dict[str, Any]:
+    """After the insert: drop duplicates, quarantine the rejected lines (their raw text given,
+    or read back from ``source``: the file and how it was read), count PII; the counts."""
+    table, key = _TARGETS[kind]
     duplicates = _drop_duplicates(con, table, key, batch_id)
-    if how != "fast":
-        raw = _raw_of_rejects(con, path, how, [r[0] for r in rejected])
+    if raw is None:
+        assert source is not None
+        raw = _raw_of_rejects(con, source[0], source[1], [r[0] for r in rejected])
     _insert_many(
         con,
         "quarantine",
@@ -1012,16 +1100,14 @@ def _load(
         ).fetchall()[0]
         pii_found = {t: int(n) for t, n in zip(PII_TYPES, counts, strict=True) if n}
         _insert_many(con, "pii_counts", [[batch_id, t, n] for t, n in pii_found.items()])
-    accepted = rows_read - len(rejected) - duplicates
     for temp in ("fw_lines", "fw_csv", "fw_bad_lines", "fw_dup_rows"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     return {
         "rows_read": rows_read,
-        "accepted": accepted,
+        "accepted": rows_read - len(rejected) - duplicates,
         "rejected": len(rejected),
         "duplicates": duplicates,
         "pii_found": pii_found,
-        "read_path": _READ_PATHS[how],
     }
 
 

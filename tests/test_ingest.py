@@ -446,6 +446,23 @@ def test_a_file_the_parallel_reader_cannot_line_up_loads_on_the_exact_path(
     assert result.read_path == "exact"
     assert (result.rows_read, result.accepted, result.rejected) == (3, 2, 1)
     assert reasons(store, result) == {3: "invalid JSON"}
+    assert store.fetch_one("SELECT count(*) FROM interactions") == (2,)
+
+
+def test_a_parallel_load_that_fails_after_storing_its_rows_leaves_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parallel path commits the reader's rows before it numbers the rejects and records
+    # the batch; when that second step fails, the rows are taken out again.
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("core.ingest._settle", broken)
+    path = write_jsonl(tmp_path / "log.jsonl", [record(1), "{oops", record(2)])
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingest_file(store, path, user=local_operator())
+    assert store.fetch_one("SELECT count(*) FROM interactions") == (0,)
+    assert list_batches(store) == []
 
 
 @pytest.mark.parametrize("chunk", [3, 7, 1 << 20])
