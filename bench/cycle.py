@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ from core.store import Store  # noqa: E402
 def bench_plan() -> Plan:
     """The starter coding plan, with a cadence whose cycle 2 window covers the whole log."""
     plan = starter_plan("python_coding_assistant")
+    # A starter's privacy review starts pending; the bench's reviewer approved before its start.
+    plan.consent.privacy_review.status = "approved"
+    plan.consent.privacy_review.decided_on = date(2026, 11, 20)
     plan.goal.start_month = "2026-12"
     plan.goal.horizon_months = 12
     plan.cadence.mode = "weeks"

@@ -1,4 +1,9 @@
-"""Starter plans a PM can begin from; each is free of lint errors (a test holds them to it)."""
+"""Starter plans a PM can begin from; each is free of lint errors (a test holds them to it).
+
+A starter's privacy review is ``not_started`` with no decision date: nobody has reviewed a plan
+that was just created, so its documents say so, lint warns until the reviewer approves, and a
+cycle refuses to run on it until then.
+"""
 
 from __future__ import annotations
 

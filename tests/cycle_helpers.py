@@ -4,7 +4,7 @@ items and synthetic examples, all loaded through the real ingest."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ def cycle_plan(**cadence: Any) -> Plan:
     """The coding-assistant plan with test-sized cadence values (a plan the linter accepts, so
     that its privacy reviewer can approve it)."""
     plan = starter_plan("python_coding_assistant")
+    # A starter's privacy review starts pending; these cycles run once it has approved.
+    plan.consent.privacy_review.status = "approved"
+    plan.consent.privacy_review.decided_on = date(2026, 12, 15)
     plan.cadence.min_new_examples = 4
     for key, value in cadence.items():
         setattr(plan.cadence, key, value)

@@ -175,15 +175,32 @@ def test_every_check_has_a_case() -> None:
     assert len(CHECKS) >= 12
 
 
+def _approved_starter(key: str = "python_coding_assistant") -> Plan:
+    """A starter plan whose privacy reviewer has approved it before its first cycle."""
+    plan = starter_plan(key)
+    first = plan_timeline(plan)[0].start
+    plan.consent.privacy_review.status = "approved"
+    plan.consent.privacy_review.decided_on = date.fromordinal(first.toordinal() - 14)
+    return plan
+
+
 @pytest.mark.parametrize("key", list(STARTERS))
-def test_starter_plans_have_no_findings(key: str) -> None:
-    report = lint_plan(starter_plan(key))
+def test_starter_plans_start_with_the_privacy_review_pending(key: str) -> None:
+    review = starter_plan(key).consent.privacy_review
+    assert review.status in ("not_started", "in_review") and review.decided_on is None
+    findings = lint_plan(starter_plan(key)).findings
+    assert [(f.code, f.severity) for f in findings] == [("PRIVACY_REVIEW_LATE", "warning")]
+
+
+@pytest.mark.parametrize("key", list(STARTERS))
+def test_starter_plans_have_no_findings_once_the_review_approves(key: str) -> None:
+    report = lint_plan(_approved_starter(key))
     assert report.findings == []
 
 
 @pytest.mark.parametrize("code", list(CASES))
 def test_check_fires_on_its_contradiction(code: str) -> None:
-    plan = starter_plan("python_coding_assistant")
+    plan = _approved_starter()
     mutate, path = CASES[code]
     assert not [f for f in lint_plan(plan).findings if f.code == code]
     mutate(plan)
