@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from core import clock
 from core.escaping import csv_text
 from core.store import Store
 
@@ -62,8 +63,8 @@ def record_audit(
     ``detail`` is a before/after summary; it must never hold personal data or secrets.
     """
     con.execute(
-        "INSERT INTO audit_log (actor, action, target, detail) VALUES (?, ?, ?, ?)",
-        [actor, action, target, json.dumps(detail or {}, sort_keys=True, default=str)],
+        "INSERT INTO audit_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        [clock.now(), actor, action, target, json.dumps(detail or {}, sort_keys=True, default=str)],
     )
 
 

@@ -40,6 +40,7 @@ import duckdb
 import ibis
 import ibis.expr.types as ir
 
+from core import clock as action_clock
 from core import quality
 from core.access import User, require
 from core.audit import record_audit
@@ -740,8 +741,8 @@ def _run_cycle(
     total_steps = len(rules) + 6
     near = next((r for r, _ in rules if r.rule == "near_dedup"), None)
     keep = near.keep if near is not None else "earliest"
-    run_id = datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    started = datetime.now(UTC)
+    started = action_clock.now()
+    run_id = started.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     stages: list[StageRecord] = []
     warnings: list[str] = []
 
@@ -950,7 +951,7 @@ def _run_cycle(
         version_id, sha, created = _write_version(
             con, plan, plan_id, plan_version, cycle, run_id, who, stages, start, end, parent
         )
-        finished = datetime.now(UTC)
+        finished = action_clock.now()
         con.execute(
             "INSERT INTO cycle_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -1365,7 +1366,7 @@ def _write_version(
             json.dumps(lineage, default=str),
             json.dumps(composition),
             who,
-            datetime.now(UTC),
+            action_clock.now(),
         ],
     )
     con.execute(

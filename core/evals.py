@@ -25,7 +25,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import openai
 
+from core import clock
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import EvalError, PlanError
@@ -96,7 +97,7 @@ _FLUSH_EVERY = 32
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 # -- items and sets ----------------------------------------------------------------------------

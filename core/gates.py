@@ -27,12 +27,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as sps
 
+from core import clock
 from core.access import Permission, User, require
 from core.audit import record_audit
 from core.errors import GateError
@@ -982,7 +983,7 @@ def check_gates(
         overall_verdict(results),
         results,
         used,
-        datetime.now(UTC).isoformat(timespec="seconds"),
+        clock.now().isoformat(timespec="seconds"),
         _system_skew(store, plan_id, cycle, [r["candidate"] for r in used.values()]),
     )
 
@@ -1073,7 +1074,8 @@ def record_decision(
             f"{current['actor']}, {current['decided_at'].astimezone(UTC):%Y-%m-%d %H:%M} UTC); "
             "the same decision is not recorded twice in a row."
         )
-    decision_id = f"dec-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
+    decided_at = clock.now()
+    decision_id = f"dec-{decided_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     failing = [g.name for g in report.gates if g.verdict != "pass" and g.blocking]
     with store.transaction() as con:
         con.execute(
@@ -1089,7 +1091,7 @@ def record_decision(
                 text,
                 who,
                 json.dumps(report.to_dict(), default=str),
-                datetime.now(UTC),
+                decided_at,
             ],
         )
         record_audit(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from core import clock
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import PlanError
@@ -127,7 +128,7 @@ def save_plan_version(
     plan, credentials_removed = plan_without_credentials(plan)
     note = strip_urls_credentials(note)
     report = lint_plan(plan)
-    now = datetime.now(UTC)
+    now = clock.now()
     with store.transaction() as con:
         if plan_id is None:
             base = _slug(plan.goal.feature)

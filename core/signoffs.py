@@ -4,9 +4,10 @@ version. An edit makes a new version, which needs its own approvals."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
+from core import clock
 from core.access import AccessError, Role, User, require
 from core.audit import record_audit
 from core.errors import PlanError
@@ -122,7 +123,7 @@ def record_decision(
     with store.transaction() as con:
         con.execute(
             "INSERT OR REPLACE INTO plan_approvals VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [plan_id, version, role, user.name, decision, note.strip(), datetime.now(UTC)],
+            [plan_id, version, role, user.name, decision, note.strip(), clock.now()],
         )
         record_audit(
             con,
