@@ -8,18 +8,33 @@ parsing, field conditions); exact duplicates; MinHash near-duplicates; decontami
 the eval items (core.portable_quality). ``cycle run`` itself keeps core.quality's DuckDB SQL,
 tuned for the store; tests/test_spark.py checks that both give the same funnel.
 
+Cycles build on each other here too: given the parent version's rows (``ParentRows``, an input
+table), the stages carry them forward as ``cycle run`` does. Each carried row is checked again
+(stage ``carried``): its user's training consent now, the plan's raw-text retention at this
+cycle's data freeze, and every filter the parent did not run (a rule the PM tightened applies
+to old rows too), then the PII re-check; a removed row's reason reads "carried from <parent>:
+…". The window's new rows are then deduplicated exactly and near against the carried rows that
+survive (they count as kept first), and a duplicate names the carried row ("exact duplicate of
+<parent> row <key>"). The carried rows' exact keys are their normalised texts and their MinHash
+signatures are computed in the engine, as the new rows' are (the store's sketches are DuckDB's).
+
 Two things run in Python on every engine, as they do in ``cycle run``: which copy of each
 near-duplicate group is kept (a walk over the few candidate pairs) and the code-parsing rule
 (Python's own parser; a Python UDF on Spark, so the workers must import ``core``). What stays
-with the store: collecting the cycle's window, the mix with synthetic data, the split and the
-dataset version, which read and write the store's tables (they take the rows kept here).
+with the store: collecting the cycle's window and the parent's rows (a row whose interaction
+is no longer stored, or whose synthetic item is no longer valid, is simply not among those
+given), the mix with synthetic data and the cap's retirement, the split and the dataset
+version, which read and write the store's tables (they take the rows kept here).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +44,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from core import quality
-from core.cycles import consent_stage, pipeline_rules
+from core.cycles import consent_stage, pipeline_rules, rule_key
 from core.errors import CycleError
 from core.plan import Plan
 from core.portable_quality import (
@@ -37,17 +52,21 @@ from core.portable_quality import (
     Engine,
     SparkEngine,
     contamination_stage,
+    exact_duplicate_stage,
     near_duplicate_stage,
     pii_stage,
-    respelled,
     row_rule_stage,
 )
+from core.retention import raw_text_retention_days
 
 __all__ = [
     "CONSENT_SCHEMA",
     "EVAL_ITEM_SCHEMA",
+    "SYNTHETIC_ROW_SCHEMA",
+    "ParentRows",
     "PortableRun",
     "StageCount",
+    "eval_items_fingerprint",
     "portable_stages",
     "run_on_duckdb",
     "run_on_spark",
@@ -71,6 +90,9 @@ EVAL_ITEM_SCHEMA = ibis.schema(
 )
 """The eval items' columns decontamination reads."""
 
+SYNTHETIC_ROW_SCHEMA = ibis.schema({"row_key": "string", "prompt": "string", "response": "string"})
+"""The columns of a parent version's synthetic rows (``ParentRows.synthetic``)."""
+
 _DROP = "fw_drop"
 
 
@@ -85,13 +107,15 @@ class StageCount:
 
 @dataclass
 class PortableRun:
-    """What the stages did: the funnel, every removed row with its stage and reason, the rows
-    kept (texts redacted again where today's detectors found more), and warnings."""
+    """What the stages did: the funnel, every removed row with its stage and reason, the new
+    rows kept and the carried rows kept (texts redacted again where today's detectors found
+    more), and warnings."""
 
     stages: list[StageCount]
     removed: pa.Table
     kept: pa.Table
     redacted_again: int
+    carried: pa.Table
     warnings: list[str] = field(default_factory=list)
 
     def dropped(self, stage: str | None = None) -> dict[str, str]:
@@ -102,17 +126,85 @@ class PortableRun:
         }
 
 
+@dataclass(frozen=True)
+class ParentRows:
+    """The parent version a cycle carries forward, as the portable stages read it.
+
+    ``table`` names the engine's table or view of the production rows the parent kept, as
+    their interactions are stored now (``quality.CYCLE_ROW_SCHEMA``); ``version_id`` names the
+    parent in reasons; ``freeze`` is this cycle's data freeze, at which the plan's raw-text
+    retention is measured; ``filters`` are the stages the parent ran and ``eval_items`` the
+    fingerprint of the eval items it was checked against (both from its lineage,
+    ``from_lineage``); ``synthetic`` optionally names a table of its synthetic rows that are
+    still valid (``SYNTHETIC_ROW_SCHEMA``): they are carried unchecked and new rows are
+    deduplicated against them too.
+    """
+
+    version_id: str
+    freeze: datetime
+    filters: Sequence[Mapping[str, Any]] = ()
+    eval_items: str | None = None
+    table: str = "parent_rows"
+    synthetic: str | None = None
+
+    @classmethod
+    def from_lineage(
+        cls,
+        version_id: str,
+        lineage: Mapping[str, Any],
+        freeze: datetime,
+        *,
+        table: str = "parent_rows",
+        synthetic: str | None = None,
+    ) -> ParentRows:
+        """The parent described by its stored lineage (``DatasetVersion.lineage``)."""
+        return cls(
+            version_id,
+            freeze,
+            tuple(lineage.get("filters", [])),
+            lineage.get("eval_items"),
+            table,
+            synthetic,
+        )
+
+
+def eval_items_fingerprint(items: pa.Table) -> str:
+    """md5 of the eval items' texts (``eval_set``, ``prompt``, ``reference``), as a version's
+    lineage records it: carried rows are decontaminated again when it changes."""
+    rows = sorted(
+        zip(
+            *(items.column(c).to_pylist() for c in ("eval_set", "prompt", "reference")), strict=True
+        ),
+        key=lambda r: (
+            r[0] is None,
+            r[0] or "",
+            r[1] is None,
+            r[1] or "",
+            r[2] is None,
+            r[2] or "",
+        ),
+    )
+    parts = [
+        hashlib.md5(f"{s}\x1f{p}\x1f{r or ''}".encode()).hexdigest()
+        for s, p, r in rows
+        if s is not None and p is not None
+    ]
+    return hashlib.md5(",".join(parts).encode()).hexdigest()
+
+
 def portable_stages(
     engine: Engine,
     plan: Plan,
     rows: str = "cycle_rows",
     events: str = "consent_events",
     eval_items: str | None = "eval_items",
+    parent: ParentRows | None = None,
 ) -> PortableRun:
     """Consent, the PII re-check and the plan's filters, in the order ``cycle run`` uses, on
     ``engine`` over its tables or views ``rows`` (the cycle's rows, ``quality.CYCLE_ROW_SCHEMA``),
     ``events`` (the consent ledger) and ``eval_items`` (None: decontamination has nothing to
-    check against, and says so).
+    check against, and says so). With ``parent``, its rows are carried forward first (stage
+    ``carried``) and the new rows are deduplicated against those that survive.
 
     Intermediate tables live in the engine until the run ends; the removed and the kept rows
     come back as Arrow tables. Raises CycleError when a table is missing or a rule of the plan
@@ -120,15 +212,77 @@ def portable_stages(
     """
     try:
         items = None if eval_items is None else _table(engine, eval_items, EVAL_ITEM_SCHEMA)
+        carried = None
+        if parent is not None:
+            synthetic = (
+                None
+                if parent.synthetic is None
+                else _table(engine, parent.synthetic, SYNTHETIC_ROW_SCHEMA)
+            )
+            carried = (_table(engine, parent.table, quality.CYCLE_ROW_SCHEMA), synthetic)
         return _run(
             engine,
             plan,
             _table(engine, rows, quality.CYCLE_ROW_SCHEMA),
             _table(engine, events, CONSENT_SCHEMA),
             items,
+            parent,
+            carried,
         )
     finally:
         engine.release()
+
+
+class _Funnel:
+    """The stages as they settle: counts, removed rows with their reasons, warnings."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stages: list[StageCount] = []
+        self.removed: list[pa.Table] = []
+        self.warnings: list[str] = []
+        self.last_dropped = 0
+
+    def drop(self, stage: str, verdict: ir.Table, prefix: str = "", suffix: str = "") -> ir.Table:
+        """Record the rows ``verdict`` drops (``fw_drop``, its reason worded
+        ``prefix + why + suffix``) under ``stage``; the rows it keeps, computed once."""
+        held = self.engine.keep(verdict)
+        dropped = self.engine.fetch(
+            held.filter(held[_DROP].notnull()).select("interaction_id", detail=held[_DROP])
+        )
+        details = [f"{prefix}{why}{suffix}" for why in dropped.column("detail").to_pylist()]
+        self.removed.append(
+            pa.table(
+                {
+                    "interaction_id": dropped.column("interaction_id"),
+                    "stage": pa.array([stage] * dropped.num_rows, pa.string()),
+                    "detail": pa.array(details, pa.string()),
+                }
+            )
+        )
+        self.last_dropped = dropped.num_rows
+        return held.filter(held[_DROP].isnull()).drop(_DROP)
+
+    def pii_checked(self, rows: ir.Table) -> tuple[ir.Table, int]:
+        """The rows with their texts redacted again, and how many changed."""
+        held = self.engine.keep(pii_stage(rows, self.engine.dialect))
+        changed = (
+            (held.fw_prompt != held.prompt)
+            | (held.fw_response != held.response)
+            | (held.fw_system != held.system)
+        ).fill_null(False)
+        count = self.engine.count(held.filter(changed))
+        checked = held.mutate(
+            prompt=held.fw_prompt, response=held.fw_response, system=held.fw_system
+        ).drop("fw_prompt", "fw_response", "fw_system")
+        return checked, count
+
+    def all_removed(self) -> pa.Table:
+        if self.removed:
+            return pa.concat_tables(self.removed)
+        return pa.table(
+            {c: pa.array([], pa.string()) for c in ("interaction_id", "stage", "detail")}
+        )
 
 
 def _run(
@@ -137,90 +291,161 @@ def _run(
     rows: ir.Table,
     events: ir.Table,
     eval_items: ir.Table | None,
+    parent: ParentRows | None,
+    parent_tables: tuple[ir.Table, ir.Table | None] | None,
 ) -> PortableRun:
     rules = pipeline_rules(plan)
     near = next((r for r, _ in rules if r.rule == "near_dedup"), None)
     keep: Literal["earliest", "best_rated"] = near.keep if near is not None else "earliest"
-    stages: list[StageCount] = []
-    removed: list[pa.Table] = []
-    warnings: list[str] = []
-    alive = engine.count(rows)
+    funnel = _Funnel(engine)
 
-    def settle(name: str, verdict: ir.Table) -> ir.Table:
-        nonlocal alive
-        held = engine.keep(verdict)
-        dropped = engine.fetch(
-            held.filter(held[_DROP].notnull()).select("interaction_id", detail=held[_DROP])
+    reference: ir.Table | None = None
+    label = ""
+    carried_redacted = 0
+    carried_rows: pa.Table = quality.CYCLE_ROW_SCHEMA.to_pyarrow().empty_table()
+    if parent is None or parent_tables is None:
+        funnel.stages.append(StageCount("carried", 0, 0))
+    else:
+        label = parent.version_id
+        production, synthetic = parent_tables
+        carried, carried_redacted = _carry(
+            engine, funnel, plan, rules, keep, parent, production, events, eval_items
         )
-        removed.append(
-            pa.table(
-                {
-                    "interaction_id": dropped.column("interaction_id"),
-                    "stage": pa.array([name] * dropped.num_rows, pa.string()),
-                    "detail": dropped.column("detail"),
-                }
+        carried_rows = engine.fetch(carried.order_by("interaction_id"))
+        reference = carried.select(key=carried.interaction_id, prompt="prompt", response="response")
+        extra = 0
+        if synthetic is not None:
+            reference = reference.union(
+                synthetic.select(key=synthetic.row_key, prompt="prompt", response="response")
             )
-        )
-        stages.append(StageCount(name, alive, alive - dropped.num_rows))
-        alive -= dropped.num_rows
-        return held.filter(held[_DROP].isnull()).drop(_DROP)
+            extra = engine.count(synthetic)
+        given = engine.count(production)
+        funnel.stages.append(StageCount("carried", given + extra, carried_rows.num_rows + extra))
 
-    current = settle("consent", consent_stage(rows, events))
+    alive = engine.count(rows)
+    current = funnel.drop("consent", consent_stage(rows, events))
+    funnel.stages.append(StageCount("consent", alive, alive - funnel.last_dropped))
+    alive -= funnel.last_dropped
 
-    held = engine.keep(pii_stage(current, engine.dialect))
-    changed = (
-        (held.fw_prompt != held.prompt)
-        | (held.fw_response != held.response)
-        | (held.fw_system != held.system)
-    ).fill_null(False)
-    redacted_again = engine.count(held.filter(changed))
-    current = held.mutate(
-        prompt=held.fw_prompt, response=held.fw_response, system=held.fw_system
-    ).drop("fw_prompt", "fw_response", "fw_system")
-    stages.append(StageCount("pii_redacted", alive, alive))
+    current, redacted_again = funnel.pii_checked(current)
+    funnel.stages.append(StageCount("pii_redacted", alive, alive))
+    redacted_again += carried_redacted
     if redacted_again:
-        warnings.append(
+        funnel.warnings.append(
             f"PII check: {redacted_again} row(s) held PII today's detectors find and ingest's "
             "did not; they were redacted again."
         )
 
     for rule, _origin in rules[1:]:
-        kind = rule.rule
-        try:
-            if kind == "exact_dedup":
-                verdict = respelled(quality.exact_duplicate_stage(current, keep), engine.dialect)
-            elif kind == "near_dedup":
-                verdict = near_duplicate_stage(
-                    engine, current, threshold=rule.threshold, keep=rule.keep
-                )
-            elif kind == "decontamination":
-                items = _eval_items(engine, eval_items, list(rule.eval_sets), warnings)
-                verdict = (
-                    current.mutate(**{_DROP: ibis.null("string")})
-                    if items is None
-                    else contamination_stage(
-                        engine,
-                        current,
-                        items,
-                        ngram=rule.ngram,
-                        threshold=rule.threshold,
-                        eval_sets=list(rule.eval_sets),
-                    )
-                )
-            else:
-                verdict = row_rule_stage(current, rule, engine.dialect)
-        except ValueError as exc:
-            raise CycleError(f"The plan's {kind} filter cannot run: {exc}.") from None
-        current = settle(kind, verdict)
+        verdict = _rule_verdict(
+            engine, rule, current, keep, eval_items, funnel.warnings, reference, label
+        )
+        current = funnel.drop(rule.rule, verdict)
+        funnel.stages.append(StageCount(rule.rule, alive, alive - funnel.last_dropped))
+        alive -= funnel.last_dropped
 
-    kept = engine.fetch(current.order_by("interaction_id"))
-    columns = ["interaction_id", "stage", "detail"]
-    every = (
-        pa.concat_tables(removed)
-        if removed
-        else pa.table({c: pa.array([], pa.string()) for c in columns})
+    kept_rows = engine.fetch(current.order_by("interaction_id"))
+    return PortableRun(
+        funnel.stages,
+        funnel.all_removed(),
+        kept_rows,
+        redacted_again,
+        carried_rows,
+        funnel.warnings,
     )
-    return PortableRun(stages, every, kept, redacted_again, warnings)
+
+
+_RULE_CHANGED = " (the rule is not the one the parent version ran)"
+
+
+def _carry(
+    engine: Engine,
+    funnel: _Funnel,
+    plan: Plan,
+    rules: list[tuple[Any, str]],
+    keep: Literal["earliest", "best_rated"],
+    parent: ParentRows,
+    rows: ir.Table,
+    events: ir.Table,
+    eval_items: ir.Table | None,
+) -> tuple[ir.Table, int]:
+    """The parent's rows that may still be used, as ``cycle run`` carries them: its user's
+    training consent now, the plan's raw-text retention at the data freeze, every filter the
+    parent did not run (decontamination also when the eval items changed), then the PII
+    re-check. Removed rows are recorded at stage ``carried``; returns the rows kept (in the
+    engine) and how many texts were redacted again."""
+    prefix = f"carried from {parent.version_id}: "
+    current = funnel.drop("carried", consent_stage(rows, events), prefix)
+    days = raw_text_retention_days(plan)
+    freeze = parent.freeze if parent.freeze.tzinfo else parent.freeze.replace(tzinfo=UTC)
+    cutoff = ibis.literal(freeze.astimezone(UTC) - timedelta(days=days), type="timestamp('UTC')")
+    why_old = f"older than the plan's raw-text retention ({days} days) at the data freeze"
+    current = funnel.drop(
+        "carried",
+        current.mutate(**{_DROP: ibis.ifelse(current.ts < cutoff, why_old, ibis.null("string"))}),
+        prefix,
+    )
+    ran = {rule_key(str(f["name"]), f["params"]) for f in parent.filters}
+    fingerprint: str | None = None
+    for rule, _origin in rules[1:]:
+        changed = rule_key(rule.rule, rule.model_dump(mode="json")) not in ran
+        if rule.rule == "decontamination" and not changed:
+            if fingerprint is None:
+                fingerprint = (
+                    eval_items_fingerprint(engine.fetch(eval_items))
+                    if eval_items is not None
+                    else ""
+                )
+            changed = fingerprint != parent.eval_items
+        if changed:
+            verdict = _rule_verdict(engine, rule, current, keep, eval_items, [], None, "")
+            current = funnel.drop("carried", verdict, prefix, _RULE_CHANGED)
+    return funnel.pii_checked(current)
+
+
+def _rule_verdict(
+    engine: Engine,
+    rule: Any,
+    rows: ir.Table,
+    keep: Literal["earliest", "best_rated"],
+    eval_items: ir.Table | None,
+    warnings: list[str],
+    reference: ir.Table | None,
+    label: str,
+) -> ir.Table:
+    """``rows`` plus ``fw_drop``: the plan's filter ``rule``, duplicates also against
+    ``reference`` (rows kept already, named as rows of ``label``). Raises CycleError when the
+    rule cannot be evaluated."""
+    kind = rule.rule
+    try:
+        if kind == "exact_dedup":
+            return exact_duplicate_stage(
+                rows, keep, engine.dialect, reference=reference, reference_label=label
+            )
+        if kind == "near_dedup":
+            return near_duplicate_stage(
+                engine,
+                rows,
+                threshold=rule.threshold,
+                keep=rule.keep,
+                reference=reference,
+                reference_label=label,
+            )
+        if kind == "decontamination":
+            items = _eval_items(engine, eval_items, list(rule.eval_sets), warnings)
+            if items is None:
+                return rows.mutate(**{_DROP: ibis.null("string")})
+            return contamination_stage(
+                engine,
+                rows,
+                items,
+                ngram=rule.ngram,
+                threshold=rule.threshold,
+                eval_sets=list(rule.eval_sets),
+            )
+        return row_rule_stage(rows, rule, engine.dialect)
+    except ValueError as exc:
+        raise CycleError(f"The plan's {kind} filter cannot run: {exc}.") from None
 
 
 def _eval_items(
@@ -266,11 +491,12 @@ def run_on_duckdb(
     rows: str = "cycle_rows",
     events: str = "consent_events",
     eval_items: str | None = "eval_items",
+    parent: ParentRows | None = None,
 ) -> PortableRun:
     """Run the stages in DuckDB over the connection's tables or views (see
     ``portable_stages``), compiled to DuckDB's SQL. Defines core.quality's stage functions on
     ``con``, as ``cycle run`` does."""
-    return portable_stages(DuckDBEngine(con), plan, rows, events, eval_items)
+    return portable_stages(DuckDBEngine(con), plan, rows, events, eval_items, parent)
 
 
 def run_on_spark(
@@ -279,11 +505,12 @@ def run_on_spark(
     rows: str = "cycle_rows",
     events: str = "consent_events",
     eval_items: str | None = "eval_items",
+    parent: ParentRows | None = None,
 ) -> PortableRun:
     """The same stages on Spark, over the session's tables or temporary views, through Ibis'
     PySpark backend. The code-parsing rule runs Python's parser in a UDF: the workers must
     import ``core`` (``spark_session`` sees to it locally; ship the package to a cluster)."""
-    return portable_stages(SparkEngine(session), plan, rows, events, eval_items)
+    return portable_stages(SparkEngine(session), plan, rows, events, eval_items, parent)
 
 
 def spark_session(app_name: str = "flywheel") -> Any:

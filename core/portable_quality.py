@@ -60,10 +60,13 @@ __all__ = [
     "Engine",
     "SparkEngine",
     "contamination_stage",
+    "exact_duplicate_stage",
+    "exact_text_key",
     "java_regex",
     "language_of",
     "near_duplicate_pairs",
     "near_duplicate_stage",
+    "near_duplicates_in_reference",
     "pii_stage",
     "redacted",
     "respelled",
@@ -472,6 +475,50 @@ def row_rule_stage(rows: ir.Table, rule: Any, dialect: Dialect) -> ir.Table:
     return rows.mutate(**{_DROP: ibis.ifelse(drop, detail, ibis.null("string"))})
 
 
+def exact_duplicate_stage(
+    rows: ir.Table,
+    keep: Literal["earliest", "best_rated"],
+    dialect: Dialect,
+    *,
+    reference: ir.Table | None = None,
+    reference_label: str = "",
+) -> ir.Table:
+    """core.quality's exact_duplicate_stage in expressions the dialect runs: the same groups,
+    tie-breaks and reasons. ``reference`` (``key``, ``prompt``, ``response``: rows kept
+    already, e.g. those a cycle carries from its parent version) goes first, as there; rows
+    are matched to it on their normalised texts (``exact_text_key``), since the store's
+    ``fw_exact_key`` macro is DuckDB's alone."""
+    keyed = None
+    if reference is not None:
+        keyed = reference.select(
+            "key", exact_key=quality.exact_key(reference.prompt, reference.response)
+        )
+    verdict = quality.exact_duplicate_stage(
+        rows, keep, reference=keyed, reference_label=reference_label
+    )
+
+    def text_keys(node: Any, children: dict[str, Any] | None) -> Any:
+        current = node.copy(**children) if children else node
+        if isinstance(current, ops.ScalarUDF) and current.__func_name__ == "fw_exact_key":
+            prompt, response = current.args
+            return exact_text_key(prompt.to_expr(), response.to_expr()).op()
+        return current
+
+    return respelled(verdict.op().replace(text_keys).to_expr(), dialect)
+
+
+def exact_text_key(prompt: ir.StringValue, response: ir.StringValue) -> ir.StringValue:
+    """The key two rows share exactly when their normalised prompts and responses are equal
+    (core.quality's ``exact_key`` without the macro): the normalised prompt's length, then
+    both texts, so that no two pairs of texts run together into one key."""
+    normal_prompt = quality.normalised_text(prompt)
+    return (
+        normal_prompt.length()
+        .cast("string")
+        .concat(":", normal_prompt, quality.normalised_text(response))
+    )
+
+
 # -- running on an engine -------------------------------------------------------------------------
 
 
@@ -640,9 +687,45 @@ def near_duplicate_pairs(
     similarity is at least ``threshold``, found as core.quality's near_duplicate_pairs finds
     them: one-permutation MinHash, LSH bands anchored on filled bins (a candidate shares at
     least two), then the exact check."""
+    bands, rows = _band_shape(threshold, num_perm)
+    signatures = _band_signatures(sets, dialect, bands=bands, rows=rows, num_perm=num_perm)
+    left, right = signatures, signatures.view()
+    shared = left.join(
+        right, [left.band == right.band, left.s == right.s, left.id < right.id]
+    ).select(a=left.id, b=right.id)
+    return _verified(shared, sets, sets.view(), threshold)
+
+
+def near_duplicates_in_reference(
+    sets: ir.Table,
+    reference: ir.Table,
+    dialect: Dialect,
+    *,
+    threshold: float,
+    num_perm: int = _NUM_PERM,
+) -> ir.Table:
+    """(a, b, j): each pair of a set of ``sets`` (``a``) and one of ``reference`` (``b``, sets
+    of rows kept already) whose exact Jaccard similarity is at least ``threshold``, with the
+    bands, candidates and check of ``near_duplicate_pairs`` (core.quality's
+    near_duplicates_in_reference): a new row and a kept one are paired exactly when the two
+    would be in one table. Pairs within either side are not looked for."""
+    bands, rows = _band_shape(threshold, num_perm)
+    new = _band_signatures(sets, dialect, bands=bands, rows=rows, num_perm=num_perm)
+    kept = _band_signatures(reference, dialect, bands=bands, rows=rows, num_perm=num_perm)
+    shared = new.join(kept, [new.band == kept.band, new.s == kept.s]).select(a=new.id, b=kept.id)
+    return _verified(shared, sets, reference, threshold)
+
+
+def _band_shape(threshold: float, num_perm: int) -> tuple[int, int]:
     if num_perm != _NUM_PERM:
         raise ValueError(f"the portable MinHash uses {_NUM_PERM} bins")
-    bands, rows = quality.band_parameters(threshold, num_perm)
+    return quality.band_parameters(threshold, num_perm)
+
+
+def _band_signatures(
+    sets: ir.Table, dialect: Dialect, *, bands: int, rows: int, num_perm: int
+) -> ir.Table:
+    """(id, band, s): the LSH band signatures of each set of ``sets``."""
     flat = sets.select("id", h=sets.s.unnest())
     minhash = flat.group_by(["id", (flat.h & (num_perm - 1)).cast("int64").name("bin")]).aggregate(
         v=(flat.h >> _BIN_BITS).min()
@@ -681,15 +764,14 @@ def near_duplicate_pairs(
     circular = firsts.select(
         "id", "s", band=ibis.range(firsts.top + 1, bands).unnest().cast("int64")
     )
-    signatures = own.union(circular)
+    return own.union(circular)
 
-    left, right = signatures, signatures.view()
-    shared = left.join(
-        right, [left.band == right.band, left.s == right.s, left.id < right.id]
-    ).select(a=left.id, b=right.id)
+
+def _verified(shared: ir.Table, x: ir.Table, y: ir.Table, threshold: float) -> ir.Table:
+    """(a, b, j): the pairs of ``shared`` (a of sets ``x``, b of ``y``; a row per band they
+    agree on) that agree on at least two bands and whose exact Jaccard similarity is at least
+    ``threshold``."""
     candidates = shared.group_by(["a", "b"]).aggregate(n=ibis._.count()).filter(ibis._.n >= 2)
-
-    x, y = sets, sets.view()
     sized = (
         candidates.join(x, candidates.a == x.id)
         .join(y, candidates.b == y.id)
@@ -717,16 +799,37 @@ def near_duplicate_stage(
     threshold: float,
     keep: Literal["earliest", "best_rated"],
     k: int = 3,
+    reference: ir.Table | None = None,
+    reference_label: str = "",
 ) -> ir.Table:
     """core.quality's near_duplicate_stage on any engine: ``rows`` plus ``fw_drop`` naming the
     kept twin of each near-duplicate (word k-gram Jaccard ≥ ``threshold``). Rows are taken in
-    ``keep`` order and a row is dropped when it is a near-duplicate of one already kept."""
+    ``keep`` order and a row is dropped when it is a near-duplicate of one already kept.
+
+    ``reference`` holds rows kept already (``key``, ``prompt``, ``response``: those a cycle
+    carries from its parent version), whose MinHash signatures are computed here as the rows'
+    are: they count as kept before any of ``rows``, and a row near one of them is dropped
+    naming it ("near-duplicate of <reference_label> row <key> (Jaccard 0.87)")."""
     sets = engine.keep(shingle_sets(rows, engine.dialect, k=k))
     pairs = engine.fetch(near_duplicate_pairs(sets, engine.dialect, threshold=threshold))
     neighbours: dict[str, list[tuple[float, str]]] = {}
-    for a, b, j in zip(*(pairs.column(c).to_pylist() for c in ("a", "b", "j")), strict=True):
-        neighbours.setdefault(a, []).append((float(j), b))
-        neighbours.setdefault(b, []).append((float(j), a))
+    for a, b, j in _pair_rows(pairs):
+        neighbours.setdefault(a, []).append((j, b))
+        neighbours.setdefault(b, []).append((j, a))
+    named: dict[str, str] = {}
+    if reference is not None:
+        kept = reference.select(
+            interaction_id=reference.key, prompt=reference.prompt, response=reference.response
+        )
+        kept_sets = engine.keep(shingle_sets(kept, engine.dialect, k=k))
+        outside = engine.fetch(
+            near_duplicates_in_reference(sets, kept_sets, engine.dialect, threshold=threshold)
+        )
+        # A reference key is marked so that it cannot equal a row's id (as in core.quality).
+        for a, b, j in _pair_rows(outside):
+            marked = f"\x00{b}"
+            named[marked] = f"{reference_label} row {b}"
+            neighbours.setdefault(a, []).append((j, marked))
     drops: list[tuple[str, str]] = []
     if neighbours:
         members = engine.small_table(pa.table({"fw_id": pa.array(sorted(neighbours), pa.string())}))
@@ -743,8 +846,16 @@ def near_duplicate_stage(
                 strict=True,
             )
         )
-        drops = quality.keep_first((member for _, member in by_rank), neighbours)
+        drops = quality.keep_first((member for _, member in by_rank), neighbours, named)
     return _with_drops(engine, rows, drops)
+
+
+def _pair_rows(pairs: pa.Table) -> list[tuple[str, str, float]]:
+    """(a, b, j) of each fetched pair."""
+    return [
+        (str(a), str(b), float(j))
+        for a, b, j in zip(*(pairs.column(c).to_pylist() for c in ("a", "b", "j")), strict=True)
+    ]
 
 
 # -- decontamination ------------------------------------------------------------------------------

@@ -533,7 +533,9 @@ def keep_order(rows: ir.Table, keep: Literal["earliest", "best_rated"]) -> list[
     return [rating.desc(), *earliest]
 
 
-def _normalised(value: ir.StringValue) -> ir.StringValue:
+def normalised_text(value: ir.StringValue) -> ir.StringValue:
+    """A text lower-cased with its whitespace collapsed and trimmed, as an Ibis expression
+    (``normalised_text_sql`` in SQL): what exact duplicates compare."""
     needs = value.re_search(r"\s\s|[\t\n\r\f\v]|^\s|\s$")
     collapsed = value.re_replace(r"\s+", " ").strip()
     return ibis.ifelse(needs, collapsed, value).lower()
@@ -645,8 +647,8 @@ def exact_duplicate_stage(
         "ts",
         "feedback",
         "accepted",
-        fw_kp=_normalised(base.prompt),
-        fw_kr=_normalised(base.response),
+        fw_kp=normalised_text(base.prompt),
+        fw_kr=normalised_text(base.response),
     )
     keys = ["fw_kp", "fw_kr"]
     repeated = keyed.group_by(keys).aggregate(fw_n=ibis._.count()).filter(ibis._.fw_n > 1).view()

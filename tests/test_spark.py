@@ -219,16 +219,20 @@ def _workspace(store: Store, tmp: Path) -> tuple[str, Plan]:
     return plan_id, plan
 
 
-def _window_tables(store: Store, plan: Plan) -> dict[str, pa.Table]:
+CYCLE_ROW_COLUMNS = ", ".join(
+    "'{}' AS cell_key"
+    if c == "cell_key"
+    else ("metadata::VARCHAR AS metadata" if c == "metadata" else c)
+    for c in quality.CYCLE_ROW_SCHEMA.names
+)
+"""The select list of a cycle row over the store's interactions (the cell is not compared)."""
+
+
+def _window_tables(store: Store, plan: Plan, cycle: int = 2) -> dict[str, pa.Table]:
     """The cycle's rows (as ``cycle run`` reads its window), the consent ledger, the eval
     items."""
-    start, end = cycle_window(plan, 2)
-    columns = ", ".join(
-        "'{}' AS cell_key"
-        if c == "cell_key"
-        else ("metadata::VARCHAR AS metadata" if c == "metadata" else c)
-        for c in quality.CYCLE_ROW_SCHEMA.names
-    )
+    start, end = cycle_window(plan, cycle)
+    columns = CYCLE_ROW_COLUMNS
     with store.connect() as con:
         rows = con.sql(
             f"SELECT {columns} FROM interactions WHERE ts >= ? AND ts < ?", params=[start, end]
