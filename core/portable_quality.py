@@ -20,7 +20,11 @@ same rows with the same reasons. What the two engines spell differently is chose
   letters ``v`` and ``f``, it compiles ``bit_xor`` for DuckDB only, and it writes DuckDB
   lambdas in the arrow syntax DuckDB 2.0 takes only when asked (``DuckDBEngine`` asks, and
   puts the setting back). ``respelled`` carries core.quality's own expressions (exact
-  duplicates, row rules) over to Spark.
+  duplicates, row rules) over to Spark;
+- macros of the store: exact duplicates of rows kept already (a parent version's, which
+  ``cycle run`` reads as stored ``fw_exact_key`` sketches) are matched on their normalised
+  texts (``exact_text_key``), and their MinHash signatures are computed here as the new rows'
+  are (``near_duplicates_in_reference``).
 
 Validators (Luhn, ISO 13616 mod 97, phone digit counts, IPv6 groups) are array and string
 expressions, no Python: mod 97 of a number of up to 72 digits is folded nine digits at a time.
