@@ -21,6 +21,7 @@ from core import quality
 from core.access import local_operator
 from core.cycles import cycle_window, run_cycle
 from core.datasets import get_version
+from core.errors import CycleError
 from core.ingest import ingest_file
 from core.plan import FieldCondition, Plan
 from core.plan_versions import load_plan
@@ -240,3 +241,14 @@ def test_carried_rows_are_kept_and_removed_as_cycle_run_does(
     )
     assert {"i-012", "i-014", "i-018"} <= set(cycle_carried)
     assert "n-122" in cycle_new  # its twin i-013 was not carried (u-1 withdrew)
+
+
+def test_a_missing_parent_table_is_one_clear_error(store: Store, tmp_path: Path) -> None:
+    plan_id = build_workspace(store, tmp_path, [interaction(n) for n in range(8)])
+    plan, _ = load_plan(store, plan_id)
+    duck = duckdb.connect()
+    for name, table in _window_tables(store, plan).items():
+        duck.register(name, table)
+    parent = ParentRows("ds-x-c1-v1", datetime(2027, 2, 7, tzinfo=UTC), table="no_such_rows")
+    with pytest.raises(CycleError, match="no table or view 'no_such_rows'"):
+        run_on_duckdb(duck, plan, parent=parent)
