@@ -46,7 +46,7 @@ def build(path: Path, rows: int, users: int) -> None:
         con.execute(
             "INSERT INTO dataset_rows SELECT 'ds-1', interaction_id, 'production',"
             " interaction_id, user_id, '{}', 'train', NULL, prompt, response,"
-            " md5(interaction_id) FROM interactions"
+            " md5(interaction_id), 1, 'ds-1', NULL FROM interactions"
         )
         con.execute(
             "INSERT INTO dataset_versions VALUES ('ds-1', 'p', 1, 1, 1, NULL, 'run', 'sha',"

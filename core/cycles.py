@@ -44,7 +44,7 @@ from core import clock as action_clock
 from core import quality
 from core.access import User, require
 from core.audit import record_audit
-from core.consent import eligible_interactions
+from core.consent import consented_since_sql, eligible_interactions
 from core.datasets import canonical_jsonl
 from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
@@ -498,7 +498,8 @@ def _carry(
         f"CREATE OR REPLACE TEMP TABLE {_CARRIED} (row_key VARCHAR, source VARCHAR,"
         " interaction_id VARCHAR, user_id VARCHAR, batch_id VARCHAR, cell_key VARCHAR,"
         " system VARCHAR, prompt VARCHAR, response VARCHAR, ts TIMESTAMPTZ, rating INTEGER,"
-        " origin_cycle INTEGER, origin_version VARCHAR, split VARCHAR)"
+        " origin_cycle INTEGER, origin_version VARCHAR, split VARCHAR, text_md5 VARCHAR,"
+        " fw_changed BOOLEAN)"
     )
     _pool(con, plan_id)
     if parent is None:
@@ -507,14 +508,15 @@ def _carry(
         )
     label = parent.version_id
     stored = _count(con, "SELECT count(*) FROM dataset_rows WHERE version_id = ?", [label])
+    # A view, not a copy: the checks read a few columns of it each, and only the rows that
+    # pass are copied, once.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_CARRY_ROWS} AS SELECT {_row_columns(plan)},"
+        f"CREATE OR REPLACE TEMP VIEW {_CARRY_ROWS} AS SELECT {_row_columns(plan)},"
         " fw_origin_cycle, fw_origin_version, fw_split FROM (SELECT i.*,"
         " d.origin_cycle AS fw_origin_cycle, d.origin_version AS fw_origin_version,"
         " d.split AS fw_split FROM interactions i JOIN (SELECT interaction_id AS fw_id,"
-        " origin_cycle, origin_version, split FROM dataset_rows WHERE version_id = $v"
-        " AND source = 'production') d ON i.interaction_id = d.fw_id)",
-        {"v": label},
+        " origin_cycle, origin_version, split FROM dataset_rows WHERE version_id ="
+        f" {sql_string(label)} AND source = 'production') d ON i.interaction_id = d.fw_id)"
     )
 
     def remove(sql: str, rule: str, params: Any = ()) -> None:
@@ -540,12 +542,21 @@ def _carry(
     def alive() -> ir.Table:
         return rows.anti_join(removed, "interaction_id")
 
-    verdict = consent_stage(alive(), _events())
+    # Consent: the per-user rule (ts ≥ the grant that still counts) finds the few rows that
+    # lost it; consent_stage words why, as for the window's rows.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE fw_carry_unconsented AS SELECT c.* FROM {_CARRY_ROWS} c"
+        f" LEFT JOIN ({consented_since_sql()}) g USING (user_id)"
+        " WHERE g.since IS NULL OR c.ts < g.since",
+        {"scope": "training"},
+    )
+    verdict = consent_stage(ibis.table(schema, name="fw_carry_unconsented"), _events())
     remove(
         f"SELECT interaction_id, user_id, fw_drop AS fw_why FROM ({_sql(verdict)})"
         " WHERE fw_drop IS NOT NULL",
         "consent",
     )
+    con.execute("DROP TABLE fw_carry_unconsented")
     days = raw_text_retention_days(plan)
     remove(
         f"SELECT interaction_id, user_id, 'older than the plan''s raw-text retention ({days}"
@@ -580,17 +591,13 @@ def _carry(
         con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
     checked = _pii_stage(alive(), fresh)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE fw_cycle_carry_pii AS {_sql(checked)}",
-    )
-    redacted_again = _count(con, "SELECT count(*) FROM fw_cycle_carry_pii WHERE fw_changed")
-    con.execute(
         f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
         " batch_id, cell_key, system, prompt, response, ts, (coalesce(feedback = 'up', false))"
         "::INTEGER * 4 + coalesce(accepted, false)::INTEGER * 2"
         " - coalesce(feedback = 'down', false)::INTEGER, fw_origin_cycle, fw_origin_version,"
-        " fw_split FROM fw_cycle_carry_pii"
+        f" fw_split, md5(prompt || chr(31) || response), fw_changed FROM ({_sql(checked)})"
     )
-    con.execute("DROP TABLE fw_cycle_carry_pii")
+    redacted_again = _count(con, f"SELECT count(*) FROM {_CARRIED} WHERE fw_changed")
     # Synthetic rows: carried while their item is still a valid example of the plan.
     remove(
         "SELECT row_key AS interaction_id, NULL AS user_id, 'its synthetic item is no longer"
@@ -602,12 +609,12 @@ def _carry(
     )
     con.execute(
         f"INSERT INTO {_CARRIED} SELECT d.row_key, 'synthetic', NULL, NULL, NULL, p.cell_key,"
-        " NULL, p.prompt, p.response, NULL, NULL, d.origin_cycle, d.origin_version, d.split"
-        f" FROM dataset_rows d JOIN {_POOL} p USING (row_key) WHERE d.version_id = $v"
-        " AND d.source = 'synthetic'",
+        " NULL, p.prompt, p.response, NULL, NULL, d.origin_cycle, d.origin_version, d.split,"
+        f" md5(p.prompt || chr(31) || p.response), false FROM dataset_rows d JOIN {_POOL} p"
+        " USING (row_key) WHERE d.version_id = $v AND d.source = 'synthetic'",
         {"v": label},
     )
-    con.execute(f"DROP TABLE IF EXISTS {_CARRY_ROWS}")
+    con.execute(f"DROP VIEW IF EXISTS {_CARRY_ROWS}")
     by_rule = {
         str(rule): int(n)
         for rule, n in con.execute(
@@ -652,28 +659,22 @@ def _pool(con: duckdb.DuckDBPyConnection, plan_id: str) -> None:
     )
 
 
-def _reference_sketches(con: duckdb.DuckDBPyConnection) -> None:
-    """``_REFERENCE`` (key, s, exact_key): the carried rows' sketches, read from the store;
-    a carried row without one under this engine (its text was redacted again, or it was
-    written before sketches) is sketched now and kept with the new version."""
-    texts = f"SELECT *, md5(prompt || chr(31) || response) AS text_md5 FROM {_CARRIED}"
+def _reference_sketches(con: duckdb.DuckDBPyConnection, threshold: float) -> None:
+    """``_REFERENCE`` (key, exact_key, s, sig, band_params): the carried rows' sketches, read
+    from the store; a carried row without one under this engine (its text was redacted again,
+    or it was written before sketches) is sketched now, and kept for the cycles after."""
     missing = (
-        f"SELECT * FROM ({texts}) c WHERE NOT EXISTS (SELECT 1 FROM dataset_row_sketches k"
+        f"SELECT * FROM {_CARRIED} c WHERE NOT EXISTS (SELECT 1 FROM dataset_row_sketches k"
         " WHERE k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine)"
     )
+    _store_sketches(con, missing, {"engine": quality.SKETCH_ENGINE}, threshold)
     con.execute(
-        f"INSERT INTO dataset_row_sketches {quality.sketch_sql(missing)}",
+        f"CREATE OR REPLACE TEMP TABLE {_REFERENCE} AS SELECT c.row_key AS key, k.exact_key,"
+        f" k.shingles AS s, k.signatures AS sig, k.band_params FROM {_CARRIED} c"
+        " JOIN dataset_row_sketches k ON k.row_key = c.row_key AND k.text_md5 = c.text_md5"
+        " AND k.engine = $engine",
         {"engine": quality.SKETCH_ENGINE},
     )
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_REFERENCE} AS SELECT c.row_key AS key,"
-        " k.shingles AS s, k.exact_key FROM (" + texts + ") c JOIN dataset_row_sketches k"
-        " ON k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine",
-        {"engine": quality.SKETCH_ENGINE},
-    )
-
-
-# -- the run -------------------------------------------------------------------------------------
 
 
 def _check_can_run(store: Store, plan: Plan, plan_id: str, version: int, cycle: int) -> None:
@@ -764,7 +765,7 @@ def _run_cycle(
         if parent is not None:
             ctx.reference = _REFERENCE
             ctx.reference_label = parent.version_id
-            _reference_sketches(con)
+            _reference_sketches(con, _near_threshold(plan))
 
         # 1. the window
         report(1 / total_steps, "Collecting the cycle's window…")
@@ -1092,7 +1093,9 @@ def _mix(
     pool = _count(con, f"SELECT count(*) FROM {_POOL}")
     # Production candidates: the carried rows and this cycle's new ones, in one table.
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE fw_cycle_candidates AS"
+        # A view: the retirement order reads a few columns of every candidate, and only the
+        # rows kept are copied, into the dataset.
+        "CREATE OR REPLACE TEMP VIEW fw_cycle_candidates AS"
         f" SELECT * EXCLUDE (split), split AS fw_split FROM {_CARRIED} WHERE source = 'production'"
         " UNION ALL BY NAME SELECT interaction_id AS row_key, 'production' AS source,"
         " interaction_id, user_id, batch_id, cell_key, system, prompt, response, ts,"
@@ -1199,7 +1202,8 @@ def _mix(
             "replace": plan.goal.production_system == "plan",
         },
     )
-    for temp in ("fw_cycle_candidates", "fw_cycle_keep", "fw_cycle_synthetic"):
+    con.execute("DROP VIEW IF EXISTS fw_cycle_candidates")
+    for temp in ("fw_cycle_keep", "fw_cycle_synthetic"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     retired = total_production - keep_production + retired_synthetic
     rows_in = production + carried.rows_out
@@ -1236,11 +1240,11 @@ def _split(con: duckdb.DuckDBPyConnection, share: float) -> int:
         "CREATE OR REPLACE TEMP TABLE fw_cycle_split AS WITH c AS (SELECT *, md5(row_key)"
         f" AS sort_key FROM {_DATASET}), cells AS (SELECT cell_key,"
         " floor(count(*) * $share + 0.5) - count(*) FILTER (WHERE fw_split = 'validation')"
-        " AS wanted FROM c GROUP BY cell_key)"
-        " SELECT c.* EXCLUDE (fw_split), CASE WHEN c.fw_split IS NOT NULL THEN c.fw_split"
-        " WHEN row_number() OVER (PARTITION BY c.cell_key, c.fw_split IS NULL"
-        " ORDER BY c.sort_key, c.row_key) <= cells.wanted THEN 'validation' ELSE 'train' END"
-        " AS split FROM c JOIN cells USING (cell_key)",
+        " AS wanted FROM c GROUP BY cell_key), fresh AS (SELECT row_key, row_number() OVER"
+        " (PARTITION BY cell_key ORDER BY sort_key, row_key) AS n FROM c WHERE fw_split IS NULL)"
+        " SELECT c.* EXCLUDE (fw_split), coalesce(c.fw_split, CASE WHEN f.n <= cells.wanted"
+        " THEN 'validation' ELSE 'train' END) AS split FROM c JOIN cells USING (cell_key)"
+        " LEFT JOIN fresh f USING (row_key)",
         {"share": share},
     )
     con.execute(f"DROP TABLE {_DATASET}")
@@ -1377,24 +1381,50 @@ def _write_version(
         f" FROM {_DATASET}",
         {"v": version_id, "cycle": cycle},
     )
-    sketch_version(con, version_id)
+    sketch_version(con, version_id, _near_threshold(plan))
     return version_id, sha, True
 
 
-def sketch_version(con: duckdb.DuckDBPyConnection, version_id: str) -> None:
+def _near_threshold(plan: Plan) -> float:
+    """The near-duplicate threshold the plan's pipeline runs (its own rule, else the default)."""
+    return float(next(r.threshold for r, _ in pipeline_rules(plan) if r.rule == "near_dedup"))
+
+
+def sketch_version(con: duckdb.DuckDBPyConnection, version_id: str, threshold: float) -> None:
     """Store the sketch of each row of a version that has none yet (under this engine): the
-    exact-duplicate key and word 3-gram hashes that later cycles, which carry these rows,
-    compare their new rows against instead of cutting the rows' texts again. Needs the
+    exact-duplicate key, the word 3-gram hashes and their LSH band signatures for the
+    near-duplicate ``threshold``, which later cycles, carrying these rows, read to compare
+    their new rows against instead of cutting and hashing the rows' texts again. Needs the
     macros of ``quality.install_stage_functions``."""
     texts = (
         "SELECT * FROM dataset_rows d WHERE version_id = $v AND NOT EXISTS (SELECT 1 FROM"
         " dataset_row_sketches k WHERE k.row_key = d.row_key AND k.text_md5 = d.text_md5"
         " AND k.engine = $engine)"
     )
+    _store_sketches(con, texts, {"v": version_id, "engine": quality.SKETCH_ENGINE}, threshold)
+
+
+def _store_sketches(
+    con: duckdb.DuckDBPyConnection, rows: str, params: dict[str, Any], threshold: float
+) -> None:
+    """Sketch the rows of query ``rows`` (bound with ``params``) into dataset_row_sketches:
+    exact key, shingles, and band signatures for ``threshold``."""
     con.execute(
-        f"INSERT INTO dataset_row_sketches {quality.sketch_sql(texts)}",
-        {"v": version_id, "engine": quality.SKETCH_ENGINE},
+        "CREATE OR REPLACE TEMP TABLE fw_sketch AS SELECT * EXCLUDE (shingles), shingles AS s"
+        f" FROM ({quality.sketch_sql(rows)})",
+        params,
     )
+    try:
+        quality.band_signature_lists(con, "fw_sketch", "fw_sketch_sig", threshold=threshold)
+        con.execute(
+            "INSERT INTO dataset_row_sketches BY NAME SELECT k.* EXCLUDE (s), k.s AS shingles,"
+            " $params AS band_params, g.sig AS signatures FROM fw_sketch k"
+            " LEFT JOIN fw_sketch_sig g ON g.id = k.rowid",
+            {"params": quality.band_params(threshold)},
+        )
+    finally:
+        con.execute("DROP TABLE IF EXISTS fw_sketch_sig")
+        con.execute("DROP TABLE IF EXISTS fw_sketch")
 
 
 def _system_lineage(con: duckdb.DuckDBPyConnection, plan: Plan) -> dict[str, Any]:

@@ -276,6 +276,31 @@ def _similarity_sql(verify: Literal["exact", "estimate"], shift: int) -> str:
     return f"(2 * {filled} - len(list_distinct({both}))) / {filled}"
 
 
+def band_params(threshold: float, num_perm: int = 128) -> str:
+    """What names a banding: stored band signatures count only under the same one."""
+    bands, rows = band_parameters(threshold, num_perm)
+    return f"minhash {num_perm} bins, {bands} bands of {rows}"
+
+
+def band_signature_lists(
+    con: duckdb.DuckDBPyConnection, sets: str, out: str, *, threshold: float, num_perm: int = 128
+) -> None:
+    """Create temp table ``out`` of (id, sig): each text of table ``sets`` (rowid, and ``s``
+    its sorted distinct shingle hashes) with its LSH band signatures as a list, band j at
+    index j + 1; a text without shingles has none. What a sketch stores so that a later run
+    reads the signatures instead of computing them again."""
+    bands, rows = band_parameters(threshold, num_perm)
+    flat = f"{out}_flat"
+    try:
+        _band_signatures(con, sets, flat, num_perm=num_perm, bands=bands, rows=rows)
+        con.execute(
+            f"CREATE TEMP TABLE {out} AS SELECT id, list(s ORDER BY band) AS sig FROM {flat}"
+            " GROUP BY id"
+        )
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {flat}")
+
+
 def near_duplicates_in_reference(
     con: duckdb.DuckDBPyConnection,
     source: str,
@@ -287,19 +312,22 @@ def near_duplicates_in_reference(
     """Every pair of a text of ``source`` and one of ``reference`` whose Jaccard similarity is
     at least ``threshold``: ``id_a`` is the source's ``key``, ``id_b`` the reference's.
 
-    Both are table or view names with columns ``key`` and ``s`` (a text's shingle hashes,
-    UINTEGER[], as ``word_trigrams_sql`` cuts them; the reference's sorted and distinct, as
-    stored sketches keep them). The same bands, candidates and verification as
-    ``near_duplicate_pairs``, so a new text and a kept one are paired exactly when the two
-    would be in one table; pairs within either side are not looked for.
+    ``source`` is a table or view with columns ``key`` and ``s`` (a text's shingle hashes,
+    UINTEGER[], as ``word_trigrams_sql`` cuts them). ``reference`` is a table with ``key``,
+    ``s`` (sorted and distinct, as stored sketches keep them), ``sig`` and ``band_params``:
+    band signatures stored with the sketch (``band_signature_lists``), read as they are when
+    made under this banding and computed here otherwise. The same bands, candidates and
+    verification as ``near_duplicate_pairs``, so a new text and a kept one are paired exactly
+    when the two would be in one table; pairs within either side are not looked for.
     """
     if not 0 < threshold <= 1:
         raise ValueError("threshold must lie in (0, 1]")
     prefix = f"__ndr{next(_counter)}"
     bands, rows = band_parameters(threshold, num_perm)
     shift = 32 - (num_perm.bit_length() - 1)
-    new_sets, ref_sets, new_sig, ref_sig, candidates = (
-        f"{prefix}_{n}" for n in ("nsets", "rsets", "nsig", "rsig", "cand")
+    ref = sql_identifier(reference)
+    new_sets, new_sig, rest, rest_sig, ref_sig, candidates = (
+        f"{prefix}_{n}" for n in ("nsets", "nsig", "rest", "rsig", "refsig", "cand")
     )
     try:
         con.execute(
@@ -307,12 +335,21 @@ def near_duplicates_in_reference(
             " lambda s: list_filter(s, lambda x, i: i = 1 OR x <> s[i - 1]))[1] AS s"
             f" FROM {sql_identifier(source)} WHERE s IS NOT NULL"
         )
-        con.execute(
-            f"CREATE TEMP TABLE {ref_sets} AS SELECT key, s FROM {sql_identifier(reference)}"
-            " WHERE s IS NOT NULL"
-        )
         _band_signatures(con, new_sets, new_sig, num_perm=num_perm, bands=bands, rows=rows)
-        _band_signatures(con, ref_sets, ref_sig, num_perm=num_perm, bands=bands, rows=rows)
+        # The reference's signatures: stored ones as they are, the others computed now.
+        current = sql_string(band_params(threshold, num_perm))
+        con.execute(
+            f"CREATE TEMP TABLE {rest} AS SELECT rowid AS ref_id, s FROM {ref}"
+            f" WHERE s IS NOT NULL AND (sig IS NULL OR band_params IS DISTINCT FROM {current})"
+        )
+        _band_signatures(con, rest, rest_sig, num_perm=num_perm, bands=bands, rows=rows)
+        con.execute(
+            f"CREATE TEMP TABLE {ref_sig} AS SELECT rowid AS id, unnest(sig) AS s,"
+            " generate_subscripts(sig, 1) - 1 AS band FROM"
+            f" {ref} WHERE sig IS NOT NULL AND band_params = {current}"
+            f" UNION ALL SELECT r.ref_id, g.s, g.band FROM {rest_sig} g"
+            f" JOIN {rest} r ON r.rowid = g.id"
+        )
         con.execute(
             f"CREATE TEMP TABLE {candidates} AS SELECT a.id AS a, b.id AS b FROM {new_sig} a"
             f" JOIN {ref_sig} b ON a.band = b.band AND a.s = b.s"
@@ -321,12 +358,12 @@ def near_duplicates_in_reference(
         found = con.execute(
             "SELECT ka, kb, j FROM (SELECT x.key AS ka, y.key AS kb,"
             f" {_similarity_sql('exact', shift)} AS j FROM {candidates} c"
-            f" JOIN {new_sets} x ON x.rowid = c.a JOIN {ref_sets} y ON y.rowid = c.b)"
+            f" JOIN {new_sets} x ON x.rowid = c.a JOIN {ref} y ON y.rowid = c.b)"
             " WHERE j >= ? ORDER BY j DESC, 1, 2",
             [threshold - 1e-12],
         ).fetchall()
     finally:
-        for table in (candidates, ref_sig, new_sig, ref_sets, new_sets):
+        for table in (candidates, ref_sig, rest_sig, rest, new_sig, new_sets):
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return [NearDuplicatePair(a, b, float(j)) for a, b, j in found]
 

@@ -18,5 +18,7 @@ CREATE TABLE dataset_row_sketches (
     user_id VARCHAR,
     exact_key VARCHAR NOT NULL,            -- md5 of the normalised prompt and response
     shingles UINTEGER[] NOT NULL,          -- word 3-gram hashes, sorted and distinct
-    engine VARCHAR NOT NULL                -- what hashed them (a sketch counts only there)
+    engine VARCHAR NOT NULL,               -- what hashed them (a sketch counts only there)
+    band_params VARCHAR,                   -- the MinHash/LSH banding the signatures are for
+    signatures UBIGINT[]                   -- one LSH band signature per band (NULL: no shingle)
 );
