@@ -243,8 +243,13 @@ def table(
     keep_in_view = set(pinned)
     for column in frame.columns:
         if column not in config:
+            # A text column is capped at medium width (its full text on hover): one long
+            # value, a rule's parameters or a reason, no longer pushes the others off-screen.
+            text = frame[column].dtype == object
             config[column] = st.column_config.Column(
-                label(column), pinned=column in keep_in_view or None
+                label(column),
+                width="medium" if text else None,
+                pinned=column in keep_in_view or None,
             )
     options.setdefault("hide_index", True)
     options.setdefault("width", "stretch")

@@ -15,7 +15,8 @@ from core.audit import (
     audit_entries,
     audit_span,
 )
-from pages._common import get_store, guarded, page_header
+from core.labels import label
+from pages._common import get_store, guarded, page_header, table
 
 page_header("Audit")
 store = get_store()
@@ -79,11 +80,10 @@ st.download_button(
     icon=":material/download:",
     disabled=not entries,
 )
-st.dataframe(
+# The detail as "Key: value" text, not a JSON blob (core.labels.show).
+table(
     pd.DataFrame([e.__dict__ for e in entries[:5000]]),
-    hide_index=True,
-    width="stretch",
-    column_config={"detail": st.column_config.JsonColumn("detail")},
+    column_config={"detail": st.column_config.TextColumn(label("detail"), width="large")},
 )
 if len(entries) > 5000:
     st.caption("Showing the newest 5,000; the CSV holds them all.")

@@ -183,15 +183,10 @@ table(
             "version_id": v.version_id,
             "cycle": v.cycle,
             "rows": v.rows_now,
-            "train_rows": v.train_rows,
-            "validation_rows": v.validation_rows,
             "production_rows": v.production_rows,
             "synthetic_rows": v.synthetic_rows,
             "parent_version": v.parent_version,
-            "sha256": v.sha256[:12],
-            "erased_rows": v.erased_rows,
             "created_at": v.created_at,
-            "created_by": v.created_by,
         }
         for v in versions
     ],
@@ -200,6 +195,12 @@ table(
 by_id = {v.version_id: v for v in versions}
 chosen = st.selectbox("Version", list(by_id), key="version_pick")
 current = by_id[chosen]
+# The rest of the chosen version's figures, below the narrow summary that fits a laptop.
+st.caption(
+    f"{current.train_rows:,} training and {current.validation_rows:,} validation rows · "
+    f"SHA-256 `{current.sha256[:12]}` · {current.erased_rows:,} rows erased since · created by "
+    f"{current.created_by}"
+)
 document_downloads(
     "datasheet",
     current.version_id,

@@ -52,7 +52,12 @@ def test_funnel_and_heatmap_figures_hold_the_counts() -> None:
         {"name": "mix", "rows_out": 90, "removed": 0, "added": 30},
     ]
     fig = funnel_figure(stages)
-    assert list(fig.data[0].y) == ["window", "consent", "mix"]
+    # Stages by their labels, a long one wrapped between words rather than cut.
+    assert list(fig.data[0].y) == [
+        "Production window",
+        "Consent",
+        "Mixed with synthetic and<br>carried rows",
+    ]
     assert list(fig.data[0].x) == [100, 60, 90]
     assert [list(c) for c in fig.data[0].customdata] == [[0, 0], [40, 0], [0, 30]]
     cells = [
