@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.access import User
+from core.clock import clock_at
 from core.generation import GenerationSpec, cell_key, write_examples
 from core.ingest import Kind, ingest_file
 from core.plan import Plan, plan_timeline
@@ -24,12 +25,23 @@ from core.signoffs import record_decision, required_roles
 from core.starters import starter_plan
 from core.store import Store
 
-__all__ = ["DemoSummary", "is_demo_workspace", "load_demo"]
+__all__ = ["DEMO_PRESENT", "DemoSummary", "is_demo_workspace", "load_demo"]
 
 # The demo acts as the people who would take each step, with their roles: the PM writes the
 # plan and loads the logs, the ML lead runs the cycles.
 DEMO_PM = User("Maya Chen (demo)", frozenset({"pm"}))
 DEMO_ML_LEAD = User("Omar Haddad (demo)", frozenset({"ml_lead"}))
+
+# The demo's calendar: the privacy review approved the plan on this day, and the demo's "now" is
+# the morning after cycle 3's A/B test ended. Nothing it records is dated after that, and
+# consent events that would fall later are not in its ledger.
+REVIEW_APPROVED_ON = date(2026, 12, 15)
+DEMO_PRESENT = datetime(2027, 4, 1, 8, 0, tzinfo=UTC)
+
+
+def _at(day: date, hour: int, minute: int = 0) -> datetime:
+    """A moment of the demo's timeline, in UTC."""
+    return datetime.combine(day, time(hour, minute), UTC)
 
 
 @dataclass(frozen=True)
@@ -72,13 +84,15 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
         )
     rng = random.Random(seed)
 
+    # Every step is recorded at the moment of the demo's own timeline it stands for (the
+    # clock), so that the audit log, the model card and the documents tell one story.
     # Version 1: the PM's first draft, with the contradictions a first draft has.
     final = starter_plan("python_coding_assistant")
     # The demo's reviewer approved the plan before its first cycle (a starter plan's review
-    # starts pending), and its months of traffic are a small team's: cycles retrain on 50 new
+    # starts pending), and its months of traffic are a small team's: cycles retrain on 20 new
     # rows, so that each demo cycle adds its window to the dataset it carries forward.
     final.consent.privacy_review.status = "approved"
-    final.consent.privacy_review.decided_on = date(2026, 12, 15)
+    final.consent.privacy_review.decided_on = REVIEW_APPROVED_ON
     final.cadence.min_new_examples = 20
     draft = final.model_copy(deep=True)
     draft.consent.privacy_review.status = "in_review"
@@ -86,29 +100,34 @@ def load_demo(store: Store, *, seed: int = 7) -> DemoSummary:
     draft.logging.fields[2].retention_days = 365
     draft.gates = [g for g in draft.gates if g.comparator != "no_regression"]
     draft.ab_test.daily_traffic = 1500
-    plan_id, _ = save_plan_version(store, draft, note="First draft", user=DEMO_PM, is_demo=True)
+    with clock_at(_at(date(2026, 12, 1), 10)):
+        plan_id, _ = save_plan_version(store, draft, note="First draft", user=DEMO_PM, is_demo=True)
 
-    # Version 2: the privacy review's and the ML lead's comments addressed.
+    # Version 2: the privacy review's and the ML lead's comments addressed, on the day the
+    # reviewer approved.
     reviewed = final.model_copy(deep=True)
     reviewed.ab_test.daily_traffic = 3000 + rng.randrange(0, 500, 100)
-    save_plan_version(
-        store,
-        reviewed,
-        note="Retention cut to 90 days; regression gate added; privacy review approved",
-        user=DEMO_PM,
-        plan_id=plan_id,
-    )
+    with clock_at(_at(REVIEW_APPROVED_ON, 15)):
+        save_plan_version(
+            store,
+            reviewed,
+            note="Retention cut to 90 days; regression gate added; privacy review approved",
+            user=DEMO_PM,
+            plan_id=plan_id,
+        )
 
-    # Version 3: traffic estimate from the launch forecast.
-    save_plan_version(
-        store, final, note="Traffic from the launch forecast", user=DEMO_PM, plan_id=plan_id
-    )
+    # Version 3: traffic estimate from the launch forecast, then every approver signs it off.
+    with clock_at(_at(REVIEW_APPROVED_ON + timedelta(days=1), 9)):
+        save_plan_version(
+            store, final, note="Traffic from the launch forecast", user=DEMO_PM, plan_id=plan_id
+        )
+    with clock_at(_at(REVIEW_APPROVED_ON + timedelta(days=1), 14)):
+        _demo_sign_offs(store, plan_id)
 
     _demo_generation(store, plan_id, rng)
-    _load_demo_data(store, final, rng)
-    _load_demo_ab_tests(store, final, random.Random(seed * 1_000 + 6))
-    _demo_sign_offs(store, plan_id)
-    _demo_cycles(store, plan_id, final)
+    logs = _demo_logs(final, rng)
+    logs += _demo_ab_logs(final, random.Random(seed * 1_000 + 6))
+    _demo_cycles(store, plan_id, final, logs)
     from core.demo_evals import load_demo_evals  # the eval stack (scipy) only when loading
 
     load_demo_evals(store, plan_id, final, rng)
@@ -198,7 +217,7 @@ def _demo_generation(store: Store, plan_id: str, rng: random.Random) -> None:
     spec = GenerationSpec(plan_id, version, plan)
     gen = plan.generation
     run_id = "gen-demo-1"
-    when = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    when = datetime(2027, 1, 5, 9, 30, tzinfo=UTC)  # two days before cycle 1's data freeze
     thin = {"topic": "async and concurrency", "difficulty": "advanced"}
     failing = {
         (cell_key(thin), 6): "invalid reply: schema coding_qa: answer: the code block does not "
@@ -250,7 +269,8 @@ def _demo_generation(store: Store, plan_id: str, rng: random.Random) -> None:
             if row["status"] == "valid":
                 row["payload"] = json.dumps({"question": row["question"], "answer": row["answer"]})
             rows.append(row)
-    write_examples(store, rows, user=DEMO_PM)
+    with clock_at(when + timedelta(minutes=7)):
+        write_examples(store, rows, user=DEMO_PM)
     valid = sum(1 for r in rows if r["status"] == "valid")
     with store.transaction() as con:
         con.execute(
@@ -308,6 +328,140 @@ _TASKS = {
 }
 
 
+# The answer to each task: a short script that runs as is (its own example data, no network, files
+# only under a temporary folder), with the user's record name and a number in it.
+_TASK_CODE: dict[str, str] = {
+    "merge two dicts": "defaults = {{'{name}': {k}, 'retries': 3}}\n"
+    "overrides = {{'{name}': {k} + 1}}\n"
+    "merged = {{**defaults, **overrides}}  # the right-hand dict wins\n"
+    "print(merged)\n",
+    "dedupe a list keeping order": "def unique_{name}s(items):\n"
+    "    return list(dict.fromkeys(items))\n\n\n"
+    "print(unique_{name}s([{k}, 1, {k}, 2, 1]))\n",
+    "use a deque as a queue": "from collections import deque\n\n"
+    "{name}_queue = deque(maxlen={k})\n"
+    "for n in range({k} + 2):\n    {name}_queue.append(n)\n"
+    "print({name}_queue.popleft(), list({name}_queue))\n",
+    "strip accents": "import unicodedata\n\n\n"
+    "def strip_accents(text):\n"
+    "    decomposed = unicodedata.normalize('NFKD', text)\n"
+    "    return ''.join(c for c in decomposed if not unicodedata.combining(c))\n\n\n"
+    "print(strip_accents('Crème brûlée for {name} #{k}'))\n",
+    "split on several separators": "import re\n\n"
+    "{name}_line = 'a,b;c  d|{k}'\n"
+    "print(re.split(r'[,;|\\s]+', {name}_line))\n",
+    "format a table": "rows = [('{name}', {k}), ('total', {k} * 10)]\n"
+    "width = max(len(label) for label, _ in rows)\n"
+    "for label, value in rows:\n    print(f'{{label:<{{width}}}} {{value:>6}}')\n",
+    "read a large CSV lazily": "import csv\nimport tempfile\nfrom pathlib import Path\n\n\n"
+    "def iter_{name}s(path):\n"
+    "    with open(path, newline='', encoding='utf-8') as handle:\n"
+    "        yield from csv.DictReader(handle)\n\n\n"
+    "with tempfile.TemporaryDirectory() as tmp:\n"
+    "    path = Path(tmp) / '{name}s.csv'\n"
+    "    path.write_text('id,value\\n' + ''.join(f'{{i}},{{i * {k}}}\\n' for i in range(5)))\n"
+    "    print(sum(int(row['value']) for row in iter_{name}s(path)))\n",
+    "write JSON atomically": "import json\nimport os\nimport tempfile\n"
+    "from pathlib import Path\n\n\n"
+    "def write_{name}(path, data):\n"
+    "    tmp = path.with_suffix('.tmp')\n"
+    "    tmp.write_text(json.dumps(data), encoding='utf-8')\n"
+    "    os.replace(tmp, path)  # readers see the old file or the new one, never half\n\n\n"
+    "with tempfile.TemporaryDirectory() as folder:\n"
+    "    target = Path(folder) / '{name}.json'\n"
+    "    write_{name}(target, {{'count': {k}}})\n"
+    "    print(target.read_text())\n",
+    "walk a directory tree": "import tempfile\nfrom pathlib import Path\n\n"
+    "with tempfile.TemporaryDirectory() as tmp:\n"
+    "    root = Path(tmp)\n"
+    "    for n in range({k}):\n"
+    "        (root / f'{name}_{{n % 3}}').mkdir(exist_ok=True)\n"
+    "        (root / f'{name}_{{n % 3}}' / f'{{n}}.txt').write_text(str(n))\n"
+    "    print(sorted(p.name for p in root.rglob('*.txt')))\n",
+    "retry with backoff": "import random\nimport time\n\n\n"
+    "def with_retries(call, attempts={k}, base=0.01):\n"
+    "    for attempt in range(attempts):\n"
+    "        try:\n            return call()\n"
+    "        except ConnectionError:\n"
+    "            if attempt == attempts - 1:\n                raise\n"
+    "            time.sleep(base * 2**attempt + random.random() * base)\n\n\n"
+    "print(with_retries(lambda: '{name} fetched'))\n",
+    "chain exceptions": "class {Name}Error(Exception):\n    pass\n\n\n"
+    "def load_{name}(raw):\n"
+    "    try:\n        return int(raw) * {k}\n"
+    "    except ValueError as exc:\n"
+    "        raise {Name}Error(f'cannot read {{raw!r}}') from exc\n\n\n"
+    "try:\n    load_{name}('x')\n"
+    "except {Name}Error as err:\n    print(err, '<-', repr(err.__cause__))\n",
+    "log a traceback": "import logging\n\n"
+    "logging.basicConfig(level=logging.INFO)\n"
+    "log = logging.getLogger('{name}')\n\n"
+    "try:\n    {k} / 0\n"
+    "except ZeroDivisionError:\n    log.exception('could not split the {name} batch')\n",
+    "use dataclasses": "from dataclasses import dataclass, field\n\n\n"
+    "@dataclass\nclass {Name}:\n    key: str\n    quantity: int = {k}\n"
+    "    tags: list[str] = field(default_factory=list)\n\n\n"
+    "print({Name}('a'), {Name}('b', 1) == {Name}('b', 1))\n",
+    "write a context manager": "from contextlib import contextmanager\nimport time\n\n\n"
+    "@contextmanager\ndef timed(label):\n    start = time.perf_counter()\n"
+    "    try:\n        yield\n"
+    "    finally:\n        print(label, f'{{time.perf_counter() - start:.3f}} s')\n\n\n"
+    "with timed('{name} x{k}'):\n    sum(range({k} * 1000))\n",
+    "add a mixin": "import json\n\n\n"
+    "class JsonMixin:\n    def to_json(self):\n        return json.dumps(vars(self))\n\n\n"
+    "class {Name}(JsonMixin):\n    def __init__(self, size):\n        self.size = size\n\n\n"
+    "print({Name}({k}).to_json())\n",
+    "mock a clock": "from unittest import mock\nimport time\n\n\n"
+    "def {name}_age(created):\n    return time.time() - created\n\n\n"
+    "with mock.patch('time.time', return_value=100.0 + {k}):\n"
+    "    assert {name}_age(100.0) == {k}\n"
+    "print('ok')\n",
+    "parametrize a test": "import pytest\n\n\n"
+    "@pytest.mark.parametrize('n, expected', [(0, 0), ({k}, {k} * 2)])\n"
+    "def test_double_{name}(n, expected):\n    assert n * 2 == expected\n",
+    "test an exception": "import pytest\n\n\n"
+    "def parse_{name}(text):\n    return int(text)\n\n\n"
+    "def test_parse_{name}_rejects_words():\n"
+    "    with pytest.raises(ValueError, match='invalid literal'):\n"
+    "        parse_{name}('{k} items')\n",
+    "gather tasks": "import asyncio\n\n\n"
+    "async def fetch_{name}(n):\n    await asyncio.sleep(0)\n    return n * {k}\n\n\n"
+    "async def main():\n"
+    "    return await asyncio.gather(*(fetch_{name}(n) for n in range(4)))\n\n\n"
+    "print(asyncio.run(main()))\n",
+    "limit concurrency": "import asyncio\n\n\n"
+    "async def main():\n    limit = asyncio.Semaphore({k})\n\n"
+    "    async def one_{name}(n):\n        async with limit:\n"
+    "            await asyncio.sleep(0)\n            return n\n\n"
+    "    return await asyncio.gather(*(one_{name}(n) for n in range(10)))\n\n\n"
+    "print(asyncio.run(main()))\n",
+    "cancel a task cleanly": "import asyncio\n\n\n"
+    "async def {name}_worker():\n    try:\n        await asyncio.sleep({k})\n"
+    "    except asyncio.CancelledError:\n        print('cleaned up')\n        raise\n\n\n"
+    "async def main():\n    task = asyncio.create_task({name}_worker())\n"
+    "    await asyncio.sleep(0)\n    task.cancel()\n"
+    "    try:\n        await task\n    except asyncio.CancelledError:\n"
+    "        print('cancelled:', task.cancelled())\n\n\n"
+    "asyncio.run(main())\n",
+}
+
+
+def _answer(rng: random.Random, task: str, *, explained: bool = True) -> tuple[str, str]:
+    """A user's detail for a question about ``task`` and the assistant's answer to it: a script
+    that runs as is, then a short explanation (``explained=False``: one fixed line, for the
+    many A/B rows that never reach a dataset)."""
+    noun = rng.choice(_NOUNS)
+    k = rng.randint(2, 9)
+    code = _TASK_CODE[task].format(name=noun, Name=noun.title().replace("_", ""), k=k)
+    detail = f"My data are {noun.replace('_', ' ')} records, about {k} at a time."
+    explanation = (
+        " ".join(rng.sample(_WORDS, 18)).capitalize() + "."
+        if explained
+        else "Adapt the names to your own code."
+    )
+    return detail, f"Here is one way to {task}:\n\n```python\n{code}```\n\n{explanation}"
+
+
 def _assigned_arm(user: str, arms: list[str]) -> str:
     """A user's arm by a hash of their id: sticky, and independent of their consent segment."""
     return arms[int(hashlib.sha256(user.encode()).hexdigest(), 16) % len(arms)]
@@ -325,12 +479,16 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
     number = 0
     for cycle in plan_timeline(plan)[:DEMO_CYCLES]:
         lines: list[str] = []
+        # Answers draw from their own generator, so the seeded traffic stays as it was.
+        answers = random.Random(f"demo-answers-{cycle.cycle}")
         days = max(1, (cycle.end - cycle.start).days)
         for _ in range(DEMO_INTERACTIONS_PER_CYCLE):
             number += 1
             topic = rng.choice(topics)
             task = rng.choice(_TASKS.get(topic, ["write a function"]))
-            prompt = rng.choice(_QUESTIONS).format(what=task)
+            question = rng.choice(_QUESTIONS).format(what=task)
+            detail, response = _answer(answers, task)
+            prompt = f"{question} {detail}"
             if rng.random() < 0.06:
                 planted = rng.choice(_PLANTED_PII).format(
                     name=rng.choice(["ana", "bo", "chen", "dara"]),
@@ -360,7 +518,7 @@ def _demo_interactions(plan: Plan, rng: random.Random, users: list[str]) -> list
                 "variant": arm,
                 "model": models.get(arm, arm),
                 "prompt": prompt,
-                "response": f"Here is one way to {task}:\n\n```python\n# ...\n```",
+                "response": response,
                 "feedback": feedback,
                 "accepted": rng.random() < (0.36 if arm == "treatment" else 0.3),
                 "latency_ms": rng.randint(300, 2500),
@@ -432,21 +590,29 @@ def _demo_consent(plan: Plan, rng: random.Random, users: list[str], start: date)
     return lines
 
 
-def _load_demo_data(store: Store, plan: Plan, rng: random.Random) -> None:
-    """Write the demo's logs to temporary JSONL files and load them through the real ingest."""
+@dataclass(frozen=True)
+class _DemoLog:
+    """One log the demo loads: its kind, the cycle its rows are tagged with, its lines."""
+
+    name: str
+    kind: Kind
+    cycle: int | None
+    lines: list[str]
+
+
+def _demo_logs(plan: Plan, rng: random.Random) -> list[_DemoLog]:
+    """The demo's consent ledger and each cycle's interaction log, as JSONL lines."""
     users = [f"user-{rng.randrange(16**6):06x}" for _ in range(DEMO_USERS)]
     timeline = plan_timeline(plan)
     if not timeline:
-        return
-    with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
-        folder = Path(tmp)
-        consent = folder / "demo_consent_events.jsonl"
-        consent.write_text("\n".join(_demo_consent(plan, rng, users, timeline[0].start)) + "\n")
-        ingest_file(store, consent, user=DEMO_PM, kind="consent")
-        for cycle, lines in zip(timeline, _demo_interactions(plan, rng, users), strict=False):
-            path = folder / f"demo_interactions_cycle{cycle.cycle}.jsonl"
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            ingest_file(store, path, user=DEMO_PM, kind="interactions", cycle=cycle.cycle)
+        return []
+    consent = _demo_consent(plan, rng, users, timeline[0].start)
+    logs = [_DemoLog("demo_consent_events", "consent", None, consent)]
+    for cycle, lines in zip(timeline, _demo_interactions(plan, rng, users), strict=False):
+        logs.append(
+            _DemoLog(f"demo_interactions_cycle{cycle.cycle}", "interactions", cycle.cycle, lines)
+        )
+    return logs
 
 
 # -- A/B tests ---------------------------------------------------------------------------------
@@ -482,12 +648,15 @@ def _demo_ab_interactions(
     topics = list(_TASKS)
     lines: list[str] = []
     number = 0
+    # Answers draw from their own generator, so the seeded test traffic stays as it was.
+    answers = random.Random(f"demo-ab-answers-{cycle}")
 
     def record(user: str, arm: str, moment: datetime, p_accept: float, slow: float) -> str:
         nonlocal number
         number += 1
         topic = rng.choice(topics)
         task = rng.choice(_TASKS[topic])
+        detail, response = _answer(answers, task, explained=False)
         tokens_in, tokens_out = rng.randint(200, 900), rng.randint(120, 600)
         teacher = arm == control
         cost = (
@@ -502,8 +671,8 @@ def _demo_ab_interactions(
                 "user_id": user,
                 "variant": arm,
                 "model": arms[arm].model if arm in arms else arm,
-                "prompt": rng.choice(_QUESTIONS).format(what=task),
-                "response": f"Here is one way to {task}.",
+                "prompt": f"{rng.choice(_QUESTIONS).format(what=task)} {detail}",
+                "response": response,
                 "feedback": rng.choices(["up", "down", None], weights=[22, 7, 71])[0],
                 "accepted": rng.random() < p_accept,
                 "latency_ms": round(rng.lognormvariate(7.0, 0.35) * slow),
@@ -537,17 +706,16 @@ def _demo_ab_interactions(
     return lines
 
 
-def _load_demo_ab_tests(store: Store, plan: Plan, rng: random.Random) -> None:
-    """Each demo cycle's A/B test, loaded through the real ingest and tagged with its cycle."""
+def _demo_ab_logs(plan: Plan, rng: random.Random) -> list[_DemoLog]:
+    """Each demo cycle's A/B test log, tagged with its cycle."""
     timeline = plan_timeline(plan)
-    with tempfile.TemporaryDirectory(prefix="flywheel-demo-ab-") as tmp:
-        for cycle, scenario in DEMO_AB_SCENARIOS.items():
-            if cycle > len(timeline):
-                break
-            path = Path(tmp) / f"demo_ab_cycle{cycle}.jsonl"
-            lines = _demo_ab_interactions(plan, rng, cycle, scenario)
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            ingest_file(store, path, user=DEMO_PM, kind="interactions", cycle=cycle)
+    logs: list[_DemoLog] = []
+    for cycle, scenario in DEMO_AB_SCENARIOS.items():
+        if cycle > len(timeline):
+            break
+        lines = _demo_ab_interactions(plan, rng, cycle, scenario)
+        logs.append(_DemoLog(f"demo_ab_cycle{cycle}", "interactions", cycle, lines))
+    return logs
 
 
 # -- cycles --------------------------------------------------------------------------------------
@@ -661,30 +829,70 @@ def _demo_cycle_extras(plan: Plan) -> tuple[list[str], list[str], list[str]]:
     return evals, consent, lines
 
 
-def _demo_cycles(store: Store, plan_id: str, plan: Plan) -> None:
-    """Planted rows and eval items, then every demo cycle run into a dataset version."""
+def _line_moment(line: str) -> datetime | None:
+    """When a log line happened, or None for a line that names no readable moment."""
+    try:
+        ts = json.loads(line).get("ts")
+        moment = datetime.fromisoformat(str(ts))
+    except (ValueError, AttributeError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _ingest_until(
+    store: Store,
+    folder: Path,
+    logs: list[_DemoLog],
+    until: datetime,
+    loaded: set[tuple[int, int]],
+) -> None:
+    """Load, at ``until``, every line of ``logs`` that happened before it and is not loaded
+    yet: one batch per kind and cycle, as a team ships its logs (a line without a readable
+    moment goes with the first batch, where the quarantine shows it)."""
+    batches: dict[tuple[Kind, int | None], list[str]] = {}
+    for index, log in enumerate(logs):
+        for number, line in enumerate(log.lines):
+            key = (index, number)
+            if key in loaded:
+                continue
+            moment = _line_moment(line)
+            if moment is None or moment < until:
+                loaded.add(key)
+                batches.setdefault((log.kind, log.cycle), []).append(line)
+    with clock_at(until):
+        for (kind, cycle), lines in batches.items():
+            tag = "" if cycle is None else f"_cycle{cycle}"
+            path = folder / f"demo_{kind}{tag}_until_{until:%Y-%m-%d}.jsonl"
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            ingest_file(store, path, user=DEMO_PM, kind=kind, cycle=cycle)
+
+
+def _demo_cycles(store: Store, plan_id: str, plan: Plan, logs: list[_DemoLog]) -> None:
+    """The demo's months in order: before each cycle's data freeze the logs so far are loaded
+    (as a team would ship them), then the ML lead runs the cycle on them; the rest of the logs
+    arrive by the demo's present. Planted rows and eval items give the funnel something to show
+    at each stage."""
     from core.cycles import run_cycle
 
     timeline = plan_timeline(plan)
     if len(timeline) < 2:
         return
     evals, consent, lines = _demo_cycle_extras(plan)
+    logs = [
+        *logs,
+        _DemoLog("demo_consent_planted", "consent", None, consent),
+        _DemoLog("demo_interactions_planted", "interactions", 2, lines),
+    ]
+    loaded: set[tuple[int, int]] = set()
     with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
         folder = Path(tmp)
-        files: list[tuple[str, Kind, list[str]]] = [
-            ("demo_eval_python_core.jsonl", "eval-items", evals),
-            ("demo_consent_planted.jsonl", "consent", consent),
-            ("demo_interactions_planted.jsonl", "interactions", lines),
-        ]
-        for name, kind, content in files:
-            path = folder / name
-            path.write_text("\n".join(content) + "\n", encoding="utf-8")
-            ingest_file(
-                store,
-                path,
-                kind=kind,
-                user=DEMO_PM,
-                cycle=2 if kind == "interactions" else None,
-            )
-    for cycle in timeline[:DEMO_CYCLES]:
-        run_cycle(store, plan_id, cycle.cycle, user=DEMO_ML_LEAD)
+        evals_path = folder / "demo_eval_python_core.jsonl"
+        evals_path.write_text("\n".join(evals) + "\n", encoding="utf-8")
+        with clock_at(_at(timeline[0].data_freeze - timedelta(days=1), 10)):
+            ingest_file(store, evals_path, kind="eval-items", user=DEMO_PM)
+        for cycle in timeline[:DEMO_CYCLES]:
+            _ingest_until(store, folder, logs, _at(cycle.data_freeze, 5), loaded)
+            with clock_at(_at(cycle.data_freeze, 6)):
+                run_cycle(store, plan_id, cycle.cycle, user=DEMO_ML_LEAD)
+        # The last logs arrive an hour before the demo's present (so nothing is dated later).
+        _ingest_until(store, folder, logs, DEMO_PRESENT - timedelta(hours=1), loaded)

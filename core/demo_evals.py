@@ -13,11 +13,12 @@ import json
 import math
 import random
 import tempfile
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from core.access import User
+from core.clock import clock_at
 from core.evals import import_eval_set, load_items, record_results
 from core.gates import check_gates, record_decision
 from core.plan import Plan, plan_timeline
@@ -65,11 +66,14 @@ def _items(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def _output(item_id: str, k: int, correct: bool) -> str:
+def _output(item_id: str, k: int, correct: bool, parses: bool = True) -> str:
+    """The model's answer: right or off by one factor, and (where the parse grade says so) with
+    the colon its ``def`` line needs missing."""
     n = int(item_id.split("-")[1])
     factor = k + 2 if correct else k + 1
+    colon = ":" if parses else ""
     return (
-        f"```python\ndef solve_{n}(values):\n    return [v * {factor} for v in values"
+        f"```python\ndef solve_{n}(values){colon}\n    return [v * {factor} for v in values"
         " if v is not None]\n```\nA comprehension keeps the non-empty values and scales them."
     )
 
@@ -94,7 +98,7 @@ def _rows(
             "run_id": run_id,
             "item_id": item_id,
             "model": model,
-            "output": _output(item_id, k, tests[item_id] == 1.0),
+            "output": _output(item_id, k, tests[item_id] == 1.0, item_id not in unparsed),
             "latency_ms": round(latency * rng.uniform(0.6, 1.6), 1),
             "input_tokens": tokens[0] + rng.randint(-60, 60),
             "output_tokens": tokens[1] + rng.randint(-80, 80),
@@ -222,10 +226,19 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
     items = _items(plan)
     if not items:
         return
+    milestones = {m.cycle: m for m in plan_timeline(plan)}
+    if not {1, 2, 3} <= set(milestones):
+        return
+
+    def at(day: date, hour: int) -> datetime:
+        return datetime.combine(day, time(hour), UTC)
+
     with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
         path = Path(tmp) / "python_core_eval_set.jsonl"
         path.write_text("\n".join(json.dumps(i) for i in items) + "\n", encoding="utf-8")
-        import_eval_set(store, path, user=_ML_LEAD)
+        # Written while cycle 1's data froze, before any candidate existed.
+        with clock_at(at(milestones[1].data_freeze - timedelta(days=1), 11)):
+            import_eval_set(store, path, user=_ML_LEAD)
     items_v1 = {i.item_id for i in load_items(store, EVAL_SET, 1)}
     items = [i for i in items if i["item_id"] in items_v1]
     ids = [i["item_id"] for i in items]
@@ -234,12 +247,12 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
         by_topic.setdefault(item["topic"], []).append(item["item_id"])
     weak_topic = "async and concurrency" if "async and concurrency" in by_topic else ""
 
-    start = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
     versions = {c: _dataset_version(store, plan_id, c) for c in (1, 2, 3)}
     exported = {c: _train_rows(store, v) for c, v in versions.items()}
     with store.transaction() as con:
         for cycle, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
-            when = start + timedelta(days=31 * (cycle - 1))
+            # Each job starts on its dataset, built at the cycle's data freeze that morning.
+            when = at(milestones[cycle].data_freeze, 9)
             con.execute(
                 "INSERT INTO training_jobs (job_id, plan_id, cycle, dataset_version, export_path,"
                 " export_sha256, export_rows, training_file_id, base_model, hyperparameters,"
@@ -367,7 +380,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
             640.0,
         ),
     ]
-    for run_id, model, role, run_cycle, tests, judge, tokens, latency in runs:
+    for number, (run_id, model, role, run_cycle, tests, judge, tokens, latency) in enumerate(runs):
         unparsed = set(rng.sample(ids, 2))
         rows = _rows(
             run_id,
@@ -399,25 +412,22 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
                         },
                     )
                 )
-        record_results(
-            store,
-            rows,
-            eval_set=EVAL_SET,
-            role=role,  # type: ignore[arg-type]
-            cycle=run_cycle,
-            plan_id=plan_id,
-            user=_ML_LEAD,
-            source="demo",
-            system_message=plan.goal.system_message or "",  # asked as the student is served
-        )
-    report = check_gates(store, plan_id, 1)
-    if report.verdict == "pass":
-        decision_id = record_decision(store, plan_id, 1, decision="approved", user=_ML_LEAD)
-        # Dated on the plan's decision day of cycle 1, after its A/B test, like the rest of the
-        # demo's 2027 history (recording it stamps today's date).
-        decided = next((c.decision for c in plan_timeline(plan) if c.cycle == 1), None)
-        if decided is not None:
-            store.execute(
-                "UPDATE gate_decisions SET decided_at = ? WHERE decision_id = ?",
-                [datetime.combine(decided, time(10, 0), UTC), decision_id],
+        # Each cycle's runs on its evaluation days, after its candidate was registered.
+        evaluated = at(milestones[run_cycle or 1].training_done, 10)
+        with clock_at(evaluated + timedelta(minutes=40 * number)):
+            record_results(
+                store,
+                rows,
+                eval_set=EVAL_SET,
+                role=role,  # type: ignore[arg-type]
+                cycle=run_cycle,
+                plan_id=plan_id,
+                user=_ML_LEAD,
+                source="demo",
+                system_message=plan.goal.system_message or "",  # asked as the student is served
             )
+    # Cycle 1's decision, on its decision day after its A/B test.
+    with clock_at(at(milestones[1].decision, 10)):
+        report = check_gates(store, plan_id, 1)
+        if report.verdict == "pass":
+            record_decision(store, plan_id, 1, decision="approved", user=_ML_LEAD)
