@@ -381,6 +381,12 @@ def _interval(ci: tuple[float, float] | None) -> str:
     return "n/a" if ci is None else f"({ci[0]:+.2%}, {ci[1]:+.2%})"
 
 
+def _p(value: float | None) -> str:
+    """The p-value as "p = 0.021" or "p < 0.0001", through the formatter the pages use."""
+    shown = stats.format_p_value(value)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+
+
 def cmd_stats_ab(args: argparse.Namespace) -> Outcome:
     try:
         control = stats.proportion_arm(args.control_n, args.control_x)
@@ -415,7 +421,7 @@ def cmd_stats_ab(args: argparse.Namespace) -> Outcome:
         f"control {_number(absolute.mean_control)} vs treatment "
         f"{_number(absolute.mean_treatment)}: difference {_number(absolute.estimate)}, "
         f"relative lift {_number(relative.estimate)}, {kind} {_interval(_pair(relative.ci))}, "
-        f"p = {_number(p_value)}" + (f" ({data['reason']})" if data["reason"] else "")
+        f"{_p(p_value)}" + (f" ({data['reason']})" if data["reason"] else "")
     )
     return Outcome(data, text)
 
@@ -453,7 +459,7 @@ def cmd_stats_srm(args: argparse.Namespace) -> Outcome:
         text = f"Not judged: {result.reason}."
     else:
         verdict = "MISMATCH: assignment or logging is broken" if result.mismatch else "fine"
-        text = f"chi2 = {_number(result.statistic)}, p = {_number(result.p_value)}: {verdict}."
+        text = f"chi2 = {_number(result.statistic)}, {_p(result.p_value)}: {verdict}."
     return Outcome(data, text, exit_code=1 if result.mismatch else 0)
 
 
@@ -502,10 +508,10 @@ def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
     arms = ", ".join(f"{a.arm} {a.users:,} users" for a in analysis.arms)
     lines = [
         f"Cycle {analysis.cycle} A/B test ({analysis.window[0]} to {analysis.window[1]}): {arms}.",
-        f"Sample ratio: p = {_number(analysis.srm.p_value)} ({analysis.srm.status}).",
+        f"Sample ratio: {_p(analysis.srm.p_value)} ({analysis.srm.status}).",
         f"{analysis.primary_metric}: lift {_number(primary.estimate)}, "
         f"{'confidence sequence' if analysis.sequential else 'CI'} "
-        f"{_interval(_pair(primary.ci))}, p = {_number(primary.p_value)}.",
+        f"{_interval(_pair(primary.ci))}, {_p(primary.p_value)}.",
     ]
     for g in analysis.guardrails:
         state = "BREACHED" if g.breached else "ok"
@@ -865,7 +871,7 @@ def cmd_cycle_run(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_cycle_why(args: argparse.Namespace, store: Store) -> Outcome:
-    from core.cycles import why_dropped
+    from core.cycle_reads import why_dropped
 
     answers = why_dropped(store, args.interaction_id, plan_id=args.plan)
     text = "\n".join(f"cycle {a['cycle']} ({a['run_id']}): {a['why']}" for a in answers)

@@ -227,3 +227,17 @@ def test_an_unexpected_error_in_a_store_free_command_is_exit_3_with_a_log(
     assert err.count("\n") == 1 and "stats sample-size" in err
     log = Path(err.rsplit(" ", 1)[1].strip())
     assert "ZeroDivisionError: boom" in log.read_text()
+
+
+def test_p_values_print_through_the_one_formatter(capsys: pytest.CaptureFixture[str]) -> None:
+    # A gross mismatch has p ~ 1e-300: it prints as "< 0.0001", never "0" or "1e-300".
+    assert main(["stats", "srm", "--counts", "5000,9000"]) == 1
+    text = capsys.readouterr().out
+    assert "p < 0.0001" in text and "e-" not in text and "p = 0," not in text
+    assert main(["stats", "srm", "--counts", "5000,5200"]) == 0
+    assert "p = 0.048" in capsys.readouterr().out  # scipy chisquare([5000, 5200]): 0.04767
+    flags = ["--control-n", "10000", "--control-x", "1000", "--treatment-n", "10000"]
+    assert main(["stats", "ab", *flags, "--treatment-x", "2000"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("p < 0.0001")
+    assert main(["stats", "ab", *flags, "--treatment-x", "1100"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("p = 0.021")  # proportions_ztest: 0.02108
