@@ -65,24 +65,34 @@ class CycleActuals:
     student_cost_usd: float
     eligible: int
     pii_rows: int
+    consented_users: int = 0
+    """Users active in the cycle whose training consent is in force (core.metrics)."""
 
     def _rate(self, part: int, whole: int) -> float | None:
         return part / whole if whole else None
 
     @property
     def acceptance_rate(self) -> float | None:
-        """Share of interactions whose answer the user accepted."""
+        """Share of interactions whose answer the user accepted: ``accepted_share`` in
+        core.metrics."""
         return self._rate(self.accepted, self.interactions)
 
     @property
     def thumbs_up_rate(self) -> float | None:
-        """Share of rated interactions rated up."""
+        """Share of rated interactions rated up: ``rated_up_share`` in core.metrics."""
         return self._rate(self.thumbs_up, self.thumbs_up + self.thumbs_down)
 
     @property
     def consent_rate(self) -> float | None:
-        """Share of interactions whose user's consent lets them into training."""
+        """Share of interactions whose user's consent lets them into training:
+        ``eligible_share`` in core.metrics."""
         return self._rate(self.eligible, self.interactions)
+
+    @property
+    def consented_user_rate(self) -> float | None:
+        """Share of the cycle's active users whose training consent is in force:
+        ``consented_users`` in core.metrics (None when only rolled-up days remain)."""
+        return self._rate(self.consented_users, self.users)
 
     @property
     def teacher_cost_per_1k(self) -> float | None:
@@ -127,7 +137,8 @@ SELECT i.cycle,
        count(*) FILTER (WHERE i.model <> $teacher) AS s_n,
        coalesce(sum(i.cost_usd) FILTER (WHERE i.model <> $teacher), 0) AS s_cost,
        count(*) FILTER (WHERE len(i.pii) > 0) AS pii_rows,
-       count(*) FILTER (WHERE i.ts >= c.since) AS eligible
+       count(*) FILTER (WHERE i.ts >= c.since) AS eligible,
+       count(DISTINCT i.user_id) FILTER (WHERE c.since IS NOT NULL) AS consented_users
 FROM interactions i LEFT JOIN ({consented_since_sql()}) c USING (user_id)
 WHERE i.cycle IS NOT NULL GROUP BY i.cycle
 """
@@ -140,7 +151,7 @@ SELECT cycle,
        coalesce(sum(cost_usd) FILTER (WHERE model = $teacher), 0) AS t_cost,
        sum(interactions) FILTER (WHERE model <> $teacher) AS s_n,
        coalesce(sum(cost_usd) FILTER (WHERE model <> $teacher), 0) AS s_cost,
-       0 AS pii_rows, 0 AS eligible
+       0 AS pii_rows, 0 AS eligible, 0 AS consented_users
 FROM interaction_daily_metrics WHERE cycle IS NOT NULL GROUP BY cycle
 """
 
@@ -152,7 +163,7 @@ def cycle_actuals(store: Store, plan: Plan) -> list[CycleActuals]:
     WITH parts AS ({_LIVE} UNION ALL {_ROLLED})
     SELECT cycle, sum(n), sum(users), sum(accepted), sum(up), sum(down), max(p95),
            coalesce(sum(t_n), 0), sum(t_cost), coalesce(sum(s_n), 0), sum(s_cost),
-           sum(eligible), sum(pii_rows)
+           sum(eligible), sum(pii_rows), sum(consented_users)
     FROM parts GROUP BY cycle ORDER BY cycle
     """
     rows = store.fetch_all(sql, {"teacher": plan.goal.teacher_model, "scope": "training"})
@@ -171,6 +182,7 @@ def cycle_actuals(store: Store, plan: Plan) -> list[CycleActuals]:
             student_cost_usd=float(r[10]),
             eligible=int(r[11]),
             pii_rows=int(r[12]),
+            consented_users=int(r[13]),
         )
         for r in rows
     ]

@@ -16,7 +16,18 @@ from core.consent import (
     user_consent,
 )
 from core.labels import label
-from pages._common import cached_read, current_user, get_store, guarded, page_header, table
+from core.metrics import metric
+from core.monitoring import cycle_actuals
+from core.plan_versions import load_plan
+from pages._common import (
+    cached_read,
+    current_plan_id,
+    current_user,
+    get_store,
+    guarded,
+    page_header,
+    table,
+)
 
 page_header("Consent")
 user = current_user()
@@ -41,8 +52,37 @@ else:
     rate = guarded(lambda: cached_read(consent_rate_over_time, scope)) or []
     if rate:
         st.plotly_chart(consent_rate_figure(rate, scope=scope), width="stretch")
+        if scope == "training":
+            granting = metric("consent_grant_rate")
+            latest = rate[-1]
+            st.caption(
+                f"{granting.label} on {latest['day']}: {granting.of(float(latest['rate']))} "
+                f"({int(latest['granted']):,} of {int(latest['users']):,}). "
+                f"{granting.definition}"
+            )
     else:
         st.caption(f"No `{scope}` events yet.")
+
+# -- per cycle: the Overview's consent figures, with the same definitions and bases ----------
+plan_id = current_plan_id()
+loaded = guarded(lambda: cached_read(load_plan, plan_id)) if plan_id else None
+actuals = guarded(lambda: cached_read(cycle_actuals, loaded[0])) if loaded else None
+if actuals:
+    consented, eligible = metric("consented_users"), metric("eligible_share")
+    st.markdown("#### Consent in each cycle's traffic")
+    table(
+        [
+            {
+                "cycle": a.cycle,
+                "users active": a.users,
+                consented.column: consented.percent(a.consented_user_rate),
+                "interactions": a.interactions,
+                eligible.column: eligible.percent(a.consent_rate),
+            }
+            for a in actuals
+        ]
+    )
+    st.caption(f"{consented.label}: {consented.definition} {eligible.label}: {eligible.definition}")
 
 st.markdown("#### Look up a user")
 user_id = st.text_input("User id", key="consent_user").strip()

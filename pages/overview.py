@@ -16,6 +16,7 @@ from core.charts import (
     timeline_figure,
 )
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
+from core.metrics import metric
 from core.monitoring import (
     CycleRecord,
     coverage_gaps,
@@ -111,6 +112,13 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
+# Each rate is named with its base (core.metrics), the same wherever it is shown.
+ACCEPTED = metric("accepted_share")
+RATED_UP = metric("rated_up_share")
+ELIGIBLE = metric("eligible_share")
+CONSENTED = metric("consented_users")
+
+
 def _signed(value: float | None) -> str:
     return "—" if value is None else f"{value:+.1%}"
 
@@ -158,9 +166,10 @@ for milestone, record in zip(timeline, records, strict=True):
             "window": f"{milestone.start:%d %b} – {milestone.end:%d %b %Y}",
             "status": record.status,
             "interactions": a.interactions if a else 0,
-            "accepted": _pct(a.acceptance_rate if a else None),
-            "thumbs up": _pct(a.thumbs_up_rate if a else None),
-            "consented": _pct(a.consent_rate if a else None),
+            ACCEPTED.column: ACCEPTED.percent(a.acceptance_rate if a else None),
+            RATED_UP.column: RATED_UP.percent(a.thumbs_up_rate if a else None),
+            CONSENTED.column: CONSENTED.percent(a.consented_user_rate if a else None),
+            ELIGIBLE.column: ELIGIBLE.percent(a.consent_rate if a else None),
             "teacher $/1k": _money(a.teacher_cost_per_1k if a else None),
             "student $/1k": _money(a.student_cost_per_1k if a else None),
             "cost reduction": (
@@ -214,7 +223,11 @@ if latest and latest.realised_reduction and realised is not None:
         f"${realised:,.0f}",
         delta=f"${realised - econ.monthly_savings:+,.0f} vs projection",
     )
-    cols[2].metric("Consented for training (latest)", _pct(latest.consent_rate))
+    cols[2].metric(
+        f"{CONSENTED.column}, cycle {latest.cycle}",
+        CONSENTED.percent(latest.consented_user_rate),
+        help=CONSENTED.definition,
+    )
 if actuals:
     left, right = st.columns(2)
     left.plotly_chart(cycle_rates_figure(actuals), width="stretch")
@@ -292,9 +305,17 @@ if record.status == "planned":
 a = record.actuals
 cols = st.columns(5)
 cols[0].metric("Interactions", f"{a.interactions:,}" if a else "—")
-cols[1].metric("Accepted", _pct(a.acceptance_rate if a else None))
-cols[2].metric("Thumbs up (of rated)", _pct(a.thumbs_up_rate if a else None))
-cols[3].metric("Consented for training", _pct(a.consent_rate if a else None))
+cols[1].metric(
+    ACCEPTED.column, ACCEPTED.percent(a.acceptance_rate if a else None), help=ACCEPTED.definition
+)
+cols[2].metric(
+    RATED_UP.column, RATED_UP.percent(a.thumbs_up_rate if a else None), help=RATED_UP.definition
+)
+cols[3].metric(
+    CONSENTED.column,
+    CONSENTED.percent(a.consented_user_rate if a else None),
+    help=f"{CONSENTED.definition} {ELIGIBLE.sentence(a.consent_rate if a else None)}.",
+)
 cols[4].metric("PII rows redacted", f"{a.pii_rows:,}" if a else "—")
 
 funnel_col, detail_col = st.columns(2)
