@@ -222,9 +222,32 @@ def readable_frame(
     for column in frame.columns:
         if column in coded:
             frame[column] = frame[column].map(lambda v: MISSING if v is None else label(v))
-        elif frame[column].dtype == object:
+        elif _is_text(frame[column]):
             frame[column] = frame[column].map(show)
     return frame
+
+
+_LONG_TEXT = 32  # characters; a longer value would widen its column past a laptop's share
+
+
+def _is_long_text(column: pd.Series) -> bool:
+    """A text column holding a long value (a rule's parameters, a reason, a detail): it gets
+    the medium width, its full text on hover, so that it cannot push the other columns
+    off-screen; short text keeps the width that fits it."""
+    if not _is_text(column) or column.empty:
+        return False
+    return bool(column.astype(str).str.len().max() > _LONG_TEXT)
+
+
+def _is_text(column: pd.Series) -> bool:
+    """Neither a number, a boolean nor a time: a column of text, JSON or mixed values (pandas
+    3 gives text its own ``str`` dtype, older pandas ``object``)."""
+    types = pd.api.types
+    return not (
+        types.is_numeric_dtype(column)
+        or types.is_bool_dtype(column)
+        or types.is_datetime64_any_dtype(column)
+    )
 
 
 def table(
@@ -243,12 +266,9 @@ def table(
     keep_in_view = set(pinned)
     for column in frame.columns:
         if column not in config:
-            # A text column is capped at medium width (its full text on hover): one long
-            # value, a rule's parameters or a reason, no longer pushes the others off-screen.
-            text = frame[column].dtype == object
             config[column] = st.column_config.Column(
                 label(column),
-                width="medium" if text else None,
+                width="medium" if _is_long_text(frame[column]) else None,
                 pinned=column in keep_in_view or None,
             )
     options.setdefault("hide_index", True)

@@ -12,7 +12,7 @@ from core.errors import FlywheelError
 from core.plan import Plan, plan_timeline
 from core.plan_versions import load_plan
 from core.stats import format_p_value
-from pages._common import cached_read, current_plan_id, guarded, page_header
+from pages._common import cached_read, current_plan_id, guarded, page_header, table
 
 page_header("A/B test")
 
@@ -115,7 +115,7 @@ def results(analysis: ABAnalysis) -> None:
         st.warning(warning, icon=":material/warning:")
 
     st.markdown("#### Arms")
-    st.dataframe(
+    table(
         [
             {
                 "arm": a.arm,
@@ -131,8 +131,6 @@ def results(analysis: ABAnalysis) -> None:
             }
             for a in analysis.arms
         ],
-        hide_index=True,
-        width="stretch",
     )
     served = analysis.student_system
     if served is not None:
@@ -214,7 +212,7 @@ def effects(analysis: ABAnalysis) -> None:
     if not analysis.guardrails:
         st.info("The plan names no guardrails; add them to its A/B design.", icon=":material/info:")
     else:
-        st.dataframe(
+        table(
             [
                 {
                     "guardrail": g.metric,
@@ -228,8 +226,6 @@ def effects(analysis: ABAnalysis) -> None:
                 }
                 for g in analysis.guardrails
             ],
-            hide_index=True,
-            width="stretch",
         )
         st.caption(
             "One-sided: a guardrail is breached when the bound shows it moved the harmful way by "
@@ -237,7 +233,7 @@ def effects(analysis: ABAnalysis) -> None:
         )
 
     st.markdown("#### All metrics")
-    st.dataframe(
+    table(
         [
             {
                 "metric": m.label,
@@ -253,8 +249,6 @@ def effects(analysis: ABAnalysis) -> None:
             }
             for m in analysis.metrics
         ],
-        hide_index=True,
-        width="stretch",
     )
 
 

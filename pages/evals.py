@@ -430,9 +430,7 @@ with report_tab:
                 for line in g.evidence:
                     st.markdown(f"- {line}")
                 if g.slices:
-                    st.dataframe(
-                        pd.DataFrame([vars(s) for s in g.slices]), hide_index=True, width="stretch"
-                    )
+                    table(pd.DataFrame([vars(s) for s in g.slices]))
         decision_panel(report)
 
     st.subheader("Model card")
@@ -481,7 +479,7 @@ with scores_tab:
                 }
             )
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        table(pd.DataFrame(rows))
         st.caption("Intervals are Wilson 95% for pass rates; under 300 items they are wide.")
     if "candidate" in runs_used:
         agreement = cached_read(judge_agreement_for_run, runs_used["candidate"])
@@ -521,11 +519,11 @@ with slices_tab:
         means = cached_read(slice_means, runs_used, grader, dimension)
         st.plotly_chart(slice_heatmap_figure(means, short=short), width="stretch")
         if baseline:
-            table = cached_read(
+            paired = cached_read(
                 paired_comparison, runs_used["candidate"], runs_used[baseline], grader, dimension
             )
-            st.plotly_chart(wins_losses_figure(table, baseline=baseline), width="stretch")
-            st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+            st.plotly_chart(wins_losses_figure(paired, baseline=baseline), width="stretch")
+            table(pd.DataFrame(paired))
 
 # -- run or import -----------------------------------------------------------------------------
 
@@ -625,7 +623,7 @@ with run_tab:
                     f"{len(imported.rejected)} refused."
                 )
                 if imported.rejected:
-                    st.dataframe(pd.DataFrame(imported.rejected), hide_index=True)
+                    table(pd.DataFrame(imported.rejected))
 
 with sets_tab:
     st.markdown(
@@ -651,4 +649,4 @@ with sets_tab:
     for s in all_sets:
         state = "frozen" if s["frozen"] else "draft"
         with st.expander(f"{s['eval_set']} · v{s['version']} · {s['items']} items · {state}"):
-            st.dataframe(pd.DataFrame(set_versions(store, str(s["eval_set"]))), hide_index=True)
+            table(pd.DataFrame(set_versions(store, str(s["eval_set"]))))

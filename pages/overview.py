@@ -15,6 +15,7 @@ from core.charts import (
     lift_by_cycle_figure,
     timeline_figure,
 )
+from core.labels import label
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
 from core.metrics import metric
 from core.monitoring import (
@@ -27,6 +28,7 @@ from core.monitoring import (
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from pages._common import cached_read, guarded, page_header, plan_id_or_stop
+from pages._common import table as show_table
 
 page_header("Overview")
 
@@ -183,7 +185,7 @@ for milestone, record in zip(timeline, records, strict=True):
             "synthetic": _pct(dataset.synthetic_share if dataset else None),
             "gates": _gates(record),
             "A/B lift [interval]": _lift(record),
-            "A/B decision": record.ab.verdict.replace("_", " ") if record.ab else "—",
+            "A/B decision": label(record.ab.verdict) if record.ab else "—",
             "deviations": "; ".join(_off_plan(record)) or "—",
         }
     )
@@ -195,7 +197,43 @@ def _highlight(row: pd.Series) -> list[str]:
     return [colour] * len(row)
 
 
-st.dataframe(table.style.apply(_highlight, axis=1), hide_index=True, width="stretch")
+# Three narrower tables, each led by the cycle, instead of one of 18 columns that hid its
+# gates, lift and decision behind a sideways scroll on a laptop screen.
+VERDICT_COLUMNS = ["cycle", "status", "gates", "A/B lift [interval]", "A/B decision", "deviations"]
+TRAFFIC_COLUMNS = [
+    "cycle",
+    "window",
+    "interactions",
+    ACCEPTED.column,
+    RATED_UP.column,
+    CONSENTED.column,
+    ELIGIBLE.column,
+    "teacher $/1k",
+    "student $/1k",
+    "cost reduction",
+]
+DATA_COLUMNS = [
+    "cycle",
+    "PII rows redacted",
+    "funnel (rows in → out)",
+    "dataset rows",
+    "synthetic",
+]
+st.markdown("**Verdicts**")
+st.dataframe(
+    table[VERDICT_COLUMNS].style.apply(_highlight, axis=1),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        **{c: st.column_config.Column(label(c)) for c in VERDICT_COLUMNS},
+        "cycle": st.column_config.NumberColumn(label("cycle"), pinned=True),
+        "deviations": st.column_config.TextColumn(label("deviations"), width="large"),
+    },
+)
+st.markdown("**Traffic and cost**")
+show_table(table[TRAFFIC_COLUMNS], pinned=("cycle",))
+st.markdown("**Data**")
+show_table(table[DATA_COLUMNS], pinned=("cycle",))
 deviating = [(r.cycle, _off_plan(r)) for r in records if _off_plan(r)]
 if deviating:
     st.warning(
@@ -254,7 +292,7 @@ elif not coverage.gaps:
         icon=":material/check_circle:",
     )
 else:
-    st.dataframe(
+    show_table(
         pd.DataFrame(
             [
                 {
@@ -267,9 +305,7 @@ else:
                 }
                 for gap in coverage.gaps
             ]
-        ),
-        hide_index=True,
-        width="stretch",
+        )
     )
     st.caption(
         f"Newest dataset `{coverage.version_id}` (cycle {coverage.cycle}) over the plan's "

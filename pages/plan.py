@@ -303,8 +303,8 @@ with compare:
                     ),
                     column_config={
                         "field": st.column_config.TextColumn(label("field"), pinned=True),
-                        f"v{old}": st.column_config.TextColumn(f"v{old}"),
-                        f"v{new}": st.column_config.TextColumn(f"v{new}"),
+                        f"v{old}": st.column_config.TextColumn(f"Version {old}"),
+                        f"v{new}": st.column_config.TextColumn(f"Version {new}"),
                     },
                 )
 

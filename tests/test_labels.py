@@ -109,7 +109,7 @@ def test_labels_read_as_words() -> None:
     assert label("invalid_srm") == "Invalid: sample ratio mismatch"
     for text in LABELS.values():
         assert text and "_" not in text, text
-        assert text[0].isupper() or text.startswith(("p-value", "N-gram")), text
+        assert text[0].isupper() or text.startswith(("p-value", "p (", "N-gram")), text
 
 
 def test_a_key_without_an_entry_still_reads_as_words() -> None:

@@ -32,9 +32,13 @@ def _overview() -> AppTest:
 
 
 def _table(at: AppTest) -> dict[int, dict[str, object]]:
-    frame = at.dataframe[0].value
-    frame = getattr(frame, "data", frame)  # a Styler holds its frame as .data
-    return {int(row["cycle"]): dict(row) for _, row in frame.iterrows()}
+    """The cycles table, whose columns the page shows as three narrower tables by cycle."""
+    merged: dict[int, dict[str, object]] = {}
+    for element in at.dataframe[:3]:
+        frame = getattr(element.value, "data", element.value)  # a Styler holds .data
+        for _, row in frame.iterrows():
+            merged.setdefault(int(row["cycle"]), {}).update(dict(row))
+    return merged
 
 
 def test_overview_shows_each_cycle_planned_against_actual(demo_store: Store) -> None:
@@ -51,7 +55,9 @@ def test_overview_shows_each_cycle_planned_against_actual(demo_store: Store) -> 
         "planned",
         "planned",
     ]
-    assert table[1]["gates"] == "pass (4/4 pass)" and table[1]["A/B decision"] == "ship"
+    assert (
+        table[1]["gates"] == "pass (4/4 pass)" and table[1]["A/B decision"] == "Ship the treatment"
+    )
     assert table[1]["deviations"] == "—"
     assert table[2]["gates"] == "fail (3/4 pass)"
     assert "gate 'No regression vs production' failed" in str(table[2]["deviations"])
