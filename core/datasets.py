@@ -199,6 +199,34 @@ def version_system_message(store: Store, version_id: str) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
+def canonical_sha256(batches: Iterable[tuple[list[Any], list[Any], list[Any]]]) -> str:
+    """sha256 of ``canonical_jsonl`` of rows given as column batches (systems, prompts,
+    responses), without building each example's dict or the whole file: a version's hash over
+    half a million rows costs its JSON escaping, no more. The same bytes as ``canonical_jsonl``
+    (json.dumps' default separators and key order, ``ensure_ascii=False``)."""
+    digest = hashlib.sha256()
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    first = True
+    for systems, prompts, responses in batches:
+        lines = []
+        for system, prompt, response in zip(systems, prompts, responses, strict=True):
+            head = (
+                f'{{"messages": [{{"role": "system", "content": {dumps(system)}}}, '
+                if system
+                else '{"messages": ['
+            )
+            lines.append(
+                f'{head}{{"role": "user", "content": {dumps(prompt)}}}, '
+                f'{{"role": "assistant", "content": {dumps(response)}}}]}}'
+            )
+        if lines:
+            digest.update((("" if first else "\n") + "\n".join(lines)).encode("utf-8"))
+            first = False
+    if not first:
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def canonical_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
     """The OpenAI JSONL bytes of rows (system, prompt, response), one example a line."""
     lines = [
