@@ -215,3 +215,16 @@ def test_every_exported_example_carries_the_plans_system_message(
     assert result.estimated_training_cost_usd == pytest.approx(
         result.total_tokens * result.epochs * 3.0 / 1e6, abs=1e-4
     )
+
+
+def test_a_versions_streamed_hash_is_the_canonical_files_sha256() -> None:
+    from core.datasets import canonical_jsonl, canonical_sha256
+
+    rows = [
+        {"system": None, "prompt": 'quote " slash / back \\ line\n\x01 é \u2028', "response": "ok"},
+        {"system": "sys ☃", "prompt": "p", "response": "\t tab"},
+        {"system": "", "prompt": "q", "response": "r"},
+    ]
+    columns = [([r["system"]], [r["prompt"]], [r["response"]]) for r in rows]
+    assert canonical_sha256(columns) == hashlib.sha256(canonical_jsonl(rows)).hexdigest()
+    assert canonical_sha256([]) == hashlib.sha256(b"").hexdigest()
