@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 
 from core.escaping import chart_text
 from core.labels import label as human_label
+from core.metrics import metric
 from core.plan import CycleMilestones
 
 if TYPE_CHECKING:  # charts stay pure: no store import at run time
@@ -319,9 +320,10 @@ def cycle_rates_figure(actuals: Sequence[CycleActuals]) -> go.Figure:
     """Acceptance, thumbs-up and consent rates per cycle, as lines on a 0–100% axis."""
     cycles = [f"Cycle {a.cycle}" for a in actuals]
     series = {
-        "Accepted": [a.acceptance_rate for a in actuals],
-        "Thumbs up (of rated)": [a.thumbs_up_rate for a in actuals],
-        "Consented for training": [a.consent_rate for a in actuals],
+        metric("accepted_share").column: [a.acceptance_rate for a in actuals],
+        metric("rated_up_share").column: [a.thumbs_up_rate for a in actuals],
+        metric("consented_users").column: [a.consented_user_rate for a in actuals],
+        metric("eligible_share").column: [a.consent_rate for a in actuals],
     }
     fig = go.Figure(
         [

@@ -490,15 +490,16 @@ def test_datasheet_shows_lineage_composition_and_limits_and_cli_writes_it(
     inputs = {"store": demo_store, "version_id": "ds-python-coding-assistant-c2-v1"}
     text = render_document("datasheet", "md", generated_at=AT, **inputs).decode("utf-8")
     assert "- **Parent version:** `ds-python-coding-assistant-c1-v1`" in text
-    assert "105 rows (91 train, 14 validation): 75 production, 30 synthetic." in text
+    # Cycle 2 carries cycle 1's synthetic rows forward and adds its window's production rows.
+    assert "348 rows (312 train, 36 validation): 143 production, 205 synthetic." in text
     # Every row trains under the plan's system message; the demo's logs carry none.
     assert (
         "**System message:** You are a Python expert. (sha256 `6193d3b3204c`…). Production rows "
-        "train under it too, whatever they logged (production\\_system plan): 75 of 75 logged "
-        "a different one (0 another text, 75 none), replaced here."
+        "train under it too, whatever they logged (production\\_system plan): 143 of 143 logged "
+        "a different one (0 another text, 143 none), replaced here."
     ) in text
     assert "| `near_dedup` | near\\_dedup(threshold=0.8, keep=best\\_rated) | plan |" in text
-    assert "fewer than the plan's min\\_new\\_examples" in text  # a known limit
+    assert "205 row(s) are synthetic: written by the teacher, not by users." in text  # a limit
     out = tmp_path / "sheet.md"
     done = _cli("report", "datasheet", "ds-python-coding-assistant-c1-v1", "--out", str(out))
     assert done.returncode == 0, done.stderr

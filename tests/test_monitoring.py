@@ -132,12 +132,16 @@ def test_charts_hold_one_point_per_cycle(demo_store: Store) -> None:
     plan, _ = load_plan(demo_store, "python-coding-assistant")
     actuals = cycle_actuals(demo_store, plan)
     rates = cycle_rates_figure(actuals)
+    # Each line is named with its base (core.metrics), as the Overview's table names it.
     assert [t.name for t in rates.data] == [
-        "Accepted",
-        "Thumbs up (of rated)",
-        "Consented for training",
+        "Accepted (of interactions)",
+        "Rated up (of rated)",
+        "Consented for training (of active users)",
+        "Eligible for training (of interactions)",
     ]
     assert list(rates.data[0].y) == [a.acceptance_rate for a in actuals]
+    assert list(rates.data[2].y) == [a.consented_user_rate for a in actuals]
+    assert list(rates.data[3].y) == [a.consent_rate for a in actuals]
     cost = cost_per_1k_figure(actuals)
     assert [t.name for t in cost.data] == ["Teacher", "Student"]
     assert list(cost.data[1].y) == [a.student_cost_per_1k for a in actuals]
