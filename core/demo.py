@@ -749,7 +749,8 @@ DEMO_EVAL_ITEMS = [
 _NEAR_RESPONSE = (
     "Use a dictionary comprehension over the items and keep the last value for each key; it "
     "runs in linear time, keeps insertion order since Python 3.7, and reads clearly:\n\n"
-    "```python\nmerged = {**first, **second}\n```"
+    "```python\nfirst = {'a': 1, 'b': 2}\nsecond = {'b': 3}\nmerged = {**first, **second}\n"
+    "print(merged)  # {'a': 1, 'b': 3}\n```"
 )
 
 

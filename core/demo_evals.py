@@ -148,12 +148,18 @@ def _dataset_version(store: Store, plan_id: str, cycle: int) -> str:
     return str(row[0]) if row else f"ds-demo-c{cycle}"
 
 
-def _train_rows(store: Store, version_id: str) -> int | None:
-    """The training split of a demo dataset version: what its export uploaded."""
+def _export(store: Store, version_id: str) -> tuple[int | None, str | None]:
+    """The rows and sha256 of the training split's OpenAI JSONL export, as the job wrote it:
+    the real bytes' hash, so the model card's export hash checks against a fresh export."""
+    from core.datasets import export_bytes
+
     row = store.fetch_one(
         "SELECT train_rows FROM dataset_versions WHERE version_id = ?", [version_id]
     )
-    return int(row[0]) if row else None
+    if not row:
+        return None, None
+    data, _ = export_bytes(store, version_id, fmt="openai-jsonl", split="train")
+    return int(row[0]), hashlib.sha256(data).hexdigest()
 
 
 def _job_rows(
@@ -163,7 +169,7 @@ def _job_rows(
     status: str,
     when: datetime,
     dataset_version: str,
-    export_rows: int | None,
+    export: tuple[int | None, str | None],
 ) -> list[Any]:
     """A local LoRA job as the store keeps it: 300 steps on one GPU, or 120 so far."""
     done = status == "succeeded"
@@ -176,8 +182,8 @@ def _job_rows(
         cycle,
         dataset_version,
         f"{job_dir}/train.jsonl",
-        hashlib.sha256(f"demo export of {dataset_version}".encode()).hexdigest(),
-        export_rows if export_rows is not None else 2_400 + 700 * cycle,
+        export[1],
+        export[0],
         "",
         BASE_STUDENT,
         json.dumps(plan.training.local.model_dump(mode="json")),
@@ -248,7 +254,7 @@ def load_demo_evals(store: Store, plan_id: str, plan: Plan, rng: random.Random) 
     weak_topic = "async and concurrency" if "async and concurrency" in by_topic else ""
 
     versions = {c: _dataset_version(store, plan_id, c) for c in (1, 2, 3)}
-    exported = {c: _train_rows(store, v) for c, v in versions.items()}
+    exported = {c: _export(store, v) for c, v in versions.items()}
     with store.transaction() as con:
         for cycle, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
             # Each job starts on its dataset, built at the cycle's data freeze that morning.
