@@ -694,7 +694,7 @@ PAGE_ACTIONS: list[tuple[str, str, Permission]] = [
     ("pages/data.py", "raw_quarantine", "pii.view_raw"),
     ("pages/data.py", "raw_pii", "pii.view_raw"),
     ("pages/consent.py", "FormSubmitter:forget-Forget this user", "data.erase"),
-    ("pages/evals.py", "FormSubmitter:decision-Record decision", "plan.approve"),
+    ("pages/evals.py", "FormSubmitter:decision-Record decision…", "plan.approve"),
     ("pages/cycles.py", "cycle_run", "cycle.run"),
     ("pages/plan.py", "Create plan", "plan.edit"),
     ("pages/plan.py", "Save as new version", "plan.edit"),
@@ -751,7 +751,7 @@ def test_the_permitted_roles_find_the_write_actions_enabled(
     assert not disabled["raw_quarantine"] and not disabled["raw_pii"]
     assert disabled["FormSubmitter:upload-Load"]
     pm = _open(_signed_in("maya@example.com", tmp_path, monkeypatch), "pages/evals.py")
-    assert not _disabled(pm)["FormSubmitter:decision-Record decision"]
+    assert not _disabled(pm)["FormSubmitter:decision-Record decision…"]
     assert "maya@example.com (pm) may not override gates (gate.override)" in _captions(pm)
 
 
