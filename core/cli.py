@@ -871,7 +871,7 @@ def cmd_cycle_run(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_cycle_why(args: argparse.Namespace, store: Store) -> Outcome:
-    from core.cycles import why_dropped
+    from core.cycle_reads import why_dropped
 
     answers = why_dropped(store, args.interaction_id, plan_id=args.plan)
     text = "\n".join(f"cycle {a['cycle']} ({a['run_id']}): {a['why']}" for a in answers)

@@ -24,11 +24,9 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import ibis
-import ibis.expr.types as ir
 
 from core.access import User, require
 from core.audit import record_audit
@@ -36,6 +34,11 @@ from core.errors import ConsentError
 from core.escaping import sql_identifier
 from core.settings import get_setting
 from core.store import Store
+
+# Ibis takes about a second to import: only the eligibility expression uses it, so forgetting a
+# user or counting consent never loads it.
+if TYPE_CHECKING:
+    import ibis.expr.types as ir
 
 __all__ = [
     "SCOPES",
@@ -53,34 +56,31 @@ __all__ = [
 
 SCOPES = ("training", "human_review", "analytics")
 
-_INTERACTIONS = ibis.schema(
-    {
-        "interaction_id": "string",
-        "batch_id": "string",
-        "cycle": "int32",
-        "ts": "timestamp('UTC')",
-        "user_id": "string",
-        "variant": "string",
-        "model": "string",
-        "prompt": "string",
-        "response": "string",
-        "system": "string",
-        "feedback": "string",
-        "accepted": "boolean",
-        "topic": "string",
-        "difficulty": "string",
-    }
-)
-_EVENTS = ibis.schema(
-    {
-        "user_id": "string",
-        "ts": "timestamp('UTC')",
-        "scope": "string",
-        "action": "string",
-        "policy_version": "string",
-        "source": "string",
-    }
-)
+# The store's tables as the eligibility rule reads them: column names and Ibis types.
+_INTERACTIONS = {
+    "interaction_id": "string",
+    "batch_id": "string",
+    "cycle": "int32",
+    "ts": "timestamp('UTC')",
+    "user_id": "string",
+    "variant": "string",
+    "model": "string",
+    "prompt": "string",
+    "response": "string",
+    "system": "string",
+    "feedback": "string",
+    "accepted": "boolean",
+    "topic": "string",
+    "difficulty": "string",
+}
+_EVENTS = {
+    "user_id": "string",
+    "ts": "timestamp('UTC')",
+    "scope": "string",
+    "action": "string",
+    "policy_version": "string",
+    "source": "string",
+}
 
 
 def eligible_interactions(
@@ -94,6 +94,8 @@ def eligible_interactions(
     Defaults to the store's ``interactions`` and ``consent_events`` tables by name; pass other
     tables (same columns) to run the rule elsewhere.
     """
+    import ibis
+
     rows = interactions if interactions is not None else ibis.table(_INTERACTIONS, "interactions")
     ledger = events if events is not None else ibis.table(_EVENTS, "consent_events")
     ledger = ledger.filter(ledger.scope == scope)
@@ -117,6 +119,8 @@ def eligible_interactions(
 
 def eligible_interactions_sql(scope: str = "training") -> str:
     """The eligibility rule compiled to DuckDB SQL over the store's tables."""
+    import ibis
+
     return str(ibis.to_sql(eligible_interactions(scope=scope), dialect="duckdb"))
 
 

@@ -30,9 +30,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import openai
-
 from core import clock
 from core.access import User, require
 from core.audit import record_audit
@@ -46,7 +43,6 @@ from core.graders import (
     judge_messages,
     parse_judge_score,
 )
-from core.ingest import ingest_file
 from core.llm import (
     Endpoint,
     RequestAborted,
@@ -60,7 +56,11 @@ from core.secrets import remove_key_values, scrub_secrets
 from core.settings import get_setting
 from core.store import Store
 
+# numpy, the OpenAI client and the ingest (Ibis) load inside the functions that use them, so
+# listing or freezing sets (eval sets, eval freeze, the gates' reads) never imports them.
 if TYPE_CHECKING:
+    import openai
+
     from core.training.inference import LocalModel, LocalWeights
 
 __all__ = [
@@ -230,6 +230,8 @@ def import_eval_set(
     AccessError, before anything is written, when ``user`` may not ingest data (loading eval
     items here is the Data page's ingest of eval items, plus versioning).
     """
+    from core.ingest import ingest_file
+
     require(user, "data.ingest")
     source = Path(path)
     who = user.name
@@ -1258,6 +1260,8 @@ def item_scores(store: Store, run_id: str, grader: str) -> dict[str, float]:
 
 def run_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
     """Per grader of a run: items scored, mean score, Wilson interval when binary, errors."""
+    import numpy as np
+
     out: list[dict[str, Any]] = []
     for grader, errors in store.fetch_all(
         "SELECT grader, count(*) FILTER (WHERE error IS NOT NULL) FROM eval_scores"
@@ -1341,6 +1345,8 @@ def slice_means(
     store: Store, runs: Mapping[str, str], grader: str, dimension: str
 ) -> dict[str, dict[str, float]]:
     """Mean score per slice for each labelled run: {label: {slice: mean}} (heatmap input)."""
+    import numpy as np
+
     out: dict[str, dict[str, float]] = {}
     for label, run_id in runs.items():
         where = store.fetch_one(

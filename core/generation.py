@@ -27,10 +27,9 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
-import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.access import User, require
@@ -51,12 +50,16 @@ from core.llm import (
 )
 from core.plan import Plan, grid_cells
 from core.plan_versions import load_plan
-from core.quality import near_duplicate_groups, near_duplicate_pairs
 from core.secrets import remove_key_values, scrub_secrets
 from core.settings import get_setting
 from core.store import Store
 from core.templating import render_user_template
 from core.tokens import estimate_tokens
+
+# The OpenAI client (through core.llm) and Ibis (core.quality's near-duplicates) load where a run
+# or the diversity read-out uses them: a dry run imports neither.
+if TYPE_CHECKING:
+    import openai
 
 __all__ = [
     "OUTPUT_SCHEMAS",
@@ -1329,6 +1332,8 @@ def run_batch(
     instead of submitting a new one. Raises AccessError, before any call or write, when
     ``user`` may not run generation.
     """
+    import openai
+
     require(user, "generation.run")
     spec = GenerationSpec.load(store, plan_id, version)
     endpoint = endpoint or resolve_endpoint(spec.plan.generation.endpoint)
@@ -1477,6 +1482,8 @@ def cell_diversity(
 ) -> list[CellDiversity]:
     """Per cell of the grid: valid and failed counts, unique rate (exact and near-duplicate,
     Jaccard ≥ ``threshold`` within the cell) and the spread of answer lengths."""
+    from core.quality import near_duplicate_groups, near_duplicate_pairs
+
     rows = store.fetch_all(
         "SELECT cell_key, item_index, status, coalesce(question, '') || ' ' ||"
         " coalesce(answer, ''), length(coalesce(answer, ''))"

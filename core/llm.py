@@ -19,15 +19,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx2
-import openai
 
 from core.errors import GenerationError
 from core.secrets import scrub_secrets
 from core.settings import get_setting
+
+# The client library takes most of a second to import: only the functions that talk to a server
+# import it, so a command that merely names an endpoint (train list, eval sets) never loads it.
+if TYPE_CHECKING:
+    import httpx2
+    import openai
 
 __all__ = [
     "OPENAI_BASE_URL",
@@ -120,6 +123,8 @@ def build_async_client(
     endpoint: Endpoint, *, timeout_s: float, http_client: httpx2.AsyncClient | None = None
 ) -> openai.AsyncOpenAI:
     """An async client for ``endpoint``; retries are Flywheel's own, so the client makes none."""
+    import openai
+
     require_key(endpoint)
     return openai.AsyncOpenAI(
         base_url=endpoint.base_url,
@@ -179,6 +184,8 @@ def server_message(exc: Exception) -> str:
 
 def describe_error(exc: Exception) -> str:
     """A short name of a request failure for a stored reason (never the key)."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return "request timed out"
     if isinstance(exc, openai.APIStatusError):
@@ -203,14 +210,18 @@ class _UnusableReply(Exception):
     """A 200 whose body cannot be used: retried like a 5xx."""
 
 
-# A body cut off or not JSON surfaces as one of these from the client.
-_UNUSABLE_BODY = (
-    json.JSONDecodeError,
-    UnicodeDecodeError,
-    openai.APIResponseValidationError,
-    httpx2.DecodingError,
-    httpx2.RemoteProtocolError,
-)
+def _unusable_body() -> tuple[type[Exception], ...]:
+    """What a body cut off or not JSON surfaces as from the client."""
+    import httpx2
+    import openai
+
+    return (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        openai.APIResponseValidationError,
+        httpx2.DecodingError,
+        httpx2.RemoteProtocolError,
+    )
 
 
 async def request_with_retries(
@@ -236,6 +247,9 @@ async def request_with_retries(
     Raises RequestGaveUp for a failure of this request, RequestAborted for one every request
     would meet (a refused key, an unknown model).
     """
+    import openai
+
+    unusable_body = _unusable_body()
     attempt = 0
     while True:
         if before_attempt is not None:
@@ -243,7 +257,7 @@ async def request_with_retries(
         try:
             try:
                 reply = await send()
-            except _UNUSABLE_BODY as exc:
+            except unusable_body as exc:
                 raise _UnusableReply(
                     f"the reply's body is not valid JSON ({type(exc).__name__})"
                 ) from None

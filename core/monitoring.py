@@ -261,6 +261,8 @@ class DatasetFigures:
     synthetic: int
     train: int
     validation: int
+    by_origin: tuple[tuple[str, int, int], ...] = ()
+    """(source, cycle that added them, rows): what the version carries from each cycle."""
 
     @property
     def synthetic_share(self) -> float | None:
@@ -427,6 +429,12 @@ def _funnels(store: Store, plan_id: str) -> dict[int, tuple[str, list[FunnelStag
     return out
 
 
+def cycle_datasets(store: Store, plan_id: str) -> dict[int, DatasetFigures]:
+    """The dataset version of each cycle's newest run, as it holds now, with what it carries
+    from each cycle (``DatasetFigures.by_origin``)."""
+    return _datasets(store, plan_id)
+
+
 def _datasets(store: Store, plan_id: str) -> dict[int, DatasetFigures]:
     rows = store.fetch_all(
         """
@@ -444,8 +452,24 @@ def _datasets(store: Store, plan_id: str) -> dict[int, DatasetFigures]:
         """,
         [plan_id],
     )
+    origins: dict[str, list[tuple[str, int, int]]] = {}
+    for version, source, origin, count in store.fetch_all(
+        """
+        WITH newest AS (
+            SELECT cycle, arg_max(dataset_version, started_at) AS version_id FROM cycle_runs
+            WHERE plan_id = ? GROUP BY cycle
+        )
+        SELECT r.version_id, r.source, r.origin_cycle, count(*)
+        FROM dataset_rows r SEMI JOIN newest n USING (version_id)
+        GROUP BY ALL ORDER BY r.version_id, r.source, r.origin_cycle
+        """,
+        [plan_id],
+    ):
+        origins.setdefault(str(version), []).append((str(source), int(origin), int(count)))
     return {
-        int(c): DatasetFigures(str(v), int(n), int(p), int(s), int(t), int(val))
+        int(c): DatasetFigures(
+            str(v), int(n), int(p), int(s), int(t), int(val), tuple(origins.get(str(v), ()))
+        )
         for c, v, n, p, s, t, val in rows
     }
 

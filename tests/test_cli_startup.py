@@ -1,4 +1,5 @@
-"""The command line answers at once: `--help` and the pure statistics import no heavy library.
+"""The command line answers at once: `--help` and the pure statistics import no heavy library,
+and a command that works on the store imports only the libraries it uses.
 
 Each test starts a fresh interpreter, as a user's shell does, and reads what it imported; the
 wall time itself is bench/cli.py's to measure, never asserted here.
@@ -8,16 +9,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT
+from cycle_helpers import build_workspace
+from eval_helpers import code_items, write_jsonl
+from test_evals import ML, _gate_workspace
 
 import core.cli
 from core.abtest import design_ab_test
+from core.access import local_operator
 from core.cli import main
+from core.cycles import run_cycle
+from core.evals import import_eval_set
+from core.store import Store
 
 # Each takes from a tenth of a second (pydantic, duckdb, jinja2 with their dependants) to
 # seconds (scipy.stats, openai, the training stack) to import on the machines this runs on.
@@ -241,3 +251,88 @@ def test_p_values_print_through_the_one_formatter(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out.rstrip().endswith("p < 0.0001")
     assert main(["stats", "ab", *flags, "--treatment-x", "1100"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("p = 0.021")  # proportions_ztest: 0.02108
+
+
+# What a command that reads or records in the store has no use for: the query builder, the
+# client of model servers, dataframes, charts, documents and the training stack. Commands
+# that compute no statistics have no use for numpy, scipy or Arrow either.
+NOT_FOR_RECORDS = frozenset(
+    [
+        "ibis",
+        "sqlglot",
+        "openai",
+        "httpx2",
+        "pandas",
+        "plotly",
+        "weasyprint",
+        "kaleido",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "datasets",
+    ]
+)
+NO_STATISTICS = NOT_FOR_RECORDS | {"numpy", "scipy", "pyarrow"}
+
+
+@pytest.fixture(scope="module")
+def _workspaces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two small stores, built once: one that ran cycle 2; one with eval results to gate (their
+    set frozen by the results) and a draft set."""
+    built: dict[str, Path] = {}
+    for name in ("cycle", "gates"):
+        folder = tmp_path_factory.mktemp(f"startup-{name}")
+        store = Store(folder / "flywheel.duckdb")
+        if name == "cycle":
+            plan_id = build_workspace(store, folder)
+            run_cycle(store, plan_id, 2, user=local_operator())
+        else:
+            _gate_workspace(store, folder, regress_async=False)
+            draft = write_jsonl(folder / "draft.jsonl", code_items(2, eval_set="py-draft"))
+            import_eval_set(store, draft, user=ML)
+        built[name] = store.path
+    return built
+
+
+def _command(workspace: str, argv: list[str], answer: str, unused: frozenset[str]) -> Any:
+    return pytest.param(workspace, argv, answer, unused, id=" ".join(argv[:2]))
+
+
+@pytest.mark.parametrize(
+    ("workspace", "argv", "answer", "unused"),
+    [
+        _command("cycle", ["cycle", "why", "i-001"], "): kept in ds-", NO_STATISTICS),
+        _command("cycle", ["forget", "u-3"], "Forgot user u-3: 10 interactions", NO_STATISTICS),
+        _command("cycle", ["train", "list"], "No training jobs yet.", NO_STATISTICS),
+        _command("cycle", ["generate", "--dry-run"], "calls, ~", NO_STATISTICS),
+        _command("gates", ["eval", "sets"], "py-draft  v1  6 items  draft", NO_STATISTICS),
+        _command(
+            "gates", ["eval", "freeze", "py-draft", "--reason", "ship"], "Froze", NO_STATISTICS
+        ),
+        _command("gates", ["gate", "check", "--cycle", "1"], "ft:student: PASS", NOT_FOR_RECORDS),
+        _command(
+            "gates",
+            ["gate", "decide", "--cycle", "1", "--approve"],
+            "Recorded approved of ft:student",
+            NOT_FOR_RECORDS,
+        ),
+    ],
+)
+def test_a_command_imports_no_heavy_library_it_does_not_use(
+    tmp_path: Path,
+    _workspaces: dict[str, Path],
+    workspace: str,
+    argv: list[str],
+    answer: str,
+    unused: frozenset[str],
+) -> None:
+    db = tmp_path / "flywheel.duckdb"
+    shutil.copyfile(_workspaces[workspace], db)
+    listing = tmp_path / "modules.json"
+    done = _python(
+        "-c", _RUN_AND_LIST, str(listing), *argv, "--db", str(db), env={"FLYWHEEL_AUTO_DEMO": "0"}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert answer in done.stdout
+    assert _top_level(json.loads(listing.read_text())) & unused == set()
