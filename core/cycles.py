@@ -26,7 +26,6 @@ one transaction: when any stage fails the store is left as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -55,7 +54,7 @@ from core.cycle_reads import (
     why_dropped,
 )
 from core.cycle_reads import run_summary as run_summary
-from core.datasets import canonical_jsonl
+from core.datasets import canonical_sha256
 from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
 from core.plan import (
@@ -1213,9 +1212,17 @@ def _write_version(
 ) -> tuple[str, str, bool]:
     """Store the dataset as a new version, or find the identical one; (id, sha256, new).
     Rows new in this version are sketched for the cycles that carry them."""
-    cur = con.execute(f"SELECT system, prompt, response FROM {_DATASET} ORDER BY sort_key, row_key")
-    rows = [{"system": s, "prompt": p, "response": r} for s, p, r in cur.fetchall()]
-    sha = hashlib.sha256(canonical_jsonl(rows)).hexdigest()
+    reader = con.sql(
+        f"SELECT system, prompt, response FROM {_DATASET} ORDER BY sort_key, row_key"
+    ).to_arrow_reader(100_000)
+    sha = canonical_sha256(
+        (
+            batch.column(0).to_pylist(),
+            batch.column(1).to_pylist(),
+            batch.column(2).to_pylist(),
+        )
+        for batch in reader
+    )
     same = con.execute(
         "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle = ? AND sha256 = ?"
         " AND plan_version = ? ORDER BY number DESC LIMIT 1",
@@ -1342,10 +1349,12 @@ def sketch_version(con: duckdb.DuckDBPyConnection, version_id: str, threshold: f
     near-duplicate ``threshold``, which later cycles, carrying these rows, read to compare
     their new rows against instead of cutting and hashing the rows' texts again. Needs the
     macros of ``quality.install_stage_functions``."""
+    # The rows this version added: those it carries were sketched when first written, or
+    # when the cycle read them (a text redacted again).
     texts = (
-        "SELECT * FROM dataset_rows d WHERE version_id = $v AND NOT EXISTS (SELECT 1 FROM"
-        " dataset_row_sketches k WHERE k.row_key = d.row_key AND k.text_md5 = d.text_md5"
-        " AND k.engine = $engine)"
+        "SELECT * FROM dataset_rows d WHERE version_id = $v AND origin_version = $v"
+        " AND NOT EXISTS (SELECT 1 FROM dataset_row_sketches k WHERE k.row_key = d.row_key"
+        " AND k.text_md5 = d.text_md5 AND k.engine = $engine)"
     )
     _store_sketches(con, texts, {"v": version_id, "engine": quality.SKETCH_ENGINE}, threshold)
 
