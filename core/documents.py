@@ -34,6 +34,7 @@ from core.paths import check_output_path
 from core.plan import TRAINING_BACKEND_LABELS, Plan, QualityFilter, plan_timeline
 from core.privacy import PII_TYPES, placeholder
 from core.settings import PROJECT_ROOT
+from core.stats import format_p_value
 
 __all__ = [
     "DOCUMENTS",
@@ -159,6 +160,15 @@ def _number(value: float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"
 
 
+def _p_value(value: float | None, name: str = "") -> str:
+    """A p-value through the one formatter the pages and the CLI use ("0.021", "< 0.0001",
+    never "0" or "8.13e-310"); with a ``name``, as a phrase: "p = 0.021", "Holm p < 0.0001"."""
+    shown = format_p_value(value)
+    if not name:
+        return shown
+    return f"{name} {shown}" if shown.startswith("<") else f"{name} = {shown}"
+
+
 def _label(value: object) -> str:
     """A code value by its human label (core.labels): ``direct_identifier`` → "Direct
     identifier"; a missing one as "—"."""
@@ -205,6 +215,7 @@ def environment() -> Environment:
             money=_money,
             percent=_percent,
             number=_number,
+            p_value=_p_value,
             label=_label,
             when=_when,
             public_url=_public_url,

@@ -1440,7 +1440,7 @@ def non_inferiority_gate(
     result = non_inferiority_paired(student, teacher, ratio=ratio, alpha=alpha)
     evidence = [f"student/teacher ratio {_fmt(result.ratio_estimate)} (margin {ratio:g})"]
     if result.p_value is not None:
-        evidence.append(f"one-sided paired t p = {result.p_value:.4g}")
+        evidence.append(f"one-sided paired t p = {format_p_value(result.p_value)}")
     if result.reason is not None:
         evidence.append(result.reason)
     return gate_verdict(

@@ -641,3 +641,19 @@ def test_cli_writes_a_model_card_and_refuses_a_cycle_without_candidate(
     assert "cycle 3 has no candidate model; register or train one first" in done.stderr
     assert done.stderr.count("\n") == 1
     assert not (tmp_path / "x.md").exists()
+
+
+def test_cycle_report_prints_p_values_through_the_one_formatter(demo_store: Store) -> None:
+    texts = {
+        cycle: render_document(
+            "cycle", "md", generated_at=AT, store=demo_store, plan_id=DEMO_ID, cycle=cycle
+        ).decode("utf-8")
+        for cycle in (1, 3)
+    }
+    # Cycle 3's logs lost treatment users: a sample ratio far below 1e-4 reads "< 0.0001".
+    assert "(sample ratio: p < 0.0001)" in texts[3]
+    # ~1e-36 in the gate's evidence (Markdown escapes its "<")
+    assert re.search(r"one-sided paired t p = \\?< 0\.0001", texts[1])
+    for text in texts.values():
+        assert not re.search(r"\bp = [0-9.]+e-", text), "a p-value in scientific notation"
+        assert "p = 0." in text or "p < 0.0001" in text
