@@ -927,6 +927,8 @@ def dataset_sizes_figure(records: Sequence[CycleRecord]) -> go.Figure:
             ("production", record.cycle, dataset.production),
         )
         for source, origin, rows in origins:
+            if not rows:
+                continue
             key = ("synthetic", 0) if source == "synthetic" else ("production", origin)
             per = sources.setdefault(key, {})
             per[f"Cycle {record.cycle}"] = per.get(f"Cycle {record.cycle}", 0) + rows

@@ -199,17 +199,34 @@ def test_lift_by_cycle_points_with_asymmetric_intervals() -> None:
     assert point.marker.color[1] == "#de2d26"
 
 
-def test_dataset_sizes_stack_production_and_synthetic() -> None:
+def test_dataset_growth_stacks_synthetic_and_production_by_the_cycle_that_added_it() -> None:
+    carried = (("production", 2, 75), ("production", 3, 93), ("synthetic", 1, 205))
     records = [
-        _record(1, dataset=DatasetFigures("ds-c1", 205, 0, 205, 184, 21)),
-        _record(2, dataset=DatasetFigures("ds-c2", 105, 75, 30, 91, 14)),
-        _record(3),
+        _record(1, dataset=DatasetFigures("ds-c1", 205, 0, 205, 184, 21, (("synthetic", 1, 205),))),
+        _record(
+            2,
+            dataset=DatasetFigures(
+                "ds-c2", 280, 75, 205, 252, 28, (("production", 2, 75), ("synthetic", 1, 205))
+            ),
+        ),
+        _record(3, dataset=DatasetFigures("ds-c3", 373, 168, 205, 336, 37, carried)),
+        _record(4),
     ]
     fig = dataset_sizes_figure(records)
-    assert [t.name for t in fig.data] == ["Production", "Synthetic"]
-    assert [list(t.y) for t in fig.data] == [[0, 75], [205, 30]]
-    assert list(fig.data[0].x) == ["Cycle 1", "Cycle 2"]
+    assert [t.name for t in fig.data] == [
+        "Production · added by cycle 2",
+        "Production · added by cycle 3",
+        "Synthetic",
+    ]
+    assert [list(t.y) for t in fig.data] == [[0, 75, 75], [0, 0, 93], [205, 205, 205]]
+    assert list(fig.data[0].x) == ["Cycle 1", "Cycle 2", "Cycle 3"]
     assert fig.layout.barmode == "stack"
+    # A version written before rows kept their origin counts as its own cycle's.
+    old = dataset_sizes_figure([_record(2, dataset=DatasetFigures("ds-c2", 105, 75, 30, 91, 14))])
+    assert [(t.name, list(t.y)) for t in old.data] == [
+        ("Production · added by cycle 2", [75]),
+        ("Synthetic", [30]),
+    ]
 
 
 def test_timeline_marks_what_actually_happened() -> None:
