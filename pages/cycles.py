@@ -24,6 +24,7 @@ from core.datasets import (
     list_versions,
 )
 from core.gates import cycle_decisions
+from core.labels import label
 from core.plan import plan_timeline
 from core.plan_versions import load_plan
 from pages._common import (
@@ -142,6 +143,10 @@ table(
     ],
     codes=("stage", "rule"),
     pinned=("stage",),
+    column_config={
+        key: st.column_config.NumberColumn(label(key), width="small")
+        for key in ("rows_in", "removed", "added", "rows_out", "seconds")
+    },
 )
 
 picked_cycle = next(int(r["cycle"]) for r in runs if r["run_id"] == run_id)
@@ -167,7 +172,15 @@ else:
         format_func=lambda o: f"{o} ({counts[o]:,} rows)",
         key="removed_pick",
     )
-    table(cached_read(removed_rows, run_id, stage=options[picked]), codes=("stage", "rule"))
+    # Why each row left, and its prompt; the whole row is one search away (below).
+    removed = cached_read(removed_rows, run_id, stage=options[picked])
+    table(
+        [
+            {k: r[k] for k in ("interaction_id", "stage", "rule", "detail", "prompt")}
+            for r in removed
+        ],
+        codes=("stage", "rule"),
+    )
 asked = st.text_input("Why was this interaction dropped?", key="why_id", placeholder="demo-00042")
 if asked.strip():
     answers = guarded(lambda: why_dropped(store, asked.strip(), plan_id=plan_id))
@@ -185,7 +198,6 @@ table(
             "rows": v.rows_now,
             "production_rows": v.production_rows,
             "synthetic_rows": v.synthetic_rows,
-            "parent_version": v.parent_version,
             "created_at": v.created_at,
         }
         for v in versions
@@ -197,6 +209,7 @@ chosen = st.selectbox("Version", list(by_id), key="version_pick")
 current = by_id[chosen]
 # The rest of the chosen version's figures, below the narrow summary that fits a laptop.
 st.caption(
+    f"Built on `{current.parent_version or 'nothing (the first version)'}` · "
     f"{current.train_rows:,} training and {current.validation_rows:,} validation rows · "
     f"SHA-256 `{current.sha256[:12]}` · {current.erased_rows:,} rows erased since · created by "
     f"{current.created_by}"

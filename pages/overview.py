@@ -208,10 +208,8 @@ TRAFFIC_COLUMNS = [
     RATED_UP.column,
     CONSENTED.column,
     ELIGIBLE.column,
-    "teacher $/1k",
-    "student $/1k",
-    "cost reduction",
 ]
+COST_COLUMNS = ["cycle", "teacher $/1k", "student $/1k", "cost reduction"]
 DATA_COLUMNS = [
     "cycle",
     "PII rows redacted",
@@ -227,11 +225,23 @@ st.dataframe(
     column_config={
         **{c: st.column_config.Column(label(c)) for c in VERDICT_COLUMNS},
         "cycle": st.column_config.NumberColumn(label("cycle"), pinned=True),
-        "deviations": st.column_config.TextColumn(label("deviations"), width="large"),
+        "deviations": st.column_config.TextColumn(label("deviations"), width="medium"),
     },
 )
-st.markdown("**Traffic and cost**")
-show_table(table[TRAFFIC_COLUMNS], pinned=("cycle",))
+st.markdown("**Traffic and cost**")  # two tables: together they overflow 1366 px
+# A rate's column is headed by its name, its base in the caption below and on hover: four
+# headers with their bases in full do not fit a laptop's width side by side.
+RATES = (ACCEPTED, RATED_UP, CONSENTED, ELIGIBLE)
+show_table(
+    table[TRAFFIC_COLUMNS],
+    pinned=("cycle",),
+    column_config={
+        "window": st.column_config.TextColumn("Dates"),
+        **{m.column: st.column_config.TextColumn(m.label, help=m.definition) for m in RATES},
+    },
+)
+st.caption(" · ".join(f"{m.label}: {m.short_base}" for m in RATES))
+show_table(table[COST_COLUMNS], pinned=("cycle",))
 st.markdown("**Data**")
 show_table(table[DATA_COLUMNS], pinned=("cycle",))
 deviating = [(r.cycle, _off_plan(r)) for r in records if _off_plan(r)]
@@ -250,6 +260,7 @@ latest = actuals[-1] if actuals else None
 realised = realised_monthly_savings(plan, latest) if latest else None
 if latest and latest.realised_reduction and realised is not None:
     econ = plan.economics
+    st.caption(f"Cycle {latest.cycle}, the latest with traffic, against the plan:")
     cols = st.columns(3)
     cols[0].metric(
         "Realised cost reduction",
@@ -262,7 +273,7 @@ if latest and latest.realised_reduction and realised is not None:
         delta=f"${realised - econ.monthly_savings:+,.0f} vs projection",
     )
     cols[2].metric(
-        f"{CONSENTED.column}, cycle {latest.cycle}",
+        CONSENTED.column,
         CONSENTED.percent(latest.consented_user_rate),
         help=CONSENTED.definition,
     )
@@ -339,7 +350,9 @@ if record.status == "planned":
     st.stop()
 
 a = record.actuals
-cols = st.columns(5)
+# Three tiles a row: a rate's label carries its base ("of active users") and five to a row
+# cut it off at 1366 px.
+cols = [*st.columns(3), *st.columns(3)]
 cols[0].metric("Interactions", f"{a.interactions:,}" if a else "—")
 cols[1].metric(
     ACCEPTED.column, ACCEPTED.percent(a.acceptance_rate if a else None), help=ACCEPTED.definition

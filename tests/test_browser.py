@@ -220,7 +220,7 @@ def test_every_page_reads_whole_at_laptop_and_desktop_widths(
     found = page.evaluate(_LAYOUT_PROBE)
     page.close()
     assert _box_glyphs(found["text"]) == []
-    assert found["cut"] == [], f"cut off at {width} px on /{path}"
+    assert found["cut"] == [], f"cut off at {width} px on /{path}: {found['cut']}"
 
 
 def test_edit_and_save_a_plan(dashboard: tuple[str, Path], browser: object) -> None:

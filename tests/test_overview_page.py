@@ -32,9 +32,9 @@ def _overview() -> AppTest:
 
 
 def _table(at: AppTest) -> dict[int, dict[str, object]]:
-    """The cycles table, whose columns the page shows as three narrower tables by cycle."""
+    """The cycles table, whose columns the page shows as four narrower tables by cycle."""
     merged: dict[int, dict[str, object]] = {}
-    for element in at.dataframe[:3]:
+    for element in at.dataframe[:4]:
         frame = getattr(element.value, "data", element.value)  # a Styler holds .data
         for _, row in frame.iterrows():
             merged.setdefault(int(row["cycle"]), {}).update(dict(row))
