@@ -599,7 +599,7 @@ def build_privacy_packet(
 
 def _cycle_run(store: Any, plan_id: str, cycle: int) -> dict[str, Any]:
     """The newest run of a plan's cycle; DocumentError when the cycle has not run."""
-    from core.cycles import cycle_runs
+    from core.cycle_reads import cycle_runs
 
     runs = [r for r in cycle_runs(store, plan_id) if int(r["cycle"]) == cycle]
     if not runs:
@@ -742,7 +742,7 @@ def build_cycle_report(*, store: Any, plan_id: str, cycle: int) -> DocumentConte
     """A cycle: its funnel, dataset version, gates with evidence, A/B result and decisions."""
     from core.abtest import analyse_cycle
     from core.charts import ab_lift_figure, dataset_sizes_figure, funnel_figure
-    from core.cycles import run_stages
+    from core.cycle_reads import run_stages
     from core.datasets import get_version
     from core.gates import cycle_decisions
     from core.monitoring import CycleRecord, cycle_datasets
@@ -886,7 +886,7 @@ def _system_values(lineage: Mapping[str, Any], production: int) -> dict[str, Any
 def build_datasheet(*, store: Any, version_id: str) -> DocumentContext:
     """A dataset version: lineage, composition per cell, filters with parameters, known limits."""
     from core.charts import composition_heatmap_figure
-    from core.cycles import cycle_runs
+    from core.cycle_reads import cycle_runs
     from core.datasets import get_version
 
     version = get_version(store, version_id)
@@ -1307,7 +1307,7 @@ def build_model_card(*, store: Any, plan_id: str, cycle: int) -> DocumentContext
     """
     from core.abtest import analyse_cycle
     from core.charts import slice_scores_figure
-    from core.cycles import cycle_runs
+    from core.cycle_reads import cycle_runs
     from core.datasets import get_version
     from core.errors import AnalysisError, DatasetError
     from core.gates import cycle_decisions
