@@ -325,7 +325,7 @@ def cmd_ingest(args: argparse.Namespace, store: Store) -> Outcome:
 
 
 def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
-    from core.ingest import batch_rejects
+    from core.ingest_reads import batch_rejects
 
     rows = batch_rejects(store, args.batch, user=_user(), reveal_raw=args.raw)
     text = "\n".join(

@@ -336,3 +336,26 @@ def test_a_command_imports_no_heavy_library_it_does_not_use(
     assert done.returncode == 0, done.stderr[-2000:]
     assert answer in done.stdout
     assert _top_level(json.loads(listing.read_text())) & unused == set()
+
+
+def test_rejects_reads_a_batch_without_the_query_builder(
+    tmp_path: Path, _workspaces: dict[str, Path]
+) -> None:
+    db = tmp_path / "flywheel.duckdb"
+    shutil.copyfile(_workspaces["cycle"], db)
+    found = Store(db).fetch_one("SELECT batch_id FROM ingest_batches WHERE kind = 'interactions'")
+    assert found is not None
+    listing = tmp_path / "modules.json"
+    done = _python(
+        "-c",
+        _RUN_AND_LIST,
+        str(listing),
+        "rejects",
+        "--batch",
+        str(found[0]),
+        "--db",
+        str(db),
+        env={"FLYWHEEL_AUTO_DEMO": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _top_level(json.loads(listing.read_text())) & NO_STATISTICS == set()
