@@ -24,9 +24,7 @@ def test_each_family_choice_lists_every_entry_of_that_family(demo_store: Store) 
     for family in sorted(families):
         assert family in ACTION_FAMILIES
         picker.set_value(family).run()
-        expected = [
-            e for e in audit_entries(demo_store) if e.action.split(".")[0] == family
-        ]
+        expected = [e for e in audit_entries(demo_store) if e.action.split(".")[0] == family]
         assert expected
         shown = at.dataframe[0].value
         assert len(shown) == len(expected), family
