@@ -475,6 +475,8 @@ def ab_lift_figure(
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=360,
     )
+    ticks = [f"{v:+.0%}" for v in (low, high)] if shown else []
+    _fit_category_labels(fig, y_labels=[*ticks, "+100%"], y_title=True)
     return fig
 
 
