@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import ibis.expr.types as ir
 
 __all__ = [
+    "CONSENT_EVENT_COLUMNS",
     "SCOPES",
     "ForgetResult",
     "consent_counts",
@@ -73,7 +74,7 @@ _INTERACTIONS = {
     "topic": "string",
     "difficulty": "string",
 }
-_EVENTS = {
+CONSENT_EVENT_COLUMNS = {
     "user_id": "string",
     "ts": "timestamp('UTC')",
     "scope": "string",
@@ -81,6 +82,7 @@ _EVENTS = {
     "policy_version": "string",
     "source": "string",
 }
+"""The consent ledger's columns (``consent_events``), as Ibis types."""
 
 
 def eligible_interactions(
@@ -97,7 +99,7 @@ def eligible_interactions(
     import ibis
 
     rows = interactions if interactions is not None else ibis.table(_INTERACTIONS, "interactions")
-    ledger = events if events is not None else ibis.table(_EVENTS, "consent_events")
+    ledger = events if events is not None else ibis.table(CONSENT_EVENT_COLUMNS, "consent_events")
     ledger = ledger.filter(ledger.scope == scope)
     grants = ledger.filter(ledger.action == "grant").select(g_user=ledger.user_id, g_ts=ledger.ts)
     withdrawals = ledger.filter(ledger.action == "withdraw").select(

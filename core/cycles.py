@@ -43,7 +43,7 @@ from core import clock as action_clock
 from core import quality
 from core.access import User, require
 from core.audit import record_audit
-from core.consent import consented_since_sql, eligible_interactions
+from core.consent import CONSENT_EVENT_COLUMNS, consented_since_sql, eligible_interactions
 from core.cycle_reads import (
     CycleResult,
     StageRecord,
@@ -402,10 +402,7 @@ def _row_columns(plan: Plan) -> str:
 
 
 def _events() -> ir.Table:
-    return ibis.table(
-        {"user_id": "string", "ts": "timestamp('UTC')", "scope": "string", "action": "string"},
-        name="consent_events",
-    )
+    return ibis.table(CONSENT_EVENT_COLUMNS, name="consent_events")
 
 
 _CARRY_EXTRA = {"fw_origin_cycle": "int64", "fw_origin_version": "string", "fw_split": "string"}

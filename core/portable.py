@@ -44,6 +44,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from core import quality
+from core.consent import CONSENT_EVENT_COLUMNS
 from core.cycles import consent_stage, pipeline_rules, rule_key
 from core.errors import CycleError
 from core.plan import Plan
@@ -73,16 +74,7 @@ __all__ = [
     "spark_session",
 ]
 
-CONSENT_SCHEMA = ibis.schema(
-    {
-        "user_id": "string",
-        "ts": "timestamp('UTC')",
-        "scope": "string",
-        "action": "string",
-        "policy_version": "string",
-        "source": "string",
-    }
-)
+CONSENT_SCHEMA = ibis.schema(CONSENT_EVENT_COLUMNS)
 """The consent ledger's columns."""
 
 EVAL_ITEM_SCHEMA = ibis.schema(
