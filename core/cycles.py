@@ -701,7 +701,8 @@ def _run_cycle(
         freeze = end or datetime.combine(
             plan_timeline(plan)[cycle - 1].data_freeze, day_time(0), UTC
         )
-        carried = _carry(con, plan, plan_id, rules, parent, freeze, keep, fresh_batches(con))
+        fresh = fresh_batches(con)  # batches today's PII detectors redacted: read once
+        carried = _carry(con, plan, plan_id, rules, parent, freeze, keep, fresh)
         carried.seconds = time.perf_counter() - clock
         stages.append(carried)
         if parent is not None:
@@ -771,7 +772,6 @@ def _run_cycle(
         kept = window.anti_join(
             ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
         )
-        fresh = fresh_batches(con)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, fresh))}")
         rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
         checked = _count(

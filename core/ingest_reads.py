@@ -47,21 +47,13 @@ def batch_rejects(
             f"No batch {batch_id!r}; `python -m core ingest FILE` prints the id of each batch."
         )
     columns = "line, reason" + (", raw" if reveal_raw else "")
-    with store.transaction() as con:
-        cur = con.execute(
-            f"SELECT {columns} FROM quarantine WHERE batch_id = ? ORDER BY line", [batch_id]
-        )
-        names = [d[0] for d in cur.description or []]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        if reveal_raw:
-            record_audit(
-                con,
-                actor=user.name,
-                action="view_raw_text",
-                target=f"quarantine:{batch_id}",
-                detail={"rows": len(rows)},
-            )
-    return rows
+    return _read_audited(
+        store,
+        f"SELECT {columns} FROM quarantine WHERE batch_id = ? ORDER BY line",
+        [batch_id],
+        user=user if reveal_raw else None,
+        target=f"quarantine:{batch_id}",
+    )
 
 
 def pii_summary(store: Store, batch_id: str | None = None) -> dict[str, int]:
@@ -96,20 +88,31 @@ def pii_samples(
     columns = "interaction_id, batch_id, prompt, response"
     if reveal_raw:
         columns += ", raw_prompt, raw_response"
+    return _read_audited(
+        store,
+        f"SELECT {columns} FROM interactions WHERE list_contains(pii, ?) "
+        "ORDER BY ts, interaction_id LIMIT ?",
+        [pii_type, limit],
+        user=user if reveal_raw else None,
+        target=f"pii:{pii_type}",
+    )
+
+
+def _read_audited(
+    store: Store, sql: str, params: list[Any], *, user: User | None, target: str
+) -> list[dict[str, Any]]:
+    """Rows of ``sql`` as dicts; when ``user`` is given (raw text was asked for), the view is
+    written to the audit log under their name in the same transaction, without the text."""
     with store.transaction() as con:
-        cur = con.execute(
-            f"SELECT {columns} FROM interactions WHERE list_contains(pii, ?) "
-            "ORDER BY ts, interaction_id LIMIT ?",
-            [pii_type, limit],
-        )
+        cur = con.execute(sql, params)
         names = [d[0] for d in cur.description or []]
         rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        if reveal_raw:
+        if user is not None:
             record_audit(
                 con,
                 actor=user.name,
                 action="view_raw_text",
-                target=f"pii:{pii_type}",
+                target=target,
                 detail={"rows": len(rows)},
             )
     return rows
