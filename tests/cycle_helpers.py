@@ -60,6 +60,20 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def withdraw_consent(store: Store, tmp: Path, user_id: str, ts: str) -> None:
+    """Load one training-consent withdrawal of ``user_id`` at ``ts`` through the real ingest."""
+    withdrawal = {
+        "user_id": user_id,
+        "ts": ts,
+        "scope": "training",
+        "action": "withdraw",
+        "policy_version": "1",
+        "source": "test",
+    }
+    path = write_jsonl(tmp / f"withdraw-{user_id}.jsonl", [withdrawal])
+    ingest_file(store, path, kind="consent", user=local_operator())
+
+
 def build_workspace(
     store: Store,
     tmp: Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cycle_helpers import build_workspace, cycle_plan, interaction, write_jsonl
+from cycle_helpers import build_workspace, cycle_plan, interaction, withdraw_consent
 from test_cycles import assert_funnel_reconciles
 
 from core.access import User, local_operator
@@ -18,7 +18,6 @@ from core.consent import forget_user
 from core.cycles import run_cycle, why_dropped
 from core.datasets import compare_versions, get_version
 from core.errors import ThinCycleError
-from core.ingest import ingest_file
 from core.plan import FieldCondition, Plan
 from core.plan_versions import load_plan, save_plan_version
 from core.signoffs import record_decision
@@ -128,20 +127,7 @@ def test_an_unchanged_rerun_builds_nothing_new(store: Store, tmp_path: Path) -> 
 def test_a_withdrawal_since_the_parent_removes_carried_rows(store: Store, tmp_path: Path) -> None:
     plan_id = workspace(store, tmp_path)
     second = run_cycle(store, plan_id, 2, user=local_operator())
-    withdrawal = {
-        "user_id": "u-1",
-        "ts": "2027-02-20T00:00:00Z",
-        "scope": "training",
-        "action": "withdraw",
-        "policy_version": "1",
-        "source": "test",
-    }
-    ingest_file(
-        store,
-        write_jsonl(tmp_path / "w.jsonl", [withdrawal]),
-        kind="consent",
-        user=local_operator(),
-    )
+    withdraw_consent(store, tmp_path, "u-1", "2027-02-20T00:00:00Z")
     third = run_cycle(store, plan_id, 3, user=local_operator())
     u1 = {k for k in production_keys(store, second.dataset_version) if int(k[2:]) % 4 == 1}
     assert u1

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from cycle_helpers import build_workspace, cycle_plan, interaction, write_jsonl
+from cycle_helpers import build_workspace, cycle_plan, interaction, withdraw_consent, write_jsonl
 from test_carry_forward import later, new_plan_version
 from test_spark import CYCLE_ROW_COLUMNS, _removed, _versioned, _window_tables
 
@@ -116,20 +116,7 @@ def _carry_workspace(store: Store, tmp: Path) -> tuple[str, str, Plan]:
     old = {r["interaction_id"]: r for r in cycle2}
     new = _cycle3_rows(old, (str(synthetic[0][0]), str(synthetic[0][1])))
     ingest_file(store, write_jsonl(tmp / "cycle3.jsonl", new), user=local_operator())
-    withdrawal = {
-        "user_id": "u-1",
-        "ts": "2027-02-20T00:00:00Z",
-        "scope": "training",
-        "action": "withdraw",
-        "policy_version": "1",
-        "source": "test",
-    }
-    ingest_file(
-        store,
-        write_jsonl(tmp / "withdraw.jsonl", [withdrawal]),
-        kind="consent",
-        user=local_operator(),
-    )
+    withdraw_consent(store, tmp, "u-1", "2027-02-20T00:00:00Z")
     new_plan_version(store, plan_id, _tighten)
     plan, _ = load_plan(store, plan_id)
     return plan_id, second.dataset_version, plan
