@@ -57,6 +57,7 @@ from core.cycle_reads import run_summary as run_summary
 from core.datasets import canonical_sha256
 from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
+from core.labels import label
 from core.plan import (
     Decontamination,
     ExactDedup,
@@ -73,7 +74,6 @@ from core.signoffs import privacy_approved
 from core.store import Store
 
 __all__ = [
-    "RETIREMENT_LABELS",
     "STAGE_RUNNERS",
     "CycleResult",
     "ParentVersion",
@@ -330,12 +330,6 @@ _CARRIED = "fw_cycle_carried"
 _REFERENCE = "fw_cycle_reference"
 _CARRY_ROWS = "fw_cycle_carry_rows"
 _POOL = "fw_cycle_pool"
-
-RETIREMENT_LABELS: dict[str, str] = {
-    "oldest_first": "oldest first",
-    "lowest_rated_first": "lowest rated first",
-    "cell_balance": "keeping each cell of the grid balanced",
-}
 
 
 @dataclass(frozen=True)
@@ -1066,7 +1060,7 @@ def _mix(
             f"Cycle {cycle} trains on synthetic data only and none is stored: run `generate`."
         )
     order = _retire_order(policy)
-    shown = RETIREMENT_LABELS.get(policy, policy)
+    shown = f"({label(policy).lower()})"
     why_cap = (
         f"retired {shown}: past max_dataset_size={cap} at {ratio:g} synthetic per production row"
     )
