@@ -1064,24 +1064,32 @@ def _mix(
     why_cap = (
         f"retired {shown}: past max_dataset_size={cap} at {ratio:g} synthetic per production row"
     )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE fw_cycle_keep AS SELECT row_key,"
-        f" row_number() OVER (ORDER BY {order}) AS fw_pick"
-        f" FROM ({_ranked('SELECT * FROM fw_cycle_candidates')})"
-    )
-    why_off = "this cycle of the plan does not train on production data"
-    con.execute(
-        f"INSERT INTO {_REMOVED} SELECT c.row_key, c.user_id, $position, 'mix', $rule,"
-        " CASE WHEN $uses THEN $why ELSE $off END FROM fw_cycle_candidates c JOIN fw_cycle_keep k"
-        " USING (row_key) WHERE k.fw_pick > $keep",
-        {
-            "rule": f"max_dataset_size={cap}",
-            "position": position,
-            "uses": uses_production,
-            "why": why_cap,
-            "off": why_off,
-            "keep": keep_production,
-        },
+    retiring = keep_production < total_production
+    if retiring:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fw_cycle_keep AS SELECT row_key,"
+            f" row_number() OVER (ORDER BY {order}) AS fw_pick"
+            f" FROM ({_ranked('SELECT * FROM fw_cycle_candidates')})"
+        )
+        why_off = "this cycle of the plan does not train on production data"
+        con.execute(
+            f"INSERT INTO {_REMOVED} SELECT c.row_key, c.user_id, $position, 'mix', $rule,"
+            " CASE WHEN $uses THEN $why ELSE $off END FROM fw_cycle_candidates c"
+            " JOIN fw_cycle_keep k USING (row_key) WHERE k.fw_pick > $keep",
+            {
+                "rule": f"max_dataset_size={cap}",
+                "position": position,
+                "uses": uses_production,
+                "why": why_cap,
+                "off": why_off,
+                "keep": keep_production,
+            },
+        )
+    # Under the cap every candidate is kept: no order to compute over all of them.
+    kept = (
+        " WHERE row_key IN (SELECT row_key FROM fw_cycle_keep WHERE fw_pick <= $keep)"
+        if retiring
+        else ""
     )
     # Synthetic rows: the carried ones (retired past the cap by the same policy), then new
     # items of the pool in a stratified order, so that each cell keeps its share.
@@ -1123,15 +1131,14 @@ def _mix(
         "SELECT row_key, 'production' AS source, interaction_id, user_id, batch_id, cell_key,"
         " CASE WHEN $replace THEN $system::VARCHAR ELSE system END AS system, prompt, response,"
         " system AS logged_system, origin_cycle, origin_version, fw_split"
-        " FROM fw_cycle_candidates WHERE row_key IN"
-        " (SELECT row_key FROM fw_cycle_keep WHERE fw_pick <= $keep)"
+        f" FROM fw_cycle_candidates{kept}"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
         " prompt, response, NULL, origin_cycle, origin_version, fw_split"
         " FROM fw_cycle_synthetic WHERE fw_pick <= $synthetic"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
         f" prompt, response, NULL, $cycle, NULL, NULL FROM ({_sql(picked)})",
         {
-            "keep": keep_production,
+            **({"keep": keep_production} if retiring else {}),
             "synthetic": synthetic,
             "cycle": cycle,
             "system": plan.goal.system_message,
@@ -1203,17 +1210,7 @@ def _write_version(
 ) -> tuple[str, str, bool]:
     """Store the dataset as a new version, or find the identical one; (id, sha256, new).
     Rows new in this version are sketched for the cycles that carry them."""
-    reader = con.sql(
-        f"SELECT system, prompt, response FROM {_DATASET} ORDER BY sort_key, row_key"
-    ).to_arrow_reader(100_000)
-    sha = canonical_sha256(
-        (
-            batch.column(0).to_pylist(),
-            batch.column(1).to_pylist(),
-            batch.column(2).to_pylist(),
-        )
-        for batch in reader
-    )
+    sha = canonical_sha256(con, _DATASET, "sort_key, row_key")
     same = con.execute(
         "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle = ? AND sha256 = ?"
         " AND plan_version = ? ORDER BY number DESC LIMIT 1",

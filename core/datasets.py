@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
+
 from core.errors import DatasetError
 from core.paths import check_output_path
 from core.store import Store
@@ -199,31 +201,63 @@ def version_system_message(store: Store, version_id: str) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
-def canonical_sha256(batches: Iterable[tuple[list[Any], list[Any], list[Any]]]) -> str:
-    """sha256 of ``canonical_jsonl`` of rows given as column batches (systems, prompts,
-    responses), without building each example's dict or the whole file: a version's hash over
-    half a million rows costs its JSON escaping, no more. The same bytes as ``canonical_jsonl``
-    (json.dumps' default separators and key order, ``ensure_ascii=False``)."""
+# json.dumps(ensure_ascii=False) escapes these as \b \t \n \f \r, every other control
+# character as \u00xx in lower case; DuckDB's to_json writes the hex digits of a few in upper
+# case (\u000B, \u001A…), so a text holding one of those is escaped by hand instead.
+_SHORT_ESCAPES = {8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}
+_UPPER_HEX_CONTROLS = "[\\x0b\\x0e\\x0f\\x1a-\\x1f]"
+
+
+def _json_string_sql(column: str) -> str:
+    """SQL for ``column`` as a JSON string literal, byte for byte what
+    ``json.dumps(value, ensure_ascii=False)`` writes."""
+    by_hand = f"replace(replace({column}, '\\', '\\\\'), '\"', '\\\"')"
+    for code in range(32):
+        escape = _SHORT_ESCAPES.get(code, f"\\u{code:04x}")
+        by_hand = f"replace({by_hand}, chr({code}), '{escape}')"
+    return (
+        f"CASE WHEN regexp_matches({column}, '{_UPPER_HEX_CONTROLS}')"
+        f" THEN '\"' || {by_hand} || '\"' ELSE to_json({column})::VARCHAR END"
+    )
+
+
+def canonical_line_sql(
+    system: str = "system", prompt: str = "prompt", response: str = "response"
+) -> str:
+    """SQL for a row's line of ``canonical_jsonl`` (its newline included), from its columns."""
+    return (
+        f"CASE WHEN coalesce({system}, '') <> ''"
+        f' THEN \'{{"messages": [{{"role": "system", "content": \' || {_json_string_sql(system)}'
+        f" || '}}, ' ELSE '{{\"messages\": [' END"
+        f' || \'{{"role": "user", "content": \' || {_json_string_sql(prompt)}'
+        f' || \'}}, {{"role": "assistant", "content": \' || {_json_string_sql(response)}'
+        " || '}]}' || chr(10)"
+    )
+
+
+def canonical_sha256(
+    con: duckdb.DuckDBPyConnection, source: str, order: str, params: Any = None
+) -> str:
+    """sha256 of ``canonical_jsonl`` of the rows of ``source`` (a table or a parenthesised
+    query with system, prompt and response columns) in ``order``: each line is written by
+    DuckDB, in parallel, and the digest reads Arrow's string buffers as they are, so half a
+    million rows cost their JSON escaping in C and a sort, no Python per row."""
+    import pyarrow as pa
+
+    reader = con.sql(
+        f"SELECT {canonical_line_sql()} AS line FROM {source} ORDER BY {order}", params=params
+    ).to_arrow_reader(100_000)
     digest = hashlib.sha256()
-    dumps = json.JSONEncoder(ensure_ascii=False).encode
-    first = True
-    for systems, prompts, responses in batches:
-        lines = []
-        for system, prompt, response in zip(systems, prompts, responses, strict=True):
-            head = (
-                f'{{"messages": [{{"role": "system", "content": {dumps(system)}}}, '
-                if system
-                else '{"messages": ['
-            )
-            lines.append(
-                f'{head}{{"role": "user", "content": {dumps(prompt)}}}, '
-                f'{{"role": "assistant", "content": {dumps(response)}}}]}}'
-            )
-        if lines:
-            digest.update((("" if first else "\n") + "\n".join(lines)).encode("utf-8"))
-            first = False
-    if not first:
-        digest.update(b"\n")
+    for batch in reader:
+        lines = batch.column(0)
+        if len(lines) == 0:
+            continue
+        if not pa.types.is_large_string(lines.type):
+            lines = lines.cast(pa.large_string())
+        _validity, offsets, data = lines.buffers()
+        bounds = memoryview(offsets).cast("q")
+        first, last = bounds[lines.offset], bounds[lines.offset + len(lines)]
+        digest.update(memoryview(data)[first:last])
     return digest.hexdigest()
 
 

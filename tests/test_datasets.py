@@ -217,14 +217,26 @@ def test_every_exported_example_carries_the_plans_system_message(
     )
 
 
-def test_a_versions_streamed_hash_is_the_canonical_files_sha256() -> None:
+def test_a_versions_hash_is_the_sha256_of_its_canonical_file_for_any_text() -> None:
+    """The version hash, written by DuckDB, is the sha256 of the JSONL a user exports: every
+    character JSON escapes (each control character, quotes, backslashes) and none it keeps."""
+    import duckdb
+
     from core.datasets import canonical_jsonl, canonical_sha256
 
+    every = "".join(chr(c) for c in range(128)) + "é ☃ 😀 \u2028 \u2029 \ufeff \x85 \\u000B"
     rows = [
         {"system": None, "prompt": 'quote " slash / back \\ line\n\x01 é \u2028', "response": "ok"},
         {"system": "sys ☃", "prompt": "p", "response": "\t tab"},
         {"system": "", "prompt": "q", "response": "r"},
-    ]
-    columns = [([r["system"]], [r["prompt"]], [r["response"]]) for r in rows]
-    assert canonical_sha256(columns) == hashlib.sha256(canonical_jsonl(rows)).hexdigest()
-    assert canonical_sha256([]) == hashlib.sha256(b"").hexdigest()
+        {"system": every, "prompt": every[::-1], "response": "\x0b\x1f plain"},
+    ] + [{"system": "s", "prompt": f"control {chr(c)} alone", "response": "r"} for c in range(32)]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (n INTEGER, system VARCHAR, prompt VARCHAR, response VARCHAR)")
+    con.executemany(
+        "INSERT INTO t VALUES (?, ?, ?, ?)",
+        [[n, r["system"], r["prompt"], r["response"]] for n, r in enumerate(rows)],
+    )
+    assert canonical_sha256(con, "t", "n") == hashlib.sha256(canonical_jsonl(rows)).hexdigest()
+    con.execute("DELETE FROM t")
+    assert canonical_sha256(con, "t", "n") == hashlib.sha256(b"").hexdigest()
