@@ -678,11 +678,27 @@ class _Runner:
     buffer: list[dict[str, Any]] = field(default_factory=list)
     last_flush: float = field(default_factory=time.monotonic)
     stop_reason: str = ""
+    # Requests in flight: an item waiting out a backoff holds no slot (run() sizes it).
+    slots: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
+    writing: asyncio.Task[None] | None = None
+    write_error: Exception | None = None
 
     def flush(self) -> None:
+        """Store the buffered rows now, on this thread (the run's end or interruption)."""
         rows, self.buffer = self.buffer, []
         _store_examples(self.store, rows)
         self.last_flush = time.monotonic()
+
+    async def _write_buffer(self) -> None:
+        """Store the buffered rows in a worker thread: a write opens the store (tens of ms),
+        which on the event loop would stall every request in flight. Rows stay in the buffer
+        until this starts, so an interruption before then leaves them to ``flush``."""
+        rows, self.buffer = self.buffer, []
+        self.last_flush = time.monotonic()
+        try:
+            await asyncio.to_thread(_store_examples, self.store, rows)
+        except Exception as exc:  # raised where the run ends; no new item starts meanwhile
+            self.write_error = exc
 
     def _record(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
@@ -693,11 +709,12 @@ class _Runner:
             p.valid_per_cell[row["cell_key"]] += 1
         else:
             p.failed += 1
-        if (
+        due = (
             len(self.buffer) >= _FLUSH_EVERY
             or time.monotonic() - self.last_flush > _FLUSH_INTERVAL_S
-        ):
-            self.flush()
+        )
+        if due and (self.writing is None or self.writing.done()):
+            self.writing = asyncio.create_task(self._write_buffer())
         if self.on_progress is not None:
             self.on_progress(p)
 
@@ -705,20 +722,19 @@ class _Runner:
         gen = self.spec.plan.generation
         sent: list[str] = []
 
-        def send() -> Awaitable[Any]:
-            sent.append(self.mode)
-            return self.client.chat.completions.create(
-                model=self.spec.teacher_model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=gen.temperature,
-                response_format=response_format(gen.output_schema, self.mode),
-                timeout=self.timeout_s,
-            )
-
-        def before_attempt() -> None:
-            if self.progress.cost_usd >= self.budget_usd:
-                raise _BudgetReached
-            self.progress.api_calls += 1
+        async def send() -> Any:
+            async with self.slots:
+                if self.progress.cost_usd >= self.budget_usd:
+                    raise _BudgetReached
+                self.progress.api_calls += 1
+                sent.append(self.mode)
+                return await self.client.chat.completions.create(
+                    model=self.spec.teacher_model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=gen.temperature,
+                    response_format=response_format(gen.output_schema, self.mode),
+                    timeout=self.timeout_s,
+                )
 
         def fall_back_to_json_mode(exc: openai.BadRequestError) -> bool:
             text = str(exc).lower()
@@ -737,7 +753,6 @@ class _Runner:
                 backoff_s=self.backoff_s,
                 rng=self.rng,
                 sleep=self.sleep,
-                before_attempt=before_attempt,
                 retry_bad_request=fall_back_to_json_mode,
             )
         except RequestGaveUp as exc:
@@ -838,12 +853,22 @@ class _Runner:
                 )
                 self._record(row)
 
+        def stopped() -> bool:
+            return bool(self.stop_reason) or self.write_error is not None
+
+        # ``concurrency`` requests in flight, and as many items again ready to take a slot
+        # that an item waiting out its backoff leaves free.
+        self.slots = asyncio.Semaphore(max(1, concurrency))
         try:
-            await run_bounded(
-                items, handle, concurrency=concurrency, stopped=lambda: bool(self.stop_reason)
-            )
+            await run_bounded(items, handle, concurrency=2 * max(1, concurrency), stopped=stopped)
         finally:
-            self.flush()
+            try:
+                if self.writing is not None:
+                    await self.writing
+            finally:
+                self.flush()
+        if self.write_error is not None:
+            raise self.write_error
 
 
 def _settings_float(name: str, given: float | None) -> float:

@@ -65,8 +65,11 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "generation_concurrency",
-            16,
-            "How many teacher requests synthetic generation keeps in flight at once.",
+            64,
+            "How many teacher requests synthetic generation keeps in flight at once (an item "
+            "waiting to retry holds none). OpenAI-compatible servers (vLLM, llama.cpp, a "
+            "hosted API) batch concurrent requests; lower it for a small local server or a "
+            "low rate-limit tier, where 429s are retried after their Retry-After.",
         ),
         Setting(
             "max_grid_cells",

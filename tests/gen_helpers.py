@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 
 import httpx2
@@ -44,22 +45,46 @@ class MockTeacher:
     """A handler for httpx2.MockTransport that answers chat completions and counts them."""
 
     def __init__(
-        self, script: list[str] | None = None, *, usage_tokens: int | None = None, seed: int = 3
+        self,
+        script: list[str] | None = None,
+        *,
+        usage_tokens: int | None = None,
+        seed: int = 3,
+        by_item: dict[int, list[str]] | None = None,
+        retry_after: str = "0",
     ):
         self.script = list(script or [])
+        # Faults of each item (by its index in the cell), whatever order requests come in.
+        self.by_item = {i: list(f) for i, f in (by_item or {}).items()}
         self.calls = 0
         self.requests: list[dict[str, object]] = []
         self.rng = random.Random(seed)
         self.usage_tokens = usage_tokens
+        self.retry_after = retry_after
+
+    @staticmethod
+    def item_index(body: dict[str, object]) -> int:
+        """The item a request asks for: its prompt's "Variation N of" (N - 1)."""
+        prompt = str(body["messages"][1]["content"])  # type: ignore[index]
+        match = re.search(r"Variation (\d+) of", prompt)
+        return int(match[1]) - 1 if match else -1
+
+    def _fault(self, body: dict[str, object]) -> str:
+        if self.by_item:
+            faults = self.by_item.get(self.item_index(body), [])
+            return faults.pop(0) if faults else ""
+        return self.script.pop(0) if self.script else ""
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         self.calls += 1
         self.requests.append(body)
-        fault = self.script.pop(0) if self.script else ""
+        fault = self._fault(body)
         if fault == "429":
             return httpx2.Response(
-                429, json={"error": {"message": "slow down"}}, headers={"Retry-After": "0"}
+                429,
+                json={"error": {"message": "slow down"}},
+                headers={"Retry-After": self.retry_after},
             )
         if fault in {"500", "503"}:
             return httpx2.Response(int(fault), json={"error": {"message": "oops"}})

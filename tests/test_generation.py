@@ -141,6 +141,19 @@ def test_retries_give_up_after_the_limit_with_a_reason(store: Store) -> None:
     assert "HTTP 500" in list_failures(store, spec)[0]["failure_reason"]
 
 
+def test_an_item_waiting_to_retry_leaves_its_request_slot_to_the_next_item(
+    store: Store,
+) -> None:
+    plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=2))
+    teacher = MockTeacher(by_item={0: ["429"]}, retry_after="0.2")
+    report = run_generation(
+        store, plan_id, user=PM, client=mock_client(teacher), concurrency=1, **FAST
+    )
+    assert (report.generated, report.api_calls) == (2, 3)
+    # One request in flight at a time, and item 1 is asked while item 0 waits out the 429.
+    assert [MockTeacher.item_index(r) for r in teacher.requests] == [0, 1, 0]
+
+
 def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(n, 1.0, None, rng) for n in range(5)]
@@ -152,7 +165,8 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after() -> No
 
 def test_invalid_replies_are_asked_again_then_recorded_as_failed(store: Store) -> None:
     plan_id = store_plan(store, tiny_plan(topics=1, difficulties=1, per_cell=2))
-    teacher = MockTeacher(["malformed", "invalid", "malformed", "malformed"])
+    # Item 0: malformed, invalid, malformed -> failed after 3 attempts; item 1: malformed, ok.
+    teacher = MockTeacher(by_item={0: ["malformed", "invalid", "malformed"], 1: ["malformed"]})
     report = run_generation(
         store,
         plan_id,
@@ -162,7 +176,6 @@ def test_invalid_replies_are_asked_again_then_recorded_as_failed(store: Store) -
         invalid_retries=2,
         **FAST,
     )
-    # Item 0: malformed, invalid, malformed -> failed after 3 attempts; item 1: malformed, ok.
     assert (report.generated, report.failed, teacher.calls) == (1, 1, 5)
     failure = list_failures(store, GenerationSpec.load(store, plan_id))[0]
     assert "malformed JSON" in failure["failure_reason"] and failure["attempts"] == 3
