@@ -220,19 +220,19 @@ document_downloads(
     {"store": store, "version_id": current.version_id},
     key=str(current.rows_now),
 )
-lineage_col, heat_col = st.columns([2, 3])
-with lineage_col:
-    st.markdown("**Lineage**")
-    key_values(current.lineage)
-with heat_col:
-    source = st.radio(
-        "Rows", ["total", "production", "synthetic"], horizontal=True, key="composition_source"
-    )
-    axes = [axis.name for axis in plan.generation.axes]
-    st.plotly_chart(
-        composition_heatmap_figure(current.composition["cells"], sorted(axes), source=source),
-        width="stretch",
-    )
+# One above the other: the lineage's field and value columns need about 600 px, more than a
+# side column leaves at 1366 px, and the heatmap reads better at the page's width too.
+st.markdown("**Lineage**")
+key_values(current.lineage)
+st.markdown("**Composition**")
+source = st.radio(
+    "Rows", ["total", "production", "synthetic"], horizontal=True, key="composition_source"
+)
+axes = [axis.name for axis in plan.generation.axes]
+st.plotly_chart(
+    composition_heatmap_figure(current.composition["cells"], sorted(axes), source=source),
+    width="stretch",
+)
 if current.parent_version and current.parent_version in by_id:
     diff = cached_read(compare_versions, current.parent_version, current.version_id)
     st.markdown(

@@ -26,6 +26,7 @@ from core.generation import (
     runs,
     stored_counts,
 )
+from core.labels import label, show
 from core.llm import Endpoint, resolve_endpoint
 from pages._common import (
     cached_read,
@@ -301,4 +302,20 @@ if loop is not None:
 history = guarded(lambda: cached_read(runs, plan_id))
 if history:
     st.markdown("#### Runs")
-    table(history, codes=("status", "mode"), pinned=("run_id",))
+    # A summary narrow enough for a laptop; the rest of the picked run in the caption below.
+    summary_columns = ("run_id", "status", "started_at", "requested", "generated", "failed")
+    table(
+        [{**{k: r[k] for k in summary_columns}, "cost_usd": r["cost_usd"]} for r in history],
+        codes=("status",),
+        pinned=("run_id",),
+        column_config={"cost_usd": st.column_config.NumberColumn(label("cost_usd"), format="%.4f")},
+    )
+    by_run = {str(r["run_id"]): r for r in history}
+    picked_run = by_run[st.selectbox("Run", list(by_run), key="gen_run_pick")]
+    estimated = picked_run["estimated_cost_usd"]
+    st.caption(
+        f"{label(picked_run['mode'])} · finished {show(picked_run['finished_at'])} · "
+        f"{show(picked_run['api_calls'])} API calls · estimated "
+        f"{show(None if estimated is None else f'${estimated:,.4f}')} · "
+        f"{show(picked_run['message'])}"
+    )
