@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import ROOT
@@ -56,11 +56,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A running dashboard on 127.0.0.1 over a fresh store that it fills with the demo."""
+def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: run `bash scripts/check.sh`, which installs it.")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    tmp_path_factory: pytest.TempPathFactory, _demo_template: Path, browser: object
+) -> Iterator[tuple[str, Path]]:
+    """A running dashboard on 127.0.0.1 over a fresh copy of the demo workspace, warmed up:
+    every page has run once, so no test's wait pays for the server's first imports."""
     db = tmp_path_factory.mktemp("browser") / "flywheel.duckdb"
+    shutil.copyfile(_demo_template, db)
     port = _free_port()
     env = {
         **os.environ,
@@ -101,26 +113,45 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
+        _warm_up(browser, url)
         yield url, db
     finally:
         server.terminate()
         server.wait(timeout=20)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+def _warm_up(browser: object, url: str) -> None:
+    """Run every page once in one session, with a wait sized for a loaded machine: the first
+    runs import the app's libraries and fill its caches, once per server."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    for path, title in PAGES.items():
+        page.goto(f"{url}/{path}")
+        page.get_by_role("heading", name=title, exact=True).wait_for(timeout=300_000)
+        _settle(page, timeout_ms=300_000)
+        if path == next(iter(PAGES)):  # the server's first page, opened by its URL
+            picker = page.get_by_test_id("stSidebar").get_by_role("combobox", name="Plan")
+            assert picker.input_value() == "Python coding assistant (demo)"
+    page.close()
+
+
+# The app root's own record of its script run: "running", then "notRunning" once it is done.
+_SCRIPT_DONE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  return !!app && app.getAttribute('data-test-script-state') === 'notRunning'
+    && !document.querySelector('[data-testid="stStatusWidget"]');
+}"""
+
+# Every element drawn: no lazy-loading placeholder left, and each visible dataframe has laid
+# out its grid (its scrolling area), so that a probe of the layout measures the real widths.
+_DRAWN = """() => !document.querySelector('[data-testid="stSkeleton"]')
+  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(
+    (el) => el.getBoundingClientRect().width === 0 || el.querySelector('.dvn-scroller'))"""
 
 
 def _settle(page: object, timeout_ms: int = 60_000) -> None:
     """Wait until the app has finished rerunning after the last interaction."""
     page.wait_for_timeout(300)  # type: ignore[attr-defined]
-    page.wait_for_function(  # type: ignore[attr-defined]
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
-    )
+    page.wait_for_function(_SCRIPT_DONE, timeout=timeout_ms)  # type: ignore[attr-defined]
 
 
 def _type(page: object, label: str, text: str) -> None:
@@ -135,9 +166,7 @@ def _open(browser: object, url: str) -> object:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
     page.goto(url)
     page.get_by_test_id("stMainBlockContainer").wait_for(timeout=30_000)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
-    )
+    _settle(page, timeout_ms=30_000)
     return page
 
 
@@ -201,29 +230,10 @@ def _box_glyphs(text: str) -> list[str]:
     return sorted(f"U+{ord(c):04X} {c}" for c in odd if c == "\ufffd" or not _has_a_font(c))
 
 
-# Known, open (issue 17): at 1366 px a grid-cell table runs past its container on these pages in
-# some runs, and the Plan page's first load can outlast the wait on a loaded machine. Recorded
-# as expected failures, not skipped: they still run, and the report lists them as xfail/xpass.
-_NARROW_KNOWN = {"plan", "generation", "cycles"}
-
-
-def _width_cases() -> list[Any]:
-    cases = []
-    for path in PAGES:
-        for width in WIDTHS:
-            marks = []
-            if width == 1366 and path in _NARROW_KNOWN:
-                marks.append(
-                    pytest.mark.xfail(
-                        reason="issue 17: a table wider than its container at 1366 px",
-                        strict=False,
-                    )
-                )
-            cases.append(pytest.param(path, width, marks=marks, id=f"{path}-{width}"))
-    return cases
-
-
-@pytest.mark.parametrize(("path", "width"), _width_cases())
+@pytest.mark.parametrize(
+    ("path", "width"),
+    [pytest.param(path, width, id=f"{path}-{width}") for path in PAGES for width in WIDTHS],
+)
 def test_every_page_reads_whole_at_laptop_and_desktop_widths(
     dashboard: tuple[str, Path], browser: object, path: str, width: int
 ) -> None:
@@ -232,10 +242,10 @@ def test_every_page_reads_whole_at_laptop_and_desktop_widths(
     url, _ = dashboard
     page = browser.new_page(viewport={"width": width, "height": 1000})  # type: ignore[attr-defined]
     page.goto(f"{url}/{path}")
-    # The first visit waits out the demo's loading into the fresh store.
-    page.get_by_role("heading", name=PAGES[path], exact=True).wait_for(timeout=180_000)
-    _settle(page, timeout_ms=180_000)
-    page.wait_for_timeout(500)  # the dataframes draw their canvases after the rerun
+    page.get_by_role("heading", name=PAGES[path], exact=True).wait_for(timeout=60_000)
+    _settle(page)
+    page.wait_for_function(_DRAWN, timeout=60_000)
+    page.wait_for_timeout(500)  # the grids size their columns to the text they measured
     assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id(
         "stException"
     ).all_inner_texts()
