@@ -64,7 +64,7 @@ from core.escaping import sql_identifier, sql_string
 from core.ingest_reads import batch_rejects, list_batches, pii_samples, pii_summary
 from core.privacy import DETECTORS_FINGERPRINT, PII_TYPES, REDACTION_STEPS, install_pii_macros
 from core.settings import get_setting
-from core.store import Store
+from core.store import Store, insert_rows
 
 __all__ = [
     "CONSENT_FIELDS",
@@ -628,7 +628,7 @@ def _prepare_source(
         for line, _ in long:
             reasons[line] = too_long
         _drop_rows_after_crlf(con, [line for line, crlf in long if crlf], sorted(reasons))
-        _insert_many(
+        insert_rows(
             con,
             "fw_bad_lines",
             [[b, i + 1, reasons[b]] for i, b in enumerate(sorted(reasons))],
@@ -1079,7 +1079,7 @@ def _settle(
     if raw is None:
         assert source is not None
         raw = _raw_of_rejects(con, source[0], source[1], [r[0] for r in rejected])
-    _insert_many(
+    insert_rows(
         con,
         "quarantine",
         [
@@ -1100,7 +1100,7 @@ def _settle(
             [batch_id],
         ).fetchall()[0]
         pii_found = {t: int(n) for t, n in zip(PII_TYPES, counts, strict=True) if n}
-        _insert_many(con, "pii_counts", [[batch_id, t, n] for t, n in pii_found.items()])
+        insert_rows(con, "pii_counts", [[batch_id, t, n] for t, n in pii_found.items()])
     for temp in ("fw_lines", "fw_csv", "fw_bad_lines", "fw_dup_rows"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     return {
@@ -1318,13 +1318,6 @@ def _lines_table(
         {"line": [b[0] for b in bad], "j": [b[1] for b in bad], "reason": [b[2] for b in bad]},
     )
     _define_lines_source(con, INTERACTION_FIELDS, mapped=False)
-
-
-def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
-    """Insert rows into one of our tables (``table`` is a constant of this module)."""
-    if rows:
-        marks = ", ".join("?" for _ in rows[0])
-        con.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
 
 
 def _user_in(raw: str | None) -> str | None:
