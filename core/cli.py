@@ -63,15 +63,16 @@ def _user() -> User:
 
 
 def default_plan_id(store: Store) -> str:
-    """The plan a command acts on when --plan is not given: the newest non-demo plan first."""
-    from core.plan_versions import list_plans
+    """The plan a command acts on when --plan is not given (core.plan_versions.default_plan:
+    the newest non-demo plan, else the demo's)."""
+    from core.plan_versions import default_plan, list_plans
 
-    plans = list_plans(store)
-    if not plans:
+    chosen = default_plan(list_plans(store))
+    if chosen is None:
         raise PlanError(
             "There is no plan in this store; run `python -m core demo` or `plan import FILE`."
         )
-    return plans[-1].plan_id if not plans[0].is_demo else plans[0].plan_id
+    return chosen.plan_id
 
 
 def _lint_lines(report: LintReport) -> list[str]:

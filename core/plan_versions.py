@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "FieldChange",
     "PlanSummary",
     "PlanVersion",
+    "default_plan",
     "diff_plans",
     "list_plans",
     "list_versions",
@@ -190,6 +192,15 @@ def list_plans(store: Store) -> list[PlanSummary]:
         " ORDER BY p.is_demo, p.created_at"
     )
     return [PlanSummary(r[0], r[1], bool(r[2]), int(r[3]), int(r[4]) == 0) for r in rows]
+
+
+def default_plan(plans: Sequence[PlanSummary]) -> PlanSummary | None:
+    """The plan meant when none is named, in the CLI, the sidebar and the documents alike: the
+    newest non-demo plan, else the newest demo plan (``plans`` in list_plans' order: demo
+    plans last, each part oldest first); None when there is none."""
+    own = [p for p in plans if not p.is_demo]
+    pool = own or list(plans)
+    return pool[-1] if pool else None
 
 
 def list_versions(store: Store, plan_id: str) -> list[PlanVersion]:

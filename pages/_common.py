@@ -16,7 +16,7 @@ from core.access import User, dashboard_user, login_providers
 from core.demo import is_demo_workspace, load_demo
 from core.errors import FlywheelError
 from core.labels import MISSING, label, show
-from core.plan_versions import PlanSummary, list_plans
+from core.plan_versions import PlanSummary, default_plan, list_plans
 from core.settings import get_setting
 from core.store import Store
 
@@ -202,7 +202,8 @@ def plan_selector() -> str | None:
         st.session_state["plan_id"] = pending
         st.session_state["plan_picker"] = pending
     if st.session_state.get("plan_id") not in ids:
-        st.session_state["plan_id"] = ids[0]
+        chosen = default_plan(available)  # the rule the CLI and the documents follow too
+        st.session_state["plan_id"] = chosen.plan_id if chosen else ids[0]
     if st.session_state.get("plan_picker") not in ids:
         st.session_state["plan_picker"] = st.session_state["plan_id"]
     st.sidebar.selectbox(

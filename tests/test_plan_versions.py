@@ -147,3 +147,41 @@ def test_credentials_in_plan_urls_are_never_stored_exported_or_rendered(
     assert "credentials_removed" in audit and "generation.endpoint" in audit
     texts = [bodies, audit, exported.read_text(), rendered.read_text(), capsys.readouterr().out]
     assert not [s for s in secrets for text in texts if s in text]
+
+
+def test_the_cli_the_sidebar_and_exports_default_to_the_newest_plan_of_ones_own(
+    demo_store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """With the demo loaded and two plans of one's own, a command without --plan and the
+    sidebar's first choice are the newest of one's own plans, never the demo's."""
+    import json
+
+    from conftest import ROOT
+    from streamlit.testing.v1 import AppTest
+
+    from core.cli import default_plan_id, main
+
+    older, _ = save_plan_version(
+        demo_store, starter_plan("customer_support_assistant"), note="a", user=local_operator()
+    )
+    newer, _ = save_plan_version(
+        demo_store, starter_plan("python_coding_assistant"), note="b", user=local_operator()
+    )
+    demo = next(p.plan_id for p in list_plans(demo_store) if p.is_demo)
+    assert len({older, newer, demo}) == 3
+    assert default_plan_id(demo_store) == newer
+
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", "export", "--db", str(demo_store.path), "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan_id"] == newer
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    assert not at.exception, at.exception
+    assert at.session_state["plan_id"] == newer
+
+
+def test_with_only_the_demo_the_default_plan_is_the_demos(demo_store: Store) -> None:
+    from core.cli import default_plan_id
+
+    (demo,) = [p.plan_id for p in list_plans(demo_store) if p.is_demo]
+    assert default_plan_id(demo_store) == demo
