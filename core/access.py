@@ -20,7 +20,7 @@ from typing import Any, Literal, cast, get_args
 
 import yaml
 
-from core.errors import FlywheelError
+from core.errors import AccessError, FlywheelError, SignInError
 from core.settings import get_setting
 
 __all__ = [
@@ -93,14 +93,6 @@ ACTIONS: dict[Permission, str] = {
     "data.retention": "enforce data retention",
     "store.backup": "back up or restore the store",
 }
-
-
-class AccessError(FlywheelError):
-    """The user's roles do not allow the operation."""
-
-
-class SignInError(AccessError):
-    """Sign-in is misconfigured, or a signed-in identity cannot be trusted: nobody may act."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The one exception family of Flywheel.
 
     FlywheelError            base: every error a user can act on
+    ├── AccessError          the user's roles do not allow the operation (core.access)
+    │   └── SignInError      sign-in is misconfigured or an identity cannot be trusted
     ├── StoreError           the DuckDB store cannot be opened, migrated or written
     ├── PlanError            a plan file or plan edit is malformed
     ├── IngestError          an input file cannot be read at all
@@ -26,6 +28,7 @@ and exits 2. Messages say what to do, not only what went wrong.
 from __future__ import annotations
 
 __all__ = [
+    "AccessError",
     "AnalysisError",
     "ConsentError",
     "CycleError",
@@ -39,6 +42,7 @@ __all__ = [
     "OutputPathError",
     "PlanError",
     "SandboxUnavailable",
+    "SignInError",
     "StoreError",
     "TemplateLimitError",
     "ThinCycleError",
@@ -121,3 +125,11 @@ class UserTemplateError(FlywheelError):
 
 class TemplateLimitError(UserTemplateError):
     """A user-written template would exceed a limit: output size, loops or calls."""
+
+
+class AccessError(FlywheelError):
+    """The user's roles do not allow the operation."""
+
+
+class SignInError(AccessError):
+    """Sign-in is misconfigured, or a signed-in identity cannot be trusted: nobody may act."""

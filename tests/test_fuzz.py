@@ -3,11 +3,11 @@ stores the input or rejects it with a clear reason, and its counts always reconc
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -93,10 +93,35 @@ def test_random_yaml_text_never_crashes(text: str) -> None:
         assert str(exc).startswith("random.yaml: ")
 
 
-def test_rejected_upload_stores_nothing(store: Store) -> None:
-    with contextlib.suppress(PlanError):
-        save_plan_version(store, parse_plan("goal: 7", "yaml"), note="n", user=local_operator())
+@pytest.mark.parametrize("body", ["goal: 7", "{", "- a\n- b", "goal:\n  feature: [1, 2]"])
+def test_a_rejected_upload_stores_nothing(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
+) -> None:
+    """A plan file that does not parse is refused with one line and exit 2, and the store
+    holds no plan, version or audit entry afterwards."""
+    from core.cli import main
+
+    upload = tmp_path / "plan.yaml"
+    upload.write_text(body, encoding="utf-8")
+    assert main(["plan", "import", str(upload), "--db", str(store.path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert list_plans(store) == []
+    assert store.fetch_all("SELECT count(*) FROM plan_versions") == [(0,)]
+    assert store.fetch_all("SELECT count(*) FROM audit_log") == [(0,)]
+
+
+def test_a_save_refused_midway_rolls_back(store: Store) -> None:
+    """A new version of a plan that does not exist is refused and writes nothing."""
+    with pytest.raises(PlanError, match="no plan 'nope'"):
+        save_plan_version(
+            store,
+            starter_plan("python_coding_assistant"),
+            note="n",
+            user=local_operator(),
+            plan_id="nope",
+        )
+    assert list_plans(store) == []
+    assert store.fetch_all("SELECT count(*) FROM audit_log") == [(0,)]
 
 
 FIELDS = [
