@@ -95,6 +95,10 @@ def dashboard(
             str(port),
             "--browser.gatherUsageStats",
             "false",
+            # Others edit the working tree while this runs: a watched source that changes puts
+            # a lasting "Source file changed" prompt on every open page.
+            "--server.fileWatcherType",
+            "none",
         ],
         cwd=ROOT,
         env=env,
@@ -137,8 +141,7 @@ def _warm_up(browser: object, url: str) -> None:
 # The app root's own record of its script run: "running", then "notRunning" once it is done.
 _SCRIPT_DONE = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
-  return !!app && app.getAttribute('data-test-script-state') === 'notRunning'
-    && !document.querySelector('[data-testid="stStatusWidget"]');
+  return !!app && app.getAttribute('data-test-script-state') === 'notRunning';
 }"""
 
 # Every element drawn: no lazy-loading placeholder left, and each visible dataframe has laid
