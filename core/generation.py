@@ -423,15 +423,15 @@ def _store_examples(store: Store, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _insert_examples(con: duckdb.DuckDBPyConnection, rows: Sequence[dict[str, Any]]) -> None:
-    one = "(" + ", ".join("?" for _ in _EXAMPLE_COLUMNS) + ")"
-    for start in range(0, len(rows), 256):
-        chunk = rows[start : start + 256]
-        # One multi-row statement: far faster in DuckDB than executemany.
-        con.execute(
-            f"INSERT OR REPLACE INTO generated_examples ({', '.join(_EXAMPLE_COLUMNS)})"
-            f" VALUES {', '.join(one for _ in chunk)}",
-            [row.get(c, _DEFAULTS.get(c)) for row in chunk for c in _EXAMPLE_COLUMNS],
-        )
+    # One list parameter per column, unnested: about 20 ms for 200 rows, where a multi-row
+    # VALUES with a parameter per field took 150 ms (and executemany longer still).
+    columns = ", ".join(_EXAMPLE_COLUMNS)
+    unnested = ", ".join(f"unnest(${n}) AS {c}" for n, c in enumerate(_EXAMPLE_COLUMNS, 1))
+    con.execute(
+        f"INSERT OR REPLACE INTO generated_examples ({columns})"
+        f" SELECT {columns} FROM (SELECT {unnested})",
+        [[row.get(c, _DEFAULTS.get(c)) for row in rows] for c in _EXAMPLE_COLUMNS],
+    )
 
 
 def _stored_status(store: Store, spec_hash: str) -> dict[tuple[str, int], str]:
@@ -722,21 +722,31 @@ class _Runner:
             self.on_progress(p)
 
     async def _call(self, messages: list[dict[str, str]]) -> Any:
+        from openai.types.chat import ChatCompletion
+
         gen = self.spec.plan.generation
         sent: list[str] = []
 
-        async def send() -> Any:
+        async def send() -> ChatCompletion:
             async with self.slots:
                 if self.progress.cost_usd >= self.budget_usd:
                     raise _BudgetReached
                 self.progress.api_calls += 1
                 sent.append(self.mode)
-                return await self.client.chat.completions.create(
-                    model=self.spec.teacher_model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=gen.temperature,
-                    response_format=response_format(gen.output_schema, self.mode),
-                    timeout=self.timeout_s,
+                body = {
+                    "model": self.spec.teacher_model,
+                    "messages": messages,
+                    "temperature": gen.temperature,
+                    "response_format": response_format(gen.output_schema, self.mode),
+                }
+                # Posted as built (the client's documented way to send a body it need not
+                # check): chat.completions.create walks every request through its TypedDicts,
+                # about a third of the client's CPU per call. The reply is parsed the same.
+                return await self.client.post(
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body=body,
+                    options={"timeout": self.timeout_s},
                 )
 
         def fall_back_to_json_mode(exc: openai.BadRequestError) -> bool:
