@@ -11,8 +11,9 @@ import pytest
 import tiktoken
 from gen_helpers import MockTeacher, mock_client, store_plan, tiny_plan
 
+from core import generation
 from core.access import User, local_operator
-from core.errors import GenerationError
+from core.errors import GenerationError, StoreError
 from core.generation import (
     GenerationSpec,
     backoff_delay,
@@ -152,6 +153,24 @@ def test_an_item_waiting_to_retry_leaves_its_request_slot_to_the_next_item(
     assert (report.generated, report.api_calls) == (2, 3)
     # One request in flight at a time, and item 1 is asked while item 0 waits out the 429.
     assert [MockTeacher.item_index(r) for r in teacher.requests] == [0, 1, 0]
+
+
+def test_a_failed_write_of_replies_stops_the_run_and_is_reported(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan_id = store_plan(store, tiny_plan(per_cell=10))
+
+    def refuse(store: Store, rows: object) -> None:
+        raise StoreError("No space left on device")
+
+    monkeypatch.setattr(generation, "_FLUSH_INTERVAL_S", 0.0)  # write after every reply
+    monkeypatch.setattr(generation, "_store_examples", refuse)
+    teacher = MockTeacher()
+    with pytest.raises(StoreError, match="No space left"):
+        run_generation(store, plan_id, user=PM, client=mock_client(teacher), concurrency=1, **FAST)
+    assert teacher.calls < 40  # no new item starts once a write failed
+    (run,) = generation.runs(store, plan_id)
+    assert run["status"] == "failed" and "No space left" in run["message"]
 
 
 def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after() -> None:
