@@ -3,10 +3,12 @@ resume, budget, provenance, diversity, closing the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
 
+import httpx2
 import pytest
 import tiktoken
 from gen_helpers import MockTeacher, mock_client, store_plan, tiny_plan
@@ -153,6 +155,24 @@ def test_an_item_waiting_to_retry_leaves_its_request_slot_to_the_next_item(
     assert (report.generated, report.api_calls) == (2, 3)
     # One request in flight at a time, and item 1 is asked while item 0 waits out the 429.
     assert [MockTeacher.item_index(r) for r in teacher.requests] == [0, 1, 0]
+
+
+def test_requests_in_flight_never_exceed_the_concurrency(store: Store) -> None:
+    plan_id = store_plan(store, tiny_plan(per_cell=5))
+    teacher = MockTeacher(by_item={0: ["500"], 1: ["429", "500"]})
+    in_flight = peak = 0
+
+    async def slow_teacher(request: httpx2.Request) -> httpx2.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return teacher(request)
+
+    client = mock_client(slow_teacher)  # type: ignore[arg-type]
+    report = run_generation(store, plan_id, user=PM, client=client, concurrency=3, **FAST)
+    assert report.generated == 20 and peak == 3
 
 
 def test_a_failed_write_of_replies_stops_the_run_and_is_reported(
