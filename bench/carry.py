@@ -50,6 +50,7 @@ def prepared(parent: int, window: int) -> Path:
     version of cycle 2 written and sketched (made once)."""
     path = OUT / f"carry_{parent}_{window}.duckdb"
     if path.exists():
+        Store(path).schema_version()  # a store made before a migration: migrated once, here
         return path
     base = base_store(int(parent / 0.75) + window)  # consent leaves out a fifth of the users
     shutil.copy(base, path)
@@ -100,16 +101,22 @@ def prepared(parent: int, window: int) -> Path:
             {"parent": parent},
         )
         con.execute(
-            "INSERT INTO dataset_rows BY NAME SELECT $v AS version_id, interaction_id AS row_key,"
-            " 'production' AS source, interaction_id, user_id, fw_cell AS cell_key,"
+            "INSERT INTO dataset_texts BY NAME SELECT interaction_id AS row_key, interaction_id,"
+            " user_id, prompt, response, md5(prompt || chr(31) || response) AS text_md5"
+            " FROM parent_rows"
+        )
+        con.execute(
+            "INSERT INTO dataset_members BY NAME SELECT $v AS version_id,"
+            " interaction_id AS row_key, 'production' AS source, interaction_id, user_id,"
+            " fw_cell AS cell_key,"
             " CASE WHEN md5(interaction_id) < '1a' THEN 'validation' ELSE 'train' END AS split,"
-            " $system AS system, prompt, response, md5(interaction_id) AS sort_key,"
+            " $system AS system, md5(interaction_id) AS sort_key,"
             " 2 AS origin_cycle, $v AS origin_version,"
             " md5(prompt || chr(31) || response) AS text_md5 FROM parent_rows",
             {"v": version, "system": plan.goal.system_message},
         )
         (rows,) = con.execute(
-            "SELECT count(*) FROM dataset_rows WHERE version_id = ?", [version]
+            "SELECT count(*) FROM dataset_members WHERE version_id = ?", [version]
         ).fetchone() or (0,)
         eval_items = con.execute(
             "SELECT md5(coalesce(string_agg(md5(eval_set || chr(31) || prompt || chr(31)"

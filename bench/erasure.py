@@ -44,9 +44,13 @@ def build(path: Path, rows: int, users: int) -> None:
             {"rows": rows, "users": users},
         )
         con.execute(
-            "INSERT INTO dataset_rows SELECT 'ds-1', interaction_id, 'production',"
-            " interaction_id, user_id, '{}', 'train', NULL, prompt, response,"
-            " md5(interaction_id), 1, 'ds-1', NULL FROM interactions"
+            "INSERT INTO dataset_texts SELECT interaction_id, md5(prompt || chr(31) || response),"
+            " interaction_id, user_id, prompt, response FROM interactions"
+        )
+        con.execute(
+            "INSERT INTO dataset_members SELECT 'ds-1', interaction_id, 'production',"
+            " interaction_id, user_id, '{}', 'train', NULL, md5(interaction_id), 1, 'ds-1',"
+            " md5(prompt || chr(31) || response) FROM interactions"
         )
         con.execute(
             "INSERT INTO dataset_versions VALUES ('ds-1', 'p', 1, 1, 1, NULL, 'run', 'sha',"
@@ -62,7 +66,8 @@ def baseline(path: Path) -> float:
     store = Store(path)
     start = time.perf_counter()
     with store.transaction() as con:
-        con.execute("DELETE FROM dataset_rows WHERE user_id = ?", [VICTIM])
+        con.execute("DELETE FROM dataset_members WHERE user_id = ?", [VICTIM])
+        con.execute("DELETE FROM dataset_texts WHERE user_id = ?", [VICTIM])
         con.execute("DELETE FROM interactions WHERE user_id = ?", [VICTIM])
     with store.connect() as con:
         con.execute("CHECKPOINT")

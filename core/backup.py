@@ -238,11 +238,13 @@ def _columns(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> dic
 
 
 def _table_columns(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
-    """The columns and types of every table the migrations created in ``con``."""
+    """The columns and types of every table the migrations created in ``con`` (views hold no
+    rows of their own: they are not backed up)."""
     found: dict[str, dict[str, str]] = {}
     for table, column, kind in con.execute(
         "SELECT table_name, column_name, data_type FROM duckdb_columns()"
-        " WHERE NOT internal AND database_name = current_database()"
+        " WHERE NOT internal AND database_name = current_database() AND table_oid IN"
+        " (SELECT table_oid FROM duckdb_tables() WHERE database_name = current_database())"
         " ORDER BY table_name, column_index"
     ).fetchall():
         found.setdefault(str(table), {})[str(column)] = str(kind)

@@ -494,7 +494,7 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
         versions = [
             str(r[0])
             for r in con.execute(
-                "SELECT DISTINCT version_id FROM dataset_rows WHERE user_id = ?"
+                "SELECT DISTINCT version_id FROM dataset_members WHERE user_id = ?"
                 " OR interaction_id IN (SELECT interaction_id FROM fw_forget_ids) ORDER BY 1",
                 [user],
             ).fetchall()
@@ -539,9 +539,12 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
             # The salt of earlier versions' hashes sat here, beside them: gone for good now.
             con.execute("DELETE FROM workspace WHERE key = 'erasure_salt'")
             exports, backups, models = _beyond_the_store(con, versions)
-            # Rows of dataset tables; their sketches (hashes kept for deduplication) are not rows.
+            # Rows of dataset versions (their members); the texts they point at and their
+            # sketches (hashes kept for deduplication) are not rows of their own.
             dataset_rows = sum(
-                n for t, n in deleted.items() if "dataset" in t and t != "dataset_row_sketches"
+                n
+                for t, n in deleted.items()
+                if "dataset" in t and t not in {"dataset_row_sketches", "dataset_texts"}
             )
             eval_items = deleted.get("eval_items", 0) + deleted.get("eval_set_items", 0)
             record_audit(

@@ -399,7 +399,12 @@ def _events() -> ir.Table:
     return ibis.table(CONSENT_EVENT_COLUMNS, name="consent_events")
 
 
-_CARRY_EXTRA = {"fw_origin_cycle": "int64", "fw_origin_version": "string", "fw_split": "string"}
+_CARRY_EXTRA = {
+    "fw_origin_cycle": "int64",
+    "fw_origin_version": "string",
+    "fw_split": "string",
+    "fw_parent_md5": "string",
+}
 
 
 def rule_key(name: str, params: dict[str, Any]) -> str:
@@ -443,16 +448,17 @@ def _carry(
             0, "carried", "no parent version", {"parent_version": None}, "pipeline", 0, 0, 0
         )
     label = parent.version_id
-    stored = _count(con, "SELECT count(*) FROM dataset_rows WHERE version_id = ?", [label])
+    stored = _count(con, "SELECT count(*) FROM dataset_members WHERE version_id = ?", [label])
     # A view, not a copy: the checks read a few columns of it each, and only the rows that
     # pass are copied, once.
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {_CARRY_ROWS} AS SELECT {_row_columns(plan)},"
-        " fw_origin_cycle, fw_origin_version, fw_split FROM (SELECT i.*,"
+        " fw_origin_cycle, fw_origin_version, fw_split, fw_parent_md5 FROM (SELECT i.*,"
         " d.origin_cycle AS fw_origin_cycle, d.origin_version AS fw_origin_version,"
-        " d.split AS fw_split FROM interactions i JOIN (SELECT interaction_id AS fw_id,"
-        " origin_cycle, origin_version, split FROM dataset_rows WHERE version_id ="
-        f" {sql_string(label)} AND source = 'production') d ON i.interaction_id = d.fw_id)"
+        " d.split AS fw_split, d.text_md5 AS fw_parent_md5 FROM interactions i JOIN (SELECT"
+        " interaction_id AS fw_id, origin_cycle, origin_version, split, text_md5 FROM"
+        f" dataset_members WHERE version_id = {sql_string(label)} AND source = 'production') d"
+        " ON i.interaction_id = d.fw_id)"
     )
 
     def remove(sql: str, rule: str, params: Any = ()) -> None:
@@ -466,7 +472,7 @@ def _carry(
 
     remove(
         "SELECT interaction_id, user_id, 'the interaction is no longer stored (deleted at"
-        " retention)' AS fw_why FROM dataset_rows WHERE version_id = $v AND source ="
+        " retention)' AS fw_why FROM dataset_members WHERE version_id = $v AND source ="
         " 'production' AND interaction_id NOT IN (SELECT interaction_id FROM interactions)",
         "stored",
         {"v": label},
@@ -526,18 +532,23 @@ def _carry(
         )
         con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
     checked = _pii_stage(alive(), fresh)
+    # A carried text is the interaction's as it reads today (after the PII check); where that
+    # is the text the parent stored, the version points at the stored one and nothing is copied.
     con.execute(
         f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
-        " batch_id, cell_key, system, prompt, response, ts, (coalesce(feedback = 'up', false))"
+        " batch_id, cell_key, system, CASE WHEN fw_new THEN prompt END,"
+        " CASE WHEN fw_new THEN response END, ts, (coalesce(feedback = 'up', false))"
         "::INTEGER * 4 + coalesce(accepted, false)::INTEGER * 2"
         " - coalesce(feedback = 'down', false)::INTEGER, fw_origin_cycle, fw_origin_version,"
-        f" fw_split, md5(prompt || chr(31) || response), fw_changed FROM ({_sql(checked)})"
+        " fw_split, fw_md5, fw_changed FROM (SELECT *, fw_md5 IS DISTINCT FROM fw_parent_md5"
+        " AS fw_new FROM (SELECT *, md5(prompt || chr(31) || response) AS fw_md5"
+        f" FROM ({_sql(checked)})))"
     )
     redacted_again = _count(con, f"SELECT count(*) FROM {_CARRIED} WHERE fw_changed")
     # Synthetic rows: carried while their item is still a valid example of the plan.
     remove(
         "SELECT row_key AS interaction_id, NULL AS user_id, 'its synthetic item is no longer"
-        " a valid example (deleted or regenerated)' AS fw_why FROM dataset_rows"
+        " a valid example (deleted or regenerated)' AS fw_why FROM dataset_members"
         f" WHERE version_id = $v AND source = 'synthetic' AND row_key NOT IN"
         f" (SELECT row_key FROM {_POOL})",
         "synthetic item",
@@ -546,7 +557,7 @@ def _carry(
     con.execute(
         f"INSERT INTO {_CARRIED} SELECT d.row_key, 'synthetic', NULL, NULL, NULL, p.cell_key,"
         " NULL, p.prompt, p.response, NULL, NULL, d.origin_cycle, d.origin_version, d.split,"
-        f" md5(p.prompt || chr(31) || p.response), false FROM dataset_rows d JOIN {_POOL} p"
+        f" md5(p.prompt || chr(31) || p.response), false FROM dataset_members d JOIN {_POOL} p"
         " USING (row_key) WHERE d.version_id = $v AND d.source = 'synthetic'",
         {"v": label},
     )
@@ -600,8 +611,11 @@ def _reference_sketches(con: duckdb.DuckDBPyConnection, threshold: float) -> Non
     from the store; a carried row without one under this engine (its text was redacted again,
     or it was written before sketches) is sketched now, and kept for the cycles after."""
     missing = (
-        f"SELECT * FROM {_CARRIED} c WHERE NOT EXISTS (SELECT 1 FROM dataset_row_sketches k"
-        " WHERE k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine)"
+        "SELECT c.row_key, c.text_md5, c.interaction_id, c.user_id,"
+        " coalesce(c.prompt, t.prompt) AS prompt, coalesce(c.response, t.response) AS response"
+        f" FROM (SELECT * FROM {_CARRIED} c WHERE NOT EXISTS (SELECT 1 FROM dataset_row_sketches"
+        " k WHERE k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine)) c"
+        " LEFT JOIN dataset_texts t ON t.row_key = c.row_key AND t.text_md5 = c.text_md5"
     )
     _store_sketches(con, missing, {"engine": quality.SKETCH_ENGINE}, threshold)
     con.execute(
@@ -1037,7 +1051,8 @@ def _mix(
         " interaction_id, user_id, batch_id, cell_key, system, prompt, response, ts,"
         " (coalesce(feedback = 'up', false))::INTEGER * 4 + coalesce(accepted, false)::INTEGER"
         " * 2 - coalesce(feedback = 'down', false)::INTEGER AS rating,"
-        f" {int(cycle)} AS origin_cycle, NULL::VARCHAR AS origin_version, NULL::VARCHAR AS fw_split"
+        f" {int(cycle)} AS origin_cycle, NULL::VARCHAR AS origin_version,"
+        " NULL::VARCHAR AS fw_split, md5(prompt || chr(31) || response) AS text_md5"
         f" FROM ({_sql(_alive())})"
     )
     total_production = carried_production + production
@@ -1130,13 +1145,14 @@ def _mix(
         f"CREATE OR REPLACE TEMP TABLE {_DATASET} AS "
         "SELECT row_key, 'production' AS source, interaction_id, user_id, batch_id, cell_key,"
         " CASE WHEN $replace THEN $system::VARCHAR ELSE system END AS system, prompt, response,"
-        " system AS logged_system, origin_cycle, origin_version, fw_split"
+        " system AS logged_system, origin_cycle, origin_version, fw_split, text_md5"
         f" FROM fw_cycle_candidates{kept}"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
-        " prompt, response, NULL, origin_cycle, origin_version, fw_split"
+        " prompt, response, NULL, origin_cycle, origin_version, fw_split, text_md5"
         " FROM fw_cycle_synthetic WHERE fw_pick <= $synthetic"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
-        f" prompt, response, NULL, $cycle, NULL, NULL FROM ({_sql(picked)})",
+        " prompt, response, NULL, $cycle, NULL, NULL, md5(prompt || chr(31) || response)"
+        f" FROM ({_sql(picked)})",
         {
             **({"keep": keep_production} if retiring else {}),
             "synthetic": synthetic,
@@ -1210,7 +1226,14 @@ def _write_version(
 ) -> tuple[str, str, bool]:
     """Store the dataset as a new version, or find the identical one; (id, sha256, new).
     Rows new in this version are sketched for the cycles that carry them."""
-    sha = canonical_sha256(con, _DATASET, "sort_key, row_key")
+    # A carried row whose text the parent stored holds none here: it is read from there.
+    texts = (
+        "(SELECT d.system, coalesce(d.prompt, t.prompt) AS prompt, coalesce(d.response,"
+        f" t.response) AS response, d.sort_key, d.row_key FROM {_DATASET} d LEFT JOIN"
+        " dataset_texts t ON d.prompt IS NULL AND t.row_key = d.row_key"
+        " AND t.text_md5 = d.text_md5)"
+    )
+    sha = canonical_sha256(con, texts, "sort_key, row_key")
     same = con.execute(
         "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle = ? AND sha256 = ?"
         " AND plan_version = ? ORDER BY number DESC LIMIT 1",
@@ -1314,12 +1337,17 @@ def _write_version(
             action_clock.now(),
         ],
     )
+    # Members for every row; a text only where this (row, text) is not stored yet.
     con.execute(
-        "INSERT INTO dataset_rows BY NAME SELECT $v AS version_id, row_key, source,"
-        " interaction_id, user_id, cell_key, split, system, prompt, response, sort_key,"
+        "INSERT INTO dataset_texts SELECT row_key, text_md5, interaction_id, user_id, prompt,"
+        f" response FROM {_DATASET} d WHERE prompt IS NOT NULL AND NOT EXISTS (SELECT 1"
+        " FROM dataset_texts t WHERE t.row_key = d.row_key AND t.text_md5 = d.text_md5)"
+    )
+    con.execute(
+        "INSERT INTO dataset_members BY NAME SELECT $v AS version_id, row_key, source,"
+        " interaction_id, user_id, cell_key, split, system, sort_key,"
         " coalesce(origin_cycle, $cycle) AS origin_cycle, coalesce(origin_version, $v)"
-        " AS origin_version, md5(prompt || chr(31) || response) AS text_md5"
-        f" FROM {_DATASET}",
+        f" AS origin_version, text_md5 FROM {_DATASET}",
         {"v": version_id, "cycle": cycle},
     )
     sketch_version(con, version_id, _near_threshold(plan))

@@ -125,7 +125,7 @@ _VERSION_COLUMNS = (
     "v.version_id, v.plan_id, v.plan_version, v.cycle, v.number, v.parent_version, v.run_id, "
     "v.sha256, v.rows, v.train_rows, v.validation_rows, v.production_rows, v.synthetic_rows, "
     "v.lineage, v.composition, v.created_by, v.created_at, "
-    "(SELECT count(*) FROM dataset_rows r WHERE r.version_id = v.version_id) AS rows_now"
+    "(SELECT count(*) FROM dataset_members r WHERE r.version_id = v.version_id) AS rows_now"
 )
 
 
@@ -194,7 +194,8 @@ def version_system_message(store: Store, version_id: str) -> str | None:
     when most carry none). Raises DatasetError for an unknown version."""
     get_version(store, version_id)
     row = store.fetch_one(
-        "SELECT nullif(system, '') AS s FROM dataset_rows WHERE version_id = ? AND split = 'train'"
+        "SELECT nullif(system, '') AS s FROM dataset_members"
+        " WHERE version_id = ? AND split = 'train'"
         " GROUP BY s ORDER BY count(*) DESC, s NULLS FIRST LIMIT 1",
         [version_id],
     )
@@ -522,8 +523,8 @@ def compare_versions(store: Store, old: str, new: str) -> VersionDiff:
     get_version(store, old)
     get_version(store, new)
     rows = store.fetch_all(
-        "WITH a AS (SELECT row_key, cell_key FROM dataset_rows WHERE version_id = $old), "
-        "b AS (SELECT row_key, cell_key FROM dataset_rows WHERE version_id = $new), "
+        "WITH a AS (SELECT row_key, cell_key FROM dataset_members WHERE version_id = $old), "
+        "b AS (SELECT row_key, cell_key FROM dataset_members WHERE version_id = $new), "
         "r AS (SELECT interaction_id AS row_key, any_value(stage) AS stage"
         " FROM cycle_removed_rows WHERE run_id = (SELECT run_id FROM dataset_versions"
         " WHERE version_id = $new) GROUP BY 1) "

@@ -267,15 +267,18 @@ def test_forget_lists_exports_backups_and_models_beyond_the_store(
         " 1, 0, '{}', '{}', 'me', now())"
     )
     store.execute(
-        "INSERT INTO dataset_rows SELECT 'ds-1', interaction_id, 'production', interaction_id,"
-        " user_id, '{}', 'train', NULL, prompt, response, md5(interaction_id), 1, 'ds-1', NULL"
-        " FROM interactions"
+        "INSERT INTO dataset_texts SELECT interaction_id, md5(prompt || chr(31) || response),"
+        " interaction_id, user_id, prompt, response FROM interactions"
     )
     store.execute(
-        "INSERT INTO dataset_rows SELECT 'ds-2', interaction_id, 'production', interaction_id,"
-        " user_id, '{}', 'train', NULL, prompt, response, md5(interaction_id), 1, 'ds-1', NULL"
-        " FROM interactions"
-        " WHERE user_id = 'keeper'"
+        "INSERT INTO dataset_members SELECT 'ds-1', interaction_id, 'production', interaction_id,"
+        " user_id, '{}', 'train', NULL, md5(interaction_id), 1, 'ds-1',"
+        " md5(prompt || chr(31) || response) FROM interactions"
+    )
+    store.execute(
+        "INSERT INTO dataset_members SELECT 'ds-2', interaction_id, 'production', interaction_id,"
+        " user_id, '{}', 'train', NULL, md5(interaction_id), 1, 'ds-1',"
+        " md5(prompt || chr(31) || response) FROM interactions WHERE user_id = 'keeper'"
     )
     for job, version, model in [("ftjob-1", "ds-1", "ft:student:1"), ("ftjob-2", "ds-2", "x")]:
         store.execute(
