@@ -158,6 +158,39 @@ def test_a_backup_of_an_older_schema_is_migrated_up(
     assert new.fetch_all("SELECT * FROM workspace") == [("owner", "flywheel team")]
 
 
+def test_a_backup_holding_dataset_rows_as_a_table_restores_them_as_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup made before versions pointed at stored texts (dataset_rows a table) restores
+    every row, readable as before, its texts stored once per row."""
+    every = migrations()
+    before = [m for m in every if m.version < 15]
+    older = Store(tmp_path / "old.duckdb")
+    with monkeypatch.context() as patch:
+        patch.setattr(core.store, "migrations", lambda: before)
+        older.schema_version()
+        with older.transaction() as con:
+            for version in ("ds-p-c1-v1", "ds-p-c2-v1"):
+                con.execute(
+                    "INSERT INTO dataset_rows SELECT ?, 'i' || n, 'production', 'i' || n,"
+                    " 'u' || (n % 3), '{}', 'train', 'sys', 'prompt ' || n, 'answer ' || n,"
+                    " md5('i' || n), 1, 'ds-p-c1-v1', NULL FROM range(5) t(n)",
+                    [version],
+                )
+        rows = sorted(
+            older.fetch_all("SELECT version_id, row_key, prompt, response FROM dataset_rows")
+        )
+        backup_store(older, tmp_path / "bk", user=OPERATOR)
+    restore_store(tmp_path / "bk", tmp_path / "new.duckdb", user=OPERATOR)
+    new = Store(tmp_path / "new.duckdb")
+    assert (
+        sorted(new.fetch_all("SELECT version_id, row_key, prompt, response FROM dataset_rows"))
+        == rows
+    )
+    assert new.fetch_all("SELECT count(*) FROM dataset_members") == [(10,)]
+    assert new.fetch_all("SELECT count(*) FROM dataset_texts") == [(5,)]
+
+
 def test_a_backup_from_a_newer_flywheel_is_refused(store: Store, backup: Path) -> None:
     manifest = _manifest(backup)
     manifest["schema_version"] = 9999
