@@ -6,9 +6,11 @@ them starts a fresh dataset while a rerun of the same spec asks only for what is
 A killed run loses at most its last unflushed replies.
 
 Replies are validated against the plan's output schema (Pydantic). Requests go through the
-openai package's async client with bounded concurrency; transport failures (429, 5xx,
-timeouts) are retried with exponential backoff and jitter honouring ``Retry-After``; invalid
-replies are asked again a bounded number of times and then recorded as failed with the reason.
+openai package's async client, at most ``generation_concurrency`` in flight (an item waiting
+out a backoff holds no slot); transport failures (429, 5xx, timeouts, a body cut off) are
+retried with exponential backoff and jitter honouring ``Retry-After``; invalid replies are
+asked again, with the error, a bounded number of times and then recorded as failed with the
+reason.
 Every example carries its provenance: teacher model, endpoint (never the key), template hash,
 temperature, time, tokens and cost.
 """
