@@ -531,18 +531,29 @@ def _carry(
             rule.rule,
         )
         con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
-    checked = _pii_stage(alive(), fresh)
-    # A carried text is the interaction's as it reads today (after the PII check); where that
-    # is the text the parent stored, the version points at the stored one and nothing is copied.
+    # A carried text is the interaction's as it reads today, after the PII check. Interactions
+    # are never rewritten, so in a batch today's detectors redacted at ingest (``fresh``) it is
+    # the text the parent stored: the version points at that one, and neither text is read.
+    # Elsewhere the texts are checked again; only those that changed are kept, to be stored.
+    rating = (
+        "(coalesce(feedback = 'up', false))::INTEGER * 4 + coalesce(accepted, false)::INTEGER"
+        " * 2 - coalesce(feedback = 'down', false)::INTEGER"
+    )
+    fresh_rows = alive().filter(alive().batch_id.isin(fresh)) if fresh else None
+    stale_rows = alive().filter(~alive().batch_id.isin(fresh)) if fresh else alive()
+    if fresh_rows is not None:
+        con.execute(
+            f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
+            f" batch_id, cell_key, system, NULL, NULL, ts, {rating}, fw_origin_cycle,"
+            f" fw_origin_version, fw_split, fw_parent_md5, false FROM ({_sql(fresh_rows)})"
+        )
     con.execute(
         f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
         " batch_id, cell_key, system, CASE WHEN fw_new THEN prompt END,"
-        " CASE WHEN fw_new THEN response END, ts, (coalesce(feedback = 'up', false))"
-        "::INTEGER * 4 + coalesce(accepted, false)::INTEGER * 2"
-        " - coalesce(feedback = 'down', false)::INTEGER, fw_origin_cycle, fw_origin_version,"
+        f" CASE WHEN fw_new THEN response END, ts, {rating}, fw_origin_cycle, fw_origin_version,"
         " fw_split, fw_md5, fw_changed FROM (SELECT *, fw_md5 IS DISTINCT FROM fw_parent_md5"
         " AS fw_new FROM (SELECT *, md5(prompt || chr(31) || response) AS fw_md5"
-        f" FROM ({_sql(checked)})))"
+        f" FROM ({_sql(_pii_stage(stale_rows, fresh))})))"
     )
     redacted_again = _count(con, f"SELECT count(*) FROM {_CARRIED} WHERE fw_changed")
     # Synthetic rows: carried while their item is still a valid example of the plan.
