@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import stats
 from core.errors import AnalysisError, DocumentError, EvalError, FlywheelError, PlanError
+from core.labels import label, label_path, show
 from core.settings import default_db_path, get_setting
 
 if TYPE_CHECKING:
@@ -76,7 +77,62 @@ def default_plan_id(store: Store) -> str:
 
 
 def _lint_lines(report: LintReport) -> list[str]:
-    return [f"{f.severity}: {f.path}: {f.message} [{f.code}]" for f in report.findings]
+    """Each finding with its place in the plan by its labels, and the path that the plan file
+    spells (``Eval gates › 3 › Ratio to teacher (gates[2].ratio)``)."""
+    return [
+        f"{label(f.severity)}: "
+        + (f"{label_path(f.path)} ({f.path}): " if f.path else "")
+        + f"{f.message} [{f.code}]"
+        for f in report.findings
+    ]
+
+
+# -- text for people: tables and records ---------------------------------------------------------
+# What --json prints keeps the code names (DESIGN.md's contract); what a person reads names
+# each column, field, stage, state and decision by its label in core.labels, and shows a
+# missing value as "—", never "None".
+
+
+def _cell(value: Any, *, code: bool = False) -> str:
+    """One value as a person reads it, on one line; a code value (a stage, state, decision,
+    backend) by its label."""
+    text = label(value) if code and value is not None and value != "" else show(value)
+    return " ↵ ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, codes: Sequence[str] = ()
+) -> str:
+    """Rows as aligned columns under their labels; numbers to the right."""
+    header = [label(c) for c in columns]
+    body = [[_cell(row.get(c), code=c in codes) for c in columns] for row in rows]
+    widths = [max(len(text) for text in column) for column in zip(header, *body, strict=True)]
+    numeric = [
+        any(_is_number(row.get(c)) for row in rows)
+        and all(row.get(c) is None or _is_number(row.get(c)) for row in rows)
+        for c in columns
+    ]
+    return "\n".join(
+        "  ".join(
+            text.rjust(width) if right else text.ljust(width)
+            for text, width, right in zip(line, widths, numeric, strict=True)
+        ).rstrip()
+        for line in [header, *body]
+    )
+
+
+def _record(fields: dict[str, Any], *, codes: Sequence[str] = (), indent: str = "  ") -> str:
+    """A key/value record, one field a line: ``  Label:  value``."""
+    labels = {key: label(key) + ":" for key in fields}
+    width = max((len(text) for text in labels.values()), default=0)
+    return "\n".join(
+        f"{indent}{labels[key].ljust(width)}  {_cell(value, code=key in codes)}"
+        for key, value in fields.items()
+    )
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -262,11 +318,7 @@ def cmd_plan_list(args: argparse.Namespace, store: Store) -> Outcome:
         }
         for p in plans
     ]
-    text = "\n".join(
-        f"{p.plan_id}  v{p.latest_version}  {'ready' if p.ready else 'not ready'}"
-        f"{'  (demo)' if p.is_demo else ''}  {p.name}"
-        for p in plans
-    )
+    text = _table(rows, ("plan_id", "latest_version", "ready", "demo", "name")) if rows else ""
     return Outcome({"plans": rows}, text or "No plans yet.")
 
 
@@ -329,9 +381,8 @@ def cmd_rejects(args: argparse.Namespace, store: Store) -> Outcome:
     from core.ingest_reads import batch_rejects
 
     rows = batch_rejects(store, args.batch, user=_user(), reveal_raw=args.raw)
-    text = "\n".join(
-        f"line {r['line']}: {r['reason']}" + (f"\n    {r['raw']}" if args.raw else "") for r in rows
-    )
+    columns = ("line", "reason", "raw") if args.raw else ("line", "reason")
+    text = _table(rows, columns) if rows else ""
     return Outcome(
         {"batch_id": args.batch, "rows": rows},
         text or f"Batch {args.batch} has no rejected rows.",
@@ -342,7 +393,7 @@ def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
     from core.consent import forget_user
 
     result = forget_user(store, args.user_id, by=_user())
-    tables = ", ".join(f"{t} {n}" for t, n in sorted(result.rows_deleted.items()))
+    tables = show(dict(sorted(result.rows_deleted.items())))
     lines = [
         f"Forgot user {result.user_id}: {result.interactions_deleted} interactions, "
         f"{result.dataset_rows_deleted} dataset rows, {result.eval_items_deleted} eval items "
@@ -357,7 +408,7 @@ def cmd_forget(args: argparse.Namespace, store: Store) -> Outcome:
     lines += [f"  backup {b['target']} ({b['at']})" for b in result.backups]
     lines += [
         f"  model {m['fine_tuned_model'] or '(not finished)'} of job {m['job_id']}, trained on "
-        f"{m['dataset_version']} ({m['status']})"
+        f"{m['dataset_version']} ({label(m['status'])})"
         for m in result.models
     ]
     return Outcome(result.to_dict(), "\n".join(lines))
@@ -509,18 +560,18 @@ def cmd_ab_report(args: argparse.Namespace, store: Store) -> Outcome:
     arms = ", ".join(f"{a.arm} {a.users:,} users" for a in analysis.arms)
     lines = [
         f"Cycle {analysis.cycle} A/B test ({analysis.window[0]} to {analysis.window[1]}): {arms}.",
-        f"Sample ratio: {_p(analysis.srm.p_value)} ({analysis.srm.status}).",
-        f"{analysis.primary_metric}: lift {_number(primary.estimate)}, "
+        f"Sample ratio: {_p(analysis.srm.p_value)} ({label(analysis.srm.status)}).",
+        f"{label(analysis.primary_metric)}: lift {_number(primary.estimate)}, "
         f"{'confidence sequence' if analysis.sequential else 'CI'} "
         f"{_interval(_pair(primary.ci))}, {_p(primary.p_value)}.",
     ]
     for g in analysis.guardrails:
         state = "BREACHED" if g.breached else "ok"
         lines.append(
-            f"guardrail {g.metric} (tolerance +{g.tolerance:.0%}): lift {_number(g.lift)}, {state}"
+            f"Guardrail {label(g.metric)} (tolerance +{g.tolerance:.0%}): lift "
+            f"{_number(g.lift)}, {state}"
         )
-    verdict = analysis.decision.verdict.replace("_", " ")
-    lines.append(f"Decision: {verdict}.")
+    lines.append(f"Decision: {label(analysis.decision.verdict)}.")
     lines += [f"  - {reason}" for reason in analysis.decision.reasons]
     served = analysis.student_system
     if served is not None:
@@ -541,9 +592,7 @@ def cmd_eval_import_set(args: argparse.Namespace, store: Store) -> Outcome:
     from core.evals import import_eval_set
 
     result = import_eval_set(store, args.file, merge=args.merge, user=_user())
-    lines = [
-        f"{s['eval_set']} v{s['version']}: {s['items']} items ({s['status']})" for s in result.sets
-    ]
+    lines = [_table(result.sets, ("eval_set", "version", "items", "status"), codes=("status",))]
     head = (
         f"Batch {result.batch_id}: {result.rows_read} rows read, {result.accepted} accepted, "
         f"{result.rejected} rejected (see `rejects --batch {result.batch_id}`)."
@@ -555,11 +604,9 @@ def cmd_eval_sets(args: argparse.Namespace, store: Store) -> Outcome:
     from core.evals import eval_sets
 
     rows = eval_sets(store)
-    text = "\n".join(
-        f"{r['eval_set']}  v{r['version']}  {r['items']} items  "
-        f"{'frozen' if r['frozen'] else 'draft'}  ({r['versions']} version(s))"
-        for r in rows
-    )
+    columns = ("eval_set", "version", "items", "frozen", "versions", "content_hash")
+    shown = [{**r, "content_hash": str(r["content_hash"] or "")[:12] or None} for r in rows]
+    text = _table(shown, columns) if rows else ""
     return Outcome({"sets": rows}, text or "No eval sets yet: `eval import-set FILE`.")
 
 
@@ -638,7 +685,7 @@ def cmd_eval_run(args: argparse.Namespace, store: Store) -> Outcome:
     )
     summary = run_summary(store, report.run_id)
     lines = [
-        f"  {g['grader']}: mean {g['mean']:.3f} on {g['items']} items"
+        f"  {label(g['grader'])}: mean {g['mean']:.3f} on {g['items']} items"
         + (f" ({g['grader_errors']} grader errors)" if g["grader_errors"] else "")
         for g in summary
         if g["mean"] is not None
@@ -691,21 +738,26 @@ def cmd_gate_check(args: argparse.Namespace, store: Store) -> Outcome:
     plan_id = args.plan or default_plan_id(store)
     report = check_gates(store, plan_id, args.cycle)
     data = report.to_dict()
-    lines = [
-        f"{'BLOCKING' if g.blocking else 'warning '}  {g.verdict:<17}  {g.name}"
-        f"  value {_num(g.value)}  threshold {_num(g.threshold)}\n    {g.explanation}"
+    gates = [
+        {
+            "gate": g.name,
+            "verdict": g.verdict,
+            "value": g.value,
+            "threshold": g.threshold,
+            "blocking": g.blocking,
+        }
         for g in report.gates
     ]
+    lines = [
+        _table(gates, ("gate", "verdict", "value", "threshold", "blocking"), codes=("verdict",))
+    ]
+    lines += [f"{label('why')}:", *(f"  {g.name}: {g.explanation}" for g in report.gates)]
     lines += [f"warning: {w}" for w in report.warnings]
     head = (
         f"Plan '{plan_id}' cycle {args.cycle}, candidate {report.candidate or '(none)'}: "
-        f"{report.verdict.replace('_', ' ').upper()}"
+        f"{label(report.verdict).upper()}"
     )
     return Outcome(data, "\n".join([head, *lines]), exit_code=0 if report.verdict == "pass" else 1)
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
@@ -724,8 +776,8 @@ def cmd_gate_decide(args: argparse.Namespace, store: Store) -> Outcome:
             "verdict": verdict,
             "candidate": candidate,
         },
-        f"Recorded {args.decision} of {candidate} for cycle {args.cycle} "
-        f"(gates: {verdict.replace('_', ' ')}) as {decision_id}.",
+        f"Recorded the decision on {candidate} for cycle {args.cycle}: {label(args.decision)} "
+        f"(gates: {label(verdict)}), as {decision_id}.",
     )
 
 
@@ -734,7 +786,8 @@ def _training_progress(job: Any) -> None:
     loss = next((m["loss"] for m in reversed(job.metrics) if m["loss"] is not None), None)
     step = f"step {job.step}/{job.total_steps}" if job.total_steps else "starting"
     print(
-        f"{job.job_id}: {job.status}, {step}" + (f", loss {loss:.4f}" if loss is not None else ""),
+        f"{job.job_id}: {label(job.status)}, {step}"
+        + (f", loss {loss:.4f}" if loss is not None else ""),
         file=sys.stderr,
     )
 
@@ -766,14 +819,18 @@ def _job_outcome(job: dict[str, Any]) -> Outcome:
 
     error = scrub_secrets(str(job["error"])) if job["error"] else None
     job = {**job, "error": error}
-    text = (
-        f"Training job {job['job_id']} ({job['backend']}) on {job['dataset_version']}: "
-        f"{job['status']}"
-        + (f", model {job['fine_tuned_model']}" if job["fine_tuned_model"] else "")
-        + (f", weights sha256 {job['weights_sha256'][:12]}…" if job["weights_sha256"] else "")
-        + (f", {job['trained_tokens']:,} tokens" if job["trained_tokens"] else "")
-        + (f", ${job['cost_usd']:.2f}" if job["cost_usd"] is not None else "")
-        + (f". Error: {error}" if error else ".")
+    weights = job["weights_sha256"]
+    fields = {
+        "backend": job["backend"],
+        "dataset_version": job["dataset_version"],
+        "fine_tuned_model": job["fine_tuned_model"],
+        "weights_sha256": f"{weights[:12]}…" if weights else None,
+        "trained_tokens": job["trained_tokens"],
+        "cost_usd": None if job["cost_usd"] is None else f"{job['cost_usd']:.2f}",
+        "error": error,
+    }
+    text = f"Training job {job['job_id']}: {label(job['status'])}\n" + _record(
+        fields, codes=("backend",)
     )
     return Outcome(job, text, exit_code=1 if job["status"] in {"failed", "cancelled"} else 0)
 
@@ -847,11 +904,8 @@ def cmd_train_list(args: argparse.Namespace, store: Store) -> Outcome:
 
     plan_id = args.plan or default_plan_id(store)
     jobs = training_jobs(store, plan_id, args.cycle)
-    text = "\n".join(
-        f"cycle {j['cycle']}  {j['job_id']}  {j['backend']}  {j['status']}  "
-        f"{j['dataset_version']}  {j['fine_tuned_model'] or ''}"
-        for j in jobs
-    )
+    columns = ("cycle", "job_id", "backend", "status", "dataset_version", "fine_tuned_model")
+    text = _table(jobs, columns, codes=("backend", "status")) if jobs else ""
     return Outcome({"plan_id": plan_id, "jobs": jobs}, text or "No training jobs yet.")
 
 
@@ -875,7 +929,7 @@ def cmd_cycle_why(args: argparse.Namespace, store: Store) -> Outcome:
     from core.cycle_reads import why_dropped
 
     answers = why_dropped(store, args.interaction_id, plan_id=args.plan)
-    text = "\n".join(f"cycle {a['cycle']} ({a['run_id']}): {a['why']}" for a in answers)
+    text = _table(answers, ("cycle", "run_id", "why")) if answers else ""
     return Outcome(
         {"interaction_id": args.interaction_id, "runs": answers},
         text or f"No cycle has run yet; {args.interaction_id} is stored and waits for one.",
@@ -916,11 +970,18 @@ def cmd_dataset_list(args: argparse.Namespace, store: Store) -> Outcome:
         }
         for v in versions
     ]
-    text = "\n".join(
-        f"{v.version_id}  cycle {v.cycle}  {v.rows_now} rows ({v.production_rows} production, "
-        f"{v.synthetic_rows} synthetic)  sha256 {v.sha256[:12]}  parent {v.parent_version or '—'}"
-        for v in versions
+    columns = (
+        "version_id",
+        "cycle",
+        "rows",
+        "production_rows",
+        "synthetic_rows",
+        "erased_rows",
+        "sha256",
+        "parent_version",
     )
+    shown = [{**r, "sha256": v.sha256[:12]} for r, v in zip(rows, versions, strict=True)]
+    text = _table(shown, columns) if rows else ""
     return Outcome({"versions": rows}, text or "No dataset version yet: run `cycle run`.")
 
 
@@ -928,11 +989,19 @@ def cmd_dataset_compare(args: argparse.Namespace, store: Store) -> Outcome:
     from core.datasets import compare_versions
 
     diff = compare_versions(store, args.old, args.new)
-    lines = [
-        f"{c.cell_key}: {c.kept} carried, +{c.added} added, −{c.removed} removed"
-        f" ({c.retired} retired, {c.rechecked} on recheck)"
+    cells = [
+        {
+            "cell_key": c.cell_key,
+            "carried": c.kept,
+            "added": c.added,
+            "retired": c.retired,
+            "removed_on_recheck": c.rechecked,
+            "removed": c.removed,
+        }
         for c in diff.cells
     ]
+    columns = ("cell_key", "carried", "added", "retired", "removed_on_recheck", "removed")
+    lines = [_table(cells, columns)] if cells else []
     lines.append(
         f"{diff.old} → {diff.new}: {diff.kept} carried, +{diff.added} added, −{diff.removed}"
         f" removed ({diff.retired} retired under the cap, {diff.rechecked} failed the recheck)."

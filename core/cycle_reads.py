@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import CycleError
+from core.labels import label
 from core.store import Store
 
 __all__ = [
@@ -218,8 +219,8 @@ def why_dropped(
 
 
 def run_summary(result: CycleResult) -> str:
-    """One paragraph for people: the funnel and the version."""
-    funnel = ", ".join(f"{s.name} {s.rows_in}→{s.rows_out}" for s in result.stages)
+    """One paragraph for people: the funnel (each stage by its label) and the version."""
+    funnel = ", ".join(f"{label(s.name)} {s.rows_in:,}→{s.rows_out:,}" for s in result.stages)
     verb = "Built" if result.new_version else "Unchanged: same bytes as"
     return (
         f"Cycle {result.cycle} of plan '{result.plan_id}' v{result.plan_version}: {funnel}. "

@@ -289,6 +289,15 @@ _CODES: dict[str, str] = {
     "done": "Done",
     "online": "Online",
     "batch": "Batch API",
+    # eval-set imports (core.evals), the sample-ratio check (core.stats), lint severities
+    "created": "Created",
+    "updated": "Updated",
+    "unchanged": "Unchanged",
+    "ok": "OK",
+    "mismatch": "Mismatch",
+    "not_judged": "Not judged",
+    "error": "Error",
+    "warning": "Warning",
 }
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -480,6 +489,16 @@ _COLUMNS: dict[str, str] = {
     "where": "Where",
     "gap": "Gap",
     "why": "Why",
+    # the command line's listings (core.cli)
+    "latest_version": "Latest version",
+    "demo": "Demo",
+    "versions": "Versions",
+    "dataset_version": "Dataset version",
+    "explanation": "Why",
+    "trained_tokens": "Trained tokens",
+    "weights_sha256": "Weights SHA-256",
+    "severity": "Severity",
+    "code": "Check",
     # audit
     "audit_id": "Entry",
     "target_id": "Target",

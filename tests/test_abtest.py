@@ -677,6 +677,6 @@ def test_cli_ab_report(demo_db: Store) -> None:
     assert {"arms", "srm_p", "lift", "ci", "p_value", "decision"} <= set(out)
     assert out["decision"] == "ship" and len(out["arms"]) == 2 and out["ci"][0] > 0
     rolled = run_cli("ab", "report", "--cycle", "2")
-    assert rolled.returncode == 1 and "Decision: roll back" in rolled.stdout
+    assert rolled.returncode == 1 and "Decision: Roll back the treatment." in rolled.stdout
     empty = run_cli("ab", "report", "--cycle", "5")
     assert empty.returncode == 2 and "ingest FILE --cycle 5" in empty.stderr

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from cycle_helpers import build_workspace
 
 import core.cli
+from core.access import local_operator
 from core.cli import main
+from core.cycles import run_cycle
 from core.plan_files import dump_plan
 from core.plan_versions import list_plans
 from core.starters import starter_plan
@@ -187,3 +190,30 @@ def test_the_entry_point_turns_a_truncated_store_into_exit_2(tmp_path: Path) -> 
     done = run("dataset", "list", db=_truncated_store(tmp_path))
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+
+
+def test_text_tables_name_columns_by_their_labels_and_show_a_dash_for_missing_values(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan_id = build_workspace(store, tmp_path)
+    run_cycle(store, plan_id, 2, user=local_operator())
+    db = ["--db", str(store.path)]
+
+    assert main(["dataset", "list", *db]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    for shown in ("Dataset version", "Production rows", "Synthetic rows", "Parent version"):
+        assert shown in header
+    assert not {"version_id", "production_rows", "parent_version"} & set(header.split())
+    # The first version has no parent: a dash under the column's label, never "None".
+    assert "None" not in row and row.endswith("—")
+    assert row.index("—") == header.index("Parent version")
+
+    assert main(["plan", "list", *db]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["Plan", "Latest", "version", "Ready", "Demo", "Name"]
+    assert row.split()[:4] == [plan_id, "1", "yes", "no"]
+
+    # --json keeps the code names and null (DESIGN.md's contract).
+    assert main(["dataset", "list", "--json", *db]) == 0
+    (version,) = json.loads(capsys.readouterr().out)["versions"]
+    assert version["parent_version"] is None and version["production_rows"] > 0

@@ -302,11 +302,11 @@ def _command(workspace: str, argv: list[str], answer: str, unused: frozenset[str
 @pytest.mark.parametrize(
     ("workspace", "argv", "answer", "unused"),
     [
-        _command("cycle", ["cycle", "why", "i-001"], "): kept in ds-", NO_STATISTICS),
+        _command("cycle", ["cycle", "why", "i-001"], "kept in ds-", NO_STATISTICS),
         _command("cycle", ["forget", "u-3"], "Forgot user u-3: 10 interactions", NO_STATISTICS),
         _command("cycle", ["train", "list"], "No training jobs yet.", NO_STATISTICS),
         _command("cycle", ["generate", "--dry-run"], "calls, ~", NO_STATISTICS),
-        _command("gates", ["eval", "sets"], "py-draft  v1  6 items  draft", NO_STATISTICS),
+        _command("gates", ["eval", "sets"], "py-draft        1      6  no", NO_STATISTICS),
         _command(
             "gates", ["eval", "freeze", "py-draft", "--reason", "ship"], "Froze", NO_STATISTICS
         ),
@@ -314,7 +314,7 @@ def _command(workspace: str, argv: list[str], answer: str, unused: frozenset[str
         _command(
             "gates",
             ["gate", "decide", "--cycle", "1", "--approve"],
-            "Recorded approved of ft:student",
+            "Recorded the decision on ft:student for cycle 1: Approved",
             NOT_FOR_RECORDS,
         ),
     ],

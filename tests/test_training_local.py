@@ -344,7 +344,7 @@ def test_the_command_line_starts_lists_cancels_and_resumes_a_local_job(
     assert json.loads(capsys.readouterr().out)["status"] == "queued"
     _wait_for(lambda: local.process_alive() or local.state().get("status") != "queued", 60)
     assert main(["train", "cancel", job["job_id"], *db]) == 0
-    assert "cancelled" in capsys.readouterr().out
+    assert f"Training job {job['job_id']}: Cancelled" in capsys.readouterr().out
     assert cycle_candidate(store, plan_id, 6) is None
 
     refused = main(
