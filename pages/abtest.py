@@ -125,8 +125,9 @@ def results(analysis: ABAnalysis) -> None:
                 "acceptance": _pct(a.acceptance_rate, signed=False),
                 "thumbs-up": _pct(a.thumbs_up_rate, signed=False),
                 "thumbs-down": _pct(a.thumbs_down_rate, signed=False),
-                "latency p50 (ms)": _num(a.latency_p50_ms, ",.0f"),
-                "latency p95 (ms)": _num(a.latency_p95_ms, ",.0f"),
+                # one column for both quantiles: ten columns would run past a laptop's width
+                "latency p50 / p95 (ms)": f"{_num(a.latency_p50_ms, ',.0f')} / "
+                f"{_num(a.latency_p95_ms, ',.0f')}",
                 "cost / 1k requests": "—" if a.cost_per_1k is None else f"${a.cost_per_1k:,.3f}",
             }
             for a in analysis.arms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time, timedelta
 
 import pandas as pd
@@ -15,8 +16,8 @@ from core.audit import (
     audit_entries,
     audit_span,
 )
-from core.labels import label
-from pages._common import get_store, guarded, page_header, table
+from core.labels import label, show
+from pages._common import get_store, guarded, key_values, page_header, table
 
 page_header("Audit")
 store = get_store()
@@ -80,10 +81,35 @@ st.download_button(
     icon=":material/download:",
     disabled=not entries,
 )
-# The detail as "Key: value" text, not a JSON blob (core.labels.show).
-table(
-    pd.DataFrame([e.__dict__ for e in entries[:5000]]),
-    column_config={"detail": st.column_config.TextColumn(label("detail"), width="large")},
+# The detail as "Key: value" text, not a JSON blob (core.labels.show), at a width that keeps
+# the table inside a laptop's page; a picked row's detail reads in full below, field by field.
+shown_entries = entries[:5000]
+picked = table(
+    pd.DataFrame([e.__dict__ for e in shown_entries]),
+    column_config={
+        "ts": st.column_config.DatetimeColumn(label("ts"), format="YYYY-MM-DD HH:mm"),
+        **{
+            key: st.column_config.TextColumn(label(key), width="medium")
+            for key in ("target", "detail")
+        },
+    },
+    on_select="rerun",
+    selection_mode="single-row",
+    key="audit_table",
 )
+picked_rows = list(picked.selection.rows) if picked is not None else []
+if picked_rows and picked_rows[0] < len(shown_entries):
+    entry = shown_entries[picked_rows[0]]
+    st.markdown(f"**Entry {entry.audit_id}** · `{entry.action}` · {show(entry.target)}")
+    try:
+        parsed = json.loads(entry.detail)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed:
+        key_values(parsed)
+    else:
+        st.caption(show(entry.detail))
+elif shown_entries:
+    st.caption("Pick a row to read its whole detail, field by field.")
 if len(entries) > 5000:
     st.caption("Showing the newest 5,000; the CSV holds them all.")

@@ -7,6 +7,7 @@ import streamlit as st
 from core.access import refusal
 from core.charts import pii_by_type_figure
 from core.ingest import KINDS, batch_rejects, ingest_bytes, list_batches, pii_samples, pii_summary
+from core.labels import label, show
 from core.log_contract import SAMPLE_FILES, contract_markdown, example_line, load_outcome
 from core.privacy import PII_TYPES
 from pages._common import current_user, get_store, guarded, page_header, table
@@ -92,9 +93,26 @@ if not batches:
 
 st.markdown("#### Batches")
 st.caption("Every load is a batch; rows read = accepted + rejected + duplicates.")
-table(
-    [{k: v for k, v in b.items() if k != "sha256"} | {"sha256": b["sha256"][:12]} for b in batches],
-    pinned=("batch_id",),
+# The counts that reconcile, narrow enough for a laptop; the picked batch's file hash, read
+# path and times in the caption below.
+summary_columns = (
+    "batch_id",
+    "kind",
+    "file_name",
+    "cycle",
+    "rows_read",
+    "accepted",
+    "rejected",
+    "duplicates",
+)
+table([{k: b[k] for k in summary_columns} for b in batches], pinned=("batch_id",))
+by_batch = {str(b["batch_id"]): b for b in batches}
+picked_batch = by_batch[st.selectbox("Batch details", list(by_batch), key="batch_pick")]
+st.caption(
+    f"{label(picked_batch['kind'])} · SHA-256 `{picked_batch['sha256'][:12]}` · "
+    f"{label('read_path')}: {show(picked_batch['read_path'])} · "
+    f"started {show(picked_batch['started_at'])} · "
+    f"finished {show(picked_batch['finished_at'])}"
 )
 
 st.markdown("#### Quarantine")
