@@ -144,11 +144,12 @@ _SCRIPT_DONE = """() => {
   return !!app && app.getAttribute('data-test-script-state') === 'notRunning';
 }"""
 
-# Every element drawn: no lazy-loading placeholder left, and each visible dataframe has laid
-# out its grid (its scrolling area), so that a probe of the layout measures the real widths.
+# Every element drawn: no lazy-loading placeholder left, and each visible dataframe (not in a
+# closed tab or expander) has laid out its grid, its scrolling area, so that a probe of the
+# layout measures the real widths.
 _DRAWN = """() => !document.querySelector('[data-testid="stSkeleton"]')
   && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(
-    (el) => el.getBoundingClientRect().width === 0 || el.querySelector('.dvn-scroller'))"""
+    (el) => !el.checkVisibility() || el.querySelector('.dvn-scroller'))"""
 
 
 def _settle(page: object, timeout_ms: int = 60_000) -> None:
