@@ -13,9 +13,10 @@ The store is bench/cycle.py's (its log ingested through the real ingest, with co
 items and synthetic examples). Before the clock starts, the window's rows are moved into cycle
 3's window, and the parent version is written from --parent consented rows of cycle 2 and
 sketched by core.cycles.sketch_version, as a cycle that writes a version sketches it: a
-cycle then reads the parent's sketches instead of cutting its texts again. The parent's
-lineage names the plan's filters, as a run of the same plan records them, so carried rows are
-not filtered again (a changed rule would be).
+cycle then reads the parent's sketches instead of cutting its texts again. The parent is
+what a cycle run of today's Flywheel writes: its texts checked by today's PII detectors, and its
+lineage naming those detectors and the plan's filters, so carried rows are not checked or
+filtered again (changed detectors or a changed rule would be).
 """
 
 from __future__ import annotations
@@ -38,8 +39,16 @@ import ibis  # noqa: E402
 from bench.cycle import base_store  # noqa: E402
 from core import quality  # noqa: E402
 from core.access import local_operator  # noqa: E402
-from core.cycles import _cell_sql, pipeline_rules, run_cycle, sketch_version  # noqa: E402
+from core.cycles import (  # noqa: E402
+    _cell_sql,
+    _pii_stage,
+    fresh_batches,
+    pipeline_rules,
+    run_cycle,
+    sketch_version,
+)
 from core.plan_versions import load_plan  # noqa: E402
+from core.privacy import DETECTORS_FINGERPRINT  # noqa: E402
 from core.store import Store  # noqa: E402
 
 WINDOW_START = "2027-04-01"  # inside cycle 3's window of the bench plan
@@ -100,10 +109,28 @@ def prepared(parent: int, window: int) -> Path:
             " LIMIT $parent",
             {"parent": parent},
         )
+        # The parent as a cycle run writes it: its texts checked by today's PII detectors.
+        checked = _pii_stage(
+            ibis.table(
+                {
+                    "interaction_id": "string",
+                    "user_id": "string",
+                    "batch_id": "string",
+                    "system": "string",
+                    "prompt": "string",
+                    "response": "string",
+                    "fw_cell": "string",
+                    "ts": "timestamp('UTC')",
+                },
+                name="parent_rows",
+            ),
+            fresh_batches(con),
+        )
+        con.execute(f"CREATE TEMP TABLE parent_checked AS {ibis.to_sql(checked, dialect='duckdb')}")
         con.execute(
             "INSERT INTO dataset_texts BY NAME SELECT interaction_id AS row_key, interaction_id,"
             " user_id, prompt, response, md5(prompt || chr(31) || response) AS text_md5"
-            " FROM parent_rows"
+            " FROM parent_checked"
         )
         con.execute(
             "INSERT INTO dataset_members BY NAME SELECT $v AS version_id,"
@@ -112,7 +139,7 @@ def prepared(parent: int, window: int) -> Path:
             " CASE WHEN md5(interaction_id) < '1a' THEN 'validation' ELSE 'train' END AS split,"
             " $system AS system, md5(interaction_id) AS sort_key,"
             " 2 AS origin_cycle, $v AS origin_version,"
-            " md5(prompt || chr(31) || response) AS text_md5 FROM parent_rows",
+            " md5(prompt || chr(31) || response) AS text_md5 FROM parent_checked",
             {"v": version, "system": plan.goal.system_message},
         )
         (rows,) = con.execute(
@@ -123,7 +150,11 @@ def prepared(parent: int, window: int) -> Path:
             " || coalesce(reference, '')), ',' ORDER BY eval_set, prompt, reference), ''))"
             " FROM eval_items"
         ).fetchone()
-        lineage = {"filters": filters, "eval_items": eval_items[0] if eval_items else ""}
+        lineage = {
+            "filters": filters,
+            "eval_items": eval_items[0] if eval_items else "",
+            "pii_detectors": DETECTORS_FINGERPRINT,
+        }
         con.execute(
             "INSERT INTO dataset_versions VALUES (?, ?, ?, 2, 1, NULL, 'bench', 'bench', ?, ?, 0,"
             " ?, 0, ?, '{}', 'bench', now())",

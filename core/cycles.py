@@ -289,6 +289,12 @@ def _pii_stage(rows: ir.Table, fresh_batches: list[str]) -> ir.Table:
     )
 
 
+def _system_checked(rows: ir.Table, fresh_batches: list[str]) -> ir.Table:
+    """Rows with their logged system message redacted again outside ``fresh_batches``."""
+    stale = ~rows.batch_id.isin(fresh_batches) if fresh_batches else ibis.literal(True)
+    return rows.mutate(system=ibis.ifelse(stale, quality.redacted(rows.system), rows.system))
+
+
 def _cell_sql(plan: Plan) -> str:
     """SQL of an interaction's cell key: its label on each generation axis (a column such as
     topic, else the field of its metadata), as the canonical JSON generation uses."""
@@ -341,6 +347,7 @@ class ParentVersion:
     rows: int
     filters: list[dict[str, Any]]
     eval_items: str | None
+    pii_detectors: str | None = None  # the detectors its texts were checked with
 
 
 def _parent_version(
@@ -360,6 +367,7 @@ def _parent_version(
         int(found[2]),
         list(lineage.get("filters", [])),
         lineage.get("eval_items"),
+        lineage.get("pii_detectors"),
     )
 
 
@@ -532,29 +540,36 @@ def _carry(
         )
         con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
     # A carried text is the interaction's as it reads today, after the PII check. Interactions
-    # are never rewritten, so in a batch today's detectors redacted at ingest (``fresh``) it is
-    # the text the parent stored: the version points at that one, and neither text is read.
-    # Elsewhere the texts are checked again; only those that changed are kept, to be stored.
+    # are never rewritten, so where the parent's texts were checked by today's detectors (its
+    # run, or its rows' batches at ingest: ``fresh``), its stored text is that text: the version
+    # points at it and reads neither. Other rows are checked again; only texts that changed
+    # are kept, to be stored. A logged system message is checked again in either case.
     rating = (
         "(coalesce(feedback = 'up', false))::INTEGER * 4 + coalesce(accepted, false)::INTEGER"
         " * 2 - coalesce(feedback = 'down', false)::INTEGER"
     )
-    fresh_rows = alive().filter(alive().batch_id.isin(fresh)) if fresh else None
-    stale_rows = alive().filter(~alive().batch_id.isin(fresh)) if fresh else alive()
+    if parent.pii_detectors == DETECTORS_FINGERPRINT:
+        fresh_rows: ir.Table | None = _system_checked(alive(), fresh)
+        stale_rows: ir.Table | None = None
+    else:
+        fresh_rows = alive().filter(alive().batch_id.isin(fresh)) if fresh else None
+        stale_rows = alive().filter(~alive().batch_id.isin(fresh)) if fresh else alive()
     if fresh_rows is not None:
         con.execute(
             f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
             f" batch_id, cell_key, system, NULL, NULL, ts, {rating}, fw_origin_cycle,"
             f" fw_origin_version, fw_split, fw_parent_md5, false FROM ({_sql(fresh_rows)})"
         )
-    con.execute(
-        f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
-        " batch_id, cell_key, system, CASE WHEN fw_new THEN prompt END,"
-        f" CASE WHEN fw_new THEN response END, ts, {rating}, fw_origin_cycle, fw_origin_version,"
-        " fw_split, fw_md5, fw_changed FROM (SELECT *, fw_md5 IS DISTINCT FROM fw_parent_md5"
-        " AS fw_new FROM (SELECT *, md5(prompt || chr(31) || response) AS fw_md5"
-        f" FROM ({_sql(_pii_stage(stale_rows, fresh))})))"
-    )
+    if stale_rows is not None:
+        con.execute(
+            f"INSERT INTO {_CARRIED} SELECT interaction_id, 'production', interaction_id, user_id,"
+            " batch_id, cell_key, system, CASE WHEN fw_new THEN prompt END,"
+            f" CASE WHEN fw_new THEN response END, ts, {rating}, fw_origin_cycle,"
+            " fw_origin_version, fw_split, fw_md5, fw_changed FROM (SELECT *,"
+            " fw_md5 IS DISTINCT FROM fw_parent_md5 AS fw_new FROM (SELECT *,"
+            " md5(prompt || chr(31) || response) AS fw_md5"
+            f" FROM ({_sql(_pii_stage(stale_rows, fresh))})))"
+        )
     redacted_again = _count(con, f"SELECT count(*) FROM {_CARRIED} WHERE fw_changed")
     # Synthetic rows: carried while their item is still a valid example of the plan.
     remove(
@@ -1309,6 +1324,7 @@ def _write_version(
         ],
         "parent_version": parent.version_id if parent else None,
         "eval_items": _eval_items_fingerprint(con),
+        "pii_detectors": DETECTORS_FINGERPRINT,
         "run_id": run_id,
     }
     composition = {

@@ -300,3 +300,59 @@ def test_a_deleted_synthetic_item_leaves_the_carried_rows(store: Store, tmp_path
         )
     }
     assert set(synthetic[1:]) <= kept and synthetic[0] not in kept
+
+
+def test_carried_texts_are_checked_again_only_when_the_parent_used_other_detectors(
+    store: Store, tmp_path: Path
+) -> None:
+    """A parent checked by today's PII detectors is carried as stored (its texts are not read
+    again); one checked by other detectors has its rows of older batches checked again, and the
+    next version stores the redaction and counts it."""
+    plan_id = workspace(store, tmp_path)
+    # Batches redacted by older detectors; cycle 2 (today's detectors) redacts i-001 again.
+    store.execute("UPDATE ingest_batches SET pii_detectors = 'older' WHERE kind = 'interactions'")
+    with store.transaction() as con:
+        con.execute(
+            "UPDATE interactions SET prompt = prompt || ' mail me at jo@example.com'"
+            " WHERE interaction_id = 'i-001'"
+        )
+    second = run_cycle(store, plan_id, 2, user=local_operator())
+
+    def carried_prompt(version: str) -> str:
+        (prompt,) = store.fetch_one(
+            "SELECT prompt FROM dataset_rows WHERE version_id = ? AND row_key = 'i-001'",
+            [version],
+        ) or ("",)
+        return str(prompt)
+
+    assert "<EMAIL>" in carried_prompt(second.dataset_version)
+    # Cycle 3 carries cycle 2's checked texts as they are stored: nothing is redacted again.
+    third = run_cycle(store, plan_id, 3, user=local_operator())
+    assert third.stages[0].params["texts_redacted_again"] == 0
+    assert carried_prompt(third.dataset_version) == carried_prompt(second.dataset_version)
+    # Had cycle 2 used other detectors, its rows are checked again and the redaction counted.
+    (lineage,) = store.fetch_one(
+        "SELECT lineage FROM dataset_versions WHERE version_id = ?", [second.dataset_version]
+    ) or ("",)
+    older = {**json.loads(lineage), "pii_detectors": "other"}
+    store.execute(
+        "UPDATE dataset_versions SET lineage = ? WHERE version_id = ?",
+        [json.dumps(older), second.dataset_version],
+    )
+    # ...and stored the text unredacted.
+    with store.transaction() as con:
+        con.execute(
+            "INSERT INTO dataset_texts SELECT row_key, md5(p || chr(31) || response),"
+            " interaction_id, user_id, p, response FROM (SELECT *, replace(prompt, '<EMAIL>',"
+            " 'jo@example.com') AS p FROM dataset_texts WHERE row_key = 'i-001')"
+        )
+        con.execute(
+            "UPDATE dataset_members SET text_md5 = t.text_md5 FROM dataset_texts t"
+            " WHERE dataset_members.row_key = 'i-001' AND dataset_members.version_id = ?"
+            " AND t.row_key = 'i-001' AND t.prompt LIKE '%jo@example.com%'",
+            [second.dataset_version],
+        )
+    assert "jo@example.com" in carried_prompt(second.dataset_version)
+    again = run_cycle(store, plan_id, 3, user=local_operator())
+    assert again.stages[0].params["texts_redacted_again"] == 1
+    assert "<EMAIL>" in carried_prompt(again.dataset_version)
