@@ -1377,7 +1377,17 @@ def _write_version(
         f" AS origin_version, text_md5 FROM {_DATASET}",
         {"v": version_id, "cycle": cycle},
     )
-    sketch_version(con, version_id, _near_threshold(plan))
+    # Sketched from the cycle's own table: the rows that brought their text (new, or redacted
+    # again); through dataset_rows each would be joined with every stored text.
+    _store_sketches(
+        con,
+        "SELECT row_key, text_md5, interaction_id, user_id, prompt, response"
+        f" FROM {_DATASET} d WHERE prompt IS NOT NULL AND NOT EXISTS (SELECT 1"
+        " FROM dataset_row_sketches k WHERE k.row_key = d.row_key"
+        " AND k.text_md5 = d.text_md5 AND k.engine = $engine)",
+        {"engine": quality.SKETCH_ENGINE},
+        _near_threshold(plan),
+    )
     return version_id, sha, True
 
 
