@@ -204,6 +204,38 @@ def near_duplicate_pairs(
     sorted by descending similarity, then ids. ``num_perm`` (the MinHash bins) is a power of
     two from 8 to 1024.
     """
+    pairs, _ = _near_pairs(
+        con,
+        source,
+        threshold=threshold,
+        id_column=id_column,
+        text_column=text_column,
+        num_perm=num_perm,
+        shingle=shingle,
+        k=k,
+        verify=verify,
+        shingles_column=shingles_column,
+    )
+    return pairs
+
+
+def _near_pairs(
+    con: duckdb.DuckDBPyConnection,
+    source: str | duckdb.DuckDBPyRelation,
+    *,
+    threshold: float,
+    id_column: str = "id",
+    text_column: str = "text",
+    num_perm: int = 128,
+    shingle: Literal["char", "word"] = "char",
+    k: int = 5,
+    verify: Literal["exact", "estimate"] = "exact",
+    shingles_column: str | None = None,
+    reference: str | None = None,
+) -> tuple[list[NearDuplicatePair], list[NearDuplicatePair]]:
+    """``near_duplicate_pairs``, and with ``reference`` also the pairs of a source text and a
+    reference one (``near_duplicates_in_reference``), each text's sets and band signatures
+    computed once for both."""
     if not 0 < threshold <= 1:
         raise ValueError("threshold must lie in (0, 1]")
     if k < 1:
@@ -254,12 +286,17 @@ def near_duplicate_pairs(
             f" JOIN {sets} y ON y.rowid = c.b) WHERE j >= ? ORDER BY j DESC, 1, 2",
             [threshold - 1e-12],
         ).fetchall()
+        outside = (
+            _reference_pairs(con, sets, signatures, reference, threshold, num_perm)
+            if reference is not None
+            else []
+        )
     finally:
         for table in (candidates, signatures, sets):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         if view is not None:
             con.execute(f"DROP VIEW IF EXISTS {view}")
-    return [NearDuplicatePair(a, b, float(j)) for a, b, j in rows_found]
+    return [NearDuplicatePair(a, b, float(j)) for a, b, j in rows_found], outside
 
 
 def _similarity_sql(verify: Literal["exact", "estimate"], shift: int) -> str:
@@ -324,11 +361,7 @@ def near_duplicates_in_reference(
         raise ValueError("threshold must lie in (0, 1]")
     prefix = f"__ndr{next(_counter)}"
     bands, rows = band_parameters(threshold, num_perm)
-    shift = 32 - (num_perm.bit_length() - 1)
-    ref = sql_identifier(reference)
-    new_sets, new_sig, rest, rest_sig, ref_sig, candidates = (
-        f"{prefix}_{n}" for n in ("nsets", "nsig", "rest", "rsig", "refsig", "cand")
-    )
+    new_sets, new_sig = f"{prefix}_nsets", f"{prefix}_nsig"
     try:
         con.execute(
             f"CREATE TEMP TABLE {new_sets} AS SELECT key, list_transform([list_sort(s)],"
@@ -336,6 +369,30 @@ def near_duplicates_in_reference(
             f" FROM {sql_identifier(source)} WHERE s IS NOT NULL"
         )
         _band_signatures(con, new_sets, new_sig, num_perm=num_perm, bands=bands, rows=rows)
+        return _reference_pairs(con, new_sets, new_sig, reference, threshold, num_perm)
+    finally:
+        for table in (new_sig, new_sets):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _reference_pairs(
+    con: duckdb.DuckDBPyConnection,
+    new_sets: str,
+    new_sig: str,
+    reference: str,
+    threshold: float,
+    num_perm: int,
+) -> list[NearDuplicatePair]:
+    """The pairs of a text of ``new_sets`` (key, s; rowid numbering them, their band
+    signatures in ``new_sig``) and one of ``reference`` at least ``threshold`` similar."""
+    prefix = f"__ndr{next(_counter)}"
+    bands, rows = band_parameters(threshold, num_perm)
+    shift = 32 - (num_perm.bit_length() - 1)
+    ref = sql_identifier(reference)
+    rest, rest_sig, ref_sig, candidates = (
+        f"{prefix}_{n}" for n in ("rest", "rsig", "refsig", "cand")
+    )
+    try:
         # The reference's signatures: stored ones as they are, the others computed now.
         current = sql_string(band_params(threshold, num_perm))
         con.execute(
@@ -363,7 +420,7 @@ def near_duplicates_in_reference(
             [threshold - 1e-12],
         ).fetchall()
     finally:
-        for table in (candidates, ref_sig, rest_sig, rest, new_sig, new_sets):
+        for table in (candidates, ref_sig, rest_sig, rest):
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return [NearDuplicatePair(a, b, float(j)) for a, b, j in found]
 
@@ -818,25 +875,19 @@ def near_duplicate_stage(
     and a row near one of them is dropped naming it ("<reference_label> row <key>").
     """
     view = f"fw_nd_rows{next(_counter)}"
-    keyed = f"fw_nd_keyed{next(_counter)}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {_row_trigrams_source(rows, tokens)}")
     try:
-        pairs = near_duplicate_pairs(
+        # The rows' sets and band signatures serve both: pairs among them, and pairs of a
+        # row and a kept (reference) one.
+        pairs, outside = _near_pairs(
             con,
             view,
             threshold=threshold,
             id_column="interaction_id",
             shingles_column="g",
+            reference=reference,
         )
-        outside: list[NearDuplicatePair] = []
-        if reference is not None:
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW {keyed} AS SELECT interaction_id AS key, g AS s"
-                f" FROM {view}"
-            )
-            outside = near_duplicates_in_reference(con, keyed, reference, threshold=threshold)
     finally:
-        con.execute(f"DROP VIEW IF EXISTS {keyed}")
         con.execute(f"DROP VIEW IF EXISTS {view}")
     neighbours: dict[str, list[tuple[float, str]]] = {}
     for pair in pairs:
