@@ -339,20 +339,31 @@ class Store:
                 _migrated.add(key)
 
 
-def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Sequence[Any]]) -> None:
-    """Insert ``rows`` (each with every column of ``table``, in order) in one statement: each
-    column is bound as one list and unnested. ``table`` is a constant of the caller.
+def insert_rows(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: Sequence[Sequence[Any]],
+    *,
+    columns: Sequence[str] | None = None,
+    replace: bool = False,
+) -> None:
+    """Insert ``rows`` (each with every column of ``table``, in order, or with the named
+    ``columns``) in one statement: each column is bound as one list and unnested. ``table``
+    is a constant of the caller; ``replace`` replaces a row with the same key.
 
     Thousands of quarantined lines took seconds through executemany (a statement a row) and
     through multi-row VALUES (every value parsed); bound as lists they take milliseconds.
     Each column's values must share one type (None goes with any)."""
     if not rows:
         return
-    columns = list(zip(*rows, strict=True))
+    values = list(zip(*rows, strict=True))
+    target = sql_identifier(table)
+    if columns is not None:
+        target += " (" + ", ".join(sql_identifier(c) for c in columns) + ")"
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
     con.execute(
-        f"INSERT INTO {sql_identifier(table)} SELECT "
-        + ", ".join(f"unnest($c{i})" for i in range(len(columns))),
-        {f"c{i}": list(values) for i, values in enumerate(columns)},
+        f"{verb} INTO {target} SELECT " + ", ".join(f"unnest($c{i})" for i in range(len(values))),
+        {f"c{i}": list(column) for i, column in enumerate(values)},
     )
 
 
