@@ -16,7 +16,7 @@ retention keeps once raw rows expire; no raw row is loaded into Python for a cha
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
@@ -43,6 +43,7 @@ __all__ = [
     "cycle_monitoring",
     "cycle_status",
     "gate_figure",
+    "off_plan",
     "plan_vs_actual",
     "realised_monthly_savings",
 ]
@@ -408,6 +409,22 @@ class CycleRecord:
             if self.ab.verdict == "roll_back":
                 found.append("A/B says roll back")
         return found
+
+
+def off_plan(
+    plan: Plan, records: Sequence[CycleRecord], *, tolerance: float = 0.2
+) -> dict[int, list[str]]:
+    """Each cycle's departures from the plan, in words: the plan's checks that fell short by
+    more than ``tolerance`` (``plan_vs_actual``), then what went wrong in the cycle
+    (``CycleRecord.deviations``). One rule for the Overview, the CLI and the documents."""
+    actuals = [r.actuals for r in records if r.actuals is not None]
+    short: dict[int, list[str]] = {}
+    for d in plan_vs_actual(plan, actuals, tolerance=tolerance):
+        if d.status == "off plan" and d.actual is not None and d.planned is not None:
+            short.setdefault(d.cycle, []).append(
+                f"{d.metric} {d.actual:.2f} vs {d.planned:.2f} planned"
+            )
+    return {r.cycle: short.get(r.cycle, []) + r.deviations for r in records}
 
 
 def _funnels(store: Store, plan_id: str) -> dict[int, tuple[str, list[FunnelStage]]]:

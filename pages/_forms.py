@@ -237,6 +237,11 @@ def filter_columns() -> dict[str, FieldInfo]:
     return ordered
 
 
+def _choices(kind: str, field: str) -> list[str]:
+    """The values a filter's field may take: the Literal core.plan declares for it."""
+    return [str(v) for v in get_args(FILTER_KINDS[kind].model_fields[field].annotation)]
+
+
 def edit_filters(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """The ordered quality filters as a table: one row per rule, its parameters in columns.
 
@@ -259,15 +264,15 @@ def edit_filters(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         required=True,
         help="The kind of filter.",
     )
+    # Each column's choices are the Literal its filter declares in core.plan: one list.
     config["op"] = st.column_config.SelectboxColumn(
-        label("op"),
-        options=list(get_args(FILTER_KINDS["field_condition"].model_fields["op"].annotation)),
+        label("op"), options=_choices("field_condition", "op")
     )
     config["language"] = st.column_config.SelectboxColumn(
-        label("language"), options=["python"], format_func=label_of
+        label("language"), options=_choices("code_parses", "language"), format_func=label_of
     )
     config["keep"] = st.column_config.SelectboxColumn(
-        label("keep"), options=["earliest", "best_rated"], format_func=label_of
+        label("keep"), options=_choices("near_dedup", "keep"), format_func=label_of
     )
     edited = st.data_editor(
         frame,

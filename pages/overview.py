@@ -22,7 +22,7 @@ from core.monitoring import (
     CycleRecord,
     coverage_gaps,
     cycle_monitoring,
-    plan_vs_actual,
+    off_plan,
     realised_monthly_savings,
 )
 from core.plan import plan_timeline
@@ -107,7 +107,7 @@ if not status:
     st.stop()
 
 actuals = [r.actuals for r in records if r.actuals is not None]
-checks = {(d.cycle, d.metric): d for d in plan_vs_actual(plan, actuals)}
+departures = off_plan(plan, records)  # core.monitoring: the one "off plan" rule
 
 
 def _pct(value: float | None) -> str:
@@ -147,16 +147,6 @@ def _gates(record: CycleRecord) -> str:
     return f"{verdict} ({passed}/{len(gates.gates)} pass)"
 
 
-def _off_plan(record: CycleRecord) -> list[str]:
-    """The cycle's deviations: the plan's checks that fell short, then what went wrong."""
-    found = [
-        f"{d.metric} {d.actual:.2f} vs {d.planned:.2f} planned"
-        for (cycle, _), d in checks.items()
-        if cycle == record.cycle and d.status == "off plan" and d.actual is not None
-    ]
-    return found + record.deviations
-
-
 rows = []
 for milestone, record in zip(timeline, records, strict=True):
     a = record.actuals
@@ -186,7 +176,7 @@ for milestone, record in zip(timeline, records, strict=True):
             "gates": _gates(record),
             "A/B lift [interval]": _lift(record),
             "A/B decision": label(record.ab.verdict) if record.ab else "—",
-            "deviations": "; ".join(_off_plan(record)) or "—",
+            "deviations": "; ".join(departures[record.cycle]) or "—",
         }
     )
 table = pd.DataFrame(rows)
@@ -244,7 +234,7 @@ st.caption(" · ".join(f"{m.label}: {m.short_base}" for m in RATES))
 show_table(table[COST_COLUMNS], pinned=("cycle",))
 st.markdown("**Data**")
 show_table(table[DATA_COLUMNS], pinned=("cycle",))
-deviating = [(r.cycle, _off_plan(r)) for r in records if _off_plan(r)]
+deviating = [(c, found) for c, found in departures.items() if found]
 if deviating:
     st.warning(
         "Off plan: " + "; ".join(f"cycle {c}: {', '.join(found)}" for c, found in deviating),

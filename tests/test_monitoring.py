@@ -377,3 +377,27 @@ def test_coverage_gaps_wait_for_a_dataset(store: Store) -> None:
     plan_id, _ = save_plan_version(store, plan, note="p", user=local_operator())
     coverage = coverage_gaps(store, plan_id, plan)
     assert coverage.version_id is None and coverage.gaps == [] and coverage.cells == 21
+
+
+def test_off_plan_names_the_checks_that_fell_short_then_what_went_wrong(
+    demo_store: Store,
+) -> None:
+    """One rule for every reader: a cycle is off plan where its primary metric or cost
+    reduction falls short of the plan by more than the tolerance, or where a gate failed, a
+    decision went against the gates or the A/B test harmed the metric."""
+    from core.monitoring import off_plan, plan_vs_actual
+
+    plan, _ = load_plan(demo_store, DEMO)
+    records = cycle_monitoring(demo_store, DEMO, plan)
+    lenient = off_plan(plan, records, tolerance=0.99)
+    assert lenient == {r.cycle: r.deviations for r in records}
+    strict = off_plan(plan, records, tolerance=-1000.0)  # any actual counts as short
+    checks = plan_vs_actual(plan, [r.actuals for r in records if r.actuals], tolerance=-1000.0)
+    for record in records:
+        short = [
+            f"{d.metric} {d.actual:.2f} vs {d.planned:.2f} planned"
+            for d in checks
+            if d.cycle == record.cycle and d.actual is not None
+        ]
+        assert strict[record.cycle] == short + record.deviations
+    assert any(strict[r.cycle][:1] for r in records if r.actuals)
