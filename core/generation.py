@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.access import User, require
 from core.audit import record_audit
 from core.errors import GenerationError, UserTemplateError
-from core.escaping import sql_identifier
 from core.llm import (
     Endpoint,
     RequestAborted,
@@ -57,6 +56,7 @@ from core.settings import get_setting
 from core.store import Store, insert_rows
 from core.templating import render_user_template
 from core.tokens import estimate_tokens
+from core.traffic import interaction_columns, traffic_by_axes
 
 # The OpenAI client (through core.llm) and Ibis (core.quality's near-duplicates) load where a run
 # or the diversity read-out uses them: a dry run imports neither.
@@ -1629,12 +1629,7 @@ def production_vs_training(
     round so that training data moves toward production's mix."""
     gen = spec.plan.generation
     total_next = next_round_total or len(spec.cells) * gen.examples_per_cell
-    columns = {
-        str(r[0])
-        for r in store.fetch_all(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'interactions'"
-        )
-    }
+    columns = interaction_columns(store)
     has_rows = bool(columns) and bool(
         (store.fetch_one("SELECT EXISTS (SELECT 1 FROM interactions)") or [False])[0]
     )
@@ -1657,13 +1652,7 @@ def production_vs_training(
             total_next,
             [],
         )
-    select = ", ".join(sql_identifier(a.name) for a in axes)
-    where = " AND ".join(f"{sql_identifier(a.name)} IN (SELECT unnest(?::VARCHAR[]))" for a in axes)
-    counted = store.fetch_all(
-        f"SELECT {select}, count(*) FROM interactions WHERE {where} GROUP BY ALL",
-        [a.values for a in axes],
-    )
-    observed = {tuple(str(v) for v in row[:-1]): int(row[-1]) for row in counted}
+    observed = traffic_by_axes(store, axes)
     total_prod = sum(observed.values())
     if total_prod == 0:
         return LoopReport(

@@ -26,6 +26,7 @@ from core.errors import AnalysisError, GateError
 from core.escaping import sql_identifier
 from core.plan import Plan, grid_cells, plan_timeline
 from core.store import Store
+from core.traffic import interaction_columns, traffic_by_axes
 
 __all__ = [
     "Coverage",
@@ -713,12 +714,7 @@ def coverage_gaps(store: Store, plan_id: str, plan: Plan) -> Coverage:
                 )
             )
     # Traffic by the axes interactions are labelled with (columns that exist and hold values).
-    columns = {
-        str(r[0])
-        for r in store.fetch_all(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'interactions'"
-        )
-    }
+    columns = interaction_columns(store)
     labelled = [
         a
         for a in axes
@@ -732,17 +728,7 @@ def coverage_gaps(store: Store, plan_id: str, plan: Plan) -> Coverage:
         )[0]
     ]
     if labelled and total:
-        select = ", ".join(sql_identifier(a.name) for a in labelled)
-        where = " AND ".join(
-            f"{sql_identifier(a.name)} IN (SELECT unnest(?::VARCHAR[]))" for a in labelled
-        )
-        traffic = {
-            tuple(str(v) for v in r[:-1]): int(r[-1])
-            for r in store.fetch_all(
-                f"SELECT {select}, count(*) FROM interactions WHERE {where} GROUP BY ALL",
-                [a.values for a in labelled],
-            )
-        }
+        traffic = traffic_by_axes(store, labelled)
         traffic_total = sum(traffic.values())
         positions = [names.index(a.name) for a in labelled]
         slices: dict[tuple[str, ...], int] = {}
