@@ -989,18 +989,8 @@ def cmd_dataset_compare(args: argparse.Namespace, store: Store) -> Outcome:
     from core.datasets import compare_versions
 
     diff = compare_versions(store, args.old, args.new)
-    cells = [
-        {
-            "cell_key": c.cell_key,
-            "carried": c.kept,
-            "added": c.added,
-            "retired": c.retired,
-            "removed_on_recheck": c.rechecked,
-            "removed": c.removed,
-        }
-        for c in diff.cells
-    ]
-    columns = ("cell_key", "carried", "added", "retired", "removed_on_recheck", "removed")
+    cells = [c.to_row() for c in diff.cells]
+    columns = tuple(cells[0]) if cells else ()
     lines = [_table(cells, columns)] if cells else []
     lines.append(
         f"{diff.old} → {diff.new}: {diff.kept} carried, +{diff.added} added, −{diff.removed}"

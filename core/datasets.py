@@ -498,6 +498,17 @@ class CellChange:
     retired: int = 0
     rechecked: int = 0
 
+    def to_row(self) -> dict[str, Any]:
+        """The cell's counts as a table shows them (the CLI's and the Cycles page's)."""
+        return {
+            "cell_key": self.cell_key,
+            "carried": self.kept,
+            "added": self.added,
+            "retired": self.retired,
+            "removed_on_recheck": self.rechecked,
+            "removed": self.removed,
+        }
+
 
 @dataclass(frozen=True)
 class VersionDiff:

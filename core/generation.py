@@ -918,6 +918,31 @@ def _start_run(
     return run_id
 
 
+def _nothing_to_generate(
+    store: Store,
+    spec: GenerationSpec,
+    progress: GenerationProgress,
+    estimate: GenerationEstimate,
+    *,
+    batch: bool,
+    user: User,
+) -> GenerationReport:
+    """A run with every item stored already: recorded as done, with no call made."""
+    mode = "batch" if batch else "online"
+    run_id = _start_run(store, spec, mode=mode, requested=0, estimate=0.0)
+    return _finish_run(
+        store,
+        spec,
+        run_id,
+        status="done",
+        progress=progress,
+        estimate=estimate,
+        message="Every item is already stored; nothing to generate.",
+        batch=batch,
+        actor=user.name,
+    )
+
+
 def _finish_run(
     store: Store,
     spec: GenerationSpec,
@@ -1036,18 +1061,7 @@ def run_generation(
         timeout = _settings_float("request_timeout_s", timeout_s)
         progress = GenerationProgress(total=len(items))
         if not items:
-            run_id = _start_run(store, spec, mode="online", requested=0, estimate=0.0)
-            return _finish_run(
-                store,
-                spec,
-                run_id,
-                status="done",
-                progress=progress,
-                estimate=estimate,
-                message="Every item is already stored; nothing to generate.",
-                batch=False,
-                actor=user.name,
-            )
+            return _nothing_to_generate(store, spec, progress, estimate, batch=False, user=user)
         active = client or build_async_client(endpoint, timeout_s=timeout)
         run_id = _start_run(
             store, spec, mode="online", requested=len(items), estimate=estimate.estimated_cost_usd
@@ -1394,18 +1408,7 @@ def run_batch(
     _check_budget(estimate)
     progress = GenerationProgress(total=len(items))
     if pending is None and not items:
-        run_id = _start_run(store, spec, mode="batch", requested=0, estimate=0.0)
-        return _finish_run(
-            store,
-            spec,
-            run_id,
-            status="done",
-            progress=progress,
-            estimate=estimate,
-            message="Every item is already stored; nothing to generate.",
-            batch=True,
-            actor=user.name,
-        )
+        return _nothing_to_generate(store, spec, progress, estimate, batch=True, user=user)
     timeout = float(get_setting("request_timeout_s"))
     active = client or build_async_client(endpoint, timeout_s=timeout)
     interval = _settings_float("batch_poll_s", poll_s)

@@ -240,19 +240,7 @@ if current.parent_version and current.parent_version in by_id:
         f"−{diff.removed:,} removed ({diff.retired:,} retired under the size cap, "
         f"{diff.rechecked:,} failed the check of carried rows)."
     )
-    table(
-        [
-            {
-                "cell_key": c.cell_key,
-                "carried": c.kept,
-                "added": c.added,
-                "retired": c.retired,
-                "removed_on_recheck": c.rechecked,
-                "removed": c.removed,
-            }
-            for c in diff.cells
-        ]
-    )
+    table([c.to_row() for c in diff.cells])
 
 st.markdown("**Download**")
 fmt_col, split_col, button_col = st.columns(3)

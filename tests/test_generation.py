@@ -186,8 +186,16 @@ def test_a_failed_write_of_replies_stops_the_run_and_is_reported(
     monkeypatch.setattr(generation, "_FLUSH_INTERVAL_S", 0.0)  # write after every reply
     monkeypatch.setattr(generation, "_store_examples", refuse)
     teacher = MockTeacher()
+
+    async def teacher_at_network_speed(request: httpx2.Request) -> httpx2.Response:
+        # A reply takes a few milliseconds, as over a network: the failed write (in a worker
+        # thread) is seen long before 40 replies, however the threads are scheduled.
+        await asyncio.sleep(0.02)
+        return teacher(request)
+
+    client = mock_client(teacher_at_network_speed)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="No space left"):
-        run_generation(store, plan_id, user=PM, client=mock_client(teacher), concurrency=1, **FAST)
+        run_generation(store, plan_id, user=PM, client=client, concurrency=1, **FAST)
     assert teacher.calls < 40  # no new item starts once a write failed
     (run,) = generation.runs(store, plan_id)
     assert run["status"] == "failed" and "No space left" in run["message"]
