@@ -54,7 +54,7 @@ from core.llm import (
 )
 from core.secrets import remove_key_values, scrub_secrets
 from core.settings import get_setting
-from core.store import Store
+from core.store import Store, insert_rows
 
 # numpy, the OpenAI client and the ingest (Ibis) load inside the functions that use them, so
 # listing or freezing sets (eval sets, eval freeze, the gates' reads) never imports them.
@@ -309,7 +309,7 @@ def _store_version(
             " created_by, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [eval_set, version, digest, len(content), _now(), actor, source],
         )
-        _insert_rows(
+        insert_rows(
             con,
             "eval_set_items",
             [
@@ -325,6 +325,7 @@ def _store_version(
                 ]
                 for i in content
             ],
+            replace=True,
         )
         record_audit(
             con,
@@ -498,30 +499,16 @@ def _check_graders(graders: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(graders))
 
 
-def _insert_rows(con: Any, table: str, rows: Sequence[Sequence[Any]]) -> None:
-    """INSERT OR REPLACE rows into one of our tables (``table`` is a constant here), as
-    multi-row statements: far faster in DuckDB than executemany."""
-    if not rows:
-        return
-    one = "(" + ", ".join("?" for _ in rows[0]) + ")"
-    for start in range(0, len(rows), 256):
-        chunk = rows[start : start + 256]
-        con.execute(
-            f"INSERT OR REPLACE INTO {table} VALUES {', '.join(one for _ in chunk)}",
-            [value for row in chunk for value in row],
-        )
-
-
 def _write_outputs(store: Store, rows: list[list[Any]]) -> None:
     if rows:
         with store.transaction() as con:
-            _insert_rows(con, "eval_outputs", rows)
+            insert_rows(con, "eval_outputs", rows, replace=True)
 
 
 def _write_scores(store: Store, rows: list[list[Any]]) -> None:
     if rows:
         with store.transaction() as con:
-            _insert_rows(con, "eval_scores", rows)
+            insert_rows(con, "eval_scores", rows, replace=True)
 
 
 def run_eval(
@@ -1205,8 +1192,8 @@ def record_results(
                         None if system_message is None else system_message.strip(),
                     ],
                 )
-        _insert_rows(con, "eval_outputs", list(outputs.values()))
-        _insert_rows(con, "eval_scores", scores)
+        insert_rows(con, "eval_outputs", list(outputs.values()), replace=True)
+        insert_rows(con, "eval_scores", scores, replace=True)
         record_audit(
             con,
             actor=who,
