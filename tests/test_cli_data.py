@@ -1,25 +1,13 @@
-"""The data commands through the real command line: ingest, rejects, forget, pii redact."""
+"""The data commands in-process: data ingest, data rejects, data forget, data pii-redact."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from cli_helpers import run_cli
+
 from core.store import Store
-from tests.conftest import ROOT
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=120,
-    )
 
 
 def test_ingest_rejects_forget_round_trip(store: Store, tmp_path: Path) -> None:
@@ -34,7 +22,7 @@ def test_ingest_rejects_forget_round_trip(store: Store, tmp_path: Path) -> None:
         "response": "rotate it",
     }
     log.write_text(json.dumps(good) + "\n{broken\n")
-    done = run("ingest", str(log), "--cycle", "2", "--json")
+    done = run_cli("data", "ingest", str(log), "--cycle", "2", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert {k: out[k] for k in ("rows_read", "accepted", "rejected", "duplicates", "cycle")} == {
@@ -44,25 +32,25 @@ def test_ingest_rejects_forget_round_trip(store: Store, tmp_path: Path) -> None:
         "duplicates": 0,
         "cycle": 2,
     }
-    again = run("ingest", str(log))
+    again = run_cli("data", "ingest", str(log))
     assert again.returncode == 0 and "nothing added" in again.stdout
 
-    rejects = run("rejects", "--batch", out["batch_id"], "--json")
+    rejects = run_cli("data", "rejects", "--batch", out["batch_id"], "--json")
     assert json.loads(rejects.stdout)["rows"] == [{"line": 2, "reason": "invalid JSON"}]
-    missing = run("rejects", "--batch", "nope")
+    missing = run_cli("data", "rejects", "--batch", "nope")
     assert missing.returncode == 2 and missing.stderr.startswith("error: No batch")
 
-    forgot = run("forget", "user-cli-1", "--json")
+    forgot = run_cli("data", "forget", "user-cli-1", "--json")
     assert forgot.returncode == 0, forgot.stderr
     assert json.loads(forgot.stdout)["interactions_deleted"] == 1
-    twice = run("forget", "user-cli-1")
+    twice = run_cli("data", "forget", "user-cli-1")
     assert twice.returncode == 2 and "already forgotten" in twice.stderr
 
 
 def test_bad_input_exits_2_and_writes_nothing(store: Store, tmp_path: Path) -> None:
-    done = run("ingest", str(tmp_path / "missing.jsonl"))
+    done = run_cli("data", "ingest", str(tmp_path / "missing.jsonl"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    wrong = run("ingest", str(tmp_path / "x.jsonl"), "--kind", "bogus")
+    wrong = run_cli("data", "ingest", str(tmp_path / "x.jsonl"), "--kind", "bogus")
     assert wrong.returncode == 2
     assert store.fetch_one("SELECT count(*) FROM ingest_batches") == (0,)
 
@@ -76,7 +64,7 @@ def test_pii_redact_file(tmp_path: Path, store: Store) -> None:
         + "\n"
     )
     target = tmp_path / "out.jsonl"
-    done = run("pii", "redact", "--in", str(source), "--out", str(target), "--json")
+    done = run_cli("data", "pii-redact", "--in", str(source), "--out", str(target), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) | {"path": ""} == {
         "rows": 2,

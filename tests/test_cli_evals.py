@@ -1,33 +1,21 @@
-"""The eval, gate and train commands through subprocess: JSON keys, exit codes, one-line errors."""
+"""The eval, gate and train commands in-process: JSON keys, exit codes, one-line errors."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT
+from cli_helpers import run_cli
 from eval_helpers import code_items, responder, write_jsonl
 from fake_openai import FakeOpenAI
 
 from core.store import Store
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 def test_gate_check_exits_1_for_the_failing_cycle_and_decide_needs_a_reason(
     demo_store: Store,
 ) -> None:
-    failing = _cli("gate", "check", "--cycle", "2", "--json")
+    failing = run_cli("gate", "check", "--cycle", "2", "--json")
     assert failing.returncode == 1, failing.stderr
     data = json.loads(failing.stdout)
     assert data["verdict"] == "fail"
@@ -35,15 +23,17 @@ def test_gate_check_exits_1_for_the_failing_cycle_and_decide_needs_a_reason(
         assert {"name", "verdict", "value", "threshold"} <= gate.keys()
     regression = next(g for g in data["gates"] if g["name"] == "No regression vs production")
     assert regression["verdict"] == "fail"
-    passing = _cli("gate", "check", "--cycle", "1", "--plan", "python-coding-assistant", "--json")
+    passing = run_cli(
+        "gate", "check", "--cycle", "1", "--plan", "python-coding-assistant", "--json"
+    )
     assert passing.returncode == 0 and json.loads(passing.stdout)["verdict"] == "pass"
 
     # An override needs a written reason; without one it is bad input (exit 2, one line).
-    refused = _cli("gate", "decide", "--cycle", "2", "--override")
+    refused = run_cli("gate", "decide", "--cycle", "2", "--override")
     assert refused.returncode == 2
     assert refused.stderr.startswith("error:") and "written reason" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    done = _cli(
+    done = run_cli(
         "gate",
         "decide",
         "--cycle",
@@ -59,13 +49,13 @@ def test_gate_check_exits_1_for_the_failing_cycle_and_decide_needs_a_reason(
 
 def test_eval_import_run_and_results_from_the_command_line(store: Store, tmp_path: Path) -> None:
     items = write_jsonl(tmp_path / "items.jsonl", code_items(1))
-    imported = _cli("eval", "import-set", str(items), "--json")
+    imported = run_cli("eval", "import-set", str(items), "--json")
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["sets"] == [
         {"eval_set": "py-mini", "version": 1, "items": 3, "status": "created"}
     ]
     with FakeOpenAI(responder=responder) as server:
-        ran = _cli(
+        ran = run_cli(
             "eval",
             "run",
             "--set",
@@ -108,19 +98,19 @@ def test_eval_import_run_and_results_from_the_command_line(store: Store, tmp_pat
             },
         ],
     )
-    loaded = _cli(
+    loaded = run_cli(
         "eval", "import-results", str(results), "--set", "py-mini", "--role", "other", "--json"
     )
     assert loaded.returncode == 0, loaded.stderr
     assert json.loads(loaded.stdout)["rejected"] == [
         {"line": 2, "reason": "item ghost is not in py-mini v1"}
     ]
-    sets = json.loads(_cli("eval", "sets", "--json").stdout)["sets"]
+    sets = json.loads(run_cli("eval", "sets", "--json").stdout)["sets"]
     assert sets[0]["frozen"] is True
 
 
 def test_bad_input_is_one_line_and_exit_2(store: Store, tmp_path: Path) -> None:
-    missing = _cli("eval", "run", "--set", "nope", "--model", "m", "--role", "teacher")
+    missing = run_cli("eval", "run", "--set", "nope", "--model", "m", "--role", "teacher")
     assert missing.returncode == 2 and "import it first" in missing.stderr
-    no_candidate = _cli("eval", "run", "--set", "nope", "--role", "candidate")
+    no_candidate = run_cli("eval", "run", "--set", "nope", "--role", "candidate")
     assert no_candidate.returncode == 2 and "--cycle" in no_candidate.stderr

@@ -13,18 +13,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
-from conftest import ROOT
+from cli_helpers import ROOT, run_cli
 from cycle_helpers import build_workspace
 from eval_helpers import code_items, write_jsonl
 from test_evals import ML, _gate_workspace
 
-import core.cli
+import core.stats
 from core.abtest import design_ab_test
 from core.access import local_operator
-from core.cli import main
 from core.cycles import run_cycle
 from core.evals import import_eval_set
 from core.store import Store
@@ -109,7 +108,7 @@ def test_help_and_sample_size_need_only_the_standard_library_and_no_store(
     assert done.returncode == 0, done.stderr[-2000:]
     assert answer in done.stdout
     loaded = _top_level(json.loads(listing.read_text()))
-    beyond = loaded - _top_level(bare.stdout.split()) - {"core"}
+    beyond = loaded - _top_level(bare.stdout.split()) - {"core", "click"}
     assert beyond - set(sys.stdlib_module_names) == set()
     assert not db.parent.exists()  # the store was never opened
 
@@ -117,38 +116,39 @@ def test_help_and_sample_size_need_only_the_standard_library_and_no_store(
 def test_no_commands_help_loads_a_heavy_library() -> None:
     script = """
 import contextlib, io, json, sys
-from core.cli import build_parser, main
+from core.cli import RENAMED, main, walk
 
-def leaves(parser, prefix):
-    found = []
-    for action in parser._actions:
-        if hasattr(action, "choices") and isinstance(action.choices, dict):
-            for name, sub in action.choices.items():
-                found += leaves(sub, [*prefix, name]) or [[*prefix, name]]
-    return found
-
-commands = leaves(build_parser(), [])
+commands = [name.split() for name, _ in walk()] + [old.split() for old in RENAMED]
+codes = set()
 for command in commands:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-        main([*command, "--help"])
-print(json.dumps({"commands": len(commands), "modules": sorted(sys.modules)}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        codes.add(main([*command, "--help"]))
+found = {"commands": len(commands), "codes": sorted(codes), "modules": sorted(sys.modules)}
+print(json.dumps(found))
 """
     done = _python("-c", script)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["commands"] > 30
+    assert result["commands"] > 30 and result["codes"] == [0]
     assert _top_level(result["modules"]) & HEAVY == set()
 
 
-def test_the_parsers_choices_are_the_cores() -> None:
-    from core.datasets import EXPORT_FORMATS, SPLITS
-    from core.evals import ROLES
-    from core.ingest import KINDS
+def test_the_options_choices_are_the_literals_of_core() -> None:
+    from core.abtest import Correction
+    from core.cli import _base, ab, data, dataset, evals, train
+    from core.datasets import ExportFormat, Split
+    from core.documents import Format
+    from core.evals import Role
+    from core.ingest import Kind
+    from core.plan import TrainingBackend
 
-    assert core.cli.INGEST_KINDS == KINDS
-    assert core.cli.EXPORT_FORMATS == EXPORT_FORMATS
-    assert core.cli.EXPORT_SPLITS == SPLITS
-    assert core.cli.EVAL_ROLES == ROLES
+    assert get_args(Kind) == data.INGEST_KINDS
+    assert get_args(ExportFormat) == dataset.EXPORT_FORMATS
+    assert get_args(Split) == dataset.EXPORT_SPLITS
+    assert get_args(Role) == evals.EVAL_ROLES
+    assert get_args(TrainingBackend) == train.TRAINING_BACKENDS
+    assert get_args(Correction) == ab.CORRECTIONS
+    assert get_args(Format) == _base.DOCUMENT_FORMATS
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,6 @@ def test_the_parsers_choices_are_the_cores() -> None:
     ],
 )
 def test_sample_size_answers_as_the_ab_design_calculator(
-    capsys: pytest.CaptureFixture[str],
     baseline: float,
     mde: float,
     relative: bool,
@@ -175,8 +174,9 @@ def test_sample_size_answers_as_the_ab_design_calculator(
     flags += ["--power", str(power), "--shares", ",".join(map(str, shares))]
     flags += ["--relative"] if relative else []
     flags += ["--daily-traffic", str(daily)] if daily else []
-    assert main(["stats", "sample-size", *flags, "--json"]) == 0
-    answer = json.loads(capsys.readouterr().out)
+    done = run_cli("stats", "sample-size", *flags, "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
     design = design_ab_test(
         baseline,
         mde,
@@ -201,56 +201,54 @@ def test_sample_size_answers_as_the_ab_design_calculator(
     ],
 )
 def test_an_impossible_sample_size_is_one_line_and_exit_2_as_the_calculator_says(
-    flags: list[str], capsys: pytest.CaptureFixture[str]
+    flags: list[str],
 ) -> None:
-    assert main(["stats", "sample-size", *flags]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err.startswith("error: Cannot size the A/B test: ")
+    done = run_cli("stats", "sample-size", *flags)
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("error: Cannot size the A/B test: ")
 
 
-def test_store_free_commands_never_read_the_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_store_free_commands_never_read_the_store(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.duckdb"
     garbage.write_bytes(b"not a store " * 1000)
-    counts = ["--counts", "5000,5200", "--db", str(garbage)]
-    assert main(["stats", "srm", *counts, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["mismatch"] is False
-    assert (
-        main(["stats", "sample-size", "--baseline", "0.1", "--mde", "0.01", "--db", str(garbage)])
-        == 0
-    )
-    assert "14,749" in capsys.readouterr().out
+    srm = run_cli("stats", "srm", "--counts", "5000,5200", "--db", garbage, "--json")
+    assert srm.returncode == 0 and json.loads(srm.stdout)["mismatch"] is False
+    size = run_cli("--db", garbage, "stats", "sample-size", "--baseline", "0.1", "--mde", "0.01")
+    assert size.returncode == 0 and "14,749" in size.stdout
     assert garbage.read_bytes() == b"not a store " * 1000
 
 
 def test_an_unexpected_error_in_a_store_free_command_is_exit_3_with_a_log(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(core.cli, "cmd_stats_sample_size", broken)
-    assert main(SAMPLE_SIZE) == 3
-    err = capsys.readouterr().err
+    monkeypatch.setattr(core.stats, "sample_size_per_arm", broken)
+    done = run_cli(*SAMPLE_SIZE)
+    assert done.returncode == 3
+    err = done.stderr
     assert err.count("\n") == 1 and "stats sample-size" in err
     log = Path(err.rsplit(" ", 1)[1].strip())
     assert "ZeroDivisionError: boom" in log.read_text()
 
 
-def test_p_values_print_through_the_one_formatter(capsys: pytest.CaptureFixture[str]) -> None:
+def test_p_values_print_through_the_one_formatter() -> None:
     # A gross mismatch has p ~ 1e-300: it prints as "< 0.0001", never "0" or "1e-300".
-    assert main(["stats", "srm", "--counts", "5000,9000"]) == 1
-    text = capsys.readouterr().out
-    assert "p < 0.0001" in text and "e-" not in text and "p = 0," not in text
-    assert main(["stats", "srm", "--counts", "5000,5200"]) == 0
-    assert "p = 0.048" in capsys.readouterr().out  # scipy chisquare([5000, 5200]): 0.04767
+    gross = run_cli("stats", "srm", "--counts", "5000,9000")
+    assert gross.returncode == 1
+    assert "p < 0.0001" in gross.stdout and "e-" not in gross.stdout
+    assert "p = 0," not in gross.stdout
+    fine = run_cli("stats", "srm", "--counts", "5000,5200")
+    assert fine.returncode == 0
+    assert "p = 0.048" in fine.stdout  # scipy chisquare([5000, 5200]): 0.04767
     flags = ["--control-n", "10000", "--control-x", "1000", "--treatment-n", "10000"]
-    assert main(["stats", "ab", *flags, "--treatment-x", "2000"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("p < 0.0001")
-    assert main(["stats", "ab", *flags, "--treatment-x", "1100"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("p = 0.021")  # proportions_ztest: 0.02108
+    far = run_cli("ab", "compare", *flags, "--treatment-x", "2000")
+    assert far.returncode == 0 and far.stdout.rstrip().endswith("p < 0.0001")
+    near = run_cli("ab", "compare", *flags, "--treatment-x", "1100")
+    assert near.returncode == 0
+    assert near.stdout.rstrip().endswith("p = 0.021")  # proportions_ztest: 0.02108
 
 
 # What a command that reads or records in the store has no use for: the query builder, the
@@ -303,7 +301,9 @@ def _command(workspace: str, argv: list[str], answer: str, unused: frozenset[str
     ("workspace", "argv", "answer", "unused"),
     [
         _command("cycle", ["cycle", "why", "i-001"], "kept in ds-", NO_STATISTICS),
-        _command("cycle", ["forget", "u-3"], "Forgot user u-3: 10 interactions", NO_STATISTICS),
+        _command(
+            "cycle", ["data", "forget", "u-3"], "Forgot user u-3: 10 interactions", NO_STATISTICS
+        ),
         _command("cycle", ["train", "list"], "No training jobs yet.", NO_STATISTICS),
         _command("cycle", ["generate", "--dry-run"], "calls, ~", NO_STATISTICS),
         _command("gates", ["eval", "sets"], "py-draft        1      6  no", NO_STATISTICS),
@@ -350,6 +350,7 @@ def test_rejects_reads_a_batch_without_the_query_builder(
         "-c",
         _RUN_AND_LIST,
         str(listing),
+        "data",
         "rejects",
         "--batch",
         str(found[0]),

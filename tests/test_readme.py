@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-
 from conftest import ROOT
 
-from core.cli import build_parser
+from core.cli import walk
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
-    found: list[str] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                nested = _commands(sub, f"{prefix}{name} ")
-                found.extend(nested or [f"{prefix}{name}"])
-    return found
-
-
 def test_every_command_is_in_the_readme() -> None:
-    commands = _commands(build_parser())
+    commands = [name for name, _ in walk()]
     assert "plan lint" in commands
     missing = [c for c in commands if f"`python -m core {c}" not in README]
     assert missing == []
 
 
-def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
-    missing: list[str] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            missing += [c.dest for c in action._choices_actions if not c.help]
-            for sub in action.choices.values():
-                missing += _undocumented(sub)
-    return missing
-
-
 def test_every_command_has_help() -> None:
-    assert _undocumented(build_parser()) == []
+    assert [name for name, command in walk() if not command.short_help] == []
 
 
 def test_readme_opens_with_the_two_commands() -> None:
