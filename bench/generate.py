@@ -39,7 +39,7 @@ from core.generation import (  # noqa: E402
 )
 from core.llm import resolve_endpoint  # noqa: E402
 from core.plan_versions import save_plan_version  # noqa: E402
-from core.settings import get_setting  # noqa: E402
+from core.settings import settings  # noqa: E402
 from core.starters import starter_plan  # noqa: E402
 from core.store import Store  # noqa: E402
 
@@ -71,7 +71,7 @@ def main() -> None:
     spec = GenerationSpec.load(store, plan_id)
     items = len(spec.cells) * plan.generation.examples_per_cell
     dry_run(store, plan_id)  # warm the tokenizer and the store outside the timings
-    concurrency = int(get_setting("generation_concurrency"))
+    concurrency = settings.generation_concurrency
     print(f"grid: {len(spec.cells)} cells × {plan.generation.examples_per_cell} = {items} items")
 
     with FakeOpenAI(Faults(latency_s=0.2)) as server:

@@ -27,7 +27,7 @@ from core import stats
 from core.errors import AnalysisError
 from core.lint import ab_requirement
 from core.plan import ABDesign, Plan, plan_timeline, system_message_hash
-from core.settings import get_setting
+from core.settings import settings
 from core.store import Store
 
 __all__ = [
@@ -705,9 +705,7 @@ def analyse_cycle(
         [cycle],
         plan_id=plan_id,
         correction=correction,
-        preperiod_days=(
-            int(get_setting("ab_preperiod_days")) if preperiod_days is None else preperiod_days
-        ),
+        preperiod_days=settings.ab_preperiod_days if preperiod_days is None else preperiod_days,
         detail=True,
     )
     result = found.get(cycle)

@@ -21,7 +21,7 @@ from typing import Any, Literal, cast, get_args
 import yaml
 
 from core.errors import AccessError, FlywheelError, SignInError
-from core.settings import get_setting
+from core.settings import settings
 
 __all__ = [
     "ACTIONS",
@@ -116,7 +116,7 @@ class User:
 
 def local_operator() -> User:
     """The single local user assumed without OIDC, and by the command line: every role."""
-    return User(str(get_setting("actor")), frozenset(ROLES) - {"viewer"})
+    return User(settings.actor, frozenset(ROLES) - {"viewer"})
 
 
 def refusal(user: User, permission: Permission) -> str | None:
@@ -141,7 +141,7 @@ def require(user: User, permission: Permission) -> None:
 
 
 def _roles_file() -> Path:
-    return Path(str(get_setting("roles_file")))
+    return Path(settings.roles_file)
 
 
 def load_roles(path: Path | None = None) -> tuple[dict[str, frozenset[Role]], Role]:

@@ -34,7 +34,7 @@ from core.audit import record_audit
 from core.errors import StoreError
 from core.escaping import sql_identifier
 from core.paths import check_output_path
-from core.settings import get_setting
+from core.settings import settings
 from core.store import Store, forget_migrated, migrate, migrations
 
 __all__ = ["BackupResult", "backup_store", "restore_store"]
@@ -73,7 +73,7 @@ def _sha256(path: Path) -> str:
 
 
 def _backup_key() -> bytes | None:
-    key = str(get_setting("backup_key"))
+    key = settings.backup_key
     return key.encode("utf-8") if key else None
 
 

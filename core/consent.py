@@ -32,7 +32,7 @@ from core.access import User, require
 from core.audit import record_audit
 from core.errors import ConsentError
 from core.escaping import sql_identifier
-from core.settings import get_setting
+from core.settings import settings
 from core.store import Store
 
 # Ibis takes about a second to import: only the eligibility expression uses it, so forgetting a
@@ -268,7 +268,7 @@ def erasure_key(store: Store) -> bytes:
     Never inside the store: with a key stored beside the hashes, a forgotten id is found again
     by hashing candidate ids. Raises ConsentError when the key file cannot be read or made.
     """
-    configured = str(get_setting("audit_key")).strip()
+    configured = settings.audit_key.strip()
     if configured:
         return configured.encode()
     path = Path(f"{store.path}.audit-key")

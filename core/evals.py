@@ -53,7 +53,7 @@ from core.llm import (
     run_bounded,
 )
 from core.secrets import remove_key_values, scrub_secrets
-from core.settings import get_setting
+from core.settings import settings
 from core.store import Store, insert_rows
 
 # numpy, the OpenAI client and the ingest (Ibis) load inside the functions that use them, so
@@ -406,7 +406,7 @@ def freeze_used_version(
     """Freeze a set version because results or a gate now depend on it; True when this call
     froze it. Not a person's action, so no role is checked: whoever may record results or read
     a gate keeps what they used from changing."""
-    who = actor or str(get_setting("actor"))
+    who = actor or settings.actor
     with store.transaction() as con:
         row = con.execute(
             "SELECT frozen_at FROM eval_set_versions WHERE eval_set = ? AND version = ?",
@@ -446,13 +446,13 @@ class JudgeConfig:
 
 def eval_endpoint(base_url: str | None = None, *, api_key: str | None = None) -> Endpoint:
     """The endpoint of an evaluated model: explicit URL, else OPENAI_BASE_URL, else OpenAI."""
-    key = api_key or str(get_setting("eval_api_key")) or None
+    key = api_key or settings.eval_api_key or None
     return resolve_endpoint("", base_url=base_url, api_key=key)
 
 
 def judge_endpoint(base_url: str | None = None, *, api_key: str | None = None) -> Endpoint:
     """The judge's endpoint: explicit URL, else the judge_base_url setting, else as eval's."""
-    return eval_endpoint(base_url or str(get_setting("judge_base_url")) or None, api_key=api_key)
+    return eval_endpoint(base_url or settings.judge_base_url or None, api_key=api_key)
 
 
 @dataclass(frozen=True)
@@ -634,14 +634,14 @@ def run_eval(
         model=model,
         endpoint=endpoint,
         temperature=temperature,
-        timeout_s=float(get_setting("request_timeout_s")) if timeout_s is None else timeout_s,
-        max_retries=int(get_setting("max_retries")) if max_retries is None else max_retries,
-        backoff_s=float(get_setting("retry_backoff_s")) if backoff_s is None else backoff_s,
+        timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
+        max_retries=settings.max_retries if max_retries is None else max_retries,
+        backoff_s=settings.retry_backoff_s if backoff_s is None else backoff_s,
         judge=judge,
         on_progress=on_progress,
         system_message=sent,
     )
-    width = int(get_setting("eval_concurrency")) if concurrency is None else concurrency
+    width = settings.eval_concurrency if concurrency is None else concurrency
     active = client
     active_judge = judge_client
 
@@ -960,7 +960,7 @@ class _EvalRunner:
         text = ""
         # A reply without a score is asked again with the error appended, so the judge can
         # correct it (bounded like generation's invalid replies).
-        for _ in range(int(get_setting("generation_invalid_retries")) + 1):
+        for _ in range(settings.generation_invalid_retries + 1):
             try:
                 reply = await request_with_retries(
                     partial(

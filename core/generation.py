@@ -52,7 +52,7 @@ from core.llm import (
 from core.plan import Plan, grid_cells
 from core.plan_versions import load_plan
 from core.secrets import remove_key_values, scrub_secrets
-from core.settings import get_setting
+from core.settings import settings
 from core.store import Store, insert_rows
 from core.templating import render_user_template
 from core.tokens import estimate_tokens
@@ -886,14 +886,6 @@ class _Runner:
             raise self.write_error
 
 
-def _settings_float(name: str, given: float | None) -> float:
-    return float(get_setting(name)) if given is None else given
-
-
-def _settings_int(name: str, given: int | None) -> int:
-    return int(get_setting(name)) if given is None else given
-
-
 def _start_run(
     store: Store, spec: GenerationSpec, *, mode: str, requested: int, estimate: float
 ) -> str:
@@ -1058,7 +1050,7 @@ def run_generation(
         estimate = _estimate(spec, items, stored=stored, batch=False)
         _check_budget(estimate)
         endpoint = endpoint or resolve_endpoint(spec.plan.generation.endpoint)
-        timeout = _settings_float("request_timeout_s", timeout_s)
+        timeout = settings.request_timeout_s if timeout_s is None else timeout_s
         progress = GenerationProgress(total=len(items))
         if not items:
             return _nothing_to_generate(store, spec, progress, estimate, batch=False, user=user)
@@ -1073,9 +1065,11 @@ def run_generation(
         endpoint_display=endpoint.display_url,
         run_id=run_id,
         timeout_s=timeout,
-        max_retries=_settings_int("max_retries", max_retries),
-        invalid_retries=_settings_int("generation_invalid_retries", invalid_retries),
-        backoff_s=_settings_float("retry_backoff_s", backoff_s),
+        max_retries=settings.max_retries if max_retries is None else max_retries,
+        invalid_retries=settings.generation_invalid_retries
+        if invalid_retries is None
+        else invalid_retries,
+        backoff_s=settings.retry_backoff_s if backoff_s is None else backoff_s,
         budget_usd=spec.plan.generation.budget_usd,
         progress=progress,
         on_progress=on_progress,
@@ -1083,7 +1077,9 @@ def run_generation(
 
     async def main() -> None:
         try:
-            await runner.run(items, _settings_int("generation_concurrency", concurrency))
+            await runner.run(
+                items, settings.generation_concurrency if concurrency is None else concurrency
+            )
         finally:
             if client is None:
                 await active.close()
@@ -1409,9 +1405,9 @@ def run_batch(
     progress = GenerationProgress(total=len(items))
     if pending is None and not items:
         return _nothing_to_generate(store, spec, progress, estimate, batch=True, user=user)
-    timeout = float(get_setting("request_timeout_s"))
+    timeout = settings.request_timeout_s
     active = client or build_async_client(endpoint, timeout_s=timeout)
-    interval = _settings_float("batch_poll_s", poll_s)
+    interval = settings.batch_poll_s if poll_s is None else poll_s
 
     async def main() -> tuple[str, str]:
         try:

@@ -63,7 +63,7 @@ from core.errors import IngestError
 from core.escaping import sql_identifier, sql_string
 from core.ingest_reads import batch_rejects, list_batches, pii_samples, pii_summary
 from core.privacy import DETECTORS_FINGERPRINT, PII_TYPES, REDACTION_STEPS, install_pii_macros
-from core.settings import get_setting
+from core.settings import settings
 from core.store import Store, insert_rows
 
 __all__ = [
@@ -696,7 +696,7 @@ def _drop_rows_after_crlf(
 
 def _max_line_bytes() -> int:
     """Longest JSONL line the readers take: room for three texts at the size limit."""
-    return max(16 << 20, 4 * int(get_setting("max_text_bytes")) + (1 << 20))
+    return max(16 << 20, 4 * settings.max_text_bytes + (1 << 20))
 
 
 def _physical_lines(
@@ -973,7 +973,7 @@ def _prepare_connection(con: duckdb.DuckDBPyConnection, kind: Kind) -> str:
     con.execute("SET TimeZone = 'UTC'")
     # Row order is what numbers the rejected lines of the parallel path: DuckDB's default, kept.
     con.execute("SET preserve_insertion_order = true")
-    limit = str(get_setting("ingest_memory_limit"))
+    limit = settings.ingest_memory_limit
     if limit:
         con.execute("SET memory_limit = ?", [limit])
     install_pii_macros(con)
@@ -981,7 +981,7 @@ def _prepare_connection(con: duckdb.DuckDBPyConnection, kind: Kind) -> str:
         "CREATE OR REPLACE TEMP MACRO fw_is_json_object(v) AS "
         "coalesce(try(json_type(v)) = 'OBJECT', false)"
     )
-    return _stage_sql(kind, int(get_setting("max_text_bytes")))
+    return _stage_sql(kind, settings.max_text_bytes)
 
 
 def _load_parallel(

@@ -23,7 +23,7 @@ from core.plan import (
 )
 from core.plan_files import validation_messages
 from core.secrets import url_credentials, urls_in
-from core.settings import get_setting
+from core.settings import settings
 from core.stats import ab_duration_days, sample_size_per_arm
 from core.templating import template_problems
 
@@ -588,7 +588,7 @@ def _system_assumed_by(plan: Plan) -> str | None:
 
 def student_system_max_tokens() -> int:
     """The token budget of the student's system message (``student_system_max_tokens``)."""
-    return int(get_setting("student_system_max_tokens"))
+    return settings.student_system_max_tokens
 
 
 @check("STUDENT_SYSTEM_MISSING")

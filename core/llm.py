@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from core.errors import GenerationError
 from core.secrets import scrub_secrets
-from core.settings import get_setting
+from core.settings import settings
 
 # The client library takes most of a second to import: only the functions that talk to a server
 # import it, so a command that merely names an endpoint (train list, eval sets) never loads it.
@@ -99,12 +99,12 @@ def resolve_endpoint(
     candidates = [
         (base_url, "given"),
         (plan_endpoint, "plan"),
-        (str(get_setting("teacher_base_url")), "setting FLYWHEEL_TEACHER_BASE_URL"),
+        (settings.teacher_base_url, "setting FLYWHEEL_TEACHER_BASE_URL"),
         (os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL"),
         (OPENAI_BASE_URL, "OpenAI default"),
     ]
     url, source = next((u.strip(), s) for u, s in candidates if u and u.strip())
-    keys = [api_key, str(get_setting("teacher_api_key")), os.environ.get("OPENAI_API_KEY")]
+    keys = [api_key, settings.teacher_api_key, os.environ.get("OPENAI_API_KEY")]
     key = next((k.strip() for k in keys if k and k.strip()), _PLACEHOLDER_KEY)
     return Endpoint(url, key, source)
 

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from core.errors import OutputPathError
-from core.settings import PROJECT_ROOT, default_db_path, get_setting
+from core.settings import PROJECT_ROOT, default_db_path, settings
 
 __all__ = ["check_output_path", "managed_store", "managed_what"]
 
@@ -79,7 +79,7 @@ def managed_what(path: str | Path) -> str | None:
         if _store_files(store, candidate):
             what = "the store" if candidate == store else "a file of the store"
             return f"{what} {store}"
-    roles = _resolved(Path(str(get_setting("roles_file"))))
+    roles = _resolved(Path(settings.roles_file))
     if candidate == roles:
         return "the roles file"
     for part in _PROJECT_PARTS:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from core.errors import PlanError
-from core.settings import get_setting
+from core.settings import settings
 
 __all__ = [
     "TRAINING_BACKEND_LABELS",
@@ -856,7 +856,7 @@ def plan_timeline(plan: Plan) -> list[CycleMilestones]:
 
 def max_grid_cells() -> int:
     """The most cells a generation grid may have (the ``max_grid_cells`` setting)."""
-    return int(get_setting("max_grid_cells"))
+    return settings.max_grid_cells
 
 
 def check_grid_size(cells: int) -> None:

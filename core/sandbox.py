@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import SandboxUnavailable
-from core.settings import get_setting
+from core.settings import settings
 
 __all__ = [
     "SandboxResult",
@@ -240,15 +240,15 @@ def run_python_tests(
     python = sandbox_python()
     bwrap = bwrap_path()
     assert bwrap is not None  # sandbox_python found it
-    timeout = float(get_setting("sandbox_timeout_s")) if timeout_s is None else timeout_s
-    memory = int(get_setting("sandbox_memory_mb")) if memory_mb is None else memory_mb
+    timeout = settings.sandbox_timeout_s if timeout_s is None else timeout_s
+    memory = settings.sandbox_memory_mb if memory_mb is None else memory_mb
     return _run(bwrap, python, code, tests, timeout=timeout, memory_mb=memory)
 
 
 def _run(
     bwrap: str, python: str, code: str, tests: str, *, timeout: float, memory_mb: int
 ) -> SandboxResult:
-    disk_mb = int(get_setting("sandbox_disk_mb"))
+    disk_mb = settings.sandbox_disk_mb
     key = secrets.token_bytes(32)
     job = {
         "key": key.hex(),
@@ -258,7 +258,7 @@ def _run(
             "memory_mb": memory_mb,
             "cpu_s": max(1, math.ceil(timeout)) + 1,
             "disk_mb": disk_mb,
-            "processes": int(get_setting("sandbox_max_processes")),
+            "processes": settings.sandbox_max_processes,
         },
     }
     with tempfile.TemporaryDirectory(prefix="flywheel-sandbox-") as tmp:

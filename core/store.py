@@ -31,7 +31,7 @@ import duckdb
 from core.errors import StoreError
 from core.escaping import sql_identifier, sql_string
 from core.paths import managed_store
-from core.settings import default_db_path, get_setting
+from core.settings import default_db_path, settings
 
 __all__ = ["Migration", "Store", "forget_migrated", "insert_rows", "migrations"]
 
@@ -90,7 +90,7 @@ class Store:
     def __init__(self, path: str | Path | None = None, *, lock_timeout_s: float | None = None):
         self.path = Path(path) if path is not None else default_db_path()
         managed_store(self.path)  # no output path may overwrite it (core.paths)
-        timeout = get_setting("lock_timeout_s") if lock_timeout_s is None else lock_timeout_s
+        timeout = settings.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         self.lock_timeout_s = float(timeout)
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.visitor import NodeTransformer
 
 from core.errors import FlywheelError, TemplateLimitError, UserTemplateError
-from core.settings import get_setting
+from core.settings import settings
 
 __all__ = [
     "MAX_TEMPLATE_STEPS",
@@ -151,7 +151,7 @@ _CONCAT = "__flywheel_concat"
 
 def max_output_chars() -> int:
     """The most characters one render of a user template may produce (a setting)."""
-    return int(get_setting("template_max_output_chars"))
+    return settings.template_max_output_chars
 
 
 # -- the budget of one render ------------------------------------------------------------------

@@ -27,7 +27,7 @@ from core.llm import Endpoint, redact_url
 from core.paths import check_output_path
 from core.plan import TRAINING_BACKEND_LABELS, TRAINING_BACKEND_LAST_DAY, Plan
 from core.plan_versions import load_plan
-from core.settings import PROJECT_ROOT, get_setting
+from core.settings import PROJECT_ROOT, settings
 from core.store import Store
 
 from .backends import TERMINAL_STATUSES, HostedTrainer, JobState
@@ -64,7 +64,7 @@ def _today() -> date:
 def training_root(store: Store) -> Path:
     """Where local jobs keep their directories: the training_dir setting, else beside the
     store."""
-    configured = str(get_setting("training_dir"))
+    configured = settings.training_dir
     return Path(configured) if configured else store.path.parent / "training"
 
 
@@ -190,7 +190,7 @@ def _job_dir(store: Store, job_id: str) -> LocalJob:
 
 
 def _hosted(plan: Plan, backend: str, endpoint: Endpoint | None) -> HostedTrainer:
-    timeout = float(get_setting("request_timeout_s"))
+    timeout = settings.request_timeout_s
     if backend == "openai":
         from core.evals import eval_endpoint
 
@@ -496,7 +496,7 @@ def follow_training(
     require(user, "model.train")
     job = _job(store, job_id)
     plan, _ = load_plan(store, job.plan_id)
-    interval = float(get_setting("training_poll_s")) if poll_s is None else poll_s
+    interval = settings.training_poll_s if poll_s is None else poll_s
     polls = 0
     while True:
         state = _read(store, job, plan, trainer, endpoint)
