@@ -12,7 +12,7 @@ import copy
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +81,7 @@ RENAMED: dict[str, str] = {
 
 _DB = "flywheel.db"
 _JSON = "flywheel.json"
+_RENAMED_VALUES = "flywheel.renamed"
 
 
 def deprecation_line(old: str, new: str) -> None:
@@ -137,13 +138,18 @@ def wants_json() -> bool:
 # -- shared options: one decorator, one help text each -------------------------------------------
 
 
-def _renamed_option(old: str, new: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def warn(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+def _renamed_option(
+    old: str, new: str, target: str
+) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """The callback of an old option's hidden spelling: one deprecation line, and its value
+    kept for the new option's parameter (``target``), which run_outcome fills with it."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
         if value is not None and not ctx.resilient_parsing:
             deprecation_line(old, new)
-        return value
+            ctx.meta.setdefault(_RENAMED_VALUES, {})[target] = (old, new, value)
 
-    return warn
+    return remember
 
 
 def plan_option(f: F) -> F:
@@ -180,10 +186,11 @@ def plan_version_option(f: F) -> F:
     """--plan-version V (and the old --version, hidden): a stored plan version."""
     f = click.option(
         "--version",
-        "plan_version",
+        "old_plan_version",
         type=click.IntRange(min=1),
         hidden=True,
-        callback=_renamed_option("--version", "--plan-version"),
+        expose_value=False,
+        callback=_renamed_option("--version", "--plan-version", "plan_version"),
     )(f)
     return click.option(
         "--plan-version",
@@ -198,10 +205,11 @@ def set_version_option(f: F) -> F:
     """--set-version V (and the old --version, hidden): an eval set's version."""
     f = click.option(
         "--version",
-        "set_version",
+        "old_set_version",
         type=click.IntRange(min=1),
         hidden=True,
-        callback=_renamed_option("--version", "--set-version"),
+        expose_value=False,
+        callback=_renamed_option("--version", "--set-version", "set_version"),
     )(f)
     return click.option(
         "--set-version",
@@ -552,7 +560,11 @@ def run_outcome(ctx: click.Context, callback: Callable[..., Any], *, uses_store:
     the command and the log file that holds the traceback)."""
     command = command_name(ctx)
     db = store_path()
-    params: Mapping[str, Any] = ctx.params
+    params = dict(ctx.params)
+    for target, (old, new, value) in ctx.meta.get(_RENAMED_VALUES, {}).items():
+        if params.get(target) is not None:
+            return fail(f"Give {new} or {old}, not both (see `{ctx.command_path} --help`).", 2)
+        params[target] = value
     try:
         if uses_store:
             from core.store import Store
