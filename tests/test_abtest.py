@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from cli_helpers import run_cli
 from conftest import ROOT
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
@@ -585,20 +584,10 @@ def test_p_values_below_1e_4_print_as_less_than(store: Store, tmp_path: Path) ->
     assert any("Fixed-horizon p = < 0.0001" in t for t in texts), texts
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 def test_cli_stats_ab_matches_statsmodels(store: Store) -> None:
     done = run_cli(
-        "stats",
         "ab",
+        "compare",
         "--control-n",
         "10000",
         "--control-x",
@@ -618,8 +607,8 @@ def test_cli_stats_ab_matches_statsmodels(store: Store) -> None:
     assert out["ci_rel"] == pytest.approx([0.0108647, 0.1891353], rel=1e-5)
     seq = json.loads(
         run_cli(
-            "stats",
             "ab",
+            "compare",
             "--control-n",
             "3000",
             "--control-x",
@@ -656,8 +645,8 @@ def test_cli_stats_srm_and_sample_size(store: Store) -> None:
     bad = run_cli("stats", "srm", "--counts", "5000,lots")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--counts" in bad.stderr
     impossible = run_cli(
-        "stats",
         "ab",
+        "compare",
         "--control-n",
         "10",
         "--control-x",

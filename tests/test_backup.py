@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from cli_helpers import run_cli
 from conftest import ROOT
 
 import core.store
@@ -422,30 +422,23 @@ def test_cli_backup_then_restore(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(store)
-    env = {**os.environ, "FLYWHEEL_DB": str(store.path), "FLYWHEEL_BACKUP_KEY": "cli key"}
+    env = {"FLYWHEEL_DB": str(store.path), "FLYWHEEL_BACKUP_KEY": "cli key"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "core", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=env,
-            timeout=120,
-        )
+        return run_cli(*args, env=env)
 
-    backed = run("backup", str(tmp_path / "bk"), "--json")
+    backed = run("store", "backup", str(tmp_path / "bk"), "--json")
     assert backed.returncode == 0, backed.stderr
     assert json.loads(backed.stdout)["tables"]["workspace"] == 1
     assert json.loads(backed.stdout)["signed"] is True
     target = tmp_path / "copy.duckdb"
-    restored = run("restore", str(tmp_path / "bk"), "--db", str(target))
+    restored = run("store", "restore", str(tmp_path / "bk"), "--db", str(target))
     assert restored.returncode == 0, restored.stderr
     assert "signature verified" in restored.stdout
-    refused = run("restore", str(tmp_path / "bk"), "--db", str(target))
+    refused = run("store", "restore", str(tmp_path / "bk"), "--db", str(target))
     assert refused.returncode == 2 and "--replace" in refused.stderr
     (tmp_path / "bk" / "extra.parquet").write_bytes(b"PAR1")
-    tampered = run("restore", str(tmp_path / "bk"), "--db", str(target), "--replace")
+    tampered = run("store", "restore", str(tmp_path / "bk"), "--db", str(target), "--replace")
     assert tampered.returncode == 2
     assert tampered.stderr.count("\n") == 1 and "does not list" in tampered.stderr
 

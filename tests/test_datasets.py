@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from cli_helpers import run_cli
 from cycle_helpers import build_workspace, interaction
 
 from core.access import local_operator
@@ -151,41 +149,35 @@ def test_unknown_version_and_empty_split_are_refused(store: Store, tmp_path: Pat
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-
-
 def test_cli_runs_a_cycle_explains_a_row_and_exports(store: Store, tmp_path: Path) -> None:
     rows = [interaction(n) for n in range(20)]
     rows.append(interaction(21, user_id="u-0", feedback="down", accepted=False))
     plan_id = build_workspace(store, tmp_path, rows)
-    ran = _cli("cycle", "run", "--cycle", "2", "--plan", plan_id, "--json")
+    ran = run_cli("cycle", "run", "--cycle", "2", "--plan", plan_id, "--json")
     assert ran.returncode == 0, ran.stderr
     data = json.loads(ran.stdout)
     assert data["cycle"] == 2 and data["dataset_version"] == f"ds-{plan_id}-c2-v1"
     assert {"name", "rows_in", "rows_out"} <= set(data["stages"][0])
-    why = json.loads(_cli("cycle", "why", "i-021", "--json").stdout)
+    why = json.loads(run_cli("cycle", "why", "i-021", "--json").stdout)
     assert why["runs"][0]["stage"] == "positive_or_accepted"
     out = tmp_path / "train.jsonl"
-    exported = _cli("dataset", "export", data["dataset_version"], "--out", str(out), "--json")
+    exported = run_cli("dataset", "export", data["dataset_version"], "--out", str(out), "--json")
     assert exported.returncode == 0, exported.stderr
     payload = json.loads(exported.stdout)
     assert payload["path"] == str(out) and payload["rows"] > 0
     assert payload["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    listed = json.loads(_cli("dataset", "list", "--json").stdout)
+    listed = json.loads(run_cli("dataset", "list", "--json").stdout)
     assert [v["version_id"] for v in listed["versions"]] == [data["dataset_version"]]
-    compared = _cli("dataset", "compare", data["dataset_version"], data["dataset_version"])
+    compared = run_cli("dataset", "compare", data["dataset_version"], data["dataset_version"])
     assert "+0 added, −0 removed" in compared.stdout
 
 
 def test_cli_refuses_bad_input_with_one_line(store: Store, tmp_path: Path) -> None:
     plan_id = build_workspace(store, tmp_path, [interaction(1)])
-    bad = _cli("cycle", "run", "--cycle", "42", "--plan", plan_id)
+    bad = run_cli("cycle", "run", "--cycle", "42", "--plan", plan_id)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "cycle 42" in bad.stderr
-    missing = _cli("dataset", "export", "ds-x", "--out", str(tmp_path / "o.jsonl"))
+    missing = run_cli("dataset", "export", "ds-x", "--out", str(tmp_path / "o.jsonl"))
     assert missing.returncode == 2 and "No dataset version" in missing.stderr
 
 

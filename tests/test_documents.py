@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from conftest import ROOT
 from pypdf import PdfReader
 from streamlit.testing.v1 import AppTest
@@ -324,26 +323,17 @@ def test_every_kind_of_quality_filter_renders_with_its_parameters() -> None:
 # -- the command line --------------------------------------------------------------------------
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 def test_cli_renders_the_plan_and_the_privacy_packet(demo_store: Store, tmp_path: Path) -> None:
     out = tmp_path / "plan.md"
-    done = _cli("plan", "render", "--format", "md", "--out", str(out), "--version", "2", "--json")
+    done = run_cli(
+        "report", "plan", "--format", "md", "--out", str(out), "--plan-version", "2", "--json"
+    )
     assert done.returncode == 0, done.stderr
     assert '"path": "' + str(out) + '"' in done.stdout
     assert "Plan `python-coding-assistant` version 2" in out.read_text(encoding="utf-8")
 
     packet = tmp_path / "packet.html"
-    done = _cli("report", "privacy", "--out", str(packet), "--plan", DEMO_ID)
+    done = run_cli("report", "privacy", "--out", str(packet), "--plan", DEMO_ID)
     assert done.returncode == 0, done.stderr
     assert packet.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
@@ -353,7 +343,9 @@ def test_cli_honours_source_date_epoch(demo_store: Store, tmp_path: Path) -> Non
 
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1800000000"}
     for target in ("a.md", "b.md"):
-        assert _cli("report", "privacy", "--out", str(tmp_path / target), env=env).returncode == 0
+        assert (
+            run_cli("report", "privacy", "--out", str(tmp_path / target), env=env).returncode == 0
+        )
     assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
     assert "generated 2027-01-15 08:00 UTC" in (tmp_path / "a.md").read_text(encoding="utf-8")
 
@@ -361,24 +353,24 @@ def test_cli_honours_source_date_epoch(demo_store: Store, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["plan", "render", "--format", "docx", "--out", "{tmp}/x.docx"], "Unknown format 'docx'"),
+        (["report", "plan", "--format", "docx", "--out", "{tmp}/x.docx"], "'docx' is not one of"),
         (["report", "privacy", "--out", "{tmp}/x.txt"], "Unknown format 'txt'"),
-        (["plan", "render", "--out", "{tmp}/missing/x.md"], "no such folder"),
-        (["plan", "render", "--out", "{tmp}/x.md", "--plan", "nope"], "no plan 'nope'"),
-        (["plan", "render", "--out", "{tmp}/x.md", "--version", "9"], "no version 9"),
+        (["report", "plan", "--out", "{tmp}/missing/x.md"], "no such folder"),
+        (["report", "plan", "--out", "{tmp}/x.md", "--plan", "nope"], "no plan 'nope'"),
+        (["report", "plan", "--out", "{tmp}/x.md", "--plan-version", "9"], "no version 9"),
     ],
 )
 def test_cli_refuses_bad_input_with_one_line(
     demo_store: Store, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    done = _cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    done = run_cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert done.returncode == 2
     assert message in done.stderr and done.stderr.count("\n") == 1
     assert list(tmp_path.glob("x.*")) == []
 
 
 def test_cli_without_a_plan_says_what_to_do(store: Store, tmp_path: Path) -> None:
-    done = _cli("report", "privacy", "--out", str(tmp_path / "x.md"))
+    done = run_cli("report", "privacy", "--out", str(tmp_path / "x.md"))
     assert done.returncode == 2 and "python -m core demo" in done.stderr
 
 
@@ -465,11 +457,13 @@ def test_cli_renders_a_cycle_report_and_refuses_a_cycle_not_run(
     demo_store: Store, tmp_path: Path
 ) -> None:
     out = tmp_path / "cycle.md"
-    done = _cli("report", "cycle", "--cycle", "2", "--out", str(out), "--plan", DEMO_ID, "--json")
+    done = run_cli(
+        "report", "cycle", "--cycle", "2", "--out", str(out), "--plan", DEMO_ID, "--json"
+    )
     assert done.returncode == 0, done.stderr
     assert '"cycle": 2' in done.stdout
     assert "cycle 2" in out.read_text(encoding="utf-8")
-    done = _cli("report", "cycle", "--cycle", "5", "--out", str(tmp_path / "x.md"))
+    done = run_cli("report", "cycle", "--cycle", "5", "--out", str(tmp_path / "x.md"))
     assert done.returncode == 2 and "has not run yet" in done.stderr
     assert not (tmp_path / "x.md").exists()
 
@@ -501,7 +495,7 @@ def test_datasheet_shows_lineage_composition_and_limits_and_cli_writes_it(
     assert "| `near_dedup` | near\\_dedup(threshold=0.8, keep=best\\_rated) | plan |" in text
     assert "205 row(s) are synthetic: written by the teacher, not by users." in text  # a limit
     out = tmp_path / "sheet.md"
-    done = _cli("report", "datasheet", "ds-python-coding-assistant-c1-v1", "--out", str(out))
+    done = run_cli("report", "datasheet", "ds-python-coding-assistant-c1-v1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8").startswith("# Datasheet")
 
@@ -623,7 +617,7 @@ def test_cli_writes_a_model_card_and_refuses_a_cycle_without_candidate(
     import json
 
     out = tmp_path / "card.md"
-    done = _cli(
+    done = run_cli(
         "report", "model-card", "--cycle", "1", "--out", str(out), "--plan", DEMO_ID, "--json"
     )
     assert done.returncode == 0, done.stderr
@@ -636,7 +630,7 @@ def test_cli_writes_a_model_card_and_refuses_a_cycle_without_candidate(
     }
     assert out.read_text(encoding="utf-8").startswith(f"# Model card: `{PROMOTED_MODEL}`")
 
-    done = _cli("report", "model-card", "--cycle", "3", "--out", str(tmp_path / "x.md"))
+    done = run_cli("report", "model-card", "--cycle", "3", "--out", str(tmp_path / "x.md"))
     assert done.returncode == 2
     assert "cycle 3 has no candidate model; register or train one first" in done.stderr
     assert done.stderr.count("\n") == 1

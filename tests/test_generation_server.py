@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from fake_openai import FakeOpenAI, Faults
 from gen_helpers import store_plan, tiny_plan
 
@@ -131,15 +132,9 @@ def test_batch_mode_end_to_end(store: Store) -> None:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    # env is the whole environment, as subprocess takes it: what it leaves out is unset.
+    whole: dict[str, str | None] = {**dict.fromkeys(os.environ), **env}
+    return run_cli(*args, env=whole)
 
 
 def _env(server: FakeOpenAI) -> dict[str, str]:

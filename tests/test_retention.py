@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT
+from cli_helpers import run_cli
 
 from core.access import AccessError, User
 from core.plan_versions import load_plan
@@ -64,26 +61,12 @@ def test_expired_rows_go_and_their_metrics_stay(demo_store: Store) -> None:
 
 
 def test_cli_is_schedulable(demo_store: Store) -> None:
-    env = {**os.environ, "FLYWHEEL_DB": str(demo_store.path)}
+    env = {"FLYWHEEL_DB": str(demo_store.path)}
     far = (datetime.now(UTC) + timedelta(days=3650)).date().isoformat()
-    run = subprocess.run(
-        [sys.executable, "-m", "core", "retention", "--now", far, "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    run = run_cli("store", "retention", "--now", far, "--json", env=env)
     assert run.returncode == 0, run.stderr
     payload = json.loads(run.stdout)
     assert payload["interactions_deleted"] > 0 and payload["retention_days"] == 90
     assert demo_store.fetch_one("SELECT count(*) FROM interactions") == (0,)
-    bad = subprocess.run(
-        [sys.executable, "-m", "core", "retention", "--now", "soon"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    bad = run_cli("store", "retention", "--now", "soon", env=env)
     assert bad.returncode == 2 and "ISO" in bad.stderr

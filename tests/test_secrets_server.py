@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import ROOT
+from cli_helpers import run_cli
 from eval_helpers import code_items, responder, write_jsonl
 from fake_openai import FakeOpenAI, Faults
 from gen_helpers import store_plan, tiny_plan
@@ -44,15 +43,7 @@ def _cli(server: FakeOpenAI, *args: str) -> subprocess.CompletedProcess[str]:
         FLYWHEEL_BATCH_POLL_S="0.01",
         FLYWHEEL_REQUEST_TIMEOUT_S="10",
     )
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=180,
-        check=False,
-    )
+    return run_cli(*args, env=env)
 
 
 def _leaks(text: str) -> list[str]:
