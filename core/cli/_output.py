@@ -1,4 +1,4 @@
-"""Text for people: tables and records, and the numbers of the A/B commands.
+"""Text for people: tables and records.
 
 What --json prints keeps the code names (DESIGN.md's contract); what a person reads names each
 column, field, stage, state and decision by its label in core.labels, and shows a missing value
@@ -67,23 +67,3 @@ def lint_lines(report: LintReport) -> list[str]:
         + f"{f.message} [{f.code}]"
         for f in report.findings
     ]
-
-
-def number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def interval(ci: tuple[float, float] | None) -> str:
-    return "n/a" if ci is None else f"({ci[0]:+.2%}, {ci[1]:+.2%})"
-
-
-def pair(ci: tuple[float, float] | None) -> tuple[float, float] | None:
-    return None if ci is None else (float(ci[0]), float(ci[1]))
-
-
-def p_text(value: float | None) -> str:
-    """The p-value as "p = 0.021" or "p < 0.0001", through the formatter the pages use."""
-    from core.stats import format_p_value
-
-    shown = format_p_value(value)
-    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"

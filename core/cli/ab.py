@@ -8,7 +8,7 @@ import click
 
 from core import stats
 from core.cli._base import Outcome, cycle_option, default_plan_id, noun_group, plan_option
-from core.cli._output import interval, number, p_text, pair
+from core.cli._numbers import interval, number, p_text, pair
 from core.errors import AnalysisError
 from core.labels import label
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from core.cli._base import CommaSeparated, Outcome, noun_group
-from core.cli._output import number, p_text
+from core.cli._numbers import number, p_text
 from core.errors import AnalysisError
 
 command = noun_group("stats")
