@@ -114,13 +114,13 @@ def test_backups_and_training_exports_refuse_managed_paths(store: Store, tmp_pat
 @pytest.mark.parametrize(
     "args",
     [
-        ["plan", "render", "--format", "md", "--out", "{db}"],
+        ["report", "plan", "--format", "md", "--out", "{db}"],
         ["plan", "export", "--out", "{db}.wal"],
         ["plan", "export", "--out", "{db}"],
         ["report", "privacy", "--format", "html", "--out", "{db}"],
         ["dataset", "export", "any-version", "--out", "{db}"],
-        ["pii", "redact", "--in", "{src}", "--out", "{db}"],
-        ["backup", "{db}.bk"],
+        ["data", "pii-redact", "--in", "{src}", "--out", "{db}"],
+        ["store", "backup", "{db}.bk"],
     ],
 )
 def test_the_command_line_refuses_with_one_line_and_exit_2(

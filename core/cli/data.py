@@ -78,10 +78,12 @@ def forget(store: Store, user_id: str) -> Outcome:
     return Outcome(result.to_dict(), "\n".join(lines))
 
 
-@command.leaf("pii-redact", help="redact the text field of each JSONL line", store=False)
+@command.leaf("pii-redact", help="redact the text field of each JSONL line")
 @click.option("--in", "source", type=FILE, required=True, help="input JSONL (.gz allowed)")
 @click.option("--out", "target", type=FILE, required=True, help="output JSONL")
-def pii_redact(source: Path, target: Path) -> Outcome:
+def pii_redact(store: Store, source: Path, target: Path) -> Outcome:
+    # The store is never opened here; naming it makes its file one that no output may
+    # overwrite (core.paths.managed_store), as for every command that takes --db.
     from core.privacy import redact_file
 
     rows, found = redact_file(source, target)
