@@ -249,7 +249,7 @@ def poll_option(f: F) -> F:
     """--poll SECONDS while a training job is followed."""
     return click.option(
         "--poll",
-        type=click.FloatRange(min=0, min_open=True),
+        type=click.FloatRange(min=0),
         metavar="SECONDS",
         help="seconds between checks (default: training_poll_s)",
     )(f)
