@@ -44,7 +44,7 @@ def batch_rejects(
         require(user, "pii.view_raw")
     if store.fetch_one("SELECT 1 FROM ingest_batches WHERE batch_id = ?", [batch_id]) is None:
         raise IngestError(
-            f"No batch {batch_id!r}; `python -m core ingest FILE` prints the id of each batch."
+            f"No batch {batch_id!r}; `python -m core data ingest FILE` prints the id of each batch."
         )
     columns = "line, reason" + (", raw" if reveal_raw else "")
     return _read_audited(
