@@ -13,8 +13,8 @@ from cycle_helpers import build_workspace
 
 import core.plan_versions
 from core.access import local_operator
-from core.cli import RENAMED, walk
-from core.cli._base import resolve
+from core.cli import NOUNS, RENAMED, walk
+from core.cli._base import Noun, resolve
 from core.cycles import run_cycle
 from core.plan_files import dump_plan
 from core.plan_versions import list_plans
@@ -269,6 +269,17 @@ def test_an_unexpected_error_names_the_command_and_a_log_with_the_traceback(
     assert err.count("\n") == 1 and "plan list" in err
     log = Path(err.rsplit(" ", 1)[1].strip())
     assert "ZeroDivisionError: boom" in log.read_text() and "Traceback" in log.read_text()
+
+
+def test_a_bug_while_the_line_is_read_is_exit_3_with_a_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(NOUNS, "plan", Noun("no_such_module", "a noun whose module is broken"))
+    done = run_cli("plan", "list", "--json")
+    assert done.returncode == 3 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: plan list: ")
+    log = Path(done.stderr.rsplit(" ", 1)[1].strip())
+    assert "ModuleNotFoundError" in log.read_text()
 
 
 def test_the_entry_point_turns_a_truncated_store_into_exit_2(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -37,7 +37,6 @@ class Outcome:
     data: dict[str, Any]
     text: str
     exit_code: int = 0
-    lines: list[str] = field(default_factory=list)
 
 
 class Noun(NamedTuple):
@@ -173,7 +172,7 @@ def cycle_option(*, required: bool) -> Callable[[F], F]:
     def decorate(f: F) -> F:
         return click.option(
             "--cycle",
-            type=click.IntRange(min=0),
+            type=click.IntRange(min=1),
             required=required,
             metavar="N",
             help="cycle number (1 = the first)",
@@ -345,8 +344,6 @@ class Command(click.Command):
 class Group(click.Group):
     """A noun's group: its commands, --db and --json, and its old spellings (``RENAMED``)."""
 
-    command_class = Command
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         db_option(self)
@@ -466,7 +463,9 @@ class Root(click.Group):
         return code
 
 
-def walk(command: click.Command | None = None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def walk(
+    command: click.Command | None = None, prefix: str = ""
+) -> Iterator[tuple[str, click.Command]]:
     """Every command a user can type (old spellings left out), with its object: ``plan lint``."""
     from core.cli import cli
 
@@ -509,6 +508,10 @@ def run_line(root: click.Group, argv: list[str]) -> int:
         return fail(f"{usage.format_message().rstrip('.')} (see `{where} --help`)", 2)
     except click.ClickException as problem:
         return fail(problem.format_message(), 2)
+    except Exception:  # a bug while the line was read (a command's own run has run_outcome)
+        command = " ".join([a for a in argv if not a.startswith("-")][:2])
+        log = _log_unexpected(command)
+        return fail(f"{command or PROG}: unexpected error; the traceback is in {log}", 3)
     return result if isinstance(result, int) else 0
 
 
