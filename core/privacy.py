@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,7 +271,7 @@ class PiiRedaction:
 
 
 def redact_texts(
-    texts: list[str | None], con: duckdb.DuckDBPyConnection | None = None
+    texts: Sequence[str | None], con: duckdb.DuckDBPyConnection | None = None
 ) -> PiiRedaction:
     """Redact a list of texts in one vectorised query; returns texts, types and counts."""
     import pyarrow as pa

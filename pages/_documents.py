@@ -6,6 +6,7 @@ user asks and kept in the session for that saved version; Markdown is rendered o
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import streamlit as st
@@ -61,9 +62,7 @@ def plan_document_downloads(plan: Plan, plan_id: str, version: int) -> None:
             st.markdown(f"**{kind.title}**")
             cols = st.columns(3)
             markdown = guarded(
-                lambda name=kind.name: render_document(
-                    name, "md", generated_at=generated_at_now(), **inputs
-                )
+                partial(render_document, kind.name, "md", generated_at=generated_at_now(), **inputs)
             )
             if markdown is not None:
                 cols[0].download_button(

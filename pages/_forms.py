@@ -37,7 +37,7 @@ def read_only(on: bool) -> Iterator[None]:
         _READ_ONLY.reset(token)
 
 
-def label_of(name: str) -> str:
+def label_of(name: object) -> str:
     """A field's human label from core.labels: ``mde`` → ``Minimum detectable effect``."""
     return label(name)
 

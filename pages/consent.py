@@ -66,9 +66,10 @@ else:
 # -- per cycle: the Overview's consent figures, with the same definitions and bases ----------
 plan_id = current_plan_id()
 loaded = guarded(lambda: cached_read(load_plan, plan_id)) if plan_id else None
-actuals = guarded(lambda: cached_read(cycle_actuals, loaded[0])) if loaded else None
+plan = loaded[0] if loaded else None
+actuals = guarded(lambda: cached_read(cycle_actuals, plan)) if plan else None
 if actuals:
-    consented, eligible = metric("consented_users"), metric("eligible_share")
+    consented, eligible_share = metric("consented_users"), metric("eligible_share")
     st.markdown("#### Consent in each cycle's traffic")
     table(
         [
@@ -77,12 +78,15 @@ if actuals:
                 "users active": a.users,
                 consented.column: consented.percent(a.consented_user_rate),
                 "interactions": a.interactions,
-                eligible.column: eligible.percent(a.consent_rate),
+                eligible_share.column: eligible_share.percent(a.consent_rate),
             }
             for a in actuals
         ]
     )
-    st.caption(f"{consented.label}: {consented.definition} {eligible.label}: {eligible.definition}")
+    st.caption(
+        f"{consented.label}: {consented.definition} "
+        f"{eligible_share.label}: {eligible_share.definition}"
+    )
 
 st.markdown("#### Look up a user")
 user_id = st.text_input("User id", key="consent_user").strip()

@@ -34,13 +34,13 @@ with st.expander("Which columns a file needs", icon=":material/table_chart:"):
         key="contract_kind",
     )
     st.markdown(contract_markdown(contract_kind))
-    sample = SAMPLE_FILES.get(contract_kind)
-    if sample is not None:
+    sample_file = SAMPLE_FILES.get(contract_kind)
+    if sample_file is not None:
         st.markdown("An example line (JSONL; CSV and Parquet take the same columns):")
         st.code(example_line(contract_kind), language="json", wrap_lines=True)
         st.caption(
-            f"A sample file to try: `data/{sample.name}` "
-            f"(`python -m core ingest data/{sample.name}"
+            f"A sample file to try: `data/{sample_file.name}` "
+            f"(`python -m core ingest data/{sample_file.name}"
             + (" --kind consent" if contract_kind == "consent" else "")
             + "`)."
         )
@@ -60,14 +60,15 @@ with st.form("upload", clear_on_submit=True):
         "Load", icon=":material/upload:", disabled=ingest_refused is not None
     )
 if submitted and upload is not None:
-    progress = st.progress(0.1, text=f"Reading {upload.name}…")
+    file_name = upload.name
+    progress = st.progress(0.1, text=f"Reading {file_name}…")
     data = upload.getvalue()
     progress.progress(0.3, text="Validating, redacting PII and storing…")
     result = guarded(
         lambda: ingest_bytes(
             store,
             data,
-            upload.name,
+            file_name,
             kind=kind,
             cycle=int(cycle) or None,
             user=user,

@@ -3,10 +3,12 @@ JSON/YAML download and upload, and its documents (plan, privacy packet) as MD, H
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from core.access import refusal
 from core.charts import timeline_figure
@@ -26,9 +28,9 @@ from core.plan import (
     Training,
     plan_timeline,
 )
-from core.plan_files import dump_plan, parse_plan, plan_format_for
+from core.plan_files import PlanFormat, dump_plan, parse_plan, plan_format_for
 from core.plan_versions import diff_plans, list_versions, load_plan, save_plan_version
-from core.signoffs import approval_status, record_decision
+from core.signoffs import Decision, approval_status, record_decision
 from core.starters import STARTERS, starter_plan
 from pages._common import (
     current_plan_id,
@@ -89,14 +91,15 @@ with st.popover("New plan from a starter", icon=":material/add:"):
         guarded(lambda: _create_from_starter(starter))
         st.rerun()
 
-plan_id = current_plan_id()
-if plan_id is None:
+chosen = current_plan_id()
+if chosen is None:
     st.info(
         "No plan yet. Create one from a starter above, or import a JSON/YAML plan file with "
         "`python -m core plan import FILE`.",
         icon=":material/info:",
     )
     st.stop()
+plan_id: str = chosen
 
 versions = guarded(lambda: list_versions(store, plan_id)) or []
 if not versions:
@@ -186,12 +189,12 @@ with editor:
     with tabs["economics"]:
         if plan is not None:
             econ = plan.economics
-            cols = st.columns(4)
-            cols[0].metric("Teacher / month", f"${econ.teacher_monthly_cost:,.0f}")
-            cols[1].metric("Student / month", f"${econ.student_monthly_cost:,.0f}")
-            cols[2].metric("Savings / month", f"${econ.monthly_savings:,.0f}")
+            econ_cols = st.columns(4)
+            econ_cols[0].metric("Teacher / month", f"${econ.teacher_monthly_cost:,.0f}")
+            econ_cols[1].metric("Student / month", f"${econ.student_monthly_cost:,.0f}")
+            econ_cols[2].metric("Savings / month", f"${econ.monthly_savings:,.0f}")
             factor = econ.cost_reduction
-            cols[3].metric("Cost reduction", f"{factor:.1f}x" if factor else "—")
+            econ_cols[3].metric("Cost reduction", f"{factor:.1f}x" if factor else "—")
     with tabs["timeline"]:
         if plan is None:
             st.info("Fix the fields flagged on the right to see the timeline.")
@@ -240,7 +243,7 @@ with side:
             st.error("Write a change note: reviewers read it in the history.")
         else:
             try:
-                _, new_version = save_plan_version(
+                _saved_id, new_version = save_plan_version(
                     store, plan, note=note.strip(), plan_id=plan_id, user=user
                 )
             except FlywheelError as exc:
@@ -312,7 +315,11 @@ with files:
     down, up = st.columns(2)
     with down:
         st.markdown(f"**Download v{version}**")
-        for fmt, mime in (("json", "application/json"), ("yaml", "application/yaml")):
+        downloads: tuple[tuple[PlanFormat, str], ...] = (
+            ("json", "application/json"),
+            ("yaml", "application/yaml"),
+        )
+        for fmt, mime in downloads:
             st.download_button(
                 f"{fmt.upper()}",
                 dump_plan(base_plan, fmt),
@@ -393,13 +400,15 @@ with signoff:
             decide_as = st.selectbox("Decide as", mine, format_func=label, key=f"{token}.decide_as")
             reason = st.text_area("Note (required to reject)", key=f"{token}.decision_note")
             approve_col, reject_col = st.columns(2)
-            for column, decision, caption in (
+            choices: tuple[tuple[DeltaGenerator, Decision, str], ...] = (
                 (approve_col, "approve", "Approve this version"),
                 (reject_col, "reject", "Reject this version"),
-            ):
+            )
+            for column, decision, caption in choices:
                 if column.button(caption, key=f"{token}.{decision}"):
                     done = guarded(
-                        lambda decision=decision: record_decision(
+                        partial(
+                            record_decision,
                             store,
                             plan_id,
                             version,

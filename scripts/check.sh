@@ -8,5 +8,5 @@ python -m pip install --quiet --disable-pip-version-check -r requirements-dev.tx
   -r requirements-train.txt
 python -m ruff format --check .
 python -m ruff check .
-python -m mypy core
+python -m mypy  # strict, on core/, pages/, tests/ and app.py (pyproject.toml [tool.mypy])
 python -m pytest "$@"

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 import streamlit as st
 
@@ -13,6 +14,13 @@ from core.demo import load_demo
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def parquet_from_sql(query: str, path: Path) -> Path:
+    """Write the rows of ``query``, run on a throwaway in-memory DuckDB, to a Parquet file."""
+    with duckdb.connect() as con:
+        con.sql(query).write_parquet(str(path))
+    return path
 
 
 @pytest.fixture
@@ -45,7 +53,7 @@ def demo_store(store: Store, _demo_template: Path) -> Store:
 
 class _PathWithoutPagesFolder(type(Path())):  # type: ignore[misc]
     def exists(self, *args: object, **kwargs: object) -> bool:
-        return self.name != "pages" and super().exists(*args, **kwargs)
+        return self.name != "pages" and bool(super().exists(*args, **kwargs))
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
+HOST = "127.0.0.1"
+
 FAULTS = (
     "400",
     "401",
@@ -203,8 +205,8 @@ class FakeOpenAI:
                     if events is None:
                         self._error(404, "no such job")
                     else:
-                        data = list(reversed(events))
-                        self._send(200, {"object": "list", "data": data, "has_more": False})
+                        newest_first = list(reversed(events))
+                        self._send(200, {"object": "list", "data": newest_first, "has_more": False})
                 elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
                     data = state.files.get(parts[2])
                     if data is None:
@@ -254,7 +256,8 @@ class FakeOpenAI:
                 content = b""
                 for part in message.iter_parts():
                     if part.get_param("name", header="content-disposition") == "file":
-                        content = part.get_payload(decode=True) or b""
+                        payload = part.get_payload(decode=True)
+                        content = payload if isinstance(payload, bytes) else b""
                 with state.lock:
                     file_id = f"file-{len(state.files) + 1}"
                     state.files[file_id] = content
@@ -471,14 +474,13 @@ class FakeOpenAI:
             request_queue_size = 256
             daemon_threads = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((HOST, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         """Base URL of the API, e.g. http://127.0.0.1:PORT/v1."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{HOST}:{self._server.server_port}/v1"
 
     @property
     def chat_calls(self) -> int:

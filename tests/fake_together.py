@@ -31,6 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+HOST = "127.0.0.1"
+
 STEPS = 10
 """Optimizer steps of every fake job; half are logged when it starts running."""
 
@@ -77,6 +79,7 @@ class FakeTogether:
     ):
         self.state = _State(quota=quota, quota_on=quota_on, affordable=affordable)
         state = self.state
+        fake = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -237,12 +240,11 @@ class FakeTogether:
                 with state.lock:
                     file_id = f"file-{len(state.uploads) + 1}"
                     state.uploads[file_id] = form
-                host, port = self.server.server_address[:2]
                 self._send(
                     302,
                     None,
                     {
-                        "Location": f"http://{host}:{port}/upload/{file_id}",
+                        "Location": f"{fake.url}/upload/{file_id}",
                         "X-Together-File-Id": file_id,
                     },
                 )
@@ -415,14 +417,13 @@ class FakeTogether:
         class Server(ThreadingHTTPServer):
             daemon_threads = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((HOST, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         """Base URL of the API as the package wants it (it adds /v1 itself)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{HOST}:{self._server.server_port}"
 
     def start(self) -> FakeTogether:
         """Serve in a background thread."""

@@ -478,22 +478,28 @@ def test_lift_chart_fits_the_estimate_and_the_latest_interval(store: Store, tmp_
     plan_id = write_test(store, plan, tmp_path, users=800)
     result = analyse_cycle(store, plan, 1, plan_id=plan_id)
     assert result is not None
-    points = [p for p in result.lift_over_time if p.lift is not None and p.cs and p.ci]
+    # The days that have an estimate, a confidence sequence and an interval.
+    points = [
+        (p.day, p.lift, p.cs, p.ci)
+        for p in result.lift_over_time
+        if p.lift is not None and p.cs and p.ci
+    ]
     fig = ab_lift_figure(result.lift_over_time, metric="acceptance_rate", planned_total=29706)
     band, low, _high, lift, cut = fig.data
     y_low, y_high = fig.layout.yaxis.range
-    latest = points[-1]
+    _, _, latest_cs, latest_ci = points[-1]
     # The axis holds every estimate and the latest day's intervals ...
-    assert y_low <= min(p.lift for p in points) and y_high >= max(p.lift for p in points)
-    assert y_low <= min(*latest.cs, *latest.ci) and y_high >= max(*latest.cs, *latest.ci)
+    lifts = [estimate for _, estimate, _, _ in points]
+    assert y_low <= min(lifts) and y_high >= max(lifts)
+    assert y_low <= min(*latest_cs, *latest_ci) and y_high >= max(*latest_cs, *latest_ci)
     # ... and the first day's wider sequence is cut at its edge, with a marker there.
-    first = points[0]
-    assert first.cs is not None and (first.cs[1] > y_high or first.cs[0] < y_low)
+    first_day, _, first_cs, _ = points[0]
+    assert first_cs[1] > y_high or first_cs[0] < y_low
     assert band.fill == "toself" and len(band.x) == 2 * len(points)
-    assert list(band.y[: len(points)]) == [min(y_high, max(y_low, p.cs[1])) for p in points]
-    assert list(lift.y) == [p.lift for p in points]
-    assert list(low.y) == [min(y_high, max(y_low, p.ci[0])) for p in points]
-    assert first.day.isoformat() in list(cut.x) and cut.name == "interval runs off the chart"
+    assert list(band.y[: len(points)]) == [min(y_high, max(y_low, cs[1])) for _, _, cs, _ in points]
+    assert list(lift.y) == lifts
+    assert list(low.y) == [min(y_high, max(y_low, ci[0])) for _, _, _, ci in points]
+    assert first_day.isoformat() in list(cut.x) and cut.name == "interval runs off the chart"
     assert set(cut.y) <= {y_low, y_high}
     assert "29,706" in fig.layout.title.text
 

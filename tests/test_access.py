@@ -725,7 +725,8 @@ def test_a_viewer_sees_every_write_action_disabled_with_the_role_needed(
         disabled, captions = _disabled(at), _captions(at)
         for _, action, permission in (a for a in PAGE_ACTIONS if a[0] == page):
             assert disabled[action], (page, action)
-            assert refusal(val, permission) in captions, (page, permission)
+            message = refusal(val, permission)
+            assert message is not None and message in captions, (page, permission)
         if page == "pages/evals.py":
             # Approving, rejecting and overriding a candidate each say which role they need.
             assert "val@example.com (viewer) may not approve plans" in captions
@@ -828,7 +829,7 @@ def test_providers_and_the_local_operator() -> None:
 def test_an_unverified_email_is_refused(verified: object) -> None:
     claims = {"is_logged_in": True, "email": "omar@example.com", "name": "Omar"}
     if verified is not None:
-        claims["email_verified"] = verified  # type: ignore[assignment]
+        claims["email_verified"] = verified
     with pytest.raises(SignInError, match=re.escape("has not verified omar@example.com")):
         dashboard_user({"auth": AUTH}, claims)
     with pytest.raises(SignInError, match="no email"):

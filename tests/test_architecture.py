@@ -56,11 +56,12 @@ def test_core_never_imports_streamlit() -> None:
     offenders = []
     for path in sorted(CORE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
+            else:
+                continue
             if any(n == "streamlit" or n.startswith("streamlit.") for n in names):
                 offenders.append(f"{path.relative_to(CORE.parent)}:{node.lineno}")
     assert offenders == []

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 from cli_helpers import run_cli
-from conftest import ROOT
+from conftest import ROOT, parquet_from_sql
 
 import core.store
 from core.access import AccessError, User, local_operator
@@ -22,13 +21,14 @@ from core.audit import record_audit
 from core.backup import backup_store, restore_store
 from core.cycles import run_cycle
 from core.errors import StoreError
+from core.escaping import sql_identifier
 from core.plan_versions import list_plans, list_versions
 from core.store import Store, forget_migrated, migrations
 
 OPERATOR = local_operator()
 
 
-def _dump(store: Store) -> dict[str, list[tuple[object, ...]]]:
+def _dump(store: Store) -> dict[str, list[str]]:
     """Every row of every table, but the audit entries of the backup and restore themselves."""
     tables = [
         r[0]
@@ -36,7 +36,9 @@ def _dump(store: Store) -> dict[str, list[tuple[object, ...]]]:
             "SELECT table_name FROM duckdb_tables() WHERE NOT internal ORDER BY 1"
         )
     ]
-    dump = {t: sorted(map(repr, store.fetch_all(f'SELECT * FROM "{t}"'))) for t in tables}  # type: ignore[misc]
+    dump = {
+        t: sorted(map(repr, store.fetch_all(f"SELECT * FROM {sql_identifier(t)}"))) for t in tables
+    }
     dump["audit_log"] = sorted(
         map(repr, store.fetch_all("SELECT * FROM audit_log WHERE action NOT LIKE 'store.%'"))
     )
@@ -268,9 +270,7 @@ def test_a_table_the_migrations_do_not_create_is_refused(store: Store, backup: P
 
 
 def test_a_table_of_other_columns_is_refused(store: Store, backup: Path) -> None:
-    duckdb.sql("SELECT 'owner' AS key, 42 AS value").write_parquet(
-        str(backup / "workspace.parquet")
-    )
+    parquet_from_sql("SELECT 'owner' AS key, 42 AS value", backup / "workspace.parquet")
     _reseal(backup, "workspace.parquet")
     _refused(
         store, backup, r"columns of workspace.parquet differ: value INTEGER \(expected VARCHAR"
@@ -310,8 +310,8 @@ def test_with_a_backup_key_an_altered_or_unsigned_backup_is_refused(
 
     # Whoever can write the folder changes a row and recomputes the checksum: the signature
     # no longer matches.
-    duckdb.sql("SELECT 'owner' AS key, 'mallory' AS value").write_parquet(
-        str(tmp_path / "signed" / "workspace.parquet")
+    parquet_from_sql(
+        "SELECT 'owner' AS key, 'mallory' AS value", tmp_path / "signed" / "workspace.parquet"
     )
     _reseal(tmp_path / "signed", "workspace.parquet")
     _refused(store, tmp_path / "signed", "signature does not match")

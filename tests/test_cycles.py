@@ -75,7 +75,7 @@ def _table() -> ibis.Table:
     return ibis.table(quality.CYCLE_ROW_SCHEMA, name="t")
 
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {
         "interaction_id": "up",
         "feedback": "up",
@@ -264,12 +264,12 @@ def test_shared_word_3grams_give_the_verdicts_of_cutting_each_stage_alone() -> N
 def test_words_split_at_punctuation_and_whitespace_in_any_case() -> None:
     con = duckdb.connect()
     text = "Sort(a, key=len)\tthen\nPRINT it;  done."
-    (words,) = con.execute(f"SELECT {quality.words_sql('$t')}", {"t": text}).fetchone()
+    [(words,)] = con.execute(f"SELECT {quality.words_sql('$t')}", {"t": text}).fetchall()
     assert words == ["sort", "a", "key", "len", "then", "print", "it", "done"]
-    (grams,) = con.execute(
+    [(grams,)] = con.execute(
         f"SELECT {quality.word_trigrams_sql('$t')} = {quality.word_trigrams_sql('$u')}",
         {"t": text, "u": "sort a key len then print it done"},
-    ).fetchone()
+    ).fetchall()
     assert grams
 
 
@@ -416,7 +416,7 @@ def test_pii_is_checked_again_only_for_batches_redacted_by_other_detectors(
     def pii_stage() -> tuple[dict[str, Any], str]:
         result = run_cycle(store, plan_id, 2, user=local_operator())
         stage = next(s for s in result.stages if s.name == "pii_redacted")
-        (prompt,) = store.fetch_one(
+        [(prompt,)] = store.fetch_all(
             "SELECT prompt FROM dataset_rows WHERE version_id = ? AND interaction_id = 'i-001'",
             [result.dataset_version],
         )

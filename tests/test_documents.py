@@ -510,10 +510,10 @@ def test_model_card_slice_table_holds_the_stored_scores_and_thresholds(demo_stor
     gate = next(g for g in plan.gates if g.slices)  # "No regression vs production"
     assert gate.comparator == "no_regression" and gate.margin is not None
     run_of = {
-        role: demo_store.fetch_one(
+        role: demo_store.fetch_all(
             "SELECT run_id FROM eval_runs WHERE role = ? AND cycle = 1 AND eval_set = ?",
             [role, gate.eval_set],
-        )[0]
+        )[0][0]
         for role in ("candidate", "production")
     }
     # Each item's score is the mean of its samples; a slice's score the mean over its items.

@@ -32,9 +32,9 @@ AXIS = f'say "hi" {LINK} | *'
 def test_json_path_names_exactly_one_member(name: str) -> None:
     con = duckdb.connect()
     doc = json.dumps({name: "hit", "a": {"b": "nested"}, "other": "miss"})
-    (found,) = con.execute(
+    [(found,)] = con.execute(
         "SELECT json_extract_string(?::JSON, ?)", [doc, json_path(name)]
-    ).fetchone()
+    ).fetchall()
     assert found == "hit"
 
 

@@ -16,6 +16,7 @@ from core.access import User, local_operator
 from core.errors import EvalError, GateError
 from core.evals import (
     JudgeConfig,
+    Role,
     eval_endpoint,
     eval_sets,
     freeze_set_version,
@@ -359,11 +360,12 @@ def _gate_workspace(
         cand = {i: [0.0 if t == "async" and n % 2 else 1.0] for n, (i, t) in enumerate(ids.items())}
     teacher_j = {i: [0.9] if n % 2 else [0.8] for n, i in enumerate(ids)}
     cand_j = {i: [0.88] if n % 2 else [0.8] for n, i in enumerate(ids)}
-    for run, role, model, scores, grader in [
+    runs: list[tuple[str, Role, str, dict[str, list[float]], str]] = [
         ("c-tests", "candidate", "ft:student", cand, "python_tests"),
         ("p-tests", "production", "prod", prod, "python_tests"),
         ("t-judge", "teacher", "gpt-4o", teacher_j, "llm_judge"),
-    ]:
+    ]
+    for run, role, model, scores, grader in runs:
         record_results(
             store,
             _results(run, model, scores, grader),
@@ -373,7 +375,7 @@ def _gate_workspace(
             plan_id=plan_id,
             user=ML,
             system_message=candidate_system if role == "candidate" else None,
-        )  # type: ignore[arg-type]
+        )
     extra = _results("c-tests", "ft:student", cand_j, "llm_judge")
     extra += _results("c-tests", "ft:student", {i: [1.0] for i in ids}, "python_parses")
     record_results(
@@ -428,7 +430,8 @@ def test_a_decision_rests_on_the_report_core_computes(store: Store, tmp_path: Pa
     assert computed.verdict == "fail"
     forged = dataclasses.replace(computed, verdict="pass")
     with pytest.raises(TypeError):
-        record_decision(store, forged, decision="approved", user=ML)  # type: ignore[call-arg]
+        # The old call shape, a report in place of the plan id, is refused.
+        record_decision(store, forged, decision="approved", user=ML)  # type: ignore[call-arg, arg-type]
     with pytest.raises(GateError, match="cannot be approved"):
         record_decision(store, plan_id, 1, decision="approved", user=ML)
     assert store.fetch_one("SELECT count(*) FROM gate_decisions") == (0,)

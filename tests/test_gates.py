@@ -352,10 +352,8 @@ def test_non_inferiority_cost_and_latency_explanations(plan: Plan) -> None:
         assert "of the teacher's quality" in result.explanation
         assert "95% required" in result.explanation
 
-    student = Usage(100, 800.0, 350.0, None, 0)
-    cheap = evaluate_gate(
-        COST, plan, GateInputs({}, candidate_usage=student, teacher_usage=student)
-    )
+    usage = Usage(100, 800.0, 350.0, None, 0)
+    cheap = evaluate_gate(COST, plan, GateInputs({}, candidate_usage=usage, teacher_usage=usage))
     assert cheap.value is not None
     assert cheap.explanation == (
         f"passes: the candidate costs {cheap.value:.0%} of the teacher per request, within the "

@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 from pathlib import Path
+from typing import TypedDict
 
 import httpx2
 import pytest
@@ -38,7 +39,15 @@ from core.store import Store
 
 PM = User("Maya", frozenset({"pm"}))
 
-FAST = {"backoff_s": 0.001, "timeout_s": 5.0}
+
+class Timing(TypedDict):
+    """Retry timing for tests: no real waits between retries."""
+
+    backoff_s: float
+    timeout_s: float
+
+
+FAST: Timing = {"backoff_s": 0.001, "timeout_s": 5.0}
 
 GOOD_CODE = (
     "```python\ndef add(a, b):\n    return a + b\n```\n\nAdds two numbers and returns the sum."

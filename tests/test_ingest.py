@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
+from conftest import parquet_from_sql
 
 import core.ingest
 from core.access import User, local_operator
@@ -31,7 +32,7 @@ def record(n: int, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in row.items() if v is not ...}
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any] | bytes | str]) -> Path:
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | bytes | str]) -> Path:
     parts = []
     for row in rows:
         if isinstance(row, bytes):
@@ -189,11 +190,12 @@ def test_csv_with_quoted_newlines_and_parquet(store: Store, tmp_path: Path) -> N
         "two\nlines, with a comma",
     )
     parquet = tmp_path / "log.parquet"
-    duckdb.sql(
+    parquet_from_sql(
         "SELECT 'p-' || i AS interaction_id, TIMESTAMPTZ '2027-01-03 00:00:00+00' AS ts, "
         "'u' || i AS user_id, 'control' AS variant, 'm' AS model, 'mail x@y.com' AS prompt, "
-        "'r' AS response, i % 2 = 0 AS accepted, i * 10 AS latency_ms FROM range(4) t(i)"
-    ).write_parquet(str(parquet))
+        "'r' AS response, i % 2 = 0 AS accepted, i * 10 AS latency_ms FROM range(4) t(i)",
+        parquet,
+    )
     loaded = ingest_file(store, parquet, user=local_operator())
     assert (loaded.accepted, loaded.rejected) == (4, 0)
     assert loaded.pii_found == {"EMAIL": 4}

@@ -366,6 +366,7 @@ def test_coverage_gaps_name_the_empty_the_thin_and_what_traffic_asks_more_of(
     ) or (0, 0)
     assert surge.traffic_share == pytest.approx(on_cell / labelled)
     rows = sum(int(c["production"]) + int(c["synthetic"]) for c in cells)
+    assert surge.traffic_share is not None and surge.dataset_share is not None
     assert surge.dataset_share == pytest.approx(surge.dataset_rows / rows)
     assert surge.traffic_share >= 1.5 * surge.dataset_share
 

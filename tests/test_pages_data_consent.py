@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.store import Store
-from tests.conftest import ROOT
+from conftest import ROOT
 
 PAGES = ["pages/data.py", "pages/consent.py"]
 

@@ -28,8 +28,9 @@ TRACES = (KEY, "7Qx2Lm9Vd4Rk8Tz3", quote(KEY, safe=""))
 ONLINE = ["400", "429", "500", "bad_body", "echo", "400", "500", "bad_body"]
 
 
-def _echoing(script: list[str], **faults: bool) -> FakeOpenAI:
-    return FakeOpenAI(Faults(echo_credentials=True, **faults), script=script)
+def _echoing(script: list[str], *, batches_supported: bool = True) -> FakeOpenAI:
+    faults = Faults(echo_credentials=True, batches_supported=batches_supported)
+    return FakeOpenAI(faults, script=script)
 
 
 def _cli(server: FakeOpenAI, *args: str) -> subprocess.CompletedProcess[str]:

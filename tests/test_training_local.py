@@ -138,6 +138,7 @@ def test_the_adapter_and_its_sha256_become_the_cycles_candidate(
 ) -> None:
     store, plan_id, _, model = workspace
     job = trained
+    assert job.weights_path is not None
     adapter = Path(job.weights_path)
     assert (adapter / "adapter_model.safetensors").exists()
     assert job.weights_sha256 == weights_sha256(adapter)
@@ -191,6 +192,7 @@ def test_an_in_process_eval_grades_the_candidate_and_a_changed_adapter_is_refuse
     check_gates(store, plan_id, 1)  # the candidate is what was judged: no refusal
 
     decided = cycle_decisions(store, plan_id, 1)
+    assert job.weights_path is not None
     adapter_file = Path(job.weights_path) / "adapter_model.safetensors"
     original = adapter_file.read_bytes()
     try:

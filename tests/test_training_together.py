@@ -101,8 +101,8 @@ def test_a_lora_job_runs_from_upload_to_the_output_model(tmp_path: Path) -> None
     assert (done.step, done.total_steps) == (STEPS, STEPS)
 
     assert [m.step for m in done.metrics] == list(range(1, STEPS + 1))
-    losses = [m.loss for m in done.metrics]
-    assert all(loss is not None for loss in losses)
+    losses = [m.loss for m in done.metrics if m.loss is not None]
+    assert len(losses) == len(done.metrics)
     assert losses == sorted(losses, reverse=True)
     assert all(m.learning_rate is not None and m.epoch is not None for m in done.metrics)
     assert [m.step for m in done.metrics if m.tokens] == [STEPS // 2, STEPS]
