@@ -28,6 +28,7 @@ from markupsafe import Markup
 from core.charts import timeline_figure
 from core.errors import DocumentError
 from core.escaping import markdown_code, markdown_fenced, markdown_text
+from core.formatting import money, number, percent
 from core.labels import label
 from core.lint import Finding, ab_requirement, generation_estimate_usd, lint_plan
 from core.paths import check_output_path
@@ -148,18 +149,6 @@ def document(
 # -- the Jinja environment ---------------------------------------------------------------------
 
 
-def _money(value: float) -> str:
-    return f"${value:,.2f}"
-
-
-def _percent(value: float, digits: int = 0) -> str:
-    return f"{value * 100:.{digits}f}%"
-
-
-def _number(value: float) -> str:
-    return f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"
-
-
 def _p_value(value: float | None, name: str = "") -> str:
     """A p-value through the one formatter the pages and the CLI use ("0.021", "< 0.0001",
     never "0" or "8.13e-310"); with a ``name``, as a phrase: "p = 0.021", "Holm p < 0.0001"."""
@@ -212,9 +201,9 @@ def environment() -> Environment:
             md=markdown_text,
             code=markdown_code,
             fenced=markdown_fenced,
-            money=_money,
-            percent=_percent,
-            number=_number,
+            money=money,
+            percent=percent,
+            number=number,
             p_value=_p_value,
             label=_label,
             when=_when,
@@ -832,9 +821,9 @@ def _cycle_training(store: Any, plan_id: str, cycle: int) -> list[dict[str, Any]
             "status": job["status"],
             "cost_usd": job["cost_usd"],
             "basis": (
-                f"{_number(job['gpu_hours'])} GPU-hours"
+                f"{number(job['gpu_hours'])} GPU-hours"
                 if job["backend"] == "local" and job["gpu_hours"] is not None
-                else f"{_number(job['trained_tokens'])} trained tokens"
+                else f"{number(job['trained_tokens'])} trained tokens"
                 if job["trained_tokens"] is not None
                 else None
             ),
@@ -1115,7 +1104,7 @@ def _setting_text(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):
-        return _number(value)
+        return number(value)
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)
@@ -1201,7 +1190,7 @@ def _card_limitations(
 ) -> list[str]:
     """What a reviewer should know before relying on the student, in the order of the card."""
     from core.promotion import ab_verdict_words
-    from core.settings import get_setting
+    from core.settings import settings
 
     limits: list[str] = []
     if dataset is None:
@@ -1228,7 +1217,7 @@ def _card_limitations(
                 f"{dataset.rows - dataset.rows_now} training row(s) were erased since the "
                 "build; the model was trained before the erasure."
             )
-    minimum = int(get_setting("gate_min_items"))
+    minimum = settings.gate_min_items
     for row in slices:
         if row["dimension"] is not None and int(row["n"]) < minimum:
             limits.append(

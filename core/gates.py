@@ -38,10 +38,11 @@ from core.access import Permission, User, require
 from core.audit import record_audit
 from core.errors import GateError
 from core.evals import candidate_system_message, freeze_used_version, load_items, run_usage
+from core.formatting import significant
 from core.graders import GRADERS, grader_for_metric
 from core.plan import Economics, Gate, Plan, system_message_hash
 from core.plan_versions import load_plan
-from core.settings import get_setting
+from core.settings import settings
 from core.stats import (
     format_p_value,
     holm_adjusted,
@@ -170,10 +171,6 @@ def _is_binary(values: Sequence[float], declared: bool | None) -> bool:
 def _paired(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[list[str], Any, Any]:
     ids = sorted(a.keys() & b.keys())
     return ids, np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
 
 
 def _one_sided_t_less(diff: Any) -> float:
@@ -381,8 +378,8 @@ def evaluate_gate(
     seed: int = 0,
 ) -> GateResult:
     """One gate's verdict on the given scores (pure: no store)."""
-    alpha = float(get_setting("gate_alpha")) if alpha is None else alpha
-    minimum = int(get_setting("gate_min_items")) if min_items is None else min_items
+    alpha = settings.gate_alpha if alpha is None else alpha
+    minimum = settings.gate_min_items if min_items is None else min_items
     if gate.comparator == "cost":
         return _cost_gate(gate, plan, inputs)
     if gate.comparator == "latency":
@@ -448,9 +445,11 @@ def evaluate_gate(
     if gate.comparator == "no_regression":
         margin = float(gate.margin or 0.0)
         diff = float((c - r).mean()) if ids else None
+        candidate_mean = float(c.mean()) if ids else None
+        reference_mean = float(r.mean()) if ids else None
         evidence.append(
-            f"{len(ids)} paired items: candidate {_fmt(float(c.mean()) if ids else None)} vs "
-            f"production {_fmt(float(r.mean()) if ids else None)}, difference {_fmt(diff)}"
+            f"{len(ids)} paired items: candidate {significant(candidate_mean)} vs "
+            f"production {significant(reference_mean)}, difference {significant(diff)}"
         )
         interval = None
         mcnemar_fail = False
@@ -547,7 +546,7 @@ def _with_slices(
     for s in short:
         evidence.append(
             f"slice {s.dimension}={s.value}: candidate {s.candidate:.3f} vs "
-            f"{_fmt(s.reference, 3)} on {s.items} items, Holm p = {format_p_value(s.p_holm)}"
+            f"{significant(s.reference, 3)} on {s.items} items, Holm p = {format_p_value(s.p_holm)}"
         )
     if short:
         verdict = "fail"

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
+from core.formatting import MISSING, number
+
 __all__ = [
     "LABELS",
     "MISSING",
@@ -28,8 +30,6 @@ __all__ = [
     "show",
 ]
 
-MISSING = "—"
-"""How a missing value reads: never "None", "nan" or an empty cell a reviewer must guess at."""
 
 # -- the plan's fields ---------------------------------------------------------------------------
 
@@ -560,14 +560,6 @@ def missing_labels(keys: Iterable[object]) -> list[str]:
     return sorted({str(k) for k in keys if str(k) not in LABELS})
 
 
-def _number(value: float) -> str:
-    if value.is_integer() and abs(value) < 1e15:
-        return f"{int(value):,}"
-    if abs(value) >= 1e4:
-        return f"{value:,.0f}"
-    return f"{value:.4g}"
-
-
 def _parsed_json(text: str) -> Any:
     stripped = text.strip()
     if len(stripped) < 2 or (stripped[0], stripped[-1]) not in {("{", "}"), ("[", "]")}:
@@ -586,9 +578,9 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, numbers.Integral):
-        return f"{int(value):,}"
+        return number(int(value))
     if isinstance(value, numbers.Real):
-        return _number(float(value))
+        return number(float(value))
     if isinstance(value, datetime):
         moment = value.astimezone(UTC) if value.tzinfo else value
         return moment.strftime("%Y-%m-%d %H:%M") + (" UTC" if value.tzinfo else "")

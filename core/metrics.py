@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.formatting import MISSING, percent
+
 __all__ = ["METRICS", "Metric", "metric"]
 
 
@@ -33,11 +35,11 @@ class Metric:
 
     def percent(self, value: float | None, digits: int = 1) -> str:
         """The value as a percentage ("5.3%"), "—" when there is none (an empty base)."""
-        return "—" if value is None else f"{value:.{digits}%}"
+        return percent(value, digits)
 
     def of(self, value: float | None, digits: int = 1) -> str:
         """The value with its base: "5.3% of users active this cycle"; "—" when there is none."""
-        return "—" if value is None else f"{self.percent(value, digits)} of {self.base}"
+        return MISSING if value is None else f"{self.percent(value, digits)} of {self.base}"
 
     def sentence(self, value: float | None, digits: int = 1) -> str:
         """The label, the value and its base: "Consented for training: 5.3% of users active

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from core.formatting import NOT_AVAILABLE, significant
+
 # numpy and scipy load inside the functions that use them: together they take over a second
 # to import, and the command line's sample size and the plan lint need neither.
 if TYPE_CHECKING:
@@ -1438,7 +1440,7 @@ def non_inferiority_gate(
 ) -> GateVerdict:
     """Gate "student keeps ≥ ratio of teacher quality" on paired scores, via Fieller's bounds."""
     result = non_inferiority_paired(student, teacher, ratio=ratio, alpha=alpha)
-    evidence = [f"student/teacher ratio {_fmt(result.ratio_estimate)} (margin {ratio:g})"]
+    evidence = [f"student/teacher ratio {significant(result.ratio_estimate)} (margin {ratio:g})"]
     if result.p_value is not None:
         evidence.append(f"one-sided paired t p = {format_p_value(result.p_value)}")
     if result.reason is not None:
@@ -1463,15 +1465,7 @@ def regressed_slices(
 
 
 def _fmt_interval(ci: tuple[float, float] | None) -> str:
-    return "n/a" if ci is None else f"({_fmt(ci[0])}, {_fmt(ci[1])})"
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    return f"{value:.4g}"
+    return NOT_AVAILABLE if ci is None else f"({significant(ci[0])}, {significant(ci[1])})"
 
 
 # ---------------------------------------------------------------------------------------------

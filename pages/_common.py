@@ -16,8 +16,9 @@ from core.access import User, dashboard_user, login_providers
 from core.demo import is_demo_workspace, load_demo
 from core.errors import FlywheelError
 from core.labels import MISSING, label, show
-from core.plan_versions import PlanSummary, default_plan, list_plans
-from core.settings import get_setting
+from core.plan import Plan
+from core.plan_versions import PlanSummary, default_plan, list_plans, load_plan
+from core.settings import settings
 from core.store import Store
 
 T = TypeVar("T")
@@ -78,7 +79,7 @@ def cached_read(read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _bootstrap(db_path: str) -> bool:
     """Load the demo workspace into an empty store once per process; True if it did."""
     store = Store(db_path)
-    if get_setting("auto_demo") and not list_plans(store):
+    if settings.auto_demo and not list_plans(store):
         load_demo(store)
         return True
     return False
@@ -160,17 +161,35 @@ def current_plan_id() -> str | None:
     return str(value) if value else None
 
 
-def plan_id_or_stop() -> str:
-    """The current plan's id; without any plan, say how to make one and stop the page."""
+NO_PLAN = (
+    "No plan yet. Open **Plan** to start from a starter plan, or run "
+    "`python -m core demo` to load the demo workspace."
+)
+
+
+def plan_id_or_stop(no_plan: str = NO_PLAN) -> str:
+    """The current plan's id; without any plan, say how to make one (``no_plan``) and stop
+    the page."""
     plan_id = current_plan_id()
     if plan_id is None:
-        st.info(
-            "No plan yet. Open **Plan** to start from a starter plan, or run "
-            "`python -m core demo` to load the demo workspace.",
-            icon=":material/info:",
-        )
+        st.info(no_plan, icon=":material/info:")
         st.stop()
     return plan_id
+
+
+def or_stop(result: T | None) -> T:
+    """The result of a ``guarded`` call; when it failed (its error is shown), stop the page."""
+    if result is None:
+        st.stop()
+    return result
+
+
+def plan_or_stop(no_plan: str = NO_PLAN) -> tuple[str, Plan, int]:
+    """The page's plan as last saved: its id, the plan and its version. Without a plan, say how
+    to make one and stop the page; when it cannot be read, show why and stop."""
+    plan_id = plan_id_or_stop(no_plan)
+    plan, version = or_stop(guarded(lambda: cached_read(load_plan, plan_id)))
+    return plan_id, plan, version
 
 
 def demo_badge() -> None:

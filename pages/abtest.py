@@ -9,10 +9,10 @@ import streamlit as st
 from core.abtest import ABAnalysis, ab_window, analyse_cycle, design_ab_test, plan_design
 from core.charts import ab_lift_figure
 from core.errors import FlywheelError
+from core.formatting import MISSING, lift, money, percent, rounded, significant
 from core.plan import Plan, plan_timeline
-from core.plan_versions import load_plan
 from core.stats import format_p_value
-from pages._common import cached_read, current_plan_id, guarded, page_header, table
+from pages._common import cached_read, guarded, page_header, plan_or_stop, table
 
 page_header("A/B test")
 
@@ -25,18 +25,8 @@ VERDICTS = {
 }
 
 
-def _pct(value: float | None, signed: bool = True) -> str:
-    if value is None or not math.isfinite(value):
-        return "—"
-    return f"{value:+.1%}" if signed else f"{value:.1%}"
-
-
-def _num(value: float | None, spec: str = ".4g") -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def _interval(ci: tuple[float, float] | None) -> str:
-    return "—" if ci is None else f"{_pct(ci[0])} to {_pct(ci[1])}"
+    return MISSING if ci is None else f"{lift(ci[0])} to {lift(ci[1])}"
 
 
 def design_calculator(plan: Plan) -> None:
@@ -88,7 +78,7 @@ def design_calculator(plan: Plan) -> None:
     if reach is None or not math.isfinite(reach):
         out[2].metric(label, "none reachable")
     else:
-        out[2].metric(label, _pct(reach, signed=False) if relative else f"{reach:.4f}")
+        out[2].metric(label, percent(reach, 1) if relative else f"{reach:.4f}")
 
 
 def results(analysis: ABAnalysis) -> None:
@@ -119,16 +109,16 @@ def results(analysis: ABAnalysis) -> None:
         [
             {
                 "arm": a.arm,
-                "planned share": _pct(a.planned_share, signed=False),
+                "planned share": percent(a.planned_share, 1),
                 "users": a.users,
                 "interactions": a.interactions,
-                "acceptance": _pct(a.acceptance_rate, signed=False),
-                "thumbs-up": _pct(a.thumbs_up_rate, signed=False),
-                "thumbs-down": _pct(a.thumbs_down_rate, signed=False),
+                "acceptance": percent(a.acceptance_rate, 1),
+                "thumbs-up": percent(a.thumbs_up_rate, 1),
+                "thumbs-down": percent(a.thumbs_down_rate, 1),
                 # one column for both quantiles: ten columns would run past a laptop's width
-                "latency p50 / p95 (ms)": f"{_num(a.latency_p50_ms, ',.0f')} / "
-                f"{_num(a.latency_p95_ms, ',.0f')}",
-                "cost / 1k requests": "—" if a.cost_per_1k is None else f"${a.cost_per_1k:,.3f}",
+                "latency p50 / p95 (ms)": f"{rounded(a.latency_p50_ms)} / "
+                f"{rounded(a.latency_p95_ms)}",
+                "cost / 1k requests": money(a.cost_per_1k, 3),
             }
             for a in analysis.arms
         ],
@@ -175,7 +165,7 @@ def effects(analysis: ABAnalysis) -> None:
     st.markdown(f"#### Primary metric: {analysis.primary_metric}")
     fixed, seq = analysis.primary_fixed, analysis.primary_sequential
     cols = st.columns(3)
-    cols[0].metric("Relative lift", _pct(fixed.estimate))
+    cols[0].metric("Relative lift", lift(fixed.estimate))
     cols[1].metric(
         "Fixed-horizon CI", _interval(fixed.ci), help="Valid only read once, at the planned sample."
     )
@@ -201,10 +191,10 @@ def effects(analysis: ABAnalysis) -> None:
     )
     if analysis.cuped is not None:
         c = analysis.cuped
-        reduction = "—" if c.variance_reduction is None else f"{c.variance_reduction:.0%}"
+        reduction = percent(c.variance_reduction)
         st.markdown(
             f"**CUPED** on {c.metric}, with the {c.preperiod_days} days before the test as "
-            f"pre-period ({c.users_with_preperiod:,} users active then): lift {_pct(c.lift)}, "
+            f"pre-period ({c.users_with_preperiod:,} users active then): lift {lift(c.lift)}, "
             f"CI {_interval(c.ci)} (unadjusted {_interval(c.unadjusted_ci)}), variance "
             f"reduced by {reduction}, θ = {c.theta:.3f}." + (f" {c.note}." if c.note else "")
         )
@@ -219,9 +209,9 @@ def effects(analysis: ABAnalysis) -> None:
                     "guardrail": g.metric,
                     "status": "BREACHED" if g.breached else ("not tested" if g.note else "ok"),
                     "tested as": g.tested_as,
-                    "tolerance": _pct(g.tolerance),
-                    "lift": _pct(g.lift),
-                    "one-sided bound": _pct(g.bound),
+                    "tolerance": lift(g.tolerance),
+                    "lift": lift(g.lift),
+                    "one-sided bound": lift(g.bound),
                     "p (vs tolerance)": format_p_value(g.p_value),
                     "note": g.note or "",
                 }
@@ -239,9 +229,9 @@ def effects(analysis: ABAnalysis) -> None:
             {
                 "metric": m.label,
                 "role": m.role,
-                "control": _num(m.control),
-                "treatment": _num(m.treatment),
-                "lift": _pct(m.lift),
+                "control": significant(m.control, missing=MISSING),
+                "treatment": significant(m.treatment, missing=MISSING),
+                "lift": lift(m.lift),
                 "95% CI": _interval(m.ci),
                 "p": format_p_value(m.p_value),
                 f"p ({analysis.correction})": format_p_value(m.adjusted_p),
@@ -253,19 +243,10 @@ def effects(analysis: ABAnalysis) -> None:
     )
 
 
-plan_id = current_plan_id()
-if plan_id is None:
-    st.info(
-        "No plan yet. Open **Plan** to write one with an A/B design, or run "
-        "`python -m core demo` to load the demo workspace.",
-        icon=":material/info:",
-    )
-    st.stop()
-
-loaded = guarded(lambda: cached_read(load_plan, plan_id))
-if loaded is None:
-    st.stop()
-plan, _ = loaded
+plan_id, plan, _ = plan_or_stop(
+    "No plan yet. Open **Plan** to write one with an A/B design, or run "
+    "`python -m core demo` to load the demo workspace."
+)
 
 results_tab, design_tab = st.tabs(["Results", "Design calculator"])
 with design_tab:

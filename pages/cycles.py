@@ -26,7 +26,6 @@ from core.datasets import (
 from core.gates import cycle_decisions
 from core.labels import label
 from core.plan import plan_timeline
-from core.plan_versions import load_plan
 from pages._common import (
     cached_read,
     current_user,
@@ -34,7 +33,7 @@ from pages._common import (
     guarded,
     key_values,
     page_header,
-    plan_id_or_stop,
+    plan_or_stop,
     table,
 )
 from pages._documents import document_downloads
@@ -43,11 +42,7 @@ page_header("Cycles")
 user = current_user()
 store = get_store()
 
-plan_id = plan_id_or_stop()
-loaded = guarded(lambda: cached_read(load_plan, plan_id))
-if loaded is None:
-    st.stop()
-plan, version = loaded
+plan_id, plan, version = plan_or_stop()
 timeline = plan_timeline(plan)
 
 # -- run ------------------------------------------------------------------------------------------
@@ -89,13 +84,17 @@ if right.button(
     disabled=run_refused is not None,
 ):
     bar = st.progress(0.0, text="Starting…")
+
+    def show_progress(fraction: float, message: str) -> None:
+        bar.progress(min(1.0, fraction), text=message)
+
     result = guarded(
         lambda: run_cycle(
             store,
             plan_id,
             int(cycle),
             user=user,
-            progress=lambda f, m: bar.progress(min(1.0, f), text=m),
+            progress=show_progress,
             force=force,
         )
     )

@@ -48,8 +48,7 @@ from core.graders import GRADERS, grader_for_metric
 from core.labels import label
 from core.monitoring import gate_figure
 from core.plan import TRAINING_BACKEND_LABELS, plan_timeline
-from core.plan_versions import load_plan
-from core.settings import get_setting
+from core.settings import settings
 from core.training import (
     TERMINAL_STATUSES,
     cancel_training,
@@ -70,7 +69,7 @@ from pages._common import (
     get_store,
     guarded,
     page_header,
-    plan_id_or_stop,
+    plan_or_stop,
     table,
 )
 from pages._documents import document_downloads
@@ -81,13 +80,8 @@ train_refused = refusal(user, "model.train")
 eval_refused = refusal(user, "eval.run")
 ingest_refused = refusal(user, "data.ingest")
 
-plan_id = plan_id_or_stop()
-
+plan_id, plan, _plan_version = plan_or_stop()
 store = get_store()
-loaded = guarded(lambda: load_plan(store, plan_id))
-if loaded is None:
-    st.stop()
-plan, plan_version = loaded
 cycles = [c.cycle for c in plan_timeline(plan)] or [1]
 with_runs = {
     int(r["cycle"]) for r in cached_read(list_runs, plan_id=plan_id) if r["cycle"] is not None
@@ -259,7 +253,7 @@ with cols[1]:
             and actions[0].button(
                 "Cancel job", disabled=train_refused is not None, key="training_cancel"
             )
-            and guarded(lambda: cancel_training(store, picked, user=user))
+            and guarded(lambda: cancel_training(store, picked, user=user)) is not None
         ):
             st.rerun()
         if (
@@ -541,7 +535,7 @@ with run_tab:
     with left, st.form("eval_run"):
         st.markdown("**Run a model on an eval set**")
         chosen_set = st.selectbox("Eval set", sets or ["(none)"])
-        role = st.selectbox("Role", ROLES)
+        run_role = st.selectbox("Role", ROLES)
         run_model = st.text_input(
             "Model",
             value=str(candidate["model"]) if candidate else "",
@@ -569,8 +563,12 @@ with run_tab:
             st.caption(eval_refused)
         if st.form_submit_button("Run eval", disabled=not sets or eval_refused is not None):
             bar = st.progress(0.0, text="Starting…")
+
+            def show_progress(done: int, total: int) -> None:
+                bar.progress(min(1.0, done / max(1, total)), text=f"{done}/{total}")
+
             judge = (
-                JudgeConfig(str(get_setting("judge_model")), judge_endpoint())
+                JudgeConfig(settings.judge_model, judge_endpoint())
                 if "llm_judge" in chosen_graders
                 else None
             )
@@ -579,8 +577,8 @@ with run_tab:
                     store,
                     eval_set=chosen_set,
                     model=run_model,
-                    role=role,
-                    cycle=cycle if role != "teacher" else None,
+                    role=run_role,
+                    cycle=cycle if run_role != "teacher" else None,
                     plan_id=plan_id,
                     endpoint=eval_endpoint(base_url or None),
                     graders=chosen_graders,
@@ -588,9 +586,7 @@ with run_tab:
                     judge=judge,
                     system_message=system_text,
                     user=user,
-                    on_progress=lambda done, total: bar.progress(
-                        min(1.0, done / max(1, total)), text=f"{done}/{total}"
-                    ),
+                    on_progress=show_progress,
                 )
             )
             if done_run:

@@ -33,6 +33,7 @@ from pages._common import (
     current_user,
     get_store,
     guarded,
+    or_stop,
     page_header,
     plan_id_or_stop,
     table,
@@ -45,9 +46,7 @@ refused = refusal(user, "generation.run")
 plan_id = plan_id_or_stop()
 
 store = get_store()
-spec = guarded(lambda: cached_read(GenerationSpec.load, plan_id))
-if spec is None:
-    st.stop()
+spec = or_stop(guarded(lambda: cached_read(GenerationSpec.load, plan_id)))
 gen = spec.plan.generation
 axes = [(a.name, list(a.values)) for a in gen.axes]
 

@@ -15,6 +15,7 @@ from core.charts import (
     lift_by_cycle_figure,
     timeline_figure,
 )
+from core.formatting import MISSING, lift, money, percent
 from core.labels import label
 from core.lint import ab_requirement, generation_estimate_usd, lint_plan
 from core.metrics import metric
@@ -26,18 +27,12 @@ from core.monitoring import (
     realised_monthly_savings,
 )
 from core.plan import plan_timeline
-from core.plan_versions import load_plan
-from pages._common import cached_read, guarded, page_header, plan_id_or_stop
+from pages._common import cached_read, guarded, page_header, plan_or_stop
 from pages._common import table as show_table
 
 page_header("Overview")
 
-plan_id = plan_id_or_stop()
-
-loaded = guarded(lambda: cached_read(load_plan, plan_id))
-if loaded is None:
-    st.stop()
-plan, version = loaded
+plan_id, plan, version = plan_or_stop()
 report = lint_plan(plan)
 goal = plan.goal
 
@@ -110,10 +105,6 @@ actuals = [r.actuals for r in records if r.actuals is not None]
 departures = off_plan(plan, records)  # core.monitoring: the one "off plan" rule
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1%}"
-
-
 # Each rate is named with its base (core.metrics), the same wherever it is shown.
 ACCEPTED = metric("accepted_share")
 RATED_UP = metric("rated_up_share")
@@ -121,21 +112,13 @@ ELIGIBLE = metric("eligible_share")
 CONSENTED = metric("consented_users")
 
 
-def _signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.1%}"
-
-
-def _money(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.2f}"
-
-
 def _interval(ci: tuple[float, float] | None) -> str:
-    return "—" if ci is None else f"[{_signed(ci[0])}, {_signed(ci[1])}]"
+    return MISSING if ci is None else f"[{lift(ci[0])}, {lift(ci[1])}]"
 
 
 def _lift(record: CycleRecord) -> str:
     ab = record.ab
-    return "—" if ab is None else f"{_signed(ab.lift)} {_interval(ab.ci)}"
+    return MISSING if ab is None else f"{lift(ab.lift)} {_interval(ab.ci)}"
 
 
 def _gates(record: CycleRecord) -> str:
@@ -162,8 +145,8 @@ for milestone, record in zip(timeline, records, strict=True):
             RATED_UP.column: RATED_UP.percent(a.thumbs_up_rate if a else None),
             CONSENTED.column: CONSENTED.percent(a.consented_user_rate if a else None),
             ELIGIBLE.column: ELIGIBLE.percent(a.consent_rate if a else None),
-            "teacher $/1k": _money(a.teacher_cost_per_1k if a else None),
-            "student $/1k": _money(a.student_cost_per_1k if a else None),
+            "teacher $/1k": money(a.teacher_cost_per_1k if a else None),
+            "student $/1k": money(a.student_cost_per_1k if a else None),
             "cost reduction": (
                 f"{a.realised_reduction:.1f}x" if a and a.realised_reduction else "—"
             ),
@@ -172,7 +155,7 @@ for milestone, record in zip(timeline, records, strict=True):
                 f"{funnel[0].rows_in:,} → {funnel[-1].rows_out:,}" if funnel else "—"
             ),
             "dataset rows": f"{dataset.rows:,}" if dataset else "—",
-            "synthetic": _pct(dataset.synthetic_share if dataset else None),
+            "synthetic": percent(dataset.synthetic_share if dataset else None, 1),
             "gates": _gates(record),
             "A/B lift [interval]": _lift(record),
             "A/B decision": label(record.ab.verdict) if record.ab else "—",
@@ -251,18 +234,18 @@ realised = realised_monthly_savings(plan, latest) if latest else None
 if latest and latest.realised_reduction and realised is not None:
     econ = plan.economics
     st.caption(f"Cycle {latest.cycle}, the latest with traffic, against the plan:")
-    cols = st.columns(3)
-    cols[0].metric(
+    realised_cols = st.columns(3)
+    realised_cols[0].metric(
         "Realised cost reduction",
         f"{latest.realised_reduction:.1f}x",
         delta=f"{latest.realised_reduction - goal.target_cost_reduction:+.1f}x vs target",
     )
-    cols[1].metric(
+    realised_cols[1].metric(
         "Savings / month at planned volume",
         f"${realised:,.0f}",
         delta=f"${realised - econ.monthly_savings:+,.0f} vs projection",
     )
-    cols[2].metric(
+    realised_cols[2].metric(
         CONSENTED.column,
         CONSENTED.percent(latest.consented_user_rate),
         help=CONSENTED.definition,
@@ -300,8 +283,8 @@ else:
                     "where": ", ".join(f"{k} = {v}" for k, v in gap.where.items()),
                     "gap": gap.kind,
                     "dataset rows": gap.dataset_rows,
-                    "dataset share": _pct(gap.dataset_share),
-                    "traffic share": _pct(gap.traffic_share),
+                    "dataset share": percent(gap.dataset_share, 1),
+                    "traffic share": percent(gap.traffic_share, 1),
                     "why": gap.reason,
                 }
                 for gap in coverage.gaps
@@ -342,20 +325,20 @@ if record.status == "planned":
 a = record.actuals
 # Three tiles a row: a rate's label carries its base ("of active users") and five to a row
 # cut it off at 1366 px.
-cols = [*st.columns(3), *st.columns(3)]
-cols[0].metric("Interactions", f"{a.interactions:,}" if a else "—")
-cols[1].metric(
+tiles = [*st.columns(3), *st.columns(3)]
+tiles[0].metric("Interactions", f"{a.interactions:,}" if a else "—")
+tiles[1].metric(
     ACCEPTED.column, ACCEPTED.percent(a.acceptance_rate if a else None), help=ACCEPTED.definition
 )
-cols[2].metric(
+tiles[2].metric(
     RATED_UP.column, RATED_UP.percent(a.thumbs_up_rate if a else None), help=RATED_UP.definition
 )
-cols[3].metric(
+tiles[3].metric(
     CONSENTED.column,
     CONSENTED.percent(a.consented_user_rate if a else None),
     help=f"{CONSENTED.definition} {ELIGIBLE.sentence(a.consent_rate if a else None)}.",
 )
-cols[4].metric("PII rows redacted", f"{a.pii_rows:,}" if a else "—")
+tiles[4].metric("PII rows redacted", f"{a.pii_rows:,}" if a else "—")
 
 funnel_col, detail_col = st.columns(2)
 with funnel_col:
@@ -380,7 +363,9 @@ with detail_col:
         parts[0].metric("Rows", f"{dataset.rows:,}")
         parts[1].metric("Production", f"{dataset.production:,}")
         parts[2].metric(
-            "Synthetic", f"{dataset.synthetic:,}", help=f"{_pct(dataset.synthetic_share)} of rows"
+            "Synthetic",
+            f"{dataset.synthetic:,}",
+            help=f"{percent(dataset.synthetic_share, 1)} of rows",
         )
         st.caption(f"{dataset.train:,} train · {dataset.validation:,} validation rows.")
     ab = record.ab
@@ -388,7 +373,7 @@ with detail_col:
     if ab is not None:
         st.metric(
             f"Lift of {ab.metric}",
-            _signed(ab.lift),
+            lift(ab.lift),
             help=f"{ab.method}; {ab.users_control:,} control and {ab.users_treatment:,} "
             "treatment users.",
         )
