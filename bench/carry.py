@@ -47,6 +47,7 @@ from core.cycles import (  # noqa: E402
     run_cycle,
     sketch_version,
 )
+from core.datasets import line_sha_sql  # noqa: E402
 from core.plan_versions import load_plan  # noqa: E402
 from core.privacy import DETECTORS_FINGERPRINT  # noqa: E402
 from core.store import Store  # noqa: E402
@@ -139,7 +140,8 @@ def prepared(parent: int, window: int) -> Path:
             " CASE WHEN md5(interaction_id) < '1a' THEN 'validation' ELSE 'train' END AS split,"
             " $system AS system, md5(interaction_id) AS sort_key,"
             " 2 AS origin_cycle, $v AS origin_version,"
-            " md5(prompt || chr(31) || response) AS text_md5 FROM parent_checked",
+            " md5(prompt || chr(31) || response) AS text_md5,"
+            f" {line_sha_sql('$system::VARCHAR')} AS line_sha FROM parent_checked",
             {"v": version, "system": plan.goal.system_message},
         )
         (rows,) = con.execute(

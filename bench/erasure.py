@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.access import local_operator  # noqa: E402
 from core.consent import forget_user  # noqa: E402
+from core.datasets import line_sha_sql  # noqa: E402
 from core.store import Store  # noqa: E402
 
 VICTIM = "u-000042"
@@ -50,7 +51,7 @@ def build(path: Path, rows: int, users: int) -> None:
         con.execute(
             "INSERT INTO dataset_members SELECT 'ds-1', interaction_id, 'production',"
             " interaction_id, user_id, '{}', 'train', NULL, md5(interaction_id), 1, 'ds-1',"
-            " md5(prompt || chr(31) || response) FROM interactions"
+            f" md5(prompt || chr(31) || response), {line_sha_sql()} FROM interactions"
         )
         con.execute(
             "INSERT INTO dataset_versions VALUES ('ds-1', 'p', 1, 1, 1, NULL, 'run', 'sha',"

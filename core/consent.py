@@ -302,6 +302,11 @@ def erasure_hash(key: bytes, user_id: str) -> str:
     return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
 
 
+_NOT_DATASET_ROWS = frozenset(
+    {"dataset_members", "dataset_texts", "dataset_row_sketches", "dataset_member_drops"}
+)
+
+
 def _tables_referencing(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     """Every base table with a ``user_id`` or ``interaction_id`` column, and which it has."""
     rows = con.execute(
@@ -491,14 +496,16 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
     with store.transaction() as con:
         tables = _tables_referencing(con)
         _collect_user_rows(con, user, tables)
-        versions = [
-            str(r[0])
-            for r in con.execute(
-                "SELECT DISTINCT version_id FROM dataset_members WHERE user_id = ?"
-                " OR interaction_id IN (SELECT interaction_id FROM fw_forget_ids) ORDER BY 1",
-                [user],
-            ).fetchall()
-        ]
+        # Rows of dataset versions, each version's counted (a version stored as a delta
+        # holds its base's rows without copies of their members).
+        in_versions = con.execute(
+            "SELECT version_id, count(*) FROM dataset_version_members WHERE user_id = ?"
+            " OR interaction_id IN (SELECT interaction_id FROM fw_forget_ids)"
+            " GROUP BY version_id ORDER BY version_id",
+            [user],
+        ).fetchall()
+        versions = [str(v) for v, _n in in_versions]
+        version_rows = sum(int(n) for _v, n in in_versions)
         deleted = _erase_eval_items(con)
         for table, columns in sorted(tables.items(), key=lambda t: t[0] == "interactions"):
             conditions = []
@@ -539,12 +546,10 @@ def forget_user(store: Store, user_id: str, *, by: User) -> ForgetResult:
             # The salt of earlier versions' hashes sat here, beside them: gone for good now.
             con.execute("DELETE FROM workspace WHERE key = 'erasure_salt'")
             exports, backups, models = _beyond_the_store(con, versions)
-            # Rows of dataset versions (their members); the texts they point at and their
-            # sketches (hashes kept for deduplication) are not rows of their own.
-            dataset_rows = sum(
-                n
-                for t, n in deleted.items()
-                if "dataset" in t and t not in {"dataset_row_sketches", "dataset_texts"}
+            # Plus any other table of dataset rows; the texts members point at, their sketches
+            # (hashes kept for deduplication) and a version's drops are not rows of their own.
+            dataset_rows = version_rows + sum(
+                n for t, n in deleted.items() if "dataset" in t and t not in _NOT_DATASET_ROWS
             )
             eval_items = deleted.get("eval_items", 0) + deleted.get("eval_set_items", 0)
             record_audit(

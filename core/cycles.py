@@ -54,7 +54,7 @@ from core.cycle_reads import (
     why_dropped,
 )
 from core.cycle_reads import run_summary as run_summary
-from core.datasets import canonical_sha256
+from core.datasets import line_sha_sql, version_sha256
 from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
 from core.labels import label
@@ -456,7 +456,9 @@ def _carry(
             0, "carried", "no parent version", {"parent_version": None}, "pipeline", 0, 0, 0
         )
     label = parent.version_id
-    stored = _count(con, "SELECT count(*) FROM dataset_members WHERE version_id = ?", [label])
+    stored = _count(
+        con, "SELECT count(*) FROM dataset_version_members WHERE version_id = ?", [label]
+    )
     # A view, not a copy: the checks read a few columns of it each, and only the rows that
     # pass are copied, once.
     con.execute(
@@ -465,7 +467,8 @@ def _carry(
         " d.origin_cycle AS fw_origin_cycle, d.origin_version AS fw_origin_version,"
         " d.split AS fw_split, d.text_md5 AS fw_parent_md5 FROM interactions i JOIN (SELECT"
         " interaction_id AS fw_id, origin_cycle, origin_version, split, text_md5 FROM"
-        f" dataset_members WHERE version_id = {sql_string(label)} AND source = 'production') d"
+        f" dataset_version_members WHERE version_id = {sql_string(label)}"
+        " AND source = 'production') d"
         " ON i.interaction_id = d.fw_id)"
     )
 
@@ -480,7 +483,7 @@ def _carry(
 
     remove(
         "SELECT interaction_id, user_id, 'the interaction is no longer stored (deleted at"
-        " retention)' AS fw_why FROM dataset_members WHERE version_id = $v AND source ="
+        " retention)' AS fw_why FROM dataset_version_members WHERE version_id = $v AND source ="
         " 'production' AND interaction_id NOT IN (SELECT interaction_id FROM interactions)",
         "stored",
         {"v": label},
@@ -494,10 +497,12 @@ def _carry(
 
     # Consent: the per-user rule (ts ≥ the grant that still counts) finds the few rows that
     # lost it; consent_stage words why, as for the window's rows.
+    # (The few rows are found by id and time first; only they are read whole.)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE fw_carry_unconsented AS SELECT c.* FROM {_CARRY_ROWS} c"
+        f"CREATE OR REPLACE TEMP TABLE fw_carry_unconsented AS SELECT * FROM {_CARRY_ROWS}"
+        f" WHERE interaction_id IN (SELECT c.interaction_id FROM {_CARRY_ROWS} c"
         f" LEFT JOIN ({consented_since_sql()}) g USING (user_id)"
-        " WHERE g.since IS NULL OR c.ts < g.since",
+        " WHERE g.since IS NULL OR c.ts < g.since)",
         {"scope": "training"},
     )
     verdict = consent_stage(ibis.table(schema, name="fw_carry_unconsented"), _events())
@@ -574,7 +579,7 @@ def _carry(
     # Synthetic rows: carried while their item is still a valid example of the plan.
     remove(
         "SELECT row_key AS interaction_id, NULL AS user_id, 'its synthetic item is no longer"
-        " a valid example (deleted or regenerated)' AS fw_why FROM dataset_members"
+        " a valid example (deleted or regenerated)' AS fw_why FROM dataset_version_members"
         f" WHERE version_id = $v AND source = 'synthetic' AND row_key NOT IN"
         f" (SELECT row_key FROM {_POOL})",
         "synthetic item",
@@ -583,7 +588,8 @@ def _carry(
     con.execute(
         f"INSERT INTO {_CARRIED} SELECT d.row_key, 'synthetic', NULL, NULL, NULL, p.cell_key,"
         " NULL, p.prompt, p.response, NULL, NULL, d.origin_cycle, d.origin_version, d.split,"
-        f" md5(p.prompt || chr(31) || p.response), false FROM dataset_members d JOIN {_POOL} p"
+        " md5(p.prompt || chr(31) || p.response), false FROM dataset_version_members d"
+        f" JOIN {_POOL} p"
         " USING (row_key) WHERE d.version_id = $v AND d.source = 'synthetic'",
         {"v": label},
     )
@@ -636,21 +642,28 @@ def _reference_sketches(con: duckdb.DuckDBPyConnection, threshold: float) -> Non
     """``_REFERENCE`` (key, exact_key, s, sig, band_params): the carried rows' sketches, read
     from the store; a carried row without one under this engine (its text was redacted again,
     or it was written before sketches) is sketched now, and kept for the cycles after."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_REFERENCE} AS SELECT c.row_key AS key, k.exact_key,"
+        " k.shingles AS s, k.signatures AS sig, k.band_params, c.text_md5 AS fw_md5"
+        f" FROM {_CARRIED} c LEFT JOIN (SELECT * FROM dataset_row_sketches"
+        " WHERE engine = $engine) k ON k.row_key = c.row_key AND k.text_md5 = c.text_md5",
+        {"engine": quality.SKETCH_ENGINE},
+    )
     missing = (
         "SELECT c.row_key, c.text_md5, c.interaction_id, c.user_id,"
         " coalesce(c.prompt, t.prompt) AS prompt, coalesce(c.response, t.response) AS response"
-        f" FROM (SELECT * FROM {_CARRIED} c WHERE NOT EXISTS (SELECT 1 FROM dataset_row_sketches"
-        " k WHERE k.row_key = c.row_key AND k.text_md5 = c.text_md5 AND k.engine = $engine)) c"
-        " LEFT JOIN dataset_texts t ON t.row_key = c.row_key AND t.text_md5 = c.text_md5"
+        f" FROM (SELECT * FROM {_CARRIED} WHERE row_key IN (SELECT key FROM {_REFERENCE}"
+        " WHERE exact_key IS NULL)) c LEFT JOIN dataset_texts t ON t.row_key = c.row_key"
+        " AND t.text_md5 = c.text_md5"
     )
-    _store_sketches(con, missing, {"engine": quality.SKETCH_ENGINE}, threshold)
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_REFERENCE} AS SELECT c.row_key AS key, k.exact_key,"
-        f" k.shingles AS s, k.signatures AS sig, k.band_params FROM {_CARRIED} c"
-        " JOIN dataset_row_sketches k ON k.row_key = c.row_key AND k.text_md5 = c.text_md5"
-        " AND k.engine = $engine",
-        {"engine": quality.SKETCH_ENGINE},
-    )
+    if _store_sketches(con, missing, {}, threshold):
+        con.execute(
+            f"UPDATE {_REFERENCE} r SET exact_key = k.exact_key, s = k.shingles,"
+            " sig = k.signatures, band_params = k.band_params FROM dataset_row_sketches k"
+            " WHERE r.exact_key IS NULL AND k.row_key = r.key AND k.text_md5 = r.fw_md5"
+            " AND k.engine = $engine",
+            {"engine": quality.SKETCH_ENGINE},
+        )
 
 
 def _check_can_run(store: Store, plan: Plan, plan_id: str, version: int, cycle: int) -> None:
@@ -1167,8 +1180,11 @@ def _mix(
     # Every synthetic row trains under the student's system message; a production row under
     # it too, or under the text it logged (goal.production_system), which is kept apart as
     # logged_system so that the version can say how many rows logged another.
+    # A carried row keeps its split; the new rows' is set by _split. The canonical order
+    # (sort_key) is the md5 of the row key.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_DATASET} AS "
+        f"CREATE OR REPLACE TEMP TABLE {_DATASET} AS SELECT * EXCLUDE (fw_split),"
+        " fw_split AS split, md5(row_key) AS sort_key FROM ("
         "SELECT row_key, 'production' AS source, interaction_id, user_id, batch_id, cell_key,"
         " CASE WHEN $replace THEN $system::VARCHAR ELSE system END AS system, prompt, response,"
         " system AS logged_system, origin_cycle, origin_version, fw_split, text_md5"
@@ -1178,7 +1194,7 @@ def _mix(
         " FROM fw_cycle_synthetic WHERE fw_pick <= $synthetic"
         " UNION ALL SELECT row_key, 'synthetic', NULL, NULL, NULL, cell_key, $system::VARCHAR,"
         " prompt, response, NULL, $cycle, NULL, NULL, md5(prompt || chr(31) || response)"
-        f" FROM ({_sql(picked)})",
+        f" FROM ({_sql(picked)}))",
         {
             **({"keep": keep_production} if retiring else {}),
             "synthetic": synthetic,
@@ -1220,20 +1236,18 @@ def _mix(
 def _split(con: duckdb.DuckDBPyConnection, share: float) -> int:
     """Carried rows keep their split; each cell's new rows (by md5 of the key) go to
     validation until the cell holds round(n × share) validation rows. (A row never moves
-    between train and validation from one version to the next.)"""
+    between train and validation from one version to the next.) Only the new rows are
+    written."""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE fw_cycle_split AS WITH c AS (SELECT *, md5(row_key)"
-        f" AS sort_key FROM {_DATASET}), cells AS (SELECT cell_key,"
-        " floor(count(*) * $share + 0.5) - count(*) FILTER (WHERE fw_split = 'validation')"
-        " AS wanted FROM c GROUP BY cell_key), fresh AS (SELECT row_key, row_number() OVER"
-        " (PARTITION BY cell_key ORDER BY sort_key, row_key) AS n FROM c WHERE fw_split IS NULL)"
-        " SELECT c.* EXCLUDE (fw_split), coalesce(c.fw_split, CASE WHEN f.n <= cells.wanted"
-        " THEN 'validation' ELSE 'train' END) AS split FROM c JOIN cells USING (cell_key)"
-        " LEFT JOIN fresh f USING (row_key)",
+        f"UPDATE {_DATASET} SET split = f.split FROM (WITH cells AS (SELECT cell_key,"
+        " floor(count(*) * $share + 0.5) - count(*) FILTER (WHERE split = 'validation')"
+        f" AS wanted FROM {_DATASET} GROUP BY cell_key), fresh AS (SELECT row_key, cell_key,"
+        " row_number() OVER (PARTITION BY cell_key ORDER BY sort_key, row_key) AS n"
+        f" FROM {_DATASET} WHERE split IS NULL) SELECT row_key, CASE WHEN fresh.n"
+        " <= cells.wanted THEN 'validation' ELSE 'train' END AS split FROM fresh"
+        f" JOIN cells USING (cell_key)) f WHERE {_DATASET}.row_key = f.row_key",
         {"share": share},
     )
-    con.execute(f"DROP TABLE {_DATASET}")
-    con.execute(f"ALTER TABLE fw_cycle_split RENAME TO {_DATASET}")
     return _count(con, f"SELECT count(*) FROM {_DATASET} WHERE split = 'validation'")
 
 
@@ -1251,22 +1265,63 @@ def _write_version(
     parent: ParentVersion | None,
 ) -> tuple[str, str, bool]:
     """Store the dataset as a new version, or find the identical one; (id, sha256, new).
-    Rows new in this version are sketched for the cycles that carry them."""
-    # A carried row whose text the parent stored holds none here: it is read from there.
-    texts = (
-        "(SELECT d.system, coalesce(d.prompt, t.prompt) AS prompt, coalesce(d.response,"
-        f" t.response) AS response, d.sort_key, d.row_key FROM {_DATASET} d LEFT JOIN"
-        " dataset_texts t ON d.prompt IS NULL AND t.row_key = d.row_key"
-        " AND t.text_md5 = d.text_md5)"
+
+    With a parent, the version is stored as a delta over the parent's base (the parent when
+    it is stored whole): only the rows it holds otherwise than the base are written, with the
+    base's rows it does not hold as drops; past half its rows, it is stored whole. Rows new
+    in this version are sketched for the cycles that carry them."""
+    base = None
+    if parent is not None:
+        found = con.execute(
+            "SELECT base_version FROM dataset_version_bases WHERE version_id = ?",
+            [parent.version_id],
+        ).fetchone()
+        base = str(found[0]) if found else parent.version_id
+    # Each row beside the base's member of its key: held as it is there, it is inherited
+    # (its line digest too); any other row is the version's own, and its line is written.
+    # (Source, interaction, user and sort key follow from the row key.)
+    same = " AND ".join(
+        f"d.{c} IS NOT DISTINCT FROM b.{c}"
+        for c in ("cell_key", "split", "system", "origin_cycle", "origin_version", "text_md5")
     )
-    sha = canonical_sha256(con, texts, "sort_key, row_key")
-    same = con.execute(
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fw_version_rows AS SELECT d.row_key, d.sort_key,"
+        f" CASE WHEN b.line_sha IS NOT NULL AND {same} THEN b.line_sha END AS fw_base_line"
+        f" FROM (SELECT row_key, sort_key, cell_key, split, system, coalesce(origin_cycle,"
+        f" $cycle) AS origin_cycle, origin_version, text_md5 FROM {_DATASET}) d LEFT JOIN"
+        " (SELECT row_key, cell_key, split, system, origin_cycle, origin_version, text_md5,"
+        " line_sha FROM dataset_members WHERE version_id = $base) b USING (row_key)",
+        {"cycle": cycle, "base": base},
+    )
+    # A carried row whose text the parent stored holds none here: it is read from there.
+    line = line_sha_sql(
+        "r.system", "coalesce(r.prompt, t.prompt)", "coalesce(r.response, t.response)"
+    )
+    rows = (
+        "SELECT row_key, source, interaction_id, user_id, cell_key, split, system, sort_key,"
+        " coalesce(origin_cycle, $cycle) AS origin_cycle, origin_version, text_md5, prompt,"
+        f" response FROM {_DATASET} WHERE row_key IN (SELECT row_key FROM fw_version_rows"
+        " WHERE fw_base_line IS {} NULL)"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE fw_version_own AS SELECT r.*, {line} AS line_sha"
+        f" FROM ({rows.format('')}) r LEFT JOIN dataset_texts t ON r.prompt IS NULL"
+        " AND t.row_key = r.row_key AND t.text_md5 = r.text_md5",
+        {"cycle": cycle},
+    )
+    sha = version_sha256(
+        con,
+        "(SELECT sort_key, row_key, line_sha FROM fw_version_own UNION ALL SELECT sort_key,"
+        " row_key, fw_base_line FROM fw_version_rows WHERE fw_base_line IS NOT NULL)",
+    )
+    same_version = con.execute(
         "SELECT version_id FROM dataset_versions WHERE plan_id = ? AND cycle = ? AND sha256 = ?"
         " AND plan_version = ? ORDER BY number DESC LIMIT 1",
         [plan_id, cycle, sha, plan_version],
     ).fetchall()
-    if same:
-        return str(same[0][0]), sha, False
+    if same_version:
+        _drop_version_temps(con)
+        return str(same_version[0][0]), sha, False
     number = (
         _count(
             con,
@@ -1364,31 +1419,56 @@ def _write_version(
             action_clock.now(),
         ],
     )
-    # Members for every row; a text only where this (row, text) is not stored yet.
+    # Texts only where this (row, text) is not stored yet: an inherited row's text is.
     con.execute(
         "INSERT INTO dataset_texts SELECT row_key, text_md5, interaction_id, user_id, prompt,"
-        f" response FROM {_DATASET} d WHERE prompt IS NOT NULL AND NOT EXISTS (SELECT 1"
+        " response FROM fw_version_own d WHERE prompt IS NOT NULL AND NOT EXISTS (SELECT 1"
         " FROM dataset_texts t WHERE t.row_key = d.row_key AND t.text_md5 = d.text_md5)"
     )
+    own, inherited = con.execute(
+        "SELECT (SELECT count(*) FROM fw_version_own),"
+        " (SELECT count(*) FROM fw_version_rows WHERE fw_base_line IS NOT NULL)"
+    ).fetchone() or (0, 0)
+    base_rows = _count(con, "SELECT count(*) FROM dataset_members WHERE version_id = ?", [base])
+    delta = base is not None and own + (base_rows - inherited) <= (own + inherited) // 2
+    members = "SELECT * EXCLUDE (prompt, response) FROM fw_version_own"
+    if not delta:
+        members += (
+            " UNION ALL SELECT d.* EXCLUDE (prompt, response), r.fw_base_line AS line_sha"
+            f" FROM ({rows.format('NOT')}) d JOIN fw_version_rows r USING (row_key)"
+        )
     con.execute(
         "INSERT INTO dataset_members BY NAME SELECT $v AS version_id, row_key, source,"
-        " interaction_id, user_id, cell_key, split, system, sort_key,"
-        " coalesce(origin_cycle, $cycle) AS origin_cycle, coalesce(origin_version, $v)"
-        f" AS origin_version, text_md5 FROM {_DATASET}",
-        {"v": version_id, "cycle": cycle},
+        " interaction_id, user_id, cell_key, split, system, sort_key, origin_cycle,"
+        f" coalesce(origin_version, $v) AS origin_version, text_md5, line_sha FROM ({members})",
+        {"v": version_id, **({} if delta else {"cycle": cycle})},
     )
-    # Sketched from the cycle's own table: the rows that brought their text (new, or redacted
-    # again); through dataset_rows each would be joined with every stored text.
+    if delta:
+        con.execute("INSERT INTO dataset_version_bases VALUES (?, ?)", [version_id, base])
+        con.execute(
+            "INSERT INTO dataset_member_drops SELECT $v, b.row_key, b.interaction_id"
+            " FROM dataset_members b WHERE b.version_id = $base AND NOT EXISTS (SELECT 1"
+            " FROM fw_version_rows r WHERE r.row_key = b.row_key AND r.fw_base_line IS NOT NULL)",
+            {"v": version_id, "base": base},
+        )
+    # Sketched from the cycle's own rows that brought their text (new, or redacted again);
+    # through dataset_rows each would be joined with every stored text.
     _store_sketches(
         con,
         "SELECT row_key, text_md5, interaction_id, user_id, prompt, response"
-        f" FROM {_DATASET} d WHERE prompt IS NOT NULL AND NOT EXISTS (SELECT 1"
+        " FROM fw_version_own d WHERE prompt IS NOT NULL AND NOT EXISTS (SELECT 1"
         " FROM dataset_row_sketches k WHERE k.row_key = d.row_key"
         " AND k.text_md5 = d.text_md5 AND k.engine = $engine)",
         {"engine": quality.SKETCH_ENGINE},
         _near_threshold(plan),
     )
+    _drop_version_temps(con)
     return version_id, sha, True
+
+
+def _drop_version_temps(con: duckdb.DuckDBPyConnection) -> None:
+    for temp in ("fw_version_own", "fw_version_rows"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
 
 
 def _near_threshold(plan: Plan) -> float:
@@ -1414,15 +1494,18 @@ def sketch_version(con: duckdb.DuckDBPyConnection, version_id: str, threshold: f
 
 def _store_sketches(
     con: duckdb.DuckDBPyConnection, rows: str, params: dict[str, Any], threshold: float
-) -> None:
+) -> int:
     """Sketch the rows of query ``rows`` (bound with ``params``) into dataset_row_sketches:
-    exact key, shingles, and band signatures for ``threshold``."""
+    exact key, shingles, and band signatures for ``threshold``; how many were sketched."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE fw_sketch AS SELECT * EXCLUDE (shingles), shingles AS s"
         f" FROM ({quality.sketch_sql(rows)})",
         params,
     )
+    sketched = _count(con, "SELECT count(*) FROM fw_sketch")
     try:
+        if not sketched:
+            return 0
         quality.band_signature_lists(con, "fw_sketch", "fw_sketch_sig", threshold=threshold)
         con.execute(
             "INSERT INTO dataset_row_sketches BY NAME SELECT k.* EXCLUDE (s), k.s AS shingles,"
@@ -1433,6 +1516,7 @@ def _store_sketches(
     finally:
         con.execute("DROP TABLE IF EXISTS fw_sketch_sig")
         con.execute("DROP TABLE IF EXISTS fw_sketch")
+    return sketched
 
 
 def _system_lineage(con: duckdb.DuckDBPyConnection, plan: Plan) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """Dataset versions: what a cycle built, its lineage and composition, comparisons and exports.
 
-A version is immutable once written: its rows (``dataset_rows``), the sha256 of its canonical
-export (OpenAI chat JSONL of every row, in the canonical order), its lineage (plan version,
-cycle, window, batches, filter parameters, parent) and composition (production against
-synthetic rows, per cell of the generation grid). The one exception is erasure: ``forget``
-deletes a user's rows from every version, and a version then reports how many rows it lost.
+A version is immutable once written: its rows (``dataset_rows``), its hash (the sha256 of its
+rows' canonical JSONL lines' sha256 digests, in the canonical order: ``version_digest`` of an
+export of every row), its lineage (plan version, cycle, window, batches, filter parameters,
+parent) and composition (production against synthetic rows, per cell of the generation grid).
+The one exception is erasure: ``forget`` deletes a user's rows from every version, and a
+version then reports how many rows it lost.
+
+A version that carries most of its parent's rows is stored as a delta over a full version
+(migration 0016): its own members are the rows it holds otherwise than that base, and the
+base's rows it does not hold are listed as drops. ``dataset_version_members`` resolves them.
 
 The canonical order is the md5 of each row's key: a shuffle that does not depend on the order
 rows were inserted in, so the same cycle over the same data gives the same bytes and hash.
@@ -125,7 +130,7 @@ _VERSION_COLUMNS = (
     "v.version_id, v.plan_id, v.plan_version, v.cycle, v.number, v.parent_version, v.run_id, "
     "v.sha256, v.rows, v.train_rows, v.validation_rows, v.production_rows, v.synthetic_rows, "
     "v.lineage, v.composition, v.created_by, v.created_at, "
-    "(SELECT count(*) FROM dataset_members r WHERE r.version_id = v.version_id) AS rows_now"
+    "(SELECT count(*) FROM dataset_version_members r WHERE r.version_id = v.version_id) AS rows_now"
 )
 
 
@@ -194,7 +199,7 @@ def version_system_message(store: Store, version_id: str) -> str | None:
     when most carry none). Raises DatasetError for an unknown version."""
     get_version(store, version_id)
     row = store.fetch_one(
-        "SELECT nullif(system, '') AS s FROM dataset_members"
+        "SELECT nullif(system, '') AS s FROM dataset_version_members"
         " WHERE version_id = ? AND split = 'train'"
         " GROUP BY s ORDER BY count(*) DESC, s NULLS FIRST LIMIT 1",
         [version_id],
@@ -236,30 +241,49 @@ def canonical_line_sql(
     )
 
 
-def canonical_sha256(
-    con: duckdb.DuckDBPyConnection, source: str, order: str, params: Any = None
-) -> str:
-    """sha256 of ``canonical_jsonl`` of the rows of ``source`` (a table or a parenthesised
-    query with system, prompt and response columns) in ``order``: each line is written by
-    DuckDB, in parallel, and the digest reads Arrow's string buffers as they are, so half a
-    million rows cost their JSON escaping in C and a sort, no Python per row."""
+def line_sha_sql(system: str = "system", prompt: str = "prompt", response: str = "response") -> str:
+    """SQL for the sha256 (hex) of a row's canonical line: what each member keeps as
+    ``line_sha`` when it is written."""
+    return f"sha256({canonical_line_sql(system, prompt, response)})"
+
+
+def version_sha256(con: duckdb.DuckDBPyConnection, members: str, params: Any = None) -> str:
+    """A version's hash: the sha256 of its rows' line digests (``line_sha``, hex),
+    concatenated in the canonical order. ``members`` is a table or a parenthesised query with
+    sort_key, row_key and line_sha columns. Each row's digest is taken once, when it is first
+    written, so a cycle that carries half a million rows sorts their digests and reads none
+    of their texts. ``version_digest`` computes the same from an exported file."""
     import pyarrow as pa
 
     reader = con.sql(
-        f"SELECT {canonical_line_sql()} AS line FROM {source} ORDER BY {order}", params=params
+        f"SELECT line_sha FROM {members} ORDER BY sort_key, row_key", params=params
     ).to_arrow_reader(100_000)
     digest = hashlib.sha256()
     for batch in reader:
-        lines = batch.column(0)
-        if len(lines) == 0:
+        column = batch.column(0)
+        if len(column) == 0:
             continue
-        if not pa.types.is_large_string(lines.type):
-            lines = lines.cast(pa.large_string())
-        _validity, offsets, data = lines.buffers()
+        if column.null_count:
+            raise DatasetError("A dataset row has no line digest; the store is damaged.")
+        if not pa.types.is_large_string(column.type):
+            column = column.cast(pa.large_string())
+        _validity, offsets, data = column.buffers()
         bounds = memoryview(offsets).cast("q")
-        first, last = bounds[lines.offset], bounds[lines.offset + len(lines)]
+        first, last = bounds[column.offset], bounds[column.offset + len(column)]
         digest.update(memoryview(data)[first:last])
     return digest.hexdigest()
+
+
+def version_digest(jsonl: bytes) -> str:
+    """The version hash of an exported file of every row (``--split all``, OpenAI JSONL):
+    the sha256 of each line's sha256 (hex, the line with its newline), concatenated. A
+    reviewer checks an export against its version with it."""
+    lines = jsonl.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return hashlib.sha256(
+        b"".join(hashlib.sha256(line + b"\n").hexdigest().encode() for line in lines)
+    ).hexdigest()
 
 
 def canonical_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
@@ -534,8 +558,9 @@ def compare_versions(store: Store, old: str, new: str) -> VersionDiff:
     get_version(store, old)
     get_version(store, new)
     rows = store.fetch_all(
-        "WITH a AS (SELECT row_key, cell_key FROM dataset_members WHERE version_id = $old), "
-        "b AS (SELECT row_key, cell_key FROM dataset_members WHERE version_id = $new), "
+        "WITH a AS (SELECT row_key, cell_key FROM dataset_version_members"
+        " WHERE version_id = $old), b AS (SELECT row_key, cell_key FROM dataset_version_members"
+        " WHERE version_id = $new), "
         "r AS (SELECT interaction_id AS row_key, any_value(stage) AS stage"
         " FROM cycle_removed_rows WHERE run_id = (SELECT run_id FROM dataset_versions"
         " WHERE version_id = $new) GROUP BY 1) "

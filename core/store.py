@@ -14,12 +14,13 @@ restore takes it alone (``Store.exclusive``) for the moment it puts the new file
 from __future__ import annotations
 
 import fcntl
+import importlib
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -37,7 +38,7 @@ __all__ = ["Migration", "Store", "forget_migrated", "insert_rows", "migrations"]
 
 Params = Sequence[Any] | dict[str, Any]
 
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 _write_locks: dict[str, threading.RLock] = {}
@@ -52,11 +53,20 @@ def _write_lock(path: Path) -> threading.RLock:
 
 @dataclass(frozen=True)
 class Migration:
-    """One numbered step of the schema, applied once and recorded in the store."""
+    """One numbered step of the schema, applied once and recorded in the store: a SQL file,
+    or a Python module whose ``apply(con)`` runs what SQL alone cannot write (a step that
+    computes with the SQL ``core`` generates)."""
 
     version: int
     name: str
-    sql: str
+    sql: str  # the file's text: the SQL, or the Python module's source
+    step: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+
+    def apply(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self.step is None:
+            con.execute(self.sql)
+        else:
+            self.step(con)
 
 
 def migrations() -> list[Migration]:
@@ -64,8 +74,14 @@ def migrations() -> list[Migration]:
     found: list[Migration] = []
     for entry in resources.files("core.migrations").iterdir():
         match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+        if not match:
+            continue
+        text = entry.read_text(encoding="utf-8")
+        step = None
+        if match[3] == "py":
+            module = importlib.import_module(f"core.migrations.{entry.name[:-3]}")
+            step = module.apply
+        found.append(Migration(int(match[1]), match[2], text, step))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -404,7 +420,7 @@ def migrate(
             continue
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(step.sql)
+            step.apply(con)
             con.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
                 [step.version, step.name],
@@ -414,6 +430,9 @@ def migrate(
             raise StoreError(
                 f"Migration {step.version:04d}_{step.name} failed on {path}: {exc}"
             ) from None
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         con.execute("COMMIT")
         applied.append(step.version)
     return applied

@@ -16,7 +16,7 @@ from core.access import User, local_operator
 from core.cli import main
 from core.consent import forget_user
 from core.cycles import run_cycle, why_dropped
-from core.datasets import compare_versions, get_version
+from core.datasets import compare_versions, export_dataset, get_version, version_digest
 from core.errors import ThinCycleError
 from core.plan import FieldCondition, Plan
 from core.plan_versions import load_plan, save_plan_version
@@ -339,8 +339,13 @@ def test_carried_texts_are_checked_again_only_when_the_parent_used_other_detecto
         "UPDATE dataset_versions SET lineage = ? WHERE version_id = ?",
         [json.dumps(older), second.dataset_version],
     )
-    # ...and stored the text unredacted.
+    # ...and stored the text unredacted (cycle 3's version, which inherits cycle 2's stored
+    # members, is set aside: it was built from the redacted text).
     with store.transaction() as con:
+        for table in ("versions", "members", "version_bases", "member_drops"):
+            con.execute(
+                f"DELETE FROM dataset_{table} WHERE version_id = ?", [third.dataset_version]
+            )
         con.execute(
             "INSERT INTO dataset_texts SELECT row_key, md5(p || chr(31) || response),"
             " interaction_id, user_id, p, response FROM (SELECT *, replace(prompt, '<EMAIL>',"
@@ -356,3 +361,85 @@ def test_carried_texts_are_checked_again_only_when_the_parent_used_other_detecto
     again = run_cycle(store, plan_id, 3, user=local_operator())
     assert again.stages[0].params["texts_redacted_again"] == 1
     assert "<EMAIL>" in carried_prompt(again.dataset_version)
+
+
+def members_stored(store: Store, version: str) -> int:
+    (n,) = store.fetch_one(
+        "SELECT count(*) FROM dataset_members WHERE version_id = ?", [version]
+    ) or (0,)
+    return int(n)
+
+
+def exported_digest(store: Store, version: str, out: Path) -> str:
+    result = export_dataset(store, version, out, split="all")
+    return version_digest(Path(result.path).read_bytes())
+
+
+def test_a_version_that_carries_its_parent_stores_what_changed_and_reads_whole(
+    store: Store, tmp_path: Path
+) -> None:
+    plan_id = workspace(store, tmp_path, [later(n) for n in range(100, 106)])
+    second = run_cycle(store, plan_id, 2, user=local_operator())
+    third = run_cycle(store, plan_id, 3, user=local_operator())
+    # Written: the rows the parent did not hold; read: every row, the parent's as it held them.
+    assert members_stored(store, third.dataset_version) < third.rows
+    assert store.fetch_all("SELECT * FROM dataset_version_bases") == [
+        (third.dataset_version, second.dataset_version)
+    ]
+    texts = "SELECT row_key, prompt, response, split FROM dataset_rows WHERE version_id = ?"
+    parent_rows = set(store.fetch_all(texts, [second.dataset_version]))
+    rows = set(store.fetch_all(texts, [third.dataset_version]))
+    assert len(rows) == third.rows and parent_rows <= rows
+    assert get_version(store, third.dataset_version).erased_rows == 0
+    # Each version's hash is the digest of its export, however it is stored.
+    for result in (second, third):
+        digest = exported_digest(store, result.dataset_version, tmp_path / f"{result.cycle}.jsonl")
+        assert digest == result.sha256
+    # Erasure reaches the rows a version inherits: counted once per version holding them.
+    held = store.fetch_all(
+        "SELECT version_id, count(*) FROM dataset_rows WHERE user_id = 'u-2' GROUP BY 1"
+    )
+    assert {v for v, _ in held} == {second.dataset_version, third.dataset_version}
+    erased = forget_user(store, "u-2", by=User("Priya", frozenset({"privacy_reviewer"})))
+    assert erased.dataset_rows_deleted == sum(n for _, n in held)
+    assert set(erased.dataset_versions) == {second.dataset_version, third.dataset_version}
+    assert not store.fetch_all("SELECT * FROM dataset_rows WHERE user_id = 'u-2'")
+    lost = sum(n for v, n in held if v == third.dataset_version)
+    assert get_version(store, third.dataset_version).erased_rows == lost
+
+
+def test_a_chain_of_carrying_versions_reads_each_version_as_built(
+    store: Store, tmp_path: Path
+) -> None:
+    """Cycle 4 carries cycle 3, itself stored over cycle 2: it is stored over cycle 2 too,
+    holding cycle 3's rows and its own; a version whose every row changed is stored whole."""
+    day4 = CYCLE3_DAY + timedelta(days=30)
+    plan_id = workspace(
+        store,
+        tmp_path,
+        [later(n) for n in range(100, 106)] + [later(n, day4) for n in range(200, 206)],
+    )
+    second = run_cycle(store, plan_id, 2, user=local_operator())
+    third = run_cycle(store, plan_id, 3, user=local_operator())
+    fourth = run_cycle(store, plan_id, 4, user=local_operator(), force=True)
+    bases = dict(store.fetch_all("SELECT * FROM dataset_version_bases"))
+    assert bases == {
+        third.dataset_version: second.dataset_version,
+        fourth.dataset_version: second.dataset_version,
+    }
+    keys = "SELECT row_key FROM dataset_rows WHERE version_id = ?"
+    assert {k for (k,) in store.fetch_all(keys, [third.dataset_version])} <= {
+        k for (k,) in store.fetch_all(keys, [fourth.dataset_version])
+    }
+    assert exported_digest(store, fourth.dataset_version, tmp_path / "4.jsonl") == fourth.sha256
+
+    def new_system(plan: Plan) -> None:
+        plan.goal.student_system_message = "You answer Python questions in one paragraph."
+        plan.goal.production_system = "plan"
+
+    new_plan_version(store, plan_id, new_system)
+    again = run_cycle(store, plan_id, 4, user=local_operator(), force=True)
+    assert again.new_version and again.sha256 != fourth.sha256
+    assert again.dataset_version not in dict(store.fetch_all("SELECT * FROM dataset_version_bases"))
+    assert members_stored(store, again.dataset_version) == again.rows
+    assert exported_digest(store, again.dataset_version, tmp_path / "4b.jsonl") == again.sha256

@@ -273,12 +273,12 @@ def test_forget_lists_exports_backups_and_models_beyond_the_store(
     store.execute(
         "INSERT INTO dataset_members SELECT 'ds-1', interaction_id, 'production', interaction_id,"
         " user_id, '{}', 'train', NULL, md5(interaction_id), 1, 'ds-1',"
-        " md5(prompt || chr(31) || response) FROM interactions"
+        " md5(prompt || chr(31) || response), NULL FROM interactions"
     )
     store.execute(
         "INSERT INTO dataset_members SELECT 'ds-2', interaction_id, 'production', interaction_id,"
         " user_id, '{}', 'train', NULL, md5(interaction_id), 1, 'ds-1',"
-        " md5(prompt || chr(31) || response) FROM interactions WHERE user_id = 'keeper'"
+        " md5(prompt || chr(31) || response), NULL FROM interactions WHERE user_id = 'keeper'"
     )
     for job, version, model in [("ftjob-1", "ds-1", "ft:student:1"), ("ftjob-2", "ds-2", "x")]:
         store.execute(

@@ -20,6 +20,7 @@ from core.datasets import (
     example_token_limit,
     export_dataset,
     get_version,
+    version_digest,
 )
 from core.errors import DatasetError
 from core.store import Store
@@ -40,7 +41,8 @@ def test_export_passes_the_upload_checks_and_is_byte_stable(
     second = export_dataset(store, version, tmp_path / "b.jsonl", split="all")
     a, b = Path(first.path).read_bytes(), Path(second.path).read_bytes()
     assert a == b and first.sha256 == second.sha256 == hashlib.sha256(a).hexdigest()
-    assert first.sha256 == get_version(store, version).sha256
+    # The version's hash is checked against an export of every row by its lines' digests.
+    assert version_digest(a) == get_version(store, version).sha256
     report = check_openai_jsonl(a, model="gpt-4o-mini")
     assert report.ok and report.examples == first.rows
     lines = [json.loads(line) for line in a.decode().splitlines()]
@@ -209,12 +211,13 @@ def test_every_exported_example_carries_the_plans_system_message(
     )
 
 
-def test_a_versions_hash_is_the_sha256_of_its_canonical_file_for_any_text() -> None:
-    """The version hash, written by DuckDB, is the sha256 of the JSONL a user exports: every
-    character JSON escapes (each control character, quotes, backslashes) and none it keeps."""
+def test_a_versions_hash_is_the_digest_of_its_canonical_file_for_any_text() -> None:
+    """Each row's line digest, written by DuckDB, is the sha256 of its line in the JSONL a
+    user exports, so the version hash is ``version_digest`` of that file: every character
+    JSON escapes (each control character, quotes, backslashes) and none it keeps."""
     import duckdb
 
-    from core.datasets import canonical_jsonl, canonical_sha256
+    from core.datasets import canonical_jsonl, line_sha_sql, version_sha256
 
     every = "".join(chr(c) for c in range(128)) + "é ☃ 😀 \u2028 \u2029 \ufeff \x85 \\u000B"
     rows = [
@@ -229,6 +232,57 @@ def test_a_versions_hash_is_the_sha256_of_its_canonical_file_for_any_text() -> N
         "INSERT INTO t VALUES (?, ?, ?, ?)",
         [[n, r["system"], r["prompt"], r["response"]] for n, r in enumerate(rows)],
     )
-    assert canonical_sha256(con, "t", "n") == hashlib.sha256(canonical_jsonl(rows)).hexdigest()
+    members = (
+        f"(SELECT lpad(n::VARCHAR, 3, '0') AS sort_key, '' AS row_key, {line_sha_sql()}"
+        " AS line_sha FROM t)"
+    )
+    data = canonical_jsonl(rows)
+    lines = data.split(b"\n")[:-1]
+    digests = con.execute(f"SELECT line_sha FROM {members} ORDER BY sort_key").fetchall()
+    assert [d for (d,) in digests] == [hashlib.sha256(line + b"\n").hexdigest() for line in lines]
+    assert version_sha256(con, members) == version_digest(data)
     con.execute("DELETE FROM t")
-    assert canonical_sha256(con, "t", "n") == hashlib.sha256(b"").hexdigest()
+    assert version_sha256(con, members) == version_digest(b"") == hashlib.sha256(b"").hexdigest()
+
+
+def test_versions_stored_before_line_digests_are_restated_on_upgrade(tmp_path: Path) -> None:
+    """A store written before members kept their line's digest (migration 16) gets them, and
+    each version's hash is restated as the digest of its export: the same rows, in the same
+    order, so a rerun of the unchanged cycle still finds the version it built."""
+    import duckdb
+
+    from core.datasets import canonical_jsonl
+    from core.store import migrate
+
+    path = tmp_path / "older.duckdb"
+    con = duckdb.connect(str(path))
+    migrate(con, path, only=set(range(1, 16)))
+    texts = [("i-1", None, "how?\n", 'so "quoted" \x0b'), ("i-2", "sys ☃", "p", "r")]
+    for key, system, prompt, response in texts:
+        con.execute(
+            "INSERT INTO dataset_texts VALUES (?, md5(? || chr(31) || ?), ?, 'u', ?, ?)",
+            [key, prompt, response, key, prompt, response],
+        )
+        con.execute(
+            "INSERT INTO dataset_members VALUES ('ds-1', ?, 'production', ?, 'u', '{}', 'train',"
+            " ?, md5(?), 1, 'ds-1', md5(? || chr(31) || ?))",
+            [key, key, system, key, prompt, response],
+        )
+    con.execute(
+        "INSERT INTO dataset_versions VALUES ('ds-1', 'p', 1, 1, 1, NULL, 'run', 'old', 2, 2, 0,"
+        " 2, 0, '{}', '{}', 'me', now())"
+    )
+    order = [
+        k
+        for (k,) in con.execute("SELECT row_key FROM dataset_members ORDER BY sort_key").fetchall()
+    ]
+    con.close()
+    store = Store(path)
+    rows = [
+        {"system": s, "prompt": p, "response": r}
+        for key in order
+        for k, s, p, r in texts
+        if k == key
+    ]
+    assert get_version(store, "ds-1").sha256 == version_digest(canonical_jsonl(rows))
+    assert store.fetch_all("SELECT count(*) FROM dataset_members WHERE line_sha IS NULL") == [(0,)]
