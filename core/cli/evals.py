@@ -123,18 +123,29 @@ def freeze(store: Store, eval_set: str, set_version: int | None, reason: str) ->
     "--graders",
     type=CommaSeparated(str, "exact,regex"),
     default="python_parses,python_tests",
+    metavar="A,B",
     show_default=True,
     help="comma-separated: exact, normalised, regex, json_schema, python_parses, "
     "python_tests, llm_judge",
 )
 @click.option(
-    "--samples", type=click.IntRange(min=1), default=1, show_default=True, help="per item"
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="samples per item (their scores averaged)",
 )
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="sampling")
+@click.option(
+    "--temperature", type=float, default=0.0, show_default=True, help="sampling temperature"
+)
 @click.option("--judge-model", help="judge of llm_judge (default: judge_model setting)")
 @click.option("--judge-base-url", metavar="URL", help="judge's server (default: judge_base_url)")
 @click.option(
-    "--concurrency", type=click.IntRange(min=1), help="requests in flight (eval_concurrency)"
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="requests in flight (default: eval_concurrency)",
 )
 @system_message_option
 def run(

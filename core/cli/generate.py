@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
+    metavar="N",
     help="requests in flight (default: generation_concurrency)",
 )
 def command(
