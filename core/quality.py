@@ -389,7 +389,9 @@ def _reference_pairs(
     bands, rows = band_parameters(threshold, num_perm)
     shift = 32 - (num_perm.bit_length() - 1)
     ref = sql_identifier(reference)
-    rest, rest_sig, candidates = (f"{prefix}_{n}" for n in ("rest", "rsig", "cand"))
+    rest, rest_sig, ref_sig, candidates = (
+        f"{prefix}_{n}" for n in ("rest", "rsig", "refsig", "cand")
+    )
     try:
         # The reference's signatures: stored ones as they are, the others computed now.
         current = sql_string(band_params(threshold, num_perm))
@@ -398,18 +400,16 @@ def _reference_pairs(
             f" WHERE s IS NOT NULL AND (sig IS NULL OR band_params IS DISTINCT FROM {current})"
         )
         _band_signatures(con, rest, rest_sig, num_perm=num_perm, bands=bands, rows=rows)
-        # The reference's band signatures stream past the new texts' (the smaller side, built
-        # into the join's table) instead of being written out: a reference of half a million
-        # texts has millions.
-        reference_bands = (
-            "SELECT rowid AS id, unnest(sig) AS s, generate_subscripts(sig, 1) - 1 AS band FROM"
+        con.execute(
+            f"CREATE TEMP TABLE {ref_sig} AS SELECT rowid AS id, unnest(sig) AS s,"
+            " generate_subscripts(sig, 1) - 1 AS band FROM"
             f" {ref} WHERE sig IS NOT NULL AND band_params = {current}"
             f" UNION ALL SELECT r.ref_id, g.s, g.band FROM {rest_sig} g"
             f" JOIN {rest} r ON r.rowid = g.id"
         )
         con.execute(
             f"CREATE TEMP TABLE {candidates} AS SELECT a.id AS a, b.id AS b FROM {new_sig} a"
-            f" JOIN ({reference_bands}) b ON a.band = b.band AND a.s = b.s"
+            f" JOIN {ref_sig} b ON a.band = b.band AND a.s = b.s"
             f" GROUP BY ALL HAVING count(*) >= {_MIN_BANDS}"
         )
         found = con.execute(
@@ -420,7 +420,7 @@ def _reference_pairs(
             [threshold - 1e-12],
         ).fetchall()
     finally:
-        for table in (candidates, rest_sig, rest):
+        for table in (candidates, ref_sig, rest_sig, rest):
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return [NearDuplicatePair(a, b, float(j)) for a, b, j in found]
 
