@@ -257,7 +257,7 @@ class ForgetResult:
     models: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``forget --json`` keys."""
+        """The ``data forget --json`` keys."""
         return asdict(self)
 
 

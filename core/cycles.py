@@ -222,7 +222,7 @@ def _decontaminate(ctx: _Context, rows: ir.Table, rule: Any) -> ir.Table:
     if missing:
         ctx.warnings.append(
             f"Decontamination: eval set(s) {', '.join(missing)} named by the plan are not "
-            "stored; load them with `ingest FILE --kind eval-items`."
+            "stored; load them with `data ingest FILE --kind eval-items`."
         )
     if not stored:
         ctx.warnings.append(

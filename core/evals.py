@@ -226,7 +226,8 @@ def import_eval_set(
     The file holds a set's whole content (with ``merge``, its items are laid over the newest
     version's). Identical content keeps the version; a changed draft is updated in place; a
     changed frozen version makes a new one. Rows that break the contract go to the quarantine
-    through the ingest (``rejects --batch``). Raises IngestError/EvalError for unreadable files;
+    through the ingest (``data rejects --batch``). Raises IngestError/EvalError for unreadable
+    files;
     AccessError, before anything is written, when ``user`` may not ingest data (loading eval
     items here is the Data page's ingest of eval items, plus versioning).
     """

@@ -169,7 +169,7 @@ class IngestResult:
     read_path: ReadPath | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-ready data (the ``ingest --json`` keys)."""
+        """The result as JSON-ready data (the ``data ingest --json`` keys)."""
         return asdict(self)
 
     @property

@@ -948,16 +948,9 @@ def contamination_stage(
     scored = shared.join(item_sizes, ["item", "n"]).select(
         "id", "item", "n", share=shared.k / ibis.least(shared.total, item_sizes.m)
     )
-    best = ibis.window(
-        group_by=scored.id, order_by=[scored.share.desc(), scored.n.asc(), scored.item.asc()]
-    )
-    ranked = scored.mutate(fw_rank=ibis.row_number().over(best))
-    hits = ranked.filter((ranked.fw_rank == 0) & (ranked.share >= threshold - 1e-12))
+    hits = scored.filter(scored.share >= threshold - 1e-12)
     found = engine.fetch(hits.select("id", "item", "n", "share"))
-    drops = sorted(
-        (str(i), f"overlaps eval item {item}: {share:.0%} of {n}-grams")
-        for i, item, n, share in zip(
-            *(found.column(c).to_pylist() for c in ("id", "item", "n", "share")), strict=True
-        )
+    overlaps = zip(
+        *(found.column(c).to_pylist() for c in ("id", "item", "n", "share")), strict=True
     )
-    return _with_drops(engine, rows, drops)
+    return _with_drops(engine, rows, quality.contamination_drops(overlaps))

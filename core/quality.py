@@ -954,7 +954,7 @@ def contamination_stage(
         {"sets": eval_sets} if eval_sets else {},
     )
     sizes = [int(r[0]) for r in con.execute(f"SELECT DISTINCT n FROM {items}").fetchall()]
-    drops: list[tuple[str, str]] = []
+    overlaps: list[tuple[str, str, int, float]] = []
     if sizes:
         row_view = f"fw_dc_rows{next(_counter)}"
         con.execute(
@@ -973,21 +973,30 @@ def contamination_stage(
                 f" shared AS (SELECT g.id, i.item, any_value(g.total) AS total,"
                 f"  count(DISTINCT g.h) AS k FROM g JOIN {items} i ON i.h = g.h AND i.n = {size}"
                 f"  GROUP BY ALL)"
-                f" SELECT s.id, arg_max(s.item, s.k / least(s.total, z.m)),"
-                f"  max(s.k / least(s.total, z.m))"
-                f" FROM shared s JOIN item_sizes z USING (item)"
-                f" GROUP BY s.id HAVING max(s.k / least(s.total, z.m)) >= ?",
+                f" SELECT * FROM (SELECT s.id, s.item, {size}, s.k / least(s.total, z.m) AS share"
+                f" FROM shared s JOIN item_sizes z USING (item)) WHERE share >= ?",
                 [threshold - 1e-12],
             ).fetchall()
-            drops.extend(
-                (str(i), f"overlaps eval item {item}: {share:.0%} of {size}-grams")
-                for i, item, share in found
+            overlaps.extend(
+                (str(i), str(item), int(n), float(share)) for i, item, n, share in found
             )
         con.execute(f"DROP VIEW IF EXISTS {row_view}")
     con.execute(f"DROP TABLE IF EXISTS {items}")
-    merged: dict[str, str] = {}
-    for row_id, why in drops:
-        merged.setdefault(row_id, why)
     name = f"fw_dc_drops{next(_counter)}"
-    _drops_table(con, name, sorted(merged.items()))
+    _drops_table(con, name, contamination_drops(overlaps))
     return _with_drops(rows, name)
+
+
+def contamination_drops(overlaps: Iterable[tuple[str, str, int, float]]) -> list[tuple[str, str]]:
+    """Each contaminated row and why, from its overlaps (row, item, n, share) at or above the
+    threshold, on every engine: the item it overlaps most, a tie going to the shorter n-grams
+    and then to the item first in order ("e-1 (set) prompt" before "e-2 (set) prompt")."""
+    best: dict[str, tuple[float, int, str]] = {}
+    for row, item, n, share in overlaps:
+        key = (-share, n, item)
+        if row not in best or key < best[row]:
+            best[row] = key
+    return sorted(
+        (row, f"overlaps eval item {item}: {-share:.0%} of {n}-grams")
+        for row, (share, n, item) in best.items()
+    )

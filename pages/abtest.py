@@ -279,7 +279,7 @@ with results_tab:
                 f"Cycle {cycle} has no A/B data yet: no interactions tagged with this cycle on "
                 f"the plan's arms ({', '.join(a.name for a in plan.ab_test.arms)}) between "
                 f"{window[0]:%d %b} and {window[1]:%d %b}. Load them on the **Data** page or "
-                f"with `python -m core ingest FILE --cycle {cycle}`.",
+                f"with `python -m core data ingest FILE --cycle {cycle}`.",
                 icon=":material/info:",
             )
         st.stop()

@@ -38,7 +38,7 @@ counts = guarded(lambda: cached_read(consent_counts)) or []
 if not counts:
     st.info(
         "No consent events yet. Load them on the **Data** page (kind: consent) or run "
-        "`python -m core ingest FILE --kind consent`. Until then no interaction is eligible "
+        "`python -m core data ingest FILE --kind consent`. Until then no interaction is eligible "
         "for training: no record means no consent.",
         icon=":material/info:",
     )

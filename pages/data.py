@@ -40,7 +40,7 @@ with st.expander("Which columns a file needs", icon=":material/table_chart:"):
         st.code(example_line(contract_kind), language="json", wrap_lines=True)
         st.caption(
             f"A sample file to try: `data/{sample_file.name}` "
-            f"(`python -m core ingest data/{sample_file.name}"
+            f"(`python -m core data ingest data/{sample_file.name}"
             + (" --kind consent" if contract_kind == "consent" else "")
             + "`)."
         )
@@ -87,7 +87,7 @@ batches = guarded(lambda: list_batches(store)) or []
 if not batches:
     st.info(
         "No data loaded yet. Upload a file above, or run "
-        "`python -m core ingest FILE [--kind consent|eval-items]`.",
+        "`python -m core data ingest FILE [--kind consent|eval-items]`.",
         icon=":material/info:",
     )
     st.stop()

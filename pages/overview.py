@@ -95,8 +95,8 @@ st.markdown("#### Cycles: planned against actual")
 if not status:
     st.info(
         "No cycle has traffic or a run yet. Load interaction logs on the **Data** page (or "
-        "`python -m core ingest FILE --cycle N`) and run a cycle on the **Cycles** page to see "
-        "each cycle's figures here.",
+        "`python -m core data ingest FILE --cycle N`) and run a cycle on the **Cycles** page to "
+        "see each cycle's figures here.",
         icon=":material/info:",
     )
     st.stop()
