@@ -721,11 +721,10 @@ def _run_cycle(
     progress: Progress | None,
     force: bool,
 ) -> CycleResult:
-    """The body of ``run_cycle``, run while it holds the store."""
+    """The body of ``run_cycle``, run while it holds the store: its named steps in order."""
     plan, plan_version = load_plan(store, plan_id)
     _check_can_run(store, plan, plan_id, plan_version, cycle)
     start, end = cycle_window(plan, cycle)
-    who = user.name
     report = progress or (lambda fraction, message: None)
     rules = pipeline_rules(plan)
     total_steps = len(rules) + 6
@@ -741,106 +740,27 @@ def _run_cycle(
         quality.install_stage_functions(con)
         ctx = _Context(con, plan, keep, warnings)
 
-        # 0. the parent version's rows, checked again
         report(0.0, "Checking the rows carried from the parent version…")
-        clock = time.perf_counter()
         parent = _parent_version(con, plan_id, cycle)
-        freeze = end or datetime.combine(
-            plan_timeline(plan)[cycle - 1].data_freeze, day_time(0), UTC
-        )
         fresh = fresh_batches(con)  # batches today's PII detectors redacted: read once
-        carried = _carry(con, plan, plan_id, rules, parent, freeze, keep, fresh)
-        carried.seconds = time.perf_counter() - clock
+        carried = _carried_stage(con, plan, plan_id, cycle, rules, parent, end, keep, fresh)
         stages.append(carried)
         if parent is not None:
             ctx.reference = _REFERENCE
             ctx.reference_label = parent.version_id
             _reference_sketches(con, _near_threshold(plan))
 
-        # 1. the window
         report(1 / total_steps, "Collecting the cycle's window…")
-        clock = time.perf_counter()
-        columns = _row_columns(plan)
-        # A view, not a copy: consent and the PII check read the window once each, and a
-        # copy of every column of the window cost more than both reads.
-        bounds = (
-            f"ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'"
-            if start is not None and end is not None
-            else "false"
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW fw_cycle_window AS SELECT {columns} FROM interactions"
-            f" WHERE {bounds}"
-        )
-        in_window = _count(con, "SELECT count(*) FROM fw_cycle_window")
-        stages.append(
-            StageRecord(
-                1,
-                "window",
-                f"{start:%Y-%m-%d} ≤ ts < {end:%Y-%m-%d}" if start and end else "synthetic only",
-                {
-                    "start": start.isoformat() if start else None,
-                    "end": end.isoformat() if end else None,
-                },
-                "pipeline",
-                in_window,
-                in_window,
-                0,
-                seconds=time.perf_counter() - clock,
-            )
-        )
+        stages.append(_window_stage(con, plan, start, end))
+        in_window = stages[-1].rows_out
 
-        # 2. consent, and 3. PII redaction checked again on what consent lets through
         report(2 / total_steps, "Applying the consent ledger…")
-        clock = time.perf_counter()
-        window = ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window")
-        verdict = consent_stage(window, _events())
-        con.execute(
-            f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id,"
-            " 2 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
-            f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL"
-        )
-        removed = _count(con, f"SELECT count(*) FROM {_REMOVED} WHERE position = 2")
-        stages.append(
-            StageRecord(
-                2,
-                "consent",
-                "training consent",
-                {"scope": "training"},
-                "pipeline",
-                in_window,
-                in_window - removed,
-                removed,
-                seconds=time.perf_counter() - clock,
-            )
-        )
+        stages.append(_consent_stage(con, in_window))
+        alive_count = stages[-1].rows_out
+
         report(3 / total_steps, "Checking PII redaction…")
-        clock = time.perf_counter()
-        kept = window.anti_join(
-            ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
-        )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, fresh))}")
-        rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
-        checked = _count(
-            con,
-            f"SELECT count(*) FROM {_ROWS} WHERE NOT list_contains(?::VARCHAR[], batch_id)",
-            [fresh],
-        )
-        alive_count = in_window - removed
-        _pii_rule, pii_origin = rules[0]
-        stages.append(
-            StageRecord(
-                3,
-                "pii_redacted",
-                "pii_redacted",
-                {"rows_checked_again": checked, "texts_redacted_again": rechecked},
-                pii_origin,
-                alive_count,
-                alive_count,
-                0,
-                seconds=time.perf_counter() - clock,
-            )
-        )
+        stages.append(_pii_check_stage(con, fresh, alive_count, rules[0][1]))
+        rechecked = int(stages[-1].params["texts_redacted_again"])
         rechecked += int(carried.params.get("texts_redacted_again", 0))
         if rechecked:
             warnings.append(
@@ -848,171 +768,288 @@ def _run_cycle(
                 "did not; they were redacted again in the dataset."
             )
 
-        # 4. the plan's filters
         for offset, (rule, origin) in enumerate(rules[1:], start=4):
             report(offset / total_steps, f"{rule.rule}…")
-            clock = time.perf_counter()
-            runner = STAGE_RUNNERS[rule.rule]
-            try:
-                verdict = runner(ctx, _alive(), rule)
-            except ValueError as exc:
-                raise CycleError(f"The plan's {rule.rule} filter cannot run: {exc}.") from None
-            described = _describe(rule)
-            before = _count(con, f"SELECT count(*) FROM {_REMOVED}")
-            con.execute(
-                f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id, ?, ?, ?, fw_drop"
-                f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
-                [offset, rule.rule, described],
-            )
-            dropped = _count(con, f"SELECT count(*) FROM {_REMOVED}") - before
-            stages.append(
-                StageRecord(
-                    offset,
-                    rule.rule,
-                    described,
-                    rule.model_dump(mode="json"),
-                    origin,
-                    alive_count,
-                    alive_count - dropped,
-                    dropped,
-                    seconds=time.perf_counter() - clock,
-                )
-            )
-            alive_count -= dropped
+            stages.append(_filter_stage(ctx, offset, rule, origin, alive_count))
+            alive_count = stages[-1].rows_out
 
         new_rows = alive_count if start is not None else 0
-        if start is not None and new_rows < plan.cadence.min_new_examples:
-            message = (
-                f"Cycle {cycle} of plan '{plan_id}' has {new_rows} new production row(s) after "
-                f"its filters, fewer than the plan's min_new_examples "
-                f"({plan.cadence.min_new_examples}): the plan does not count this as enough new "
-                "data to retrain."
-            )
-            if not force:
-                raise ThinCycleError(
-                    message + " No version was built; run it again with --force (the Cycles "
-                    "page: 'Build anyway') to build one regardless."
-                )
-            warnings.append(message + " Built anyway (forced).")
+        if start is not None:
+            _check_enough_new_rows(plan, plan_id, cycle, new_rows, force, warnings)
 
-        # 5. the mix, 6. the split
         position = len(rules) + 3
         report(position / total_steps, "Mixing with the synthetic data…")
         clock = time.perf_counter()
         mix = _mix(
-            con,
-            plan,
-            plan_id,
-            cycle,
-            new_rows,
-            carried,
-            start is not None,
-            position,
-            warnings,
+            con, plan, plan_id, cycle, new_rows, carried, start is not None, position, warnings
         )
         mix.seconds = time.perf_counter() - clock
         stages.append(mix)
-        total = mix.rows_out
-        if total == 0:
+        if mix.rows_out == 0:
             raise CycleError(
                 f"Cycle {cycle} of plan '{plan_id}' would build an empty dataset: "
                 + "; ".join(f"{s.name} {s.rows_in}→{s.rows_out}" for s in stages)
                 + ". Load consented interactions for its window or generate synthetic data."
             )
-        report((position + 1) / total_steps, "Splitting train and validation…")
-        clock = time.perf_counter()
-        validation = _split(con, plan.cadence.validation_share)
-        stages.append(
-            StageRecord(
-                position + 1,
-                "split",
-                f"stratified by cell, validation_share={plan.cadence.validation_share}",
-                {"validation_share": plan.cadence.validation_share, "validation": validation},
-                "plan",
-                total,
-                total,
-                0,
-                seconds=time.perf_counter() - clock,
-            )
-        )
 
-        # 7. the version
+        report((position + 1) / total_steps, "Splitting train and validation…")
+        stages.append(_split_stage(con, plan, position + 1, mix.rows_out))
+
         report((position + 2) / total_steps, "Writing the dataset version…")
         version_id, sha, created = _write_version(
-            con, plan, plan_id, plan_version, cycle, run_id, who, stages, start, end, parent
+            con, plan, plan_id, plan_version, cycle, run_id, user.name, stages, start, end, parent
         )
-        finished = action_clock.now()
-        con.execute(
-            "INSERT INTO cycle_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run_id,
-                plan_id,
-                plan_version,
-                cycle,
-                start,
-                end,
-                started,
-                finished,
-                who,
-                version_id,
-                json.dumps(warnings),
-            ],
+        result = CycleResult(
+            run_id,
+            plan_id,
+            plan_version,
+            cycle,
+            start,
+            end,
+            stages,
+            version_id,
+            sha,
+            mix.rows_out,
+            created,
+            warnings,
         )
-        con.executemany(
-            "INSERT INTO cycle_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                [
-                    run_id,
-                    s.position,
-                    s.name,
-                    s.rule,
-                    json.dumps(s.params, default=str),
-                    s.origin,
-                    s.rows_in,
-                    s.rows_out,
-                    s.removed,
-                    s.added,
-                    s.seconds,
-                ]
-                for s in stages
-            ],
-        )
-        con.execute(
-            "INSERT INTO cycle_removed_rows SELECT ?, interaction_id, user_id, position, stage,"
-            f" rule, detail FROM {_REMOVED}",
-            [run_id],
-        )
-        record_audit(
-            con,
-            actor=who,
-            action="cycle_run",
-            target=f"{plan_id}:cycle{cycle}",
-            detail={
-                "run_id": run_id,
-                "dataset_version": version_id,
-                "new_version": created,
-                "rows": total,
-                "stages": {s.name: [s.rows_in, s.rows_out] for s in stages},
-            },
-        )
-        for temp in (_ROWS, _REMOVED, _DATASET, _TOKENS, _CARRIED, _REFERENCE, _POOL):
-            con.execute(f"DROP TABLE IF EXISTS {temp}")
-        con.execute("DROP VIEW IF EXISTS fw_cycle_window")
+        _record_run(con, result, started, user.name)
     report(1.0, f"Built {version_id}.")
-    return CycleResult(
-        run_id,
-        plan_id,
-        plan_version,
-        cycle,
-        start,
-        end,
-        stages,
-        version_id,
-        sha,
-        total,
-        created,
-        warnings,
+    return result
+
+
+def _carried_stage(
+    con: duckdb.DuckDBPyConnection,
+    plan: Plan,
+    plan_id: str,
+    cycle: int,
+    rules: list[tuple[Any, str]],
+    parent: ParentVersion | None,
+    end: datetime | None,
+    keep: str,
+    fresh: list[str],
+) -> StageRecord:
+    """Stage 0: the parent version's rows, checked again at this cycle's data freeze."""
+    clock = time.perf_counter()
+    freeze = end or datetime.combine(plan_timeline(plan)[cycle - 1].data_freeze, day_time(0), UTC)
+    carried = _carry(con, plan, plan_id, rules, parent, freeze, keep, fresh)
+    carried.seconds = time.perf_counter() - clock
+    return carried
+
+
+def _window_stage(
+    con: duckdb.DuckDBPyConnection, plan: Plan, start: datetime | None, end: datetime | None
+) -> StageRecord:
+    """Stage 1: the interactions in the cycle's window, as a view (consent and the PII check
+    read it once each, and a copy of every column cost more than both reads)."""
+    clock = time.perf_counter()
+    bounds = (
+        f"ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'"
+        if start is not None and end is not None
+        else "false"
     )
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW fw_cycle_window AS SELECT {_row_columns(plan)}"
+        f" FROM interactions WHERE {bounds}"
+    )
+    in_window = _count(con, "SELECT count(*) FROM fw_cycle_window")
+    return StageRecord(
+        1,
+        "window",
+        f"{start:%Y-%m-%d} ≤ ts < {end:%Y-%m-%d}" if start and end else "synthetic only",
+        {"start": start.isoformat() if start else None, "end": end.isoformat() if end else None},
+        "pipeline",
+        in_window,
+        in_window,
+        0,
+        seconds=time.perf_counter() - clock,
+    )
+
+
+def _consent_stage(con: duckdb.DuckDBPyConnection, in_window: int) -> StageRecord:
+    """Stage 2: the window's rows without training consent, recorded as removed."""
+    clock = time.perf_counter()
+    verdict = consent_stage(ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window"), _events())
+    con.execute(
+        f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id,"
+        " 2 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
+        f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL"
+    )
+    removed = _count(con, f"SELECT count(*) FROM {_REMOVED} WHERE position = 2")
+    return StageRecord(
+        2,
+        "consent",
+        "training consent",
+        {"scope": "training"},
+        "pipeline",
+        in_window,
+        in_window - removed,
+        removed,
+        seconds=time.perf_counter() - clock,
+    )
+
+
+def _pii_check_stage(
+    con: duckdb.DuckDBPyConnection, fresh: list[str], alive: int, origin: str
+) -> StageRecord:
+    """Stage 3: the rows consent let through into ``_ROWS``, their texts redacted again
+    outside the batches today's detectors redacted at ingest."""
+    clock = time.perf_counter()
+    window = ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window")
+    kept = window.anti_join(
+        ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, fresh))}")
+    rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
+    checked = _count(
+        con,
+        f"SELECT count(*) FROM {_ROWS} WHERE NOT list_contains(?::VARCHAR[], batch_id)",
+        [fresh],
+    )
+    return StageRecord(
+        3,
+        "pii_redacted",
+        "pii_redacted",
+        {"rows_checked_again": checked, "texts_redacted_again": rechecked},
+        origin,
+        alive,
+        alive,
+        0,
+        seconds=time.perf_counter() - clock,
+    )
+
+
+def _filter_stage(ctx: _Context, position: int, rule: Any, origin: str, alive: int) -> StageRecord:
+    """Stage 4 onwards: one of the plan's filters over the rows still alive; the rows it
+    drops recorded as removed with its reason."""
+    con = ctx.con
+    clock = time.perf_counter()
+    try:
+        verdict = STAGE_RUNNERS[rule.rule](ctx, _alive(), rule)
+    except ValueError as exc:
+        raise CycleError(f"The plan's {rule.rule} filter cannot run: {exc}.") from None
+    described = _describe(rule)
+    before = _count(con, f"SELECT count(*) FROM {_REMOVED}")
+    con.execute(
+        f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id, ?, ?, ?, fw_drop"
+        f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
+        [position, rule.rule, described],
+    )
+    dropped = _count(con, f"SELECT count(*) FROM {_REMOVED}") - before
+    return StageRecord(
+        position,
+        rule.rule,
+        described,
+        rule.model_dump(mode="json"),
+        origin,
+        alive,
+        alive - dropped,
+        dropped,
+        seconds=time.perf_counter() - clock,
+    )
+
+
+def _check_enough_new_rows(
+    plan: Plan, plan_id: str, cycle: int, new_rows: int, force: bool, warnings: list[str]
+) -> None:
+    """Raise ThinCycleError when the filters left fewer new rows than the plan's
+    min_new_examples, unless forced (then say so in the warnings)."""
+    if new_rows >= plan.cadence.min_new_examples:
+        return
+    message = (
+        f"Cycle {cycle} of plan '{plan_id}' has {new_rows} new production row(s) after "
+        f"its filters, fewer than the plan's min_new_examples "
+        f"({plan.cadence.min_new_examples}): the plan does not count this as enough new "
+        "data to retrain."
+    )
+    if not force:
+        raise ThinCycleError(
+            message + " No version was built; run it again with --force (the Cycles "
+            "page: 'Build anyway') to build one regardless."
+        )
+    warnings.append(message + " Built anyway (forced).")
+
+
+def _split_stage(
+    con: duckdb.DuckDBPyConnection, plan: Plan, position: int, total: int
+) -> StageRecord:
+    """The train/validation split, stratified by cell (``_split``)."""
+    clock = time.perf_counter()
+    share = plan.cadence.validation_share
+    validation = _split(con, share)
+    return StageRecord(
+        position,
+        "split",
+        f"stratified by cell, validation_share={share}",
+        {"validation_share": share, "validation": validation},
+        "plan",
+        total,
+        total,
+        0,
+        seconds=time.perf_counter() - clock,
+    )
+
+
+def _record_run(
+    con: duckdb.DuckDBPyConnection, result: CycleResult, started: datetime, who: str
+) -> None:
+    """The run, its stages and removed rows, and the audit entry; the temp tables dropped."""
+    con.execute(
+        "INSERT INTO cycle_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            result.run_id,
+            result.plan_id,
+            result.plan_version,
+            result.cycle,
+            result.window_start,
+            result.window_end,
+            started,
+            action_clock.now(),
+            who,
+            result.dataset_version,
+            json.dumps(result.warnings),
+        ],
+    )
+    con.executemany(
+        "INSERT INTO cycle_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            [
+                result.run_id,
+                s.position,
+                s.name,
+                s.rule,
+                json.dumps(s.params, default=str),
+                s.origin,
+                s.rows_in,
+                s.rows_out,
+                s.removed,
+                s.added,
+                s.seconds,
+            ]
+            for s in result.stages
+        ],
+    )
+    con.execute(
+        "INSERT INTO cycle_removed_rows SELECT ?, interaction_id, user_id, position, stage,"
+        f" rule, detail FROM {_REMOVED}",
+        [result.run_id],
+    )
+    record_audit(
+        con,
+        actor=who,
+        action="cycle_run",
+        target=f"{result.plan_id}:cycle{result.cycle}",
+        detail={
+            "run_id": result.run_id,
+            "dataset_version": result.dataset_version,
+            "new_version": result.new_version,
+            "rows": result.rows,
+            "stages": {s.name: [s.rows_in, s.rows_out] for s in result.stages},
+        },
+    )
+    for temp in (_ROWS, _REMOVED, _DATASET, _TOKENS, _CARRIED, _REFERENCE, _POOL):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
+    con.execute("DROP VIEW IF EXISTS fw_cycle_window")
 
 
 @ibis.udf.scalar.builtin(name="md5")  # type: ignore[untyped-decorator]
