@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -206,6 +207,7 @@ def test_every_exported_example_carries_the_plans_system_message(
     per_example = estimate_tokens([{"content": "You are a Python expert."}]) - 3
     assert result.total_tokens == without + len(examples) * per_example
     assert result.system_tokens == len(examples) * per_example
+    assert result.epochs is not None
     assert result.estimated_training_cost_usd == pytest.approx(
         result.total_tokens * result.epochs * 3.0 / 1e6, abs=1e-4
     )
@@ -220,12 +222,15 @@ def test_a_versions_hash_is_the_digest_of_its_canonical_file_for_any_text() -> N
     from core.datasets import canonical_jsonl, line_sha_sql, version_sha256
 
     every = "".join(chr(c) for c in range(128)) + "é ☃ 😀 \u2028 \u2029 \ufeff \x85 \\u000B"
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"system": None, "prompt": 'quote " slash / back \\ line\n\x01 é \u2028', "response": "ok"},
         {"system": "sys ☃", "prompt": "p", "response": "\t tab"},
         {"system": "", "prompt": "q", "response": "r"},
         {"system": every, "prompt": every[::-1], "response": "\x0b\x1f plain"},
-    ] + [{"system": "s", "prompt": f"control {chr(c)} alone", "response": "r"} for c in range(32)]
+    ]
+    rows += [
+        {"system": "s", "prompt": f"control {chr(c)} alone", "response": "r"} for c in range(32)
+    ]
     con = duckdb.connect()
     con.execute("CREATE TABLE t (n INTEGER, system VARCHAR, prompt VARCHAR, response VARCHAR)")
     con.executemany(
