@@ -181,42 +181,31 @@ def cycle_option(*, required: bool) -> Callable[[F], F]:
     return decorate
 
 
-def plan_version_option(f: F) -> F:
-    """--plan-version V (and the old --version, hidden): a stored plan version."""
-    f = click.option(
-        "--version",
-        "old_plan_version",
-        type=click.IntRange(min=1),
-        hidden=True,
-        expose_value=False,
-        callback=_renamed_option("--version", "--plan-version", "plan_version"),
-    )(f)
-    return click.option(
-        "--plan-version",
-        "plan_version",
-        type=click.IntRange(min=1),
-        metavar="V",
-        help="plan version (default: the newest)",
-    )(f)
+def _version_option(flag: str, dest: str, help_text: str) -> Callable[[F], F]:
+    """``flag`` V (and the old --version, hidden, with its deprecation line)."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--version",
+            f"old_{dest}",
+            type=click.IntRange(min=1),
+            hidden=True,
+            expose_value=False,
+            callback=_renamed_option("--version", flag, dest),
+        )(f)
+        return click.option(flag, dest, type=click.IntRange(min=1), metavar="V", help=help_text)(f)
+
+    return decorate
 
 
-def set_version_option(f: F) -> F:
-    """--set-version V (and the old --version, hidden): an eval set's version."""
-    f = click.option(
-        "--version",
-        "old_set_version",
-        type=click.IntRange(min=1),
-        hidden=True,
-        expose_value=False,
-        callback=_renamed_option("--version", "--set-version", "set_version"),
-    )(f)
-    return click.option(
-        "--set-version",
-        "set_version",
-        type=click.IntRange(min=1),
-        metavar="V",
-        help="eval set version (default: the newest)",
-    )(f)
+plan_version_option = _version_option(
+    "--plan-version", "plan_version", "plan version (default: the newest)"
+)
+"""--plan-version V: a stored plan version."""
+set_version_option = _version_option(
+    "--set-version", "set_version", "eval set version (default: the newest)"
+)
+"""--set-version V: an eval set's version."""
 
 
 DOCUMENT_FORMATS = ("md", "html", "pdf")  # core.documents.Format
