@@ -439,8 +439,10 @@ def export_dataset(
     """Write a version (one split, or all) as OpenAI chat JSONL or Parquet; byte-stable.
 
     The JSONL is checked as OpenAI checks an upload before anything is written, with total
-    tokens and the training cost at the plan's price. Raises DatasetError for an unknown
-    version, format or split, a split with no rows, or a failed check (nothing written then);
+    tokens and the training cost at the plan's price; an export of every row is checked
+    against the version hash. Raises DatasetError for an unknown version, format or split, a
+    split with no rows, a failed check or a version that no longer reads back as it was built
+    (nothing written then);
     OutputPathError when ``out_path`` is the store or another file Flywheel manages.
     """
     out = check_output_path(out_path)
@@ -470,6 +472,12 @@ def export_dataset(
             f"Dataset version {version_id} fails the fine-tuning format check "
             f"({len(report.errors)} problem(s)); line {first['line']}: {first['message']}. "
             "Nothing was written."
+        )
+    if split == "all" and version.erased_rows == 0 and version_digest(data) != version.sha256:
+        raise DatasetError(
+            f"Dataset version {version_id} does not read back as it was built: its rows'"
+            " digest differs from the version hash, so the store was changed outside Flywheel."
+            " Nothing was written; restore a backup."
         )
     _write_atomically(out, data)
     epochs = estimated_epochs(len(rows))

@@ -291,3 +291,19 @@ def test_versions_stored_before_line_digests_are_restated_on_upgrade(tmp_path: P
     ]
     assert get_version(store, "ds-1").sha256 == version_digest(canonical_jsonl(rows))
     assert store.fetch_all("SELECT count(*) FROM dataset_members WHERE line_sha IS NULL") == [(0,)]
+
+
+def test_an_export_of_a_version_changed_outside_flywheel_is_refused(
+    store: Store, version: str, tmp_path: Path
+) -> None:
+    """What a reviewer exports is the version as built: a stored text changed behind
+    Flywheel's back fails the check against the version hash, and nothing is written."""
+    store.execute(
+        "UPDATE dataset_texts SET response = response || ' (edited)' WHERE row_key IN"
+        " (SELECT row_key FROM dataset_rows WHERE version_id = ? LIMIT 1)",
+        [version],
+    )
+    out = tmp_path / "all.jsonl"
+    with pytest.raises(DatasetError, match="does not read back as it was built"):
+        export_dataset(store, version, out, split="all")
+    assert not out.exists()
