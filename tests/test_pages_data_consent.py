@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
 from core.store import Store
-from conftest import ROOT
 
 PAGES = ["pages/data.py", "pages/consent.py"]
 
