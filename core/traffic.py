@@ -1,7 +1,7 @@
 """Production traffic on the generation grid: which of the plan's axes the interactions carry
 as columns, and how many interactions fall on each combination of their values. Read by the
-Synthetic data page's production-vs-training comparison (core.generation) and by the
-Overview's coverage gaps (core.monitoring)."""
+Synthetic data page's production-vs-training comparison (core.generation.allocation)
+and by the Overview's coverage gaps (core.monitoring)."""
 
 from __future__ import annotations
 
