@@ -14,9 +14,9 @@ a name patches it there (``core.documents.rendering.X``), not here.
 
 from __future__ import annotations
 
-from core.documents.cycle_report import build_cycle_report
-from core.documents.datasheet import build_datasheet
-from core.documents.model_card import build_model_card
+# isort: off
+# Each module registers its document on import: this order is the order DOCUMENTS lists them in
+# (the CLI's and the pages' choices), plan documents first.
 from core.documents.plan import build_plan_document
 from core.documents.privacy import (
     PII_DESCRIPTIONS,
@@ -24,6 +24,11 @@ from core.documents.privacy import (
     build_privacy_packet,
     pii_placeholders,
 )
+from core.documents.cycle_report import build_cycle_report
+from core.documents.datasheet import build_datasheet
+from core.documents.model_card import build_model_card
+
+# isort: on
 from core.documents.rendering import (
     DOCUMENTS,
     FORMATS,
