@@ -32,8 +32,6 @@ This package is their public face: import from ``core.generation``.
 
 from __future__ import annotations
 
-from types import FunctionType
-
 from core.generation.allocation import CellAllocation, LoopReport, production_vs_training
 from core.generation.batch import BatchSubmission, batch_requests_jsonl, run_batch
 from core.generation.cost import GenerationEstimate, dry_run, plan_items
@@ -109,12 +107,3 @@ __all__ = [
     "system_prompt",
     "write_examples",
 ]
-
-# Each public function names this package as its module, as when generation was one module: a
-# reader of core's modules (tests/test_access.py walks each one's __all__ for the functions it
-# defines) finds it here. Classes keep their own module, where their annotations resolve.
-for _name in __all__:
-    _public = globals()[_name]
-    if isinstance(_public, FunctionType) and _public.__module__.startswith(f"{__name__}."):
-        _public.__module__ = __name__
-del _name, _public
