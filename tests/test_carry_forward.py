@@ -13,6 +13,7 @@ from cycle_helpers import build_workspace, cycle_plan, interaction, withdraw_con
 from test_cycles import assert_funnel_reconciles
 
 from core.access import User, local_operator
+from core.backup import backup_store, restore_store
 from core.cli import main
 from core.consent import forget_user
 from core.cycles import run_cycle, why_dropped
@@ -406,6 +407,14 @@ def test_a_version_that_carries_its_parent_stores_what_changed_and_reads_whole(
     assert not store.fetch_all("SELECT * FROM dataset_rows WHERE user_id = 'u-2'")
     lost = sum(n for v, n in held if v == third.dataset_version)
     assert get_version(store, third.dataset_version).erased_rows == lost
+    # A backup restores each version as it reads: the delta, its base and its drops.
+    backup_store(store, tmp_path / "backup", user=local_operator())
+    restored = Store(tmp_path / "restored.duckdb")
+    restore_store(tmp_path / "backup", restored.path, user=local_operator())
+    for result in (second, third):
+        assert set(restored.fetch_all(texts, [result.dataset_version])) == set(
+            store.fetch_all(texts, [result.dataset_version])
+        )
 
 
 def test_a_chain_of_carrying_versions_reads_each_version_as_built(
