@@ -151,8 +151,7 @@ def import_eval_set(
     version's). Identical content keeps the version; a changed draft is updated in place; a
     changed frozen version makes a new one. Rows that break the contract go to the quarantine
     through the ingest (``data rejects --batch``). Raises IngestError/EvalError for unreadable
-    files;
-    AccessError, before anything is written, when ``user`` may not ingest data (loading eval
+    files; AccessError, before anything is written, when ``user`` may not ingest data (loading eval
     items here is the Data page's ingest of eval items, plus versioning).
     """
     # The ingest loads Ibis: only an import of eval items needs it.
