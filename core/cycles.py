@@ -20,8 +20,10 @@ stage, the rule and why):
 7. a new immutable dataset version (core.datasets), unless the same plan version and cycle
    already built one with the same bytes.
 
-The table stages are Ibis expressions (core.quality, core.consent) compiled to DuckDB. A run is
-one transaction: when any stage fails the store is left as it was.
+What each stage is (the rules a cycle runs, the copy duplicates keep, what a carried row is
+checked by again, the words of its reasons) is defined once in core.pipeline.stages, for this
+loop and core.portable's alike. The table stages are Ibis expressions (core.quality) compiled to
+DuckDB. A run is one transaction: when any stage fails the store is left as it was.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from core import clock as action_clock
 from core import quality
 from core.access import User, require
 from core.audit import record_audit
-from core.consent import CONSENT_EVENT_COLUMNS, consented_since_sql, eligible_interactions
+from core.consent import CONSENT_EVENT_COLUMNS, consented_since_sql
 from core.cycle_reads import (
     CycleResult,
     StageRecord,
@@ -58,15 +60,19 @@ from core.datasets import line_sha_sql, version_sha256
 from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
 from core.labels import label
-from core.plan import (
-    Decontamination,
-    ExactDedup,
-    NearDedup,
-    PiiRedacted,
-    Plan,
-    plan_timeline,
-    system_message_hash,
+from core.pipeline.stages import (
+    RULE_CHANGED,
+    carried_prefix,
+    consent_stage,
+    describe_rule,
+    keep_rule,
+    pii_recheck_warning,
+    pipeline_rules,
+    retention_reason,
+    rule_key,
+    rules_to_recheck,
 )
+from core.plan import Plan, plan_timeline, system_message_hash
 from core.plan_versions import load_plan
 from core.privacy import DETECTORS_FINGERPRINT
 from core.retention import raw_text_retention_days
@@ -101,42 +107,6 @@ _COLUMNS = list(quality.CYCLE_ROW_SCHEMA.names)
 
 
 # -- what runs -----------------------------------------------------------------------------------
-
-
-def _describe(rule: Any) -> str:
-    params = rule.model_dump(exclude={"rule", "expected_pass_rate"})
-    inner = ", ".join(f"{k}={v}" for k, v in params.items())
-    return f"{rule.rule}({inner})" if inner else str(rule.rule)
-
-
-_CANONICAL = ("exact_dedup", "near_dedup", "decontamination")
-
-
-def pipeline_rules(plan: Plan) -> list[tuple[Any, str]]:
-    """The filter stages a cycle runs, in order, each with its origin (plan or default).
-
-    The plan's rules keep their order; PII redaction always runs first. Exact duplicates,
-    near-duplicates and decontamination always run: where the plan lacks one, it is added
-    with its defaults before the first later one the plan has (else at the end).
-    """
-    rules: list[tuple[Any, str]] = [(PiiRedacted(), "pipeline")]
-    for rule in plan.quality_filters:
-        if rule.rule == "pii_redacted":
-            rules[0] = (rule, "plan")
-        else:
-            rules.append((rule, "plan"))
-    defaults = {
-        "exact_dedup": ExactDedup,
-        "near_dedup": NearDedup,
-        "decontamination": Decontamination,
-    }
-    for index, name in enumerate(_CANONICAL):
-        if any(r.rule == name for r, _ in rules):
-            continue
-        later = [i for i, (r, _) in enumerate(rules) if r.rule in _CANONICAL[index + 1 :]]
-        position = later[0] if later else len(rules)
-        rules.insert(position, (defaults[name](), "default"))
-    return rules
 
 
 def cycle_window(plan: Plan, cycle: int) -> tuple[datetime | None, datetime | None]:
@@ -253,23 +223,6 @@ STAGE_RUNNERS: dict[str, StageRunner] = {
     "decontamination": _decontaminate,
 }
 """The function that runs each filter rule: (context, rows, rule) → rows plus ``fw_drop``."""
-
-
-def consent_stage(rows: ir.Table, events: ir.Table) -> ir.Table:
-    """Rows plus ``fw_drop``: why a row lacks training consent (none, or withdrawn)."""
-    eligible = eligible_interactions(rows, events)
-    training = events.filter((events.scope == "training") & (events.action == "grant"))
-    granted_before = rows.semi_join(
-        training, [rows.user_id == training.user_id, training.ts <= rows.ts]
-    ).select(g_id=rows.interaction_id)
-    is_eligible = rows.interaction_id.isin(eligible.interaction_id)
-    had_grant = rows.interaction_id.isin(granted_before.g_id)
-    why = ibis.cases(
-        (is_eligible, ibis.null("string")),
-        (had_grant, "training consent withdrawn at or after the interaction"),
-        else_="no training consent granted at or before the interaction",
-    )
-    return rows.mutate(fw_drop=why)
 
 
 def _pii_stage(rows: ir.Table, fresh_batches: list[str]) -> ir.Table:
@@ -415,12 +368,6 @@ _CARRY_EXTRA = {
 }
 
 
-def rule_key(name: str, params: dict[str, Any]) -> str:
-    """What identifies a filter a version ran (its name and parameters): carried rows are
-    checked again by every rule whose key the parent's lineage does not hold."""
-    return json.dumps([name, params], sort_keys=True, default=str)
-
-
 def _carry(
     con: duckdb.DuckDBPyConnection,
     plan: Plan,
@@ -476,7 +423,7 @@ def _carry(
         """Record the rows ``sql`` yields (interaction_id, user_id, why) as removed."""
         con.execute(
             f"INSERT INTO {_REMOVED} SELECT r.interaction_id, coalesce(r.user_id, ''), 0,"
-            f" 'carried', {sql_string(rule)}, {sql_string(f'carried from {label}: ')}"
+            f" 'carried', {sql_string(rule)}, {sql_string(carried_prefix(label))}"
             f" || r.fw_why FROM ({sql}) r",
             params,
         )
@@ -514,22 +461,17 @@ def _carry(
     con.execute("DROP TABLE fw_carry_unconsented")
     days = raw_text_retention_days(plan)
     remove(
-        f"SELECT interaction_id, user_id, 'older than the plan''s raw-text retention ({days}"
-        f" days) at the data freeze' AS fw_why FROM {_CARRY_ROWS}"
+        f"SELECT interaction_id, user_id, {sql_string(retention_reason(days))} AS fw_why"
+        f" FROM {_CARRY_ROWS}"
         " WHERE ts < $freeze - to_days($days) AND interaction_id NOT IN"
         f" (SELECT interaction_id FROM {_REMOVED})",
         "retention",
         {"freeze": freeze, "days": days},
     )
-    ran = {rule_key(f["name"], f["params"]) for f in parent.filters}
-    eval_items = _eval_items_fingerprint(con)
-    for rule, _origin in rules[1:]:
-        params = rule.model_dump(mode="json")
-        changed = rule_key(rule.rule, params) not in ran
-        if rule.rule == "decontamination":
-            changed = changed or eval_items != parent.eval_items
-        if not changed:
-            continue
+    again = rules_to_recheck(
+        rules, parent.filters, lambda: _eval_items_fingerprint(con), parent.eval_items
+    )
+    for rule in again:
         try:
             if rule.rule in {"exact_dedup", "near_dedup", "decontamination"}:
                 ctx = _Context(con, plan, keep, [])
@@ -539,8 +481,8 @@ def _carry(
         except ValueError as exc:
             raise CycleError(f"The plan's {rule.rule} filter cannot run: {exc}.") from None
         remove(
-            "SELECT interaction_id, user_id, fw_drop || ' (the rule is not the one the parent"
-            f" version ran)' AS fw_why FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
+            f"SELECT interaction_id, user_id, fw_drop || {sql_string(RULE_CHANGED)} AS fw_why"
+            f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
             rule.rule,
         )
         con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
@@ -728,8 +670,7 @@ def _run_cycle(
     report = progress or (lambda fraction, message: None)
     rules = pipeline_rules(plan)
     total_steps = len(rules) + 6
-    near = next((r for r, _ in rules if r.rule == "near_dedup"), None)
-    keep = near.keep if near is not None else "earliest"
+    keep = keep_rule(rules)
     started = action_clock.now()
     run_id = started.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     stages: list[StageRecord] = []
@@ -763,10 +704,7 @@ def _run_cycle(
         rechecked = int(stages[-1].params["texts_redacted_again"])
         rechecked += int(carried.params.get("texts_redacted_again", 0))
         if rechecked:
-            warnings.append(
-                f"PII check: {rechecked} row(s) held PII today's detectors find and ingest's "
-                "did not; they were redacted again in the dataset."
-            )
+            warnings.append(pii_recheck_warning(rechecked))
 
         for offset, (rule, origin) in enumerate(rules[1:], start=4):
             report(offset / total_steps, f"{rule.rule}…")
@@ -928,7 +866,7 @@ def _filter_stage(ctx: _Context, position: int, rule: Any, origin: str, alive: i
         verdict = STAGE_RUNNERS[rule.rule](ctx, _alive(), rule)
     except ValueError as exc:
         raise CycleError(f"The plan's {rule.rule} filter cannot run: {exc}.") from None
-    described = _describe(rule)
+    described = describe_rule(rule)
     before = _count(con, f"SELECT count(*) FROM {_REMOVED}")
     con.execute(
         f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id, ?, ?, ?, fw_drop"

@@ -6,7 +6,9 @@ consent; the PII re-check (core.privacy's detectors and validators, regular expr
 translated for Java); the plan's row rules (feedback, acceptance, length, language, code
 parsing, field conditions); exact duplicates; MinHash near-duplicates; decontamination against
 the eval items (core.portable_quality). ``cycle run`` itself keeps core.quality's DuckDB SQL,
-tuned for the store; tests/test_spark.py checks that both give the same funnel.
+tuned for the store; both take what each stage is (its rules, keep and re-check rules, reasons)
+from core.pipeline.stages, and tests/test_pipeline_parity.py checks that both give the same
+funnel in every test run (on Spark too where the ``spark`` tests run).
 
 Cycles build on each other here too: given the parent version's rows (``ParentRows``, an input
 table), the stages carry them forward as ``cycle run`` does. Each carried row is checked again
@@ -36,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import ibis
@@ -45,8 +47,18 @@ import pyarrow as pa
 
 from core import quality
 from core.consent import CONSENT_EVENT_COLUMNS
-from core.cycles import consent_stage, pipeline_rules, rule_key
 from core.errors import CycleError
+from core.pipeline.stages import (
+    RULE_CHANGED,
+    Keep,
+    carried_prefix,
+    consent_stage,
+    keep_rule,
+    pii_recheck_warning,
+    pipeline_rules,
+    retention_reason,
+    rules_to_recheck,
+)
 from core.plan import Plan
 from core.portable_quality import (
     DuckDBEngine,
@@ -287,8 +299,7 @@ def _run(
     parent_tables: tuple[ir.Table, ir.Table | None] | None,
 ) -> PortableRun:
     rules = pipeline_rules(plan)
-    near = next((r for r, _ in rules if r.rule == "near_dedup"), None)
-    keep: Literal["earliest", "best_rated"] = near.keep if near is not None else "earliest"
+    keep = keep_rule(rules)
     funnel = _Funnel(engine)
 
     reference: ir.Table | None = None
@@ -323,10 +334,7 @@ def _run(
     funnel.stages.append(StageCount("pii_redacted", alive, alive))
     redacted_again += carried_redacted
     if redacted_again:
-        funnel.warnings.append(
-            f"PII check: {redacted_again} row(s) held PII today's detectors find and ingest's "
-            "did not; they were redacted again."
-        )
+        funnel.warnings.append(pii_recheck_warning(redacted_again))
 
     for rule, _origin in rules[1:]:
         verdict = _rule_verdict(
@@ -347,15 +355,12 @@ def _run(
     )
 
 
-_RULE_CHANGED = " (the rule is not the one the parent version ran)"
-
-
 def _carry(
     engine: Engine,
     funnel: _Funnel,
     plan: Plan,
     rules: list[tuple[Any, str]],
-    keep: Literal["earliest", "best_rated"],
+    keep: Keep,
     parent: ParentRows,
     rows: ir.Table,
     events: ir.Table,
@@ -366,32 +371,24 @@ def _carry(
     parent did not run (decontamination also when the eval items changed), then the PII
     re-check. Removed rows are recorded at stage ``carried``; returns the rows kept (in the
     engine) and how many texts were redacted again."""
-    prefix = f"carried from {parent.version_id}: "
+    prefix = carried_prefix(parent.version_id)
     current = funnel.drop("carried", consent_stage(rows, events), prefix)
     days = raw_text_retention_days(plan)
     freeze = parent.freeze if parent.freeze.tzinfo else parent.freeze.replace(tzinfo=UTC)
     cutoff = ibis.literal(freeze.astimezone(UTC) - timedelta(days=days), type="timestamp('UTC')")
-    why_old = f"older than the plan's raw-text retention ({days} days) at the data freeze"
+    why_old = retention_reason(days)
     current = funnel.drop(
         "carried",
         current.mutate(**{_DROP: ibis.ifelse(current.ts < cutoff, why_old, ibis.null("string"))}),
         prefix,
     )
-    ran = {rule_key(str(f["name"]), f["params"]) for f in parent.filters}
-    fingerprint: str | None = None
-    for rule, _origin in rules[1:]:
-        changed = rule_key(rule.rule, rule.model_dump(mode="json")) not in ran
-        if rule.rule == "decontamination" and not changed:
-            if fingerprint is None:
-                fingerprint = (
-                    eval_items_fingerprint(engine.fetch(eval_items))
-                    if eval_items is not None
-                    else ""
-                )
-            changed = fingerprint != parent.eval_items
-        if changed:
-            verdict = _rule_verdict(engine, rule, current, keep, eval_items, [], None, "")
-            current = funnel.drop("carried", verdict, prefix, _RULE_CHANGED)
+
+    def eval_items_now() -> str:
+        return eval_items_fingerprint(engine.fetch(eval_items)) if eval_items is not None else ""
+
+    for rule in rules_to_recheck(rules, parent.filters, eval_items_now, parent.eval_items):
+        verdict = _rule_verdict(engine, rule, current, keep, eval_items, [], None, "")
+        current = funnel.drop("carried", verdict, prefix, RULE_CHANGED)
     return funnel.pii_checked(current)
 
 
@@ -399,7 +396,7 @@ def _rule_verdict(
     engine: Engine,
     rule: Any,
     rows: ir.Table,
-    keep: Literal["earliest", "best_rated"],
+    keep: Keep,
     eval_items: ir.Table | None,
     warnings: list[str],
     reference: ir.Table | None,

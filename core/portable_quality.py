@@ -56,6 +56,7 @@ import pyarrow as pa
 
 from core import quality
 from core.escaping import sql_identifier
+from core.pipeline.stages import language_verdict
 from core.privacy import DETECTORS, Detector, placeholder
 
 __all__ = [
@@ -467,16 +468,7 @@ def row_rule_stage(rows: ir.Table, rule: Any, dialect: Dialect) -> ir.Table:
     must provide (core.portable registers it on each). Raises ValueError as rule_stage does."""
     if rule.rule != "language":
         return respelled(quality.rule_stage(rows, rule), dialect)
-    unknown = sorted(set(rule.languages) - set(quality.LANGUAGES))
-    if unknown:
-        raise ValueError(
-            f"the language rule knows {', '.join(quality.LANGUAGES)}; not {', '.join(unknown)}"
-        )
-    found = language_of(rows.prompt.concat(" ", rows.response), dialect)
-    wanted = ", ".join(rule.languages)
-    drop = (found != "und") & ~found.isin(list(rule.languages))
-    detail = ibis.literal("text looks like '").concat(found, f"', not one of {wanted}")
-    return rows.mutate(**{_DROP: ibis.ifelse(drop, detail, ibis.null("string"))})
+    return language_verdict(rows, rule, quality.LANGUAGES, lambda text: language_of(text, dialect))
 
 
 def exact_duplicate_stage(

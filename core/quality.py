@@ -41,6 +41,7 @@ import ibis.expr.types as ir
 from duckdb.func import SPECIAL
 
 from core.escaping import json_path, sql_identifier, sql_string
+from core.pipeline.stages import language_verdict
 
 __all__ = [
     "NearDuplicatePair",
@@ -662,17 +663,7 @@ def rule_stage(rows: ir.Table, rule: Any) -> ir.Table:
         )
         return _verdict(rows, outside, detail)
     if kind == "language":
-        unknown = sorted(set(rule.languages) - set(LANGUAGES))
-        if unknown:
-            raise ValueError(
-                f"the language rule knows {', '.join(LANGUAGES)}; not {', '.join(unknown)}"
-            )
-        text = rows.prompt.concat(" ", rows.response)
-        found = _language(text)
-        wanted = ", ".join(rule.languages)
-        drop = (found != "und") & ~found.isin(list(rule.languages))
-        detail = ibis.literal("text looks like '").concat(found, f"', not one of {wanted}")
-        return _verdict(rows, drop, detail)
+        return language_verdict(rows, rule, LANGUAGES, _language)
     if kind == "code_parses":
         has_code = rows.response.contains("```")
         error = ibis.ifelse(has_code, _code_error(rows.response), ibis.null("string"))
