@@ -60,13 +60,14 @@ from core.datasets import line_sha_sql, version_sha256
 from core.errors import CycleError, ThinCycleError
 from core.escaping import json_path, sql_identifier, sql_string
 from core.labels import label
+from core.pipeline.run import STEPS_AFTER_FILTERS, Counted, run_table_stages
 from core.pipeline.stages import (
     RULE_CHANGED,
+    Keep,
     carried_prefix,
     consent_stage,
     describe_rule,
     keep_rule,
-    pii_recheck_warning,
     pipeline_rules,
     retention_reason,
     rule_key,
@@ -377,7 +378,7 @@ def _carry(
     freeze: datetime,
     keep: str,
     fresh: list[str],
-) -> StageRecord:
+) -> Counted:
     """Stage 0: the parent version's rows that may still be used, into ``_CARRIED``.
 
     Each is checked again: its interaction is still stored (erasure and retention delete
@@ -399,9 +400,7 @@ def _carry(
     )
     _pool(con, plan_id)
     if parent is None:
-        return StageRecord(
-            0, "carried", "no parent version", {"parent_version": None}, "pipeline", 0, 0, 0
-        )
+        return Counted(0, 0, "no parent version", {"parent_version": None})
     label = parent.version_id
     stored = _count(
         con, "SELECT count(*) FROM dataset_version_members WHERE version_id = ?", [label]
@@ -548,9 +547,9 @@ def _carry(
     ).fetchone() or (0, 0)
     erased = max(0, parent.rows - stored)
     out = int(kept_production) + int(kept_synthetic)
-    return StageRecord(
-        0,
-        "carried",
+    return Counted(
+        parent.rows,
+        out,
         f"from {label}",
         {
             "parent_version": label,
@@ -561,10 +560,6 @@ def _carry(
             "removed_by_rule": by_rule,
             "texts_redacted_again": redacted_again,
         },
-        "pipeline",
-        parent.rows,
-        out,
-        parent.rows - out,
     )
 
 
@@ -669,57 +664,34 @@ def _run_cycle(
     start, end = cycle_window(plan, cycle)
     report = progress or (lambda fraction, message: None)
     rules = pipeline_rules(plan)
-    total_steps = len(rules) + 6
-    keep = keep_rule(rules)
     started = action_clock.now()
     run_id = started.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    stages: list[StageRecord] = []
     warnings: list[str] = []
 
     with store.transaction() as con:
         con.execute("SET TimeZone = 'UTC'")
         quality.install_stage_functions(con)
-        ctx = _Context(con, plan, keep, warnings)
-
-        report(0.0, "Checking the rows carried from the parent version…")
-        parent = _parent_version(con, plan_id, cycle)
-        fresh = fresh_batches(con)  # batches today's PII detectors redacted: read once
-        carried = _carried_stage(con, plan, plan_id, cycle, rules, parent, end, keep, fresh)
-        stages.append(carried)
-        if parent is not None:
-            ctx.reference = _REFERENCE
-            ctx.reference_label = parent.version_id
-            _reference_sketches(con, _near_threshold(plan))
-
-        report(1 / total_steps, "Collecting the cycle's window…")
-        stages.append(_window_stage(con, plan, start, end))
-        in_window = stages[-1].rows_out
-
-        report(2 / total_steps, "Applying the consent ledger…")
-        stages.append(_consent_stage(con, in_window))
-        alive_count = stages[-1].rows_out
-
-        report(3 / total_steps, "Checking PII redaction…")
-        stages.append(_pii_check_stage(con, fresh, alive_count, rules[0][1]))
-        rechecked = int(stages[-1].params["texts_redacted_again"])
-        rechecked += int(carried.params.get("texts_redacted_again", 0))
-        if rechecked:
-            warnings.append(pii_recheck_warning(rechecked))
-
-        for offset, (rule, origin) in enumerate(rules[1:], start=4):
-            report(offset / total_steps, f"{rule.rule}…")
-            stages.append(_filter_stage(ctx, offset, rule, origin, alive_count))
-            alive_count = stages[-1].rows_out
-
-        new_rows = alive_count if start is not None else 0
+        bodies = _SqlBodies(
+            _Context(con, plan, keep_rule(rules), warnings),
+            plan_id,
+            cycle,
+            start,
+            end,
+            _parent_version(con, plan_id, cycle),
+            fresh_batches(con),  # batches today's PII detectors redacted: read once
+        )
+        funnel = run_table_stages(bodies, plan, progress=report, warnings=warnings)
+        stages = funnel.stages
+        new_rows = funnel.new_rows if start is not None else 0
         if start is not None:
             _check_enough_new_rows(plan, plan_id, cycle, new_rows, force, warnings)
 
         position = len(rules) + 3
+        total_steps = position + STEPS_AFTER_FILTERS
         report(position / total_steps, "Mixing with the synthetic data…")
         clock = time.perf_counter()
         mix = _mix(
-            con, plan, plan_id, cycle, new_rows, carried, start is not None, position, warnings
+            con, plan, plan_id, cycle, new_rows, stages[0], start is not None, position, warnings
         )
         mix.seconds = time.perf_counter() - clock
         stages.append(mix)
@@ -735,7 +707,17 @@ def _run_cycle(
 
         report((position + 2) / total_steps, "Writing the dataset version…")
         version_id, sha, created = _write_version(
-            con, plan, plan_id, plan_version, cycle, run_id, user.name, stages, start, end, parent
+            con,
+            plan,
+            plan_id,
+            plan_version,
+            cycle,
+            run_id,
+            user.name,
+            stages,
+            start,
+            end,
+            bodies.parent,
         )
         result = CycleResult(
             run_id,
@@ -756,135 +738,99 @@ def _run_cycle(
     return result
 
 
-def _carried_stage(
-    con: duckdb.DuckDBPyConnection,
-    plan: Plan,
-    plan_id: str,
-    cycle: int,
-    rules: list[tuple[Any, str]],
-    parent: ParentVersion | None,
-    end: datetime | None,
-    keep: str,
-    fresh: list[str],
-) -> StageRecord:
-    """Stage 0: the parent version's rows, checked again at this cycle's data freeze."""
-    clock = time.perf_counter()
-    freeze = end or datetime.combine(plan_timeline(plan)[cycle - 1].data_freeze, day_time(0), UTC)
-    carried = _carry(con, plan, plan_id, rules, parent, freeze, keep, fresh)
-    carried.seconds = time.perf_counter() - clock
-    return carried
+@dataclass
+class _SqlBodies:
+    """The table stages in DuckDB SQL on the store (core.pipeline.run's ``StageBodies``): the
+    rows a stage removes go to ``_REMOVED`` with its position, rule and reason; the rows alive
+    are the window's less those removed (``_alive``)."""
 
+    ctx: _Context
+    plan_id: str
+    cycle: int
+    start: datetime | None
+    end: datetime | None
+    parent: ParentVersion | None
+    fresh: list[str]
 
-def _window_stage(
-    con: duckdb.DuckDBPyConnection, plan: Plan, start: datetime | None, end: datetime | None
-) -> StageRecord:
-    """Stage 1: the interactions in the cycle's window, as a view (consent and the PII check
-    read it once each, and a copy of every column cost more than both reads)."""
-    clock = time.perf_counter()
-    bounds = (
-        f"ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'"
-        if start is not None and end is not None
-        else "false"
-    )
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW fw_cycle_window AS SELECT {_row_columns(plan)}"
-        f" FROM interactions WHERE {bounds}"
-    )
-    in_window = _count(con, "SELECT count(*) FROM fw_cycle_window")
-    return StageRecord(
-        1,
-        "window",
-        f"{start:%Y-%m-%d} ≤ ts < {end:%Y-%m-%d}" if start and end else "synthetic only",
-        {"start": start.isoformat() if start else None, "end": end.isoformat() if end else None},
-        "pipeline",
-        in_window,
-        in_window,
-        0,
-        seconds=time.perf_counter() - clock,
-    )
+    def carry(self, rules: list[tuple[Any, str]], keep: Keep) -> Counted:
+        """Stage 0: the parent version's rows, checked again at this cycle's data freeze; the
+        survivors' sketches become the duplicate stages' reference."""
+        ctx, plan = self.ctx, self.ctx.plan
+        freeze = self.end or datetime.combine(
+            plan_timeline(plan)[self.cycle - 1].data_freeze, day_time(0), UTC
+        )
+        carried = _carry(ctx.con, plan, self.plan_id, rules, self.parent, freeze, keep, self.fresh)
+        if self.parent is not None:
+            ctx.reference = _REFERENCE
+            ctx.reference_label = self.parent.version_id
+            _reference_sketches(ctx.con, _near_threshold(plan))
+        return carried
 
+    def window(self) -> Counted:
+        """Stage 1: the interactions in the cycle's window, as a view (consent and the PII
+        check read it once each, and a copy of every column cost more than both reads)."""
+        start, end = self.start, self.end
+        bounds = (
+            f"ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'"
+            if start is not None and end is not None
+            else "false"
+        )
+        con = self.ctx.con
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW fw_cycle_window AS SELECT {_row_columns(self.ctx.plan)}"
+            f" FROM interactions WHERE {bounds}"
+        )
+        in_window = _count(con, "SELECT count(*) FROM fw_cycle_window")
+        return Counted(
+            in_window,
+            in_window,
+            f"{start:%Y-%m-%d} ≤ ts < {end:%Y-%m-%d}" if start and end else "synthetic only",
+            {
+                "start": start.isoformat() if start else None,
+                "end": end.isoformat() if end else None,
+            },
+        )
 
-def _consent_stage(con: duckdb.DuckDBPyConnection, in_window: int) -> StageRecord:
-    """Stage 2: the window's rows without training consent, recorded as removed."""
-    clock = time.perf_counter()
-    verdict = consent_stage(ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window"), _events())
-    con.execute(
-        f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id,"
-        " 2 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
-        f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL"
-    )
-    removed = _count(con, f"SELECT count(*) FROM {_REMOVED} WHERE position = 2")
-    return StageRecord(
-        2,
-        "consent",
-        "training consent",
-        {"scope": "training"},
-        "pipeline",
-        in_window,
-        in_window - removed,
-        removed,
-        seconds=time.perf_counter() - clock,
-    )
+    def consent(self) -> int:
+        """Stage 2: the window's rows without training consent, recorded as removed."""
+        window = ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window")
+        verdict = consent_stage(window, _events())
+        self.ctx.con.execute(
+            f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id,"
+            " 2 AS position, 'consent' AS stage, 'training consent' AS rule, fw_drop AS detail"
+            f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL"
+        )
+        return _count(self.ctx.con, f"SELECT count(*) FROM {_REMOVED} WHERE position = 2")
 
+    def pii_check(self) -> dict[str, Any]:
+        """Stage 3: the rows consent let through into ``_ROWS``, their texts redacted again
+        outside the batches today's detectors redacted at ingest."""
+        con = self.ctx.con
+        window = ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window")
+        kept = window.anti_join(
+            ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, self.fresh))}")
+        rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
+        checked = _count(
+            con,
+            f"SELECT count(*) FROM {_ROWS} WHERE NOT list_contains(?::VARCHAR[], batch_id)",
+            [self.fresh],
+        )
+        return {"rows_checked_again": checked, "texts_redacted_again": rechecked}
 
-def _pii_check_stage(
-    con: duckdb.DuckDBPyConnection, fresh: list[str], alive: int, origin: str
-) -> StageRecord:
-    """Stage 3: the rows consent let through into ``_ROWS``, their texts redacted again
-    outside the batches today's detectors redacted at ingest."""
-    clock = time.perf_counter()
-    window = ibis.table(quality.CYCLE_ROW_SCHEMA, name="fw_cycle_window")
-    kept = window.anti_join(
-        ibis.table({"interaction_id": "string"}, name=_REMOVED), "interaction_id"
-    )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS {_sql(_pii_stage(kept, fresh))}")
-    rechecked = _count(con, f"SELECT count(*) FROM {_ROWS} WHERE fw_changed")
-    checked = _count(
-        con,
-        f"SELECT count(*) FROM {_ROWS} WHERE NOT list_contains(?::VARCHAR[], batch_id)",
-        [fresh],
-    )
-    return StageRecord(
-        3,
-        "pii_redacted",
-        "pii_redacted",
-        {"rows_checked_again": checked, "texts_redacted_again": rechecked},
-        origin,
-        alive,
-        alive,
-        0,
-        seconds=time.perf_counter() - clock,
-    )
-
-
-def _filter_stage(ctx: _Context, position: int, rule: Any, origin: str, alive: int) -> StageRecord:
-    """Stage 4 onwards: one of the plan's filters over the rows still alive; the rows it
-    drops recorded as removed with its reason."""
-    con = ctx.con
-    clock = time.perf_counter()
-    try:
-        verdict = STAGE_RUNNERS[rule.rule](ctx, _alive(), rule)
-    except ValueError as exc:
-        raise CycleError(f"The plan's {rule.rule} filter cannot run: {exc}.") from None
-    described = describe_rule(rule)
-    before = _count(con, f"SELECT count(*) FROM {_REMOVED}")
-    con.execute(
-        f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id, ?, ?, ?, fw_drop"
-        f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
-        [position, rule.rule, described],
-    )
-    dropped = _count(con, f"SELECT count(*) FROM {_REMOVED}") - before
-    return StageRecord(
-        position,
-        rule.rule,
-        described,
-        rule.model_dump(mode="json"),
-        origin,
-        alive,
-        alive - dropped,
-        dropped,
-        seconds=time.perf_counter() - clock,
-    )
+    def filter(self, position: int, rule: Any, keep: Keep) -> int:
+        """Stage 4 onwards: one of the plan's filters over the rows still alive; the rows it
+        drops recorded as removed with its reason."""
+        con = self.ctx.con
+        verdict = STAGE_RUNNERS[rule.rule](self.ctx, _alive(), rule)
+        before = _count(con, f"SELECT count(*) FROM {_REMOVED}")
+        con.execute(
+            f"INSERT INTO {_REMOVED} SELECT interaction_id, user_id, ?, ?, ?, fw_drop"
+            f" FROM ({_sql(verdict)}) WHERE fw_drop IS NOT NULL",
+            [position, rule.rule, describe_rule(rule)],
+        )
+        return _count(con, f"SELECT count(*) FROM {_REMOVED}") - before
 
 
 def _check_enough_new_rows(

@@ -48,14 +48,12 @@ import pyarrow as pa
 from core import quality
 from core.consent import CONSENT_EVENT_COLUMNS
 from core.errors import CycleError
+from core.pipeline.run import Counted, run_table_stages
 from core.pipeline.stages import (
     RULE_CHANGED,
     Keep,
     carried_prefix,
     consent_stage,
-    keep_rule,
-    pii_recheck_warning,
-    pipeline_rules,
     retention_reason,
     rules_to_recheck,
 )
@@ -298,23 +296,66 @@ def _run(
     parent: ParentRows | None,
     parent_tables: tuple[ir.Table, ir.Table | None] | None,
 ) -> PortableRun:
-    rules = pipeline_rules(plan)
-    keep = keep_rule(rules)
     funnel = _Funnel(engine)
+    bodies = _IbisBodies(engine, funnel, plan, rows, events, eval_items, parent, parent_tables)
+    run = run_table_stages(bodies, plan, warnings=funnel.warnings)
+    return PortableRun(
+        # The rows given are the window: the funnel starts from what was done to them.
+        [StageCount(s.name, s.rows_in, s.rows_out) for s in run.stages if s.name != "window"],
+        funnel.all_removed(),
+        engine.fetch(bodies.current.order_by("interaction_id")),
+        run.redacted_again,
+        bodies.carried_rows,
+        funnel.warnings,
+    )
 
-    reference: ir.Table | None = None
-    label = ""
-    carried_redacted = 0
-    carried_rows: pa.Table = quality.CYCLE_ROW_SCHEMA.to_pyarrow().empty_table()
-    if parent is None or parent_tables is None:
-        funnel.stages.append(StageCount("carried", 0, 0))
-    else:
-        label = parent.version_id
-        production, synthetic = parent_tables
-        carried, carried_redacted = _carry(
-            engine, funnel, plan, rules, keep, parent, production, events, eval_items
+
+class _IbisBodies:
+    """The table stages as Ibis expressions on ``engine`` (core.pipeline.run's
+    ``StageBodies``): each stage's survivors are ``current``, kept in the engine; the rows a
+    stage removes go to the funnel with their reasons."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        funnel: _Funnel,
+        plan: Plan,
+        rows: ir.Table,
+        events: ir.Table,
+        eval_items: ir.Table | None,
+        parent: ParentRows | None,
+        parent_tables: tuple[ir.Table, ir.Table | None] | None,
+    ) -> None:
+        self.engine = engine
+        self.funnel = funnel
+        self.plan = plan
+        self.current = rows
+        self.events = events
+        self.eval_items = eval_items
+        self.parent = parent
+        self.parent_tables = parent_tables
+        self.reference: ir.Table | None = None  # the carried rows, once they are checked
+        self.label = ""
+        self.carried_rows: pa.Table = quality.CYCLE_ROW_SCHEMA.to_pyarrow().empty_table()
+
+    def carry(self, rules: list[tuple[Any, str]], keep: Keep) -> Counted:
+        parent, engine = self.parent, self.engine
+        if parent is None or self.parent_tables is None:
+            return Counted(0, 0, "no parent version", {"parent_version": None})
+        self.label = parent.version_id
+        production, synthetic = self.parent_tables
+        carried, redacted_again = _carry(
+            engine,
+            self.funnel,
+            self.plan,
+            rules,
+            keep,
+            parent,
+            production,
+            self.events,
+            self.eval_items,
         )
-        carried_rows = engine.fetch(carried.order_by("interaction_id"))
+        self.carried_rows = engine.fetch(carried.order_by("interaction_id"))
         reference = carried.select(key=carried.interaction_id, prompt="prompt", response="response")
         extra = 0
         if synthetic is not None:
@@ -322,37 +363,39 @@ def _run(
                 synthetic.select(key=synthetic.row_key, prompt="prompt", response="response")
             )
             extra = engine.count(synthetic)
-        given = engine.count(production)
-        funnel.stages.append(StageCount("carried", given + extra, carried_rows.num_rows + extra))
-
-    alive = engine.count(rows)
-    current = funnel.drop("consent", consent_stage(rows, events))
-    funnel.stages.append(StageCount("consent", alive, alive - funnel.last_dropped))
-    alive -= funnel.last_dropped
-
-    current, redacted_again = funnel.pii_checked(current)
-    funnel.stages.append(StageCount("pii_redacted", alive, alive))
-    redacted_again += carried_redacted
-    if redacted_again:
-        funnel.warnings.append(pii_recheck_warning(redacted_again))
-
-    for rule, _origin in rules[1:]:
-        verdict = _rule_verdict(
-            engine, rule, current, keep, eval_items, funnel.warnings, reference, label
+        self.reference = reference
+        return Counted(
+            engine.count(production) + extra,
+            self.carried_rows.num_rows + extra,
+            f"from {parent.version_id}",
+            {"parent_version": parent.version_id, "texts_redacted_again": redacted_again},
         )
-        current = funnel.drop(rule.rule, verdict)
-        funnel.stages.append(StageCount(rule.rule, alive, alive - funnel.last_dropped))
-        alive -= funnel.last_dropped
 
-    kept_rows = engine.fetch(current.order_by("interaction_id"))
-    return PortableRun(
-        funnel.stages,
-        funnel.all_removed(),
-        kept_rows,
-        redacted_again,
-        carried_rows,
-        funnel.warnings,
-    )
+    def window(self) -> Counted:
+        given = self.engine.count(self.current)
+        return Counted(given, given, "the rows given")
+
+    def consent(self) -> int:
+        self.current = self.funnel.drop("consent", consent_stage(self.current, self.events))
+        return self.funnel.last_dropped
+
+    def pii_check(self) -> dict[str, Any]:
+        self.current, redacted_again = self.funnel.pii_checked(self.current)
+        return {"texts_redacted_again": redacted_again}
+
+    def filter(self, position: int, rule: Any, keep: Keep) -> int:
+        verdict = _rule_verdict(
+            self.engine,
+            rule,
+            self.current,
+            keep,
+            self.eval_items,
+            self.funnel.warnings,
+            self.reference,
+            self.label,
+        )
+        self.current = self.funnel.drop(rule.rule, verdict)
+        return self.funnel.last_dropped
 
 
 def _carry(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from cycle_helpers import cycle_plan
 
 from core import cycles, portable
+from core.errors import CycleError
 from core.pipeline import keep_rule, pipeline_rules, rules_to_recheck, stages
-from core.plan import LengthBounds, NearDedup
+from core.pipeline.run import Counted, run_table_stages
+from core.pipeline.stages import Keep, pii_recheck_warning
+from core.plan import Language, LengthBounds, NearDedup
 
 
 def _ran(rules: list[tuple[Any, str]]) -> list[dict[str, Any]]:
@@ -63,9 +67,75 @@ def test_both_duplicate_stages_keep_the_copy_the_near_duplicate_rule_names() -> 
     assert keep_rule(pipeline_rules(plan)) == "best_rated"
 
 
-def test_both_engines_read_the_stage_definitions_from_one_place() -> None:
-    # The loops import, not copy: a change to a stage's rules or words reaches both.
+def test_both_engines_run_the_one_loop_with_the_stage_definitions_of_one_place() -> None:
+    # The engines import, not copy: a change to the loop or a stage's words reaches both.
     for module in (cycles, portable):
+        assert vars(module)["run_table_stages"] is run_table_stages
         held = {name: vars(module)[name] for name in stages.__all__ if name in vars(module)}
-        assert {"pipeline_rules", "consent_stage"} <= set(held)
+        assert "consent_stage" in held
         assert all(value is getattr(stages, name) for name, value in held.items())
+
+
+class _Recording:
+    """Stage bodies that remove a set number of rows per stage and note each call."""
+
+    def __init__(self, removed: dict[str, int]) -> None:
+        self.removed = removed
+        self.calls: list[tuple[Any, ...]] = []
+
+    def carry(self, rules: list[tuple[Any, str]], keep: Keep) -> Counted:
+        self.calls.append(("carry", keep))
+        return Counted(10, 8, "from ds-p-c1-v1", {"texts_redacted_again": 1})
+
+    def window(self) -> Counted:
+        self.calls.append(("window",))
+        return Counted(50, 50, "the rows given")
+
+    def consent(self) -> int:
+        self.calls.append(("consent",))
+        return self.removed.get("consent", 0)
+
+    def pii_check(self) -> dict[str, Any]:
+        self.calls.append(("pii_check",))
+        return {"texts_redacted_again": 2}
+
+    def filter(self, position: int, rule: Any, keep: Keep) -> int:
+        self.calls.append((position, rule.rule))
+        if rule.rule == "language":
+            raise ValueError("the language rule knows en; not xx")
+        return self.removed.get(rule.rule, 0)
+
+
+def test_the_loop_runs_each_stage_once_in_order_and_the_funnel_reconciles() -> None:
+    plan = cycle_plan()
+    bodies = _Recording({"consent": 5, "exact_dedup": 3, "near_dedup": 2})
+    said: list[tuple[float, str]] = []
+    run = run_table_stages(bodies, plan, progress=lambda share, text: said.append((share, text)))
+    rules = pipeline_rules(plan)
+    assert bodies.calls == [
+        ("carry", keep_rule(rules)),
+        ("window",),
+        ("consent",),
+        ("pii_check",),
+        *[(position, rule.rule) for position, (rule, _) in enumerate(rules[1:], start=4)],
+    ]
+    assert [s.position for s in run.stages] == list(range(len(rules) + 3))
+    assert run.stages[0].rows_in - run.stages[0].rows_out == run.stages[0].removed == 2
+    for before, after in zip(run.stages[1:], run.stages[2:], strict=False):
+        assert after.rows_in == before.rows_out
+        assert after.rows_in - after.rows_out == after.removed
+    assert run.new_rows == 50 - 5 - 3 - 2 == run.stages[-1].rows_out
+    # Carried and new texts redacted again are counted once, in one warning.
+    assert run.redacted_again == 3
+    assert run.warnings == [pii_recheck_warning(3)]
+    shares = [share for share, _ in said]
+    assert shares == sorted(shares) and shares[-1] < 1
+
+
+def test_a_filter_that_cannot_run_stops_the_loop_naming_the_rule() -> None:
+    plan = cycle_plan()
+    plan.quality_filters.insert(0, Language(languages=["en"]))
+    bodies = _Recording({})
+    with pytest.raises(CycleError, match="The plan's language filter cannot run: the language"):
+        run_table_stages(bodies, plan)
+    assert bodies.calls[-1][1] == "language"
