@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -33,6 +36,36 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     fresh = Store(path)
     fresh.schema_version()
     return fresh
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local Spark session for every Spark test: starting one takes seconds."""
+    from core.portable import spark_session
+
+    session = spark_session("flywheel-test")
+    session.sparkContext.setLogLevel("FATAL")
+    yield session
+    session.stop()
+    _collect_sparks_sockets()
+
+
+@pytest.fixture(autouse=True)
+def _spark_sockets_collected(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each Spark test, the sockets PySpark read its results from are collected."""
+    yield
+    if request.node.get_closest_marker("spark") is not None:
+        _collect_sparks_sockets()
+
+
+def _collect_sparks_sockets() -> None:
+    """PySpark leaves the local sockets it reads results through to the garbage collector
+    (pyspark.util._create_local_socket drops the socket and keeps its file). Collected here,
+    where they are known to be Spark's, their ResourceWarning is expected; left for later, it
+    would surface in whatever test or session end happened to collect them, as CI's once did."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

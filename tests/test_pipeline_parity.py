@@ -4,7 +4,6 @@ portable stages through Ibis on DuckDB in every test run, and on local PySpark w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from core.access import local_operator
 from core.cycles import run_cycle
 from core.ingest import ingest_file
 from core.plan import FieldCondition, Language, Plan
-from core.portable import PortableRun, run_on_duckdb, run_on_spark, spark_session
+from core.portable import PortableRun, run_on_duckdb, run_on_spark
 from core.store import Store
 
 # A second eval question as long as e-1's, so that both are compared on 13-grams.
@@ -57,14 +56,6 @@ def _plan() -> Plan:
         FieldCondition(field="latency_ms", op="<", value="5000"),
     ]
     return plan
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    session = spark_session("flywheel-test-parity")
-    session.sparkContext.setLogLevel("FATAL")
-    yield session
-    session.stop()
 
 
 def _portable(engine: str, request: pytest.FixtureRequest, store: Store, plan: Plan) -> PortableRun:

@@ -5,7 +5,6 @@ every run and on local PySpark where the ``spark`` tests run."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from core.portable import (
     eval_items_fingerprint,
     run_on_duckdb,
     run_on_spark,
-    spark_session,
 )
 from core.store import Store
 
@@ -41,14 +39,6 @@ _SPARK_WARNINGS = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
     pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    session = spark_session("flywheel-test-carry")
-    session.sparkContext.setLogLevel("FATAL")
-    yield session
-    session.stop()
 
 
 LATE_JANUARY = datetime(2027, 1, 25, 9, tzinfo=UTC)  # in cycle 2's window, within 45 days

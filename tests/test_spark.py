@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from core import quality
 from core.access import local_operator
 from core.cycles import cycle_window, run_cycle
 from core.plan import FieldCondition, Language, Plan
-from core.portable import PortableRun, run_on_duckdb, run_on_spark, spark_session
+from core.portable import PortableRun, run_on_duckdb, run_on_spark
 from core.portable_quality import java_regex, near_duplicate_pairs, redacted, shingle_sets
 from core.privacy import redact_texts
 from core.starters import starter_plan
@@ -35,14 +34,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
     pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    session = spark_session("flywheel-test")
-    session.sparkContext.setLogLevel("FATAL")
-    yield session
-    session.stop()
 
 
 def _spark_view(spark: Any, name: str, table: pa.Table) -> None:
