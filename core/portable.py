@@ -222,8 +222,9 @@ def portable_stages(
                 else _table(engine, parent.synthetic, SYNTHETIC_ROW_SCHEMA)
             )
             carried = (_table(engine, parent.table, quality.CYCLE_ROW_SCHEMA), synthetic)
-        return _run(
+        bodies = _IbisBodies(
             engine,
+            _Funnel(engine),
             plan,
             _table(engine, rows, quality.CYCLE_ROW_SCHEMA),
             _table(engine, events, CONSENT_SCHEMA),
@@ -231,6 +232,7 @@ def portable_stages(
             parent,
             carried,
         )
+        return _run(bodies, plan)
     finally:
         engine.release()
 
@@ -287,23 +289,15 @@ class _Funnel:
         )
 
 
-def _run(
-    engine: Engine,
-    plan: Plan,
-    rows: ir.Table,
-    events: ir.Table,
-    eval_items: ir.Table | None,
-    parent: ParentRows | None,
-    parent_tables: tuple[ir.Table, ir.Table | None] | None,
-) -> PortableRun:
-    funnel = _Funnel(engine)
-    bodies = _IbisBodies(engine, funnel, plan, rows, events, eval_items, parent, parent_tables)
+def _run(bodies: _IbisBodies, plan: Plan) -> PortableRun:
+    """The one loop of core.pipeline.run over the Ibis bodies, its funnel as PortableRun."""
+    funnel = bodies.funnel
     run = run_table_stages(bodies, plan, warnings=funnel.warnings)
     return PortableRun(
         # The rows given are the window: the funnel starts from what was done to them.
         [StageCount(s.name, s.rows_in, s.rows_out) for s in run.stages if s.name != "window"],
         funnel.all_removed(),
-        engine.fetch(bodies.current.order_by("interaction_id")),
+        bodies.engine.fetch(bodies.current.order_by("interaction_id")),
         run.redacted_again,
         bodies.carried_rows,
         funnel.warnings,

@@ -10,9 +10,15 @@ from cycle_helpers import cycle_plan
 
 from core import cycles, portable
 from core.errors import CycleError
-from core.pipeline import keep_rule, pipeline_rules, rules_to_recheck, stages
+from core.pipeline import stages
 from core.pipeline.run import Counted, run_table_stages
-from core.pipeline.stages import Keep, pii_recheck_warning
+from core.pipeline.stages import (
+    Keep,
+    keep_rule,
+    pii_recheck_warning,
+    pipeline_rules,
+    rules_to_recheck,
+)
 from core.plan import Language, LengthBounds, NearDedup
 
 

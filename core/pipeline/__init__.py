@@ -1,39 +1,12 @@
-"""The cycle's pipeline: what each stage is, defined once for every engine.
+"""The cycle's pipeline, written once for every engine.
 
-``core.pipeline.stages`` holds what a stage *is*: which filter rules a cycle runs and in which
-order (``pipeline_rules``), the copy each duplicate rule keeps (``keep_rule``), which rules a
+``core.pipeline.stages`` holds what each stage *is*: which filter rules a cycle runs and in which
+order (``pipeline_rules``), the copy both duplicate stages keep (``keep_rule``), which rules a
 carried row is checked by again (``rules_to_recheck``), the consent rule, the language rule's
-verdict, and the words of every reason and warning the stages give. The engines only say how
-to compute it: core.quality holds the DuckDB SQL that ``cycle run`` uses on the store (tuned for
-speed), core.portable_quality the Ibis bodies for Spark and other backends; core.cycles and
-core.portable run them. tests/test_pipeline_parity.py checks in every test run that the DuckDB
-SQL and the Ibis bodies keep the same rows for the same reasons.
+verdict, and the words of every carry reason and the PII warning. ``core.pipeline.run`` holds
+the loop (``run_table_stages``: carried, window, consent, PII re-check, each filter) and the
+bodies an engine supplies (``StageBodies``): core.cycles' DuckDB SQL, which ``cycle run`` uses on
+the store, and core.portable's Ibis expressions for Spark and other backends.
+tests/test_pipeline_parity.py checks in every test run that both keep the same rows for the same
+reasons.
 """
-
-from core.pipeline.stages import (
-    RULE_CHANGED,
-    carried_prefix,
-    consent_stage,
-    describe_rule,
-    keep_rule,
-    language_verdict,
-    pii_recheck_warning,
-    pipeline_rules,
-    retention_reason,
-    rule_key,
-    rules_to_recheck,
-)
-
-__all__ = [
-    "RULE_CHANGED",
-    "carried_prefix",
-    "consent_stage",
-    "describe_rule",
-    "keep_rule",
-    "language_verdict",
-    "pii_recheck_warning",
-    "pipeline_rules",
-    "retention_reason",
-    "rule_key",
-    "rules_to_recheck",
-]
