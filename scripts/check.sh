@@ -10,6 +10,5 @@ python -m ruff format --check .
 python -m ruff check .
 python -m mypy  # strict, on core/, pages/, tests/ and app.py (pyproject.toml [tool.mypy])
 # One worker per core (at most 4), each test file kept on one worker so that its module-wide
-# fixtures start once; `-n 0` after the command runs it in one process. (pytest-benchmark, where
-# installed, would switch itself off under xdist with a warning; the benchmarks are bench/.)
-python -m pytest -p no:benchmark -n auto --maxprocesses=4 --dist loadfile "$@"
+# fixtures start once; `-n 0` after the command runs it in one process.
+python -m pytest -n auto --maxprocesses=4 --dist loadfile "$@"
