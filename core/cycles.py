@@ -21,9 +21,11 @@ stage, the rule and why):
    already built one with the same bytes.
 
 What each stage is (the rules a cycle runs, the copy duplicates keep, what a carried row is
-checked by again, the words of its reasons) is defined once in core.pipeline.stages, for this
-loop and core.portable's alike. The table stages are Ibis expressions (core.quality) compiled to
-DuckDB. A run is one transaction: when any stage fails the store is left as it was.
+checked by again, the words of its reasons) is defined once in core.pipeline.stages, and the
+loop that runs the table stages in core.pipeline.run, for this engine and core.portable's alike;
+here are their DuckDB SQL bodies (``_SqlBodies``: Ibis expressions of core.quality compiled to
+DuckDB, and SQL where speed needs it), then the mix, the split and the version. A run is one
+transaction: when any stage fails the store is left as it was.
 """
 
 from __future__ import annotations
