@@ -147,17 +147,10 @@ async def _ingest_batch(
     gen = spec.plan.generation
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-            custom_id = str(record["custom_id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-        if custom_id not in mapping or custom_id in seen:
-            continue
-        seen.add(custom_id)
-        key, index = mapping[custom_id]
-        row: dict[str, Any] = {
+
+    def base_row(key: str, index: int) -> dict[str, Any]:
+        """What every stored row of this batch says of its item and of the run."""
+        return {
             "spec_hash": spec.spec_hash,
             "cell_key": key,
             "item_index": index,
@@ -170,10 +163,20 @@ async def _ingest_batch(
             "template_hash": spec.template_hash,
             "temperature": gen.temperature,
             "generated_at": datetime.now(UTC),
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "cost_usd": 0.0,
         }
+
+    for line in lines:
+        try:
+            record = json.loads(line)
+            custom_id = str(record["custom_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if custom_id not in mapping or custom_id in seen:
+            continue
+        seen.add(custom_id)
+        key, index = mapping[custom_id]
+        row = base_row(key, index)
+        row.update(input_tokens=0, output_tokens=0, cost_usd=0.0)
         response = record.get("response") or {}
         body = response.get("body") or {}
         usage = body.get("usage") or {}
@@ -215,22 +218,10 @@ async def _ingest_batch(
             progress.failed += 1
     for custom_id, (key, index) in mapping.items():
         if custom_id not in seen:
-            row = {
-                "spec_hash": spec.spec_hash,
-                "cell_key": key,
-                "item_index": index,
-                "plan_id": spec.plan_id,
-                "run_id": run_id,
-                "cell": key,
-                "status": "failed",
-                "failure_reason": f"no result in batch {batch_id} (status {status})",
-                "attempts": 1,
-                "teacher_model": spec.teacher_model,
-                "endpoint": endpoint_display,
-                "template_hash": spec.template_hash,
-                "temperature": gen.temperature,
-                "generated_at": datetime.now(UTC),
-            }
+            row = base_row(key, index)
+            row.update(
+                status="failed", failure_reason=f"no result in batch {batch_id} (status {status})"
+            )
             rows.append(row)
             progress.done += 1
             progress.failed += 1
